@@ -1,0 +1,84 @@
+//! Host wrappers for `shaders/fake_quant.wgsl`: elementwise fake-quant forward and the
+//! straight-through-estimator backward, per tensor or per channel along any axis.
+
+use crate::error::{Result, WqatError};
+use crate::gpu::{grid_1d, Dispatch, GpuContext, GpuTensor, PipelineKey};
+use crate::quant::{channel_geometry, QStateLayout, QuantSpec};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n: u32,
+    channels: u32,
+    inner: u32,
+    _pad: u32,
+    qmin: f32,
+    qmax: f32,
+    _pad2: [f32; 2],
+}
+
+fn params(x: &GpuTensor, state: &GpuTensor, spec: &QuantSpec) -> Result<(Params, usize)> {
+    spec.validate()?;
+    let (channels, inner) = channel_geometry(&x.shape, spec.channel_axis)?;
+    if state.len() != QStateLayout::new(channels).len() {
+        return Err(WqatError::shape(format!(
+            "quantizer state has {} slots, {} channels need {}",
+            state.len(),
+            channels,
+            QStateLayout::new(channels).len()
+        )));
+    }
+    let p = Params {
+        n: x.len() as u32,
+        channels: channels as u32,
+        inner: inner as u32,
+        _pad: 0,
+        qmin: spec.qmin() as f32,
+        qmax: spec.qmax() as f32,
+        _pad2: [0.0; 2],
+    };
+    Ok((p, x.len()))
+}
+
+fn same_shape(a: &GpuTensor, b: &GpuTensor, what: &str) -> Result<()> {
+    if a.shape != b.shape {
+        return Err(WqatError::shape(format!("{what}: shapes {:?} and {:?} differ", a.shape, b.shape)));
+    }
+    Ok(())
+}
+
+/// `out = fake_quant(x)` with the scales and zero points held in `state`.
+pub fn fake_quant_forward(
+    ctx: &GpuContext,
+    x: &GpuTensor,
+    state: &GpuTensor,
+    out: &GpuTensor,
+    spec: &QuantSpec,
+) -> Result<Dispatch> {
+    same_shape(x, out, "fake_quant_forward")?;
+    let (p, n) = params(x, state, spec)?;
+    let key = PipelineKey::new("fake_quant", "fake_quant_forward");
+    Dispatch::new(ctx, &key, bytemuck::bytes_of(&p), &[&x.buffer, &state.buffer, &out.buffer], grid_1d(n, 256))
+}
+
+/// `dx = dy * [qmin <= round(x/s)+z <= qmax]` (straight-through estimator).
+pub fn ste_backward(
+    ctx: &GpuContext,
+    x: &GpuTensor,
+    state: &GpuTensor,
+    dy: &GpuTensor,
+    dx: &GpuTensor,
+    spec: &QuantSpec,
+) -> Result<Dispatch> {
+    same_shape(x, dy, "ste_backward")?;
+    same_shape(x, dx, "ste_backward")?;
+    let (p, n) = params(x, state, spec)?;
+    let key = PipelineKey::new("fake_quant", "ste_backward");
+    Dispatch::new(
+        ctx,
+        &key,
+        bytemuck::bytes_of(&p),
+        &[&x.buffer, &state.buffer, &dy.buffer, &dx.buffer],
+        grid_1d(n, 256),
+    )
+}

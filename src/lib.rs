@@ -1,0 +1,14 @@
+//! wqat: GPU-first quantization-aware training on wgpu compute shaders.
+//!
+//! Layout: [`gpu`] (device, tensors, shader registry, recorded dispatches), [`kernels`]
+//! (host wrappers of the WGSL entry points), [`reference`] (CPU references of every
+//! kernel), [`quant`] (quantization semantics shared by all paths).
+
+pub mod error;
+pub mod gpu;
+pub mod kernels;
+pub mod quant;
+pub mod reference;
+pub mod testing;
+
+pub use error::{Result, WqatError};

@@ -1,0 +1,83 @@
+//! Helpers shared by the test binaries and benches: one lazily created device per process,
+//! seeded random data, named tolerances and comparisons that print where they failed.
+
+use crate::gpu::{GpuContext, GpuOptions};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::sync::{Arc, OnceLock};
+
+/// Relative tolerance for fp32 elementwise kernels (same operations, same order).
+pub const FP32_ELEMENTWISE_RTOL: f32 = 1e-6;
+/// Relative tolerance for fp32 reductions (GEMM, conv, sums): the GPU sums in another
+/// order, so the error is measured against the sum of absolute terms.
+pub const FP32_REDUCTION_RTOL: f32 = 1e-5;
+/// Relative tolerance of finite-difference gradient checks (central differences in f64).
+pub const FINITE_DIFF_RTOL: f64 = 1e-4;
+
+static CTX: OnceLock<Arc<GpuContext>> = OnceLock::new();
+
+/// The device shared by every test in this process, built from `GpuOptions::from_env()`
+/// (so `WQAT_NO_SUBGROUPS=1` etc. run the fallback paths). Panics with the adapter error,
+/// which names the fix, when no adapter exists.
+pub fn ctx() -> Arc<GpuContext> {
+    CTX.get_or_init(|| match GpuContext::new(&GpuOptions::from_env()) {
+        Ok(c) => {
+            eprintln!("wqat tests on adapter: {} ({})", c.summary.name, c.summary.backend);
+            c
+        }
+        Err(e) => panic!("{e}"),
+    })
+    .clone()
+}
+
+/// A seeded RNG; tests print the seed on failure through their messages.
+pub fn rng(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+/// `n` values uniform in `[lo, hi)`.
+pub fn uniform(rng: &mut ChaCha8Rng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(lo..hi)).collect()
+}
+
+/// A size in `[lo, hi]` (tests pick ranges that straddle workgroup sizes).
+pub fn size(rng: &mut ChaCha8Rng, lo: usize, hi: usize) -> usize {
+    rng.random_range(lo..=hi)
+}
+
+/// Asserts `|a - b| <= atol + rtol * |b|` elementwise.
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f32, atol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let ok = (g - w).abs() <= atol + rtol * w.abs() || (g.is_nan() && w.is_nan());
+        assert!(ok, "{what}: element {i}: got {g}, want {w} (rtol {rtol}, atol {atol})");
+    }
+}
+
+/// Asserts `|a - b| <= rtol * scale[i]` where `scale[i]` is the sum of absolute terms that
+/// produced element i (e.g. `sum_k |a_ik * b_kj|`), the right yardstick for reductions.
+pub fn assert_close_scaled(what: &str, got: &[f32], want: &[f32], scale: &[f32], rtol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    for i in 0..got.len() {
+        let tol = rtol * scale[i].max(1e-30) + 1e-30;
+        assert!((got[i] - want[i]).abs() <= tol, "{what}: element {i}: got {}, want {} (tol {tol})", got[i], want[i]);
+    }
+}
+
+/// Asserts exact equality (fake-quant codes, integer paths).
+pub fn assert_bit_exact<T: PartialEq + std::fmt::Debug>(what: &str, got: &[T], want: &[T]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(g == w, "{what}: element {i}: got {g:?}, want {w:?}");
+    }
+}
+
+/// Central finite difference of a scalar function of `x` at coordinate `i`, in f64.
+pub fn finite_diff(f: &mut dyn FnMut(&[f64]) -> f64, x: &[f64], i: usize, h: f64) -> f64 {
+    let mut xp = x.to_vec();
+    xp[i] += h;
+    let fp = f(&xp);
+    xp[i] -= 2.0 * h;
+    let fm = f(&xp);
+    (fp - fm) / (2.0 * h)
+}

@@ -2,10 +2,13 @@
 //!
 //! Layout: [`gpu`] (device, tensors, shader registry, recorded dispatches), [`kernels`]
 //! (host wrappers of the WGSL entry points), [`reference`] (CPU references of every
-//! kernel), [`quant`] (quantization semantics shared by all paths).
+//! kernel), [`quant`] (quantization semantics shared by all paths), [`int8`] (the CPU
+//! integer backend), [`data`] (data sets).
 
+pub mod data;
 pub mod error;
 pub mod gpu;
+pub mod int8;
 pub mod kernels;
 pub mod quant;
 pub mod reference;

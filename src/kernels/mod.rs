@@ -1,4 +1,15 @@
 //! Host wrappers, one file per op family: each function validates shapes, fills the
 //! kernel's `Params` and returns a recorded [`crate::gpu::Dispatch`].
 
+pub mod activation;
+pub mod batchnorm;
+pub mod conv;
 pub mod fake_quant;
+pub mod gemm;
+pub mod histogram;
+pub mod int8;
+pub mod loss;
+pub mod lsq;
+pub mod observer;
+pub mod optim;
+pub mod pool;

@@ -1,4 +1,15 @@
 //! CPU references, one file per op family, mirroring `src/kernels/`. Plain loops, clear
 //! over clever: they define what the kernels must compute.
 
+pub mod activation;
+pub mod batchnorm;
+pub mod conv;
 pub mod fake_quant;
+pub mod gemm;
+pub mod histogram;
+pub mod int8;
+pub mod loss;
+pub mod lsq;
+pub mod observer;
+pub mod optim;
+pub mod pool;

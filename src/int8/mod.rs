@@ -1,0 +1,1 @@
+//! CPU integer inference backend (in progress).

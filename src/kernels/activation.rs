@@ -1,0 +1,1 @@
+//! Host wrappers for `shaders/activation*.wgsl` (in progress).

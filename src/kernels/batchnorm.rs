@@ -1,0 +1,1 @@
+//! Host wrappers for `shaders/batchnorm*.wgsl` (in progress).

@@ -1,0 +1,1 @@
+//! Host wrappers for `shaders/conv*.wgsl` (in progress).

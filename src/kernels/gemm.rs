@@ -1,0 +1,1 @@
+//! Host wrappers for `shaders/gemm*.wgsl` (in progress).

@@ -1,0 +1,1 @@
+//! Host wrappers for `shaders/histogram*.wgsl` (in progress).

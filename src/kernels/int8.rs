@@ -1,0 +1,1 @@
+//! Host wrappers for `shaders/int8*.wgsl` (in progress).

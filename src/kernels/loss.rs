@@ -1,0 +1,1 @@
+//! Host wrappers for `shaders/loss*.wgsl` (in progress).

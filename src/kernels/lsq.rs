@@ -1,0 +1,1 @@
+//! Host wrappers for `shaders/lsq*.wgsl` (in progress).

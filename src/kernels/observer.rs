@@ -1,0 +1,1 @@
+//! Host wrappers for `shaders/observer*.wgsl` (in progress).

@@ -1,0 +1,1 @@
+//! Host wrappers for `shaders/optim*.wgsl` (in progress).

@@ -1,0 +1,1 @@
+//! Host wrappers for `shaders/pool*.wgsl` (in progress).

@@ -1,0 +1,1 @@
+//! CPU references for the activation kernels (in progress).

@@ -1,0 +1,1 @@
+//! CPU references for the batchnorm kernels (in progress).

@@ -1,0 +1,1 @@
+//! CPU references for the conv kernels (in progress).

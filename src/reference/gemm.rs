@@ -1,0 +1,1 @@
+//! CPU references for the gemm kernels (in progress).

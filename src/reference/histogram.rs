@@ -1,0 +1,1 @@
+//! CPU references for the histogram kernels (in progress).

@@ -1,0 +1,1 @@
+//! CPU references for the int8 kernels (in progress).

@@ -1,0 +1,1 @@
+//! CPU references for the lsq kernels (in progress).

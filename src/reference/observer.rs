@@ -1,0 +1,1 @@
+//! CPU references for the observer kernels (in progress).

@@ -1,0 +1,1 @@
+//! CPU references for the optim kernels (in progress).

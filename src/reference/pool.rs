@@ -1,0 +1,1 @@
+//! CPU references for the pool kernels (in progress).

@@ -9,9 +9,11 @@
 //   state mq, per channel along rows of C when PC_M); a state whose fq_on flag is 0 passes through.
 // Fake-quant is applied once per element as the tile is loaded into workgroup memory.
 //
-// Tiling: a workgroup of WGX x WGY threads computes a BM x BN tile (BM = WGY*TM, BN = WGX*TN),
-// stepping BK along K; thread (x, y) owns rows y + i*WGY and columns x + j*WGX (strided, so
-// workgroup-memory reads and C writes are contiguous across threads).
+// Tiling: a workgroup of WGX x WGY threads computes a BM x BN tile (BM = WGY*TM, BN = WGX*4*TN4),
+// stepping BK along K; thread (x, y) owns rows y + i*WGY and the 4-column groups x and x + WGX
+// (strided, so reads and C writes are contiguous across threads). Accumulators are vec4s indexed
+// by one loop only: lavapipe keeps those in registers, whereas a scalar [TM][TN] array walked by
+// nested loops spills to memory and runs ~8x slower.
 // Every binding is referenced (under override-constant branches) so the auto layout always holds
 // all nine; the host binds A in place of the unused optional buffers.
 // Quantizer state layout (src/quant.rs): [fq_on, obs_on, initialized, _, scale[C],
@@ -48,8 +50,8 @@ struct Params {
 
 override WGX: u32 = 8u;
 override WGY: u32 = 8u;
-override TM: u32 = 8u; // at most REG_MAX
-override TN: u32 = 8u; // at most REG_MAX
+override TM: u32 = 8u; // at most 8 (acc holds TM*TN4 <= 16 vec4)
+override TN4: u32 = 2u; // vec4 column groups per thread: 1 or 2
 override BK: u32 = 16u; // BM*BK and BN*BK at most TILE_MAX
 override TRANS_A: bool = false;
 override TRANS_B: bool = false;
@@ -64,10 +66,9 @@ override MASK: bool = false;
 override PC_M: bool = false;
 
 const TILE_MAX: u32 = 1024u;
-const REG_MAX: u32 = 8u;
 
 var<workgroup> As: array<f32, TILE_MAX>; // [BK][BM]
-var<workgroup> Bs: array<f32, TILE_MAX>; // [BK][BN]
+var<workgroup> Bs: array<vec4<f32>, TILE_MAX / 4u>; // [BK][BN/4]
 
 // Code then value; (s, inv_s, z) of the element's channel.
 fn fq(v: f32, s: f32, inv_s: f32, z: f32, qmin: f32, qmax: f32) -> f32 {
@@ -89,10 +90,36 @@ fn fq_b(v: f32, row: u32, pt: vec3<f32>) -> f32 {
     return fq(v, pt.x, pt.y, pt.z, p.qmin_b, p.qmax_b);
 }
 
+// Epilogue of four adjacent outputs of row gm from column gn0: bias, ReLU, STE mask, accumulate.
+// im = (inv_s, z) of the mask quantizer for this row.
+fn store4(gm: u32, gn0: u32, acc: vec4<f32>, on_m: bool, im: vec2<f32>) {
+    for (var j = 0u; j < 4u; j++) {
+        let gn = gn0 + j;
+        if (gn < p.n) {
+            let idx = gm * p.n + gn;
+            var v = acc[j];
+            if (BIAS) {
+                v += bias[gn];
+            }
+            if (RELU) {
+                v = max(v, 0.0);
+            }
+            if (on_m) {
+                let r = round(ms[idx] * im.x) + im.y;
+                v = select(0.0, v, r >= p.qmin_m && r <= p.qmax_m);
+            }
+            if (ACCUM) {
+                v += c[idx];
+            }
+            c[idx] = v;
+        }
+    }
+}
+
 @compute @workgroup_size(WGX, WGY)
 fn gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let BM = WGY * TM;
-    let BN = WGX * TN;
+    let BN = WGX * TN4 * 4u;
     let NT = WGX * WGY;
     let tid = lid.y * WGX + lid.x;
     let m0 = wid.y * BM;
@@ -112,9 +139,9 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         pt_b = vec3<f32>(qb[4], qb[4u + p.cb], qb[4u + 2u * p.cb]);
     }
 
-    var acc: array<f32, 64>; // TM*TN, row-major [TM][TN]
-    for (var i = 0u; i < TM * TN; i++) {
-        acc[i] = 0.0;
+    var acc: array<vec4<f32>, 16>; // [TM][TN4] vec4 column groups
+    for (var i = 0u; i < TM * TN4; i++) {
+        acc[i] = vec4<f32>(0.0);
     }
 
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
@@ -146,7 +173,7 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
             }
             As[kl * BM + ml] = v;
         }
-        // B tile -> Bs[kl*BN + nl].
+        // B tile -> Bs[kl*BN/4 + nl/4][nl%4].
         for (var e = tid; e < BN * BK; e += NT) {
             var nl: u32;
             var kl: u32;
@@ -172,21 +199,20 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
                     v = fq_b(v, row, pt_b);
                 }
             }
-            Bs[kl * BN + nl] = v;
+            Bs[kl * (BN / 4u) + nl / 4u][nl % 4u] = v;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
-            var ra: array<f32, REG_MAX>;
-            var rb: array<f32, REG_MAX>;
-            for (var i = 0u; i < TM; i++) {
-                ra[i] = As[kk * BM + lid.y + i * WGY];
-            }
-            for (var j = 0u; j < TN; j++) {
-                rb[j] = Bs[kk * BN + lid.x + j * WGX];
+            let b0 = Bs[kk * (BN / 4u) + lid.x];
+            var b1 = b0;
+            if (TN4 == 2u) {
+                b1 = Bs[kk * (BN / 4u) + lid.x + WGX];
             }
             for (var i = 0u; i < TM; i++) {
-                for (var j = 0u; j < TN; j++) {
-                    acc[i * TN + j] = fma(ra[i], rb[j], acc[i * TN + j]);
+                let av = vec4<f32>(As[kk * BM + lid.y + i * WGY]);
+                acc[i * TN4] = fma(av, b0, acc[i * TN4]);
+                if (TN4 == 2u) {
+                    acc[i * TN4 + 1u] = fma(av, b1, acc[i * TN4 + 1u]);
                 }
             }
         }
@@ -202,32 +228,14 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     }
     for (var i = 0u; i < TM; i++) {
         let gm = m0 + lid.y + i * WGY;
-        if (gm >= p.m) {
-            break;
-        }
-        var im = pt_m;
-        if (MASK && PC_M) {
-            im = vec2<f32>(mq[4u + p.cm + gm], mq[4u + 2u * p.cm + gm]);
-        }
-        for (var j = 0u; j < TN; j++) {
-            let gn = n0 + lid.x + j * WGX;
-            if (gn < p.n) {
-                let idx = gm * p.n + gn;
-                var v = acc[i * TN + j];
-                if (BIAS) {
-                    v += bias[gn];
-                }
-                if (RELU) {
-                    v = max(v, 0.0);
-                }
-                if (on_m) {
-                    let r = round(ms[idx] * im.x) + im.y;
-                    v = select(0.0, v, r >= p.qmin_m && r <= p.qmax_m);
-                }
-                if (ACCUM) {
-                    v += c[idx];
-                }
-                c[idx] = v;
+        if (gm < p.m) {
+            var im = pt_m;
+            if (MASK && PC_M) {
+                im = vec2<f32>(mq[4u + p.cm + gm], mq[4u + 2u * p.cm + gm]);
+            }
+            store4(gm, n0 + lid.x * 4u, acc[i * TN4], on_m, im);
+            if (TN4 == 2u) {
+                store4(gm, n0 + (lid.x + WGX) * 4u, acc[i * TN4 + 1u], on_m, im);
             }
         }
     }

@@ -16,8 +16,9 @@ use crate::error::{Result, WqatError};
 use crate::gpu::{grid_1d, Dispatch, GpuContext, GpuTensor, PipelineKey};
 use crate::quant::{QStateLayout, QuantSpec};
 
-/// Tiling of one GEMM pipeline: `wg_x * wg_y` threads, each computing `tm x tn` outputs,
-/// stepping `bk` along K. The workgroup tile is `(wg_y*tm) x (wg_x*tn)`.
+/// Tiling of one GEMM pipeline: `wg_x * wg_y` threads, each computing `tm x tn` outputs
+/// (`tn` is 4 or 8: one or two vec4 column groups), stepping `bk` along K. The workgroup
+/// tile is `(wg_y*tm) x (wg_x*tn)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct GemmTile {
     pub wg_x: u32,
@@ -27,9 +28,9 @@ pub struct GemmTile {
     pub bk: u32,
 }
 
-/// Workgroup-memory floats per operand tile and register block edge (`shaders/gemm.wgsl`).
+/// Workgroup-memory floats per operand tile and the largest `tm` (`shaders/gemm.wgsl`).
 pub const GEMM_TILE_MAX: u32 = 1024;
-pub const GEMM_REG_MAX: u32 = 8;
+pub const GEMM_TM_MAX: u32 = 8;
 
 impl GemmTile {
     /// 8x8 threads with 8x8 register blocks (64x64 tile): best on lavapipe, whose SIMD lanes
@@ -58,13 +59,13 @@ impl GemmTile {
         let ok = self.wg_x > 0
             && self.wg_y > 0
             && self.bk > 0
-            && (1..=GEMM_REG_MAX).contains(&self.tm)
-            && (1..=GEMM_REG_MAX).contains(&self.tn)
+            && (1..=GEMM_TM_MAX).contains(&self.tm)
+            && (self.tn == 4 || self.tn == 8)
             && self.bm() * self.bk <= GEMM_TILE_MAX
             && self.bn() * self.bk <= GEMM_TILE_MAX;
         if !ok {
             return Err(WqatError::invalid(format!(
-                "gemm tile {self:?}: needs tm, tn in 1..={GEMM_REG_MAX} and bm*bk, bn*bk <= {GEMM_TILE_MAX}"
+                "gemm tile {self:?}: needs tm in 1..={GEMM_TM_MAX}, tn 4 or 8, bm*bk and bn*bk <= {GEMM_TILE_MAX}"
             )));
         }
         let l = &ctx.limits;
@@ -302,7 +303,7 @@ pub fn gemm(
         .with("WGX", tile.wg_x as f64)
         .with("WGY", tile.wg_y as f64)
         .with("TM", tile.tm as f64)
-        .with("TN", tile.tn as f64)
+        .with("TN4", (tile.tn / 4) as f64)
         .with("BK", tile.bk as f64)
         .with("TRANS_A", flag(cfg.trans_a))
         .with("TRANS_B", flag(cfg.trans_b))

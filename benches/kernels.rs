@@ -121,10 +121,10 @@ fn bench_gemm(ctx: &GpuContext, size: usize, runs: usize) -> Result<()> {
     let none = GemmExtras::default();
 
     let variants: [(&str, GemmTile, bool); 4] = [
-        ("plain NN tile 8x8 thr, 8x8 reg", GemmTile::CPU, false),
-        ("plain NT tile 8x8 thr, 8x8 reg", GemmTile::CPU, true),
-        ("plain NN tile 16x16 thr, 4x4 reg", GemmTile::GPU, false),
-        ("plain NN tile 8x16 thr, 8x4 reg", GemmTile { wg_x: 16, wg_y: 8, tm: 8, tn: 4, bk: 16 }, false),
+        ("NN direct 8x8 thr, 8x8 reg", GemmTile::CPU, false),
+        ("NT direct 8x8 thr, 8x8 reg", GemmTile::CPU, true),
+        ("NN shared 8x8 thr, 8x8 reg, bk 16", GemmTile { shared: true, ..GemmTile::CPU }, false),
+        ("NN shared 16x16 thr, 4x4 reg, bk16", GemmTile::GPU, false),
     ];
     for (name, tile, tb) in variants {
         let d = gemm(ctx, &plain(tile, tb), &x, &w, &y, &none)?;

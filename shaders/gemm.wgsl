@@ -53,6 +53,8 @@ override WGY: u32 = 8u;
 override TM: u32 = 8u; // at most 8 (acc holds TM*TN4 <= 16 vec4)
 override TN4: u32 = 2u; // vec4 column groups per thread: 1 or 2
 override BK: u32 = 16u; // BM*BK and BN*BK at most TILE_MAX
+// Stage operand tiles in workgroup memory (real GPUs); false reads them straight from storage.
+override SHARED: bool = true;
 override TRANS_A: bool = false;
 override TRANS_B: bool = false;
 override FQ_A: bool = false;
@@ -73,6 +75,11 @@ var<workgroup> Bs: array<vec4<f32>, TILE_MAX / 4u>; // [BK][BN/4]
 // Code then value; (s, inv_s, z) of the element's channel.
 fn fq(v: f32, s: f32, inv_s: f32, z: f32, qmin: f32, qmax: f32) -> f32 {
     let q = clamp(round(v * inv_s) + z, qmin, qmax);
+    return (q - z) * s;
+}
+
+fn fq4(v: vec4<f32>, s: vec4<f32>, inv_s: vec4<f32>, z: vec4<f32>, qmin: f32, qmax: f32) -> vec4<f32> {
+    let q = clamp(round(v * inv_s) + z, vec4<f32>(qmin), vec4<f32>(qmax));
     return (q - z) * s;
 }
 
@@ -144,79 +151,163 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         acc[i] = vec4<f32>(0.0);
     }
 
-    for (var k0 = 0u; k0 < p.k; k0 += BK) {
-        // A tile -> As[kl*BM + ml], reading A's storage row by row.
-        for (var e = tid; e < BM * BK; e += NT) {
-            var ml: u32;
-            var kl: u32;
-            if (TRANS_A) {
-                kl = e / BM;
-                ml = e % BM;
-            } else {
-                ml = e / BK;
-                kl = e % BK;
-            }
-            let gm = m0 + ml;
-            let gk = k0 + kl;
-            var v = 0.0;
-            if (gm < p.m && gk < p.k) {
-                var idx = gm * p.k + gk;
-                var row = gm;
+    if (SHARED) {
+        for (var k0 = 0u; k0 < p.k; k0 += BK) {
+            // A tile -> As[kl*BM + ml], reading A's storage row by row.
+            for (var e = tid; e < BM * BK; e += NT) {
+                var ml: u32;
+                var kl: u32;
                 if (TRANS_A) {
-                    idx = gk * p.m + gm;
-                    row = gk;
+                    kl = e / BM;
+                    ml = e % BM;
+                } else {
+                    ml = e / BK;
+                    kl = e % BK;
                 }
-                v = a[idx];
-                if (on_a) {
-                    v = fq_a(v, row, pt_a);
+                let gm = m0 + ml;
+                let gk = k0 + kl;
+                var v = 0.0;
+                if (gm < p.m && gk < p.k) {
+                    var idx = gm * p.k + gk;
+                    var row = gm;
+                    if (TRANS_A) {
+                        idx = gk * p.m + gm;
+                        row = gk;
+                    }
+                    v = a[idx];
+                    if (on_a) {
+                        v = fq_a(v, row, pt_a);
+                    }
                 }
+                As[kl * BM + ml] = v;
             }
-            As[kl * BM + ml] = v;
-        }
-        // B tile -> Bs[kl*BN/4 + nl/4][nl%4].
-        for (var e = tid; e < BN * BK; e += NT) {
-            var nl: u32;
-            var kl: u32;
-            if (TRANS_B) {
-                nl = e / BK;
-                kl = e % BK;
-            } else {
-                kl = e / BN;
-                nl = e % BN;
-            }
-            let gn = n0 + nl;
-            let gk = k0 + kl;
-            var v = 0.0;
-            if (gn < p.n && gk < p.k) {
-                var idx = gk * p.n + gn;
-                var row = gk;
+            // B tile -> Bs[kl*BN/4 + nl/4][nl%4].
+            for (var e = tid; e < BN * BK; e += NT) {
+                var nl: u32;
+                var kl: u32;
                 if (TRANS_B) {
-                    idx = gn * p.k + gk;
-                    row = gn;
+                    nl = e / BK;
+                    kl = e % BK;
+                } else {
+                    kl = e / BN;
+                    nl = e % BN;
                 }
-                v = b[idx];
-                if (on_b) {
-                    v = fq_b(v, row, pt_b);
+                let gn = n0 + nl;
+                let gk = k0 + kl;
+                var v = 0.0;
+                if (gn < p.n && gk < p.k) {
+                    var idx = gk * p.n + gn;
+                    var row = gk;
+                    if (TRANS_B) {
+                        idx = gn * p.k + gk;
+                        row = gn;
+                    }
+                    v = b[idx];
+                    if (on_b) {
+                        v = fq_b(v, row, pt_b);
+                    }
+                }
+                Bs[kl * (BN / 4u) + nl / 4u][nl % 4u] = v;
+            }
+            workgroupBarrier();
+            for (var kk = 0u; kk < BK; kk++) {
+                let b0 = Bs[kk * (BN / 4u) + lid.x];
+                var b1 = b0;
+                if (TN4 == 2u) {
+                    b1 = Bs[kk * (BN / 4u) + lid.x + WGX];
+                }
+                for (var i = 0u; i < TM; i++) {
+                    let av = vec4<f32>(As[kk * BM + lid.y + i * WGY]);
+                    acc[i * TN4] = fma(av, b0, acc[i * TN4]);
+                    if (TN4 == 2u) {
+                        acc[i * TN4 + 1u] = fma(av, b1, acc[i * TN4 + 1u]);
+                    }
                 }
             }
-            Bs[kl * (BN / 4u) + nl / 4u][nl % 4u] = v;
+            workgroupBarrier();
         }
-        workgroupBarrier();
-        for (var kk = 0u; kk < BK; kk++) {
-            let b0 = Bs[kk * (BN / 4u) + lid.x];
-            var b1 = b0;
-            if (TN4 == 2u) {
-                b1 = Bs[kk * (BN / 4u) + lid.x + WGX];
+    } else {
+        // Direct: operands read from storage inside the K loop, no workgroup memory or
+        // barriers (fastest on lavapipe). Rows and columns are clamped into range: threads
+        // past the edge compute values that the epilogue drops.
+        let cn0 = min(vec4<u32>(n0 + lid.x * 4u) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.n - 1u));
+        let cn1 = min(vec4<u32>(n0 + (lid.x + WGX) * 4u) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.n - 1u));
+        // Per-column B quantizer parameters (B's rows are C's columns when TRANS_B).
+        var sb0 = vec4<f32>(pt_b.x);
+        var ib0 = vec4<f32>(pt_b.y);
+        var zb0 = vec4<f32>(pt_b.z);
+        var sb1 = sb0;
+        var ib1 = ib0;
+        var zb1 = zb0;
+        if (PC_B && TRANS_B) {
+            sb0 = vec4<f32>(qb[4u + cn0.x], qb[4u + cn0.y], qb[4u + cn0.z], qb[4u + cn0.w]);
+            ib0 = vec4<f32>(qb[4u + p.cb + cn0.x], qb[4u + p.cb + cn0.y], qb[4u + p.cb + cn0.z], qb[4u + p.cb + cn0.w]);
+            let o = 4u + 2u * p.cb;
+            zb0 = vec4<f32>(qb[o + cn0.x], qb[o + cn0.y], qb[o + cn0.z], qb[o + cn0.w]);
+            sb1 = vec4<f32>(qb[4u + cn1.x], qb[4u + cn1.y], qb[4u + cn1.z], qb[4u + cn1.w]);
+            ib1 = vec4<f32>(qb[4u + p.cb + cn1.x], qb[4u + p.cb + cn1.y], qb[4u + p.cb + cn1.z], qb[4u + p.cb + cn1.w]);
+            zb1 = vec4<f32>(qb[o + cn1.x], qb[o + cn1.y], qb[o + cn1.z], qb[o + cn1.w]);
+        }
+        // Per-row A quantizer parameters (A's rows are C's rows unless TRANS_A).
+        var pa: array<vec3<f32>, 8>;
+        for (var i = 0u; i < TM; i++) {
+            pa[i] = pt_a;
+            if (PC_A && !TRANS_A) {
+                let gm = min(m0 + lid.y + i * WGY, p.m - 1u);
+                pa[i] = vec3<f32>(qa[4u + gm], qa[4u + p.ca + gm], qa[4u + 2u * p.ca + gm]);
+            }
+        }
+        for (var kk = 0u; kk < p.k; kk++) {
+            var b0: vec4<f32>;
+            var b1 = vec4<f32>(0.0);
+            if (TRANS_B) {
+                b0 = vec4<f32>(b[cn0.x * p.k + kk], b[cn0.y * p.k + kk], b[cn0.z * p.k + kk], b[cn0.w * p.k + kk]);
+                if (TN4 == 2u) {
+                    b1 = vec4<f32>(b[cn1.x * p.k + kk], b[cn1.y * p.k + kk], b[cn1.z * p.k + kk], b[cn1.w * p.k + kk]);
+                }
+            } else {
+                let o = kk * p.n;
+                b0 = vec4<f32>(b[o + cn0.x], b[o + cn0.y], b[o + cn0.z], b[o + cn0.w]);
+                if (TN4 == 2u) {
+                    b1 = vec4<f32>(b[o + cn1.x], b[o + cn1.y], b[o + cn1.z], b[o + cn1.w]);
+                }
+            }
+            if (on_b) {
+                if (PC_B && !TRANS_B) {
+                    let q = vec3<f32>(qb[4u + kk], qb[4u + p.cb + kk], qb[4u + 2u * p.cb + kk]);
+                    b0 = fq4(b0, vec4<f32>(q.x), vec4<f32>(q.y), vec4<f32>(q.z), p.qmin_b, p.qmax_b);
+                    b1 = fq4(b1, vec4<f32>(q.x), vec4<f32>(q.y), vec4<f32>(q.z), p.qmin_b, p.qmax_b);
+                } else {
+                    b0 = fq4(b0, sb0, ib0, zb0, p.qmin_b, p.qmax_b);
+                    b1 = fq4(b1, sb1, ib1, zb1, p.qmin_b, p.qmax_b);
+                }
+            }
+            var qk = pt_a;
+            if (on_a && PC_A && TRANS_A) {
+                qk = vec3<f32>(qa[4u + kk], qa[4u + p.ca + kk], qa[4u + 2u * p.ca + kk]);
             }
             for (var i = 0u; i < TM; i++) {
-                let av = vec4<f32>(As[kk * BM + lid.y + i * WGY]);
-                acc[i * TN4] = fma(av, b0, acc[i * TN4]);
+                let gm = min(m0 + lid.y + i * WGY, p.m - 1u);
+                var av: f32;
+                if (TRANS_A) {
+                    av = a[kk * p.m + gm];
+                } else {
+                    av = a[gm * p.k + kk];
+                }
+                if (on_a) {
+                    var q = pa[i];
+                    if (TRANS_A) {
+                        q = qk;
+                    }
+                    av = fq(av, q.x, q.y, q.z, p.qmin_a, p.qmax_a);
+                }
+                let av4 = vec4<f32>(av);
+                acc[i * TN4] = fma(av4, b0, acc[i * TN4]);
                 if (TN4 == 2u) {
-                    acc[i * TN4 + 1u] = fma(av, b1, acc[i * TN4 + 1u]);
+                    acc[i * TN4 + 1u] = fma(av4, b1, acc[i * TN4 + 1u]);
                 }
             }
         }
-        workgroupBarrier();
     }
 
     // Epilogue: bias, ReLU, STE mask, accumulate.

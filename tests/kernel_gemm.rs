@@ -10,8 +10,10 @@ use wqat::quant::{QStateLayout, QuantSpec};
 use wqat::reference::gemm::{self as r, GemmInputs};
 use wqat::testing::{self, assert_bit_exact, assert_close_scaled, FINITE_DIFF_RTOL, FP32_REDUCTION_RTOL};
 
-/// An odd tiling (no power of two anywhere) to catch index mistakes the default tiles hide.
-const ODD_TILE: GemmTile = GemmTile { wg_x: 3, wg_y: 5, tm: 3, tn: 8, bk: 7 };
+/// Odd tilings (no power of two where one is allowed) to catch index mistakes the default
+/// tiles hide, through workgroup memory and direct.
+const ODD_TILE: GemmTile = GemmTile { wg_x: 3, wg_y: 5, tm: 3, tn: 8, bk: 7, shared: true };
+const ODD_DIRECT: GemmTile = GemmTile { wg_x: 5, wg_y: 3, tm: 5, tn: 4, bk: 1, shared: false };
 
 /// A quantizer state over `channels` channels; `fq_off` clears its fake-quant flag.
 fn qstate(rng: &mut ChaCha8Rng, spec: &QuantSpec, channels: usize, fq_off: bool) -> Vec<f32> {
@@ -100,11 +102,12 @@ fn random_config(rng: &mut ChaCha8Rng, hi: usize, tile: Option<GemmTile>) -> Gem
 #[test]
 fn gemm_matches_reference_on_random_shapes_and_flags() {
     let mut rng = testing::rng(7);
-    for case in 0..10u64 {
-        let tile = match case % 3 {
+    for case in 0..12u64 {
+        let tile = match case % 4 {
             0 => None,
             1 => Some(if testing::ctx().summary.device_type == "Cpu" { GemmTile::GPU } else { GemmTile::CPU }),
-            _ => Some(ODD_TILE),
+            2 => Some(ODD_TILE),
+            _ => Some(ODD_DIRECT),
         };
         let cfg = random_config(&mut rng, 150, tile);
         run_case(1000 + case, &cfg);
@@ -115,12 +118,26 @@ fn gemm_matches_reference_on_random_shapes_and_flags() {
 }
 
 #[test]
-fn plain_transposes_and_linear_configs_match_reference() {
+fn per_channel_transposes_and_linear_configs_match_reference() {
+    // Every transpose combination with per-row quantizers on A, B and the mask, through
+    // workgroup memory and direct.
     let mut rng = testing::rng(11);
+    let pc = Some(QuantSpec::weight(5));
     for (i, (ta, tb)) in [(false, false), (true, false), (false, true), (true, true)].into_iter().enumerate() {
-        let (m, n, kk) =
-            (testing::size(&mut rng, 60, 140), testing::size(&mut rng, 1, 70), testing::size(&mut rng, 1, 90));
-        run_case(3000 + i as u64, &GemmConfig { trans_a: ta, trans_b: tb, ..GemmConfig::new(m, n, kk) });
+        for tile in [GemmTile::CPU, GemmTile::GPU] {
+            let (m, n, kk) =
+                (testing::size(&mut rng, 60, 140), testing::size(&mut rng, 1, 70), testing::size(&mut rng, 1, 90));
+            let cfg = GemmConfig {
+                trans_a: ta,
+                trans_b: tb,
+                fq_a: pc,
+                fq_b: pc,
+                mask: pc,
+                tile: Some(tile),
+                ..GemmConfig::new(m, n, kk)
+            };
+            run_case(3000 + i as u64, &cfg);
+        }
     }
     let (act, w) = (Some(QuantSpec::activation(8)), Some(QuantSpec::weight(4)));
     run_case(3100, &GemmConfig::linear_forward(33, 70, 65, act, w));
@@ -242,7 +259,7 @@ fn shape_and_flag_errors_are_reported() {
     let bad_src = GemmExtras { mask_src: Some(&a), mask_state: Some(&q1), ..e };
     assert!(k::gemm(&ctx, &mask, &a, &b, &c, &bad_src).is_err());
     // Tiles over the shader's arrays.
-    let big = GemmTile { wg_x: 16, wg_y: 16, tm: 8, tn: 8, bk: 16 };
+    let big = GemmTile { wg_x: 16, wg_y: 16, tm: 8, tn: 8, bk: 16, shared: true };
     assert!(k::gemm(&ctx, &GemmConfig { tile: Some(big), ..cfg }, &a, &b, &c, &e).is_err());
     let zero = GemmTile { tm: 0, ..GemmTile::CPU };
     assert!(k::gemm(&ctx, &GemmConfig { tile: Some(zero), ..cfg }, &a, &b, &c, &e).is_err());

@@ -26,6 +26,10 @@ pub struct GemmTile {
     pub tm: u32,
     pub tn: u32,
     pub bk: u32,
+    /// Stage operand tiles in workgroup memory (real GPUs); `false` reads operands straight
+    /// from storage inside the K loop (lavapipe, where barriers and workgroup memory cost
+    /// more than they save; `bk` is then unused).
+    pub shared: bool,
 }
 
 /// Workgroup-memory floats per operand tile and the largest `tm` (`shaders/gemm.wgsl`).
@@ -33,11 +37,12 @@ pub const GEMM_TILE_MAX: u32 = 1024;
 pub const GEMM_TM_MAX: u32 = 8;
 
 impl GemmTile {
-    /// 8x8 threads with 8x8 register blocks (64x64 tile): best on lavapipe, whose SIMD lanes
-    /// gain most from register blocking.
-    pub const CPU: GemmTile = GemmTile { wg_x: 8, wg_y: 8, tm: 8, tn: 8, bk: 16 };
-    /// 16x16 threads with 4x4 register blocks (64x64 tile): the usual choice for real GPUs.
-    pub const GPU: GemmTile = GemmTile { wg_x: 16, wg_y: 16, tm: 4, tn: 4, bk: 16 };
+    /// 8x8 threads with 8x8 register blocks (64x64 tile), no workgroup memory: best on
+    /// lavapipe, whose SIMD lanes gain most from register blocking.
+    pub const CPU: GemmTile = GemmTile { wg_x: 8, wg_y: 8, tm: 8, tn: 8, bk: 16, shared: false };
+    /// 16x16 threads with 4x4 register blocks (64x64 tile) staged through workgroup memory:
+    /// the usual choice for real GPUs.
+    pub const GPU: GemmTile = GemmTile { wg_x: 16, wg_y: 16, tm: 4, tn: 4, bk: 16, shared: true };
 
     /// The default tiling for the context's adapter.
     pub fn for_context(ctx: &GpuContext) -> GemmTile {
@@ -305,6 +310,7 @@ pub fn gemm(
         .with("TM", tile.tm as f64)
         .with("TN4", (tile.tn / 4) as f64)
         .with("BK", tile.bk as f64)
+        .with("SHARED", flag(tile.shared))
         .with("TRANS_A", flag(cfg.trans_a))
         .with("TRANS_B", flag(cfg.trans_b))
         .with("FQ_A", flag(cfg.fq_a.is_some()))

@@ -11,7 +11,7 @@
 use std::time::Instant;
 use wqat::gpu::{DType, Dispatch, GpuContext, GpuTensor};
 use wqat::kernels::fake_quant::fake_quant_forward;
-use wqat::kernels::gemm::{copy_f32, gemm, GemmConfig, GemmExtras, GemmTile};
+use wqat::kernels::gemm::{copy_f32, gemm, gemm_unfused, GemmConfig, GemmExtras, GemmTile};
 use wqat::quant::{QStateLayout, QuantSpec};
 use wqat::Result;
 
@@ -140,11 +140,10 @@ fn bench_gemm(ctx: &GpuContext, size: usize, runs: usize) -> Result<()> {
     // Unfused: fake-quant both operands into scratch, then a plain GEMM with bias.
     let xq = GpuTensor::zeros(ctx, &[n, n], DType::F32)?;
     let wq = GpuTensor::zeros(ctx, &[n, n], DType::F32)?;
-    let f1 = fake_quant_forward(ctx, &x, &qx, &xq, &act)?;
-    let f2 = fake_quant_forward(ctx, &w, &qw, &wq, &wspec)?;
-    let fwd_plain = GemmConfig { fq_a: None, fq_b: None, ..fwd };
-    let g = gemm(ctx, &fwd_plain, &xq, &wq, &y, &GemmExtras { bias: Some(&bias), ..Default::default() })?;
-    row("linear fwd, unfused FQ,FQ,GEMM", n, &time_dispatches(ctx, &[&f1, &f2, &g], warm, runs)?, flops);
+    let ex = GemmExtras { bias: Some(&bias), qa: Some(&qx), qb: Some(&qw), ..Default::default() };
+    let ds = gemm_unfused(ctx, &fwd, &x, &w, &y, &ex, [Some(&xq), Some(&wq)])?;
+    let refs: Vec<&Dispatch> = ds.iter().collect();
+    row("linear fwd, unfused FQ,FQ,GEMM", n, &time_dispatches(ctx, &refs, warm, runs)?, flops);
 
     // Backward: dX = (dY FQ(W)) ⊙ STE(x), dW = (dY^T FQ(x)) ⊙ STE(W).
     let bx = GemmConfig { tile: Some(tile), ..GemmConfig::linear_backward_input(n, n, n, Some(act), Some(wspec)) };

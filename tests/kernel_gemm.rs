@@ -278,3 +278,35 @@ fn copy_is_exact() {
     assert_bit_exact("copy_f32", &go.read_f32(&ctx).unwrap(), &x);
     assert!(k::copy_f32(&ctx, &gx, &GpuTensor::zeros(&ctx, &[3], DType::F32).unwrap()).is_err());
 }
+
+#[test]
+fn unfused_path_matches_fused_bit_for_bit() {
+    // Same fake-quant values, same tile, same summation order: identical results.
+    let ctx = testing::ctx();
+    let mut rng = testing::rng(51);
+    let (m, n, kk) = (70, 45, 83);
+    let (sa, sb) = (QuantSpec::activation(6), QuantSpec::weight(4));
+    for (ta, tb) in [(false, true), (true, false)] {
+        let cfg = GemmConfig { trans_a: ta, trans_b: tb, fq_a: Some(sa), fq_b: Some(sb), ..GemmConfig::new(m, n, kk) };
+        let up = |v: &[f32]| GpuTensor::from_f32(&ctx, &[v.len()], v).unwrap();
+        let a = up(&testing::uniform(&mut rng, m * kk, -1.0, 1.0));
+        let b = up(&testing::uniform(&mut rng, kk * n, -1.0, 1.0));
+        let qa = up(&qstate(&mut rng, &sa, 1, false));
+        let qb = up(&qstate(&mut rng, &sb, cfg.b_rows(), false));
+        let z = |len: usize| GpuTensor::zeros(&ctx, &[len], DType::F32).unwrap();
+        let (c1, c2, s1, s2) = (z(m * n), z(m * n), z(m * kk), z(kk * n));
+        let extra = GemmExtras { qa: Some(&qa), qb: Some(&qb), ..Default::default() };
+        let fused = k::gemm(&ctx, &cfg, &a, &b, &c1, &extra).unwrap();
+        let unfused = k::gemm_unfused(&ctx, &cfg, &a, &b, &c2, &extra, [Some(&s1), Some(&s2)]).unwrap();
+        assert_eq!(unfused.len(), 3);
+        let mut all = vec![&fused];
+        all.extend(unfused.iter());
+        ctx.submit(&all).unwrap();
+        assert_bit_exact(
+            &format!("unfused vs fused {ta} {tb}"),
+            &c2.read_f32(&ctx).unwrap(),
+            &c1.read_f32(&ctx).unwrap(),
+        );
+        assert!(k::gemm_unfused(&ctx, &cfg, &a, &b, &c2, &extra, [None, Some(&s2)]).is_err());
+    }
+}

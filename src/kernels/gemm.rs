@@ -14,6 +14,7 @@
 
 use crate::error::{Result, WqatError};
 use crate::gpu::{grid_1d, Dispatch, GpuContext, GpuTensor, PipelineKey};
+use crate::kernels::fake_quant::fake_quant_forward;
 use crate::quant::{QStateLayout, QuantSpec};
 
 /// Tiling of one GEMM pipeline: `wg_x * wg_y` threads, each computing `tm x tn` outputs
@@ -338,6 +339,48 @@ pub fn gemm(
     ];
     let groups = [n.div_ceil(tile.bn() as usize) as u32, m.div_ceil(tile.bm() as usize) as u32, 1];
     Dispatch::new(ctx, &key, bytemuck::bytes_of(&p), &storage, groups)
+}
+
+/// The unfused equivalent of [`gemm`] (for benchmarks and debugging): `fake_quant_forward`
+/// of A into `scratch[0]` and of B into `scratch[1]` (each needed exactly when its fq is on,
+/// same element count as the operand), then [`gemm`] with fake-quant off. Returns the
+/// dispatches in order.
+pub fn gemm_unfused(
+    ctx: &GpuContext,
+    cfg: &GemmConfig,
+    a: &GpuTensor,
+    b: &GpuTensor,
+    c: &GpuTensor,
+    extra: &GemmExtras,
+    scratch: [Option<&GpuTensor>; 2],
+) -> Result<Vec<Dispatch>> {
+    let (ar, br) = (cfg.a_rows(), cfg.b_rows());
+    let operands = [
+        (a, cfg.fq_a, extra.qa, ar, cfg.m * cfg.k / ar.max(1)),
+        (b, cfg.fq_b, extra.qb, br, cfg.k * cfg.n / br.max(1)),
+    ];
+    let mut out = Vec::new();
+    let mut fed: Vec<&GpuTensor> = Vec::new();
+    for (i, (x, spec, state, rows, cols)) in operands.into_iter().enumerate() {
+        match (spec, scratch[i]) {
+            (None, _) => fed.push(x),
+            (Some(spec), Some(s)) => {
+                let what = if i == 0 { "A" } else { "B" };
+                let state = state.ok_or_else(|| WqatError::invalid(format!("gemm_unfused: {what} state missing")))?;
+                check_len(&format!("{what} scratch"), s, x.len())?;
+                // Per-row quantization of the operand's storage, viewed as [rows, cols].
+                let view = |t: &GpuTensor| GpuTensor { shape: vec![rows, cols], ..t.clone() };
+                let spec = QuantSpec { channel_axis: spec.channel_axis.map(|_| 0), ..spec };
+                out.push(fake_quant_forward(ctx, &view(x), state, &view(s), &spec)?);
+                fed.push(s);
+            }
+            (Some(_), None) => return Err(WqatError::invalid("gemm_unfused: fake-quant needs a scratch tensor")),
+        }
+    }
+    let plain = GemmConfig { fq_a: None, fq_b: None, ..*cfg };
+    let extra = GemmExtras { qa: None, qb: None, ..*extra };
+    out.push(gemm(ctx, &plain, fed[0], fed[1], c, &extra)?);
+    Ok(out)
 }
 
 #[repr(C)]

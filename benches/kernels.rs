@@ -121,9 +121,9 @@ fn bench_gemm(ctx: &GpuContext, size: usize, runs: usize) -> Result<()> {
     let none = GemmExtras::default();
 
     let variants: [(&str, GemmTile, bool); 4] = [
-        ("NN direct 8x8 thr, 8x8 reg", GemmTile::CPU, false),
-        ("NT direct 8x8 thr, 8x8 reg", GemmTile::CPU, true),
-        ("NN shared 8x8 thr, 8x8 reg, bk 16", GemmTile { shared: true, ..GemmTile::CPU }, false),
+        ("NN direct 8x16 thr, 8x8 reg", GemmTile::CPU, false),
+        ("NT direct 8x16 thr, 8x8 reg", GemmTile::CPU, true),
+        ("NN shared 8x8 thr, 8x8 reg, bk 16", GemmTile { wg_y: 8, shared: true, ..GemmTile::CPU }, false),
         ("NN shared 16x16 thr, 4x4 reg, bk16", GemmTile::GPU, false),
     ];
     for (name, tile, tb) in variants {

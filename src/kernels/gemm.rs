@@ -38,9 +38,9 @@ pub const GEMM_TILE_MAX: u32 = 1024;
 pub const GEMM_TM_MAX: u32 = 8;
 
 impl GemmTile {
-    /// 8x8 threads with 8x8 register blocks (64x64 tile), no workgroup memory: best on
+    /// 8x16 threads with 8x8 register blocks (128x64 tile), no workgroup memory: best on
     /// lavapipe, whose SIMD lanes gain most from register blocking.
-    pub const CPU: GemmTile = GemmTile { wg_x: 8, wg_y: 8, tm: 8, tn: 8, bk: 16, shared: false };
+    pub const CPU: GemmTile = GemmTile { wg_x: 8, wg_y: 16, tm: 8, tn: 8, bk: 16, shared: false };
     /// 16x16 threads with 4x4 register blocks (64x64 tile) staged through workgroup memory:
     /// the usual choice for real GPUs.
     pub const GPU: GemmTile = GemmTile { wg_x: 16, wg_y: 16, tm: 4, tn: 4, bk: 16, shared: true };
@@ -67,11 +67,10 @@ impl GemmTile {
             && self.bk > 0
             && (1..=GEMM_TM_MAX).contains(&self.tm)
             && (self.tn == 4 || self.tn == 8)
-            && self.bm() * self.bk <= GEMM_TILE_MAX
-            && self.bn() * self.bk <= GEMM_TILE_MAX;
+            && (!self.shared || (self.bm() * self.bk <= GEMM_TILE_MAX && self.bn() * self.bk <= GEMM_TILE_MAX));
         if !ok {
             return Err(WqatError::invalid(format!(
-                "gemm tile {self:?}: needs tm in 1..={GEMM_TM_MAX}, tn 4 or 8, bm*bk and bn*bk <= {GEMM_TILE_MAX}"
+                "gemm tile {self:?}: needs tm in 1..={GEMM_TM_MAX}, tn 4 or 8, bm*bk and bn*bk <= {GEMM_TILE_MAX} when shared"
             )));
         }
         let l = &ctx.limits;

@@ -7,7 +7,9 @@
 //   B' likewise with qb / PC_B;
 //   mask[i,j] = [qmin_m <= round(S[i,j] * inv_s) + z <= qmax_m] (STE of the mask source S [M,N],
 //   state mq, per channel along rows of C when PC_M); a state whose fq_on flag is 0 passes through.
-// Fake-quant is applied once per element as the tile is loaded into workgroup memory.
+// SHARED: fake-quant is applied once per element as the tile is loaded into workgroup memory.
+// Direct (SHARED false, lavapipe): operands are read from storage inside the K loop and each
+// load is fake-quantized once (per-tensor and per-row/column parameters held in registers).
 //
 // Tiling: a workgroup of WGX x WGY threads computes a BM x BN tile (BM = WGY*TM, BN = WGX*4*TN4),
 // stepping BK along K; thread (x, y) owns rows y + i*WGY and the 4-column groups x and x + WGX

@@ -261,7 +261,8 @@ pub fn gemm(
     if m == 0 || n == 0 || k == 0 {
         return Err(WqatError::shape(format!("gemm: zero-size problem m={m} n={n} k={k}")));
     }
-    if [m, n, k].iter().any(|&d| d > u32::MAX as usize) || m.checked_mul(n).is_none_or(|x| x > u32::MAX as usize) {
+    let fits = |x: usize, y: usize| x.checked_mul(y).is_some_and(|v| v <= u32::MAX as usize);
+    if !(fits(m, n) && fits(m, k) && fits(k, n)) {
         return Err(WqatError::Limit(format!("gemm: m={m} n={n} k={k} exceed 32-bit indexing")));
     }
     check_len("A", a, m * k)?;

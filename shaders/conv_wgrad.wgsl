@@ -1,0 +1,154 @@
+// Conv2d backward weight, split-K partial sums, as an implicit GEMM:
+//   part[s, co, col] = sum_{k in split s} dY[co, k] * FQ(X)[k, col]
+// per group g, rows co in [0, Cout/groups), columns col = (ci, kh, kw) over
+// Cin/groups*KH*KW, reduction k = (n, oh, ow) over N*OH*OW cut into `splits` chunks of
+// `k_chunk` (workgroup z = split * groups + g). conv_wgrad_reduce.wgsl sums the splits and
+// applies the STE mask of W. Same tiling as conv.wgsl (256 invocations, 4 x 4 register
+// blocks, TPM along M, BK = 8); X is gathered with consecutive invocations on consecutive
+// output pixels so its loads are coalesced.
+
+struct Params {
+    n: u32, c_in: u32, h: u32, w: u32,
+    c_out: u32, oh: u32, ow: u32, groups: u32,
+    kh: u32, kw: u32, stride_h: u32, stride_w: u32,
+    pad_h: u32, pad_w: u32, dil_h: u32, dil_w: u32,
+    cin_g: u32, cout_g: u32, gemm_m: u32, gemm_n: u32,
+    gemm_k: u32, k_chunk: u32, splits: u32, _pad: u32,
+    x_qmin: f32, x_qmax: f32, w_qmin: f32, w_qmax: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> dy: array<f32>;
+@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(3) var<storage, read> xq: array<f32>;
+@group(0) @binding(4) var<storage, read_write> part: array<f32>;
+
+override TPM: u32 = 16u;
+override FQ_X: bool = false;  // fake-quant X with the state at binding 3
+
+const WG: u32 = 256u;
+const BK: u32 = 8u;
+const TM: u32 = 4u;
+const TN: u32 = 4u;
+
+var<workgroup> As: array<f32, 512>;
+var<workgroup> Bs: array<f32, 2048>;
+
+fn fq(v: f32, s: f32, inv_s: f32, z: f32, qmin: f32, qmax: f32) -> f32 {
+    return (clamp(round(v * inv_s) + z, qmin, qmax) - z) * s;
+}
+
+fn store_row(base: u32, row: u32, v: vec4<f32>, col0: u32, tpn: u32) {
+    if (row >= p.gemm_m) { return; }
+    for (var j = 0u; j < TN; j++) {
+        let col = col0 + j * tpn;
+        if (col < p.gemm_n) {
+            part[base + row * p.gemm_n + col] = v[j];
+        }
+    }
+}
+
+@compute @workgroup_size(256)
+fn conv2d_wgrad_partial(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let tpn = WG / TPM;
+    let bm = TM * TPM;
+    let bn = TN * tpn;
+    let g = wid.z % p.groups;
+    let s = wid.z / p.groups;
+    let M = p.gemm_m;
+    let N = p.gemm_n;
+    // Tiles are numbered linearly over (x, y), M fastest, so that workgroups running
+    // together share the same gathered columns.
+    let m_tiles = (M + bm - 1u) / bm;
+    let t = wid.x + wid.y * nwg.x;
+    if (t >= m_tiles * ((N + bn - 1u) / bn)) { return; }
+    let m0 = t % m_tiles * bm;
+    let n0 = t / m_tiles * bn;
+    let kbeg = s * p.k_chunk;
+    let kend = min(p.gemm_k, kbeg + p.k_chunk);
+    let khw = p.kh * p.kw;
+    let hw = p.h * p.w;
+    let ohw = p.oh * p.ow;
+
+    var x_on = false;
+    var xs = 1.0;
+    var xinv = 1.0;
+    var xz = 0.0;
+    if (FQ_X) {
+        x_on = xq[0] != 0.0;
+        xs = xq[4];
+        xinv = xq[5];
+        xz = xq[6];
+    }
+
+    let tx = lid % tpn;
+    let ty = lid / tpn;
+    // B loads: this invocation's k offset is fixed, its columns step by WG / BK.
+    let bkk = lid % BK;
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+
+    for (var k0 = kbeg; k0 < kend; k0 += BK) {
+        // A tile: dY[n, co, oh, ow], k = (n, oh, ow) contiguous per (n, co).
+        for (var e = lid; e < bm * BK; e += WG) {
+            let m = e / BK;
+            let kk = e % BK;
+            let row = m0 + m;
+            let k = k0 + kk;
+            var v = 0.0;
+            if (row < M && k < kend) {
+                v = dy[(k / ohw * p.c_out + g * M + row) * ohw + k % ohw];
+            }
+            As[kk * bm + m] = v;
+        }
+        // B tile: FQ(X)[k, (ci, kh, kw)].
+        let k = k0 + bkk;
+        let k_ok = k < kend;
+        let nb = k / ohw;
+        let pp = k % ohw;
+        let ih0 = i32(pp / p.ow * p.stride_h) - i32(p.pad_h);
+        let iw0 = i32(pp % p.ow * p.stride_w) - i32(p.pad_w);
+        let xbase = (nb * p.c_in + g * p.cin_g) * hw;
+        for (var c = lid / BK; c < bn; c += WG / BK) {
+            let col = n0 + c;
+            var v = 0.0;
+            if (k_ok && col < N) {
+                let ci = col / khw;
+                let r = col % khw;
+                let ih = ih0 + i32(r / p.kw * p.dil_h);
+                let iw = iw0 + i32(r % p.kw * p.dil_w);
+                if (ih >= 0 && ih < i32(p.h) && iw >= 0 && iw < i32(p.w)) {
+                    v = x[xbase + ci * hw + u32(ih) * p.w + u32(iw)];
+                    if (x_on) { v = fq(v, xs, xinv, xz, p.x_qmin, p.x_qmax); }
+                }
+            }
+            Bs[bkk * bn + c] = v;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            let ab = kk * bm + ty;
+            let a = vec4<f32>(As[ab], As[ab + TPM], As[ab + 2u * TPM], As[ab + 3u * TPM]);
+            let bb = kk * bn + tx;
+            let b = vec4<f32>(Bs[bb], Bs[bb + tpn], Bs[bb + 2u * tpn], Bs[bb + 3u * tpn]);
+            acc0 += a.x * b;
+            acc1 += a.y * b;
+            acc2 += a.z * b;
+            acc3 += a.w * b;
+        }
+        workgroupBarrier();
+    }
+
+    // part layout [splits, Cout, Cin/groups*KH*KW]: the same layout as dW per split.
+    let base = (s * p.c_out + g * M) * N;
+    let col0 = n0 + tx;
+    store_row(base, m0 + ty, acc0, col0, tpn);
+    store_row(base, m0 + ty + TPM, acc1, col0, tpn);
+    store_row(base, m0 + ty + 2u * TPM, acc2, col0, tpn);
+    store_row(base, m0 + ty + 3u * TPM, acc3, col0, tpn);
+}

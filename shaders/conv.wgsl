@@ -9,6 +9,8 @@
 // (override: 4, 8 or 16), 256 / TPM along N, so a workgroup tile is (4 TPM) x (1024 / TPM)
 // and BK = 8 values of k are staged in workgroup memory per step. Columns owned by an
 // invocation are strided by 256 / TPM so loads, shared reads and stores are coalesced.
+// Flags (p.flags bits, uniform branches rather than override constants so that one pipeline
+// per tile shape serves every combination): FQ_X, FQ_W, HAS_BIAS, RELU.
 // FQ: q = clamp(round(v * inv_s) + z, qmin, qmax), (q - z) * s, inv_s read from the state.
 // X is per tensor (state channel 0), W per output channel. A state with fq_on == 0 passes
 // values through.
@@ -19,7 +21,7 @@ struct Params {
     kh: u32, kw: u32, stride_h: u32, stride_w: u32,
     pad_h: u32, pad_w: u32, dil_h: u32, dil_w: u32,
     cin_g: u32, cout_g: u32, gemm_m: u32, gemm_n: u32,
-    gemm_k: u32, k_chunk: u32, splits: u32, _pad: u32,
+    gemm_k: u32, k_chunk: u32, splits: u32, flags: u32,
     x_qmin: f32, x_qmax: f32, w_qmin: f32, w_qmax: f32,
 }
 
@@ -32,11 +34,12 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> y: array<f32>;
 
 override TPM: u32 = 16u;        // invocations along M: 4, 8 or 16
-override FQ_X: bool = false;    // fake-quant X with the state at binding 4
-override FQ_W: bool = false;    // fake-quant W with the state at binding 5
-override HAS_BIAS: bool = false;
-override RELU: bool = false;
 
+// Bits of p.flags.
+const FQ_X: u32 = 1u;
+const FQ_W: u32 = 2u;
+const HAS_BIAS: u32 = 4u;
+const RELU: u32 = 8u;
 const WG: u32 = 256u;
 const BK: u32 = 8u;
 const TM: u32 = 4u;
@@ -44,6 +47,19 @@ const TN: u32 = 4u;
 
 var<workgroup> As: array<f32, 512>;   // BK x BM, BM <= 64
 var<workgroup> Bs: array<f32, 2048>;  // BK x BN, BN <= 256
+// k = (ci, kh, kw) decoded once per workgroup step (two slots, ping-pong): offset of the tap
+// in X relative to the column's top-left input pixel, and its (h, w) displacement. Integer
+// division is slow everywhere (scalarized on lavapipe), so it never runs per element.
+var<workgroup> Kd: array<vec4<i32>, 16>;
+
+fn kdecode(k: u32) -> vec4<i32> {
+    let khw = p.kh * p.kw;
+    let ci = k / khw;
+    let r = k % khw;
+    let dh = r / p.kw * p.dil_h;
+    let dw = r % p.kw * p.dil_w;
+    return vec4<i32>(i32(ci * p.h * p.w + dh * p.w + dw), i32(dh), i32(dw), 0);
+}
 
 fn fq(v: f32, s: f32, inv_s: f32, z: f32, qmin: f32, qmax: f32) -> f32 {
     return (clamp(round(v * inv_s) + z, qmin, qmax) - z) * s;
@@ -53,13 +69,13 @@ fn store_row(g: u32, row: u32, v: vec4<f32>, col0: u32, tpn: u32) {
     if (row >= p.gemm_m) { return; }
     let co = g * p.gemm_m + row;
     var b = 0.0;
-    if (HAS_BIAS) { b = bias[co]; }
+    if ((p.flags & HAS_BIAS) != 0u) { b = bias[co]; }
     let ohw = p.oh * p.ow;
     for (var j = 0u; j < TN; j++) {
         let col = col0 + j * tpn;
         if (col < p.gemm_n) {
             var o = v[j] + b;
-            if (RELU) { o = max(o, 0.0); }
+            if ((p.flags & RELU) != 0u) { o = max(o, 0.0); }
             y[(col / ohw * p.c_out + co) * ohw + col % ohw] = o;
         }
     }
@@ -85,22 +101,20 @@ fn conv2d_forward(
     let m0 = t % m_tiles * bm;
     let n0 = t / m_tiles * bn;
     let K = p.gemm_k;
-    let khw = p.kh * p.kw;
-    let hw = p.h * p.w;
     let ohw = p.oh * p.ow;
 
     var x_on = false;
     var xs = 1.0;
     var xinv = 1.0;
     var xz = 0.0;
-    if (FQ_X) {
+    if ((p.flags & FQ_X) != 0u) {
         x_on = xq[0] != 0.0;
         xs = xq[4];
         xinv = xq[5];
         xz = xq[6];
     }
     var w_on = false;
-    if (FQ_W) { w_on = wq[0] != 0.0; }
+    if ((p.flags & FQ_W) != 0u) { w_on = wq[0] != 0.0; }
 
     // The column this invocation gathers from X, decoded once.
     let lc = lid % bn;
@@ -110,7 +124,7 @@ fn conv2d_forward(
     let pp = col % ohw;
     let ih0 = i32(pp / p.ow * p.stride_h) - i32(p.pad_h);
     let iw0 = i32(pp % p.ow * p.stride_w) - i32(p.pad_w);
-    let xbase = (nb * p.c_in + g * p.cin_g) * hw;
+    let xbase = i32((nb * p.c_in + g * p.cin_g) * p.h * p.w) + ih0 * i32(p.w) + iw0;
 
     let tx = lid % tpn;
     let ty = lid / tpn;
@@ -119,7 +133,11 @@ fn conv2d_forward(
     var acc2 = vec4<f32>(0.0);
     var acc3 = vec4<f32>(0.0);
 
+    if (lid < BK) { Kd[lid] = kdecode(lid); }
+    workgroupBarrier();
+    var slot = 0u;
     for (var k0 = 0u; k0 < K; k0 += BK) {
+        if (lid < BK) { Kd[BK - slot + lid] = kdecode(k0 + BK + lid); }
         // A tile: FQ(W) rows m0.., k contiguous in memory.
         for (var e = lid; e < bm * BK; e += WG) {
             let m = e / BK;
@@ -140,15 +158,12 @@ fn conv2d_forward(
         for (var kk = lid / bn; kk < BK; kk += WG / bn) {
             let k = k0 + kk;
             var v = 0.0;
-            if (col_ok && k < K) {
-                let ci = k / khw;
-                let r = k % khw;
-                let ih = ih0 + i32(r / p.kw * p.dil_h);
-                let iw = iw0 + i32(r % p.kw * p.dil_w);
-                if (ih >= 0 && ih < i32(p.h) && iw >= 0 && iw < i32(p.w)) {
-                    v = x[xbase + ci * hw + u32(ih) * p.w + u32(iw)];
-                    if (x_on) { v = fq(v, xs, xinv, xz, p.x_qmin, p.x_qmax); }
-                }
+            let d = Kd[slot + kk];
+            let ih = ih0 + d.y;
+            let iw = iw0 + d.z;
+            if (col_ok && k < K && ih >= 0 && ih < i32(p.h) && iw >= 0 && iw < i32(p.w)) {
+                v = x[u32(xbase + d.x)];
+                if (x_on) { v = fq(v, xs, xinv, xz, p.x_qmin, p.x_qmax); }
             }
             Bs[kk * bn + lc] = v;
         }
@@ -164,6 +179,7 @@ fn conv2d_forward(
             acc3 += a.w * b;
         }
         workgroupBarrier();
+        slot = BK - slot;
     }
 
     let col0 = n0 + tx;

@@ -5,8 +5,10 @@
 // Cout/groups*KH*KW. dY is gathered: oh = (ih + pad - kh*dil) / stride when that divides
 // and lies in range, else 0. Same tiling as conv.wgsl (256 invocations, 4 x 4 register
 // blocks, TPM along M, BK = 8).
-// MASK: multiply by STE(x) = [qmin <= round(x * inv_s) + z <= qmax] with x's per-tensor
-// state (pass-through when its fq_on is 0). ACCUM: dX += result instead of dX = result.
+// Flags (p.flags bits, uniform branches rather than override constants so that one pipeline
+// per tile shape serves every combination): FQ_W fake-quantizes W with its state; MASK
+// multiplies by STE(x) = [qmin <= round(x * inv_s) + z <= qmax] with x's per-tensor state
+// (pass-through when its fq_on is 0); ACCUM makes it dX += result instead of dX = result.
 
 struct Params {
     n: u32, c_in: u32, h: u32, w: u32,
@@ -14,7 +16,7 @@ struct Params {
     kh: u32, kw: u32, stride_h: u32, stride_w: u32,
     pad_h: u32, pad_w: u32, dil_h: u32, dil_w: u32,
     cin_g: u32, cout_g: u32, gemm_m: u32, gemm_n: u32,
-    gemm_k: u32, k_chunk: u32, splits: u32, _pad: u32,
+    gemm_k: u32, k_chunk: u32, splits: u32, flags: u32,
     x_qmin: f32, x_qmax: f32, w_qmin: f32, w_qmax: f32,
 }
 
@@ -27,10 +29,11 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> dx: array<f32>;
 
 override TPM: u32 = 16u;
-override FQ_W: bool = false;   // fake-quant W with the state at binding 3
-override MASK: bool = false;   // STE mask from x (binding 4) and its state (binding 5)
-override ACCUM: bool = false;  // add into dx
 
+// Bits of p.flags.
+const FQ_W: u32 = 2u;
+const MASK: u32 = 16u;
+const ACCUM: u32 = 32u;
 const WG: u32 = 256u;
 const BK: u32 = 8u;
 const TM: u32 = 4u;
@@ -50,7 +53,7 @@ fn store_row(g: u32, row: u32, v: vec4<f32>, col0: u32, tpn: u32) {
     var m_on = false;
     var xinv = 1.0;
     var xz = 0.0;
-    if (MASK) {
+    if ((p.flags & MASK) != 0u) {
         m_on = xq[0] != 0.0;
         xinv = xq[5];
         xz = xq[6];
@@ -64,7 +67,7 @@ fn store_row(g: u32, row: u32, v: vec4<f32>, col0: u32, tpn: u32) {
                 let r = round(x[idx] * xinv) + xz;
                 o = select(0.0, o, r >= p.x_qmin && r <= p.x_qmax);
             }
-            if (ACCUM) { o += dx[idx]; }
+            if ((p.flags & ACCUM) != 0u) { o += dx[idx]; }
             dx[idx] = o;
         }
     }
@@ -94,7 +97,7 @@ fn conv2d_backward_data(
     let hw = p.h * p.w;
     let ohw = p.oh * p.ow;
     var w_on = false;
-    if (FQ_W) { w_on = wq[0] != 0.0; }
+    if ((p.flags & FQ_W) != 0u) { w_on = wq[0] != 0.0; }
 
     // The input pixel this invocation gathers dY for, decoded once.
     let lc = lid % bn;

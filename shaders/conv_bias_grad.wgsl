@@ -8,7 +8,7 @@ struct Params {
     kh: u32, kw: u32, stride_h: u32, stride_w: u32,
     pad_h: u32, pad_w: u32, dil_h: u32, dil_w: u32,
     cin_g: u32, cout_g: u32, gemm_m: u32, gemm_n: u32,
-    gemm_k: u32, k_chunk: u32, splits: u32, _pad: u32,
+    gemm_k: u32, k_chunk: u32, splits: u32, flags: u32,
     x_qmin: f32, x_qmax: f32, w_qmin: f32, w_qmax: f32,
 }
 

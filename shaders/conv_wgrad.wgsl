@@ -3,7 +3,7 @@
 // per group g, rows co in [0, Cout/groups), columns col = (ci, kh, kw) over
 // Cin/groups*KH*KW, reduction k = (n, oh, ow) over N*OH*OW cut into `splits` chunks of
 // `k_chunk` (workgroup z = split * groups + g). conv_wgrad_reduce.wgsl sums the splits and
-// applies the STE mask of W. Same tiling as conv.wgsl (256 invocations, 4 x 4 register
+// applies the STE mask of W. Flag FQ_X (p.flags bit 1) fake-quantizes X with its state. Same tiling as conv.wgsl (256 invocations, 4 x 4 register
 // blocks, TPM along M, BK = 8); X is gathered with consecutive invocations on consecutive
 // output pixels so its loads are coalesced.
 
@@ -13,7 +13,7 @@ struct Params {
     kh: u32, kw: u32, stride_h: u32, stride_w: u32,
     pad_h: u32, pad_w: u32, dil_h: u32, dil_w: u32,
     cin_g: u32, cout_g: u32, gemm_m: u32, gemm_n: u32,
-    gemm_k: u32, k_chunk: u32, splits: u32, _pad: u32,
+    gemm_k: u32, k_chunk: u32, splits: u32, flags: u32,
     x_qmin: f32, x_qmax: f32, w_qmin: f32, w_qmax: f32,
 }
 
@@ -24,8 +24,9 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> part: array<f32>;
 
 override TPM: u32 = 16u;
-override FQ_X: bool = false;  // fake-quant X with the state at binding 3
 
+// Bits of p.flags.
+const FQ_X: u32 = 1u;
 const WG: u32 = 256u;
 const BK: u32 = 8u;
 const TM: u32 = 4u;
@@ -78,7 +79,7 @@ fn conv2d_wgrad_partial(
     var xs = 1.0;
     var xinv = 1.0;
     var xz = 0.0;
-    if (FQ_X) {
+    if ((p.flags & FQ_X) != 0u) {
         x_on = xq[0] != 0.0;
         xs = xq[4];
         xinv = xq[5];

@@ -360,3 +360,90 @@ fn bad_geometry_shapes_and_limits_are_errors() {
     let bb = GpuTensor::zeros(&ctx, &[70000], DType::F32).unwrap();
     assert!(matches!(k::conv2d_bias_grad(&ctx, &big, &by, &bb), Err(WqatError::Limit(_))));
 }
+
+/// Manual throughput report (not a test of correctness): `cargo test --test kernel_conv --
+/// --ignored --nocapture conv_throughput`.
+#[test]
+#[ignore]
+fn conv_throughput() {
+    let ctx = testing::ctx();
+    let shapes = [
+        ("mnist c1", Conv2dConfig::new(64, 1, 28, 28, 16, 3).with_padding(1)),
+        ("mnist c2", Conv2dConfig::new(64, 16, 14, 14, 32, 3).with_padding(1)),
+        ("r20 16-16 32x32", Conv2dConfig::new(128, 16, 32, 32, 16, 3).with_padding(1)),
+        ("r20 16-32 s2", Conv2dConfig::new(128, 16, 32, 32, 32, 3).with_padding(1).with_stride(2)),
+        ("r20 32-32 16x16", Conv2dConfig::new(128, 32, 16, 16, 32, 3).with_padding(1)),
+        ("r20 32-64 s2", Conv2dConfig::new(128, 32, 16, 16, 64, 3).with_padding(1).with_stride(2)),
+        ("r20 64-64 8x8", Conv2dConfig::new(128, 64, 8, 8, 64, 3).with_padding(1)),
+        ("r20 1x1 16-32 s2", Conv2dConfig::new(128, 16, 32, 32, 32, 1).with_stride(2)),
+    ];
+    let reps = 3;
+    for (name, cfg) in shapes {
+        let x = GpuTensor::from_f32(&ctx, &cfg.x_shape(), &vec![0.5; cfg.x_shape().iter().product()]).unwrap();
+        let w = GpuTensor::from_f32(&ctx, &cfg.w_shape(), &vec![0.1; cfg.w_shape().iter().product()]).unwrap();
+        let y = GpuTensor::zeros(&ctx, &cfg.y_shape(), DType::F32).unwrap();
+        let dx = GpuTensor::zeros(&ctx, &cfg.x_shape(), DType::F32).unwrap();
+        let dw = GpuTensor::zeros(&ctx, &cfg.w_shape(), DType::F32).unwrap();
+        let xst = QStateLayout::new(1).build(&[0.01], &[10.0]);
+        let wst = QStateLayout::new(cfg.c_out).build(&vec![0.01; cfg.c_out], &vec![0.0; cfg.c_out]);
+        let xs = GpuTensor::from_f32(&ctx, &[xst.len()], &xst).unwrap();
+        let ws = GpuTensor::from_f32(&ctx, &[wst.len()], &wst).unwrap();
+        let xq = QuantOperand { state: &xs, spec: QuantSpec::activation(8) };
+        let wq = QuantOperand { state: &ws, spec: QuantSpec::weight(8) };
+        let fwd = k::conv2d_forward(
+            &ctx,
+            &cfg,
+            &k::Conv2dForwardArgs { x: &x, w: &w, bias: None, x_quant: Some(xq), w_quant: Some(wq), relu: true, y: &y },
+        )
+        .unwrap();
+        let bd = k::conv2d_backward_data(
+            &ctx,
+            &cfg,
+            &k::Conv2dBackwardDataArgs {
+                dy: &y,
+                w: &w,
+                w_quant: Some(wq),
+                x_mask: Some(SteMask { values: &x, state: &xs, spec: xq.spec }),
+                accumulate: false,
+                dx: &dx,
+            },
+        )
+        .unwrap();
+        let bw = k::conv2d_backward_weight(
+            &ctx,
+            &cfg,
+            &k::Conv2dBackwardWeightArgs {
+                x: &x,
+                x_quant: Some(xq),
+                dy: &y,
+                w_mask: Some(SteMask { values: &w, state: &ws, spec: wq.spec }),
+                dw: &dw,
+            },
+        )
+        .unwrap();
+        let [bp, br] = bw.dispatches();
+        let time = |ds: &[&wqat::gpu::Dispatch]| {
+            ctx.submit(ds).unwrap();
+            ctx.wait().unwrap();
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                ctx.submit(ds).unwrap();
+            }
+            ctx.wait().unwrap();
+            t.elapsed().as_secs_f64() / reps as f64
+        };
+        let (tf, td, tw) = (time(&[&fwd]), time(&[&bd]), time(&[bp, br]));
+        let g = cfg.flops() / 1e9;
+        eprintln!(
+            "{name:18} {:7.1} MFLOP  fwd {:6.2} ms {:6.1} GFLOP/s  bwd-data {:6.2} ms {:6.1}  bwd-weight {:6.2} ms {:6.1} (splits {})",
+            g * 1e3,
+            tf * 1e3,
+            g / tf,
+            td * 1e3,
+            g / td,
+            tw * 1e3,
+            g / tw,
+            bw.splits
+        );
+    }
+}

@@ -239,11 +239,27 @@ struct Params {
     gemm_k: u32,
     k_chunk: u32,
     splits: u32,
-    _pad: u32,
+    flags: u32,
     x_qmin: f32,
     x_qmax: f32,
     w_qmin: f32,
     w_qmax: f32,
+}
+
+/// Bits of `Params::flags` (uniform branches in the shaders, so one pipeline per tile shape).
+const FQ_X: u32 = 1;
+const FQ_W: u32 = 2;
+const HAS_BIAS: u32 = 4;
+const RELU: u32 = 8;
+const MASK: u32 = 16;
+const ACCUM: u32 = 32;
+
+fn bit(on: bool, b: u32) -> u32 {
+    if on {
+        b
+    } else {
+        0
+    }
 }
 
 /// Invocations per workgroup and the reduction step of the GEMM shaders.
@@ -344,12 +360,11 @@ pub fn conv2d_forward(ctx: &GpuContext, cfg: &Conv2dConfig, a: &Conv2dForwardArg
     p.gemm_n = n as u32;
     p.gemm_k = (cfg.c_in / cfg.groups * cfg.kh * cfg.kw) as u32;
     let tpm = pick_tpm(m, n);
-    let key = PipelineKey::new("conv", "conv2d_forward")
-        .with("TPM", tpm as f64)
-        .with("FQ_X", a.x_quant.is_some() as u8 as f64)
-        .with("FQ_W", a.w_quant.is_some() as u8 as f64)
-        .with("HAS_BIAS", a.bias.is_some() as u8 as f64)
-        .with("RELU", a.relu as u8 as f64);
+    p.flags = bit(a.x_quant.is_some(), FQ_X)
+        | bit(a.w_quant.is_some(), FQ_W)
+        | bit(a.bias.is_some(), HAS_BIAS)
+        | bit(a.relu, RELU);
+    let key = PipelineKey::new("conv", "conv2d_forward").with("TPM", tpm as f64);
     let bias = a.bias.unwrap_or(a.w);
     let xs = a.x_quant.map(|q| q.state).unwrap_or(a.x);
     let ws = a.w_quant.map(|q| q.state).unwrap_or(a.w);
@@ -382,11 +397,8 @@ pub fn conv2d_backward_data(ctx: &GpuContext, cfg: &Conv2dConfig, a: &Conv2dBack
     p.gemm_n = n as u32;
     p.gemm_k = (cfg.c_out / cfg.groups * cfg.kh * cfg.kw) as u32;
     let tpm = pick_tpm(m, n);
-    let key = PipelineKey::new("conv_backward", "conv2d_backward_data")
-        .with("TPM", tpm as f64)
-        .with("FQ_W", a.w_quant.is_some() as u8 as f64)
-        .with("MASK", a.x_mask.is_some() as u8 as f64)
-        .with("ACCUM", a.accumulate as u8 as f64);
+    p.flags = bit(a.w_quant.is_some(), FQ_W) | bit(a.x_mask.is_some(), MASK) | bit(a.accumulate, ACCUM);
+    let key = PipelineKey::new("conv_backward", "conv2d_backward_data").with("TPM", tpm as f64);
     let ws = a.w_quant.map(|q| q.state).unwrap_or(a.w);
     let (xv, xs) = a.x_mask.map(|mk| (mk.values, mk.state)).unwrap_or((a.dy, a.dy));
     Dispatch::new(
@@ -441,9 +453,8 @@ pub fn conv2d_backward_weight(
     p.k_chunk = k_chunk as u32;
     p.splits = splits as u32;
     let partials = GpuTensor::zeros(ctx, &[splits, cfg.c_out, n], DType::F32)?;
-    let key = PipelineKey::new("conv_wgrad", "conv2d_wgrad_partial")
-        .with("TPM", tpm as f64)
-        .with("FQ_X", a.x_quant.is_some() as u8 as f64);
+    p.flags = bit(a.x_quant.is_some(), FQ_X) | bit(a.w_mask.is_some(), MASK);
+    let key = PipelineKey::new("conv_wgrad", "conv2d_wgrad_partial").with("TPM", tpm as f64);
     let xs = a.x_quant.map(|q| q.state).unwrap_or(a.x);
     let partial = Dispatch::new(
         ctx,
@@ -452,8 +463,7 @@ pub fn conv2d_backward_weight(
         &[&a.dy.buffer, &a.x.buffer, &xs.buffer, &partials.buffer],
         gemm_grid(m, n, splits * cfg.groups, tpm),
     )?;
-    let key =
-        PipelineKey::new("conv_wgrad_reduce", "conv2d_wgrad_reduce").with("MASK", a.w_mask.is_some() as u8 as f64);
+    let key = PipelineKey::new("conv_wgrad_reduce", "conv2d_wgrad_reduce");
     let (wv, ws) = a.w_mask.map(|mk| (mk.values, mk.state)).unwrap_or((a.dy, a.dy));
     let reduce = Dispatch::new(
         ctx,

@@ -306,6 +306,8 @@ fn backward_matches_finite_differences() {
         23,
         &Conv2dConfig { padding: (0, 2), stride: (2, 1), ..Conv2dConfig::new(2, 3, 5, 4, 3, 1) }.with_groups(3),
     );
+    // Stride 3 with dilation 2: three stride phases, each with its own tap progression.
+    finite_diff_case(25, &Conv2dConfig::new(1, 2, 11, 10, 3, 3).with_stride(3).with_dilation(2).with_padding(2));
     finite_diff_case(24, &Conv2dConfig { kh: 5, kw: 3, padding: (2, 1), ..Conv2dConfig::new(1, 2, 6, 5, 3, 0) });
 }
 

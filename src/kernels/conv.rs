@@ -392,10 +392,11 @@ pub fn conv2d_backward_data(ctx: &GpuContext, cfg: &Conv2dConfig, a: &Conv2dBack
         check_tensor(mk.values, &cfg.x_shape(), "x (STE mask)")?;
         (p.x_qmin, p.x_qmax) = check_quant(mk.state, &mk.spec, false, "x (STE mask)", 1)?;
     }
-    let (m, n) = (cfg.c_in / cfg.groups, cfg.x_len() / cfg.c_in);
+    // One GEMM per (group, stride phase); the grid covers the largest phase.
+    let phases = cfg.stride.0 * cfg.stride.1;
+    let (m, n) = (cfg.c_in / cfg.groups, cfg.n * cfg.h.div_ceil(cfg.stride.0) * cfg.w.div_ceil(cfg.stride.1));
     p.gemm_m = m as u32;
     p.gemm_n = n as u32;
-    p.gemm_k = (cfg.c_out / cfg.groups * cfg.kh * cfg.kw) as u32;
     let tpm = pick_tpm(m, n);
     p.flags = bit(a.w_quant.is_some(), FQ_W) | bit(a.x_mask.is_some(), MASK) | bit(a.accumulate, ACCUM);
     let key = PipelineKey::new("conv_backward", "conv2d_backward_data").with("TPM", tpm as f64);
@@ -406,7 +407,7 @@ pub fn conv2d_backward_data(ctx: &GpuContext, cfg: &Conv2dConfig, a: &Conv2dBack
         &key,
         bytemuck::bytes_of(&p),
         &[&a.dy.buffer, &a.w.buffer, &ws.buffer, &xv.buffer, &xs.buffer, &a.dx.buffer],
-        gemm_grid(m, n, cfg.groups, tpm),
+        gemm_grid(m, n, cfg.groups * phases, tpm),
     )
 }
 

@@ -34,6 +34,25 @@ const TN: u32 = 4u;
 
 var<workgroup> As: array<f32, 512>;
 var<workgroup> Bs: array<f32, 2048>;
+// Decode tables, so that no integer division runs per element: Cd[c] for the workgroup's
+// columns (ci, kh, kw) -> (offset of the tap in X relative to the pixel's top-left input,
+// kh * dil_h, kw * dil_w); Kd[slot + kk] for the step's k = (n, oh, ow) -> (offset of the
+// top-left input in X, ih0, iw0, offset in dY without the channel), two slots, ping-pong.
+var<workgroup> Cd: array<vec4<i32>, 256>;
+var<workgroup> Kd: array<vec4<i32>, 16>;
+
+const FAR: i32 = -1073741824;  // an input row no tap reaches: marks padding columns/steps
+
+fn kdecode(k: u32, kend: u32, g: u32) -> vec4<i32> {
+    if (k >= kend) { return vec4<i32>(0, FAR, FAR, 0); }
+    let ohw = p.oh * p.ow;
+    let nb = k / ohw;
+    let pp = k % ohw;
+    let ih0 = i32(pp / p.ow * p.stride_h) - i32(p.pad_h);
+    let iw0 = i32(pp % p.ow * p.stride_w) - i32(p.pad_w);
+    let xoff = i32((nb * p.c_in + g * p.cin_g) * p.h * p.w) + ih0 * i32(p.w) + iw0;
+    return vec4<i32>(xoff, ih0, iw0, i32(nb * p.c_out * ohw + pp));
+}
 
 fn fq(v: f32, s: f32, inv_s: f32, z: f32, qmin: f32, qmax: f32) -> f32 {
     return (clamp(round(v * inv_s) + z, qmin, qmax) - z) * s;
@@ -88,6 +107,20 @@ fn conv2d_wgrad_partial(
 
     let tx = lid % tpn;
     let ty = lid / tpn;
+    if (lid < bn) {
+        let col = n0 + lid;
+        var d = vec4<i32>(0, FAR, FAR, 0);
+        if (col < N) {
+            let ci = col / khw;
+            let r = col % khw;
+            let dh = r / p.kw * p.dil_h;
+            let dw = r % p.kw * p.dil_w;
+            d = vec4<i32>(i32(ci * hw + dh * p.w + dw), i32(dh), i32(dw), 0);
+        }
+        Cd[lid] = d;
+    }
+    if (lid < BK) { Kd[lid] = kdecode(kbeg + lid, kend, g); }
+    workgroupBarrier();
     // B loads: this invocation's k offset is fixed, its columns step by WG / BK.
     let bkk = lid % BK;
     var acc0 = vec4<f32>(0.0);
@@ -95,39 +128,30 @@ fn conv2d_wgrad_partial(
     var acc2 = vec4<f32>(0.0);
     var acc3 = vec4<f32>(0.0);
 
+    var slot = 0u;
     for (var k0 = kbeg; k0 < kend; k0 += BK) {
-        // A tile: dY[n, co, oh, ow], k = (n, oh, ow) contiguous per (n, co).
+        if (lid < BK) { Kd[BK - slot + lid] = kdecode(k0 + BK + lid, kend, g); }
+        // A tile: dY[n, co, oh, ow].
         for (var e = lid; e < bm * BK; e += WG) {
             let m = e / BK;
             let kk = e % BK;
             let row = m0 + m;
-            let k = k0 + kk;
             var v = 0.0;
-            if (row < M && k < kend) {
-                v = dy[(k / ohw * p.c_out + g * M + row) * ohw + k % ohw];
+            if (row < M && k0 + kk < kend) {
+                v = dy[u32(Kd[slot + kk].w) + (g * M + row) * ohw];
             }
             As[kk * bm + m] = v;
         }
-        // B tile: FQ(X)[k, (ci, kh, kw)].
-        let k = k0 + bkk;
-        let k_ok = k < kend;
-        let nb = k / ohw;
-        let pp = k % ohw;
-        let ih0 = i32(pp / p.ow * p.stride_h) - i32(p.pad_h);
-        let iw0 = i32(pp % p.ow * p.stride_w) - i32(p.pad_w);
-        let xbase = (nb * p.c_in + g * p.cin_g) * hw;
+        // B tile: FQ(X)[k, (ci, kh, kw)]; padding columns and steps past kend have rows FAR.
+        let kd = Kd[slot + bkk];
         for (var c = lid / BK; c < bn; c += WG / BK) {
-            let col = n0 + c;
+            let d = Cd[c];
+            let ih = kd.y + d.y;
+            let iw = kd.z + d.z;
             var v = 0.0;
-            if (k_ok && col < N) {
-                let ci = col / khw;
-                let r = col % khw;
-                let ih = ih0 + i32(r / p.kw * p.dil_h);
-                let iw = iw0 + i32(r % p.kw * p.dil_w);
-                if (ih >= 0 && ih < i32(p.h) && iw >= 0 && iw < i32(p.w)) {
-                    v = x[xbase + ci * hw + u32(ih) * p.w + u32(iw)];
-                    if (x_on) { v = fq(v, xs, xinv, xz, p.x_qmin, p.x_qmax); }
-                }
+            if (ih >= 0 && ih < i32(p.h) && iw >= 0 && iw < i32(p.w)) {
+                v = x[u32(kd.x + d.x)];
+                if (x_on) { v = fq(v, xs, xinv, xz, p.x_qmin, p.x_qmax); }
             }
             Bs[bkk * bn + c] = v;
         }
@@ -143,6 +167,7 @@ fn conv2d_wgrad_partial(
             acc3 += a.w * b;
         }
         workgroupBarrier();
+        slot = BK - slot;
     }
 
     // part layout [splits, Cout, Cin/groups*KH*KW]: the same layout as dW per split.

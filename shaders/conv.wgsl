@@ -5,10 +5,11 @@
 // with rows co in [0, Cout/groups), columns col = (n, oh, ow) over N*OH*OW and
 // k = (ci, kh, kw) over Cin/groups*KH*KW. The X operand is gathered on the fly (im2col is
 // never materialized); padding reads as 0.
-// Tiling: 256 invocations, each a TM x TN = 4 x 4 register block; TPM invocations along M
-// (override: 4, 8 or 16), 256 / TPM along N, so a workgroup tile is (4 TPM) x (1024 / TPM)
-// and BK = 8 values of k are staged in workgroup memory per step. Columns owned by an
-// invocation are strided by 256 / TPM so loads, shared reads and stores are coalesced.
+// Tiling: WG invocations (override: 256, or 64 for small GEMMs), each a TM x TN = 4 x 4
+// register block; TPM invocations along M (override: 4, 8 or 16), WG / TPM along N, so a
+// workgroup tile is (4 TPM) x (4 WG / TPM) and BK = 8 values of k are staged in workgroup
+// memory per step. Columns owned by an invocation are strided by WG / TPM so loads, shared
+// reads and stores are coalesced. The tile must have BN <= WG (TPM >= 4).
 // Flags (p.flags bits, uniform branches rather than override constants so that one pipeline
 // per tile shape serves every combination): FQ_X, FQ_W, HAS_BIAS, RELU.
 // FQ: q = clamp(round(v * inv_s) + z, qmin, qmax), (q - z) * s, inv_s read from the state.
@@ -33,14 +34,17 @@ struct Params {
 @group(0) @binding(5) var<storage, read> wq: array<f32>;
 @group(0) @binding(6) var<storage, read_write> y: array<f32>;
 
-override TPM: u32 = 16u;        // invocations along M: 4, 8 or 16
+override TPM: u32 = 16u;       // invocations along M: 4, 8 or 16
+// Fully unroll the BK loop (real GPUs). Off on lavapipe, where the unrolled shader takes
+// about twice as long to compile at first dispatch and runs no faster.
+override UNROLL: bool = true;
 
 // Bits of p.flags.
 const FQ_X: u32 = 1u;
 const FQ_W: u32 = 2u;
 const HAS_BIAS: u32 = 4u;
 const RELU: u32 = 8u;
-const WG: u32 = 256u;
+override WG: u32 = 256u;       // invocations per workgroup: 256 or 64
 const BK: u32 = 8u;
 const TM: u32 = 4u;
 const TN: u32 = 4u;
@@ -81,13 +85,15 @@ fn store_row(g: u32, row: u32, v: vec4<f32>, col0: u32, tpn: u32) {
     }
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn conv2d_forward(
     @builtin(local_invocation_index) lid: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
     let tpn = WG / TPM;
+    // The BK loop bound: the constant BK, or an opaque equal value that stops unrolling.
+    let kb = select(min(BK, p.n * BK), BK, UNROLL);
     let bm = TM * TPM;
     let bn = TN * tpn;
     let g = wid.z;
@@ -168,7 +174,7 @@ fn conv2d_forward(
             Bs[kk * bn + lc] = v;
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < BK; kk++) {
+        for (var kk = 0u; kk < kb; kk++) {
             let ab = kk * bm + ty;
             let a = vec4<f32>(As[ab], As[ab + TPM], As[ab + 2u * TPM], As[ab + 3u * TPM]);
             let bb = kk * bn + tx;

@@ -8,8 +8,8 @@
 // rows ci in [0, Cin/groups), columns col = (n, jh, jw) over the phase's input pixels
 // ih = ih_first + jh * stride_h, and k = (co, jh_tap, jw_tap) over Cout/groups x the
 // phase's valid taps; oh = oh0(col) - jh_tap * delta_h with delta_h = step_h * dil_h /
-// stride_h. Same tiling as conv.wgsl (256 invocations, 4 x 4 register blocks, TPM along M,
-// BK = 8).
+// stride_h. Same tiling as conv.wgsl (WG = 256 or 64 invocations, 4 x 4 register blocks, TPM
+// along M, BK = 8).
 // Flags (p.flags bits, uniform branches rather than override constants so that one pipeline
 // per tile shape serves every combination): FQ_W fake-quantizes W with its state; MASK
 // multiplies by STE(x) = [qmin <= round(x * inv_s) + z <= qmax] with x's per-tensor state
@@ -34,12 +34,15 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> dx: array<f32>;
 
 override TPM: u32 = 16u;
+// Fully unroll the BK loop (real GPUs). Off on lavapipe, where the unrolled shader takes
+// about twice as long to compile at first dispatch and runs no faster.
+override UNROLL: bool = true;
 
 // Bits of p.flags.
 const FQ_W: u32 = 2u;
 const MASK: u32 = 16u;
 const ACCUM: u32 = 32u;
-const WG: u32 = 256u;
+override WG: u32 = 256u;       // invocations per workgroup: 256 or 64
 const BK: u32 = 8u;
 const TM: u32 = 4u;
 const TN: u32 = 4u;
@@ -130,13 +133,15 @@ fn store_row(g: u32, row: u32, v: vec4<f32>, col0: u32, tpn: u32, n_cols: u32, a
     }
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn conv2d_backward_data(
     @builtin(local_invocation_index) lid: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
     let tpn = WG / TPM;
+    // The BK loop bound: the constant BK, or an opaque equal value that stops unrolling.
+    let kb = select(min(BK, p.n * BK), BK, UNROLL);
     let bm = TM * TPM;
     let bn = TN * tpn;
     let phases = p.stride_h * p.stride_w;
@@ -213,7 +218,7 @@ fn conv2d_backward_data(
             Bs[kk * bn + lc] = v;
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < BK; kk++) {
+        for (var kk = 0u; kk < kb; kk++) {
             let ab = kk * bm + ty;
             let a = vec4<f32>(As[ab], As[ab + TPM], As[ab + 2u * TPM], As[ab + 3u * TPM]);
             let bb = kk * bn + tx;

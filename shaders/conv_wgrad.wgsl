@@ -24,10 +24,13 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> part: array<f32>;
 
 override TPM: u32 = 16u;
+// Fully unroll the BK loop (real GPUs). Off on lavapipe, where the unrolled shader takes
+// about twice as long to compile at first dispatch and runs no faster.
+override UNROLL: bool = true;
 
 // Bits of p.flags.
 const FQ_X: u32 = 1u;
-const WG: u32 = 256u;
+override WG: u32 = 256u;       // invocations per workgroup: 256 or 64
 const BK: u32 = 8u;
 const TM: u32 = 4u;
 const TN: u32 = 4u;
@@ -68,13 +71,15 @@ fn store_row(base: u32, row: u32, v: vec4<f32>, col0: u32, tpn: u32) {
     }
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn conv2d_wgrad_partial(
     @builtin(local_invocation_index) lid: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
     let tpn = WG / TPM;
+    // The BK loop bound: the constant BK, or an opaque equal value that stops unrolling.
+    let kb = select(min(BK, p.n * BK), BK, UNROLL);
     let bm = TM * TPM;
     let bn = TN * tpn;
     let g = wid.z % p.groups;
@@ -156,7 +161,7 @@ fn conv2d_wgrad_partial(
             Bs[bkk * bn + c] = v;
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < BK; kk++) {
+        for (var kk = 0u; kk < kb; kk++) {
             let ab = kk * bm + ty;
             let a = vec4<f32>(As[ab], As[ab + TPM], As[ab + 2u * TPM], As[ab + 3u * TPM]);
             let bb = kk * bn + tx;

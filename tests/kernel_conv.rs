@@ -379,7 +379,7 @@ fn conv_throughput() {
         ("r20 64-64 8x8", Conv2dConfig::new(128, 64, 8, 8, 64, 3).with_padding(1)),
         ("r20 1x1 16-32 s2", Conv2dConfig::new(128, 16, 32, 32, 32, 1).with_stride(2)),
     ];
-    let reps = 3;
+    let reps = 4;
     for (name, cfg) in shapes {
         let x = GpuTensor::from_f32(&ctx, &cfg.x_shape(), &vec![0.5; cfg.x_shape().iter().product()]).unwrap();
         let w = GpuTensor::from_f32(&ctx, &cfg.w_shape(), &vec![0.1; cfg.w_shape().iter().product()]).unwrap();
@@ -424,20 +424,27 @@ fn conv_throughput() {
         )
         .unwrap();
         let [bp, br] = bw.dispatches();
+        // Process CPU seconds (all lavapipe threads): steadier than wall time on a shared machine.
+        let cpu = || {
+            let st = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+            let f: Vec<&str> = st.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+            let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            (tick(11) + tick(12)) / 100.0
+        };
         let time = |ds: &[&wqat::gpu::Dispatch]| {
             ctx.submit(ds).unwrap();
             ctx.wait().unwrap();
-            let t = std::time::Instant::now();
+            let c = cpu();
             for _ in 0..reps {
                 ctx.submit(ds).unwrap();
             }
             ctx.wait().unwrap();
-            t.elapsed().as_secs_f64() / reps as f64
+            (cpu() - c) / reps as f64
         };
         let (tf, td, tw) = (time(&[&fwd]), time(&[&bd]), time(&[bp, br]));
         let g = cfg.flops() / 1e9;
         eprintln!(
-            "{name:18} {:7.1} MFLOP  fwd {:6.2} ms {:6.1} GFLOP/s  bwd-data {:6.2} ms {:6.1}  bwd-weight {:6.2} ms {:6.1} (splits {})",
+            "{name:18} {:7.1} MFLOP  CPU-time: fwd {:6.1} ms {:5.1} GFLOP/s  bwd-data {:6.1} ms {:5.1}  bwd-weight {:6.1} ms {:5.1} (splits {})",
             g * 1e3,
             tf * 1e3,
             g / tf,
@@ -447,5 +454,23 @@ fn conv_throughput() {
             g / tw,
             bw.splits
         );
+    }
+}
+
+#[test]
+#[ignore]
+fn conv_compile_times() {
+    let ctx = testing::ctx();
+    for c_out in [16, 32, 64, 16, 3] {
+        let cfg = Conv2dConfig::new(1, 3, 30, 30, c_out, 3);
+        let x = GpuTensor::zeros(&ctx, &cfg.x_shape(), DType::F32).unwrap();
+        let w = GpuTensor::zeros(&ctx, &cfg.w_shape(), DType::F32).unwrap();
+        let y = GpuTensor::zeros(&ctx, &cfg.y_shape(), DType::F32).unwrap();
+        let args = k::Conv2dForwardArgs { x: &x, w: &w, bias: None, x_quant: None, w_quant: None, relu: false, y: &y };
+        let t = std::time::Instant::now();
+        let d = k::conv2d_forward(&ctx, &cfg, &args).unwrap();
+        ctx.submit(&[&d]).unwrap();
+        ctx.wait().unwrap();
+        eprintln!("forward c_out {c_out}: {:?}", t.elapsed());
     }
 }

@@ -291,21 +291,62 @@ fn base_params(cfg: &Conv2dConfig) -> Params {
     }
 }
 
-/// Invocations along M (4, 8 or 16) for a GEMM of `m` rows and `n` columns: tiles are
-/// `4 TPM x 1024 / TPM`; the one wasting the least padded area wins, ties to square tiles.
-fn pick_tpm(m: usize, n: usize) -> usize {
-    let area = |tpm: usize| {
-        let (bm, bn) = (4 * tpm, 4 * WG / tpm);
-        m.div_ceil(bm) * bm * n.div_ceil(bn) * bn
-    };
-    [16, 8, 4].into_iter().min_by_key(|&t| area(t)).unwrap_or(16)
+/// A workgroup shape of the GEMM shaders: `wg` invocations (override `WG`), `tpm` of them
+/// along M (override `TPM`); the tile is `4 tpm x 4 wg / tpm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tile {
+    wg: usize,
+    tpm: usize,
+}
+
+impl Tile {
+    fn bm(&self) -> usize {
+        4 * self.tpm
+    }
+    fn bn(&self) -> usize {
+        4 * self.wg / self.tpm
+    }
+    fn count(&self, m: usize, n: usize) -> usize {
+        m.div_ceil(self.bm()) * n.div_ceil(self.bn())
+    }
+    /// The pipeline key; `UNROLL` is off on CPU adapters (lavapipe), where it only doubles
+    /// the first-dispatch compile time.
+    fn key(&self, ctx: &GpuContext, shader: &'static str, entry: &'static str) -> PipelineKey {
+        let unroll = !is_cpu(ctx);
+        PipelineKey::new(shader, entry)
+            .with("WG", self.wg as f64)
+            .with("TPM", self.tpm as f64)
+            .with("UNROLL", unroll as u8 as f64)
+    }
+}
+
+/// The tiles on offer: 64x64, 32x128, 16x256 with 256 invocations, and 32x32 with 64.
+/// Each is one pipeline per kernel, compiled at first use (about a second each on lavapipe).
+const TILES: [Tile; 4] =
+    [Tile { wg: 256, tpm: 16 }, Tile { wg: 256, tpm: 8 }, Tile { wg: 256, tpm: 4 }, Tile { wg: 64, tpm: 8 }];
+
+/// The tile for a GEMM of `m` rows and `n` columns: the one wasting the least padded area,
+/// ties to the earlier in [`TILES`]. The 64-invocation tile only wins on small GEMMs (weight
+/// gradients of 1x1 or single-channel convs), where it wastes 4x less.
+fn pick_tile(m: usize, n: usize) -> Tile {
+    let area = |t: &Tile| t.count(m, n) * t.bm() * t.bn();
+    let mut best = TILES[0];
+    for t in TILES {
+        if area(&t) < area(&best) {
+            best = t;
+        }
+    }
+    best
+}
+
+fn is_cpu(ctx: &GpuContext) -> bool {
+    ctx.summary.device_type == "Cpu"
 }
 
 /// Workgroups of a GEMM shader: the tiles numbered linearly and folded over (x, y) as
 /// `grid_1d` does, `z` (groups, or splits x groups) in z.
-fn gemm_grid(m: usize, n: usize, z: usize, tpm: usize) -> [u32; 3] {
-    let (bm, bn) = (4 * tpm, 4 * WG / tpm);
-    let [x, y, _] = grid_1d(m.div_ceil(bm) * n.div_ceil(bn), 1);
+fn gemm_grid(m: usize, n: usize, z: usize, tile: Tile) -> [u32; 3] {
+    let [x, y, _] = grid_1d(tile.count(m, n), 1);
     [x, y, z.min(u32::MAX as usize) as u32]
 }
 
@@ -359,12 +400,12 @@ pub fn conv2d_forward(ctx: &GpuContext, cfg: &Conv2dConfig, a: &Conv2dForwardArg
     p.gemm_m = m as u32;
     p.gemm_n = n as u32;
     p.gemm_k = (cfg.c_in / cfg.groups * cfg.kh * cfg.kw) as u32;
-    let tpm = pick_tpm(m, n);
+    let tile = pick_tile(m, n);
     p.flags = bit(a.x_quant.is_some(), FQ_X)
         | bit(a.w_quant.is_some(), FQ_W)
         | bit(a.bias.is_some(), HAS_BIAS)
         | bit(a.relu, RELU);
-    let key = PipelineKey::new("conv", "conv2d_forward").with("TPM", tpm as f64);
+    let key = tile.key(ctx, "conv", "conv2d_forward");
     let bias = a.bias.unwrap_or(a.w);
     let xs = a.x_quant.map(|q| q.state).unwrap_or(a.x);
     let ws = a.w_quant.map(|q| q.state).unwrap_or(a.w);
@@ -373,7 +414,7 @@ pub fn conv2d_forward(ctx: &GpuContext, cfg: &Conv2dConfig, a: &Conv2dForwardArg
         &key,
         bytemuck::bytes_of(&p),
         &[&a.x.buffer, &a.w.buffer, &bias.buffer, &xs.buffer, &ws.buffer, &a.y.buffer],
-        gemm_grid(m, n, cfg.groups, tpm),
+        gemm_grid(m, n, cfg.groups, tile),
     )
 }
 
@@ -397,9 +438,9 @@ pub fn conv2d_backward_data(ctx: &GpuContext, cfg: &Conv2dConfig, a: &Conv2dBack
     let (m, n) = (cfg.c_in / cfg.groups, cfg.n * cfg.h.div_ceil(cfg.stride.0) * cfg.w.div_ceil(cfg.stride.1));
     p.gemm_m = m as u32;
     p.gemm_n = n as u32;
-    let tpm = pick_tpm(m, n);
+    let tile = pick_tile(m, n);
     p.flags = bit(a.w_quant.is_some(), FQ_W) | bit(a.x_mask.is_some(), MASK) | bit(a.accumulate, ACCUM);
-    let key = PipelineKey::new("conv_backward", "conv2d_backward_data").with("TPM", tpm as f64);
+    let key = tile.key(ctx, "conv_backward", "conv2d_backward_data");
     let ws = a.w_quant.map(|q| q.state).unwrap_or(a.w);
     let (xv, xs) = a.x_mask.map(|mk| (mk.values, mk.state)).unwrap_or((a.dy, a.dy));
     Dispatch::new(
@@ -407,7 +448,7 @@ pub fn conv2d_backward_data(ctx: &GpuContext, cfg: &Conv2dConfig, a: &Conv2dBack
         &key,
         bytemuck::bytes_of(&p),
         &[&a.dy.buffer, &a.w.buffer, &ws.buffer, &xv.buffer, &xs.buffer, &a.dx.buffer],
-        gemm_grid(m, n, cfg.groups * phases, tpm),
+        gemm_grid(m, n, cfg.groups * phases, tile),
     )
 }
 
@@ -415,7 +456,7 @@ pub fn conv2d_backward_data(ctx: &GpuContext, cfg: &Conv2dConfig, a: &Conv2dBack
 /// (fewer on CPU adapters such as lavapipe, where each split costs a pass), each split at
 /// least 16 steps of BK.
 fn pick_splits(ctx: &GpuContext, tiles: usize, k: usize, groups: usize) -> usize {
-    let target: usize = if ctx.summary.device_type == "Cpu" { 8 } else { 512 };
+    let target: usize = if is_cpu(ctx) { 8 } else { 512 };
     let k_steps = k.div_ceil(BK);
     let max_by_k = (k_steps / 16).max(1);
     let max_by_grid = (65535 / groups).max(1);
@@ -443,9 +484,8 @@ pub fn conv2d_backward_weight(
         (p.w_qmin, p.w_qmax) = check_quant(mk.state, &mk.spec, true, "w (STE mask)", cfg.c_out)?;
     }
     let (m, n, k) = (cfg.c_out / cfg.groups, cfg.w_len() / cfg.c_out, cfg.y_len() / cfg.c_out);
-    let tpm = pick_tpm(m, n);
-    let tiles = m.div_ceil(4 * tpm) * n.div_ceil(4 * WG / tpm);
-    let splits = pick_splits(ctx, tiles * cfg.groups, k, cfg.groups);
+    let tile = pick_tile(m, n);
+    let splits = pick_splits(ctx, tile.count(m, n) * cfg.groups * tile.wg / WG, k, cfg.groups);
     let k_chunk = k.div_ceil(BK).div_ceil(splits) * BK;
     let splits = k.div_ceil(k_chunk);
     p.gemm_m = m as u32;
@@ -455,14 +495,14 @@ pub fn conv2d_backward_weight(
     p.splits = splits as u32;
     let partials = GpuTensor::zeros(ctx, &[splits, cfg.c_out, n], DType::F32)?;
     p.flags = bit(a.x_quant.is_some(), FQ_X) | bit(a.w_mask.is_some(), MASK);
-    let key = PipelineKey::new("conv_wgrad", "conv2d_wgrad_partial").with("TPM", tpm as f64);
+    let key = tile.key(ctx, "conv_wgrad", "conv2d_wgrad_partial");
     let xs = a.x_quant.map(|q| q.state).unwrap_or(a.x);
     let partial = Dispatch::new(
         ctx,
         &key,
         bytemuck::bytes_of(&p),
         &[&a.dy.buffer, &a.x.buffer, &xs.buffer, &partials.buffer],
-        gemm_grid(m, n, splits * cfg.groups, tpm),
+        gemm_grid(m, n, splits * cfg.groups, tile),
     )?;
     let key = PipelineKey::new("conv_wgrad_reduce", "conv2d_wgrad_reduce");
     let (wv, ws) = a.w_mask.map(|mk| (mk.values, mk.state)).unwrap_or((a.dy, a.dy));

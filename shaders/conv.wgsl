@@ -49,7 +49,7 @@ const BK: u32 = 8u;
 const TM: u32 = 4u;
 const TN: u32 = 4u;
 
-var<workgroup> As: array<f32, 512>;   // BK x BM, BM <= 64
+var<workgroup> As: array<f32, 520>;   // BK x (BM + 1), BM <= 64: padded against bank conflicts
 var<workgroup> Bs: array<f32, 2048>;  // BK x BN, BN <= 256
 // k = (ci, kh, kw) decoded once per workgroup step (two slots, ping-pong): offset of the tap
 // in X relative to the column's top-left input pixel, and its (h, w) displacement. Integer
@@ -158,7 +158,7 @@ fn conv2d_forward(
                     v = fq(v, wq[4u + co], wq[4u + p.c_out + co], wq[4u + 2u * p.c_out + co], p.w_qmin, p.w_qmax);
                 }
             }
-            As[kk * bm + m] = v;
+            As[kk * (bm + 1u) + m] = v;
         }
         // B tile: FQ(X) gathered, consecutive invocations on consecutive output pixels.
         for (var kk = lid / bn; kk < BK; kk += WG / bn) {
@@ -175,7 +175,7 @@ fn conv2d_forward(
         }
         workgroupBarrier();
         for (var kk = 0u; kk < kb; kk++) {
-            let ab = kk * bm + ty;
+            let ab = kk * (bm + 1u) + ty;
             let a = vec4<f32>(As[ab], As[ab + TPM], As[ab + 2u * TPM], As[ab + 3u * TPM]);
             let bb = kk * bn + tx;
             let b = vec4<f32>(Bs[bb], Bs[bb + tpn], Bs[bb + 2u * tpn], Bs[bb + 3u * tpn]);

@@ -47,7 +47,7 @@ const BK: u32 = 8u;
 const TM: u32 = 4u;
 const TN: u32 = 4u;
 
-var<workgroup> As: array<f32, 512>;
+var<workgroup> As: array<f32, 520>;  // BK x (BM + 1): padded against bank conflicts
 var<workgroup> Bs: array<f32, 2048>;
 // k = (co, tap) decoded once per step (two slots, ping-pong): (co, oh displacement, ow
 // displacement, kh * KW + kw).
@@ -204,7 +204,7 @@ fn conv2d_backward_data(
                     v = fq(v, wq[4u + co], wq[4u + p.c_out + co], wq[4u + 2u * p.c_out + co], p.w_qmin, p.w_qmax);
                 }
             }
-            As[kk * bm + m] = v;
+            As[kk * (bm + 1u) + m] = v;
         }
         // B tile: dY[oh0 - tap displacement, ow0 - ...] where it lies inside dY.
         for (var kk = lid / bn; kk < BK; kk += WG / bn) {
@@ -219,7 +219,7 @@ fn conv2d_backward_data(
         }
         workgroupBarrier();
         for (var kk = 0u; kk < kb; kk++) {
-            let ab = kk * bm + ty;
+            let ab = kk * (bm + 1u) + ty;
             let a = vec4<f32>(As[ab], As[ab + TPM], As[ab + 2u * TPM], As[ab + 3u * TPM]);
             let bb = kk * bn + tx;
             let b = vec4<f32>(Bs[bb], Bs[bb + tpn], Bs[bb + 2u * tpn], Bs[bb + 3u * tpn]);

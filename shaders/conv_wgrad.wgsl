@@ -35,8 +35,8 @@ const BK: u32 = 8u;
 const TM: u32 = 4u;
 const TN: u32 = 4u;
 
-var<workgroup> As: array<f32, 512>;
-var<workgroup> Bs: array<f32, 2048>;
+var<workgroup> As: array<f32, 520>;  // BK x (BM + 1): padded against bank conflicts
+var<workgroup> Bs: array<f32, 2056>;  // BK x (BN + 1): stored k-fastest, padded
 // Decode tables, so that no integer division runs per element: Cd[c] for the workgroup's
 // columns (ci, kh, kw) -> (offset of the tap in X relative to the pixel's top-left input,
 // kh * dil_h, kw * dil_w); Kd[slot + kk] for the step's k = (n, oh, ow) -> (offset of the
@@ -145,7 +145,7 @@ fn conv2d_wgrad_partial(
             if (row < M && k0 + kk < kend) {
                 v = dy[u32(Kd[slot + kk].w) + (g * M + row) * ohw];
             }
-            As[kk * bm + m] = v;
+            As[kk * (bm + 1u) + m] = v;
         }
         // B tile: FQ(X)[k, (ci, kh, kw)]; padding columns and steps past kend have rows FAR.
         let kd = Kd[slot + bkk];
@@ -158,13 +158,13 @@ fn conv2d_wgrad_partial(
                 v = x[u32(kd.x + d.x)];
                 if (x_on) { v = fq(v, xs, xinv, xz, p.x_qmin, p.x_qmax); }
             }
-            Bs[bkk * bn + c] = v;
+            Bs[bkk * (bn + 1u) + c] = v;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < kb; kk++) {
-            let ab = kk * bm + ty;
+            let ab = kk * (bm + 1u) + ty;
             let a = vec4<f32>(As[ab], As[ab + TPM], As[ab + 2u * TPM], As[ab + 3u * TPM]);
-            let bb = kk * bn + tx;
+            let bb = kk * (bn + 1u) + tx;
             let b = vec4<f32>(Bs[bb], Bs[bb + tpn], Bs[bb + 2u * tpn], Bs[bb + 3u * tpn]);
             acc0 += a.x * b;
             acc1 += a.y * b;

@@ -49,8 +49,8 @@ const BK: u32 = 8u;
 const TM: u32 = 4u;
 const TN: u32 = 4u;
 
-var<workgroup> As: array<f32, 520>;   // BK x (BM + 1), BM <= 64: padded against bank conflicts
-var<workgroup> Bs: array<f32, 2048>;  // BK x BN, BN <= 256
+var<workgroup> As: array<vec4<f32>, 136>;  // BK x (BM + 4) floats, read as vec4 (4 rows)
+var<workgroup> Bs: array<vec4<f32>, 512>;  // BK x BN floats, read as vec4 (4 columns)
 // k = (ci, kh, kw) decoded once per workgroup step (two slots, ping-pong): offset of the tap
 // in X relative to the column's top-left input pixel, and its (h, w) displacement. Integer
 // division is slow everywhere (scalarized on lavapipe), so it never runs per element.
@@ -69,14 +69,14 @@ fn fq(v: f32, s: f32, inv_s: f32, z: f32, qmin: f32, qmax: f32) -> f32 {
     return (clamp(round(v * inv_s) + z, qmin, qmax) - z) * s;
 }
 
-fn store_row(g: u32, row: u32, v: vec4<f32>, col0: u32, tpn: u32) {
+fn store_row(g: u32, row: u32, v: vec4<f32>, col0: u32, step: u32) {
     if (row >= p.gemm_m) { return; }
     let co = g * p.gemm_m + row;
     var b = 0.0;
     if ((p.flags & HAS_BIAS) != 0u) { b = bias[co]; }
     let ohw = p.oh * p.ow;
     for (var j = 0u; j < TN; j++) {
-        let col = col0 + j * tpn;
+        let col = col0 + j * step;
         if (col < p.gemm_n) {
             var o = v[j] + b;
             if ((p.flags & RELU) != 0u) { o = max(o, 0.0); }
@@ -158,7 +158,8 @@ fn conv2d_forward(
                     v = fq(v, wq[4u + co], wq[4u + p.c_out + co], wq[4u + 2u * p.c_out + co], p.w_qmin, p.w_qmax);
                 }
             }
-            As[kk * (bm + 1u) + m] = v;
+            let ai = kk * (bm + 4u) + m;
+            As[ai / 4u][ai % 4u] = v;
         }
         // B tile: FQ(X) gathered, consecutive invocations on consecutive output pixels.
         for (var kk = lid / bn; kk < BK; kk += WG / bn) {
@@ -171,14 +172,13 @@ fn conv2d_forward(
                 v = x[u32(xbase + d.x)];
                 if (x_on) { v = fq(v, xs, xinv, xz, p.x_qmin, p.x_qmax); }
             }
-            Bs[kk * bn + lc] = v;
+            let bi = kk * bn + lc;
+            Bs[bi / 4u][bi % 4u] = v;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < kb; kk++) {
-            let ab = kk * (bm + 1u) + ty;
-            let a = vec4<f32>(As[ab], As[ab + TPM], As[ab + 2u * TPM], As[ab + 3u * TPM]);
-            let bb = kk * bn + tx;
-            let b = vec4<f32>(Bs[bb], Bs[bb + tpn], Bs[bb + 2u * tpn], Bs[bb + 3u * tpn]);
+            let a = As[kk * (bm + 4u) / 4u + ty];
+            let b = Bs[kk * bn / 4u + tx];
             acc0 += a.x * b;
             acc1 += a.y * b;
             acc2 += a.z * b;
@@ -188,9 +188,9 @@ fn conv2d_forward(
         slot = BK - slot;
     }
 
-    let col0 = n0 + tx;
-    store_row(g, m0 + ty, acc0, col0, tpn);
-    store_row(g, m0 + ty + TPM, acc1, col0, tpn);
-    store_row(g, m0 + ty + 2u * TPM, acc2, col0, tpn);
-    store_row(g, m0 + ty + 3u * TPM, acc3, col0, tpn);
+    let col0 = n0 + tx * TN;
+    store_row(g, m0 + ty * TM, acc0, col0, 1u);
+    store_row(g, m0 + ty * TM + 1u, acc1, col0, 1u);
+    store_row(g, m0 + ty * TM + 2u, acc2, col0, 1u);
+    store_row(g, m0 + ty * TM + 3u, acc3, col0, 1u);
 }

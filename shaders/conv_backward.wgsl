@@ -47,8 +47,8 @@ const BK: u32 = 8u;
 const TM: u32 = 4u;
 const TN: u32 = 4u;
 
-var<workgroup> As: array<f32, 520>;  // BK x (BM + 1): padded against bank conflicts
-var<workgroup> Bs: array<f32, 2048>;
+var<workgroup> As: array<vec4<f32>, 136>;  // BK x (BM + 4) floats, read as vec4 (4 rows)
+var<workgroup> Bs: array<vec4<f32>, 512>;  // BK x BN floats, read as vec4 (4 columns)
 // k = (co, tap) decoded once per step (two slots, ping-pong): (co, oh displacement, ow
 // displacement, kh * KW + kw).
 var<workgroup> Kd: array<vec4<i32>, 16>;
@@ -107,7 +107,7 @@ fn dx_index(ci: u32, col: u32, ah: Axis, aw: Axis) -> u32 {
     return ((col / per * p.c_in + ci) * p.h + ih) * p.w + iw;
 }
 
-fn store_row(g: u32, row: u32, v: vec4<f32>, col0: u32, tpn: u32, n_cols: u32, ah: Axis, aw: Axis) {
+fn store_row(g: u32, row: u32, v: vec4<f32>, col0: u32, step: u32, n_cols: u32, ah: Axis, aw: Axis) {
     if (row >= p.gemm_m) { return; }
     let ci = g * p.gemm_m + row;
     var m_on = false;
@@ -119,7 +119,7 @@ fn store_row(g: u32, row: u32, v: vec4<f32>, col0: u32, tpn: u32, n_cols: u32, a
         xz = xq[6];
     }
     for (var j = 0u; j < TN; j++) {
-        let col = col0 + j * tpn;
+        let col = col0 + j * step;
         if (col < n_cols) {
             let idx = dx_index(ci, col, ah, aw);
             var o = v[j];
@@ -204,7 +204,8 @@ fn conv2d_backward_data(
                     v = fq(v, wq[4u + co], wq[4u + p.c_out + co], wq[4u + 2u * p.c_out + co], p.w_qmin, p.w_qmax);
                 }
             }
-            As[kk * (bm + 1u) + m] = v;
+            let ai = kk * (bm + 4u) + m;
+            As[ai / 4u][ai % 4u] = v;
         }
         // B tile: dY[oh0 - tap displacement, ow0 - ...] where it lies inside dY.
         for (var kk = lid / bn; kk < BK; kk += WG / bn) {
@@ -215,14 +216,13 @@ fn conv2d_backward_data(
             if (col_ok && k0 + kk < K && oh >= 0 && oh < i32(p.oh) && ow >= 0 && ow < i32(p.ow)) {
                 v = dy[u32(dyb + d.x * i32(ohw) - d.y * i32(p.ow) - d.z)];
             }
-            Bs[kk * bn + lc] = v;
+            let bi = kk * bn + lc;
+            Bs[bi / 4u][bi % 4u] = v;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < kb; kk++) {
-            let ab = kk * (bm + 1u) + ty;
-            let a = vec4<f32>(As[ab], As[ab + TPM], As[ab + 2u * TPM], As[ab + 3u * TPM]);
-            let bb = kk * bn + tx;
-            let b = vec4<f32>(Bs[bb], Bs[bb + tpn], Bs[bb + 2u * tpn], Bs[bb + 3u * tpn]);
+            let a = As[kk * (bm + 4u) / 4u + ty];
+            let b = Bs[kk * bn / 4u + tx];
             acc0 += a.x * b;
             acc1 += a.y * b;
             acc2 += a.z * b;
@@ -232,9 +232,9 @@ fn conv2d_backward_data(
         slot = BK - slot;
     }
 
-    let col0 = n0 + tx;
-    store_row(g, m0 + ty, acc0, col0, tpn, N, ah, aw);
-    store_row(g, m0 + ty + TPM, acc1, col0, tpn, N, ah, aw);
-    store_row(g, m0 + ty + 2u * TPM, acc2, col0, tpn, N, ah, aw);
-    store_row(g, m0 + ty + 3u * TPM, acc3, col0, tpn, N, ah, aw);
+    let col0 = n0 + tx * TN;
+    store_row(g, m0 + ty * TM, acc0, col0, 1u, N, ah, aw);
+    store_row(g, m0 + ty * TM + 1u, acc1, col0, 1u, N, ah, aw);
+    store_row(g, m0 + ty * TM + 2u, acc2, col0, 1u, N, ah, aw);
+    store_row(g, m0 + ty * TM + 3u, acc3, col0, 1u, N, ah, aw);
 }

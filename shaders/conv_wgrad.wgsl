@@ -35,8 +35,8 @@ const BK: u32 = 8u;
 const TM: u32 = 4u;
 const TN: u32 = 4u;
 
-var<workgroup> As: array<f32, 520>;  // BK x (BM + 1): padded against bank conflicts
-var<workgroup> Bs: array<f32, 2056>;  // BK x (BN + 1): stored k-fastest, padded
+var<workgroup> As: array<vec4<f32>, 136>;  // BK x (BM + 4) floats, read as vec4 (4 rows)
+var<workgroup> Bs: array<vec4<f32>, 520>;  // BK x (BN + 4) floats, stored k-fastest, read as vec4
 // Decode tables, so that no integer division runs per element: Cd[c] for the workgroup's
 // columns (ci, kh, kw) -> (offset of the tap in X relative to the pixel's top-left input,
 // kh * dil_h, kw * dil_w); Kd[slot + kk] for the step's k = (n, oh, ow) -> (offset of the
@@ -61,10 +61,10 @@ fn fq(v: f32, s: f32, inv_s: f32, z: f32, qmin: f32, qmax: f32) -> f32 {
     return (clamp(round(v * inv_s) + z, qmin, qmax) - z) * s;
 }
 
-fn store_row(base: u32, row: u32, v: vec4<f32>, col0: u32, tpn: u32) {
+fn store_row(base: u32, row: u32, v: vec4<f32>, col0: u32, step: u32) {
     if (row >= p.gemm_m) { return; }
     for (var j = 0u; j < TN; j++) {
-        let col = col0 + j * tpn;
+        let col = col0 + j * step;
         if (col < p.gemm_n) {
             part[base + row * p.gemm_n + col] = v[j];
         }
@@ -145,7 +145,8 @@ fn conv2d_wgrad_partial(
             if (row < M && k0 + kk < kend) {
                 v = dy[u32(Kd[slot + kk].w) + (g * M + row) * ohw];
             }
-            As[kk * (bm + 1u) + m] = v;
+            let ai = kk * (bm + 4u) + m;
+            As[ai / 4u][ai % 4u] = v;
         }
         // B tile: FQ(X)[k, (ci, kh, kw)]; padding columns and steps past kend have rows FAR.
         let kd = Kd[slot + bkk];
@@ -158,14 +159,13 @@ fn conv2d_wgrad_partial(
                 v = x[u32(kd.x + d.x)];
                 if (x_on) { v = fq(v, xs, xinv, xz, p.x_qmin, p.x_qmax); }
             }
-            Bs[bkk * (bn + 1u) + c] = v;
+            let bi = bkk * (bn + 4u) + c;
+            Bs[bi / 4u][bi % 4u] = v;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < kb; kk++) {
-            let ab = kk * (bm + 1u) + ty;
-            let a = vec4<f32>(As[ab], As[ab + TPM], As[ab + 2u * TPM], As[ab + 3u * TPM]);
-            let bb = kk * (bn + 1u) + tx;
-            let b = vec4<f32>(Bs[bb], Bs[bb + tpn], Bs[bb + 2u * tpn], Bs[bb + 3u * tpn]);
+            let a = As[kk * (bm + 4u) / 4u + ty];
+            let b = Bs[kk * (bn + 4u) / 4u + tx];
             acc0 += a.x * b;
             acc1 += a.y * b;
             acc2 += a.z * b;
@@ -177,9 +177,9 @@ fn conv2d_wgrad_partial(
 
     // part layout [splits, Cout, Cin/groups*KH*KW]: the same layout as dW per split.
     let base = (s * p.c_out + g * M) * N;
-    let col0 = n0 + tx;
-    store_row(base, m0 + ty, acc0, col0, tpn);
-    store_row(base, m0 + ty + TPM, acc1, col0, tpn);
-    store_row(base, m0 + ty + 2u * TPM, acc2, col0, tpn);
-    store_row(base, m0 + ty + 3u * TPM, acc3, col0, tpn);
+    let col0 = n0 + tx * TN;
+    store_row(base, m0 + ty * TM, acc0, col0, 1u);
+    store_row(base, m0 + ty * TM + 1u, acc1, col0, 1u);
+    store_row(base, m0 + ty * TM + 2u, acc2, col0, 1u);
+    store_row(base, m0 + ty * TM + 3u, acc3, col0, 1u);
 }

@@ -218,7 +218,8 @@ fn conv_on_model_shapes_with_full_quantization() {
 
 #[test]
 fn disabled_quantizers_pass_through() {
-    // fq_on = 0 in both states: the fused kernels must equal the plain convolution, masks off.
+    // fq_on = 0 in both states: the fused kernels must equal the plain convolution, masks off,
+    // although x ranges far outside the quantizers' ranges.
     let ctx = testing::ctx();
     let cfg = Conv2dConfig::new(2, 3, 9, 7, 5, 3).with_padding(1);
     let mut rng = testing::rng(11);
@@ -245,9 +246,45 @@ fn disabled_quantizers_pass_through() {
         },
     )
     .unwrap();
-    ctx.submit(&[&d]).unwrap();
+    // Backward with FQ and both STE masks requested: the off states make them pass-through.
+    let dy = testing::uniform(&mut rng, cfg.y_shape().iter().product(), -1.0, 1.0);
+    let gdy = upload(&ctx, &cfg.y_shape(), &dy);
+    let gdx = GpuTensor::zeros(&ctx, &cfg.x_shape(), DType::F32).unwrap();
+    let gdw = GpuTensor::zeros(&ctx, &cfg.w_shape(), DType::F32).unwrap();
+    let (xspec, wspec) = (QuantSpec::activation(4), QuantSpec::weight(4));
+    let bd = k::conv2d_backward_data(
+        &ctx,
+        &cfg,
+        &k::Conv2dBackwardDataArgs {
+            dy: &gdy,
+            w: &gw,
+            w_quant: Some(QuantOperand { state: &gws, spec: wspec }),
+            x_mask: Some(SteMask { values: &gx, state: &gxs, spec: xspec }),
+            accumulate: false,
+            dx: &gdx,
+        },
+    )
+    .unwrap();
+    let bw = k::conv2d_backward_weight(
+        &ctx,
+        &cfg,
+        &k::Conv2dBackwardWeightArgs {
+            x: &gx,
+            x_quant: Some(QuantOperand { state: &gxs, spec: xspec }),
+            dy: &gdy,
+            w_mask: Some(SteMask { values: &gw, state: &gws, spec: wspec }),
+            dw: &gdw,
+        },
+    )
+    .unwrap();
+    let [p, q] = bw.dispatches();
+    ctx.submit(&[&d, &bd, p, q]).unwrap();
     let (want, scale) = r::conv2d_forward(&cfg, &x, &w, None, false);
     assert_close_scaled("fq off", &gy.read_f32(&ctx).unwrap(), &want, &scale, FP32_REDUCTION_RTOL);
+    let (want, scale) = r::conv2d_backward_data(&cfg, &dy, &w);
+    assert_close_scaled("fq off dx", &gdx.read_f32(&ctx).unwrap(), &want, &scale, FP32_REDUCTION_RTOL);
+    let (want, scale) = r::conv2d_backward_weight(&cfg, &x, &dy);
+    assert_close_scaled("fq off dw", &gdw.read_f32(&ctx).unwrap(), &want, &scale, FP32_REDUCTION_RTOL);
 }
 
 /// GPU backward passes (FQ off, no masks) against central differences of the f64 reference

@@ -8,8 +8,9 @@
 // Tiling: WG invocations (override: 256, or 64 for small GEMMs), each a TM x TN = 4 x 4
 // register block; TPM invocations along M (override: 4, 8 or 16), WG / TPM along N, so a
 // workgroup tile is (4 TPM) x (4 WG / TPM) and BK = 8 values of k are staged in workgroup
-// memory per step. Columns owned by an invocation are strided by WG / TPM so loads, shared
-// reads and stores are coalesced. The tile must have BN <= WG (TPM >= 4).
+// memory per step. Global loads put consecutive invocations on consecutive columns
+// (coalesced); each invocation then owns 4 contiguous rows and 4 contiguous columns of the
+// tile and reads them from workgroup memory as one vec4 each. BN <= WG (TPM >= 4).
 // Flags (p.flags bits, uniform branches rather than override constants so that one pipeline
 // per tile shape serves every combination): FQ_X, FQ_W, HAS_BIAS, RELU.
 // FQ: q = clamp(round(v * inv_s) + z, qmin, qmax), (q - z) * s, inv_s read from the state.
@@ -34,6 +35,7 @@ struct Params {
 @group(0) @binding(5) var<storage, read> wq: array<f32>;
 @group(0) @binding(6) var<storage, read_write> y: array<f32>;
 
+override WG: u32 = 256u;       // invocations per workgroup: 256 or 64
 override TPM: u32 = 16u;       // invocations along M: 4, 8 or 16
 // Fully unroll the BK loop (real GPUs). Off on lavapipe, where the unrolled shader takes
 // about twice as long to compile at first dispatch and runs no faster.
@@ -44,7 +46,6 @@ const FQ_X: u32 = 1u;
 const FQ_W: u32 = 2u;
 const HAS_BIAS: u32 = 4u;
 const RELU: u32 = 8u;
-override WG: u32 = 256u;       // invocations per workgroup: 256 or 64
 const BK: u32 = 8u;
 const TM: u32 = 4u;
 const TN: u32 = 4u;

@@ -33,6 +33,7 @@ struct Params {
 @group(0) @binding(5) var<storage, read> xq: array<f32>;
 @group(0) @binding(6) var<storage, read_write> dx: array<f32>;
 
+override WG: u32 = 256u;       // invocations per workgroup: 256 or 64
 override TPM: u32 = 16u;
 // Fully unroll the BK loop (real GPUs). Off on lavapipe, where the unrolled shader takes
 // about twice as long to compile at first dispatch and runs no faster.
@@ -42,7 +43,6 @@ override UNROLL: bool = true;
 const FQ_W: u32 = 2u;
 const MASK: u32 = 16u;
 const ACCUM: u32 = 32u;
-override WG: u32 = 256u;       // invocations per workgroup: 256 or 64
 const BK: u32 = 8u;
 const TM: u32 = 4u;
 const TN: u32 = 4u;

@@ -23,6 +23,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read> xq: array<f32>;
 @group(0) @binding(4) var<storage, read_write> part: array<f32>;
 
+override WG: u32 = 256u;       // invocations per workgroup: 256 or 64
 override TPM: u32 = 16u;
 // Fully unroll the BK loop (real GPUs). Off on lavapipe, where the unrolled shader takes
 // about twice as long to compile at first dispatch and runs no faster.
@@ -30,7 +31,6 @@ override UNROLL: bool = true;
 
 // Bits of p.flags.
 const FQ_X: u32 = 1u;
-override WG: u32 = 256u;       // invocations per workgroup: 256 or 64
 const BK: u32 = 8u;
 const TM: u32 = 4u;
 const TN: u32 = 4u;

@@ -1,0 +1,185 @@
+// Conv2d backward weight, split-K partial sums, as an implicit GEMM:
+//   part[s, co, col] = sum_{k in split s} dY[co, k] * FQ(X)[k, col]
+// per group g, rows co in [0, Cout/groups), columns col = (ci, kh, kw) over
+// Cin/groups*KH*KW, reduction k = (n, oh, ow) over N*OH*OW cut into `splits` chunks of
+// `k_chunk` (workgroup z = split * groups + g). conv_wgrad_reduce.wgsl sums the splits and
+// applies the STE mask of W. Flag FQ_X (p.flags bit 1) fake-quantizes X with its state. Same tiling as conv.wgsl (256 invocations, 4 x 4 register
+// blocks, TPM along M, BK = 8); X is gathered with consecutive invocations on consecutive
+// output pixels so its loads are coalesced.
+
+struct Params {
+    n: u32, c_in: u32, h: u32, w: u32,
+    c_out: u32, oh: u32, ow: u32, groups: u32,
+    kh: u32, kw: u32, stride_h: u32, stride_w: u32,
+    pad_h: u32, pad_w: u32, dil_h: u32, dil_w: u32,
+    cin_g: u32, cout_g: u32, gemm_m: u32, gemm_n: u32,
+    gemm_k: u32, k_chunk: u32, splits: u32, flags: u32,
+    x_qmin: f32, x_qmax: f32, w_qmin: f32, w_qmax: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> dy: array<f32>;
+@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(3) var<storage, read> xq: array<f32>;
+@group(0) @binding(4) var<storage, read_write> part: array<f32>;
+
+override WG: u32 = 256u;       // invocations per workgroup: 256 or 64
+override TPM: u32 = 16u;
+// Fully unroll the BK loop (real GPUs). Off on lavapipe, where the unrolled shader takes
+// about twice as long to compile at first dispatch and runs no faster.
+override UNROLL: bool = true;
+
+// Bits of p.flags.
+const FQ_X: u32 = 1u;
+const BK: u32 = 8u;
+const TM: u32 = 4u;
+const TN: u32 = 4u;
+
+var<workgroup> As: array<vec4<f32>, 136>;  // BK x (BM + 4) floats, read as vec4 (4 rows)
+var<workgroup> Bs: array<vec4<f32>, 520>;  // BK x (BN + 4) floats, stored k-fastest, read as vec4
+// Decode tables, so that no integer division runs per element: Cd[c] for the workgroup's
+// columns (ci, kh, kw) -> (offset of the tap in X relative to the pixel's top-left input,
+// kh * dil_h, kw * dil_w); Kd[slot + kk] for the step's k = (n, oh, ow) -> (offset of the
+// top-left input in X, ih0, iw0, offset in dY without the channel), two slots, ping-pong.
+var<workgroup> Cd: array<vec4<i32>, 256>;
+var<workgroup> Kd: array<vec4<i32>, 16>;
+
+const FAR: i32 = -1073741824;  // an input row no tap reaches: marks padding columns/steps
+
+fn kdecode(k: u32, kend: u32, g: u32) -> vec4<i32> {
+    if (k >= kend) { return vec4<i32>(0, FAR, FAR, 0); }
+    let ohw = p.oh * p.ow;
+    let nb = k / ohw;
+    let pp = k % ohw;
+    let ih0 = i32(pp / p.ow * p.stride_h) - i32(p.pad_h);
+    let iw0 = i32(pp % p.ow * p.stride_w) - i32(p.pad_w);
+    let xoff = i32((nb * p.c_in + g * p.cin_g) * p.h * p.w) + ih0 * i32(p.w) + iw0;
+    return vec4<i32>(xoff, ih0, iw0, i32(nb * p.c_out * ohw + pp));
+}
+
+fn fq(v: f32, s: f32, inv_s: f32, z: f32, qmin: f32, qmax: f32) -> f32 {
+    return (clamp(round(v * inv_s) + z, qmin, qmax) - z) * s;
+}
+
+fn store_row(base: u32, row: u32, v: vec4<f32>, col0: u32, step: u32) {
+    if (row >= p.gemm_m) { return; }
+    for (var j = 0u; j < TN; j++) {
+        let col = col0 + j * step;
+        if (col < p.gemm_n) {
+            part[base + row * p.gemm_n + col] = v[j];
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn conv2d_wgrad_partial(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let tpn = WG / TPM;
+    // The BK loop bound: the constant BK, or an opaque equal value that stops unrolling.
+    let kb = select(min(BK, p.n * BK), BK, UNROLL);
+    let bm = TM * TPM;
+    let bn = TN * tpn;
+    let g = wid.z % p.groups;
+    let s = wid.z / p.groups;
+    let M = p.gemm_m;
+    let N = p.gemm_n;
+    // Tiles are numbered linearly over (x, y), M fastest, so that workgroups running
+    // together share the same gathered columns.
+    let m_tiles = (M + bm - 1u) / bm;
+    let t = wid.x + wid.y * nwg.x;
+    if (t >= m_tiles * ((N + bn - 1u) / bn)) { return; }
+    let m0 = t % m_tiles * bm;
+    let n0 = t / m_tiles * bn;
+    let kbeg = s * p.k_chunk;
+    let kend = min(p.gemm_k, kbeg + p.k_chunk);
+    let khw = p.kh * p.kw;
+    let hw = p.h * p.w;
+    let ohw = p.oh * p.ow;
+
+    var x_on = false;
+    var xs = 1.0;
+    var xinv = 1.0;
+    var xz = 0.0;
+    if ((p.flags & FQ_X) != 0u) {
+        x_on = xq[0] != 0.0;
+        xs = xq[4];
+        xinv = xq[5];
+        xz = xq[6];
+    }
+
+    let tx = lid % tpn;
+    let ty = lid / tpn;
+    if (lid < bn) {
+        let col = n0 + lid;
+        var d = vec4<i32>(0, FAR, FAR, 0);
+        if (col < N) {
+            let ci = col / khw;
+            let r = col % khw;
+            let dh = r / p.kw * p.dil_h;
+            let dw = r % p.kw * p.dil_w;
+            d = vec4<i32>(i32(ci * hw + dh * p.w + dw), i32(dh), i32(dw), 0);
+        }
+        Cd[lid] = d;
+    }
+    if (lid < BK) { Kd[lid] = kdecode(kbeg + lid, kend, g); }
+    workgroupBarrier();
+    // B loads: this invocation's k offset is fixed, its columns step by WG / BK.
+    let bkk = lid % BK;
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+
+    var slot = 0u;
+    for (var k0 = kbeg; k0 < kend; k0 += BK) {
+        if (lid < BK) { Kd[BK - slot + lid] = kdecode(k0 + BK + lid, kend, g); }
+        // A tile: dY[n, co, oh, ow].
+        for (var e = lid; e < bm * BK; e += WG) {
+            let m = e / BK;
+            let kk = e % BK;
+            let row = m0 + m;
+            var v = 0.0;
+            if (row < M && k0 + kk < kend) {
+                v = dy[u32(Kd[slot + kk].w) + (g * M + row) * ohw];
+            }
+            let ai = kk * (bm + 4u) + m;
+            As[ai / 4u][ai % 4u] = v;
+        }
+        // B tile: FQ(X)[k, (ci, kh, kw)]; padding columns and steps past kend have rows FAR.
+        let kd = Kd[slot + bkk];
+        for (var c = lid / BK; c < bn; c += WG / BK) {
+            let d = Cd[c];
+            let ih = kd.y + d.y;
+            let iw = kd.z + d.z;
+            var v = 0.0;
+            if (ih >= 0 && ih < i32(p.h) && iw >= 0 && iw < i32(p.w)) {
+                v = x[u32(kd.x + d.x)];
+                if (x_on) { v = fq(v, xs, xinv, xz, p.x_qmin, p.x_qmax); }
+            }
+            let bi = bkk * (bn + 4u) + c;
+            Bs[bi / 4u][bi % 4u] = v;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < kb; kk++) {
+            let a = As[kk * (bm + 4u) / 4u + ty];
+            let b = Bs[kk * (bn + 4u) / 4u + tx];
+            acc0 += a.x * b;
+            acc1 += a.y * b;
+            acc2 += a.z * b;
+            acc3 += a.w * b;
+        }
+        workgroupBarrier();
+        slot = BK - slot;
+    }
+
+    // part layout [splits, Cout, Cin/groups*KH*KW]: the same layout as dW per split.
+    let base = (s * p.c_out + g * M) * N;
+    let col0 = n0 + tx * TN;
+    store_row(base, m0 + ty * TM, acc0, col0, 1u);
+    store_row(base, m0 + ty * TM + 1u, acc1, col0, 1u);
+    store_row(base, m0 + ty * TM + 2u, acc2, col0, 1u);
+    store_row(base, m0 + ty * TM + 3u, acc3, col0, 1u);
+}

@@ -66,6 +66,35 @@ pub fn check_state(state: &GpuTensor, channels: usize) -> Result<()> {
     Ok(())
 }
 
+/// The first stage alone: `minmax_partial` over `x` with the given channel geometry,
+/// writing `2 * channels * chunks` (min, max) pairs into the returned scratch. Returns the
+/// dispatch, the scratch and `chunks` (used by the histogram observer).
+pub fn minmax_partial(
+    ctx: &GpuContext,
+    x: &GpuTensor,
+    channels: usize,
+    inner: usize,
+) -> Result<(Dispatch, GpuTensor, usize)> {
+    if x.is_empty() || channels == 0 || !x.len().is_multiple_of(channels) || x.len() > u32::MAX as usize / 2 {
+        return Err(WqatError::shape(format!("minmax_partial of {:?} over {channels} channels", x.shape)));
+    }
+    let per_channel = x.len() / channels;
+    let chunks = per_channel.div_ceil(CHUNK_LEN);
+    let mut p = Params::new(&QuantSpec::activation(8), channels);
+    p.inner = inner as u32;
+    p.per_channel = per_channel as u32;
+    p.chunks = chunks as u32;
+    let scratch = GpuTensor::zeros(ctx, &[2 * channels * chunks], DType::F32)?;
+    let d = Dispatch::new(
+        ctx,
+        &PipelineKey::new("observer", "minmax_partial"),
+        bytemuck::bytes_of(&p),
+        &[&x.buffer, &scratch.buffer],
+        grid_1d(channels * chunks, 1),
+    )?;
+    Ok((d, scratch, chunks))
+}
+
 /// Two dispatches updating the state's min/max from `x` per `mode` (no-op while the
 /// state's `obs_on` flag is 0), plus the scratch buffer of partial (min, max) pairs they use.
 pub fn minmax_dispatches(

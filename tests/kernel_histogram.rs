@@ -39,9 +39,13 @@ fn check(seed: u64, batches: &[Vec<f32>], bins: usize, up: usize, spec: QuantSpe
         gx.write(&ctx, x).unwrap();
         run(&ctx, obs.dispatches());
         let got = obs.state().read_f32(&ctx).unwrap();
+        let prev = (want.v[0], want.v[1]);
         want.observe(x, true);
         let what = format!("seed {seed} step {step} bins {bins}");
         assert_eq!(&got[..2], &want.v[..2], "{what}: running range");
+        if step > 0 && prev.0 != prev.1 {
+            assert_eq!(got[5], 0.0, "{what}: expected a combine (re-bin), not a reset");
+        }
         testing::assert_bit_exact(&format!("{what} counts"), &got[HEADER..], want.hist());
         // Continue from the GPU histogram so later steps compare like with like.
         want.v = got.clone();

@@ -97,6 +97,7 @@ pub fn minmax_partial(
 
 /// Two dispatches updating the state's min/max from `x` per `mode` (no-op while the
 /// state's `obs_on` flag is 0), plus the scratch buffer of partial (min, max) pairs they use.
+/// The `initialized` flag they read is set by the [`qparams`] pass that follows them.
 pub fn minmax_dispatches(
     ctx: &GpuContext,
     x: &GpuTensor,

@@ -60,23 +60,39 @@ impl QuantSpec {
             (1 << self.bits) - 1
         }
     }
-    /// Scale and zero point from an observed range, as the GPU `qparams` kernel computes
-    /// them. The range is widened to include 0; a degenerate range gives scale 1.
-    pub fn qparams(&self, min: f32, max: f32) -> (f32, f32) {
+    /// Reciprocal of the code-range denominator the scale is built from, computed once on the
+    /// host in f32 and passed to the GPU `qparams` kernel: `1/qmax` (symmetric signed), else
+    /// `1/(qmax - qmin)`. Multiplying by it (correctly rounded on every GPU) instead of
+    /// dividing is what lets GPU and CPU agree bit for bit on the scale.
+    pub fn inv_scale_denominator(&self) -> f32 {
         let (qmin, qmax) = (self.qmin() as f32, self.qmax() as f32);
+        if self.symmetric && self.signed {
+            1.0 / qmax
+        } else {
+            1.0 / (qmax - qmin)
+        }
+    }
+    /// `(scale, inv_scale, zero_point)` from an observed range, exactly as the GPU `qparams`
+    /// kernel (shaders/observer.wgsl) computes them. The range is widened to include 0; a
+    /// degenerate range gives scale 1. The scale is `range * inv_scale_denominator()`;
+    /// `inv_scale = 1/scale` and `z = clamp(qmin - round(min / scale))` use a division, which
+    /// WGSL only guarantees to 2.5 ULP (exact on lavapipe).
+    pub fn qparams(&self, min: f32, max: f32) -> (f32, f32, f32) {
+        let (qmin, qmax) = (self.qmin() as f32, self.qmax() as f32);
+        let inv_den = self.inv_scale_denominator();
         let min = min.min(0.0);
         let max = max.max(0.0);
         if self.symmetric {
             let amax = max.max(-min);
-            let s = if self.signed { amax / qmax } else { amax / (qmax - qmin) };
+            let s = amax * inv_den;
             let s = if s > f32::MIN_POSITIVE { s } else { 1.0 };
             let z = if self.signed { 0.0 } else { qmin };
-            (s, z)
+            (s, 1.0 / s, z)
         } else {
-            let s = (max - min) / (qmax - qmin);
+            let s = (max - min) * inv_den;
             let s = if s > f32::MIN_POSITIVE { s } else { 1.0 };
             let z = (qmin - (min / s).round_ties_even()).clamp(qmin, qmax);
-            (s, z)
+            (s, 1.0 / s, z)
         }
     }
 }

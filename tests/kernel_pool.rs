@@ -75,13 +75,9 @@ fn pools_match_reference_on_random_shapes() {
 }
 
 fn check_fd(what: &str, x: &[f64], dx: &[f64], f: &mut dyn FnMut(&[f64]) -> f64) {
-    for i in 0..x.len() {
+    for (i, &d) in dx.iter().enumerate() {
         let fd = testing::finite_diff(f, x, i, 1e-5);
-        assert!(
-            (fd - dx[i]).abs() <= testing::FINITE_DIFF_RTOL * (1.0 + fd.abs()),
-            "{what}: i {i} fd {fd} analytic {}",
-            dx[i]
-        );
+        assert!((fd - d).abs() <= testing::FINITE_DIFF_RTOL * (1.0 + fd.abs()), "{what}: i {i} fd {fd} analytic {d}");
     }
 }
 

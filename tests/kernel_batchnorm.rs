@@ -349,3 +349,52 @@ fn shape_errors_are_reported() {
     assert!(kf::channel_div(&ctx, &x, &c4, &x.clone()).is_err());
     assert!(kf::fold_gamma_backward(&ctx, &x, &y, &c3, &c3.clone(), &c3.clone(), &c3.clone(), 1e-5).is_err());
 }
+
+#[test]
+fn large_channel_reduction_matches_reference() {
+    // ~18k values per channel (70 per thread) and a mean far from zero: the two-pass
+    // variance must not cancel. Also times one training BN (stats + apply + backward).
+    let ctx = testing::ctx();
+    let mut rng = testing::rng(35);
+    let shape = [16, 3, 33, 35];
+    let g = k::bn_geometry(&shape).unwrap();
+    let x: Vec<f32> = testing::uniform(&mut rng, g.len(), -1.0, 1.0).iter().map(|v| v + 50.0).collect();
+    let dy = testing::uniform(&mut rng, g.len(), -1.0, 1.0);
+    let ones = vec![1.0f32; 3];
+    let (gx, gdy) = (up(&ctx, &shape, &x), up(&ctx, &shape, &dy));
+    let (gg, gb, rm, rv) = (up(&ctx, &[3], &ones), zeros(&ctx, &[3]), zeros(&ctx, &[3]), up(&ctx, &[3], &ones));
+    let (saved, y, dx, dgm, dbt) =
+        (zeros(&ctx, &[6]), zeros(&ctx, &shape), zeros(&ctx, &shape), zeros(&ctx, &[3]), zeros(&ctx, &[3]));
+    let t = BnBackward {
+        x: &gx,
+        saved: &saved,
+        gamma: &gg,
+        dy: &gdy,
+        y_relu: Some(&y),
+        dgamma: &dgm,
+        dbeta: &dbt,
+        dx: &dx,
+    };
+    let ds = [
+        k::bn_stats(&ctx, &gx, &saved, &rm, &rv, 1e-5, 0.1).unwrap(),
+        k::bn_apply(&ctx, &gx, &saved, &gg, &gb, &y, true).unwrap(),
+        k::bn_backward_reduce(&ctx, &t).unwrap(),
+        k::bn_backward_dx(&ctx, &t, true).unwrap(),
+    ];
+    ctx.submit(&ds.iter().collect::<Vec<_>>()).unwrap();
+    ctx.wait().unwrap();
+    let t0 = std::time::Instant::now();
+    ctx.submit(&ds.iter().collect::<Vec<_>>()).unwrap();
+    ctx.wait().unwrap();
+    eprintln!("batchnorm train fwd+bwd {shape:?}: {:?}", t0.elapsed());
+    let x64 = f64s(&x);
+    let (mut a, mut b) = (vec![0.0; 3], vec![1.0; 3]);
+    let (mean, invstd) = r::bn_stats(&x64, g, 1e-5, 0.1, &mut a, &mut b);
+    let want: Vec<f64> = mean.iter().chain(&invstd).copied().collect();
+    // mean ~50: relative error of an f32 sum; invstd ~1.7 from a variance ~1/3.
+    assert_close("large saved", &saved.read_f32(&ctx).unwrap(), &f32s(&want), BN_RTOL, BN_ATOL);
+    let wy = r::bn_apply(&x64, g, &mean, &invstd, &f64s(&ones), &[0.0; 3], true);
+    let (wdx, _, wdb) = r::bn_backward(&x64, g, &mean, &invstd, &f64s(&ones), &f64s(&dy), Some(&wy), true);
+    assert_close("large dbeta", &dbt.read_f32(&ctx).unwrap(), &f32s(&wdb), BN_RTOL, 1e-2);
+    assert_close("large dx", &dx.read_f32(&ctx).unwrap(), &f32s(&wdx), BN_RTOL, BN_BWD_ATOL);
+}

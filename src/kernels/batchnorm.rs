@@ -1,1 +1,191 @@
-//! Host wrappers for `shaders/batchnorm*.wgsl` (in progress).
+//! Host wrappers for `shaders/batchnorm.wgsl`: BatchNorm2d training statistics (with the
+//! running-stat update), eval statistics, the normalize/affine apply (optional fused ReLU)
+//! and the backward (dgamma/dbeta reduction, then dx).
+//!
+//! `saved` is an F32 tensor `[2 * C]` = `[mean[C], invstd[C]]`: written by [`bn_stats`]
+//! (training) or [`bn_eval_stats`] (eval/frozen), read by everything else.
+//! Training step: `bn_stats`, `bn_apply`; backward: `bn_backward_reduce`, `bn_backward_dx`.
+
+use crate::error::{Result, WqatError};
+use crate::gpu::{grid_1d, Dispatch, GpuContext, GpuTensor, PipelineKey};
+pub use crate::reference::batchnorm::Nchw;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    c: u32,
+    hw: u32,
+    m: u32,
+    total: u32,
+    eps: f32,
+    momentum: f32,
+    _pad: [f32; 2],
+}
+
+/// `(n, c, hw)` of an `[N, C]` or `[N, C, H, W]` activation.
+pub fn bn_geometry(shape: &[usize]) -> Result<Nchw> {
+    let g = match shape {
+        [n, c] => Nchw { n: *n, c: *c, hw: 1 },
+        [n, c, h, w] => Nchw { n: *n, c: *c, hw: h * w },
+        _ => return Err(WqatError::shape(format!("batchnorm expects [N, C] or [N, C, H, W], got {shape:?}"))),
+    };
+    if g.is_empty() {
+        return Err(WqatError::shape(format!("batchnorm of an empty tensor {shape:?}")));
+    }
+    if g.len() > u32::MAX as usize / 2 {
+        return Err(WqatError::Limit(format!("batchnorm input {shape:?} too large")));
+    }
+    Ok(g)
+}
+
+fn params(g: Nchw, eps: f32, momentum: f32) -> Params {
+    Params { c: g.c as u32, hw: g.hw as u32, m: g.m() as u32, total: g.len() as u32, eps, momentum, _pad: [0.0; 2] }
+}
+
+fn expect_len(t: &GpuTensor, n: usize, what: &str) -> Result<()> {
+    if t.len() != n {
+        return Err(WqatError::shape(format!("{what}: expected {n} elements, got shape {:?}", t.shape)));
+    }
+    Ok(())
+}
+
+fn same_shape(a: &GpuTensor, b: &GpuTensor, what: &str) -> Result<()> {
+    if a.shape != b.shape {
+        return Err(WqatError::shape(format!("{what}: shapes {:?} and {:?} differ", a.shape, b.shape)));
+    }
+    Ok(())
+}
+
+fn launch(ctx: &GpuContext, key: PipelineKey, p: &Params, bufs: &[&GpuTensor], wg: [u32; 3]) -> Result<Dispatch> {
+    let storage: Vec<&wgpu::Buffer> = bufs.iter().map(|t| &t.buffer).collect();
+    Dispatch::new(ctx, &key, bytemuck::bytes_of(p), &storage, wg)
+}
+
+/// Training statistics of `x`: `saved = [mean, 1/sqrt(var_biased + eps)]`, and
+/// `running = (1 - momentum) * running + momentum * batch` (running_var unbiased).
+/// Needs more than one value per channel (as PyTorch).
+pub fn bn_stats(
+    ctx: &GpuContext,
+    x: &GpuTensor,
+    saved: &GpuTensor,
+    running_mean: &GpuTensor,
+    running_var: &GpuTensor,
+    eps: f32,
+    momentum: f32,
+) -> Result<Dispatch> {
+    let g = bn_geometry(&x.shape)?;
+    if g.m() < 2 {
+        return Err(WqatError::shape(format!(
+            "batchnorm training needs more than 1 value per channel, got {:?}",
+            x.shape
+        )));
+    }
+    if (eps.is_nan() || eps <= 0.0) || !(0.0..=1.0).contains(&momentum) {
+        return Err(WqatError::invalid(format!("batchnorm eps {eps} must be > 0, momentum {momentum} in [0, 1]")));
+    }
+    expect_len(saved, 2 * g.c, "bn_stats saved")?;
+    expect_len(running_mean, g.c, "bn_stats running_mean")?;
+    expect_len(running_var, g.c, "bn_stats running_var")?;
+    let key = PipelineKey::new("batchnorm", "bn_stats");
+    launch(ctx, key, &params(g, eps, momentum), &[x, saved, running_mean, running_var], grid_1d(g.c, 1))
+}
+
+/// Eval (or frozen) statistics: `saved = [running_mean, 1/sqrt(running_var + eps)]`.
+pub fn bn_eval_stats(
+    ctx: &GpuContext,
+    running_mean: &GpuTensor,
+    running_var: &GpuTensor,
+    saved: &GpuTensor,
+    eps: f32,
+) -> Result<Dispatch> {
+    let c = running_mean.len();
+    expect_len(running_var, c, "bn_eval_stats running_var")?;
+    expect_len(saved, 2 * c, "bn_eval_stats saved")?;
+    if eps.is_nan() || eps <= 0.0 {
+        return Err(WqatError::invalid(format!("batchnorm eps {eps} must be > 0")));
+    }
+    let g = Nchw { n: 1, c, hw: 1 };
+    let key = PipelineKey::new("batchnorm", "bn_eval_stats");
+    launch(ctx, key, &params(g, eps, 0.0), &[running_mean, running_var, saved], grid_1d(c, 256))
+}
+
+/// `y = (x - mean) * invstd * gamma + beta`, then `max(y, 0)` when `relu`.
+pub fn bn_apply(
+    ctx: &GpuContext,
+    x: &GpuTensor,
+    saved: &GpuTensor,
+    gamma: &GpuTensor,
+    beta: &GpuTensor,
+    y: &GpuTensor,
+    relu: bool,
+) -> Result<Dispatch> {
+    let g = bn_geometry(&x.shape)?;
+    same_shape(x, y, "bn_apply")?;
+    expect_len(saved, 2 * g.c, "bn_apply saved")?;
+    expect_len(gamma, g.c, "bn_apply gamma")?;
+    expect_len(beta, g.c, "bn_apply beta")?;
+    let key = PipelineKey::new("batchnorm", "bn_apply").with("RELU", relu as u32 as f64);
+    launch(ctx, key, &params(g, 1.0, 0.0), &[x, saved, gamma, beta, y], grid_1d(g.len(), 256))
+}
+
+/// The tensors of the BatchNorm backward.
+#[derive(Debug, Clone, Copy)]
+pub struct BnBackward<'a> {
+    /// Forward input.
+    pub x: &'a GpuTensor,
+    /// `[mean, invstd]` the forward used.
+    pub saved: &'a GpuTensor,
+    pub gamma: &'a GpuTensor,
+    /// Gradient of the output.
+    pub dy: &'a GpuTensor,
+    /// Forward output when the forward fused a ReLU (masks `dy` by `y > 0`), else `None`.
+    pub y_relu: Option<&'a GpuTensor>,
+    /// Written by `bn_backward_reduce` (overwritten, not accumulated), read by `bn_backward_dx`.
+    pub dgamma: &'a GpuTensor,
+    pub dbeta: &'a GpuTensor,
+    /// Gradient of the input (written by `bn_backward_dx`).
+    pub dx: &'a GpuTensor,
+}
+
+impl BnBackward<'_> {
+    fn check(&self) -> Result<Nchw> {
+        let g = bn_geometry(&self.x.shape)?;
+        same_shape(self.x, self.dy, "bn_backward dy")?;
+        same_shape(self.x, self.dx, "bn_backward dx")?;
+        if let Some(y) = self.y_relu {
+            same_shape(self.x, y, "bn_backward y")?;
+        }
+        expect_len(self.saved, 2 * g.c, "bn_backward saved")?;
+        expect_len(self.gamma, g.c, "bn_backward gamma")?;
+        expect_len(self.dgamma, g.c, "bn_backward dgamma")?;
+        expect_len(self.dbeta, g.c, "bn_backward dbeta")?;
+        Ok(g)
+    }
+}
+
+/// `dgamma = sum(g * xhat)`, `dbeta = sum(g)` per channel, `g = dy` (masked by `y > 0`
+/// when `y_relu` is given). One workgroup per channel.
+pub fn bn_backward_reduce(ctx: &GpuContext, t: &BnBackward<'_>) -> Result<Dispatch> {
+    let g = t.check()?;
+    let y = t.y_relu.unwrap_or(t.dy);
+    let key = PipelineKey::new("batchnorm", "bn_backward_reduce").with("RELU", t.y_relu.is_some() as u32 as f64);
+    launch(ctx, key, &params(g, 1.0, 0.0), &[t.x, t.saved, t.dy, y, t.dgamma, t.dbeta], grid_1d(g.c, 1))
+}
+
+/// `dx`, after [`bn_backward_reduce`]. `training`: the statistics were the batch's own,
+/// `dx = gamma * invstd / M * (M * g - dbeta - xhat * dgamma)`; otherwise (eval/frozen
+/// statistics) `dx = gamma * invstd * g`.
+pub fn bn_backward_dx(ctx: &GpuContext, t: &BnBackward<'_>, training: bool) -> Result<Dispatch> {
+    let g = t.check()?;
+    let y = t.y_relu.unwrap_or(t.dy);
+    let key = PipelineKey::new("batchnorm", "bn_backward_dx")
+        .with("RELU", t.y_relu.is_some() as u32 as f64)
+        .with("TRAINING", training as u32 as f64);
+    launch(
+        ctx,
+        key,
+        &params(g, 1.0, 0.0),
+        &[t.x, t.saved, t.dy, y, t.gamma, t.dgamma, t.dbeta, t.dx],
+        grid_1d(g.len(), 256),
+    )
+}

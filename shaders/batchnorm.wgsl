@@ -1,0 +1,167 @@
+// BatchNorm2d over NCHW (linear layers: H = W = 1), PyTorch semantics.
+//
+// saved = [mean[C], invstd[C]] (the batch statistics in training, the running ones in eval);
+// xhat = (x - mean) * invstd; y = xhat * gamma + beta (then max(y, 0) when RELU).
+// Per-channel reductions: one workgroup of 256 per channel (workgroup wid.x + wid.y * nwg.x),
+// each thread strides over the channel's N*H*W elements, then a tree in workgroup memory.
+// Variance is two-pass (sum of squared deviations), biased for normalization, unbiased
+// (M / (M - 1)) for running_var. running = (1 - momentum) * running + momentum * batch.
+
+struct Params {
+    c: u32,      // channels
+    hw: u32,     // H * W
+    m: u32,      // N * H * W (elements per channel)
+    total: u32,  // N * C * H * W
+    eps: f32,
+    momentum: f32,
+    _pad0: f32,
+    _pad1: f32,
+}
+
+override RELU: bool = false;
+override TRAINING: bool = true;
+
+const WG: u32 = 256u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+var<workgroup> red: array<f32, 256>;
+
+fn linear_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return gid.x + gid.y * nwg.x * WG;
+}
+
+// Index of the k-th element (k < m) of channel c.
+fn chan_index(c: u32, k: u32) -> u32 {
+    let n = k / p.hw;
+    return (n * p.c + c) * p.hw + (k - n * p.hw);
+}
+
+// Sums `v` over the workgroup; every thread gets the total.
+fn wg_sum(v: f32, lid: u32) -> f32 {
+    workgroupBarrier();
+    red[lid] = v;
+    workgroupBarrier();
+    for (var step = WG / 2u; step > 0u; step = step / 2u) {
+        if (lid < step) { red[lid] = red[lid] + red[lid + step]; }
+        workgroupBarrier();
+    }
+    return red[0];
+}
+
+// ---- bn_stats: 1 x, 2 saved (written), 3 running_mean, 4 running_var (updated) ----
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> saved_out: array<f32>;
+@group(0) @binding(3) var<storage, read_write> running_mean: array<f32>;
+@group(0) @binding(4) var<storage, read_write> running_var: array<f32>;
+
+@compute @workgroup_size(256)
+fn bn_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+    let c = wid.x + wid.y * nwg.x;
+    if (c >= p.c) { return; }
+    var s = 0.0;
+    for (var k = lid; k < p.m; k += WG) { s += x[chan_index(c, k)]; }
+    let mean = wg_sum(s, lid) / f32(p.m);
+    var q = 0.0;
+    for (var k = lid; k < p.m; k += WG) {
+        let d = x[chan_index(c, k)] - mean;
+        q += d * d;
+    }
+    let var_b = wg_sum(q, lid) / f32(p.m);
+    if (lid == 0u) {
+        saved_out[c] = mean;
+        saved_out[p.c + c] = 1.0 / sqrt(var_b + p.eps);
+        let unbiased = var_b * f32(p.m) / f32(p.m - 1u);
+        running_mean[c] = (1.0 - p.momentum) * running_mean[c] + p.momentum * mean;
+        running_var[c] = (1.0 - p.momentum) * running_var[c] + p.momentum * unbiased;
+    }
+}
+
+// ---- bn_eval_stats: 1 running_mean, 2 running_var, 3 saved (written); one thread per channel ----
+@group(0) @binding(1) var<storage, read> rm_in: array<f32>;
+@group(0) @binding(2) var<storage, read> rv_in: array<f32>;
+@group(0) @binding(3) var<storage, read_write> saved_eval: array<f32>;
+
+@compute @workgroup_size(256)
+fn bn_eval_stats(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let c = linear_index(gid, nwg);
+    if (c >= p.c) { return; }
+    saved_eval[c] = rm_in[c];
+    saved_eval[p.c + c] = 1.0 / sqrt(rv_in[c] + p.eps);
+}
+
+// ---- bn_apply: 1 x, 2 saved, 3 gamma, 4 beta, 5 y ----
+@group(0) @binding(2) var<storage, read> saved: array<f32>;
+@group(0) @binding(3) var<storage, read> gamma_a: array<f32>;
+@group(0) @binding(4) var<storage, read> beta_a: array<f32>;
+@group(0) @binding(5) var<storage, read_write> y_out: array<f32>;
+
+@compute @workgroup_size(256)
+fn bn_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_index(gid, nwg);
+    if (i >= p.total) { return; }
+    let c = (i / p.hw) % p.c;
+    let xhat = (x[i] - saved[c]) * saved[p.c + c];
+    var v = xhat * gamma_a[c] + beta_a[c];
+    if (RELU) { v = max(v, 0.0); }
+    y_out[i] = v;
+}
+
+// ---- bn_backward_reduce: 1 x, 2 saved, 3 dy, 4 y (forward output, for the RELU mask; any
+// read-only buffer of x's size when RELU is off), 5 dgamma, 6 dbeta (written) ----
+// dgamma = sum(g * xhat), dbeta = sum(g), g = dy masked by y > 0 when RELU.
+@group(0) @binding(3) var<storage, read> dy: array<f32>;
+@group(0) @binding(4) var<storage, read> y_fwd: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dgamma_out: array<f32>;
+@group(0) @binding(6) var<storage, read_write> dbeta_out: array<f32>;
+
+fn masked_dy(i: u32) -> f32 {
+    let yv = y_fwd[i];
+    return select(dy[i], 0.0, RELU && yv <= 0.0);
+}
+
+@compute @workgroup_size(256)
+fn bn_backward_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_index) lid: u32) {
+    let c = wid.x + wid.y * nwg.x;
+    if (c >= p.c) { return; }
+    let mean = saved[c];
+    let invstd = saved[p.c + c];
+    var sg = 0.0;
+    var sgx = 0.0;
+    for (var k = lid; k < p.m; k += WG) {
+        let i = chan_index(c, k);
+        let g = masked_dy(i);
+        sg += g;
+        sgx += g * (x[i] - mean) * invstd;
+    }
+    let tg = wg_sum(sg, lid);
+    let tgx = wg_sum(sgx, lid);
+    if (lid == 0u) {
+        dgamma_out[c] = tgx;
+        dbeta_out[c] = tg;
+    }
+}
+
+// ---- bn_backward_dx: 1 x, 2 saved, 3 dy, 4 y, 5 gamma, 6 dgamma, 7 dbeta, 8 dx ----
+// TRAINING: dx = gamma * invstd / M * (M * g - dbeta - xhat * dgamma) (batch statistics);
+// else (frozen/eval statistics): dx = gamma * invstd * g.
+@group(0) @binding(5) var<storage, read> gamma_b: array<f32>;
+@group(0) @binding(6) var<storage, read> dgamma_in: array<f32>;
+@group(0) @binding(7) var<storage, read> dbeta_in: array<f32>;
+@group(0) @binding(8) var<storage, read_write> dx_out: array<f32>;
+
+@compute @workgroup_size(256)
+fn bn_backward_dx(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_index(gid, nwg);
+    if (i >= p.total) { return; }
+    let c = (i / p.hw) % p.c;
+    let invstd = saved[p.c + c];
+    let g = masked_dy(i);
+    let xhat = (x[i] - saved[c]) * invstd;
+    let k = gamma_b[c] * invstd;
+    let mf = f32(p.m);
+    let full = k / mf * (mf * g - dbeta_in[c] - xhat * dgamma_in[c]);
+    dx_out[i] = select(k * g, full, TRAINING);
+}

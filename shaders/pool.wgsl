@@ -1,0 +1,179 @@
+// Pooling over NCHW planes (plane = n * C + c), forward and backward.
+//
+// max pool: window [oy*sh - ph, +kh) x [ox*sw - pw, +kw), padding never wins; argmax
+//   stored as the index inside the plane (iy * W + ix); ties keep the first max in
+//   row-major window order. Backward gathers per input element over the windows that
+//   contain it (race-free, no atomics).
+// avg pool: count_include_pad (PyTorch default, ceil_mode off): divisor kh * kw.
+// global avg pool: [N, C, H, W] -> [N, C], one workgroup per plane.
+
+struct Params {
+    planes: u32,
+    h: u32,
+    w: u32,
+    oh: u32,
+    ow: u32,
+    kh: u32,
+    kw: u32,
+    sh: u32,
+    sw: u32,
+    ph: u32,
+    pw: u32,
+    total: u32,   // invocations needed (outputs for forward, inputs for backward)
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+    _pad3: u32,
+}
+
+const WG: u32 = 256u;
+const GWG: u32 = 64u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> src: array<f32>;
+@group(0) @binding(2) var<storage, read_write> dst: array<f32>;
+@group(0) @binding(3) var<storage, read_write> argmax: array<u32>;
+
+fn linear_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return gid.x + gid.y * nwg.x * WG;
+}
+
+// First and last output row/column whose window contains input coordinate `i`:
+// o * s - pad <= i <= o * s - pad + k - 1. Returns (lo, hi); empty when lo > hi.
+fn out_range(i: u32, k: u32, s: u32, pad: u32, o: u32) -> vec2<i32> {
+    let lo_num = i32(i + pad) - i32(k) + 1;
+    var lo = 0;
+    if (lo_num > 0) { lo = (lo_num + i32(s) - 1) / i32(s); }
+    let hi = min(i32((i + pad) / s), i32(o) - 1);
+    return vec2<i32>(lo, hi);
+}
+
+// Bindings: 1 x, 2 y, 3 argmax (u32, plane-local index).
+@compute @workgroup_size(256)
+fn maxpool_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_index(gid, nwg);
+    if (i >= p.total) { return; }
+    let plane = i / (p.oh * p.ow);
+    let r = i % (p.oh * p.ow);
+    let oy = r / p.ow;
+    let ox = r % p.ow;
+    let hs = i32(oy * p.sh) - i32(p.ph);
+    let ws = i32(ox * p.sw) - i32(p.pw);
+    let base = plane * p.h * p.w;
+    var best = 0.0;
+    var bi = 0u;
+    var found = false;
+    for (var ky = 0u; ky < p.kh; ky++) {
+        let iy = hs + i32(ky);
+        if (iy < 0 || iy >= i32(p.h)) { continue; }
+        for (var kx = 0u; kx < p.kw; kx++) {
+            let ix = ws + i32(kx);
+            if (ix < 0 || ix >= i32(p.w)) { continue; }
+            let idx = u32(iy) * p.w + u32(ix);
+            let v = src[base + idx];
+            if (!found || v > best) {
+                best = v;
+                bi = idx;
+                found = true;
+            }
+        }
+    }
+    dst[i] = best;
+    argmax[i] = bi;
+}
+
+// Bindings: 1 dy, 2 dx, 3 argmax from the forward. One invocation per input element.
+@compute @workgroup_size(256)
+fn maxpool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_index(gid, nwg);
+    if (i >= p.total) { return; }
+    let plane = i / (p.h * p.w);
+    let idx = i % (p.h * p.w);
+    let iy = idx / p.w;
+    let ix = idx % p.w;
+    let ry = out_range(iy, p.kh, p.sh, p.ph, p.oh);
+    let rx = out_range(ix, p.kw, p.sw, p.pw, p.ow);
+    let obase = plane * p.oh * p.ow;
+    var g = 0.0;
+    for (var oy = ry.x; oy <= ry.y; oy++) {
+        for (var ox = rx.x; ox <= rx.y; ox++) {
+            let o = obase + u32(oy) * p.ow + u32(ox);
+            if (argmax[o] == idx) { g += src[o]; }
+        }
+    }
+    dst[i] = g;
+}
+
+// Bindings: 1 x, 2 y.
+@compute @workgroup_size(256)
+fn avgpool_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_index(gid, nwg);
+    if (i >= p.total) { return; }
+    let plane = i / (p.oh * p.ow);
+    let r = i % (p.oh * p.ow);
+    let oy = r / p.ow;
+    let ox = r % p.ow;
+    let hs = i32(oy * p.sh) - i32(p.ph);
+    let ws = i32(ox * p.sw) - i32(p.pw);
+    let base = plane * p.h * p.w;
+    var s = 0.0;
+    for (var ky = 0u; ky < p.kh; ky++) {
+        let iy = hs + i32(ky);
+        if (iy < 0 || iy >= i32(p.h)) { continue; }
+        for (var kx = 0u; kx < p.kw; kx++) {
+            let ix = ws + i32(kx);
+            if (ix < 0 || ix >= i32(p.w)) { continue; }
+            s += src[base + u32(iy) * p.w + u32(ix)];
+        }
+    }
+    dst[i] = s / f32(p.kh * p.kw);
+}
+
+// Bindings: 1 dy, 2 dx. One invocation per input element.
+@compute @workgroup_size(256)
+fn avgpool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_index(gid, nwg);
+    if (i >= p.total) { return; }
+    let plane = i / (p.h * p.w);
+    let idx = i % (p.h * p.w);
+    let ry = out_range(idx / p.w, p.kh, p.sh, p.ph, p.oh);
+    let rx = out_range(idx % p.w, p.kw, p.sw, p.pw, p.ow);
+    let obase = plane * p.oh * p.ow;
+    var g = 0.0;
+    for (var oy = ry.x; oy <= ry.y; oy++) {
+        for (var ox = rx.x; ox <= rx.y; ox++) {
+            g += src[obase + u32(oy) * p.ow + u32(ox)];
+        }
+    }
+    dst[i] = g / f32(p.kh * p.kw);
+}
+
+var<workgroup> red: array<f32, 64>;
+
+// Bindings: 1 x [planes, h*w], 2 y [planes]. Workgroup (wid.x + wid.y * nwg.x) = plane.
+@compute @workgroup_size(64)
+fn global_avgpool_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                          @builtin(local_invocation_index) lid: u32) {
+    let plane = wid.x + wid.y * nwg.x;
+    let hw = p.h * p.w;
+    var s = 0.0;
+    if (plane < p.planes) {
+        for (var k = lid; k < hw; k += GWG) { s += src[plane * hw + k]; }
+    }
+    red[lid] = s;
+    workgroupBarrier();
+    for (var step = GWG / 2u; step > 0u; step = step / 2u) {
+        if (lid < step) { red[lid] = red[lid] + red[lid + step]; }
+        workgroupBarrier();
+    }
+    if (lid == 0u && plane < p.planes) { dst[plane] = red[0] / f32(hw); }
+}
+
+// Bindings: 1 dy [planes], 2 dx [planes, h*w].
+@compute @workgroup_size(256)
+fn global_avgpool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_index(gid, nwg);
+    if (i >= p.total) { return; }
+    let hw = p.h * p.w;
+    dst[i] = src[i / hw] / f32(hw);
+}

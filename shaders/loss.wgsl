@@ -160,8 +160,81 @@ fn ce_rows_eval(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     _ = row_loss(row, lid);
 }
 
+// Thread-per-row variants for few classes (C <= SMALL_C in the host wrapper): no shared
+// memory and no barriers, which are expensive on lavapipe. Same bindings as above; the grid
+// covers B invocations of 64.
+fn row_stats_seq(row: u32) -> RowStats {
+    let base = row * p.classes;
+    var mx = logits[base];
+    var arg = 0u;
+    var bad = 0u;
+    for (var c = 0u; c < p.classes; c++) {
+        let v = logits[base + c];
+        if (nonfinite(v)) { bad = 1u; }
+        if (v > mx) { mx = v; arg = c; }
+    }
+    var sum = 0.0;
+    for (var c = 0u; c < p.classes; c++) {
+        sum += exp(logits[base + c] - mx);
+    }
+    return RowStats(mx, arg, sum, bad);
+}
+
+fn row_loss_seq(row: u32) -> RowStats {
+    let st = row_stats_seq(row);
+    let label = labels[row];
+    var status = select(0u, ST_NONFINITE, st.bad != 0u);
+    var loss = 0.0;
+    if (label >= p.classes) {
+        status |= ST_BAD_LABEL;
+    } else {
+        loss = log(st.sum) - (logits[row * p.classes + label] - st.mx);
+        if (st.arg == label) { status |= ST_CORRECT; }
+    }
+    rows[row] = bitcast<u32>(loss);
+    rows[p.rows + row] = status;
+    return st;
+}
+
+@compute @workgroup_size(64)
+fn ce_rows_thread(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = gid.x + gid.y * nwg.x * WG;
+    if (row >= p.rows) { return; }
+    let st = row_loss_seq(row);
+    let label = labels[row];
+    let base = row * p.classes;
+    let inv = 1.0 / st.sum;
+    let ok = label < p.classes;
+    for (var c = 0u; c < p.classes; c++) {
+        let sm = exp(logits[base + c] - st.mx) * inv;
+        let d = (sm - select(0.0, 1.0, c == label)) * p.scale;
+        dlogits[base + c] = select(0.0, d, ok);
+    }
+}
+
+@compute @workgroup_size(64)
+fn ce_rows_eval_thread(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = gid.x + gid.y * nwg.x * WG;
+    if (row >= p.rows) { return; }
+    _ = row_loss_seq(row);
+}
+
 // Argmax predictions (ties -> first index). Bindings: 1 logits, 2 preds [B] (written).
 @group(0) @binding(2) var<storage, read_write> preds: array<u32>;
+
+@compute @workgroup_size(64)
+fn ce_argmax_thread(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = gid.x + gid.y * nwg.x * WG;
+    if (row >= p.rows) { return; }
+    let base = row * p.classes;
+    var mx = logits[base];
+    var arg = 0u;
+    for (var c = 1u; c < p.classes; c++) {
+        let v = logits[base + c];
+        if (v > mx) { mx = v; arg = c; }
+    }
+    preds[row] = arg;
+}
 
 @compute @workgroup_size(64)
 fn ce_argmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -248,7 +321,8 @@ fn metrics_reset(@builtin(local_invocation_index) lid: u32) {
 fn nonfinite_check(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = gid.x + gid.y * nwg.x * 256u;
     if (i >= p.n) { return; }
-    if (nonfinite(logits[i])) {
+    // Load first so that an all-NaN tensor does not serialize on one atomic.
+    if (nonfinite(logits[i]) && (atomicLoad(&guard_metrics[3]) & FLAG_NONFINITE) == 0u) {
         atomicOr(&guard_metrics[3], FLAG_NONFINITE);
     }
 }

@@ -14,7 +14,12 @@
 //   sumsq_partial: 1 g, 2 partials        sumsq_final: 1 partials, 2 norm
 //   clip_finalize: 1 norm
 //   sgd_step:   1 p, 2 g, 3 hyper, 4 metrics, 5 norm, 6 momentum buffer
-//   adamw_step: 1 p, 2 g, 3 hyper, 4 metrics, 5 norm, 6 exp_avg, 7 exp_avg_sq
+//   adamw_bias: 1 bias [4] (written), 2 hyper
+//   adamw_step: 1 p, 2 g, 3 hyper, 4 metrics, 5 norm, 6 exp_avg, 7 exp_avg_sq, 8 bias
+// AdamW is two dispatches: `adamw_bias` (one invocation) writes bias = [1 - beta1^t,
+// 1 - beta2^t] from the hyper step count, then `adamw_step` reads it (computing the bias
+// corrections per element triples the step's cost on lavapipe, and a workgroup barrier to
+// share them costs as much).
 
 struct Params {
     n: u32,       // elements (steps, sumsq_partial), partial count (sumsq_final), slots (clip)
@@ -42,6 +47,7 @@ override NESTEROV: bool = false;
 @group(0) @binding(5) var<storage, read> norm: array<f32>;
 @group(0) @binding(6) var<storage, read_write> st0: array<f32>;
 @group(0) @binding(7) var<storage, read_write> st1: array<f32>;
+@group(0) @binding(8) var<storage, read> bias: array<f32>;
 
 const WG: u32 = 256u;
 const NORM_SLOTS: u32 = 4u;
@@ -128,52 +134,67 @@ fn sgd_step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
 }
 
 // 1 - b^t without cancellation (bias correction; b^t is close to 1 for beta2 = 0.999).
-// For b >= 0.5: ln b = log1p(-x) with x = 1 - b (exact) as 2*atanh(u), u = -x/(2-x),
-// |u| <= 1/3, by its series; y = t ln b; then 1 - exp(y), or -expm1(y) by its Taylor
-// series when |y| < 0.5. For b < 0.5, b^t <= 1/2 and 1 - pow(b, t) is accurate.
+// For b >= 0.5: ln b = log1p(-x), x = 1 - b (exact), = 2u * P(u^2) with u = -x/(2-x),
+// |u| <= 1/3 (the atanh series to u^17); y = t ln b; then 1 - exp(y), or -expm1(y) =
+// -y * Q(y) (Taylor to y^10) when |y| < 0.5. For b < 0.5, b^t <= 1/2 and 1 - pow(b, t) is
+// accurate.
 fn one_minus_pow(b: f32, t: u32) -> f32 {
     if (t == 0u) { return 0.0; }
     if (b <= 0.0) { return 1.0; }
     if (b < 0.5) { return 1.0 - pow(b, f32(t)); }
     let x = 1.0 - b;
     let u = -x / (2.0 - x);
-    let u2 = u * u;
-    var ln_b = 0.0;
-    var term = u;
-    for (var k = 0u; k < 10u; k++) {
-        ln_b += term / f32(2u * k + 1u);
-        term *= u2;
-    }
-    let y = f32(t) * (2.0 * ln_b);
+    let w = u * u;
+    var s = 1.0 / 17.0;
+    s = s * w + 1.0 / 15.0;
+    s = s * w + 1.0 / 13.0;
+    s = s * w + 1.0 / 11.0;
+    s = s * w + 1.0 / 9.0;
+    s = s * w + 1.0 / 7.0;
+    s = s * w + 1.0 / 5.0;
+    s = s * w + 1.0 / 3.0;
+    s = s * w + 1.0;
+    let y = f32(t) * (2.0 * u * s);
     if (y < -0.5) { return 1.0 - exp(y); }
-    var e = 0.0;
-    var tk = y;
-    for (var k = 1u; k <= 12u; k++) {
-        e += tk;
-        tk *= y / f32(k + 1u);
-    }
-    return -e;
+    var q = 1.0 / 39916800.0;
+    q = q * y + 1.0 / 3628800.0;
+    q = q * y + 1.0 / 362880.0;
+    q = q * y + 1.0 / 40320.0;
+    q = q * y + 1.0 / 5040.0;
+    q = q * y + 1.0 / 720.0;
+    q = q * y + 1.0 / 120.0;
+    q = q * y + 1.0 / 24.0;
+    q = q * y + 1.0 / 6.0;
+    q = q * y + 0.5;
+    q = q * y + 1.0;
+    return -(y * q);
+}
+
+// One invocation: b1 = [1 - beta1^t, 1 - beta2^t] with t = hyper[1] (bound at 2).
+@compute @workgroup_size(1)
+fn adamw_bias() {
+    let t = u32(b2[1]);
+    b1[0] = one_minus_pow(p.beta1, t);
+    b1[1] = one_minus_pow(p.beta2, t);
 }
 
 // AdamW, PyTorch semantics: p *= 1 - lr*wd; m = lerp(m, g, 1-beta1);
 // v = beta2*v + (1-beta2)*g*g; p -= (lr / (1-beta1^t)) * m / (sqrt(v)/sqrt(1-beta2^t) + eps),
-// the bias corrections 1 - beta^t from `one_minus_pow`.
+// the bias corrections 1 - beta^t from `adamw_bias`.
 @compute @workgroup_size(256)
 fn adamw_step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = linear_index(gid, nwg);
     if (i >= p.n) { return; }
     if (skip_step()) { return; }
     let lr = hyper[0];
-    let t = u32(hyper[1]);
+    let bc = vec2<f32>(bias[0], bias[1]);
     let g = clipped_grad(i);
     let w = b1[i] * (1.0 - lr * p.wd);
     let m = st0[i] + (1.0 - p.beta1) * (g - st0[i]);
     let v = p.beta2 * st1[i] + (1.0 - p.beta2) * (g * g);
     st0[i] = m;
     st1[i] = v;
-    let bc1 = one_minus_pow(p.beta1, t);
-    let bc2 = one_minus_pow(p.beta2, t);
-    let step_size = lr / bc1;
-    let denom = sqrt(v) / sqrt(bc2) + p.eps;
+    let step_size = lr / bc.x;
+    let denom = sqrt(v) / sqrt(bc.y) + p.eps;
     b1[i] = w - step_size * (m / denom);
 }

@@ -58,7 +58,12 @@ fn cross_entropy_matches_reference_and_accumulates_over_two_steps() {
     let mut rng = testing::rng(7);
     for case in 0..10u64 {
         let b = testing::size(&mut rng, 1, 70);
-        let c = testing::size(&mut rng, 2, if case % 3 == 0 { 300 } else { 40 });
+        // Both paths: thread-per-row (C <= SMALL_C) and workgroup-per-row.
+        let c = if case % 2 == 0 {
+            testing::size(&mut rng, 2, k::SMALL_C)
+        } else {
+            testing::size(&mut rng, k::SMALL_C + 1, 300)
+        };
         let loss_scale = if case % 2 == 0 { 1.0 } else { 128.0 };
         let gl = GpuTensor::zeros(&ctx, &[b, c], DType::F32).unwrap();
         let gy = GpuTensor::zeros(&ctx, &[b], DType::U32).unwrap();
@@ -132,7 +137,8 @@ fn evaluation_and_argmax_match_reference() {
     let mut rng = testing::rng(13);
     for case in 0..6u64 {
         let b = testing::size(&mut rng, 1, 90);
-        let c = testing::size(&mut rng, 2, if case % 2 == 0 { 1000 } else { 13 });
+        let c =
+            if case % 2 == 0 { testing::size(&mut rng, k::SMALL_C + 1, 1000) } else { testing::size(&mut rng, 2, 13) };
         let x = logits_with_ties(&mut rng, b, c, 4.0);
         let y = labels(&mut rng, b, c);
         let gl = GpuTensor::from_f32(&ctx, &[b, c], &x).unwrap();
@@ -147,15 +153,16 @@ fn evaluation_and_argmax_match_reference() {
         assert_metrics(&format!("eval case {case} B {b} C {c}"), &k::read_metrics(&ctx, &gm).unwrap(), &want, b as u32);
         assert_bit_exact(&format!("argmax case {case}"), &gp.read_u32(&ctx).unwrap(), &r::argmax(&x, c));
     }
-    // More rows than one grid dimension holds (the grid folds into y).
-    let (b, c) = (66_001usize, 3usize);
-    let x: Vec<f32> = (0..b * c).map(|i| ((i * 7919) % 13) as f32).collect();
-    let gl = GpuTensor::from_f32(&ctx, &[b, c], &x).unwrap();
-    let gp = GpuTensor::zeros(&ctx, &[b], DType::U32).unwrap();
-    let d = k::argmax(&ctx, &gl, &gp).unwrap();
-    assert!(d.workgroups[1] > 1);
-    ctx.submit(&[&d]).unwrap();
-    assert_bit_exact("argmax folded grid", &gp.read_u32(&ctx).unwrap(), &r::argmax(&x, c));
+    // More rows than one grid dimension holds (the grid folds into y), both paths.
+    for (b, c) in [(66_001usize, k::SMALL_C + 1), (64 * 65_535 + 77, 2)] {
+        let x: Vec<f32> = (0..b * c).map(|i| ((i * 7919) % 13) as f32).collect();
+        let gl = GpuTensor::from_f32(&ctx, &[b, c], &x).unwrap();
+        let gp = GpuTensor::zeros(&ctx, &[b], DType::U32).unwrap();
+        let d = k::argmax(&ctx, &gl, &gp).unwrap();
+        assert!(d.workgroups[1] > 1);
+        ctx.submit(&[&d]).unwrap();
+        assert_bit_exact(&format!("argmax folded grid B {b} C {c}"), &gp.read_u32(&ctx).unwrap(), &r::argmax(&x, c));
+    }
 }
 
 #[test]

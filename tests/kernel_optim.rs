@@ -75,14 +75,14 @@ fn adamw_matches_reference_over_steps() {
         let hyper = k::new_hyper(&ctx).unwrap();
         let metrics = kl::new_metrics(&ctx).unwrap();
         let inp = StepInputs { hyper: &hyper, metrics: &metrics, clip: None, skip_nonfinite: case == 0 };
-        let d = k::adamw_step(&ctx, &gp, &gg, &gm, &gv, cfg, &inp).unwrap();
+        let ds = k::adamw_step(&ctx, &gp, &gg, &gm, &gv, cfg, &inp).unwrap();
         // Case 1 starts late (step counts ~1000) so the bias correction is not just step 1.
         let t0 = if case == 0 { 0 } else { 994 };
         for step in t0 + 1..=t0 + STEPS + 1 {
             let g = testing::uniform(&mut rng, n, -2.0, 2.0);
             gg.write(&ctx, &g).unwrap();
             k::write_hyper(&ctx, &hyper, lr_at(step), step).unwrap();
-            ctx.submit(&[&d]).unwrap();
+            submit(&ctx, &ds);
             let s = r::StepState { lr: lr_at(step), step, clip: 1.0, skip: false };
             r::adamw_step(&mut p, &g, &mut m, &mut v, cfg, &s);
         }
@@ -134,11 +134,11 @@ fn clipping_matches_reference() {
         plan.push(k::clip_finalize(&ctx, &norm, max_norm).unwrap());
         for i in 0..sizes.len() {
             // Tensor 1 uses AdamW, the others SGD: one clip factor serves both.
-            plan.push(if i == 1 {
-                k::adamw_step(&ctx, &gps[i], &ggs[i], &g0s[i], &g1s[i], &adam, &inp).unwrap()
+            if i == 1 {
+                plan.extend(k::adamw_step(&ctx, &gps[i], &ggs[i], &g0s[i], &g1s[i], &adam, &inp).unwrap());
             } else {
-                k::sgd_step(&ctx, &gps[i], &ggs[i], &g0s[i], &sgd, &inp).unwrap()
-            });
+                plan.push(k::sgd_step(&ctx, &gps[i], &ggs[i], &g0s[i], &sgd, &inp).unwrap());
+            }
         }
         for step in 1..=3u32 {
             let gs: Vec<Vec<f32>> = sizes.iter().map(|&n| testing::uniform(&mut rng, n, -0.05, 0.05)).collect();
@@ -209,7 +209,7 @@ fn nan_gradient_sets_flag_and_skip_leaves_params_untouched() {
         plan.push(k::sgd_step(&ctx, &gp, &gg, &s0, &sgd, &inp).unwrap());
         // AdamW on a second copy of the parameters.
         let gp2 = GpuTensor::from_f32(&ctx, &[n], &p0).unwrap();
-        plan.push(k::adamw_step(&ctx, &gp2, &gg, &s1, &s2, &AdamWConfig::default(), &inp).unwrap());
+        plan.extend(k::adamw_step(&ctx, &gp2, &gg, &s1, &s2, &AdamWConfig::default(), &inp).unwrap());
         kl::reset_metrics(&ctx, &metrics).unwrap();
         submit(&ctx, &plan);
         assert!(kl::read_metrics(&ctx, &metrics).unwrap().non_finite());

@@ -16,9 +16,10 @@ pub fn clip_factor(slots: &[f32], max_norm: f32) -> (f32, f32, f32) {
 }
 
 /// `1 - b^t` as the kernel computes it, without cancellation when `b^t` is close to 1:
-/// for `b >= 0.5`, `ln b = 2 atanh(u)`, `u = -x/(2-x)`, `x = 1 - b` by its series,
-/// `y = t ln b`, then `1 - exp(y)`, or `-expm1(y)` by its Taylor series when `|y| < 0.5`;
-/// for `b < 0.5`, `1 - b^t` directly.
+/// for `b >= 0.5`, `ln b = 2u * P(u^2)` (the atanh series to `u^17`), `u = -x/(2-x)`,
+/// `x = 1 - b`; `y = t ln b`; then `1 - exp(y)`, or `-y * Q(y)` (the Taylor series of
+/// `expm1` to `y^11`) when `|y| < 0.5`; for `b < 0.5`, `1 - b^t` directly. Same Horner order
+/// as the kernel.
 pub fn one_minus_pow(b: f32, t: u32) -> f32 {
     if t == 0 {
         return 0.0;
@@ -31,22 +32,20 @@ pub fn one_minus_pow(b: f32, t: u32) -> f32 {
     }
     let x = 1.0 - b;
     let u = -x / (2.0 - x);
-    let u2 = u * u;
-    let (mut ln_b, mut term) = (0.0f32, u);
-    for k in 0..10u32 {
-        ln_b += term / (2 * k + 1) as f32;
-        term *= u2;
+    let w = u * u;
+    let mut s = 1.0f32 / 17.0;
+    for d in [15.0f32, 13.0, 11.0, 9.0, 7.0, 5.0, 3.0, 1.0] {
+        s = s * w + 1.0 / d;
     }
-    let y = t as f32 * (2.0 * ln_b);
+    let y = t as f32 * (2.0 * u * s);
     if y < -0.5 {
         return 1.0 - y.exp();
     }
-    let (mut e, mut tk) = (0.0f32, y);
-    for k in 1..=12u32 {
-        e += tk;
-        tk *= y / (k + 1) as f32;
+    let mut q = 1.0f32 / 39916800.0;
+    for f in [3628800.0f32, 362880.0, 40320.0, 5040.0, 720.0, 120.0, 24.0, 6.0, 2.0, 1.0] {
+        q = q * y + 1.0 / f;
     }
-    -e
+    -(y * q)
 }
 
 /// Per-step inputs of the reference steps, as the GPU reads them from its buffers.

@@ -67,45 +67,57 @@ struct RowStats {
 }
 
 // Max, argmax, sum of exp(x - max) and the non-finite bit of one row, reduced over the
-// workgroup. Must be called in uniform control flow.
+// workgroup in one pass (online softmax: each invocation keeps its running max and a sum
+// rescaled when the max grows; pairs combine as s1*exp(m1-m) + s2*exp(m2-m)). One tree
+// reduction: barriers are what costs on lavapipe. Must be called in uniform control flow.
 fn row_stats(row: u32, lid: u32) -> RowStats {
     let base = row * p.classes;
     var bv = 0.0;
     var bi = NONE;
+    var sum = 0.0;
     var bad = 0u;
     for (var c = lid; c < p.classes; c += WG) {
         let v = logits[base + c];
         if (nonfinite(v)) { bad = 1u; }
-        if (bi == NONE || v > bv) { bv = v; bi = c; }
+        if (bi == NONE) {
+            bv = v;
+            bi = c;
+            sum = 1.0;
+        } else if (v > bv) {
+            sum = sum * exp(bv - v) + 1.0;
+            bv = v;
+            bi = c;
+        } else {
+            sum += exp(v - bv);
+        }
     }
     sh_v[lid] = bv;
     sh_i[lid] = bi;
+    sh_s[lid] = sum;
     sh_bad[lid] = bad;
     workgroupBarrier();
     for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) {
-            if (beats(sh_v[lid + s], sh_i[lid + s], sh_v[lid], sh_i[lid])) {
-                sh_v[lid] = sh_v[lid + s];
+        if (lid < s && sh_i[lid + s] != NONE) {
+            let v2 = sh_v[lid + s];
+            let s2 = sh_s[lid + s];
+            if (sh_i[lid] == NONE) {
+                sh_v[lid] = v2;
                 sh_i[lid] = sh_i[lid + s];
+                sh_s[lid] = s2;
+            } else {
+                let v1 = sh_v[lid];
+                let m = max(v1, v2);
+                sh_s[lid] = sh_s[lid] * exp(v1 - m) + s2 * exp(v2 - m);
+                if (beats(v2, sh_i[lid + s], v1, sh_i[lid])) {
+                    sh_v[lid] = v2;
+                    sh_i[lid] = sh_i[lid + s];
+                }
             }
             sh_bad[lid] = sh_bad[lid] | sh_bad[lid + s];
         }
         workgroupBarrier();
     }
-    let mx = sh_v[0];
-    var acc = 0.0;
-    for (var c = lid; c < p.classes; c += WG) {
-        acc += exp(logits[base + c] - mx);
-    }
-    sh_s[lid] = acc;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) { sh_s[lid] += sh_s[lid + s]; }
-        workgroupBarrier();
-    }
-    let out = RowStats(mx, sh_i[0], sh_s[0], sh_bad[0]);
-    workgroupBarrier();  // shared memory is reused by the caller's next row
-    return out;
+    return RowStats(sh_v[0], sh_i[0], sh_s[0], sh_bad[0]);
 }
 
 // Writes the row's loss bits to rows[row] and its status to rows[B + row]; returns the

@@ -8,7 +8,7 @@
 // Metrics buffer (u32, see shaders/loss.wgsl): [3] is the non-finite flag word.
 //
 // Override constants: CLIP (scale g by norm[0]), SKIP_NONFINITE (leave p and state
-// unchanged when metrics[3] != 0), NESTEROV (SGD).
+// unchanged when bit 0 of metrics[3], the non-finite flag, is set), NESTEROV (SGD).
 //
 // Bindings (each entry point uses 1..k contiguously):
 //   sumsq_partial: 1 g, 2 partials        sumsq_final: 1 partials, 2 norm
@@ -105,12 +105,13 @@ fn linear_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return gid.x + gid.y * nwg.x * WG;
 }
 
-// The gradient after clipping; `skip` is true when the step must leave everything as is.
+// True when the step must leave everything as is (skipping on, non-finite bit 0 set).
 fn skip_step() -> bool {
     let flag = metrics[3];
-    return SKIP_NONFINITE && flag != 0u;
+    return SKIP_NONFINITE && (flag & 1u) != 0u;
 }
 
+// The gradient, times the clip factor when clipping is on.
 fn clipped_grad(i: u32) -> f32 {
     let cf = norm[0];
     return select(b2[i], b2[i] * cf, CLIP);

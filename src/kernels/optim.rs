@@ -7,8 +7,11 @@
 //! * the norm buffer (f32 `[NormLayout::len(k)]`): one sum-of-squares slot per gradient
 //!   tensor, written by [`grad_sum_squares`], and the clip factor computed by
 //!   [`clip_finalize`];
-//! * the metrics buffer of [`crate::kernels::loss`], whose non-finite flag makes the step a
-//!   no-op when `skip_nonfinite` is on.
+//! * the metrics buffer of [`crate::kernels::loss`], whose non-finite flag (bit 0 of the
+//!   flags word; the bad-label bit does not count) makes the step a no-op when
+//!   `skip_nonfinite` is on. The host cannot see the skip without a readback, so its step
+//!   count still advances (PyTorch's GradScaler would not advance AdamW's `step`); the flag
+//!   stays set until the metrics are reset, so every step until then is skipped.
 //!
 //! Per-tensor constants (weight decay, momentum, betas, eps) are the kernels' `Params`.
 //! A step with clipping records, in order: `grad_sum_squares` for every gradient tensor,
@@ -162,12 +165,12 @@ pub fn clip_finalize(ctx: &GpuContext, norm: &GpuTensor, max_norm: f32) -> Resul
 pub struct StepInputs<'a> {
     /// Hyper buffer (learning rate, step count), see [`HyperLayout`].
     pub hyper: &'a GpuTensor,
-    /// Metrics buffer of `kernels::loss`; only its flag word is read, and only used when
-    /// `skip_nonfinite` is set.
+    /// Metrics buffer of `kernels::loss`; only bit 0 of its flag word is read, and only used
+    /// when `skip_nonfinite` is set.
     pub metrics: &'a GpuTensor,
     /// Norm buffer; when `Some`, gradients are multiplied by its clip factor.
     pub clip: Option<&'a GpuTensor>,
-    /// Leave parameters and state unchanged when the metrics flag word is non-zero.
+    /// Leave parameters and state unchanged when the metrics' non-finite flag is set.
     pub skip_nonfinite: bool,
 }
 

@@ -8,7 +8,8 @@
 //   [2] samples    (u32)
 //   [3] flags      (u32 bitmask; bit 0 = a NaN/Inf was seen, bit 1 = a label >= classes)
 //
-// Cross-entropy is two dispatches: `ce_rows` (one workgroup per row) writes each row's
+// Cross-entropy is two dispatches: `ce_rows` (one workgroup per row; `ce_rows_thread`, one
+// invocation per row, when C <= SMALL_C = 32 in the host wrapper) writes each row's
 // loss bits and status into a scratch `rows` buffer of 2*B u32, then `ce_finalize` (one
 // workgroup) sums the rows in a fixed order and adds them into the metrics, so the
 // accumulated loss is deterministic. Row status bits: 0 correct, 1 non-finite logit,

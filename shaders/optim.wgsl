@@ -137,7 +137,7 @@ fn sgd_step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
 // 1 - b^t without cancellation (bias correction; b^t is close to 1 for beta2 = 0.999).
 // For b >= 0.5: ln b = log1p(-x), x = 1 - b (exact), = 2u * P(u^2) with u = -x/(2-x),
 // |u| <= 1/3 (the atanh series to u^17); y = t ln b; then 1 - exp(y), or -expm1(y) =
-// -y * Q(y) (Taylor to y^10) when |y| < 0.5. For b < 0.5, b^t <= 1/2 and 1 - pow(b, t) is
+// -y * Q(y) (its Taylor series to y^11) when |y| < 0.5. For b < 0.5, b^t <= 1/2 and 1 - pow(b, t) is
 // accurate.
 fn one_minus_pow(b: f32, t: u32) -> f32 {
     if (t == 0u) { return 0.0; }

@@ -106,6 +106,8 @@ fn activation_ranges() {
     assert_eq!(activation_range(Activation::Relu6, 4, 0.5, 0).unwrap(), (0, 12));
     assert!(activation_range(Activation::None, 4, 0.1, 16).is_err());
     assert!(activation_range(Activation::None, 9, 0.1, 0).is_err());
+    assert_eq!(quantize_bias(&[0.5, -0.25, 1e12], 0.5, &[0.5, 0.25, 1.0]).unwrap(), vec![2, -2, i32::MAX]);
+    assert!(quantize_bias(&[0.5], 0.5, &[0.5, 0.25]).is_err());
 }
 
 /// Random layer data: `extreme` draws x from {0, 255} and w from {-127, 127}.

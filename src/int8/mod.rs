@@ -8,8 +8,8 @@
 //!   `[act_min, act_max]` (ReLU / ReLU6 are clamps), see [`requant`].
 //!
 //! [`scalar`] is the definition (plain loops); [`simd`] runs the same arithmetic with
-//! AVX2 / AVX-512 VNNI / NEON (sdot) micro-kernels chosen at runtime, multithreaded, and
-//! bit-exact with the scalar code. The GPU kernels (`shaders/int8_gemm.wgsl`,
+//! AVX2 / NEON / NEON sdot micro-kernels chosen at runtime (AVX-512 VNNI on request, see
+//! [`SimdKernel::best`]), multithreaded, and bit-exact with the scalar code. The GPU kernels (`shaders/int8_gemm.wgsl`,
 //! [`crate::kernels::int8`]) match both.
 //!
 //! Pooling and add are memory-bound: the `Simd` backend runs the scalar code for them.

@@ -148,6 +148,24 @@ fn x_byte(e: u32) -> u32 {
 fn int8_linear(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let t = linear_index(gid, nwg);
     if (t * 4u >= p.total) { return; }
+    let e0 = t * 4u;
+    if (e0 + 3u < p.total && e0 / p.n == (e0 + 3u) / p.n) {
+        // Fast path: the four outputs share one input row, so each x word is loaded once.
+        let c0 = e0 % p.n;
+        let xb = (e0 / p.n) * p.k;
+        var acc = vec4<i32>(0);
+        for (var q = 0u; q < p.kw4; q++) {
+            let xw = x_word(xb + 4u * q);
+            acc += vec4<i32>(
+                dot4(xw, wt[c0 * p.kw4 + q]),
+                dot4(xw, wt[(c0 + 1u) * p.kw4 + q]),
+                dot4(xw, wt[(c0 + 2u) * p.kw4 + q]),
+                dot4(xw, wt[(c0 + 3u) * p.kw4 + q]));
+        }
+        out[t] = requant(acc.x, c0) | (requant(acc.y, c0 + 1u) << 8u) | (requant(acc.z, c0 + 2u) << 16u)
+            | (requant(acc.w, c0 + 3u) << 24u);
+        return;
+    }
     var word = 0u;
     for (var j = 0u; j < 4u; j++) {
         let e = t * 4u + j;

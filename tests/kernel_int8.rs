@@ -101,6 +101,7 @@ fn linear_matches_reference() {
     }
     // Long K with x = 255 / w = +-127: the accumulator nears 2^31 and the bias wraps it.
     check_linear(30, LinearConfig { m: 2, k: 16411, n: 3, x_zero: 0 }, true);
+    check_linear(31, LinearConfig { m: 3, k: 16411, n: 8, x_zero: 0 }, true);
 }
 
 #[test]
@@ -199,4 +200,30 @@ fn bad_shapes_are_errors() {
     assert!(k::int8_linear(&ctx, &cfg, &x, &layer, &f32_out).is_err());
     assert!(k::upload_u8(&ctx, &[3], &[1; 4]).is_err());
     assert_eq!(k::unpack_u8(&k::pack_u8(&[1, 2, 3, 4, 5]), 5), vec![1, 2, 3, 4, 5]);
+}
+
+#[test]
+#[ignore = "manual throughput measurement: cargo test --test kernel_int8 -- --ignored --nocapture"]
+fn linear_throughput() {
+    let ctx = testing::ctx();
+    let mut rng = testing::rng(9);
+    let cfg = LinearConfig { m: 256, k: 1152, n: 256, x_zero: 3 };
+    let x = codes(&mut rng, cfg.m * cfg.k, false);
+    let w = weights(&mut rng, cfg.n * cfg.k, false);
+    let rq = requant(&mut rng, cfg.n, 300000.0, Activation::None);
+    let layer = k::Int8Weights::new(&ctx, &w, cfg.n, cfg.k, &vec![0; cfg.n], &rq).unwrap();
+    let gx = k::upload_u8(&ctx, &[cfg.m, cfg.k], &x).unwrap();
+    let gout = GpuTensor::zeros(&ctx, &[cfg.m, cfg.n], DType::I8x4).unwrap();
+    let d = k::int8_linear(&ctx, &cfg, &gx, &layer, &gout).unwrap();
+    ctx.submit(&[&d]).unwrap();
+    ctx.wait().unwrap();
+    let reps = 5;
+    let t = std::time::Instant::now();
+    for _ in 0..reps {
+        ctx.submit(&[&d]).unwrap();
+    }
+    ctx.wait().unwrap();
+    let s = t.elapsed().as_secs_f64() / reps as f64;
+    let ops = 2.0 * (cfg.m * cfg.k * cfg.n) as f64;
+    eprintln!("{} dot4 {}: {:.2} ms per GEMM, {:.2} GOP/s", ctx.summary.name, ctx.use_dot4, s * 1e3, ops / s / 1e9);
 }

@@ -1,1 +1,251 @@
-//! Host wrappers for `shaders/int8*.wgsl` (in progress).
+//! Host wrappers for `shaders/int8_gemm.wgsl`: int8 linear and conv2d (implicit GEMM) with
+//! int32 accumulation and fixed-point requantization, bit-exact with
+//! [`crate::int8::scalar`] (see the shader header for the arithmetic).
+//!
+//! GPU layouts: activations are uint8 codes packed four per u32, flat (a [`DType::I8x4`]
+//! tensor whose `len` counts codes; [`upload_u8`] / [`read_u8`]). A layer's weights are
+//! packed once by [`Int8Weights::new`]: int8 rows of `ceil(k / 4)` words per output channel,
+//! and per channel `(bias, M0, shift, sum_k w)` as `vec4<i32>`. The packed 4x8 dot product
+//! is used when `ctx.use_dot4` (override `USE_DOT4`), else `unpack4xU8` / `unpack4xI8`.
+
+use crate::error::{Result, WqatError};
+use crate::gpu::{grid_1d, DType, Dispatch, GpuContext, GpuTensor, PipelineKey};
+use crate::int8::{Conv2dConfig, LinearConfig, Requant};
+
+const WG: u32 = 64;
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    total: u32,
+    k: u32,
+    kw4: u32,
+    n: u32,
+    cin: u32,
+    h: u32,
+    w: u32,
+    cout_g: u32,
+    cin_g: u32,
+    oh: u32,
+    ow: u32,
+    kh: u32,
+    kwid: u32,
+    sh: u32,
+    sw: u32,
+    ph: u32,
+    pw: u32,
+    dh: u32,
+    dw: u32,
+    x_zero: i32,
+    out_zero: i32,
+    act_min: i32,
+    act_max: i32,
+    raw: u32,
+}
+
+/// Packs uint8 codes four per u32, little end first, zero padded.
+pub fn pack_u8(codes: &[u8]) -> Vec<u32> {
+    codes.chunks(4).map(|c| c.iter().enumerate().fold(0u32, |w, (i, &b)| w | (b as u32) << (8 * i))).collect()
+}
+
+/// Unpacks the first `n` codes of packed words.
+pub fn unpack_u8(words: &[u32], n: usize) -> Vec<u8> {
+    (0..n.min(words.len() * 4)).map(|e| (words[e / 4] >> (8 * (e % 4))) as u8).collect()
+}
+
+/// Uploads uint8 codes as a packed [`DType::I8x4`] tensor.
+pub fn upload_u8(ctx: &GpuContext, shape: &[usize], codes: &[u8]) -> Result<GpuTensor> {
+    let n: usize = shape.iter().product();
+    if n != codes.len() {
+        return Err(WqatError::shape(format!("shape {shape:?} holds {n} codes, data has {}", codes.len())));
+    }
+    let t = GpuTensor::zeros(ctx, shape, DType::I8x4)?;
+    t.write(ctx, &pack_u8(codes))?;
+    Ok(t)
+}
+
+/// Reads a packed uint8 tensor back (blocks on the GPU).
+pub fn read_u8(ctx: &GpuContext, t: &GpuTensor) -> Result<Vec<u8>> {
+    Ok(unpack_u8(&t.read_u32(ctx)?, t.len()))
+}
+
+/// One layer's packed weights and per-channel requantization, uploaded once.
+#[derive(Debug, Clone)]
+pub struct Int8Weights {
+    /// `[n, ceil(k / 4)]` u32 words of int8 weights.
+    pub weights: GpuTensor,
+    /// `[n, 4]` i32: bias, M0, shift, sum of the channel's weights.
+    pub chan: GpuTensor,
+    /// Output channels.
+    pub n: usize,
+    /// Reduction length (`k` of a linear layer, `c_in / groups * kh * kw` of a conv).
+    pub k: usize,
+    pub out_zero: i32,
+    pub act_min: i32,
+    pub act_max: i32,
+}
+
+impl Int8Weights {
+    /// Packs `w` (`[n, k]` int8 row-major; a conv's `[c_out, c_in/groups, kh, kw]` is the
+    /// same thing) with its int32 `bias` and requantization.
+    pub fn new(ctx: &GpuContext, w: &[i8], n: usize, k: usize, bias: &[i32], rq: &Requant) -> Result<Self> {
+        if n == 0 || k == 0 || w.len() != n * k || bias.len() != n {
+            return Err(WqatError::shape(format!(
+                "int8 weights: {} values / {} biases for n {n}, k {k}",
+                w.len(),
+                bias.len()
+            )));
+        }
+        rq.validate(n)?;
+        let kw4 = k.div_ceil(4);
+        let mut words = vec![0u32; n * kw4];
+        let mut chan = vec![0i32; n * 4];
+        for c in 0..n {
+            let row = &w[c * k..(c + 1) * k];
+            for (i, &v) in row.iter().enumerate() {
+                words[c * kw4 + i / 4] |= (v as u8 as u32) << (8 * (i % 4));
+            }
+            let sum = row.iter().map(|&v| v as i32).sum::<i32>();
+            chan[c * 4..c * 4 + 4].copy_from_slice(&[bias[c], rq.multiplier[c], rq.shift[c], sum]);
+        }
+        Ok(Int8Weights {
+            weights: GpuTensor::from_u32(ctx, &[n, kw4], &words)?,
+            chan: GpuTensor::from_i32(ctx, &[n, 4], &chan)?,
+            n,
+            k,
+            out_zero: rq.out_zero,
+            act_min: rq.act_min,
+            act_max: rq.act_max,
+        })
+    }
+
+    fn params(&self, total: usize, x_zero: i32) -> Params {
+        Params {
+            total: total as u32,
+            k: self.k as u32,
+            kw4: self.k.div_ceil(4) as u32,
+            n: self.n as u32,
+            x_zero,
+            out_zero: self.out_zero,
+            act_min: self.act_min,
+            act_max: self.act_max,
+            ..Default::default()
+        }
+    }
+}
+
+fn check_packed(t: &GpuTensor, n: usize, what: &str) -> Result<()> {
+    if t.dtype != DType::I8x4 || t.len() != n {
+        return Err(WqatError::shape(format!(
+            "{what}: expected a packed u8 tensor of {n} codes, got {:?} of {}",
+            t.dtype,
+            t.len()
+        )));
+    }
+    if n as u64 >= (1u64 << 32) - 8 {
+        return Err(WqatError::Limit(format!("{what}: {n} codes exceed the 2^32 byte indexing of the int8 kernels")));
+    }
+    Ok(())
+}
+
+fn key(ctx: &GpuContext, entry: &'static str) -> PipelineKey {
+    PipelineKey::new("int8_gemm", entry).with("USE_DOT4", if ctx.use_dot4 { 1.0 } else { 0.0 })
+}
+
+/// `out [m, n] = requant(x [m, k] . w^T + bias)` on packed u8 tensors.
+pub fn int8_linear(
+    ctx: &GpuContext,
+    cfg: &LinearConfig,
+    x: &GpuTensor,
+    layer: &Int8Weights,
+    out: &GpuTensor,
+) -> Result<Dispatch> {
+    cfg.validate(cfg.m * cfg.k, layer.n * layer.k, layer.n, cfg.m * cfg.n)?;
+    if layer.n != cfg.n || layer.k != cfg.k {
+        return Err(WqatError::shape(format!("linear {cfg:?} with weights of n {} k {}", layer.n, layer.k)));
+    }
+    check_packed(x, cfg.m * cfg.k, "int8_linear x")?;
+    check_packed(out, cfg.m * cfg.n, "int8_linear out")?;
+    let total = cfg.m * cfg.n;
+    let p = layer.params(total, cfg.x_zero);
+    Dispatch::new(
+        ctx,
+        &key(ctx, "int8_linear"),
+        bytemuck::bytes_of(&p),
+        &[&x.buffer, &layer.weights.buffer, &layer.chan.buffer, &out.buffer],
+        grid_1d(total.div_ceil(4), WG),
+    )
+}
+
+/// NCHW int8 conv2d (stride, zero-point padding, dilation, groups) on packed u8 tensors.
+pub fn int8_conv2d(
+    ctx: &GpuContext,
+    cfg: &Conv2dConfig,
+    x: &GpuTensor,
+    layer: &Int8Weights,
+    out: &GpuTensor,
+) -> Result<Dispatch> {
+    let x_len = cfg.batch * cfg.c_in * cfg.h * cfg.w;
+    let total = cfg.out_len()?;
+    cfg.validate(x_len, layer.n * layer.k, layer.n, total)?;
+    if layer.n != cfg.c_out || layer.k != cfg.k() {
+        return Err(WqatError::shape(format!("conv {cfg:?} with weights of n {} k {}", layer.n, layer.k)));
+    }
+    check_packed(x, x_len, "int8_conv2d x")?;
+    check_packed(out, total, "int8_conv2d out")?;
+    let (oh, ow) = cfg.out_hw()?;
+    let p = Params {
+        cin: cfg.c_in as u32,
+        h: cfg.h as u32,
+        w: cfg.w as u32,
+        cout_g: cfg.cout_g() as u32,
+        cin_g: cfg.cin_g() as u32,
+        oh: oh as u32,
+        ow: ow as u32,
+        kh: cfg.kernel[0] as u32,
+        kwid: cfg.kernel[1] as u32,
+        sh: cfg.stride[0] as u32,
+        sw: cfg.stride[1] as u32,
+        ph: cfg.padding[0] as u32,
+        pw: cfg.padding[1] as u32,
+        dh: cfg.dilation[0] as u32,
+        dw: cfg.dilation[1] as u32,
+        ..layer.params(total, cfg.x_zero)
+    };
+    Dispatch::new(
+        ctx,
+        &key(ctx, "int8_conv2d"),
+        bytemuck::bytes_of(&p),
+        &[&x.buffer, &layer.weights.buffer, &layer.chan.buffer, &out.buffer],
+        grid_1d(total.div_ceil(4), WG),
+    )
+}
+
+/// Test probe of the shader's requantization: `out[i] = requant(acc[i] + bias[c], c)` with
+/// `c = channel[i]` (u32 tensors of equal length); `raw` writes the signed
+/// `MultiplyByQuantizedMultiplier` result (as u32 bits) without zero point or clamp.
+pub fn int8_requant_probe(
+    ctx: &GpuContext,
+    acc: &GpuTensor,
+    channel: &GpuTensor,
+    layer: &Int8Weights,
+    raw: bool,
+    out: &GpuTensor,
+) -> Result<Dispatch> {
+    let n = acc.len();
+    if channel.len() != n || out.len() != n || n == 0 {
+        return Err(WqatError::shape(format!(
+            "requant probe: {n} accumulators, {} channels, {} outputs",
+            channel.len(),
+            out.len()
+        )));
+    }
+    let p = Params { raw: raw as u32, ..layer.params(n, 0) };
+    Dispatch::new(
+        ctx,
+        &key(ctx, "int8_requant_probe"),
+        bytemuck::bytes_of(&p),
+        &[&acc.buffer, &channel.buffer, &layer.chan.buffer, &out.buffer],
+        grid_1d(n, WG),
+    )
+}

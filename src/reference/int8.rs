@@ -1,1 +1,5 @@
-//! CPU references for the int8 kernels (in progress).
+//! CPU references for the int8 kernels: the scalar backend in [`crate::int8::scalar`] is
+//! the definition; re-exported here next to the other references.
+
+pub use crate::int8::requant::{multiply_by_quantized_multiplier, quantize_multiplier, requantize};
+pub use crate::int8::scalar::{add, avg_pool, conv2d, global_avg_pool, linear, max_pool};

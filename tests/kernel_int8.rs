@@ -1,0 +1,229 @@
+//! `shaders/int8_gemm.wgsl` against the scalar int8 reference: outputs bit-exact on odd
+//! shapes, extreme codes, long K and wrapping biases; the shader's 32-bit emulation of the
+//! 64-bit fixed-point multiply against the CPU on edge values. Run a second time with
+//! `WQAT_NO_DOT4=1` to cover the `unpack4x*` fallback.
+
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use wqat::gpu::{DType, GpuTensor};
+use wqat::int8::requant::{multiply_by_quantized_multiplier, requantize};
+use wqat::int8::{Activation, Conv2dConfig, LinearConfig, Requant};
+use wqat::kernels::int8 as k;
+use wqat::reference::int8 as r;
+use wqat::testing::{self, assert_bit_exact};
+
+fn codes(rng: &mut ChaCha8Rng, n: usize, extreme: bool) -> Vec<u8> {
+    (0..n).map(|_| if extreme { [0u8, 255][rng.random_range(0..2)] } else { rng.random() }).collect()
+}
+fn weights(rng: &mut ChaCha8Rng, n: usize, extreme: bool) -> Vec<i8> {
+    (0..n).map(|_| if extreme { [-127i8, 127][rng.random_range(0..2)] } else { rng.random_range(-127..=127) }).collect()
+}
+fn requant(rng: &mut ChaCha8Rng, n: usize, typ: f64, act: Activation) -> Requant {
+    let s_w: Vec<f32> = (0..n).map(|_| rng.random_range(0.5..2.0) as f32).collect();
+    Requant::from_scales(1.0, &s_w, (typ / 100.0) as f32, rng.random_range(0..=255), 8, act).unwrap()
+}
+
+#[test]
+fn requant_emulation_matches_cpu_on_edges() {
+    let ctx = testing::ctx();
+    eprintln!("use_dot4 = {}", ctx.use_dot4);
+    let mut rng = testing::rng(1);
+    let nch = 96;
+    let mut multiplier: Vec<i32> = (0..nch).map(|_| rng.random_range(1 << 30..=i32::MAX)).collect();
+    let mut shift: Vec<i32> = (0..nch).map(|_| rng.random_range(-31..=30)).collect();
+    multiplier[..6].copy_from_slice(&[0, 1 << 30, i32::MAX, i32::MAX, 1 << 30, 1]);
+    shift[..6].copy_from_slice(&[0, -31, 30, -31, 0, 0]);
+    let rq = Requant { multiplier, shift, out_zero: 17, act_min: 17, act_max: 200 };
+    let mut bias = vec![0i32; nch];
+    bias[nch - 1] = i32::MAX; // wraps with positive accumulators
+    let layer = k::Int8Weights::new(&ctx, &vec![1i8; nch], nch, 1, &bias, &rq).unwrap();
+    let edges = [i32::MIN, i32::MIN + 1, -(1 << 30), -3, -2, -1, 0, 1, 2, 3, 1 << 30, i32::MAX - 1, i32::MAX];
+    let n = 20000;
+    let acc: Vec<i32> = (0..n)
+        .map(|i| if i % 3 == 0 { edges[i % edges.len()] } else { rng.random::<i32>() >> rng.random_range(0..31) })
+        .collect();
+    let chan: Vec<u32> = (0..n).map(|i| ((i * 7 + i / 13) % nch) as u32).collect();
+    let gacc = GpuTensor::from_i32(&ctx, &[n], &acc).unwrap();
+    let gch = GpuTensor::from_u32(&ctx, &[n], &chan).unwrap();
+    for raw in [true, false] {
+        let gout = GpuTensor::zeros(&ctx, &[n], DType::U32).unwrap();
+        let d = k::int8_requant_probe(&ctx, &gacc, &gch, &layer, raw, &gout).unwrap();
+        ctx.submit(&[&d]).unwrap();
+        let got = gout.read_i32(&ctx).unwrap();
+        let want: Vec<i32> = (0..n)
+            .map(|i| {
+                let c = chan[i] as usize;
+                let a = acc[i].wrapping_add(bias[c]);
+                if raw {
+                    multiply_by_quantized_multiplier(a, rq.multiplier[c], rq.shift[c])
+                } else {
+                    requantize(a, rq.multiplier[c], rq.shift[c], rq.out_zero, rq.act_min, rq.act_max)
+                }
+            })
+            .collect();
+        assert_bit_exact(&format!("requant probe raw {raw}"), &got, &want);
+    }
+}
+
+fn check_linear(seed: u64, cfg: LinearConfig, extreme: bool) {
+    let ctx = testing::ctx();
+    let mut rng = testing::rng(seed);
+    let x = codes(&mut rng, cfg.m * cfg.k, extreme);
+    let w = weights(&mut rng, cfg.n * cfg.k, extreme);
+    let mut bias: Vec<i32> = (0..cfg.n).map(|_| rng.random_range(-100000..100000)).collect();
+    if seed.is_multiple_of(3) {
+        bias[0] = i32::MAX;
+        bias[cfg.n - 1] = i32::MIN;
+    }
+    let act = [Activation::None, Activation::Relu, Activation::Relu6][(seed % 3) as usize];
+    let rq = requant(&mut rng, cfg.n, (cfg.k as f64).sqrt() * 10000.0, act);
+    let mut want = vec![0u8; cfg.m * cfg.n];
+    r::linear(&cfg, &x, &w, &bias, &rq, &mut want).unwrap();
+    let layer = k::Int8Weights::new(&ctx, &w, cfg.n, cfg.k, &bias, &rq).unwrap();
+    let gx = k::upload_u8(&ctx, &[cfg.m, cfg.k], &x).unwrap();
+    let gout = GpuTensor::zeros(&ctx, &[cfg.m, cfg.n], DType::I8x4).unwrap();
+    let d = k::int8_linear(&ctx, &cfg, &gx, &layer, &gout).unwrap();
+    ctx.submit(&[&d]).unwrap();
+    assert_bit_exact(&format!("int8_linear seed {seed} {cfg:?}"), &k::read_u8(&ctx, &gout).unwrap(), &want);
+}
+
+#[test]
+fn linear_matches_reference() {
+    let mut rng = testing::rng(2);
+    for case in 0..16u64 {
+        let cfg = LinearConfig {
+            m: testing::size(&mut rng, 1, 19),
+            k: testing::size(&mut rng, 1, 150),
+            n: testing::size(&mut rng, 1, 23),
+            x_zero: if case % 4 == 1 { 255 } else { rng.random_range(0..=255) },
+        };
+        check_linear(10 + case, cfg, case % 2 == 1);
+    }
+    // Long K with x = 255 / w = +-127: the accumulator nears 2^31 and the bias wraps it.
+    check_linear(30, LinearConfig { m: 2, k: 16411, n: 3, x_zero: 0 }, true);
+    check_linear(31, LinearConfig { m: 3, k: 16411, n: 8, x_zero: 0 }, true);
+}
+
+#[test]
+fn linear_layers_chain_on_gpu() {
+    // The packed output of one layer is the next layer's input, no host round trip.
+    let ctx = testing::ctx();
+    let mut rng = testing::rng(3);
+    let (m, k0, k1, k2) = (5, 13, 7, 9);
+    let x = codes(&mut rng, m * k0, false);
+    let (w1, w2) = (weights(&mut rng, k1 * k0, false), weights(&mut rng, k2 * k1, false));
+    let (b1, b2) = (vec![100i32; k1], vec![-50i32; k2]);
+    let rq1 = requant(&mut rng, k1, 4000.0, Activation::Relu);
+    let rq2 = requant(&mut rng, k2, 4000.0, Activation::None);
+    let c1 = LinearConfig { m, k: k0, n: k1, x_zero: 9 };
+    let c2 = LinearConfig { m, k: k1, n: k2, x_zero: rq1.out_zero };
+    let mut h = vec![0u8; m * k1];
+    let mut want = vec![0u8; m * k2];
+    r::linear(&c1, &x, &w1, &b1, &rq1, &mut h).unwrap();
+    r::linear(&c2, &h, &w2, &b2, &rq2, &mut want).unwrap();
+    let l1 = k::Int8Weights::new(&ctx, &w1, k1, k0, &b1, &rq1).unwrap();
+    let l2 = k::Int8Weights::new(&ctx, &w2, k2, k1, &b2, &rq2).unwrap();
+    let gx = k::upload_u8(&ctx, &[m, k0], &x).unwrap();
+    let gh = GpuTensor::zeros(&ctx, &[m, k1], DType::I8x4).unwrap();
+    let gy = GpuTensor::zeros(&ctx, &[m, k2], DType::I8x4).unwrap();
+    let d1 = k::int8_linear(&ctx, &c1, &gx, &l1, &gh).unwrap();
+    let d2 = k::int8_linear(&ctx, &c2, &gh, &l2, &gy).unwrap();
+    ctx.submit(&[&d1, &d2]).unwrap();
+    assert_bit_exact("chained int8 linear", &k::read_u8(&ctx, &gy).unwrap(), &want);
+}
+
+fn random_conv(rng: &mut ChaCha8Rng, case: u64) -> Conv2dConfig {
+    let depthwise = case % 5 == 4;
+    let groups = [1, 1, 2, 3][(case % 4) as usize];
+    let (c_in, c_out, groups) = if depthwise {
+        let c = testing::size(rng, 1, 9);
+        (c, c, c)
+    } else {
+        (groups * testing::size(rng, 1, 5), groups * testing::size(rng, 1, 6), groups)
+    };
+    let kernel = [testing::size(rng, 1, 3), testing::size(rng, 1, 3)];
+    let dilation = [testing::size(rng, 1, 2), testing::size(rng, 1, 2)];
+    Conv2dConfig {
+        batch: testing::size(rng, 1, 3),
+        c_in,
+        h: testing::size(rng, dilation[0] * (kernel[0] - 1) + 1, 11),
+        w: testing::size(rng, dilation[1] * (kernel[1] - 1) + 1, 11),
+        c_out,
+        kernel,
+        stride: [testing::size(rng, 1, 2), testing::size(rng, 1, 2)],
+        padding: [testing::size(rng, 0, 2), testing::size(rng, 0, 2)],
+        dilation,
+        groups,
+        x_zero: rng.random_range(0..=255),
+    }
+}
+
+#[test]
+fn conv2d_matches_reference() {
+    let ctx = testing::ctx();
+    let mut rng = testing::rng(4);
+    for case in 0..24u64 {
+        let cfg = random_conv(&mut rng, case);
+        let extreme = case % 3 == 2;
+        let x = codes(&mut rng, cfg.batch * cfg.c_in * cfg.h * cfg.w, extreme);
+        let w = weights(&mut rng, cfg.c_out * cfg.k(), extreme);
+        let bias: Vec<i32> = (0..cfg.c_out).map(|_| rng.random_range(-50000..50000)).collect();
+        let act = [Activation::None, Activation::Relu, Activation::Relu6][(case % 3) as usize];
+        let rq = requant(&mut rng, cfg.c_out, (cfg.k() as f64).sqrt() * 10000.0, act);
+        let n = cfg.out_len().unwrap();
+        let mut want = vec![0u8; n];
+        r::conv2d(&cfg, &x, &w, &bias, &rq, &mut want).unwrap();
+        let layer = k::Int8Weights::new(&ctx, &w, cfg.c_out, cfg.k(), &bias, &rq).unwrap();
+        let gx = k::upload_u8(&ctx, &[cfg.batch, cfg.c_in, cfg.h, cfg.w], &x).unwrap();
+        let gout = GpuTensor::zeros(&ctx, &[n], DType::I8x4).unwrap();
+        let d = k::int8_conv2d(&ctx, &cfg, &gx, &layer, &gout).unwrap();
+        ctx.submit(&[&d]).unwrap();
+        assert_bit_exact(&format!("int8_conv2d case {case} {cfg:?}"), &k::read_u8(&ctx, &gout).unwrap(), &want);
+    }
+}
+
+#[test]
+fn bad_shapes_are_errors() {
+    let ctx = testing::ctx();
+    let rq = Requant { multiplier: vec![1 << 30; 3], shift: vec![0; 3], out_zero: 0, act_min: 0, act_max: 255 };
+    let layer = k::Int8Weights::new(&ctx, &[1i8; 6], 3, 2, &[0; 3], &rq).unwrap();
+    assert!(k::Int8Weights::new(&ctx, &[1i8; 5], 3, 2, &[0; 3], &rq).is_err());
+    assert!(k::Int8Weights::new(&ctx, &[1i8; 6], 3, 2, &[0; 2], &rq).is_err());
+    let x = k::upload_u8(&ctx, &[4, 2], &[1; 8]).unwrap();
+    let out = GpuTensor::zeros(&ctx, &[4, 3], DType::I8x4).unwrap();
+    let cfg = LinearConfig { m: 4, k: 2, n: 3, x_zero: 0 };
+    assert!(k::int8_linear(&ctx, &cfg, &x, &layer, &out).is_ok());
+    assert!(k::int8_linear(&ctx, &LinearConfig { m: 3, ..cfg }, &x, &layer, &out).is_err());
+    assert!(k::int8_linear(&ctx, &LinearConfig { k: 3, ..cfg }, &x, &layer, &out).is_err());
+    assert!(k::int8_linear(&ctx, &LinearConfig { x_zero: -1, ..cfg }, &x, &layer, &out).is_err());
+    let f32_out = GpuTensor::zeros(&ctx, &[4, 3], DType::F32).unwrap();
+    assert!(k::int8_linear(&ctx, &cfg, &x, &layer, &f32_out).is_err());
+    assert!(k::upload_u8(&ctx, &[3], &[1; 4]).is_err());
+    assert_eq!(k::unpack_u8(&k::pack_u8(&[1, 2, 3, 4, 5]), 5), vec![1, 2, 3, 4, 5]);
+}
+
+#[test]
+#[ignore = "manual throughput measurement: cargo test --test kernel_int8 -- --ignored --nocapture"]
+fn linear_throughput() {
+    let ctx = testing::ctx();
+    let mut rng = testing::rng(9);
+    let cfg = LinearConfig { m: 256, k: 1152, n: 256, x_zero: 3 };
+    let x = codes(&mut rng, cfg.m * cfg.k, false);
+    let w = weights(&mut rng, cfg.n * cfg.k, false);
+    let rq = requant(&mut rng, cfg.n, 300000.0, Activation::None);
+    let layer = k::Int8Weights::new(&ctx, &w, cfg.n, cfg.k, &vec![0; cfg.n], &rq).unwrap();
+    let gx = k::upload_u8(&ctx, &[cfg.m, cfg.k], &x).unwrap();
+    let gout = GpuTensor::zeros(&ctx, &[cfg.m, cfg.n], DType::I8x4).unwrap();
+    let d = k::int8_linear(&ctx, &cfg, &gx, &layer, &gout).unwrap();
+    ctx.submit(&[&d]).unwrap();
+    ctx.wait().unwrap();
+    let reps = 5;
+    let t = std::time::Instant::now();
+    for _ in 0..reps {
+        ctx.submit(&[&d]).unwrap();
+    }
+    ctx.wait().unwrap();
+    let s = t.elapsed().as_secs_f64() / reps as f64;
+    let ops = 2.0 * (cfg.m * cfg.k * cfg.n) as f64;
+    eprintln!("{} dot4 {}: {:.2} ms per GEMM, {:.2} GOP/s", ctx.summary.name, ctx.use_dot4, s * 1e3, ops / s / 1e9);
+}

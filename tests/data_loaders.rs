@@ -474,3 +474,28 @@ fn random_mutations_never_panic() {
         }
     }
 }
+
+/// Manual: `cargo test --test data_loaders -- --ignored --nocapture` (about 1 GB of memory).
+#[test]
+#[ignore = "loads all of CIFAR-10 (~0.7 GB as f32); run by hand"]
+fn full_cifar_and_batcher_throughput() {
+    let Some(dir) = shared("cifar10") else {
+        eprintln!("SKIPPED full_cifar_and_batcher_throughput: ../shared/data/cifar10 is absent");
+        return;
+    };
+    let t = std::time::Instant::now();
+    let ds = load(dir.to_str().unwrap()).unwrap();
+    eprintln!("loaded full CIFAR-10 in {:.2} s: {}", t.elapsed().as_secs_f64(), ds.summary());
+    assert_eq!((ds.train.len(), ds.test.len()), (50000, 10000));
+    assert_eq!(&ds.train.labels()[..10], &[6, 9, 9, 4, 1, 1, 2, 7, 8, 3]);
+    let b = Batcher::train(&ds, BatchConfig::train(128, 1).with_augment(Augment::cifar())).unwrap();
+    let t = std::time::Instant::now();
+    let mut it = b.epoch(0);
+    let mut n = 0;
+    while let Some(batch) = it.next() {
+        n += batch.size;
+        it.recycle(batch);
+    }
+    let s = t.elapsed().as_secs_f64();
+    eprintln!("augmented epoch: {n} images in {s:.2} s ({:.0} images/s)", n as f64 / s);
+}

@@ -79,7 +79,7 @@ impl BatchConfig {
     }
 }
 
-/// One batch ready to upload: `images` is contiguous f32 [size, C, H, W], `labels` u32 [size].
+/// One batch ready to upload: `images` is contiguous f32 `[size, C, H, W]`, `labels` u32 `[size]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Batch {
     /// The epoch it belongs to.

@@ -138,7 +138,7 @@ impl Split {
     pub fn images(&self) -> &[f32] {
         &self.images
     }
-    /// All labels, [N].
+    /// All labels, `[N]`.
     pub fn labels(&self) -> &[u8] {
         &self.labels
     }

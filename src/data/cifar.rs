@@ -77,10 +77,19 @@ pub fn load_cifar_dir(dir: &Path) -> Result<Dataset> {
         WqatError::format(dir, "missing CIFAR-10 batches: want data_batch_1.bin .. data_batch_5.bin and test_batch.bin (each optionally .gz)")
     })?;
     let load = |path: &Path| parse_cifar_batch(&read_file(path)?).map_err(|e| at_path(e, path));
-    // The batches decompress independently: one thread each (6 files, ~1 s of inflate apiece).
+    // The batches decompress independently: one thread each (inline if no thread can start).
     let mut batches: Vec<Result<CifarBatch>> = std::thread::scope(|s| {
-        let handles: Vec<_> = train_files.iter().chain([&test_file]).map(|p| s.spawn(move || load(p))).collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(bad("CIFAR-10 loader thread panicked")))).collect()
+        let jobs: Vec<_> = train_files
+            .iter()
+            .chain([&test_file])
+            .map(|p| (p, std::thread::Builder::new().spawn_scoped(s, move || load(p)).ok()))
+            .collect();
+        jobs.into_iter()
+            .map(|(p, h)| match h {
+                Some(h) => h.join().unwrap_or_else(|_| Err(bad("CIFAR-10 loader thread panicked"))),
+                None => load(p),
+            })
+            .collect()
     });
     let t = batches.pop().ok_or_else(|| bad("missing test batch"))??;
     let mut train = RawSplit { pixels: Vec::new(), labels: Vec::new() };

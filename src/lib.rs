@@ -10,8 +10,10 @@ pub mod error;
 pub mod gpu;
 pub mod int8;
 pub mod kernels;
+pub mod model;
 pub mod quant;
 pub mod reference;
+pub mod tensorfile;
 pub mod testing;
 
 pub use error::{Result, WqatError};

@@ -1,0 +1,248 @@
+//! The model graph: a DAG of layers in topological order, built from config structs or a
+//! JSON spec, with shape inference. Quantization placement and compilation to GPU
+//! dispatches live elsewhere (`engine/`); this file only says what the network computes.
+
+use crate::error::{Result, WqatError};
+use serde::{Deserialize, Serialize};
+
+/// Activation fused into a block's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Act {
+    #[default]
+    None,
+    Relu,
+    Relu6,
+}
+
+/// One layer. Conv and linear carry their optional batch norm and activation so that the
+/// QAT blocks PyTorch fuses (conv-bn-relu, linear-relu) are one node here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// 2-D convolution (NCHW), optional BN folded during QAT, optional activation.
+    Conv {
+        out_channels: usize,
+        kernel: usize,
+        #[serde(default = "one")]
+        stride: usize,
+        #[serde(default)]
+        padding: usize,
+        #[serde(default = "one")]
+        dilation: usize,
+        #[serde(default = "one")]
+        groups: usize,
+        #[serde(default)]
+        bias: bool,
+        #[serde(default)]
+        bn: bool,
+        #[serde(default)]
+        act: Act,
+    },
+    /// Fully connected layer on a flattened input.
+    Linear {
+        out_features: usize,
+        #[serde(default = "yes")]
+        bias: bool,
+        #[serde(default)]
+        act: Act,
+    },
+    MaxPool {
+        kernel: usize,
+        #[serde(default)]
+        stride: usize,
+        #[serde(default)]
+        padding: usize,
+    },
+    AvgPool {
+        kernel: usize,
+        #[serde(default)]
+        stride: usize,
+        #[serde(default)]
+        padding: usize,
+    },
+    GlobalAvgPool,
+    /// Elementwise sum of two inputs (residual connection), optional activation.
+    Add {
+        #[serde(default)]
+        act: Act,
+    },
+    /// Reshape [N, C, H, W] to [N, C*H*W]; a view, no data movement.
+    Flatten,
+}
+
+fn one() -> usize {
+    1
+}
+fn yes() -> bool {
+    true
+}
+
+/// A node: an op, its inputs (node names; `"input"` is the image), and a unique name that
+/// also prefixes its parameter names in checkpoints (`conv1.weight`, `layer1.0.bn1.bias`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    pub name: String,
+    #[serde(flatten)]
+    pub op: Op,
+    /// Inputs by node name; empty means the previous node (or the image for the first).
+    #[serde(default)]
+    pub inputs: Vec<String>,
+    /// Keep this node in fp32 (no fake-quant of its weights or output).
+    #[serde(default)]
+    pub fp32: bool,
+    /// Name of the batch norm fused into a conv (`bn1` for `conv1`); defaults to `{name}.bn`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bn_name: Option<String>,
+}
+
+impl Node {
+    /// A node reading the previous node's output.
+    pub fn new(name: &str, op: Op) -> Node {
+        Node { name: name.to_string(), op, inputs: Vec::new(), fp32: false, bn_name: None }
+    }
+    /// Sets explicit inputs.
+    pub fn from(mut self, inputs: &[&str]) -> Node {
+        self.inputs = inputs.iter().map(|s| s.to_string()).collect();
+        self
+    }
+    /// Names the fused batch norm.
+    pub fn bn(mut self, name: &str) -> Node {
+        self.bn_name = Some(name.to_string());
+        self
+    }
+    /// The parameter-name prefix of the fused batch norm.
+    pub fn bn_prefix(&self) -> String {
+        self.bn_name.clone().unwrap_or_else(|| format!("{}.bn", self.name))
+    }
+}
+
+/// A whole network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Graph {
+    pub name: String,
+    /// Input shape (C, H, W).
+    pub input: [usize; 3],
+    pub num_classes: usize,
+    pub nodes: Vec<Node>,
+}
+
+/// Shape of a tensor per sample: (C, H, W); linear outputs are (F, 1, 1).
+pub type Shape3 = [usize; 3];
+
+/// A node with its inputs resolved to indices (`usize::MAX` is the image) and shapes.
+#[derive(Debug, Clone)]
+pub struct ResolvedNode {
+    pub node: Node,
+    pub inputs: Vec<usize>,
+    pub in_shapes: Vec<Shape3>,
+    pub out_shape: Shape3,
+}
+
+/// The image's index among node inputs.
+pub const INPUT: usize = usize::MAX;
+
+fn out_len(size: usize, kernel: usize, stride: usize, padding: usize, dilation: usize) -> Option<usize> {
+    let eff = dilation * (kernel - 1) + 1;
+    (size + 2 * padding).checked_sub(eff).map(|v| v / stride + 1)
+}
+
+impl Graph {
+    /// Resolves inputs and infers every shape; errors name the node.
+    pub fn resolve(&self) -> Result<Vec<ResolvedNode>> {
+        let mut out: Vec<ResolvedNode> = Vec::with_capacity(self.nodes.len());
+        let mut names = std::collections::HashMap::new();
+        if self.nodes.is_empty() {
+            return Err(WqatError::invalid(format!("model {} has no layers", self.name)));
+        }
+        for (i, node) in self.nodes.iter().enumerate() {
+            let err = |m: String| WqatError::invalid(format!("model {}, layer {}: {m}", self.name, node.name));
+            if names.insert(node.name.clone(), i).is_some() {
+                return Err(err("duplicate layer name".into()));
+            }
+            let inputs: Vec<usize> = if node.inputs.is_empty() {
+                vec![if i == 0 { INPUT } else { i - 1 }]
+            } else {
+                node.inputs
+                    .iter()
+                    .map(|n| {
+                        if n == "input" {
+                            Ok(INPUT)
+                        } else {
+                            names
+                                .get(n)
+                                .copied()
+                                .filter(|&j| j < i)
+                                .ok_or_else(|| err(format!("unknown or later input {n:?}")))
+                        }
+                    })
+                    .collect::<Result<_>>()?
+            };
+            let in_shapes: Vec<Shape3> =
+                inputs.iter().map(|&j| if j == INPUT { self.input } else { out[j].out_shape }).collect();
+            let [c, h, w] = in_shapes[0];
+            let want_inputs = if matches!(node.op, Op::Add { .. }) { 2 } else { 1 };
+            if inputs.len() != want_inputs {
+                return Err(err(format!("takes {want_inputs} input(s), got {}", inputs.len())));
+            }
+            let out_shape = match &node.op {
+                Op::Conv { out_channels, kernel, stride, padding, dilation, groups, .. } => {
+                    if *groups == 0 || c % groups != 0 || out_channels % groups != 0 {
+                        return Err(err(format!(
+                            "groups {groups} must divide {c} input and {out_channels} output channels"
+                        )));
+                    }
+                    if *kernel == 0 || *stride == 0 || *dilation == 0 || *out_channels == 0 {
+                        return Err(err("kernel, stride, dilation and channels must be positive".into()));
+                    }
+                    let oh = out_len(h, *kernel, *stride, *padding, *dilation);
+                    let ow = out_len(w, *kernel, *stride, *padding, *dilation);
+                    match (oh, ow) {
+                        (Some(oh), Some(ow)) => [*out_channels, oh, ow],
+                        _ => return Err(err(format!("kernel {kernel} does not fit input {h}x{w}"))),
+                    }
+                }
+                Op::Linear { out_features, .. } => {
+                    if *out_features == 0 {
+                        return Err(err("out_features must be positive".into()));
+                    }
+                    [*out_features, 1, 1]
+                }
+                Op::MaxPool { kernel, stride, padding } | Op::AvgPool { kernel, stride, padding } => {
+                    let s = if *stride == 0 { *kernel } else { *stride };
+                    if *kernel == 0 || 2 * padding > *kernel {
+                        return Err(err("pool kernel must be positive and padding at most half of it".into()));
+                    }
+                    match (out_len(h, *kernel, s, *padding, 1), out_len(w, *kernel, s, *padding, 1)) {
+                        (Some(oh), Some(ow)) => [c, oh, ow],
+                        _ => return Err(err(format!("pool kernel {kernel} does not fit input {h}x{w}"))),
+                    }
+                }
+                Op::GlobalAvgPool => [c, 1, 1],
+                Op::Add { .. } => {
+                    if in_shapes[0] != in_shapes[1] {
+                        return Err(err(format!("adds shapes {:?} and {:?}", in_shapes[0], in_shapes[1])));
+                    }
+                    in_shapes[0]
+                }
+                Op::Flatten => [c * h * w, 1, 1],
+            };
+            out.push(ResolvedNode { node: node.clone(), inputs, in_shapes, out_shape });
+        }
+        let last = out.last().map(|n| n.out_shape).unwrap_or([0, 0, 0]);
+        if last != [self.num_classes, 1, 1] {
+            return Err(WqatError::invalid(format!(
+                "model {} ends with shape {last:?}, expected [{}, 1, 1] logits",
+                self.name, self.num_classes
+            )));
+        }
+        Ok(out)
+    }
+
+    /// Parses a JSON model spec (see `docs` in README) and checks it resolves.
+    pub fn from_json(path: &std::path::Path, text: &str) -> Result<Graph> {
+        let g: Graph = serde_json::from_str(text).map_err(|e| WqatError::format(path, format!("model spec: {e}")))?;
+        g.resolve().map_err(|e| WqatError::format(path, e.to_string()))?;
+        Ok(g)
+    }
+}

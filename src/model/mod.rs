@@ -1,0 +1,6 @@
+//! Model description: the graph of layers ([`graph`]) and the zoo ([`zoo`]).
+
+pub mod graph;
+pub mod zoo;
+
+pub use graph::{Act, Graph, Node, Op, ResolvedNode, INPUT};

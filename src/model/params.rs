@@ -1,0 +1,297 @@
+//! What a graph stores: its parameters (torchvision-style names, so PyTorch state_dicts
+//! map by name) and its quantizers (where fake-quant sits, PyTorch prepare_qat style).
+//! The engine, the checkpoint format, the importer and the int8 converter all read these
+//! lists, so a name means the same thing everywhere.
+//!
+//! Quantizer placement:
+//! * `input.output_quant`: the image (PyTorch's QuantStub), unless the first conv/linear
+//!   is kept in fp32;
+//! * `{node}.weight_quant`: weights of every conv/linear not kept in fp32 (per output
+//!   channel by default);
+//! * `{node}.output_quant`: the output of every conv/linear (after BN and activation) and
+//!   of every add, except the final logits of an fp32 last layer;
+//! * max pool, flatten, average pools reuse their input's quantizer (PyTorch's quantized
+//!   pools keep the input's scale and zero point): see [`input_quantizer`].
+
+use super::graph::{Graph, Op, ResolvedNode, INPUT};
+use crate::error::Result;
+
+/// Batch-norm epsilon (PyTorch's default).
+pub const BN_EPS: f32 = 1e-5;
+/// Batch-norm running-stat momentum (PyTorch's default).
+pub const BN_MOMENTUM: f32 = 0.1;
+
+/// What a parameter is, which decides its optimizer treatment and import mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamKind {
+    Weight,
+    Bias,
+    BnGamma,
+    BnBeta,
+    BnRunningMean,
+    BnRunningVar,
+}
+
+impl ParamKind {
+    /// Updated by the optimizer (running statistics are buffers).
+    pub fn trainable(self) -> bool {
+        !matches!(self, ParamKind::BnRunningMean | ParamKind::BnRunningVar)
+    }
+    /// Weight decay applies to conv/linear weights only (not biases or BN affine).
+    pub fn decays(self) -> bool {
+        matches!(self, ParamKind::Weight)
+    }
+}
+
+/// One stored tensor of a model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub kind: ParamKind,
+    /// Index of the node owning it.
+    pub node: usize,
+}
+
+/// Where a quantizer sits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantizerRole {
+    /// Weights of node `.0` (channels = output channels).
+    Weight(usize),
+    /// Output of node `.0`, or of the image when `.0 == INPUT`.
+    Output(usize),
+}
+
+/// One quantizer (its state is a `QStateLayout` buffer with `channels` channels).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantizerSpec {
+    pub name: String,
+    pub role: QuantizerRole,
+    pub channels: usize,
+}
+
+/// Name of the weight of a conv/linear node.
+pub fn weight_name(node: &str) -> String {
+    format!("{node}.weight")
+}
+/// Name of the bias of a conv/linear node.
+pub fn bias_name(node: &str) -> String {
+    format!("{node}.bias")
+}
+/// Name of the quantizer of a node's weights.
+pub fn weight_quant_name(node: &str) -> String {
+    format!("{node}.weight_quant")
+}
+/// Name of the quantizer of a node's output (`input` for the image).
+pub fn output_quant_name(node: &str) -> String {
+    format!("{node}.output_quant")
+}
+
+/// Every parameter and buffer of the graph, in node order: conv/linear `weight`, `bias`,
+/// then the fused BN's `weight` (gamma), `bias` (beta), `running_mean`, `running_var`.
+pub fn param_specs(graph: &Graph) -> Result<Vec<ParamSpec>> {
+    let nodes = graph.resolve()?;
+    let mut out = Vec::new();
+    for (i, r) in nodes.iter().enumerate() {
+        let name = &r.node.name;
+        let [c_in, _, _] = r.in_shapes[0];
+        match &r.node.op {
+            Op::Conv { out_channels, kernel, groups, bias, bn, .. } => {
+                let shape = vec![*out_channels, c_in / groups, *kernel, *kernel];
+                out.push(ParamSpec { name: weight_name(name), shape, kind: ParamKind::Weight, node: i });
+                if *bias {
+                    out.push(ParamSpec {
+                        name: bias_name(name),
+                        shape: vec![*out_channels],
+                        kind: ParamKind::Bias,
+                        node: i,
+                    });
+                }
+                if *bn {
+                    let p = r.node.bn_prefix();
+                    for (suffix, kind) in [
+                        ("weight", ParamKind::BnGamma),
+                        ("bias", ParamKind::BnBeta),
+                        ("running_mean", ParamKind::BnRunningMean),
+                        ("running_var", ParamKind::BnRunningVar),
+                    ] {
+                        out.push(ParamSpec {
+                            name: format!("{p}.{suffix}"),
+                            shape: vec![*out_channels],
+                            kind,
+                            node: i,
+                        });
+                    }
+                }
+            }
+            Op::Linear { out_features, bias, .. } => {
+                let [c, h, w] = r.in_shapes[0];
+                let shape = vec![*out_features, c * h * w];
+                out.push(ParamSpec { name: weight_name(name), shape, kind: ParamKind::Weight, node: i });
+                if *bias {
+                    out.push(ParamSpec {
+                        name: bias_name(name),
+                        shape: vec![*out_features],
+                        kind: ParamKind::Bias,
+                        node: i,
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// True for conv and linear nodes (the ones with weights).
+pub fn has_weights(op: &Op) -> bool {
+    matches!(op, Op::Conv { .. } | Op::Linear { .. })
+}
+
+/// Whether the image gets a quantizer: the first conv/linear is not kept in fp32.
+pub fn input_is_quantized(nodes: &[ResolvedNode]) -> bool {
+    nodes.iter().find(|r| has_weights(&r.node.op)).map(|r| !r.node.fp32).unwrap_or(false)
+}
+
+/// Whether node `i` has its own output quantizer.
+pub fn has_output_quant(nodes: &[ResolvedNode], i: usize) -> bool {
+    let r = &nodes[i];
+    let last = i + 1 == nodes.len();
+    match r.node.op {
+        Op::Conv { .. } | Op::Linear { .. } | Op::Add { .. } => !(r.node.fp32 && last),
+        _ => false,
+    }
+}
+
+/// The quantizer node `i`'s (first) input carries, following max pool, flatten and
+/// average pools back to the node that owns one. `None`: that input is fp32.
+pub fn input_quantizer(nodes: &[ResolvedNode], i: usize, input: usize) -> Option<QuantizerRole> {
+    let mut j = nodes[i].inputs[input];
+    loop {
+        if j == INPUT {
+            return input_is_quantized(nodes).then_some(QuantizerRole::Output(INPUT));
+        }
+        if has_output_quant(nodes, j) {
+            return Some(QuantizerRole::Output(j));
+        }
+        match nodes[j].node.op {
+            Op::MaxPool { .. } | Op::AvgPool { .. } | Op::GlobalAvgPool | Op::Flatten => j = nodes[j].inputs[0],
+            _ => return None,
+        }
+    }
+}
+
+/// Every quantizer of the graph: the image's first, then per node its weight quantizer and
+/// its output quantizer. `weight_per_channel` picks per-output-channel weight scales.
+pub fn quantizer_specs(graph: &Graph, weight_per_channel: bool) -> Result<Vec<QuantizerSpec>> {
+    let nodes = graph.resolve()?;
+    let mut out = Vec::new();
+    if input_is_quantized(&nodes) {
+        out.push(QuantizerSpec { name: output_quant_name("input"), role: QuantizerRole::Output(INPUT), channels: 1 });
+    }
+    for (i, r) in nodes.iter().enumerate() {
+        if has_weights(&r.node.op) && !r.node.fp32 {
+            let channels = if weight_per_channel { r.out_shape[0] } else { 1 };
+            out.push(QuantizerSpec { name: weight_quant_name(&r.node.name), role: QuantizerRole::Weight(i), channels });
+        }
+        if has_output_quant(&nodes, i) {
+            out.push(QuantizerSpec {
+                name: output_quant_name(&r.node.name),
+                role: QuantizerRole::Output(i),
+                channels: 1,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Name of the quantizer in `role`.
+pub fn quantizer_name(nodes: &[ResolvedNode], role: QuantizerRole) -> String {
+    match role {
+        QuantizerRole::Weight(i) => weight_quant_name(&nodes[i].node.name),
+        QuantizerRole::Output(INPUT) => output_quant_name("input"),
+        QuantizerRole::Output(i) => output_quant_name(&nodes[i].node.name),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::zoo;
+
+    #[test]
+    fn mnist_cnn_params_and_quantizers() {
+        let g = zoo::build("mnist-cnn", [1, 28, 28], 10).unwrap();
+        let p = param_specs(&g).unwrap();
+        let names: Vec<&str> = p.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "conv1.weight",
+                "bn1.weight",
+                "bn1.bias",
+                "bn1.running_mean",
+                "bn1.running_var",
+                "conv2.weight",
+                "bn2.weight",
+                "bn2.bias",
+                "bn2.running_mean",
+                "bn2.running_var",
+                "fc1.weight",
+                "fc1.bias",
+                "fc2.weight",
+                "fc2.bias"
+            ]
+        );
+        assert_eq!(p[10].shape, vec![128, 1568]);
+        let q = quantizer_specs(&g, true).unwrap();
+        let qn: Vec<&str> = q.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            qn,
+            [
+                "input.output_quant",
+                "conv1.weight_quant",
+                "conv1.output_quant",
+                "conv2.weight_quant",
+                "conv2.output_quant",
+                "fc1.weight_quant",
+                "fc1.output_quant",
+                "fc2.weight_quant",
+                "fc2.output_quant"
+            ]
+        );
+        let nodes = g.resolve().unwrap();
+        // conv2 reads pool1, which carries conv1's output quantizer.
+        assert_eq!(input_quantizer(&nodes, 2, 0), Some(QuantizerRole::Output(0)));
+        assert_eq!(input_quantizer(&nodes, 0, 0), Some(QuantizerRole::Output(INPUT)));
+    }
+
+    #[test]
+    fn fp32_first_and_last() {
+        let mut g = zoo::build("mnist-cnn", [1, 28, 28], 10).unwrap();
+        g.nodes[0].fp32 = true;
+        let last = g.nodes.len() - 1;
+        g.nodes[last].fp32 = true;
+        let q = quantizer_specs(&g, true).unwrap();
+        let qn: Vec<&str> = q.iter().map(|s| s.name.as_str()).collect();
+        assert!(!qn.contains(&"input.output_quant"));
+        assert!(!qn.contains(&"conv1.weight_quant"));
+        assert!(qn.contains(&"conv1.output_quant"));
+        assert!(!qn.contains(&"fc2.weight_quant"));
+        assert!(!qn.contains(&"fc2.output_quant"));
+        let nodes = g.resolve().unwrap();
+        assert_eq!(input_quantizer(&nodes, 0, 0), None);
+    }
+
+    #[test]
+    fn resnet_shortcut_reads_block_output() {
+        let g = zoo::build("resnet20", [3, 32, 32], 10).unwrap();
+        let nodes = g.resolve().unwrap();
+        let add = nodes.iter().position(|r| r.node.name == "layer1.0.add").unwrap();
+        let conv2 = nodes.iter().position(|r| r.node.name == "layer1.0.conv2").unwrap();
+        assert_eq!(input_quantizer(&nodes, add, 0), Some(QuantizerRole::Output(conv2)));
+        let p = param_specs(&g).unwrap();
+        assert!(p.iter().any(|s| s.name == "layer2.0.downsample.1.running_var"));
+        assert_eq!(p.iter().filter(|s| s.kind == ParamKind::Weight).count(), 22);
+    }
+}

@@ -6,6 +6,7 @@
 //! integer backend), [`data`] (data sets).
 
 pub mod data;
+pub mod engine;
 pub mod error;
 pub mod gpu;
 pub mod int8;

@@ -1,0 +1,949 @@
+//! Compiles a model into the fixed dispatch lists of a training step, a calibration pass
+//! and an evaluation pass for one batch size. Everything a step touches (activations,
+//! gradients, scratch, uniform parameters, bind groups) is created here once; a step then
+//! only uploads the batch, queues the learning rate and replays the list in one submit.
+//!
+//! Forward of a quantized model ("pending fake-quant"): a conv/linear/add output is stored
+//! raw and fake-quantized by whoever reads it; convolutions and GEMMs fuse that fake-quant
+//! into their operand loads (and the STE mask into their backward), max pool and flatten
+//! commute with it (fake-quant is monotone), and adds, average pools and the loss
+//! materialize it with a separate fake-quant pass. Conv+BN blocks fold BN into the weight
+//! before its fake-quant (PyTorch's ConvBn2d): `sf = gamma/sqrt(running_var+eps)`,
+//! `y_conv = conv(x, FQ(w*sf))`, `y = BN(y_conv/sf)`.
+//!
+//! Backward runs the nodes in reverse. A tensor read by several nodes gets its gradient
+//! written by the first backward contribution and accumulated by the others (in place
+//! where the kernel can, else through a scratch buffer).
+
+use super::config::ObserverKind;
+use super::state::ModelState;
+use crate::error::{Result, WqatError};
+use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, Plan};
+use crate::kernels::activation::{self, Relu};
+use crate::kernels::batchnorm::{self, BnBackward};
+use crate::kernels::conv::{
+    self, Conv2dBackwardDataArgs, Conv2dBackwardWeightArgs, Conv2dConfig, Conv2dForwardArgs, QuantOperand, SteMask,
+};
+use crate::kernels::gemm::{self, GemmConfig, GemmExtras};
+use crate::kernels::histogram::HistogramObserver;
+use crate::kernels::observer::{Observer, ObserverMode};
+use crate::kernels::{bn_fold, fake_quant, loss, optim, pool};
+use crate::model::params::{self, QuantizerRole, BN_EPS, BN_MOMENTUM};
+use crate::model::{Act, Op, INPUT};
+use crate::quant::QuantSpec;
+
+/// When a dispatch runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tag {
+    Always,
+    /// BN with batch statistics (training, BN not frozen).
+    BnTrain,
+    /// BN with running statistics (evaluation, or frozen BN in training).
+    BnEval,
+    /// A QAT observer update.
+    Observe,
+    /// A calibration (PTQ) observer update.
+    Calibrate,
+}
+
+/// What to build.
+#[derive(Debug, Clone, Copy)]
+pub struct CompileOptions {
+    pub batch: usize,
+    /// Fake-quant fused into the kernels (QAT, PTQ); false builds the plain fp32 kernels.
+    pub quant: bool,
+    /// Build the backward pass and the optimizer.
+    pub train: bool,
+    /// Observer used during QAT for activations.
+    pub observer: ObserverKind,
+}
+
+/// Optimizer settings baked into the step.
+#[derive(Debug, Clone, Copy)]
+pub struct StepOptions {
+    pub momentum: f32,
+    pub weight_decay: f32,
+    pub clip_grad_norm: Option<f32>,
+    /// Skip (rather than apply) updates while the non-finite flag is set.
+    pub skip_nonfinite: bool,
+}
+
+/// A quantizer as seen by a kernel.
+#[derive(Clone)]
+struct Q {
+    state: GpuTensor,
+    spec: QuantSpec,
+}
+
+/// The compiled passes of one model at one batch size.
+pub struct Compiled {
+    pub batch: usize,
+    pub quant: bool,
+    /// Image input `[B, C, H, W]` (normalized f32), written per batch.
+    pub images: GpuTensor,
+    /// Labels `[B]` (u32), written per batch.
+    pub labels: GpuTensor,
+    /// Logits `[B, classes]` as the loss sees them (fake-quantized when quantized).
+    pub logits: GpuTensor,
+    /// Predictions `[B]` (u32) of the evaluation pass.
+    pub preds: GpuTensor,
+    /// Training metrics (loss sum, correct, samples, flags), accumulated across steps.
+    pub metrics: GpuTensor,
+    /// Learning rate and step count of the optimizer.
+    pub hyper: GpuTensor,
+    /// Raw output of every node (index = node).
+    pub outputs: Vec<GpuTensor>,
+    forward: Vec<(Tag, Dispatch)>,
+    loss: Vec<Dispatch>,
+    backward: Vec<(Tag, Dispatch)>,
+    optim: Vec<Dispatch>,
+    eval_tail: Vec<Dispatch>,
+    histograms: Vec<(String, HistogramObserver)>,
+    _keep: Vec<GpuTensor>,
+}
+
+fn view(t: &GpuTensor, shape: &[usize]) -> GpuTensor {
+    GpuTensor { buffer: t.buffer.clone(), shape: shape.to_vec(), dtype: t.dtype }
+}
+
+fn relu_kind(act: Act) -> Option<Relu> {
+    match act {
+        Act::None => None,
+        Act::Relu => Some(Relu::Relu),
+        Act::Relu6 => Some(Relu::Relu6),
+    }
+}
+
+impl Compiled {
+    /// Builds every pass for `opts.batch` images per step.
+    pub fn new(
+        ctx: &GpuContext,
+        m: &ModelState,
+        opts: &CompileOptions,
+        step: Option<&StepOptions>,
+    ) -> Result<Compiled> {
+        Builder::new(ctx, m, opts)?.build(step)
+    }
+
+    /// The training step: forward (observers when `observe`; running BN statistics when
+    /// `bn_frozen`), loss, backward, optimizer.
+    pub fn train_plan(&self, observe: bool, bn_frozen: bool) -> Plan {
+        let keep = |t: Tag| match t {
+            Tag::Always => true,
+            Tag::BnTrain => !bn_frozen,
+            Tag::BnEval => bn_frozen,
+            Tag::Observe => observe,
+            Tag::Calibrate => false,
+        };
+        let mut plan = Plan::new();
+        for (t, d) in &self.forward {
+            if keep(*t) {
+                plan.push(d.clone());
+            }
+        }
+        plan.dispatches.extend(self.loss.iter().cloned());
+        for (t, d) in &self.backward {
+            if keep(*t) {
+                plan.push(d.clone());
+            }
+        }
+        plan.dispatches.extend(self.optim.iter().cloned());
+        plan
+    }
+
+    /// Forward with running BN statistics and the calibration observers (PTQ).
+    pub fn calibrate_plan(&self) -> Plan {
+        self.forward_plan(&[Tag::Always, Tag::BnEval, Tag::Calibrate])
+    }
+
+    /// Forward with running BN statistics, then predictions into `preds`.
+    pub fn eval_plan(&self) -> Plan {
+        let mut p = self.forward_plan(&[Tag::Always, Tag::BnEval]);
+        p.dispatches.extend(self.eval_tail.iter().cloned());
+        p
+    }
+
+    fn forward_plan(&self, tags: &[Tag]) -> Plan {
+        let mut plan = Plan::new();
+        for (t, d) in &self.forward {
+            if tags.contains(t) {
+                plan.push(d.clone());
+            }
+        }
+        plan
+    }
+
+    /// Histogram observer states by checkpoint name (`{quantizer}.histogram`).
+    pub fn histograms(&self) -> Vec<(String, &GpuTensor)> {
+        self.histograms.iter().map(|(n, h)| (format!("{n}.histogram"), h.state())).collect()
+    }
+}
+
+struct Builder<'a> {
+    ctx: &'a GpuContext,
+    m: &'a ModelState,
+    opts: CompileOptions,
+    b: usize,
+    /// Raw output per node.
+    outputs: Vec<GpuTensor>,
+    /// Gradient buffer per node output.
+    grads: Vec<Option<GpuTensor>>,
+    /// Materialized fake-quant per tensor (index nodes.len() = image).
+    fq: Vec<Option<GpuTensor>>,
+    /// Whether a tensor's gradient has been written in backward.
+    written: Vec<bool>,
+    images: GpuTensor,
+    forward: Vec<(Tag, Dispatch)>,
+    backward: Vec<(Tag, Dispatch)>,
+    keep: Vec<GpuTensor>,
+    histograms: Vec<(String, HistogramObserver)>,
+    /// Per node, what backward needs (filled by forward).
+    saved: Vec<NodeBuffers>,
+}
+
+#[derive(Default, Clone)]
+struct NodeBuffers {
+    /// Conv+BN: folded weight, scale factors, conv output, BN input, BN saved stats.
+    w_fold: Option<GpuTensor>,
+    sf: Option<GpuTensor>,
+    y_conv: Option<GpuTensor>,
+    y_orig: Option<GpuTensor>,
+    bn_saved: Option<GpuTensor>,
+    /// Pre-activation (ReLU6, or an add's sum), when the activation is not fused.
+    pre_act: Option<GpuTensor>,
+}
+
+impl<'a> Builder<'a> {
+    fn new(ctx: &'a GpuContext, m: &'a ModelState, opts: &CompileOptions) -> Result<Builder<'a>> {
+        if opts.batch == 0 {
+            return Err(WqatError::invalid("batch size must be positive"));
+        }
+        let b = opts.batch;
+        let [c, h, w] = m.graph.input;
+        let images = GpuTensor::zeros(ctx, &[b, c, h, w], DType::F32)?;
+        let mut outputs: Vec<GpuTensor> = Vec::new();
+        for r in &m.nodes {
+            let [c, h, w] = r.out_shape;
+            let shape = match r.node.op {
+                Op::Flatten => {
+                    // A view of its input: no copy forward.
+                    let j = r.inputs[0];
+                    let src = if j == INPUT { &images } else { &outputs[j] };
+                    outputs.push(view(src, &[b, c]));
+                    continue;
+                }
+                Op::Linear { .. } | Op::GlobalAvgPool => vec![b, c],
+                _ => vec![b, c, h, w],
+            };
+            outputs.push(GpuTensor::zeros(ctx, &shape, DType::F32)?);
+        }
+        let n = m.nodes.len();
+        Ok(Builder {
+            ctx,
+            m,
+            opts: *opts,
+            b,
+            outputs,
+            grads: vec![None; n],
+            fq: vec![None; n + 1],
+            written: vec![false; n],
+            images,
+            forward: Vec::new(),
+            backward: Vec::new(),
+            keep: Vec::new(),
+            histograms: Vec::new(),
+            saved: vec![NodeBuffers::default(); n],
+        })
+    }
+
+    /// Raw tensor `t` (`INPUT` = image).
+    fn raw(&self, t: usize) -> &GpuTensor {
+        if t == INPUT {
+            &self.images
+        } else {
+            &self.outputs[t]
+        }
+    }
+
+    /// The quantizer tensor `t` carries (pending fake-quant), in quantized builds.
+    fn carried(&self, t: usize) -> Option<Q> {
+        if !self.opts.quant {
+            return None;
+        }
+        let nodes = &self.m.nodes;
+        let mut j = t;
+        loop {
+            let role = if j == INPUT {
+                if params::input_is_quantized(nodes) {
+                    QuantizerRole::Output(INPUT)
+                } else {
+                    return None;
+                }
+            } else if params::has_output_quant(nodes, j) {
+                QuantizerRole::Output(j)
+            } else {
+                match nodes[j].node.op {
+                    Op::MaxPool { .. } | Op::AvgPool { .. } | Op::GlobalAvgPool | Op::Flatten => {
+                        j = nodes[j].inputs[0];
+                        continue;
+                    }
+                    _ => return None,
+                }
+            };
+            return self.q(role);
+        }
+    }
+
+    fn q(&self, role: QuantizerRole) -> Option<Q> {
+        let name = params::quantizer_name(&self.m.nodes, role);
+        let q = self.m.quantizer(&name)?;
+        let spec = match role {
+            QuantizerRole::Weight(_) => {
+                let mut s = self.m.qconfig.weight;
+                s.channel_axis = (q.spec.channels > 1 || s.channel_axis.is_some()).then_some(0);
+                s
+            }
+            QuantizerRole::Output(_) => self.m.qconfig.activation,
+        };
+        Some(Q { state: q.state.clone(), spec })
+    }
+
+    fn weight_q(&self, i: usize) -> Option<Q> {
+        if !self.opts.quant {
+            return None;
+        }
+        self.q(QuantizerRole::Weight(i))
+    }
+
+    fn param(&self, name: &str) -> Result<GpuTensor> {
+        Ok(self.m.param(name)?.value.clone())
+    }
+    fn grad_of(&self, name: &str) -> Result<GpuTensor> {
+        self.m.param(name)?.grad.clone().ok_or_else(|| WqatError::invalid(format!("{name} has no gradient")))
+    }
+
+    fn zeros(&mut self, shape: &[usize]) -> Result<GpuTensor> {
+        let t = GpuTensor::zeros(self.ctx, shape, DType::F32)?;
+        self.keep.push(t.clone());
+        Ok(t)
+    }
+
+    fn fwd(&mut self, tag: Tag, d: Dispatch) {
+        self.forward.push((tag, d));
+    }
+    fn bwd(&mut self, tag: Tag, d: Dispatch) {
+        self.backward.push((tag, d));
+    }
+
+    /// Observer dispatches for quantizer `q` observing `x`: the QAT observer (tag Observe)
+    /// and the calibration observer (tag Calibrate).
+    fn observe(&mut self, name: &str, q: &Q, x: &GpuTensor, weight: bool) -> Result<()> {
+        let ctx = self.ctx;
+        if weight {
+            // Weights: the exact current range (EMA with c = 1), for QAT and calibration.
+            let o = Observer::new(ctx, q.spec, ObserverMode::MovingAverage { c: 1.0 }, x, &q.state)?;
+            for d in o.dispatches() {
+                self.fwd(Tag::Observe, d.clone());
+                self.fwd(Tag::Calibrate, d.clone());
+            }
+            return Ok(());
+        }
+        match self.opts.observer {
+            ObserverKind::Histogram { bins } => {
+                let h = HistogramObserver::new(ctx, q.spec, x, &q.state, bins as usize, 128)?;
+                for d in h.dispatches() {
+                    self.fwd(Tag::Observe, d.clone());
+                }
+                self.histograms.push((name.to_string(), h));
+                let hc = HistogramObserver::new(ctx, q.spec, x, &q.state, bins as usize, 128)?;
+                for d in hc.dispatches() {
+                    self.fwd(Tag::Calibrate, d.clone());
+                }
+                self.keep.push(hc.state().clone());
+                // The calibration histogram's scratch lives in its dispatches' bind groups.
+            }
+            ObserverKind::MinMax => {
+                let o = Observer::new(ctx, q.spec, ObserverMode::MinMax, x, &q.state)?;
+                for d in o.dispatches() {
+                    self.fwd(Tag::Observe, d.clone());
+                    self.fwd(Tag::Calibrate, d.clone());
+                }
+            }
+            ObserverKind::MovingAverage { c } => {
+                let o = Observer::new(ctx, q.spec, ObserverMode::MovingAverage { c }, x, &q.state)?;
+                for d in o.dispatches() {
+                    self.fwd(Tag::Observe, d.clone());
+                }
+                let oc = Observer::new(ctx, q.spec, ObserverMode::MinMax, x, &q.state)?;
+                for d in oc.dispatches() {
+                    self.fwd(Tag::Calibrate, d.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The materialized fake-quant of tensor `t` (or its raw buffer when it carries none).
+    fn materialized(&mut self, t: usize) -> Result<GpuTensor> {
+        let Some(q) = self.carried(t) else { return Ok(self.raw(t).clone()) };
+        let slot = if t == INPUT { self.m.nodes.len() } else { t };
+        if let Some(f) = &self.fq[slot] {
+            return Ok(f.clone());
+        }
+        let raw = self.raw(t).clone();
+        let out = self.zeros(&raw.shape)?;
+        let d = fake_quant::fake_quant_forward(self.ctx, &raw, &q.state, &out, &q.spec)?;
+        self.fwd(Tag::Always, d);
+        self.fq[slot] = Some(out.clone());
+        Ok(out)
+    }
+
+    fn build(mut self, step: Option<&StepOptions>) -> Result<Compiled> {
+        let ctx = self.ctx;
+        let nodes = self.m.nodes.clone();
+        if self.opts.quant && params::input_is_quantized(&nodes) {
+            let q = self.carried(INPUT).expect("input quantizer exists");
+            let img = self.images.clone();
+            self.observe("input.output_quant", &q, &img, false)?;
+        }
+        for i in 0..nodes.len() {
+            self.forward_node(i)?;
+            if self.opts.quant && params::has_output_quant(&nodes, i) {
+                if let Some(q) = self.q(QuantizerRole::Output(i)) {
+                    let name = params::output_quant_name(&nodes[i].node.name);
+                    let out = self.outputs[i].clone();
+                    self.observe(&name, &q, &out, false)?;
+                }
+            }
+        }
+        let last = nodes.len() - 1;
+        let classes = self.m.graph.num_classes;
+        let logits_raw = view(&self.outputs[last], &[self.b, classes]);
+        let logits = view(&self.materialized(last)?, &[self.b, classes]);
+        let labels = GpuTensor::zeros(ctx, &[self.b], DType::U32)?;
+        let preds = GpuTensor::zeros(ctx, &[self.b], DType::U32)?;
+        let metrics = loss::new_metrics(ctx)?;
+        let hyper = optim::new_hyper(ctx)?;
+        let eval_tail = vec![loss::argmax(ctx, &logits, &preds)?];
+        let mut loss_d = Vec::new();
+        let mut optim_d = Vec::new();
+        if self.opts.train {
+            let step = step.ok_or_else(|| WqatError::invalid("training build needs optimizer options"))?;
+            for i in 0..nodes.len() {
+                self.grads[i] = Some(self.zeros(&self.outputs[i].shape.clone())?);
+            }
+            // Flatten shares its input's buffer forward, but keeps its own gradient.
+            let dlast = view(self.grads[last].as_ref().expect("set"), &[self.b, classes]);
+            match self.carried(last) {
+                Some(q) => {
+                    let dfq = self.zeros(&[self.b, classes])?;
+                    loss_d = loss::softmax_cross_entropy(ctx, &logits, &labels, &dfq, &metrics, 1.0)?;
+                    self.bwd(Tag::Always, fake_quant::ste_backward(ctx, &logits_raw, &q.state, &dfq, &dlast, &q.spec)?);
+                }
+                None => loss_d = loss::softmax_cross_entropy(ctx, &logits, &labels, &dlast, &metrics, 1.0)?,
+            }
+            self.written[last] = true;
+            for i in (0..nodes.len()).rev() {
+                self.backward_node(i)?;
+            }
+            optim_d = self.optimizer(step, &hyper, &metrics)?;
+        }
+        let quant = self.opts.quant;
+        let Builder { b, outputs, forward, backward, keep, histograms, images, .. } = self;
+        Ok(Compiled {
+            batch: b,
+            quant,
+            images,
+            labels,
+            logits,
+            preds,
+            metrics,
+            hyper,
+            outputs,
+            forward,
+            loss: loss_d,
+            backward,
+            optim: optim_d,
+            eval_tail,
+            histograms,
+            _keep: keep,
+        })
+    }
+
+    fn conv_cfg(&self, i: usize) -> Conv2dConfig {
+        let r = &self.m.nodes[i];
+        let [c_in, h, w] = r.in_shapes[0];
+        match r.node.op {
+            Op::Conv { out_channels, kernel, stride, padding, dilation, groups, .. } => {
+                Conv2dConfig::new(self.b, c_in, h, w, out_channels, kernel)
+                    .with_stride(stride)
+                    .with_padding(padding)
+                    .with_dilation(dilation)
+                    .with_groups(groups)
+            }
+            _ => unreachable!("conv_cfg of a non-conv node"),
+        }
+    }
+
+    fn forward_node(&mut self, i: usize) -> Result<()> {
+        let ctx = self.ctx;
+        let r = self.m.nodes[i].clone();
+        let name = r.node.name.clone();
+        let out = self.outputs[i].clone();
+        match r.node.op {
+            Op::Conv { bias, bn, act, .. } => {
+                let cfg = self.conv_cfg(i);
+                let x = view(self.raw(r.inputs[0]), &cfg.x_shape());
+                let xq = self.carried(r.inputs[0]);
+                let wq = self.weight_q(i);
+                let w = self.param(&params::weight_name(&name))?;
+                let relu_fused = act == Act::Relu;
+                let mut nb = NodeBuffers::default();
+                let (w_used, y_conv) = if bn {
+                    if bias {
+                        return Err(WqatError::invalid(format!(
+                            "layer {name}: a conv with both a bias and a fused batch norm is not supported"
+                        )));
+                    }
+                    let p = r.node.bn_prefix();
+                    let gamma = self.param(&format!("{p}.weight"))?;
+                    let rv = self.param(&format!("{p}.running_var"))?;
+                    let c = cfg.c_out;
+                    let sf = self.zeros(&[c])?;
+                    let w_fold = self.zeros(&w.shape)?;
+                    self.fwd(Tag::Always, bn_fold::fold_forward(ctx, &w, &gamma, &rv, &sf, &w_fold, BN_EPS)?);
+                    let y_conv = self.zeros(&out.shape)?;
+                    nb.sf = Some(sf);
+                    nb.w_fold = Some(w_fold.clone());
+                    (w_fold, y_conv)
+                } else {
+                    (w.clone(), out.clone())
+                };
+                if let Some(q) = &wq {
+                    self.observe(&params::weight_quant_name(&name), q, &w_used, true)?;
+                }
+                let bias_t = if bias && !bn { Some(self.param(&params::bias_name(&name))?) } else { None };
+                // Without BN the conv writes the block output; ReLU fuses there, ReLU6 runs after.
+                let (conv_out, pre) = if !bn && act == Act::Relu6 {
+                    let pre = self.zeros(&out.shape)?;
+                    (pre.clone(), Some(pre))
+                } else {
+                    (y_conv.clone(), None)
+                };
+                let args = Conv2dForwardArgs {
+                    x: &x,
+                    w: &w_used,
+                    bias: bias_t.as_ref(),
+                    x_quant: xq.as_ref().map(|q| QuantOperand { state: &q.state, spec: q.spec }),
+                    w_quant: wq.as_ref().map(|q| QuantOperand { state: &q.state, spec: q.spec }),
+                    relu: !bn && relu_fused,
+                    y: &conv_out,
+                };
+                self.fwd(Tag::Always, conv::conv2d_forward(ctx, &cfg, &args)?);
+                if let Some(pre) = &pre {
+                    self.fwd(Tag::Always, activation::relu_forward(ctx, pre, &out, Relu::Relu6)?);
+                    nb.pre_act = Some(pre.clone());
+                }
+                if bn {
+                    let p = r.node.bn_prefix();
+                    let gamma = self.param(&format!("{p}.weight"))?;
+                    let beta = self.param(&format!("{p}.bias"))?;
+                    let rm = self.param(&format!("{p}.running_mean"))?;
+                    let rv = self.param(&format!("{p}.running_var"))?;
+                    let sf = nb.sf.clone().expect("set");
+                    let y_orig = self.zeros(&out.shape)?;
+                    self.fwd(Tag::Always, bn_fold::channel_div(ctx, &y_conv, &sf, &y_orig)?);
+                    let saved = self.zeros(&[2 * cfg.c_out])?;
+                    if self.opts.train {
+                        let d = batchnorm::bn_stats(ctx, &y_orig, &saved, &rm, &rv, BN_EPS, BN_MOMENTUM)?;
+                        self.fwd(Tag::BnTrain, d);
+                    }
+                    self.fwd(Tag::BnEval, batchnorm::bn_eval_stats(ctx, &rm, &rv, &saved, BN_EPS)?);
+                    let bn_out = if act == Act::Relu6 { self.zeros(&out.shape)? } else { out.clone() };
+                    self.fwd(
+                        Tag::Always,
+                        batchnorm::bn_apply(ctx, &y_orig, &saved, &gamma, &beta, &bn_out, relu_fused)?,
+                    );
+                    if act == Act::Relu6 {
+                        self.fwd(Tag::Always, activation::relu_forward(ctx, &bn_out, &out, Relu::Relu6)?);
+                        nb.pre_act = Some(bn_out);
+                    }
+                    nb.y_conv = Some(y_conv);
+                    nb.y_orig = Some(y_orig);
+                    nb.bn_saved = Some(saved);
+                }
+                self.saved[i] = nb;
+            }
+            Op::Linear { out_features, bias, act } => {
+                let [c, h, w] = r.in_shapes[0];
+                let inp = c * h * w;
+                let x = view(self.raw(r.inputs[0]), &[self.b, inp]);
+                let xq = self.carried(r.inputs[0]);
+                let wq = self.weight_q(i);
+                let wt = self.param(&params::weight_name(&name))?;
+                if let Some(q) = &wq {
+                    self.observe(&params::weight_quant_name(&name), q, &wt, true)?;
+                }
+                let bias_t = if bias { Some(self.param(&params::bias_name(&name))?) } else { None };
+                let mut cfg = GemmConfig::linear_forward(
+                    self.b,
+                    inp,
+                    out_features,
+                    xq.as_ref().map(|q| q.spec),
+                    wq.as_ref().map(|q| q.spec),
+                );
+                cfg.bias = bias;
+                cfg.relu = act == Act::Relu;
+                let target = if act == Act::Relu6 { self.zeros(&out.shape)? } else { out.clone() };
+                let extras = GemmExtras {
+                    bias: bias_t.as_ref(),
+                    qa: xq.as_ref().map(|q| &q.state),
+                    qb: wq.as_ref().map(|q| &q.state),
+                    ..Default::default()
+                };
+                self.fwd(Tag::Always, gemm::gemm(ctx, &cfg, &x, &wt, &target, &extras)?);
+                if act == Act::Relu6 {
+                    self.fwd(Tag::Always, activation::relu_forward(ctx, &target, &out, Relu::Relu6)?);
+                    self.saved[i].pre_act = Some(target);
+                }
+            }
+            Op::MaxPool { kernel, stride, padding } => {
+                let spec = pool_spec(kernel, stride, padding);
+                let x = self.raw(r.inputs[0]).clone();
+                let argmax = GpuTensor::zeros(ctx, &out.shape, DType::U32)?;
+                self.keep.push(argmax.clone());
+                self.fwd(Tag::Always, pool::maxpool_forward(ctx, &x, &out, &argmax, &spec)?);
+                self.saved[i].pre_act = Some(argmax);
+            }
+            Op::AvgPool { kernel, stride, padding } => {
+                let spec = pool_spec(kernel, stride, padding);
+                let x = self.materialized(r.inputs[0])?;
+                self.fwd(Tag::Always, pool::avgpool_forward(ctx, &x, &out, &spec)?);
+            }
+            Op::GlobalAvgPool => {
+                let x = self.materialized(r.inputs[0])?;
+                self.fwd(Tag::Always, pool::global_avgpool_forward(ctx, &x, &out)?);
+            }
+            Op::Flatten => {}
+            Op::Add { act } => {
+                let a = self.materialized(r.inputs[0])?;
+                let b = self.materialized(r.inputs[1])?;
+                let a = view(&a, &out.shape);
+                let b = view(&b, &out.shape);
+                match relu_kind(act) {
+                    None => self.fwd(Tag::Always, activation::add_forward(ctx, &a, &b, &out)?),
+                    Some(k) => {
+                        let sum = self.zeros(&out.shape)?;
+                        self.fwd(Tag::Always, activation::add_forward(ctx, &a, &b, &sum)?);
+                        self.fwd(Tag::Always, activation::relu_forward(ctx, &sum, &out, k)?);
+                        self.saved[i].pre_act = Some(sum);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Gradient target for tensor `t`: `(buffer, accumulate)`. Returns `None` for the image.
+    fn grad_target(&mut self, t: usize) -> Option<(GpuTensor, bool)> {
+        if t == INPUT {
+            return None;
+        }
+        let g = self.grads[t].clone().expect("gradients allocated");
+        let acc = self.written[t];
+        self.written[t] = true;
+        Some((g, acc))
+    }
+
+    /// Emits "write `src` into the gradient of `t`" for kernels that cannot accumulate:
+    /// `produce(dst)` writes a full gradient into `dst`.
+    fn emit_grad(&mut self, t: usize, produce: impl FnOnce(&GpuTensor) -> Result<Dispatch>) -> Result<()> {
+        let Some((g, acc)) = self.grad_target(t) else { return Ok(()) };
+        if acc {
+            let tmp = self.zeros(&g.shape)?;
+            let d = produce(&tmp)?;
+            self.bwd(Tag::Always, d);
+            self.bwd(Tag::Always, activation::accumulate(self.ctx, &tmp, &g)?);
+        } else {
+            let d = produce(&g)?;
+            self.bwd(Tag::Always, d);
+        }
+        Ok(())
+    }
+
+    /// Gradient wrt a tensor given the gradient `d` wrt its materialized fake-quant.
+    fn grad_through_fq(&mut self, t: usize, d: &GpuTensor) -> Result<()> {
+        if t == INPUT {
+            return Ok(());
+        }
+        let ctx = self.ctx;
+        let raw = self.raw(t).clone();
+        let d = view(d, &raw.shape);
+        match self.carried(t) {
+            Some(q) => self
+                .emit_grad(t, |dst| fake_quant::ste_backward(ctx, &raw, &q.state, &d, &view(dst, &raw.shape), &q.spec)),
+            None => self.emit_grad(t, |dst| gemm::copy_f32(ctx, &d, &view(dst, &raw.shape))),
+        }
+    }
+
+    fn backward_node(&mut self, i: usize) -> Result<()> {
+        let ctx = self.ctx;
+        let r = self.m.nodes[i].clone();
+        let name = r.node.name.clone();
+        let out = self.outputs[i].clone();
+        let dout = self.grads[i].clone().expect("gradients allocated");
+        if !self.written[i] {
+            // Nothing reads this node's output: its gradient is zero.
+            self.bwd(Tag::Always, activation::fill(ctx, &dout, 0.0)?);
+            self.written[i] = true;
+        }
+        let nb = self.saved[i].clone();
+        match r.node.op {
+            Op::Conv { bias, bn, act, .. } => {
+                let cfg = self.conv_cfg(i);
+                let x = view(self.raw(r.inputs[0]), &cfg.x_shape());
+                let xq = self.carried(r.inputs[0]);
+                let wq = self.weight_q(i);
+                let w = self.param(&params::weight_name(&name))?;
+                let dw = self.grad_of(&params::weight_name(&name))?;
+                // dy_conv: the gradient wrt the conv output.
+                let (dy_conv, dy_orig_saved) = if bn {
+                    let p = r.node.bn_prefix();
+                    let gamma = self.param(&format!("{p}.weight"))?;
+                    let rv = self.param(&format!("{p}.running_var"))?;
+                    let dgamma = self.grad_of(&format!("{p}.weight"))?;
+                    let dbeta = self.grad_of(&format!("{p}.bias"))?;
+                    let (dbn_out, y_relu) = match act {
+                        Act::Relu6 => {
+                            let pre = nb.pre_act.clone().expect("saved");
+                            let d = self.zeros(&out.shape)?;
+                            self.bwd(Tag::Always, activation::relu_backward(ctx, &pre, &dout, &d, Relu::Relu6)?);
+                            (d, None)
+                        }
+                        Act::Relu => (dout.clone(), Some(out.clone())),
+                        Act::None => (dout.clone(), None),
+                    };
+                    let y_orig = nb.y_orig.clone().expect("saved");
+                    let saved = nb.bn_saved.clone().expect("saved");
+                    let dy_orig = self.zeros(&out.shape)?;
+                    let t = BnBackward {
+                        x: &y_orig,
+                        saved: &saved,
+                        gamma: &gamma,
+                        dy: &dbn_out,
+                        y_relu: y_relu.as_ref(),
+                        dgamma: &dgamma,
+                        dbeta: &dbeta,
+                        dx: &dy_orig,
+                    };
+                    self.bwd(Tag::Always, batchnorm::bn_backward_reduce(ctx, &t)?);
+                    self.bwd(Tag::BnTrain, batchnorm::bn_backward_dx(ctx, &t, true)?);
+                    self.bwd(Tag::BnEval, batchnorm::bn_backward_dx(ctx, &t, false)?);
+                    let sf = nb.sf.clone().expect("saved");
+                    let dy_conv = self.zeros(&out.shape)?;
+                    self.bwd(Tag::Always, bn_fold::channel_div(ctx, &dy_orig, &sf, &dy_conv)?);
+                    let _ = rv;
+                    (dy_conv, Some(dy_orig))
+                } else {
+                    match act {
+                        Act::None => (dout.clone(), None),
+                        Act::Relu | Act::Relu6 => {
+                            let pre_or_out = nb.pre_act.clone().unwrap_or_else(|| out.clone());
+                            let k = relu_kind(act).expect("activation");
+                            let d = self.zeros(&out.shape)?;
+                            self.bwd(Tag::Always, activation::relu_backward(ctx, &pre_or_out, &dout, &d, k)?);
+                            (d, None)
+                        }
+                    }
+                };
+                let dy_conv = view(&dy_conv, &cfg.y_shape());
+                let w_used = nb.w_fold.clone().unwrap_or_else(|| w.clone());
+                // Data gradient (the conv kernel accumulates in place).
+                if let Some((g, acc)) = self.grad_target(r.inputs[0]) {
+                    let g = view(&g, &cfg.x_shape());
+                    let args = Conv2dBackwardDataArgs {
+                        dy: &dy_conv,
+                        w: &w_used,
+                        w_quant: wq.as_ref().map(|q| QuantOperand { state: &q.state, spec: q.spec }),
+                        x_mask: xq.as_ref().map(|q| SteMask { values: &x, state: &q.state, spec: q.spec }),
+                        accumulate: acc,
+                        dx: &g,
+                    };
+                    self.bwd(Tag::Always, conv::conv2d_backward_data(ctx, &cfg, &args)?);
+                }
+                let dw_target = if bn { self.zeros(&w.shape)? } else { dw.clone() };
+                let args = Conv2dBackwardWeightArgs {
+                    x: &x,
+                    x_quant: xq.as_ref().map(|q| QuantOperand { state: &q.state, spec: q.spec }),
+                    dy: &dy_conv,
+                    w_mask: wq.as_ref().map(|q| SteMask { values: &w_used, state: &q.state, spec: q.spec }),
+                    dw: &dw_target,
+                };
+                let wg = conv::conv2d_backward_weight(ctx, &cfg, &args)?;
+                self.keep.push(wg.partials.clone());
+                for d in wg.dispatches() {
+                    self.bwd(Tag::Always, d.clone());
+                }
+                if bias && !bn {
+                    let db = self.grad_of(&params::bias_name(&name))?;
+                    self.bwd(Tag::Always, conv::conv2d_bias_grad(ctx, &cfg, &dy_conv, &db)?);
+                }
+                if bn {
+                    let p = r.node.bn_prefix();
+                    let rv = self.param(&format!("{p}.running_var"))?;
+                    let dgamma = self.grad_of(&format!("{p}.weight"))?;
+                    let sf = nb.sf.clone().expect("saved");
+                    let dsf = self.zeros(&[cfg.c_out])?;
+                    self.bwd(Tag::Always, bn_fold::fold_weight_backward(ctx, &w, &dw_target, &sf, &dw, &dsf)?);
+                    let y_conv = nb.y_conv.clone().expect("saved");
+                    let dy_orig = dy_orig_saved.clone().expect("bn backward ran");
+                    self.bwd(
+                        Tag::Always,
+                        bn_fold::fold_gamma_backward(ctx, &y_conv, &dy_orig, &sf, &rv, &dsf, &dgamma, BN_EPS)?,
+                    );
+                }
+            }
+            Op::Linear { out_features, bias, act } => {
+                let [c, h, w] = r.in_shapes[0];
+                let inp = c * h * w;
+                let x = view(self.raw(r.inputs[0]), &[self.b, inp]);
+                let xq = self.carried(r.inputs[0]);
+                let wq = self.weight_q(i);
+                let wt = self.param(&params::weight_name(&name))?;
+                let dw = self.grad_of(&params::weight_name(&name))?;
+                let dz = match relu_kind(act) {
+                    None => dout.clone(),
+                    Some(k) => {
+                        let src = self.saved[i].pre_act.clone().unwrap_or_else(|| out.clone());
+                        let d = self.zeros(&out.shape)?;
+                        self.bwd(Tag::Always, activation::relu_backward(ctx, &src, &dout, &d, k)?);
+                        d
+                    }
+                };
+                let (xs, ws) = (xq.as_ref().map(|q| q.spec), wq.as_ref().map(|q| q.spec));
+                let cfg_w = GemmConfig::linear_backward_weight(self.b, inp, out_features, xs, ws);
+                let ex = GemmExtras {
+                    qb: xq.as_ref().map(|q| &q.state),
+                    mask_src: wq.as_ref().map(|_| &wt),
+                    mask_state: wq.as_ref().map(|q| &q.state),
+                    ..Default::default()
+                };
+                self.bwd(Tag::Always, gemm::gemm(ctx, &cfg_w, &dz, &x, &dw, &ex)?);
+                if bias {
+                    let db = self.grad_of(&params::bias_name(&name))?;
+                    let cfg = Conv2dConfig::new(self.b, inp, 1, 1, out_features, 1);
+                    let dz4 = view(&dz, &cfg.y_shape());
+                    self.bwd(Tag::Always, conv::conv2d_bias_grad(ctx, &cfg, &dz4, &db)?);
+                }
+                if let Some((g, acc)) = self.grad_target(r.inputs[0]) {
+                    let g = view(&g, &[self.b, inp]);
+                    let mut cfg_x = GemmConfig::linear_backward_input(self.b, inp, out_features, xs, ws);
+                    cfg_x.accumulate = acc;
+                    let ex = GemmExtras {
+                        qb: wq.as_ref().map(|q| &q.state),
+                        mask_src: xq.as_ref().map(|_| &x),
+                        mask_state: xq.as_ref().map(|q| &q.state),
+                        ..Default::default()
+                    };
+                    self.bwd(Tag::Always, gemm::gemm(ctx, &cfg_x, &dz, &wt, &g, &ex)?);
+                }
+            }
+            Op::MaxPool { kernel, stride, padding } => {
+                let spec = pool_spec(kernel, stride, padding);
+                let argmax = nb.pre_act.clone().expect("saved");
+                let t = r.inputs[0];
+                if t != INPUT {
+                    let shape = self.raw(t).shape.clone();
+                    self.emit_grad(t, |dst| pool::maxpool_backward(ctx, &dout, &argmax, &view(dst, &shape), &spec))?;
+                }
+            }
+            Op::AvgPool { kernel, stride, padding } => {
+                let spec = pool_spec(kernel, stride, padding);
+                let t = r.inputs[0];
+                if t != INPUT {
+                    let shape = self.raw(t).shape.clone();
+                    let d = self.zeros(&shape)?;
+                    self.bwd(Tag::Always, pool::avgpool_backward(ctx, &dout, &d, &spec)?);
+                    self.grad_through_fq(t, &d)?;
+                }
+            }
+            Op::GlobalAvgPool => {
+                let t = r.inputs[0];
+                if t != INPUT {
+                    let shape = self.raw(t).shape.clone();
+                    let d = self.zeros(&shape)?;
+                    self.bwd(Tag::Always, pool::global_avgpool_backward(ctx, &dout, &d)?);
+                    self.grad_through_fq(t, &d)?;
+                }
+            }
+            Op::Flatten => {
+                let t = r.inputs[0];
+                if t != INPUT {
+                    let shape = self.raw(t).shape.clone();
+                    let d = view(&dout, &shape);
+                    self.emit_grad(t, |dst| gemm::copy_f32(ctx, &d, &view(dst, &shape)))?;
+                }
+            }
+            Op::Add { act } => {
+                let ds = match relu_kind(act) {
+                    None => dout.clone(),
+                    Some(k) => {
+                        let sum = nb.pre_act.clone().expect("saved");
+                        let d = self.zeros(&out.shape)?;
+                        self.bwd(Tag::Always, activation::relu_backward(ctx, &sum, &dout, &d, k)?);
+                        d
+                    }
+                };
+                for k in 0..2 {
+                    self.grad_through_fq(r.inputs[k], &ds)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn optimizer(&mut self, step: &StepOptions, hyper: &GpuTensor, metrics: &GpuTensor) -> Result<Vec<Dispatch>> {
+        let ctx = self.ctx;
+        let mut out = Vec::new();
+        let trainable: Vec<_> = self.m.params.iter().filter(|p| p.spec.kind.trainable()).collect();
+        let norm = match step.clip_grad_norm {
+            Some(max) => {
+                let norm = optim::new_norm(ctx, trainable.len())?;
+                for (slot, p) in trainable.iter().enumerate() {
+                    out.extend(optim::grad_sum_squares(ctx, p.grad.as_ref().expect("trainable"), &norm, slot)?);
+                }
+                out.push(optim::clip_finalize(ctx, &norm, max)?);
+                Some(norm)
+            }
+            None => None,
+        };
+        for p in &trainable {
+            out.push(loss::nonfinite_check(ctx, p.grad.as_ref().expect("trainable"), metrics)?);
+        }
+        for p in &trainable {
+            let cfg = optim::SgdConfig {
+                momentum: step.momentum,
+                weight_decay: if p.spec.kind.decays() { step.weight_decay } else { 0.0 },
+                nesterov: false,
+            };
+            let inputs = optim::StepInputs { hyper, metrics, clip: norm.as_ref(), skip_nonfinite: step.skip_nonfinite };
+            out.push(optim::sgd_step(
+                ctx,
+                &p.value,
+                p.grad.as_ref().expect("trainable"),
+                p.momentum.as_ref().expect("trainable"),
+                &cfg,
+                &inputs,
+            )?);
+        }
+        if let Some(n) = norm {
+            self.keep.push(n);
+        }
+        Ok(out)
+    }
+}
+
+fn pool_spec(kernel: usize, stride: usize, padding: usize) -> pool::PoolSpec {
+    let s = if stride == 0 { kernel } else { stride };
+    pool::PoolSpec { kernel: (kernel, kernel), stride: (s, s), padding: (padding, padding) }
+}

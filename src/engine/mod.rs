@@ -1,0 +1,10 @@
+//! The QAT engine: model state on the GPU ([`state`]), compilation of a model into fixed
+//! dispatch lists ([`compile`]), and the training pipeline ([`train`]).
+
+pub mod compile;
+pub mod config;
+pub mod state;
+
+pub use compile::{CompileOptions, Compiled, StepOptions};
+pub use config::{ObserverKind, OptimConfig, QConfig, QatOptions};
+pub use state::ModelState;

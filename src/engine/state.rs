@@ -1,0 +1,235 @@
+//! The model's GPU-resident state: parameters and BN buffers, their gradients and momentum,
+//! and one quantizer state per quantizer (see `model::params` for names and placement).
+//! Converts to and from a checkpoint (`TensorFile`) with every field validated.
+
+use crate::engine::config::QConfig;
+use crate::error::{Result, WqatError};
+use crate::gpu::{DType, GpuContext, GpuTensor};
+use crate::model::params::{self, ParamKind, ParamSpec, QuantizerSpec};
+use crate::model::{Graph, ResolvedNode};
+use crate::quant::QStateLayout;
+use crate::tensorfile::{HostTensor, TensorFile};
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Checkpoint `format` metadata value.
+pub const CHECKPOINT_FORMAT: &str = "wqat-checkpoint";
+/// Checkpoint format version.
+pub const CHECKPOINT_VERSION: &str = "1";
+
+/// One parameter (or BN buffer) with its gradient and momentum (trainable ones only).
+pub struct Param {
+    pub spec: ParamSpec,
+    pub value: GpuTensor,
+    pub grad: Option<GpuTensor>,
+    pub momentum: Option<GpuTensor>,
+}
+
+/// One quantizer's GPU state (`QStateLayout`).
+pub struct Quantizer {
+    pub spec: QuantizerSpec,
+    pub state: GpuTensor,
+}
+
+/// The whole GPU state of a model.
+pub struct ModelState {
+    pub graph: Graph,
+    pub nodes: Vec<ResolvedNode>,
+    pub qconfig: QConfig,
+    pub params: Vec<Param>,
+    pub quantizers: Vec<Quantizer>,
+    index: BTreeMap<String, usize>,
+    qindex: BTreeMap<String, usize>,
+}
+
+/// Host values of a fresh model, PyTorch's default initialization (uniform in
+/// `±1/sqrt(fan_in)` for conv/linear weights and biases; BN gamma 1, beta 0, running mean
+/// 0, running var 1), from a seed.
+pub fn init_params(specs: &[ParamSpec], seed: u64) -> Vec<Vec<f32>> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15);
+    let mut fan_in = 1usize;
+    specs
+        .iter()
+        .map(|s| {
+            let n: usize = s.shape.iter().product();
+            match s.kind {
+                ParamKind::Weight => {
+                    fan_in = s.shape[1..].iter().product::<usize>().max(1);
+                    let b = 1.0 / (fan_in as f32).sqrt();
+                    (0..n).map(|_| rng.random_range(-b..b)).collect()
+                }
+                ParamKind::Bias => {
+                    let b = 1.0 / (fan_in as f32).sqrt();
+                    (0..n).map(|_| rng.random_range(-b..b)).collect()
+                }
+                ParamKind::BnGamma | ParamKind::BnRunningVar => vec![1.0; n],
+                ParamKind::BnBeta | ParamKind::BnRunningMean => vec![0.0; n],
+            }
+        })
+        .collect()
+}
+
+impl ModelState {
+    /// A freshly initialized model on the GPU; quantizers start with fake-quant and
+    /// observers off (fp32 training) and scale 1.
+    pub fn new(ctx: &GpuContext, graph: &Graph, qconfig: QConfig, seed: u64) -> Result<ModelState> {
+        let specs = params::param_specs(graph)?;
+        let values = init_params(&specs, seed);
+        Self::from_values(ctx, graph, qconfig, specs, values)
+    }
+
+    fn from_values(
+        ctx: &GpuContext,
+        graph: &Graph,
+        qconfig: QConfig,
+        specs: Vec<ParamSpec>,
+        values: Vec<Vec<f32>>,
+    ) -> Result<ModelState> {
+        let nodes = graph.resolve()?;
+        let mut params = Vec::new();
+        let mut index = BTreeMap::new();
+        for (spec, v) in specs.into_iter().zip(values) {
+            let value = GpuTensor::from_f32(ctx, &spec.shape, &v)?;
+            let (grad, momentum) = if spec.kind.trainable() {
+                (
+                    Some(GpuTensor::zeros(ctx, &spec.shape, DType::F32)?),
+                    Some(GpuTensor::zeros(ctx, &spec.shape, DType::F32)?),
+                )
+            } else {
+                (None, None)
+            };
+            index.insert(spec.name.clone(), params.len());
+            params.push(Param { spec, value, grad, momentum });
+        }
+        let mut quantizers = Vec::new();
+        let mut qindex = BTreeMap::new();
+        for q in params::quantizer_specs(graph, qconfig.weight.channel_axis.is_some())? {
+            let l = QStateLayout::new(q.channels);
+            let mut v = l.build(&vec![1.0; q.channels], &vec![0.0; q.channels]);
+            v[QStateLayout::FQ_ENABLED] = 0.0;
+            v[QStateLayout::OBS_ENABLED] = 0.0;
+            let state = GpuTensor::from_f32(ctx, &[l.len()], &v)?;
+            qindex.insert(q.name.clone(), quantizers.len());
+            quantizers.push(Quantizer { spec: q, state });
+        }
+        Ok(ModelState { graph: graph.clone(), nodes, qconfig, params, quantizers, index, qindex })
+    }
+
+    /// A parameter by name.
+    pub fn param(&self, name: &str) -> Result<&Param> {
+        self.index
+            .get(name)
+            .map(|&i| &self.params[i])
+            .ok_or_else(|| WqatError::invalid(format!("model {} has no parameter {name}", self.graph.name)))
+    }
+    /// A quantizer by name.
+    pub fn quantizer(&self, name: &str) -> Option<&Quantizer> {
+        self.qindex.get(name).map(|&i| &self.quantizers[i])
+    }
+
+    /// Queues new flags into every quantizer's header: fake-quant on/off, observers on/off,
+    /// and optionally clears `initialized` (a fresh observer). No readback.
+    pub fn set_quant_flags(&self, ctx: &GpuContext, fq_on: bool, obs_on: bool, reset: Option<bool>) -> Result<()> {
+        for q in &self.quantizers {
+            let mut header = vec![fq_on as u32 as f32, obs_on as u32 as f32];
+            if let Some(r) = reset {
+                header.push(if r { 0.0 } else { 1.0 });
+            }
+            q.state.write(ctx, &header)?;
+        }
+        Ok(())
+    }
+
+    /// Zeroes every momentum buffer (a new optimizer for the QAT phase).
+    pub fn reset_momentum(&self, ctx: &GpuContext) -> Result<()> {
+        for p in &self.params {
+            if let Some(m) = &p.momentum {
+                m.write(ctx, &vec![0f32; m.len()])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads everything into a checkpoint: parameters, BN buffers, quantizer states,
+    /// momentum (`{name}.momentum`), plus `extra` GPU tensors (observer histograms) and the
+    /// metadata describing the graph and quantization.
+    pub fn to_checkpoint(&self, ctx: &GpuContext, extra: &[(String, &GpuTensor)]) -> Result<TensorFile> {
+        let mut f = TensorFile::new();
+        for p in &self.params {
+            f.insert(p.spec.name.clone(), HostTensor::f32(&p.spec.shape, p.value.read_f32(ctx)?));
+            if let Some(m) = &p.momentum {
+                f.insert(format!("{}.momentum", p.spec.name), HostTensor::f32(&p.spec.shape, m.read_f32(ctx)?));
+            }
+        }
+        for q in &self.quantizers {
+            f.insert(q.spec.name.clone(), HostTensor::f32(&[q.state.len()], q.state.read_f32(ctx)?));
+        }
+        for (name, t) in extra {
+            f.insert(name.clone(), HostTensor::f32(&t.shape, t.read_f32(ctx)?));
+        }
+        f.metadata.insert("format".into(), CHECKPOINT_FORMAT.into());
+        f.metadata.insert("version".into(), CHECKPOINT_VERSION.into());
+        f.metadata.insert("graph".into(), serde_json::to_string(&self.graph).map_err(json_err)?);
+        f.metadata.insert("qconfig".into(), serde_json::to_string(&self.qconfig).map_err(json_err)?);
+        Ok(f)
+    }
+
+    /// Rebuilds the state from a checkpoint, validating names, shapes and metadata. The
+    /// graph comes from the checkpoint unless `graph` is given (then they must agree).
+    pub fn from_checkpoint(ctx: &GpuContext, path: &Path, f: &TensorFile, graph: Option<&Graph>) -> Result<ModelState> {
+        let bad = |m: String| WqatError::format(path, m);
+        match f.metadata.get("format").map(String::as_str) {
+            Some(CHECKPOINT_FORMAT) => {}
+            other => return Err(bad(format!("not a wqat checkpoint (format {other:?})"))),
+        }
+        if f.metadata.get("version").map(String::as_str) != Some(CHECKPOINT_VERSION) {
+            return Err(bad(format!(
+                "checkpoint version {:?}, this build reads {CHECKPOINT_VERSION}",
+                f.metadata.get("version")
+            )));
+        }
+        let stored: Graph = serde_json::from_str(f.metadata.get("graph").ok_or_else(|| bad("no graph".into()))?)
+            .map_err(|e| bad(format!("graph metadata: {e}")))?;
+        stored.resolve().map_err(|e| bad(e.to_string()))?;
+        if let Some(g) = graph {
+            if g != &stored {
+                return Err(bad(format!("checkpoint holds model {}, not the requested {}", stored.name, g.name)));
+            }
+        }
+        let qconfig: QConfig = serde_json::from_str(f.metadata.get("qconfig").ok_or_else(|| bad("no qconfig".into()))?)
+            .map_err(|e| bad(format!("qconfig metadata: {e}")))?;
+        qconfig.weight.validate().map_err(|e| bad(e.to_string()))?;
+        qconfig.activation.validate().map_err(|e| bad(e.to_string()))?;
+        let specs = params::param_specs(&stored)?;
+        let mut values = Vec::new();
+        for s in &specs {
+            values.push(f.get(path, &s.name, &s.shape)?.as_f32(&s.name)?.to_vec());
+        }
+        let state = Self::from_values(ctx, &stored, qconfig, specs, values)?;
+        for p in &state.params {
+            if let Some(m) = &p.momentum {
+                let name = format!("{}.momentum", p.spec.name);
+                if f.tensors.contains_key(&name) {
+                    m.write(ctx, f.get(path, &name, &p.spec.shape)?.as_f32(&name)?)?;
+                }
+            }
+        }
+        for q in &state.quantizers {
+            let v = f.get(path, &q.spec.name, &[q.state.len()])?.as_f32(&q.spec.name)?;
+            let l = QStateLayout::new(q.spec.channels);
+            for c in 0..q.spec.channels {
+                let (s, inv) = (v[l.scale() + c], v[l.inv_scale() + c]);
+                if !(s.is_finite() && s > 0.0 && inv.is_finite()) {
+                    return Err(bad(format!("quantizer {} has invalid scale {s}", q.spec.name)));
+                }
+            }
+            q.state.write(ctx, v)?;
+        }
+        Ok(state)
+    }
+}
+
+fn json_err(e: serde_json::Error) -> WqatError {
+    WqatError::invalid(format!("serializing metadata: {e}"))
+}

@@ -43,6 +43,9 @@ pub enum WqatError {
     /// A non-finite loss or gradient.
     #[error("non-finite value (NaN or Inf) in {0}")]
     NonFinite(String),
+    /// Training stopped by SIGINT/SIGTERM after a checkpoint was written.
+    #[error("interrupted: {0}")]
+    Interrupted(String),
 }
 
 /// Crate-wide result alias.

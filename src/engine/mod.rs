@@ -4,7 +4,9 @@
 pub mod compile;
 pub mod config;
 pub mod state;
+pub mod train;
 
 pub use compile::{CompileOptions, Compiled, StepOptions};
 pub use config::{ObserverKind, OptimConfig, QConfig, QatOptions};
 pub use state::ModelState;
+pub use train::{Phase, RunReport, Schedule, TrainConfig, Trainer};

@@ -79,6 +79,31 @@ impl ModelState {
         Self::from_values(ctx, graph, qconfig, specs, values)
     }
 
+    /// A model whose parameters come from `f` by name (a wqat checkpoint or a PyTorch
+    /// state_dict with torchvision names), with fresh quantizers and optimizer state.
+    pub fn from_params(
+        ctx: &GpuContext,
+        path: &Path,
+        f: &TensorFile,
+        graph: &Graph,
+        qconfig: QConfig,
+    ) -> Result<ModelState> {
+        let specs = params::param_specs(graph)?;
+        let missing: Vec<&str> =
+            specs.iter().filter(|s| !f.tensors.contains_key(&s.name)).map(|s| s.name.as_str()).collect();
+        if !missing.is_empty() {
+            return Err(WqatError::format(
+                path,
+                format!("missing tensors for model {}: {}", graph.name, missing.join(", ")),
+            ));
+        }
+        let mut values = Vec::new();
+        for s in &specs {
+            values.push(f.get(path, &s.name, &s.shape)?.as_f32(&s.name)?.to_vec());
+        }
+        Self::from_values(ctx, graph, qconfig, specs, values)
+    }
+
     fn from_values(
         ctx: &GpuContext,
         graph: &Graph,

@@ -1,0 +1,710 @@
+//! The whole pipeline of `wqat train`: fp32 training (or `--init`), post-training
+//! calibration (PTQ) and its accuracy, QAT fine-tuning, evaluation, checkpoints and
+//! `metrics.json`. Each phase replays one compiled step; the host only uploads batches,
+//! queues the learning rate and reads the metrics every `log_every` steps.
+//!
+//! A run checkpoint (`OUT/checkpoint.safetensors`) is written atomically at the end of
+//! every epoch and when SIGINT/SIGTERM arrives (after the current step); `--resume OUT`
+//! continues from it and reproduces the uninterrupted run bit for bit on the same adapter.
+
+use super::compile::{CompileOptions, Compiled, StepOptions};
+use super::config::{ObserverKind, OptimConfig, QConfig};
+use super::state::ModelState;
+use crate::data::{self, BatchConfig, Batcher, Dataset};
+use crate::error::{Result, WqatError};
+use crate::gpu::{GpuContext, Plan};
+use crate::kernels::loss::{self, Metrics, MetricsLayout};
+use crate::kernels::optim;
+use crate::model::{zoo, Graph, Op};
+use crate::tensorfile::{HostData, HostTensor, TensorFile};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Set by the SIGINT/SIGTERM handler; checked after every step.
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Installs the SIGINT/SIGTERM handler (once per process).
+pub fn install_interrupt_handler() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = ctrlc::set_handler(|| {
+            if INTERRUPTED.swap(true, Ordering::SeqCst) {
+                // A second signal: the user insists.
+                eprintln!("\nwqat: second interrupt, exiting without a checkpoint");
+                std::process::exit(130);
+            }
+            eprintln!("\nwqat: interrupt received, finishing the current step and writing a checkpoint...");
+        });
+    });
+}
+
+/// When a schedule fires: after a number of QAT steps or QAT epochs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum Schedule {
+    Steps(u64),
+    Epochs(u64),
+}
+
+impl Schedule {
+    /// Parses `300` (steps) or `2ep` (epochs).
+    pub fn parse(s: &str) -> Result<Schedule> {
+        let bad = || WqatError::invalid(format!("schedule {s:?}: use a step count (300) or epochs (2ep)"));
+        if let Some(e) = s.strip_suffix("ep") {
+            e.parse().map(Schedule::Epochs).map_err(|_| bad())
+        } else {
+            s.parse().map(Schedule::Steps).map_err(|_| bad())
+        }
+    }
+    fn fired(&self, qat_step: u64, steps_per_epoch: u64) -> bool {
+        match *self {
+            Schedule::Steps(n) => qat_step >= n,
+            Schedule::Epochs(e) => qat_step >= e * steps_per_epoch,
+        }
+    }
+}
+
+/// Everything `wqat train` takes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// `digits`, a directory of IDX or CIFAR files, or an image folder.
+    pub data: String,
+    /// A zoo name or a JSON spec path.
+    pub model: String,
+    pub epochs: usize,
+    pub qat_epochs: usize,
+    pub weight_bits: u32,
+    pub act_bits: u32,
+    pub batch: usize,
+    pub lr: f32,
+    pub qat_lr: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+    pub clip_grad_norm: Option<f32>,
+    pub seed: u64,
+    pub limit_train: Option<usize>,
+    pub out: PathBuf,
+    /// Start from this checkpoint (a wqat checkpoint or a PyTorch state_dict).
+    pub init: Option<PathBuf>,
+    pub observer: ObserverKind,
+    /// Per-tensor weight scales instead of per output channel.
+    pub per_tensor_weights: bool,
+    pub freeze_observers_after: Option<Schedule>,
+    pub freeze_bn_after: Option<Schedule>,
+    pub fp32_first: bool,
+    pub fp32_last: bool,
+    /// Images of the training split used for PTQ calibration.
+    pub calib_images: usize,
+    /// Read the metrics (loss, accuracy, non-finite flag) every this many steps.
+    pub log_every: usize,
+    /// Skip steps with a non-finite loss/gradient instead of stopping.
+    pub skip_nonfinite: bool,
+    /// Random crop + flip (CIFAR-style) on training batches.
+    pub augment: bool,
+    /// Limit of test images evaluated (all when None).
+    pub limit_test: Option<usize>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            data: "digits".into(),
+            model: "mnist-cnn".into(),
+            epochs: 12,
+            qat_epochs: 3,
+            weight_bits: 8,
+            act_bits: 8,
+            batch: 32,
+            lr: 0.05,
+            qat_lr: 0.005,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            clip_grad_norm: None,
+            seed: 0,
+            limit_train: None,
+            out: PathBuf::from("out"),
+            init: None,
+            observer: ObserverKind::MovingAverage { c: 0.01 },
+            per_tensor_weights: false,
+            freeze_observers_after: None,
+            freeze_bn_after: None,
+            fp32_first: false,
+            fp32_last: false,
+            calib_images: 2048,
+            log_every: 50,
+            skip_nonfinite: false,
+            augment: false,
+            limit_test: None,
+        }
+    }
+}
+
+/// A loss reading (mean over the steps since the previous one).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LossPoint {
+    pub phase: Phase,
+    /// Global step after which it was read.
+    pub step: u64,
+    pub loss: f32,
+    pub accuracy: f32,
+}
+
+/// Training phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Fp32,
+    Qat,
+    Done,
+}
+
+/// Where a run stands: stored in checkpoints so `--resume` continues exactly.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunState {
+    pub phase: Phase,
+    /// Epoch within the phase and the next batch within it.
+    pub epoch: usize,
+    pub next_batch: usize,
+    /// Steps done overall and within the current phase.
+    pub step: u64,
+    pub phase_step: u64,
+    pub fp32_acc: Option<f32>,
+    pub ptq_acc: Option<f32>,
+    pub train_images_per_s_fp32: Option<f32>,
+    pub train_images_per_s_qat: Option<f32>,
+    /// Seconds and images of training in the current phase so far (for images/s).
+    pub phase_seconds: f64,
+    pub phase_images: u64,
+    pub losses: Vec<LossPoint>,
+    pub skipped_nonfinite: u64,
+}
+
+/// What a run reports (`metrics.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunReport {
+    pub dataset: String,
+    pub model: String,
+    pub adapter: String,
+    pub weight_bits: u32,
+    pub act_bits: u32,
+    pub fp32_acc: Option<f32>,
+    pub ptq_acc: Option<f32>,
+    pub qat_acc: Option<f32>,
+    pub int8_acc: Option<f32>,
+    pub agreement: Option<f32>,
+    pub train_images_per_s_fp32: Option<f32>,
+    pub train_images_per_s_qat: Option<f32>,
+    pub train_images: usize,
+    pub test_images: usize,
+    pub steps: u64,
+    pub skipped_nonfinite_windows: u64,
+    pub losses: Vec<LossPoint>,
+    pub config: TrainConfig,
+}
+
+/// Builds the graph for a dataset: a zoo name or a JSON spec, with fp32 first/last flags.
+pub fn build_graph(model: &str, ds: &Dataset, fp32_first: bool, fp32_last: bool) -> Result<Graph> {
+    let (c, h, w) = ds.shape;
+    let mut g = if model.ends_with(".json") {
+        let path = Path::new(model);
+        let text = std::fs::read_to_string(path).map_err(|e| WqatError::io(path, e))?;
+        Graph::from_json(path, &text)?
+    } else {
+        zoo::build(model, [c, h, w], ds.num_classes)?
+    };
+    if g.input != [c, h, w] || g.num_classes != ds.num_classes {
+        return Err(WqatError::invalid(format!(
+            "model {} takes {:?} images and {} classes; the data has {:?} and {}",
+            g.name, g.input, g.num_classes, ds.shape, ds.num_classes
+        )));
+    }
+    let weighted: Vec<usize> = g
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| matches!(n.op, Op::Conv { .. } | Op::Linear { .. }))
+        .map(|(i, _)| i)
+        .collect();
+    if fp32_first {
+        if let Some(&i) = weighted.first() {
+            g.nodes[i].fp32 = true;
+        }
+    }
+    if fp32_last {
+        if let Some(&i) = weighted.last() {
+            g.nodes[i].fp32 = true;
+        }
+    }
+    g.resolve()?;
+    Ok(g)
+}
+
+/// Receives progress (the CLI draws bars; tests stay quiet).
+pub trait ProgressSink {
+    /// A phase epoch starts with `batches` steps.
+    fn epoch_start(&mut self, _phase: Phase, _epoch: usize, _epochs: usize, _batches: usize) {}
+    /// `done` steps of the epoch are queued; the latest metrics reading when one was taken.
+    fn step(&mut self, _done: usize, _reading: Option<(f32, f32)>, _images_per_s: f32) {}
+    /// The epoch ended.
+    fn epoch_end(&mut self, _phase: Phase, _epoch: usize, _loss: f32, _acc: f32, _images_per_s: f32) {}
+    /// A one-line message.
+    fn message(&mut self, _m: &str) {}
+}
+
+/// A sink that ignores everything.
+pub struct Quiet;
+impl ProgressSink for Quiet {}
+
+/// The training pipeline.
+pub struct Trainer {
+    pub ctx: Arc<GpuContext>,
+    pub cfg: TrainConfig,
+    pub ds: Dataset,
+    pub graph: Graph,
+    pub state: ModelState,
+    pub run: RunState,
+    train_batches: Batcher,
+    test_batches: Batcher,
+    step_opts: StepOptions,
+    /// Metrics words of an interrupted window, restored into the first compiled step.
+    pending_metrics: Option<Vec<u32>>,
+}
+
+/// Name of the run checkpoint inside the output directory.
+pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+
+impl Trainer {
+    /// Loads data, builds the model (fresh, `--init`, or resumed from `resume_dir`).
+    pub fn new(ctx: Arc<GpuContext>, cfg: TrainConfig, resume_dir: Option<&Path>) -> Result<Trainer> {
+        let (cfg, resume) = match resume_dir {
+            Some(dir) => {
+                let path = dir.join(CHECKPOINT_FILE);
+                let f = TensorFile::load(&path)?;
+                let text = f
+                    .metadata
+                    .get("train_config")
+                    .ok_or_else(|| WqatError::format(&path, "not a run checkpoint (no train_config)"))?;
+                let mut stored: TrainConfig =
+                    serde_json::from_str(text).map_err(|e| WqatError::format(&path, format!("train_config: {e}")))?;
+                stored.out = dir.to_path_buf();
+                (stored, Some((path, f)))
+            }
+            None => (cfg, None),
+        };
+        validate(&cfg)?;
+        let ds = data::load(&cfg.data)?;
+        let graph = build_graph(&cfg.model, &ds, cfg.fp32_first, cfg.fp32_last)?;
+        let mut qconfig = QConfig::new(cfg.weight_bits, cfg.act_bits)?;
+        if cfg.per_tensor_weights {
+            qconfig.weight.channel_axis = None;
+        }
+        qconfig.observer = cfg.observer;
+        let mut train_cfg = BatchConfig::train(cfg.batch, cfg.seed);
+        if let Some(l) = cfg.limit_train {
+            train_cfg = train_cfg.with_limit(l);
+        }
+        if cfg.augment {
+            train_cfg = train_cfg.with_augment(crate::data::Augment::cifar());
+        }
+        let train_batches = Batcher::train(&ds, train_cfg)?;
+        let mut test_cfg = BatchConfig::eval(cfg.batch);
+        if let Some(l) = cfg.limit_test {
+            test_cfg = test_cfg.with_limit(l);
+        }
+        let test_batches = Batcher::test(&ds, test_cfg)?;
+        let fresh_run = RunState {
+            phase: if cfg.epochs > 0 { Phase::Fp32 } else { Phase::Qat },
+            epoch: 0,
+            next_batch: 0,
+            step: 0,
+            phase_step: 0,
+            fp32_acc: None,
+            ptq_acc: None,
+            train_images_per_s_fp32: None,
+            train_images_per_s_qat: None,
+            phase_seconds: 0.0,
+            phase_images: 0,
+            losses: Vec::new(),
+            skipped_nonfinite: 0,
+        };
+        let mut pending_metrics = None;
+        let (state, run) = match resume {
+            Some((path, f)) => {
+                if let Some(t) = f.tensors.get("train_metrics") {
+                    match &t.data {
+                        HostData::I32(w) if w.len() == MetricsLayout::LEN => {
+                            pending_metrics = Some(w.iter().map(|&x| x as u32).collect())
+                        }
+                        _ => return Err(WqatError::format(&path, "train_metrics must be 4 i32 words")),
+                    }
+                }
+                let state = ModelState::from_checkpoint(&ctx, &path, &f, Some(&graph))?;
+                let text = f.metadata.get("run").ok_or_else(|| WqatError::format(&path, "no run state"))?;
+                let run: RunState =
+                    serde_json::from_str(text).map_err(|e| WqatError::format(&path, format!("run state: {e}")))?;
+                (state, run)
+            }
+            None => {
+                let state = match &cfg.init {
+                    Some(p) => load_init(&ctx, p, &graph, qconfig)?,
+                    None => ModelState::new(&ctx, &graph, qconfig, cfg.seed)?,
+                };
+                (state, fresh_run)
+            }
+        };
+        let step_opts = StepOptions {
+            momentum: cfg.momentum,
+            weight_decay: cfg.weight_decay,
+            clip_grad_norm: cfg.clip_grad_norm,
+            // Always on: a non-finite step never reaches the parameters, so they stay the
+            // last good ones whether the run stops or skips.
+            skip_nonfinite: true,
+        };
+        Ok(Trainer { ctx, cfg, ds, graph, state, run, train_batches, test_batches, step_opts, pending_metrics })
+    }
+
+    fn compile(&self, quant: bool) -> Result<Compiled> {
+        let opts = CompileOptions { batch: self.cfg.batch, quant, train: true, observer: self.cfg.observer };
+        Compiled::new(&self.ctx, &self.state, &opts, Some(&self.step_opts))
+    }
+
+    /// Runs (or continues) the whole pipeline.
+    pub fn run(&mut self, sink: &mut dyn ProgressSink) -> Result<RunReport> {
+        std::fs::create_dir_all(&self.cfg.out).map_err(|e| WqatError::io(&self.cfg.out, e))?;
+        if self.run.phase == Phase::Fp32 {
+            self.state.set_quant_flags(&self.ctx, false, false, None)?;
+            let c = self.compile(false)?;
+            if let Some(m) = self.pending_metrics.take() {
+                c.metrics.write(&self.ctx, &m)?;
+            }
+            self.train_phase(&c, Phase::Fp32, sink)?;
+            let (acc, _) = self.evaluate(&c)?;
+            self.run.fp32_acc = Some(acc);
+            sink.message(&format!("fp32 test accuracy {:.2}%", acc * 100.0));
+            self.save_model("fp32.safetensors", None)?;
+            self.run.phase = Phase::Qat;
+            self.run.epoch = 0;
+            self.run.next_batch = 0;
+            self.run.phase_step = 0;
+            self.run.phase_seconds = 0.0;
+            self.run.phase_images = 0;
+        }
+        let c = self.compile(true)?;
+        if self.run.phase == Phase::Qat && self.run.phase_step == 0 && self.run.next_batch == 0 && self.run.epoch == 0 {
+            if self.run.fp32_acc.is_none() {
+                // Started from --init with no fp32 epochs: its accuracy is the fp32 baseline.
+                let f = self.compile(false)?;
+                self.state.set_quant_flags(&self.ctx, false, false, None)?;
+                self.run.fp32_acc = Some(self.evaluate(&f)?.0);
+            }
+            let ptq = self.calibrate(&c)?;
+            self.run.ptq_acc = Some(ptq);
+            sink.message(&format!(
+                "PTQ W{}A{} test accuracy {:.2}% (calibrated on {} images)",
+                self.cfg.weight_bits,
+                self.cfg.act_bits,
+                ptq * 100.0,
+                self.calib_count()
+            ));
+            self.save_model("ptq.safetensors", Some(&c))?;
+            self.state.reset_momentum(&self.ctx)?;
+        }
+        if self.run.phase == Phase::Qat {
+            if let Some(m) = self.pending_metrics.take() {
+                c.metrics.write(&self.ctx, &m)?;
+            }
+            self.state.set_quant_flags(&self.ctx, true, !self.observers_frozen(), None)?;
+            self.train_phase(&c, Phase::Qat, sink)?;
+            self.run.phase = Phase::Done;
+        }
+        self.state.set_quant_flags(&self.ctx, true, false, None)?;
+        let (qat_acc, _) = self.evaluate(&c)?;
+        sink.message(&format!("QAT test accuracy {:.2}%", qat_acc * 100.0));
+        self.save_model("qat.safetensors", Some(&c))?;
+        self.save_checkpoint(&c, None)?;
+        let report = RunReport {
+            dataset: self.ds.name.clone(),
+            model: self.graph.name.clone(),
+            adapter: format!("{} ({})", self.ctx.summary.name, self.ctx.summary.backend),
+            weight_bits: self.cfg.weight_bits,
+            act_bits: self.cfg.act_bits,
+            fp32_acc: self.run.fp32_acc,
+            ptq_acc: self.run.ptq_acc,
+            qat_acc: Some(qat_acc),
+            int8_acc: None,
+            agreement: None,
+            train_images_per_s_fp32: self.run.train_images_per_s_fp32,
+            train_images_per_s_qat: self.run.train_images_per_s_qat,
+            train_images: self.train_batches.num_images(),
+            test_images: self.test_batches.num_images(),
+            steps: self.run.step,
+            skipped_nonfinite_windows: self.run.skipped_nonfinite,
+            losses: self.run.losses.clone(),
+            config: self.cfg.clone(),
+        };
+        write_report(&self.cfg.out, &report)?;
+        Ok(report)
+    }
+
+    fn observers_frozen(&self) -> bool {
+        let spe = self.train_batches.batches_per_epoch() as u64;
+        self.run.phase == Phase::Qat
+            && self.cfg.freeze_observers_after.is_some_and(|s| s.fired(self.run.phase_step, spe))
+    }
+    fn bn_frozen(&self) -> bool {
+        let spe = self.train_batches.batches_per_epoch() as u64;
+        self.run.phase == Phase::Qat && self.cfg.freeze_bn_after.is_some_and(|s| s.fired(self.run.phase_step, spe))
+    }
+
+    fn calib_count(&self) -> usize {
+        let per = self.cfg.batch;
+        (self.cfg.calib_images.div_ceil(per).max(1) * per).min(self.train_batches.batches_per_epoch() * per)
+    }
+
+    /// PTQ: observers on the fp32 model (fake-quant off) over the calibration images, then
+    /// the fake-quant accuracy with the ranges frozen.
+    fn calibrate(&mut self, c: &Compiled) -> Result<f32> {
+        let ctx = &self.ctx;
+        self.state.set_quant_flags(ctx, false, true, Some(true))?;
+        let plan = c.calibrate_plan();
+        let batches = self.calib_count() / self.cfg.batch;
+        // Calibration reads the training split in its fixed (epoch 0) order, no augmentation.
+        let mut calib_cfg = BatchConfig::eval(self.cfg.batch);
+        calib_cfg.drop_last = true;
+        let calib = Batcher::train(&self.ds, calib_cfg)?;
+        for (k, b) in calib.epoch(0).enumerate() {
+            if k >= batches {
+                break;
+            }
+            c.images.write(ctx, &b.images)?;
+            ctx.submit_plan(&plan)?;
+        }
+        self.state.set_quant_flags(ctx, true, false, None)?;
+        Ok(self.evaluate(c)?.0)
+    }
+
+    /// Trains the current phase's remaining epochs.
+    fn train_phase(&mut self, c: &Compiled, phase: Phase, sink: &mut dyn ProgressSink) -> Result<()> {
+        let ctx = self.ctx.clone();
+        let (epochs, lr) = match phase {
+            Phase::Fp32 => (self.cfg.epochs, self.cfg.lr),
+            _ => (self.cfg.qat_epochs, self.cfg.qat_lr),
+        };
+        let spe = self.train_batches.batches_per_epoch();
+        let total = (epochs * spe) as u64;
+        let sched =
+            OptimConfig { lr, momentum: self.cfg.momentum, weight_decay: self.cfg.weight_decay, clip_grad_norm: None };
+        let mut plan_key = (self.observers_frozen(), self.bn_frozen());
+        let mut plan: Plan = c.train_plan(phase == Phase::Qat && !plan_key.0, plan_key.1);
+        let log_every = self.cfg.log_every.max(1) as u64;
+        let mut window_start = self.run.step;
+        while self.run.epoch < epochs {
+            let epoch = self.run.epoch;
+            sink.epoch_start(phase, epoch, epochs, spe);
+            let t0 = Instant::now();
+            let mut images = 0u64;
+            let mut epoch_loss = (0.0f64, 0u64, 0u64);
+            let start = self.run.next_batch;
+            for b in self.train_batches.epoch(epoch as u64).skip(start) {
+                let frozen = (self.observers_frozen(), self.bn_frozen());
+                if frozen != plan_key {
+                    if frozen.0 && !plan_key.0 {
+                        self.state.set_quant_flags(&ctx, true, false, None)?;
+                        sink.message(&format!("observers frozen at QAT step {}", self.run.phase_step));
+                    }
+                    if frozen.1 && !plan_key.1 {
+                        sink.message(&format!("BN statistics frozen at QAT step {}", self.run.phase_step));
+                    }
+                    plan_key = frozen;
+                    plan = c.train_plan(phase == Phase::Qat && !plan_key.0, plan_key.1);
+                }
+                c.images.write(&ctx, &b.images)?;
+                c.labels.write(&ctx, &b.labels)?;
+                optim::write_hyper(
+                    &ctx,
+                    &c.hyper,
+                    sched.lr_at(self.run.phase_step, total),
+                    (self.run.phase_step + 1) as u32,
+                )?;
+                ctx.submit_plan(&plan)?;
+                self.run.step += 1;
+                self.run.phase_step += 1;
+                self.run.next_batch = b.index + 1;
+                images += b.size as u64;
+                let last = b.index + 1 == spe;
+                let interrupted = INTERRUPTED.load(Ordering::SeqCst);
+                let mut reading = None;
+                if self.run.step % log_every == 0 || last {
+                    let m = loss::read_metrics(&ctx, &c.metrics)?;
+                    loss::reset_metrics(&ctx, &c.metrics)?;
+                    self.check_metrics(&m, window_start)?;
+                    window_start = self.run.step;
+                    let point = LossPoint { phase, step: self.run.step, loss: m.mean_loss(), accuracy: m.accuracy() };
+                    self.run.losses.push(point);
+                    epoch_loss.0 += m.loss_sum as f64;
+                    epoch_loss.1 += m.samples as u64;
+                    epoch_loss.2 += m.correct as u64;
+                    reading = Some((point.loss, point.accuracy));
+                }
+                let secs = t0.elapsed().as_secs_f64();
+                sink.step(b.index + 1 - start, reading, (images as f64 / secs.max(1e-9)) as f32);
+                if interrupted && !last {
+                    ctx.wait()?;
+                    self.run.phase_seconds += t0.elapsed().as_secs_f64();
+                    self.run.phase_images += images;
+                    self.save_checkpoint(c, Some(&c.metrics))?;
+                    return Err(WqatError::Interrupted(format!(
+                        "checkpoint written to {}; continue with `wqat train --resume {}`",
+                        self.cfg.out.join(CHECKPOINT_FILE).display(),
+                        self.cfg.out.display()
+                    )));
+                }
+            }
+            ctx.wait()?;
+            let secs = t0.elapsed().as_secs_f64();
+            self.run.phase_seconds += secs;
+            self.run.phase_images += images;
+            let ips = (self.run.phase_images as f64 / self.run.phase_seconds.max(1e-9)) as f32;
+            match phase {
+                Phase::Fp32 => self.run.train_images_per_s_fp32 = Some(ips),
+                _ => self.run.train_images_per_s_qat = Some(ips),
+            }
+            let (l, a) = if epoch_loss.1 > 0 {
+                ((epoch_loss.0 / epoch_loss.1 as f64) as f32, epoch_loss.2 as f32 / epoch_loss.1 as f32)
+            } else {
+                (f32::NAN, f32::NAN)
+            };
+            sink.epoch_end(phase, epoch, l, a, (images as f64 / secs.max(1e-9)) as f32);
+            self.run.epoch += 1;
+            self.run.next_batch = 0;
+            self.save_checkpoint(c, None)?;
+            if INTERRUPTED.load(Ordering::SeqCst) {
+                return Err(WqatError::Interrupted(format!(
+                    "checkpoint written to {}; continue with `wqat train --resume {}`",
+                    self.cfg.out.join(CHECKPOINT_FILE).display(),
+                    self.cfg.out.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_metrics(&mut self, m: &Metrics, window_start: u64) -> Result<()> {
+        if m.bad_label() {
+            return Err(WqatError::invalid(format!(
+                "a label is out of range for {} classes (steps {}..{})",
+                self.ds.num_classes,
+                window_start + 1,
+                self.run.step
+            )));
+        }
+        if m.non_finite() {
+            if self.cfg.skip_nonfinite {
+                self.run.skipped_nonfinite += 1;
+                return Ok(());
+            }
+            return Err(WqatError::NonFinite(format!(
+                "the loss or gradients between steps {} and {} (the parameters were not updated from the first \
+                 bad step on; the last checkpoint in {} is intact). Lower --lr, add --clip-grad-norm, or pass \
+                 --skip-nonfinite",
+                window_start + 1,
+                self.run.step,
+                self.cfg.out.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Accuracy and predictions on the test split with the current flags (no observers).
+    pub fn evaluate(&self, c: &Compiled) -> Result<(f32, Vec<u32>)> {
+        let ctx = &self.ctx;
+        let plan = c.eval_plan();
+        let mut preds = Vec::with_capacity(self.test_batches.num_images());
+        let mut correct = 0usize;
+        let per = c.batch * self.ds.image_len();
+        let mut padded = vec![0f32; per];
+        for b in self.test_batches.epoch(0) {
+            padded[..b.images.len()].copy_from_slice(&b.images);
+            padded[b.images.len()..].fill(0.0);
+            c.images.write(ctx, &padded)?;
+            ctx.submit_plan(&plan)?;
+            let p = c.preds.read_u32(ctx)?;
+            for (k, &l) in b.labels.iter().enumerate() {
+                correct += (p[k] == l) as usize;
+                preds.push(p[k]);
+            }
+        }
+        Ok((correct as f32 / preds.len().max(1) as f32, preds))
+    }
+
+    /// Metadata shared by every file this run writes.
+    fn metadata(&self, f: &mut TensorFile) -> Result<()> {
+        let n = &self.ds.norm;
+        let norm = serde_json::json!({ "max_value": n.max_value, "mean": n.mean, "std": n.std });
+        f.metadata.insert("normalization".into(), norm.to_string());
+        f.metadata.insert("class_names".into(), serde_json::to_string(&self.ds.class_names).map_err(json)?);
+        f.metadata.insert("dataset".into(), self.ds.name.clone());
+        f.metadata.insert("step".into(), self.run.step.to_string());
+        f.metadata.insert("phase".into(), serde_json::to_string(&self.run.phase).map_err(json)?);
+        Ok(())
+    }
+
+    /// Writes a model file (parameters and quantizer states) into the output directory.
+    fn save_model(&self, name: &str, c: Option<&Compiled>) -> Result<()> {
+        let extra = c.map(|c| c.histograms()).unwrap_or_default();
+        let mut f = self.state.to_checkpoint(&self.ctx, &extra)?;
+        self.metadata(&mut f)?;
+        f.save(&self.cfg.out.join(name))
+    }
+
+    /// Writes the run checkpoint (model, optimizer, observers, run state, and the metrics
+    /// window in progress when interrupted mid-window).
+    fn save_checkpoint(&self, c: &Compiled, metrics: Option<&crate::gpu::GpuTensor>) -> Result<()> {
+        let mut f = self.state.to_checkpoint(&self.ctx, &c.histograms())?;
+        self.metadata(&mut f)?;
+        f.metadata.insert("train_config".into(), serde_json::to_string(&self.cfg).map_err(json)?);
+        f.metadata.insert("run".into(), serde_json::to_string(&self.run).map_err(json)?);
+        if let Some(m) = metrics {
+            let words = m.read_u32(&self.ctx)?;
+            let data = HostData::I32(words.iter().map(|&w| w as i32).collect());
+            f.insert("train_metrics", HostTensor { shape: vec![MetricsLayout::LEN], data });
+        }
+        f.save(&self.cfg.out.join(CHECKPOINT_FILE))
+    }
+}
+
+fn json(e: serde_json::Error) -> WqatError {
+    WqatError::invalid(format!("serializing metadata: {e}"))
+}
+
+fn validate(cfg: &TrainConfig) -> Result<()> {
+    let bad = |m: &str| Err(WqatError::invalid(m.to_string()));
+    if cfg.batch < 2 {
+        return bad("--batch must be at least 2 (batch norm needs more than one sample)");
+    }
+    if !(cfg.lr.is_finite() && cfg.lr >= 0.0 && cfg.qat_lr.is_finite() && cfg.qat_lr >= 0.0) {
+        return bad("learning rates must be finite and non-negative");
+    }
+    if !(0.0..1.0).contains(&cfg.momentum) {
+        return bad("--momentum must be in [0, 1)");
+    }
+    if cfg.epochs == 0 && cfg.init.is_none() {
+        return bad("--epochs 0 needs --init CHECKPOINT (nothing to quantize otherwise)");
+    }
+    Ok(())
+}
+
+/// Loads `--init`: a wqat checkpoint, or a PyTorch state_dict in safetensors.
+fn load_init(ctx: &GpuContext, path: &Path, graph: &Graph, qconfig: QConfig) -> Result<ModelState> {
+    // Only the parameters are taken: quantizers and optimizer start fresh.
+    let f = TensorFile::load(path)?;
+    ModelState::from_params(ctx, path, &f, graph, qconfig)
+}
+
+/// Writes `metrics.json` atomically.
+pub fn write_report(out: &Path, report: &RunReport) -> Result<()> {
+    let text = serde_json::to_string_pretty(report).map_err(json)?;
+    crate::tensorfile::write_atomic(&out.join("metrics.json"), text.as_bytes())
+}

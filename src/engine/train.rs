@@ -270,6 +270,8 @@ pub struct Trainer {
     step_opts: StepOptions,
     /// Metrics words of an interrupted window, restored into the first compiled step.
     pending_metrics: Option<Vec<u32>>,
+    /// Histogram observer states of a resumed run (`{quantizer}.histogram`).
+    pending_histograms: Vec<(String, Vec<f32>)>,
 }
 
 /// Name of the run checkpoint inside the output directory.
@@ -330,8 +332,14 @@ impl Trainer {
             skipped_nonfinite: 0,
         };
         let mut pending_metrics = None;
+        let mut pending_histograms = Vec::new();
         let (state, run) = match resume {
             Some((path, f)) => {
+                for (name, t) in &f.tensors {
+                    if name.ends_with(".histogram") {
+                        pending_histograms.push((name.clone(), t.as_f32(name)?.to_vec()));
+                    }
+                }
                 if let Some(t) = f.tensors.get("train_metrics") {
                     match &t.data {
                         HostData::I32(w) if w.len() == MetricsLayout::LEN => {
@@ -362,7 +370,19 @@ impl Trainer {
             // last good ones whether the run stops or skips.
             skip_nonfinite: true,
         };
-        Ok(Trainer { ctx, cfg, ds, graph, state, run, train_batches, test_batches, step_opts, pending_metrics })
+        Ok(Trainer {
+            ctx,
+            cfg,
+            ds,
+            graph,
+            state,
+            run,
+            train_batches,
+            test_batches,
+            step_opts,
+            pending_metrics,
+            pending_histograms,
+        })
     }
 
     fn compile(&self, quant: bool) -> Result<Compiled> {
@@ -392,6 +412,12 @@ impl Trainer {
             self.run.phase_images = 0;
         }
         let c = self.compile(true)?;
+        for (name, v) in std::mem::take(&mut self.pending_histograms) {
+            match c.histograms().into_iter().find(|(n, _)| *n == name) {
+                Some((_, t)) if t.len() == v.len() => t.write(&self.ctx, &v)?,
+                _ => return Err(WqatError::invalid(format!("checkpoint histogram {name} does not fit this run"))),
+            }
+        }
         if self.run.phase == Phase::Qat && self.run.phase_step == 0 && self.run.next_batch == 0 && self.run.epoch == 0 {
             if self.run.fp32_acc.is_none() {
                 // Started from --init with no fp32 epochs: its accuracy is the fp32 baseline.

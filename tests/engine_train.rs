@@ -1,0 +1,184 @@
+//! End-to-end engine tests on the embedded digits data (small: a few hundred steps at most).
+
+use std::path::PathBuf;
+use wqat::engine::train::{LossPoint, Quiet, TrainConfig, Trainer};
+use wqat::engine::{CompileOptions, Compiled, ModelState, ObserverKind, QConfig, StepOptions};
+use wqat::kernels::optim;
+use wqat::model::{zoo, Act, Graph, Node, Op};
+use wqat::quant::QStateLayout;
+use wqat::testing;
+
+/// Relative tolerance of a golden loss on the adapter that recorded it.
+const GOLDEN_RTOL: f32 = 1e-4;
+
+fn out_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("wqat-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+pub fn small_config(name: &str) -> TrainConfig {
+    TrainConfig {
+        epochs: 2,
+        qat_epochs: 1,
+        batch: 32,
+        limit_train: Some(320),
+        limit_test: Some(128),
+        log_every: 2,
+        calib_images: 64,
+        lr: 0.05,
+        qat_lr: 0.01,
+        out: out_dir(name),
+        ..TrainConfig::default()
+    }
+}
+
+#[test]
+fn fixed_seed_loss_goes_down_and_matches_golden_table() {
+    let ctx = testing::ctx();
+    let cfg = small_config("golden");
+    let mut t = Trainer::new(ctx.clone(), cfg.clone(), None).unwrap();
+    let report = t.run(&mut Quiet).unwrap();
+    let losses: Vec<f32> = report.losses.iter().map(|p: &LossPoint| p.loss).collect();
+    assert!(losses.iter().all(|l| l.is_finite()));
+    let first = losses[..3].iter().sum::<f32>() / 3.0;
+    let fp32_points = report.losses.iter().filter(|p| p.phase == wqat::engine::Phase::Fp32).count();
+    let last_fp32 = losses[fp32_points - 3..fp32_points].iter().sum::<f32>() / 3.0;
+    assert!(last_fp32 < 0.5 * first, "loss went from {first} to {last_fp32}");
+    assert!(report.fp32_acc.unwrap() > 0.8, "fp32 accuracy {:?}", report.fp32_acc);
+    assert!(report.qat_acc.unwrap() > 0.8, "QAT accuracy {:?}", report.qat_acc);
+
+    // Golden table per adapter: record with WQAT_BLESS=1, compared whenever this adapter has one.
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/engine_digits_losses.json");
+    let mut table: serde_json::Map<String, serde_json::Value> =
+        std::fs::read_to_string(&path).ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
+    let key = format!("{} / {}", ctx.summary.name, ctx.summary.driver_info);
+    if std::env::var("WQAT_BLESS").is_ok() {
+        table.insert(key, serde_json::json!(losses));
+        std::fs::write(&path, serde_json::to_string_pretty(&table).unwrap()).unwrap();
+        return;
+    }
+    match table.get(&key) {
+        Some(v) => {
+            let want: Vec<f32> = serde_json::from_value(v.clone()).unwrap();
+            assert_eq!(want.len(), losses.len(), "number of loss readings");
+            for (k, (g, w)) in losses.iter().zip(&want).enumerate() {
+                assert!((g - w).abs() <= GOLDEN_RTOL * w.abs().max(1e-3), "reading {k}: loss {g}, golden {w}");
+            }
+        }
+        None => eprintln!("no golden losses for adapter {key:?}; record them with WQAT_BLESS=1"),
+    }
+    let _ = std::fs::remove_dir_all(&cfg.out);
+}
+
+fn step_opts() -> StepOptions {
+    StepOptions { momentum: 0.9, weight_decay: 0.0, clip_grad_norm: None, skip_nonfinite: true }
+}
+
+#[test]
+fn frozen_observers_keep_scales_while_weights_train() {
+    let ctx = testing::ctx();
+    let g = zoo::build("mnist-cnn", [1, 8, 8], 10).unwrap();
+    let state = ModelState::new(&ctx, &g, QConfig::new(8, 8).unwrap(), 5).unwrap();
+    let opts = CompileOptions { batch: 16, quant: true, train: true, observer: ObserverKind::MovingAverage { c: 0.1 } };
+    let c = Compiled::new(&ctx, &state, &opts, Some(&step_opts())).unwrap();
+    let mut rng = testing::rng(1);
+    let labels: Vec<u32> = (0..16).map(|i| i % 10).collect();
+    c.labels.write(&ctx, &labels).unwrap();
+    optim::write_hyper(&ctx, &c.hyper, 0.05, 1).unwrap();
+    state.set_quant_flags(&ctx, true, true, Some(true)).unwrap();
+    let read_states = || state.quantizers.iter().map(|q| q.state.read_f32(&ctx).unwrap()).collect::<Vec<Vec<f32>>>();
+    let run = |plan: &wqat::gpu::Plan, rng: &mut rand_chacha::ChaCha8Rng| {
+        for _ in 0..3 {
+            c.images.write(&ctx, &testing::uniform(rng, 16 * 64, -1.0, 2.0)).unwrap();
+            ctx.submit_plan(plan).unwrap();
+        }
+    };
+    run(&c.train_plan(true, false), &mut rng);
+    let observed = read_states();
+    run(&c.train_plan(true, false), &mut rng);
+    let observed2 = read_states();
+    assert!(observed.iter().zip(&observed2).any(|(a, b)| a != b), "live observers should move the ranges");
+    // Freeze: observer flags off and observers out of the plan.
+    state.set_quant_flags(&ctx, true, false, None).unwrap();
+    let w_before = state.param("fc1.weight").unwrap().value.read_f32(&ctx).unwrap();
+    run(&c.train_plan(false, false), &mut rng);
+    let frozen = read_states();
+    for (q, (a, b)) in state.quantizers.iter().zip(observed2.iter().zip(&frozen)) {
+        let l = QStateLayout::new(q.spec.channels);
+        assert_eq!(a[l.scale()..], b[l.scale()..], "{} changed while frozen", q.spec.name);
+    }
+    let w_after = state.param("fc1.weight").unwrap().value.read_f32(&ctx).unwrap();
+    assert_ne!(w_before, w_after, "weights should keep training");
+    // Even with the observer dispatches in the plan, obs_on = 0 keeps the ranges.
+    run(&c.train_plan(true, false), &mut rng);
+    let frozen2 = read_states();
+    for (q, (a, b)) in state.quantizers.iter().zip(frozen.iter().zip(&frozen2)) {
+        let l = QStateLayout::new(q.spec.channels);
+        assert_eq!(a[l.scale()..], b[l.scale()..], "{} changed with obs_on = 0", q.spec.name);
+    }
+}
+
+/// BN folding: the fake-quant evaluation of a conv-BN-ReLU block equals the folded conv
+/// `relu(conv(FQ(x), FQ(w * sf)) + beta - mean * sf)` computed on the CPU.
+#[test]
+fn conv_bn_fake_quant_eval_equals_folded_conv() {
+    use wqat::reference::conv::conv2d_forward_f64;
+    use wqat::reference::fake_quant::fake_quant_forward as fq;
+    let ctx = testing::ctx();
+    let conv = Op::Conv {
+        out_channels: 5,
+        kernel: 3,
+        stride: 1,
+        padding: 1,
+        dilation: 1,
+        groups: 1,
+        bias: false,
+        bn: true,
+        act: Act::Relu,
+    };
+    let nodes = vec![
+        Node::new("conv", conv).bn("bn"),
+        Node::new("flatten", Op::Flatten),
+        Node::new("fc", Op::Linear { out_features: 3, bias: true, act: Act::None }),
+    ];
+    let g = Graph { name: "convbn".into(), input: [3, 7, 7], num_classes: 3, nodes };
+    let state = ModelState::new(&ctx, &g, QConfig::new(8, 8).unwrap(), 9).unwrap();
+    let mut rng = testing::rng(4);
+    let (gamma, beta) = (testing::uniform(&mut rng, 5, 0.5, 1.5), testing::uniform(&mut rng, 5, -0.3, 0.3));
+    let (mean, var) = (testing::uniform(&mut rng, 5, -0.2, 0.2), testing::uniform(&mut rng, 5, 0.5, 2.0));
+    for (n, v) in [("bn.weight", &gamma), ("bn.bias", &beta), ("bn.running_mean", &mean), ("bn.running_var", &var)] {
+        state.param(n).unwrap().value.write(&ctx, v).unwrap();
+    }
+    let batch = 3;
+    let opts = CompileOptions { batch, quant: true, train: false, observer: ObserverKind::MinMax };
+    let c = Compiled::new(&ctx, &state, &opts, None).unwrap();
+    let x = testing::uniform(&mut rng, batch * 3 * 49, -1.0, 1.0);
+    c.images.write(&ctx, &x).unwrap();
+    // Calibrate (observers on, fake-quant off), then evaluate with fake-quant on.
+    state.set_quant_flags(&ctx, false, true, Some(true)).unwrap();
+    ctx.submit_plan(&c.calibrate_plan()).unwrap();
+    state.set_quant_flags(&ctx, true, false, None).unwrap();
+    ctx.submit_plan(&c.eval_plan()).unwrap();
+    let got = c.outputs[0].read_f32(&ctx).unwrap();
+
+    let qs = |n: &str| state.quantizer(n).unwrap().state.read_f32(&ctx).unwrap();
+    let (qin, qw) = (qs("input.output_quant"), qs("conv.weight_quant"));
+    let w = state.param("conv.weight").unwrap().value.read_f32(&ctx).unwrap();
+    let sf: Vec<f32> = gamma.iter().zip(&var).map(|(g, v)| g / (v + 1e-5).sqrt()).collect();
+    let w_fold: Vec<f32> = w.iter().enumerate().map(|(i, v)| v * sf[i / 27]).collect();
+    let xq = fq(&x, &qin, 1, x.len(), 0.0, 255.0);
+    let wq = fq(&w_fold, &qw, 5, 27, -127.0, 127.0);
+    let cfg = wqat::kernels::conv::Conv2dConfig::new(batch, 3, 7, 7, 5, 3).with_padding(1);
+    let to64 = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
+    let (y, _) = conv2d_forward_f64(&cfg, &to64(&xq), &to64(&wq), None);
+    let want: Vec<f32> = y
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let ch = (i / 49) % 5;
+            (v as f32 + beta[ch] - mean[ch] * sf[ch]).max(0.0)
+        })
+        .collect();
+    testing::assert_close("conv-bn block", &got, &want, 1e-4, 1e-5);
+}

@@ -66,7 +66,7 @@ fn resume_after_interrupt_matches_uninterrupted_run() {
         let cfg = config(&format!("{phase:?}"));
         INTERRUPTED.store(false, Ordering::SeqCst);
         let mut t = Trainer::new(ctx.clone(), cfg.clone(), None).unwrap();
-        let err = t.run(&mut InterruptAt { phase, at, current: None }).err().expect("interrupted");
+        let err = t.run(&mut InterruptAt { phase, at, current: None }).expect_err("interrupted");
         assert!(matches!(err, WqatError::Interrupted(_)), "{err}");
         INTERRUPTED.store(false, Ordering::SeqCst);
         let mut resumed = Trainer::new(ctx.clone(), TrainConfig::default(), Some(&cfg.out)).unwrap();

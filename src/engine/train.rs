@@ -562,7 +562,7 @@ impl Trainer {
                 let last = b.index + 1 == spe;
                 let interrupted = INTERRUPTED.load(Ordering::SeqCst);
                 let mut reading = None;
-                if self.run.step % log_every == 0 || last {
+                if self.run.step.is_multiple_of(log_every) || last {
                     let m = loss::read_metrics(&ctx, &c.metrics)?;
                     loss::reset_metrics(&ctx, &c.metrics)?;
                     self.check_metrics(&m, window_start)?;

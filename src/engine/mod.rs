@@ -4,6 +4,7 @@
 pub mod compile;
 pub mod config;
 pub mod state;
+pub mod throughput;
 pub mod train;
 
 pub use compile::{CompileOptions, Compiled, StepOptions};

@@ -187,7 +187,7 @@ impl Int8Model {
             }
         }
         let mut vals: Vec<Option<NodeValue>> = vec![None; n];
-        for (i, (r, layer)) in self.nodes.iter().zip(&self.layers).enumerate() {
+        for (i, r) in self.nodes.iter().enumerate() {
             let get = |j: usize| -> Result<&NodeValue> {
                 if j == INPUT {
                     Ok(&input)
@@ -196,123 +196,11 @@ impl Int8Model {
                 }
             };
             let x = get(r.inputs[0])?;
-            let in_dom = self.domain_of(r.inputs[0]);
-            let [c, h, w] = r.in_shapes[0];
-            let [co, oh, ow] = r.out_shape;
-            let y = match (&layer.kind, &r.node.op) {
-                (LayerKind::Int(l), Op::Conv { kernel, stride, padding, dilation, groups, .. }) => {
-                    let zq = in_dom.quant().map(|q| q.zero).unwrap_or(0);
-                    let cfg = Conv2dConfig {
-                        batch,
-                        c_in: c,
-                        h,
-                        w,
-                        c_out: co,
-                        kernel: [*kernel; 2],
-                        stride: [*stride; 2],
-                        padding: [*padding; 2],
-                        dilation: [*dilation; 2],
-                        groups: *groups,
-                        x_zero: zq,
-                    };
-                    let mut out = vec![0u8; batch * co * oh * ow];
-                    int8::conv2d(backend, &cfg, x.codes()?, &l.weight, &l.bias, &l.requant, &mut out)?;
-                    NodeValue::Codes(out)
-                }
-                (LayerKind::Int(l), Op::Linear { .. }) => {
-                    let zq = in_dom.quant().map(|q| q.zero).unwrap_or(0);
-                    let cfg = LinearConfig { m: batch, k: c * h * w, n: co, x_zero: zq };
-                    let mut out = vec![0u8; batch * co];
-                    int8::linear(backend, &cfg, x.codes()?, &l.weight, &l.bias, &l.requant, &mut out)?;
-                    NodeValue::Codes(out)
-                }
-                (LayerKind::Float(l), op) => {
-                    let xf = x.to_f32(in_dom);
-                    let mut y = match op {
-                        Op::Conv { kernel, stride, padding, dilation, groups, act: _, .. } => conv2d_f32(
-                            &xf,
-                            batch,
-                            r.in_shapes[0],
-                            &l.weight,
-                            &l.bias,
-                            r.out_shape,
-                            [*kernel, *stride, *padding, *dilation],
-                            *groups,
-                        ),
-                        _ => linear_f32(&xf, batch, c * h * w, &l.weight, &l.bias),
-                    };
-                    if let Op::Conv { act, .. } | Op::Linear { act, .. } = op {
-                        apply_act(&mut y, *act);
-                    }
-                    NodeValue::from_f32(y, layer.out)
-                }
-                (LayerKind::MaxPool, Op::MaxPool { kernel, stride, padding }) => {
-                    let s = if *stride == 0 { *kernel } else { *stride };
-                    match x {
-                        NodeValue::Codes(xc) => {
-                            let cfg = PoolConfig {
-                                batch,
-                                channels: c,
-                                h,
-                                w,
-                                kernel: [*kernel; 2],
-                                stride: [s; 2],
-                                padding: [*padding; 2],
-                            };
-                            let mut out = vec![0u8; batch * c * oh * ow];
-                            int8::max_pool(backend, &cfg, xc, &mut out)?;
-                            NodeValue::Codes(out)
-                        }
-                        NodeValue::Float(xf) => {
-                            NodeValue::Float(pool_f32(xf, batch * c, [h, w], *kernel, s, *padding, [oh, ow], false))
-                        }
-                    }
-                }
-                (LayerKind::AvgPool(rq), op) => {
-                    let (k, s, p) = match op {
-                        Op::AvgPool { kernel, stride, padding } => {
-                            ([*kernel; 2], if *stride == 0 { *kernel } else { *stride }, *padding)
-                        }
-                        _ => ([h, w], 1, 0),
-                    };
-                    match (x, rq) {
-                        (NodeValue::Codes(xc), Some(rq)) => {
-                            NodeValue::Codes(avg_pool_codes(xc, batch * c, [h, w], k, s, p, [oh, ow], rq)?)
-                        }
-                        _ => {
-                            let xf = x.to_f32(in_dom);
-                            NodeValue::Float(if matches!(op, Op::GlobalAvgPool) {
-                                global_avg_f32(&xf, batch * c, h * w)
-                            } else {
-                                pool_f32(&xf, batch * c, [h, w], k[0], s, p, [oh, ow], true)
-                            })
-                        }
-                    }
-                }
-                (LayerKind::Add(cfg), Op::Add { act }) => {
-                    let b = get(r.inputs[1])?;
-                    match cfg {
-                        Some(cfg) => {
-                            let mut out = vec![0u8; x.len()];
-                            int8::add(backend, cfg, x.codes()?, b.codes()?, &mut out)?;
-                            NodeValue::Codes(out)
-                        }
-                        None => {
-                            let bf = b.to_f32(self.domain_of(r.inputs[1]));
-                            let mut y: Vec<f32> = x.to_f32(in_dom).iter().zip(&bf).map(|(a, b)| a + b).collect();
-                            apply_act(&mut y, *act);
-                            NodeValue::from_f32(y, layer.out)
-                        }
-                    }
-                }
-                (LayerKind::Flatten, _) => x.clone(),
-                _ => {
-                    return Err(WqatError::invalid(format!(
-                        "int8 model: node {} does not match its converted layer",
-                        r.node.name
-                    )))
-                }
+            let b = match r.inputs.get(1) {
+                Some(&j) => Some(get(j)?),
+                None => None,
             };
+            let y = self.run_node(i, x, b, batch, backend)?;
             vals[i] = Some(y);
             if !keep {
                 for &j in &r.inputs {
@@ -323,5 +211,158 @@ impl Int8Model {
             }
         }
         Ok(vals.into_iter().map(|v| v.unwrap_or(NodeValue::Codes(Vec::new()))).collect())
+    }
+
+    /// Runs node `i` on its input value(s) (`b`: the second input of an add).
+    pub fn run_node(
+        &self,
+        i: usize,
+        x: &NodeValue,
+        b: Option<&NodeValue>,
+        batch: usize,
+        backend: CpuBackend,
+    ) -> Result<NodeValue> {
+        let (r, layer) = self
+            .nodes
+            .get(i)
+            .zip(self.layers.get(i))
+            .ok_or_else(|| WqatError::invalid(format!("node index {i} out of range")))?;
+        for (t, v) in [Some(x), b].into_iter().enumerate() {
+            let (Some(v), Some(&j)) = (v, r.inputs.get(t)) else {
+                if t < r.inputs.len() {
+                    return Err(WqatError::invalid(format!("node {} takes {} inputs", r.node.name, r.inputs.len())));
+                }
+                continue;
+            };
+            let want = batch * r.in_shapes[t].iter().product::<usize>();
+            let codes = matches!(v, NodeValue::Codes(_));
+            if v.len() != want || codes != self.domain_of(j).quant().is_some() {
+                return Err(WqatError::shape(format!(
+                    "node {}: input {t} has {} values ({}), expected {want} ({})",
+                    r.node.name,
+                    v.len(),
+                    if codes { "codes" } else { "f32" },
+                    if self.domain_of(j).quant().is_some() { "codes" } else { "f32" }
+                )));
+            }
+        }
+        let in_dom = self.domain_of(r.inputs[0]);
+        let [c, h, w] = r.in_shapes[0];
+        let [co, oh, ow] = r.out_shape;
+        let y = match (&layer.kind, &r.node.op) {
+            (LayerKind::Int(l), Op::Conv { kernel, stride, padding, dilation, groups, .. }) => {
+                let zq = in_dom.quant().map(|q| q.zero).unwrap_or(0);
+                let cfg = Conv2dConfig {
+                    batch,
+                    c_in: c,
+                    h,
+                    w,
+                    c_out: co,
+                    kernel: [*kernel; 2],
+                    stride: [*stride; 2],
+                    padding: [*padding; 2],
+                    dilation: [*dilation; 2],
+                    groups: *groups,
+                    x_zero: zq,
+                };
+                let mut out = vec![0u8; batch * co * oh * ow];
+                int8::conv2d(backend, &cfg, x.codes()?, &l.weight, &l.bias, &l.requant, &mut out)?;
+                NodeValue::Codes(out)
+            }
+            (LayerKind::Int(l), Op::Linear { .. }) => {
+                let zq = in_dom.quant().map(|q| q.zero).unwrap_or(0);
+                let cfg = LinearConfig { m: batch, k: c * h * w, n: co, x_zero: zq };
+                let mut out = vec![0u8; batch * co];
+                int8::linear(backend, &cfg, x.codes()?, &l.weight, &l.bias, &l.requant, &mut out)?;
+                NodeValue::Codes(out)
+            }
+            (LayerKind::Float(l), op) => {
+                let xf = x.to_f32(in_dom);
+                let mut y = match op {
+                    Op::Conv { kernel, stride, padding, dilation, groups, act: _, .. } => conv2d_f32(
+                        &xf,
+                        batch,
+                        r.in_shapes[0],
+                        &l.weight,
+                        &l.bias,
+                        r.out_shape,
+                        [*kernel, *stride, *padding, *dilation],
+                        *groups,
+                    ),
+                    _ => linear_f32(&xf, batch, c * h * w, &l.weight, &l.bias),
+                };
+                if let Op::Conv { act, .. } | Op::Linear { act, .. } = op {
+                    apply_act(&mut y, *act);
+                }
+                NodeValue::from_f32(y, layer.out)
+            }
+            (LayerKind::MaxPool, Op::MaxPool { kernel, stride, padding }) => {
+                let s = if *stride == 0 { *kernel } else { *stride };
+                match x {
+                    NodeValue::Codes(xc) => {
+                        let cfg = PoolConfig {
+                            batch,
+                            channels: c,
+                            h,
+                            w,
+                            kernel: [*kernel; 2],
+                            stride: [s; 2],
+                            padding: [*padding; 2],
+                        };
+                        let mut out = vec![0u8; batch * c * oh * ow];
+                        int8::max_pool(backend, &cfg, xc, &mut out)?;
+                        NodeValue::Codes(out)
+                    }
+                    NodeValue::Float(xf) => {
+                        NodeValue::Float(pool_f32(xf, batch * c, [h, w], *kernel, s, *padding, [oh, ow], false))
+                    }
+                }
+            }
+            (LayerKind::AvgPool(rq), op) => {
+                let (k, s, p) = match op {
+                    Op::AvgPool { kernel, stride, padding } => {
+                        ([*kernel; 2], if *stride == 0 { *kernel } else { *stride }, *padding)
+                    }
+                    _ => ([h, w], 1, 0),
+                };
+                match (x, rq) {
+                    (NodeValue::Codes(xc), Some(rq)) => {
+                        NodeValue::Codes(avg_pool_codes(xc, batch * c, [h, w], k, s, p, [oh, ow], rq)?)
+                    }
+                    _ => {
+                        let xf = x.to_f32(in_dom);
+                        NodeValue::Float(if matches!(op, Op::GlobalAvgPool) {
+                            global_avg_f32(&xf, batch * c, h * w)
+                        } else {
+                            pool_f32(&xf, batch * c, [h, w], k[0], s, p, [oh, ow], true)
+                        })
+                    }
+                }
+            }
+            (LayerKind::Add(cfg), Op::Add { act }) => {
+                let b = b.ok_or_else(|| WqatError::invalid("add without a second input"))?;
+                match cfg {
+                    Some(cfg) => {
+                        let mut out = vec![0u8; x.len()];
+                        int8::add(backend, cfg, x.codes()?, b.codes()?, &mut out)?;
+                        NodeValue::Codes(out)
+                    }
+                    None => {
+                        let bf = b.to_f32(self.domain_of(r.inputs[1]));
+                        let mut y: Vec<f32> = x.to_f32(in_dom).iter().zip(&bf).map(|(a, b)| a + b).collect();
+                        apply_act(&mut y, *act);
+                        NodeValue::from_f32(y, layer.out)
+                    }
+                }
+            }
+            (LayerKind::Flatten, _) => x.clone(),
+            _ => {
+                return Err(WqatError::invalid(format!(
+                    "int8 model: node {} does not match its converted layer",
+                    r.node.name
+                )))
+            }
+        };
+        Ok(y)
     }
 }

@@ -6,7 +6,7 @@ use crate::data::Split;
 use crate::error::{Result, WqatError};
 use crate::gpu::GpuContext;
 use crate::int8::CpuBackend;
-use crate::model::graph::{Graph, Op};
+use crate::model::graph::{Graph, Op, INPUT};
 use crate::reference::graph::fake_quant_forward_all;
 use crate::tensorfile::TensorFile;
 use std::path::Path;
@@ -114,11 +114,17 @@ pub struct LayerDiff {
     /// Number of outputs whose integer code differs from the simulated code.
     pub mismatched: usize,
     pub total: usize,
+    /// `max |fq / s + z - q|` when the integer node is fed the simulation's own input codes
+    /// (the node's local error, without what earlier layers passed on).
+    pub local_max_abs_lsb: f64,
+    /// Codes that differ in that local comparison.
+    pub local_mismatched: usize,
 }
 
 /// For every node with its own output quantizer, compares the fake-quant reference's
 /// activations (divided by the scale, plus the zero point) with the integer model's codes
-/// (CPU SIMD executor) on `batch` normalized images.
+/// (CPU SIMD executor) on `batch` normalized images; and the same when the integer node is
+/// fed the simulation's own input codes (its local error).
 pub fn layer_report(
     graph: &Graph,
     ckpt: &TensorFile,
@@ -140,19 +146,43 @@ pub fn layer_report(
                 r.node.name
             )));
         }
-        let (mut max, mut sum, mut mism) = (0f64, 0f64, 0usize);
-        for (&f, &c) in fq.iter().zip(codes) {
-            let d = (f as f64 / q.scale as f64 + q.zero as f64 - c as f64).abs();
-            max = max.max(d);
-            sum += d;
-            mism += usize::from(d >= 0.5);
-        }
+        let diff = |codes: &[u8]| {
+            let (mut max, mut sum, mut mism) = (0f64, 0f64, 0usize);
+            for (&f, &c) in fq.iter().zip(codes) {
+                let d = (f as f64 / q.scale as f64 + q.zero as f64 - c as f64).abs();
+                max = max.max(d);
+                sum += d;
+                mism += usize::from(d >= 0.5);
+            }
+            (max, sum, mism)
+        };
+        let (max, sum, mism) = diff(codes);
+        // The simulation's inputs of this node as the integer model represents them.
+        let sim_input = |j: usize| -> NodeValue {
+            let v = if j == INPUT { &sim.input } else { &sim.nodes[j] };
+            match model.domain_of(j) {
+                Domain::Codes(qj) => NodeValue::Codes(
+                    v.iter()
+                        .map(|&f| ((f as f64 / qj.scale as f64).round() + qj.zero as f64).clamp(0.0, 255.0) as u8)
+                        .collect(),
+                ),
+                Domain::Float => NodeValue::Float(v.clone()),
+            }
+        };
+        let xs: Vec<NodeValue> = r.inputs.iter().map(|&j| sim_input(j)).collect();
+        let local = model.run_node(i, &xs[0], xs.get(1), batch, CpuBackend::Simd)?;
+        let (lmax, _, lmism) = match &local {
+            NodeValue::Codes(c) => diff(c),
+            NodeValue::Float(_) => (0.0, 0.0, 0),
+        };
         out.push(LayerDiff {
             node: r.node.name.clone(),
             max_abs_lsb: max,
             mean_abs_lsb: sum / codes.len().max(1) as f64,
             mismatched: mism,
             total: codes.len(),
+            local_max_abs_lsb: lmax,
+            local_mismatched: lmism,
         });
     }
     Ok(out)

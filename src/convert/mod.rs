@@ -188,8 +188,8 @@ impl Int8Model {
     pub fn nodes(&self) -> &[ResolvedNode] {
         &self.nodes
     }
-    /// The domain of node input `j` (`INPUT` is the image).
-    pub(crate) fn domain_of(&self, j: usize) -> Domain {
+    /// The representation of node `j`'s output (`INPUT`: the image).
+    pub fn domain_of(&self, j: usize) -> Domain {
         if j == INPUT {
             self.input
         } else {

@@ -77,8 +77,8 @@ pub fn avg_pool_codes(
     planes: usize,
     hw: [usize; 2],
     kernel: [usize; 2],
-    stride: usize,
-    pad: usize,
+    stride: [usize; 2],
+    pad: [usize; 2],
     out_hw: [usize; 2],
     rq: &AvgRequant,
 ) -> Result<Vec<u8>> {
@@ -96,12 +96,12 @@ pub fn avg_pool_codes(
             for ox in 0..ow {
                 let (mut sum, mut count) = (0i32, 0i32);
                 for ky in 0..kernel[0] {
-                    let iy = (oy * stride + ky) as isize - pad as isize;
+                    let iy = (oy * stride[0] + ky) as isize - pad[0] as isize;
                     if iy < 0 || iy >= h as isize {
                         continue;
                     }
                     for kx in 0..kernel[1] {
-                        let ix = (ox * stride + kx) as isize - pad as isize;
+                        let ix = (ox * stride[1] + kx) as isize - pad[1] as isize;
                         if ix >= 0 && ix < w as isize {
                             sum += plane[iy as usize * w + ix as usize] as i32;
                             count += 1;
@@ -327,7 +327,7 @@ impl Int8Model {
                 };
                 match (x, rq) {
                     (NodeValue::Codes(xc), Some(rq)) => {
-                        NodeValue::Codes(avg_pool_codes(xc, batch * c, [h, w], k, s, p, [oh, ow], rq)?)
+                        NodeValue::Codes(avg_pool_codes(xc, batch * c, [h, w], k, [s; 2], [p; 2], [oh, ow], rq)?)
                     }
                     _ => {
                         let xf = x.to_f32(in_dom);

@@ -213,9 +213,8 @@ impl Int8GpuModel {
             )));
         }
         let mut plans = self.plans.lock().map_err(|_| WqatError::invalid("int8 GPU model lock poisoned"))?;
-        if !plans.contains_key(&batch) {
-            let ds = self.record(batch)?;
-            plans.insert(batch, ds);
+        if let std::collections::hash_map::Entry::Vacant(e) = plans.entry(batch) {
+            e.insert(self.record(batch)?);
         }
         self.input_f32.write(&self.ctx, images)?;
         let refs: Vec<&Dispatch> = plans[&batch].iter().collect();

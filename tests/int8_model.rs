@@ -8,15 +8,14 @@
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use std::sync::Arc;
+use wqat::convert::synthetic::{random_images, synthetic_checkpoint};
 use wqat::convert::{self, Int8GpuModel, Int8Model, NodeValue};
-use wqat::data::Normalization;
 use wqat::gpu::{GpuContext, GpuOptions};
 use wqat::int8::{CpuBackend, SimdKernel};
-use wqat::model::graph::{Graph, INPUT};
-use wqat::model::params::{self, ParamKind, QuantizerRole};
+use wqat::model::graph::Graph;
 use wqat::model::zoo;
-use wqat::quant::{QStateLayout, QuantSpec};
-use wqat::reference::graph::{fake_quant_forward, fake_quant_forward_all, folded_params, GraphQuant};
+use wqat::quant::QStateLayout;
+use wqat::reference::graph::fake_quant_forward;
 use wqat::tensorfile::{HostTensor, TensorFile};
 use wqat::testing::{self, assert_bit_exact};
 
@@ -32,118 +31,20 @@ const MAX_LOGIT_LSB_DEEP: f64 = 8.0;
 /// integer and simulated roundings may differ by one code.
 const MAX_LOCAL_LSB: f64 = 1.0;
 
-fn qconfig() -> (QuantSpec, QuantSpec) {
-    (QuantSpec::weight(8), QuantSpec::activation(8))
-}
-
-/// Random images, normal-ish in about [-2.5, 2.5]; `wide` scales some beyond the
-/// calibration range so the input and later quantizers clamp.
 fn images(rng: &mut ChaCha8Rng, n: usize, wide: bool) -> Vec<f32> {
-    (0..n)
-        .map(|_| {
-            let v: f32 = (0..4).map(|_| rng.random_range(-1.0f32..1.0)).sum::<f32>() * 0.9;
-            if wide && rng.random_range(0..50) == 0 {
-                v * 3.0
-            } else {
-                v
-            }
-        })
-        .collect()
+    random_images(rng, n, wide)
 }
 
-/// A random checkpoint of `graph`: weights, BN statistics, quantizers calibrated on a CPU
-/// fp32 forward of random images, with extreme values mixed in.
+/// A synthetic checkpoint with extreme values.
 fn random_checkpoint(graph: &Graph, seed: u64) -> TensorFile {
-    checkpoint(graph, seed, true)
+    synthetic_checkpoint(graph, seed, true).unwrap()
 }
 
-/// [`random_checkpoint`], optionally without the extreme values (a huge BN gain on one
-/// channel of every layer makes a deep random network chaotic: one-LSB differences grow
-/// layer after layer, which says nothing about the conversion).
+/// A synthetic checkpoint, optionally without extreme values (a huge BN gain on one channel
+/// of every layer makes a deep random network chaotic: one-LSB differences grow layer after
+/// layer, which says nothing about the conversion).
 fn checkpoint(graph: &Graph, seed: u64, extreme: bool) -> TensorFile {
-    let mut rng = testing::rng(seed);
-    let (wspec, aspec) = qconfig();
-    let mut ck = TensorFile::new();
-    ck.metadata.insert("format".into(), "wqat-checkpoint".into());
-    ck.metadata.insert("version".into(), "1".into());
-    ck.metadata.insert("graph".into(), serde_json::to_string(graph).unwrap());
-    ck.metadata.insert(
-        "qconfig".into(),
-        serde_json::to_string(&serde_json::json!({"weight": wspec, "activation": aspec})).unwrap(),
-    );
-    let c = graph.input[0];
-    let norm = Normalization { max_value: 255.0, mean: vec![0.25; c], std: vec![0.5; c] };
-    ck.metadata.insert("normalization".into(), serde_json::to_string(&norm).unwrap());
-    let names: Vec<String> = (0..graph.num_classes).map(|i| format!("class{i}")).collect();
-    ck.metadata.insert("class_names".into(), serde_json::to_string(&names).unwrap());
-    for p in params::param_specs(graph).unwrap() {
-        let n: usize = p.shape.iter().product();
-        let fan_in = if p.shape.len() > 1 { n / p.shape[0] } else { 1 };
-        let a = (3.0 / fan_in as f32).sqrt() * 1.2;
-        let mut v: Vec<f32> = match p.kind {
-            ParamKind::Weight => testing::uniform(&mut rng, n, -a, a),
-            ParamKind::Bias => testing::uniform(&mut rng, n, -0.2, 0.2),
-            ParamKind::BnGamma => testing::uniform(&mut rng, n, 0.5, 1.5),
-            ParamKind::BnBeta => testing::uniform(&mut rng, n, -0.3, 0.3),
-            ParamKind::BnRunningMean => testing::uniform(&mut rng, n, -0.3, 0.3),
-            ParamKind::BnRunningVar => testing::uniform(&mut rng, n, 0.5, 2.0),
-        };
-        // Extremes: an all-zero weight channel (degenerate scale), a huge gamma, a tiny var,
-        // a weight channel with one outlier.
-        match p.kind {
-            _ if !extreme => {}
-            ParamKind::Weight if p.shape[0] > 3 => {
-                let inner = n / p.shape[0];
-                v[..inner].iter_mut().for_each(|x| *x = 0.0);
-                v[inner] = a * 20.0;
-            }
-            ParamKind::BnGamma if n > 3 => v[1] = 8.0,
-            ParamKind::BnRunningVar if n > 3 => v[2] = 1e-4,
-            _ => {}
-        }
-        ck.insert(p.name.clone(), HostTensor::f32(&p.shape, v));
-        // Optional extras a training checkpoint carries.
-        if p.kind == ParamKind::Weight {
-            ck.insert(format!("{}.momentum", p.name), HostTensor::f32(&p.shape, vec![0.0; n]));
-        }
-    }
-    // Quantizers off: the fp32 forward, for calibration.
-    let specs = params::quantizer_specs(graph, true).unwrap();
-    for q in &specs {
-        let l = QStateLayout::new(q.channels);
-        let mut s = l.build(&vec![1.0; q.channels], &vec![0.0; q.channels]);
-        s[QStateLayout::FQ_ENABLED] = 0.0;
-        ck.insert(q.name.clone(), HostTensor::f32(&[l.len()], s));
-    }
-    let calib_n = 8;
-    let x = images(&mut rng, calib_n * graph.input.iter().product::<usize>(), false);
-    let fp = fake_quant_forward_all(graph, &ck, &x, calib_n).unwrap();
-    let gq = GraphQuant::new(graph, &ck).unwrap();
-    let range = |v: &[f32]| v.iter().fold((f32::MAX, f32::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
-    for q in &specs {
-        let l = QStateLayout::new(q.channels);
-        let (scales, zeros): (Vec<f32>, Vec<f32>) = match q.role {
-            QuantizerRole::Weight(i) => {
-                let (w, b) = folded_params(&gq, &ck, i).unwrap();
-                let inner = w.len() / b.len();
-                (0..q.channels)
-                    .map(|c| {
-                        let (lo, hi) = range(&w[c * inner..(c + 1) * inner]);
-                        let (s, _, z) = wspec.qparams(lo, hi);
-                        (s, z)
-                    })
-                    .unzip()
-            }
-            QuantizerRole::Output(i) => {
-                let v = if i == INPUT { &fp.input } else { &fp.nodes[i] };
-                let (lo, hi) = range(v);
-                let (s, _, z) = aspec.qparams(lo, hi);
-                (vec![s], vec![z])
-            }
-        };
-        ck.insert(q.name.clone(), HostTensor::f32(&[l.len()], l.build(&scales, &zeros)));
-    }
-    ck
+    synthetic_checkpoint(graph, seed, extreme).unwrap()
 }
 
 fn codes(v: &NodeValue) -> &[u8] {

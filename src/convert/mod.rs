@@ -22,6 +22,7 @@ pub mod eval;
 pub mod format;
 pub mod gpu;
 pub mod kernels;
+pub mod synthetic;
 
 pub use cpu::{Int8Output, NodeValue};
 pub use eval::{evaluate, layer_report, preprocess_image_file, Backend, EvalResult, LayerDiff};

@@ -5,6 +5,7 @@
 //! kernel), [`quant`] (quantization semantics shared by all paths), [`int8`] (the CPU
 //! integer backend), [`data`] (data sets).
 
+pub mod convert;
 pub mod data;
 pub mod engine;
 pub mod error;

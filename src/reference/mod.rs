@@ -7,6 +7,7 @@ pub mod bn_fold;
 pub mod conv;
 pub mod fake_quant;
 pub mod gemm;
+pub mod graph;
 pub mod histogram;
 pub mod int8;
 pub mod loss;

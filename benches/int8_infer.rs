@@ -1,0 +1,155 @@
+//! Integer inference throughput of a converted `mnist-cnn` (synthetic calibrated
+//! checkpoint): images/s at batch 1 and 64 on the CPU scalar and SIMD executors, the GPU
+//! int8 executor (dot4 path and unpack fallback), and for comparison the same network in
+//! plain fp32 on the GPU (the training engine's conv / gemm / pool kernels, no fake-quant)
+//! and the CPU fake-quant reference.
+//!
+//! `cargo bench --bench int8_infer` (flags after `--`: `--quick` for shorter runs).
+//! Each cell: warm-up, then repeated forwards for at least the time budget; images/s from
+//! the median forward time (best in parentheses). GPU times include the upload of the
+//! images, one submit and the readback of the logits (what `wqat infer` pays).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wqat::convert::synthetic::{random_images, synthetic_checkpoint};
+use wqat::convert::{self, Int8GpuModel, Int8Model, LayerKind};
+use wqat::gpu::{DType, Dispatch, GpuContext, GpuOptions, GpuTensor};
+use wqat::int8::{CpuBackend, SimdKernel};
+use wqat::kernels::conv::{conv2d_forward, Conv2dConfig, Conv2dForwardArgs};
+use wqat::kernels::gemm::{gemm, GemmConfig, GemmExtras};
+use wqat::kernels::pool::{maxpool_forward, PoolSpec};
+use wqat::model::zoo;
+use wqat::reference::graph::{effective_params, fake_quant_forward, GraphQuant};
+use wqat::Result;
+
+/// Median and best seconds of `f` over repeated calls for about `budget`.
+fn time(budget: Duration, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64)> {
+    f()?;
+    let mut t = Vec::new();
+    let start = Instant::now();
+    while t.len() < 3 || (start.elapsed() < budget && t.len() < 2000) {
+        let s = Instant::now();
+        f()?;
+        t.push(s.elapsed().as_secs_f64());
+    }
+    t.sort_by(|a, b| a.total_cmp(b));
+    Ok((t[t.len() / 2], t[0]))
+}
+
+/// Plain fp32 mnist-cnn on the GPU with the engine's kernels: conv+bias+ReLU, max pool,
+/// conv+bias+ReLU, max pool, linear+bias+ReLU, linear+bias.
+struct Fp32Gpu {
+    dispatches: Vec<Dispatch>,
+    x: GpuTensor,
+    logits: GpuTensor,
+}
+
+impl Fp32Gpu {
+    fn new(ctx: &GpuContext, graph: &wqat::model::Graph, ck: &wqat::tensorfile::TensorFile, b: usize) -> Result<Self> {
+        let gq = GraphQuant::new(graph, ck)?;
+        let p = |i: usize| -> Result<(GpuTensor, GpuTensor)> {
+            let (w, bias) = effective_params(&gq, ck, i)?;
+            let n = bias.len();
+            Ok((GpuTensor::from_f32(ctx, &[n, w.len() / n], &w)?, GpuTensor::from_f32(ctx, &[n], &bias)?))
+        };
+        let t = |s: &[usize]| GpuTensor::zeros(ctx, s, DType::F32);
+        let x = t(&[b, 1, 28, 28])?;
+        let (w1, b1) = p(0)?;
+        let (w2, b2) = p(2)?;
+        let (w3, b3) = p(5)?;
+        let (w4, b4) = p(6)?;
+        let w1 = GpuTensor { shape: vec![16, 1, 3, 3], ..w1 };
+        let w2 = GpuTensor { shape: vec![32, 16, 3, 3], ..w2 };
+        let (y1, p1, y2, p2) = (t(&[b, 16, 28, 28])?, t(&[b, 16, 14, 14])?, t(&[b, 32, 14, 14])?, t(&[b, 32, 7, 7])?);
+        let a1 = GpuTensor::zeros(ctx, &[b, 16, 14, 14], DType::U32)?;
+        let a2 = GpuTensor::zeros(ctx, &[b, 32, 7, 7], DType::U32)?;
+        let (h, logits) = (t(&[b, 128])?, t(&[b, 10])?);
+        let spec = PoolSpec { kernel: (2, 2), stride: (2, 2), padding: (0, 0) };
+        let conv = |cfg: Conv2dConfig, x: &GpuTensor, w: &GpuTensor, bias: &GpuTensor, y: &GpuTensor| {
+            conv2d_forward(
+                ctx,
+                &cfg,
+                &Conv2dForwardArgs { x, w, bias: Some(bias), x_quant: None, w_quant: None, relu: true, y },
+            )
+        };
+        let flat = GpuTensor { shape: vec![b, 1568], ..p2.clone() };
+        let lin = |k: usize, n: usize, relu: bool, x: &GpuTensor, w: &GpuTensor, bias: &GpuTensor, y: &GpuTensor| {
+            let cfg = GemmConfig { relu, ..GemmConfig::linear_forward(b, k, n, None, None) };
+            gemm(ctx, &cfg, x, w, y, &GemmExtras { bias: Some(bias), ..Default::default() })
+        };
+        let dispatches = vec![
+            conv(Conv2dConfig::new(b, 1, 28, 28, 16, 3).with_padding(1), &x, &w1, &b1, &y1)?,
+            maxpool_forward(ctx, &y1, &p1, &a1, &spec)?,
+            conv(Conv2dConfig::new(b, 16, 14, 14, 32, 3).with_padding(1), &p1, &w2, &b2, &y2)?,
+            maxpool_forward(ctx, &y2, &p2, &a2, &spec)?,
+            lin(1568, 128, true, &flat, &w3, &b3, &h)?,
+            lin(128, 10, false, &h, &w4, &b4, &logits)?,
+        ];
+        Ok(Fp32Gpu { dispatches, x, logits })
+    }
+    fn forward(&self, ctx: &GpuContext, images: &[f32]) -> Result<Vec<f32>> {
+        self.x.write(ctx, images)?;
+        let refs: Vec<&Dispatch> = self.dispatches.iter().collect();
+        ctx.submit(&refs)?;
+        self.logits.read_f32(ctx)
+    }
+}
+
+fn main() -> Result<()> {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let budget = Duration::from_millis(if quick { 500 } else { 3000 });
+    let g = zoo::build("mnist-cnn", [1, 28, 28], 10)?;
+    let ck = synthetic_checkpoint(&g, 7, false)?;
+    let model: Int8Model = convert::convert(&g, &ck)?;
+    assert!(model.layers.iter().all(|l| !matches!(l.kind, LayerKind::Float(_))));
+    let ctx = GpuContext::new(&GpuOptions::from_env())?;
+    let ctx_nodot: Arc<GpuContext> = GpuContext::new(&GpuOptions { disable_dot4: true, ..GpuOptions::from_env() })?;
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    println!(
+        "int8 inference, mnist-cnn (1x28x28, 1.2 M MAC/image); CPU: {cpus} threads, SIMD kernel {:?}; GPU: {} ({}), dot4 available: {}",
+        SimdKernel::best(),
+        ctx.summary.name,
+        ctx.summary.backend,
+        ctx.use_dot4
+    );
+    let mut rng = wqat::testing::rng(1);
+    let mut rows: Vec<(String, Vec<String>)> = Vec::new();
+    let batches = [1usize, 64];
+    let images: Vec<Vec<f32>> = batches.iter().map(|&b| random_images(&mut rng, b * 784, false)).collect();
+    let mut add = |name: &str, f: &mut dyn FnMut(usize, &[f32]) -> Result<()>| -> Result<()> {
+        let mut cells = Vec::new();
+        for (bi, &b) in batches.iter().enumerate() {
+            let (med, best) = time(budget, || f(b, &images[bi]))?;
+            cells.push(format!("{:>9.0} ({:>7.0})", b as f64 / med, b as f64 / best));
+        }
+        println!("{name:<32} {}", cells.join("  "));
+        rows.push((name.to_string(), cells));
+        Ok(())
+    };
+    println!("{:<32} {:>19}  {:>19}", "images/s: median (best)", "batch 1", "batch 64");
+    add("CPU int8 scalar", &mut |b, x| model.forward_cpu(x, b, CpuBackend::Scalar).map(|_| ()))?;
+    add(&format!("CPU int8 SIMD ({:?})", SimdKernel::best()), &mut |b, x| {
+        model.forward_cpu(x, b, CpuBackend::Simd).map(|_| ())
+    })?;
+    for (label, c) in [("GPU int8 dot4", &ctx), ("GPU int8 unpack fallback", &ctx_nodot)] {
+        if label.contains("dot4") && !c.use_dot4 {
+            println!("{label:<32} (dot4 not available on this adapter)");
+            continue;
+        }
+        let gm = Int8GpuModel::new(c, &model, 64)?;
+        add(label, &mut |b, x| gm.forward(x, b).map(|_| ()))?;
+    }
+    let fp = [Fp32Gpu::new(&ctx, &g, &ck, 1)?, Fp32Gpu::new(&ctx, &g, &ck, 64)?];
+    add("GPU fp32 (engine kernels)", &mut |b, x| fp[usize::from(b != 1)].forward(&ctx, x).map(|_| ()))?;
+    add("CPU fake-quant reference (f64)", &mut |b, x| fake_quant_forward(&g, &ck, x, b).map(|_| ()))?;
+    // Sanity: the fp32 GPU network predicts like the fake-quant simulation on most images.
+    let sim = fake_quant_forward(&g, &ck, &images[1], 64)?;
+    let gpu32 = fp[1].forward(&ctx, &images[1])?;
+    let agree = convert::cpu::argmax_rows(&sim, 10)
+        .iter()
+        .zip(convert::cpu::argmax_rows(&gpu32, 10))
+        .filter(|(a, b)| **a == *b)
+        .count();
+    println!("(fp32 GPU vs fake-quant predictions agree on {agree}/64 images)");
+    Ok(())
+}

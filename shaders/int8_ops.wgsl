@@ -1,0 +1,203 @@
+// Int8 inference ops around the GEMMs of int8_gemm.wgsl: input quantization, max pool,
+// average pool and residual add on uint8 codes packed four per u32 (element e is byte
+// e % 4 of word e / 4). Bit-exact with the CPU paths (src/convert/cpu.rs, src/int8/scalar.rs).
+// Each invocation writes one output word = 4 consecutive output codes.
+//
+// Bindings: 0 params, 1 src (u32 words; f32 bits for quantize_f32), 2 out, 3 src2 (add only).
+
+struct Params {
+    total: u32,     // output elements
+    h: u32,
+    w: u32,
+    oh: u32,
+    ow: u32,
+    kh: u32,
+    kw: u32,
+    sh: u32,
+    sw: u32,
+    ph: u32,
+    pw: u32,
+    zero_a: i32,    // input zero point (add: a)
+    zero_b: i32,    // add: b
+    zero_out: i32,
+    m0_a: i32,      // avg pool: the multiplier of 1 / (kh * kw); add: a
+    shift_a: i32,
+    m0_b: i32,
+    shift_b: i32,
+    m0_out: i32,
+    shift_out: i32,
+    act_min: i32,
+    act_max: i32,
+    inv_s: f32,     // quantize_f32
+    qmax: f32,      // quantize_f32
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> src: array<u32>;
+@group(0) @binding(2) var<storage, read_write> out: array<u32>;
+@group(0) @binding(3) var<storage, read> src2: array<u32>;
+
+const WG: u32 = 64u;
+
+fn linear_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return gid.x + gid.y * nwg.x * WG;
+}
+
+// ---- fixed-point arithmetic (copy of int8_gemm.wgsl; see src/int8/requant.rs) ----
+
+fn mul_wide(a: u32, b: u32) -> vec2<u32> {
+    let a0 = a & 0xffffu;
+    let a1 = a >> 16u;
+    let b0 = b & 0xffffu;
+    let b1 = b >> 16u;
+    var t = a0 * b0;
+    let w0 = t & 0xffffu;
+    var k = t >> 16u;
+    t = a1 * b0 + k;
+    let w1 = t & 0xffffu;
+    let w2 = t >> 16u;
+    t = a0 * b1 + w1;
+    k = t >> 16u;
+    return vec2<u32>((t << 16u) + w0, a1 * b1 + w2 + k);
+}
+
+fn srdhm(a: i32, b: i32) -> i32 {
+    let min_i32 = bitcast<i32>(0x80000000u);
+    if (a == min_i32 && b == min_i32) {
+        return 2147483647;
+    }
+    let neg = (a < 0) != (b < 0);
+    let ua = select(bitcast<u32>(a), 0u - bitcast<u32>(a), a < 0);
+    let ub = select(bitcast<u32>(b), 0u - bitcast<u32>(b), b < 0);
+    let prod = mul_wide(ua, ub);
+    let lo = prod.x + select(0x40000000u, 0x3fffffffu, neg);
+    let hi = prod.y + select(0u, 1u, lo < prod.x);
+    let r = (hi << 1u) | (lo >> 31u);
+    return select(bitcast<i32>(r), bitcast<i32>(0u - r), neg);
+}
+
+fn rdbpot(x: i32, e: u32) -> i32 {
+    let mask = bitcast<i32>((1u << e) - 1u);
+    let rem = x & mask;
+    let thr = (mask >> 1u) + select(0, 1, x < 0);
+    return (x >> e) + select(0, 1, rem > thr);
+}
+
+fn sat_shl(x: i32, l: u32) -> i32 {
+    if (l == 0u) { return x; }
+    if (x > (2147483647 >> l)) { return 2147483647; }
+    if (x < (bitcast<i32>(0x80000000u) >> l)) { return bitcast<i32>(0x80000000u); }
+    return x << l;
+}
+
+fn mbqm(x: i32, m0: i32, shift: i32) -> i32 {
+    let l = u32(max(shift, 0));
+    let r = u32(max(-shift, 0));
+    return rdbpot(srdhm(sat_shl(x, l), m0), r);
+}
+
+fn clamp_out(v: i32) -> u32 {
+    return u32(clamp(v, p.act_min - p.zero_out, p.act_max - p.zero_out) + p.zero_out);
+}
+
+fn src_byte(e: u32) -> u32 {
+    return (src[e >> 2u] >> ((e & 3u) * 8u)) & 0xffu;
+}
+
+fn src2_byte(e: u32) -> u32 {
+    return (src2[e >> 2u] >> ((e & 3u) * 8u)) & 0xffu;
+}
+
+// ---- quantize: f32 -> codes, clamp(round(x * inv_s) + z, 0, qmax) (round: ties to even) ----
+@compute @workgroup_size(64)
+fn quantize_f32(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let t = linear_index(gid, nwg);
+    if (t * 4u >= p.total) { return; }
+    var word = 0u;
+    for (var j = 0u; j < 4u; j++) {
+        let e = t * 4u + j;
+        if (e >= p.total) { break; }
+        let x = bitcast<f32>(src[e]);
+        let q = clamp(round(x * p.inv_s) + f32(p.zero_out), 0.0, p.qmax);
+        word |= u32(q) << (8u * j);
+    }
+    out[t] = word;
+}
+
+// Window of output element e: (plane base, y0, x0) with y0/x0 possibly negative.
+fn window(e: u32) -> vec3<i32> {
+    let ox = e % p.ow;
+    let oy = (e / p.ow) % p.oh;
+    let plane = e / (p.ow * p.oh);
+    return vec3<i32>(i32(plane * p.h * p.w), i32(oy * p.sh) - i32(p.ph), i32(ox * p.sw) - i32(p.pw));
+}
+
+// ---- max pool on codes (padding ignored) ----
+@compute @workgroup_size(64)
+fn maxpool_u8(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let t = linear_index(gid, nwg);
+    if (t * 4u >= p.total) { return; }
+    var word = 0u;
+    for (var j = 0u; j < 4u; j++) {
+        let e = t * 4u + j;
+        if (e >= p.total) { break; }
+        let win = window(e);
+        var best = 0u;
+        for (var ky = 0u; ky < p.kh; ky++) {
+            let iy = win.y + i32(ky);
+            if (iy < 0 || iy >= i32(p.h)) { continue; }
+            for (var kx = 0u; kx < p.kw; kx++) {
+                let ix = win.z + i32(kx);
+                if (ix < 0 || ix >= i32(p.w)) { continue; }
+                best = max(best, src_byte(u32(win.x) + u32(iy) * p.w + u32(ix)));
+            }
+        }
+        word |= best << (8u * j);
+    }
+    out[t] = word;
+}
+
+// ---- average pool on codes: z_out + MBQM(sum_inbounds(q) - count * z_in, M), M for 1/(kh*kw) ----
+@compute @workgroup_size(64)
+fn avgpool_u8(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let t = linear_index(gid, nwg);
+    if (t * 4u >= p.total) { return; }
+    var word = 0u;
+    for (var j = 0u; j < 4u; j++) {
+        let e = t * 4u + j;
+        if (e >= p.total) { break; }
+        let win = window(e);
+        var sum = 0;
+        var count = 0;
+        for (var ky = 0u; ky < p.kh; ky++) {
+            let iy = win.y + i32(ky);
+            if (iy < 0 || iy >= i32(p.h)) { continue; }
+            for (var kx = 0u; kx < p.kw; kx++) {
+                let ix = win.z + i32(kx);
+                if (ix < 0 || ix >= i32(p.w)) { continue; }
+                sum += i32(src_byte(u32(win.x) + u32(iy) * p.w + u32(ix)));
+                count += 1;
+            }
+        }
+        word |= clamp_out(mbqm(sum - count * p.zero_a, p.m0_a, p.shift_a)) << (8u * j);
+    }
+    out[t] = word;
+}
+
+// ---- residual add (TFLite quantized ADD, left shift 20; see src/int8/ops.rs AddConfig) ----
+@compute @workgroup_size(64)
+fn add_u8(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let t = linear_index(gid, nwg);
+    if (t * 4u >= p.total) { return; }
+    var word = 0u;
+    for (var j = 0u; j < 4u; j++) {
+        let e = t * 4u + j;
+        if (e >= p.total) { break; }
+        let a = (i32(src_byte(e)) - p.zero_a) << 20u;
+        let b = (i32(src2_byte(e)) - p.zero_b) << 20u;
+        let ra = mbqm(a, p.m0_a, p.shift_a);
+        let rb = mbqm(b, p.m0_b, p.shift_b);
+        word |= clamp_out(mbqm(ra + rb, p.m0_out, p.shift_out)) << (8u * j);
+    }
+    out[t] = word;
+}

@@ -1,0 +1,368 @@
+//! CPU executor of an [`Int8Model`]: integer ops from [`crate::int8`] (scalar or SIMD),
+//! the batch split into contiguous chunks over `std::thread::scope` threads (each image is
+//! computed by one thread, so results do not depend on the thread count).
+
+use super::{Domain, Int8Model, LayerKind};
+use crate::error::{Result, WqatError};
+use crate::int8::{self, AvgRequant, Conv2dConfig, CpuBackend, LinearConfig, PoolConfig};
+use crate::model::graph::{Op, INPUT};
+use crate::reference::graph::{apply_act, conv2d_f32, global_avg_f32, linear_f32, pool_f32};
+
+/// A node's output: u8 codes or f32 values, `[batch, C, H, W]` flat.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeValue {
+    Codes(Vec<u8>),
+    Float(Vec<f32>),
+}
+
+impl NodeValue {
+    fn to_f32(&self, dom: Domain) -> Vec<f32> {
+        match (self, dom) {
+            (NodeValue::Codes(c), Domain::Codes(q)) => c.iter().map(|&v| q.dequantize(v)).collect(),
+            (NodeValue::Float(f), _) => f.clone(),
+            (NodeValue::Codes(c), Domain::Float) => c.iter().map(|&v| v as f32).collect(),
+        }
+    }
+    fn codes(&self) -> Result<&[u8]> {
+        match self {
+            NodeValue::Codes(c) => Ok(c),
+            NodeValue::Float(_) => Err(WqatError::invalid("int8 model: integer layer fed with f32 values")),
+        }
+    }
+    fn from_f32(v: Vec<f32>, dom: Domain) -> NodeValue {
+        match dom {
+            Domain::Codes(q) => NodeValue::Codes(v.iter().map(|&x| q.quantize(x)).collect()),
+            Domain::Float => NodeValue::Float(v),
+        }
+    }
+    fn len(&self) -> usize {
+        match self {
+            NodeValue::Codes(c) => c.len(),
+            NodeValue::Float(f) => f.len(),
+        }
+    }
+    fn append(&mut self, other: NodeValue) {
+        match (self, other) {
+            (NodeValue::Codes(a), NodeValue::Codes(b)) => a.extend(b),
+            (NodeValue::Float(a), NodeValue::Float(b)) => a.extend(b),
+            _ => {}
+        }
+    }
+}
+
+/// What a forward returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Int8Output {
+    /// `[batch, classes]` dequantized logits.
+    pub logits: Vec<f32>,
+    /// Argmax per image (the first maximum on ties).
+    pub predictions: Vec<usize>,
+    /// Every node's output when asked for (`forward_cpu_traced`, GPU `forward_traced`).
+    pub activations: Option<Vec<NodeValue>>,
+}
+
+/// Argmax per row (first maximum).
+pub fn argmax_rows(logits: &[f32], classes: usize) -> Vec<usize> {
+    logits
+        .chunks(classes.max(1))
+        .map(|row| row.iter().enumerate().fold(0, |best, (i, &v)| if v > row[best] { i } else { best }))
+        .collect()
+}
+
+/// Average pool of codes with divisor `kh * kw` (padding counts as zero-valued):
+/// `out = z + MBQM(sum_inbounds(q - z), M(1 / (kh * kw)))`, clamped.
+#[allow(clippy::too_many_arguments)]
+pub fn avg_pool_codes(
+    x: &[u8],
+    planes: usize,
+    hw: [usize; 2],
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    pad: [usize; 2],
+    out_hw: [usize; 2],
+    rq: &AvgRequant,
+) -> Result<Vec<u8>> {
+    rq.validate()?;
+    let [h, w] = hw;
+    let [oh, ow] = out_hw;
+    if x.len() != planes * h * w {
+        return Err(WqatError::shape(format!("avg pool input of {} codes for {planes}x{h}x{w}", x.len())));
+    }
+    let m = rq.multiplier(kernel[0] * kernel[1])?;
+    let mut out = vec![0u8; planes * oh * ow];
+    for p in 0..planes {
+        let plane = &x[p * h * w..][..h * w];
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let (mut sum, mut count) = (0i32, 0i32);
+                for ky in 0..kernel[0] {
+                    let iy = (oy * stride[0] + ky) as isize - pad[0] as isize;
+                    if iy < 0 || iy >= h as isize {
+                        continue;
+                    }
+                    for kx in 0..kernel[1] {
+                        let ix = (ox * stride[1] + kx) as isize - pad[1] as isize;
+                        if ix >= 0 && ix < w as isize {
+                            sum += plane[iy as usize * w + ix as usize] as i32;
+                            count += 1;
+                        }
+                    }
+                }
+                out[(p * oh + oy) * ow + ox] = rq.apply(sum, count, m);
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl Int8Model {
+    /// Runs `batch` normalized images (`[batch, C, H, W]` f32, see
+    /// [`Int8Model::normalization`]) through the integer model on the CPU.
+    pub fn forward_cpu(&self, images: &[f32], batch: usize, backend: CpuBackend) -> Result<Int8Output> {
+        self.forward_cpu_with(images, batch, backend, false)
+    }
+
+    /// [`Int8Model::forward_cpu`] that also returns every node's output.
+    pub fn forward_cpu_traced(&self, images: &[f32], batch: usize, backend: CpuBackend) -> Result<Int8Output> {
+        self.forward_cpu_with(images, batch, backend, true)
+    }
+
+    fn forward_cpu_with(&self, images: &[f32], batch: usize, backend: CpuBackend, keep: bool) -> Result<Int8Output> {
+        let sample: usize = self.graph.input.iter().product();
+        if batch == 0 || images.len() != batch * sample {
+            return Err(WqatError::shape(format!(
+                "{} input values for {batch} images of shape {:?}",
+                images.len(),
+                self.graph.input
+            )));
+        }
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let threads = cpus.min(batch).max(1);
+        let chunk = batch.div_ceil(threads);
+        let ranges: Vec<(usize, usize)> =
+            (0..threads).map(|t| (t * chunk, ((t + 1) * chunk).min(batch))).filter(|(a, b)| a < b).collect();
+        let results: Vec<Result<Vec<NodeValue>>> = if ranges.len() == 1 {
+            vec![self.run_chunk(images, batch, backend, keep)]
+        } else {
+            std::thread::scope(|s| {
+                let hs: Vec<_> = ranges
+                    .iter()
+                    .map(|&(lo, hi)| {
+                        let x = &images[lo * sample..hi * sample];
+                        s.spawn(move || self.run_chunk(x, hi - lo, backend, keep))
+                    })
+                    .collect();
+                hs.into_iter()
+                    .map(|h| h.join().unwrap_or_else(|_| Err(WqatError::invalid("int8 worker thread panicked"))))
+                    .collect()
+            })
+        };
+        let mut merged: Option<Vec<NodeValue>> = None;
+        for r in results {
+            let vals = r?;
+            match &mut merged {
+                None => merged = Some(vals),
+                Some(m) => m.iter_mut().zip(vals).for_each(|(a, b)| a.append(b)),
+            }
+        }
+        let vals = merged.unwrap_or_default();
+        let last = self.layers.len() - 1;
+        let logits = vals[vals.len() - 1].to_f32(self.layers[last].out);
+        let predictions = argmax_rows(&logits, self.num_classes());
+        Ok(Int8Output { logits, predictions, activations: keep.then_some(vals) })
+    }
+
+    /// Runs the whole network on `batch` images; returns the node outputs (all of them when
+    /// `keep`, else only the last one).
+    fn run_chunk(&self, images: &[f32], batch: usize, backend: CpuBackend, keep: bool) -> Result<Vec<NodeValue>> {
+        let input = NodeValue::from_f32(images.to_vec(), self.input);
+        let n = self.layers.len();
+        // Last consumer of every node, to free outputs early when not keeping them.
+        let mut last_use = vec![0usize; n];
+        for (i, r) in self.nodes.iter().enumerate() {
+            for &j in &r.inputs {
+                if j != INPUT {
+                    last_use[j] = i;
+                }
+            }
+        }
+        let mut vals: Vec<Option<NodeValue>> = vec![None; n];
+        for (i, r) in self.nodes.iter().enumerate() {
+            let get = |j: usize| -> Result<&NodeValue> {
+                if j == INPUT {
+                    Ok(&input)
+                } else {
+                    vals[j].as_ref().ok_or_else(|| WqatError::invalid("int8 model: input freed early"))
+                }
+            };
+            let x = get(r.inputs[0])?;
+            let b = match r.inputs.get(1) {
+                Some(&j) => Some(get(j)?),
+                None => None,
+            };
+            let y = self.run_node(i, x, b, batch, backend)?;
+            vals[i] = Some(y);
+            if !keep {
+                for &j in &r.inputs {
+                    if j != INPUT && last_use[j] == i && j + 1 != n {
+                        vals[j] = None;
+                    }
+                }
+            }
+        }
+        Ok(vals.into_iter().map(|v| v.unwrap_or(NodeValue::Codes(Vec::new()))).collect())
+    }
+
+    /// Runs node `i` on its input value(s) (`b`: the second input of an add).
+    pub fn run_node(
+        &self,
+        i: usize,
+        x: &NodeValue,
+        b: Option<&NodeValue>,
+        batch: usize,
+        backend: CpuBackend,
+    ) -> Result<NodeValue> {
+        let (r, layer) = self
+            .nodes
+            .get(i)
+            .zip(self.layers.get(i))
+            .ok_or_else(|| WqatError::invalid(format!("node index {i} out of range")))?;
+        for (t, v) in [Some(x), b].into_iter().enumerate() {
+            let (Some(v), Some(&j)) = (v, r.inputs.get(t)) else {
+                if t < r.inputs.len() {
+                    return Err(WqatError::invalid(format!("node {} takes {} inputs", r.node.name, r.inputs.len())));
+                }
+                continue;
+            };
+            let want = batch * r.in_shapes[t].iter().product::<usize>();
+            let codes = matches!(v, NodeValue::Codes(_));
+            if v.len() != want || codes != self.domain_of(j).quant().is_some() {
+                return Err(WqatError::shape(format!(
+                    "node {}: input {t} has {} values ({}), expected {want} ({})",
+                    r.node.name,
+                    v.len(),
+                    if codes { "codes" } else { "f32" },
+                    if self.domain_of(j).quant().is_some() { "codes" } else { "f32" }
+                )));
+            }
+        }
+        let in_dom = self.domain_of(r.inputs[0]);
+        let [c, h, w] = r.in_shapes[0];
+        let [co, oh, ow] = r.out_shape;
+        let y = match (&layer.kind, &r.node.op) {
+            (LayerKind::Int(l), Op::Conv { kernel, stride, padding, dilation, groups, .. }) => {
+                let zq = in_dom.quant().map(|q| q.zero).unwrap_or(0);
+                let cfg = Conv2dConfig {
+                    batch,
+                    c_in: c,
+                    h,
+                    w,
+                    c_out: co,
+                    kernel: [*kernel; 2],
+                    stride: [*stride; 2],
+                    padding: [*padding; 2],
+                    dilation: [*dilation; 2],
+                    groups: *groups,
+                    x_zero: zq,
+                };
+                let mut out = vec![0u8; batch * co * oh * ow];
+                int8::conv2d(backend, &cfg, x.codes()?, &l.weight, &l.bias, &l.requant, &mut out)?;
+                NodeValue::Codes(out)
+            }
+            (LayerKind::Int(l), Op::Linear { .. }) => {
+                let zq = in_dom.quant().map(|q| q.zero).unwrap_or(0);
+                let cfg = LinearConfig { m: batch, k: c * h * w, n: co, x_zero: zq };
+                let mut out = vec![0u8; batch * co];
+                int8::linear(backend, &cfg, x.codes()?, &l.weight, &l.bias, &l.requant, &mut out)?;
+                NodeValue::Codes(out)
+            }
+            (LayerKind::Float(l), op) => {
+                let xf = x.to_f32(in_dom);
+                let mut y = match op {
+                    Op::Conv { kernel, stride, padding, dilation, groups, act: _, .. } => conv2d_f32(
+                        &xf,
+                        batch,
+                        r.in_shapes[0],
+                        &l.weight,
+                        &l.bias,
+                        r.out_shape,
+                        [*kernel, *stride, *padding, *dilation],
+                        *groups,
+                    ),
+                    _ => linear_f32(&xf, batch, c * h * w, &l.weight, &l.bias),
+                };
+                if let Op::Conv { act, .. } | Op::Linear { act, .. } = op {
+                    apply_act(&mut y, *act);
+                }
+                NodeValue::from_f32(y, layer.out)
+            }
+            (LayerKind::MaxPool, Op::MaxPool { kernel, stride, padding }) => {
+                let s = if *stride == 0 { *kernel } else { *stride };
+                match x {
+                    NodeValue::Codes(xc) => {
+                        let cfg = PoolConfig {
+                            batch,
+                            channels: c,
+                            h,
+                            w,
+                            kernel: [*kernel; 2],
+                            stride: [s; 2],
+                            padding: [*padding; 2],
+                        };
+                        let mut out = vec![0u8; batch * c * oh * ow];
+                        int8::max_pool(backend, &cfg, xc, &mut out)?;
+                        NodeValue::Codes(out)
+                    }
+                    NodeValue::Float(xf) => {
+                        NodeValue::Float(pool_f32(xf, batch * c, [h, w], *kernel, s, *padding, [oh, ow], false))
+                    }
+                }
+            }
+            (LayerKind::AvgPool(rq), op) => {
+                let (k, s, p) = match op {
+                    Op::AvgPool { kernel, stride, padding } => {
+                        ([*kernel; 2], if *stride == 0 { *kernel } else { *stride }, *padding)
+                    }
+                    _ => ([h, w], 1, 0),
+                };
+                match (x, rq) {
+                    (NodeValue::Codes(xc), Some(rq)) => {
+                        NodeValue::Codes(avg_pool_codes(xc, batch * c, [h, w], k, [s; 2], [p; 2], [oh, ow], rq)?)
+                    }
+                    _ => {
+                        let xf = x.to_f32(in_dom);
+                        NodeValue::Float(if matches!(op, Op::GlobalAvgPool) {
+                            global_avg_f32(&xf, batch * c, h * w)
+                        } else {
+                            pool_f32(&xf, batch * c, [h, w], k[0], s, p, [oh, ow], true)
+                        })
+                    }
+                }
+            }
+            (LayerKind::Add(cfg), Op::Add { act }) => {
+                let b = b.ok_or_else(|| WqatError::invalid("add without a second input"))?;
+                match cfg {
+                    Some(cfg) => {
+                        let mut out = vec![0u8; x.len()];
+                        int8::add(backend, cfg, x.codes()?, b.codes()?, &mut out)?;
+                        NodeValue::Codes(out)
+                    }
+                    None => {
+                        let bf = b.to_f32(self.domain_of(r.inputs[1]));
+                        let mut y: Vec<f32> = x.to_f32(in_dom).iter().zip(&bf).map(|(a, b)| a + b).collect();
+                        apply_act(&mut y, *act);
+                        NodeValue::from_f32(y, layer.out)
+                    }
+                }
+            }
+            (LayerKind::Flatten, _) => x.clone(),
+            _ => {
+                return Err(WqatError::invalid(format!(
+                    "int8 model: node {} does not match its converted layer",
+                    r.node.name
+                )))
+            }
+        };
+        Ok(y)
+    }
+}

@@ -1,0 +1,313 @@
+//! Conversion of a QAT checkpoint into a true integer model, its file format, and the
+//! executors that run it (CPU scalar / SIMD, GPU).
+//!
+//! Arithmetic (gemmlowp / TFLite, see [`crate::int8`]):
+//! * the image is normalized with the model's [`Normalization`] and quantized with
+//!   `input.output_quant`: `q = clamp(round_ties_even(x * inv_s) + z, 0, qmax)` (the same
+//!   expression as fake-quant, so input codes equal the simulation's bit for bit);
+//! * conv / linear: BN folded in f32 exactly as [`crate::reference::graph::folded_params`];
+//!   int8 weights `clamp(round_ties_even(w_eff * inv_s_w[c]), -qmax_w, qmax_w)` (the codes the
+//!   simulation uses); int32 bias `round_ties_even(b_eff / (s_in * s_w[c]))` in f64;
+//!   `acc = sum (x - z_in) * w + bias`; output `z_out + MBQM(acc, M0[c], shift[c])` with
+//!   `M = s_in * s_w[c] / s_out`, clamped to the activation range (ReLU / ReLU6 are clamps);
+//! * max pool on codes; average pools: `z + MBQM(sum(q - z), M(s_in / (s_out * kh * kw)))`
+//!   ([`AvgRequant`], divisor `kh * kw`: padding counts as zeros like the fp32 engine);
+//! * add: TFLite's quantized add ([`AddConfig`]);
+//! * a node that is not fully quantized (kept fp32, or a quantizer with its flag off) runs
+//!   in f32 on dequantized inputs with the (fake-quantized) effective weights, and its
+//!   output is quantized with its output quantizer when it has one.
+
+pub mod cpu;
+pub mod eval;
+pub mod format;
+pub mod gpu;
+pub mod kernels;
+pub mod synthetic;
+
+pub use cpu::{Int8Output, NodeValue};
+pub use eval::{evaluate, layer_report, preprocess_image_file, Backend, EvalResult, LayerDiff};
+pub use gpu::Int8GpuModel;
+
+use crate::data::Normalization;
+use crate::error::{Result, WqatError};
+use crate::int8::{quantize_bias, Activation, AddConfig, AvgRequant, Requant};
+use crate::model::graph::{Act, Graph, Op, ResolvedNode, INPUT};
+use crate::reference::fake_quant::quantize_code;
+use crate::reference::graph::{effective_params, QConfig, QState};
+use crate::tensorfile::TensorFile;
+
+/// How an activation tensor is quantized: u8 codes `q` of value `(q - zero) * scale`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ActQuant {
+    pub scale: f32,
+    /// The stored `1 / scale` the quantizer multiplies by.
+    pub inv_scale: f32,
+    pub zero: i32,
+    /// 2..=8; codes lie in `[0, 2^bits - 1]`.
+    pub bits: u32,
+}
+
+impl ActQuant {
+    /// Largest code.
+    pub fn qmax(&self) -> i32 {
+        (1 << self.bits) - 1
+    }
+    /// The code of a real value (fake-quant's expression).
+    #[inline]
+    pub fn quantize(&self, x: f32) -> u8 {
+        quantize_code(x, self.inv_scale, self.zero as f32, 0.0, self.qmax() as f32) as u8
+    }
+    /// The real value of a code.
+    #[inline]
+    pub fn dequantize(&self, q: u8) -> f32 {
+        (q as f32 - self.zero as f32) * self.scale
+    }
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<()> {
+        let ok = (2..=8).contains(&self.bits)
+            && self.scale.is_finite()
+            && self.scale > 0.0
+            && self.inv_scale.is_finite()
+            && self.inv_scale > 0.0
+            && (0..=self.qmax()).contains(&self.zero);
+        if !ok {
+            return Err(WqatError::invalid(format!("activation quantization out of range: {self:?}")));
+        }
+        Ok(())
+    }
+    fn from_state(q: &QState, bits: u32) -> Result<ActQuant> {
+        let a = ActQuant { scale: q.scale[0], inv_scale: q.inv_scale[0], zero: q.zero_point[0] as i32, bits };
+        a.validate()?;
+        Ok(a)
+    }
+}
+
+/// The representation of a node's output.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Domain {
+    /// u8 codes with this quantization.
+    Codes(ActQuant),
+    /// f32 values.
+    Float,
+}
+
+impl Domain {
+    /// The quantization, if codes.
+    pub fn quant(&self) -> Option<ActQuant> {
+        match self {
+            Domain::Codes(q) => Some(*q),
+            Domain::Float => None,
+        }
+    }
+}
+
+/// An integer conv / linear layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IntLayer {
+    /// Int8 weights, `[cout, cin/g, k, k]` or `[out, in]` row-major.
+    pub weight: Vec<i8>,
+    /// Per-output-channel weight scales.
+    pub weight_scale: Vec<f32>,
+    /// Int32 bias in units of `s_in * s_w[c]`.
+    pub bias: Vec<i32>,
+    /// Fixed-point requantization (activation folded into its clamp).
+    pub requant: Requant,
+}
+
+/// A conv / linear layer kept in f32 (effective weights: BN folded, weight fake-quant applied).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FloatLayer {
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+}
+
+/// What a node runs as.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LayerKind {
+    /// Integer conv or linear (the op is the graph node's).
+    Int(IntLayer),
+    /// F32 conv or linear.
+    Float(FloatLayer),
+    /// Max pool (on codes or floats, by the input's domain).
+    MaxPool,
+    /// Average pool or global average pool; `Some` on codes.
+    AvgPool(Option<AvgRequant>),
+    /// Residual add; `Some` on codes.
+    Add(Option<AddConfig>),
+    /// Reshape (no data movement).
+    Flatten,
+}
+
+/// One converted node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layer {
+    pub kind: LayerKind,
+    /// The representation of its output.
+    pub out: Domain,
+}
+
+/// A converted integer model: the graph, per-node integer (or f32) layers, the input
+/// quantization, the data normalization and the class names.
+#[derive(Debug, Clone)]
+pub struct Int8Model {
+    pub graph: Graph,
+    pub qconfig: QConfig,
+    pub normalization: Normalization,
+    pub class_names: Vec<String>,
+    /// The image's representation (codes unless the first layer is kept fp32).
+    pub input: Domain,
+    /// One per graph node, in order.
+    pub layers: Vec<Layer>,
+    pub(crate) nodes: Vec<ResolvedNode>,
+}
+
+impl PartialEq for Int8Model {
+    fn eq(&self, o: &Self) -> bool {
+        (&self.graph, &self.qconfig, &self.normalization, &self.class_names, &self.input, &self.layers)
+            == (&o.graph, &o.qconfig, &o.normalization, &o.class_names, &o.input, &o.layers)
+    }
+}
+
+impl Int8Model {
+    /// Number of output classes.
+    pub fn num_classes(&self) -> usize {
+        self.graph.num_classes
+    }
+    /// Input shape `(C, H, W)`.
+    pub fn input_shape(&self) -> [usize; 3] {
+        self.graph.input
+    }
+    /// How raw pixels are normalized before [`Int8Model::forward_cpu`].
+    pub fn normalization(&self) -> &Normalization {
+        &self.normalization
+    }
+    /// Class names (may be empty when the checkpoint had none).
+    pub fn class_names(&self) -> &[String] {
+        &self.class_names
+    }
+    /// The resolved graph nodes (shapes, inputs).
+    pub fn nodes(&self) -> &[ResolvedNode] {
+        &self.nodes
+    }
+    /// The representation of node `j`'s output (`INPUT`: the image).
+    pub fn domain_of(&self, j: usize) -> Domain {
+        if j == INPUT {
+            self.input
+        } else {
+            self.layers[j].out
+        }
+    }
+}
+
+pub(crate) fn activation(act: Act) -> Activation {
+    match act {
+        Act::None => Activation::None,
+        Act::Relu => Activation::Relu,
+        Act::Relu6 => Activation::Relu6,
+    }
+}
+
+/// `AvgRequant` of an average pool keeping its input's quantization.
+pub(crate) fn avg_requant(q: &ActQuant) -> AvgRequant {
+    AvgRequant { in_zero: q.zero, out_zero: q.zero, scale_ratio: 1.0, act_min: 0, act_max: q.qmax() }
+}
+
+fn meta_json<T: serde::de::DeserializeOwned>(ckpt: &TensorFile, key: &str) -> Result<Option<T>> {
+    match ckpt.metadata.get(key) {
+        None => Ok(None),
+        Some(s) => serde_json::from_str(s)
+            .map(Some)
+            .map_err(|e| WqatError::format(std::path::Path::new("checkpoint"), format!("metadata `{key}`: {e}"))),
+    }
+}
+
+/// Converts a QAT checkpoint (see [`crate::reference::graph`] for its contents and
+/// semantics) into an integer model. The checkpoint's `normalization` and `class_names`
+/// metadata are kept (normalization defaults to identity, mean 0 std 1, when absent).
+pub fn convert(graph: &Graph, ckpt: &TensorFile) -> Result<Int8Model> {
+    let gq = crate::reference::graph::GraphQuant::new(graph, ckpt)?;
+    let qc = gq.qconfig;
+    if qc.activation.signed {
+        return Err(WqatError::invalid("int8 conversion needs unsigned activation quantization"));
+    }
+    if !(qc.weight.signed && qc.weight.symmetric) {
+        return Err(WqatError::invalid("int8 conversion needs signed symmetric weight quantization"));
+    }
+    let bits = qc.activation.bits;
+    let (wmin, wmax) = (qc.weight.qmin() as f32, qc.weight.qmax() as f32);
+    let channels = graph.input[0];
+    let normalization: Normalization = meta_json(ckpt, "normalization")?.unwrap_or(Normalization {
+        max_value: 1.0,
+        mean: vec![0.0; channels],
+        std: vec![1.0; channels],
+    });
+    normalization.validate()?;
+    if normalization.channels() != channels {
+        return Err(WqatError::invalid(format!(
+            "normalization has {} channels, the model takes {channels}",
+            normalization.channels()
+        )));
+    }
+    let class_names: Vec<String> = meta_json(ckpt, "class_names")?.unwrap_or_default();
+    let input = match &gq.input {
+        Some(q) if q.enabled => Domain::Codes(ActQuant::from_state(q, bits)?),
+        _ => Domain::Float,
+    };
+    let out_quant = |i: usize| -> Result<Domain> {
+        match &gq.output[i] {
+            Some(q) if q.enabled => Ok(Domain::Codes(ActQuant::from_state(q, bits)?)),
+            _ => Ok(Domain::Float),
+        }
+    };
+    let mut layers: Vec<Layer> = Vec::with_capacity(gq.nodes.len());
+    for (i, r) in gq.nodes.iter().enumerate() {
+        let dom = |j: usize| if j == INPUT { input } else { layers[j].out };
+        let in_dom = dom(r.inputs[0]);
+        let layer = match &r.node.op {
+            Op::Conv { act, .. } | Op::Linear { act, .. } => {
+                let out = out_quant(i)?;
+                let wq = gq.weight[i].as_ref().filter(|q| q.enabled);
+                match (in_dom, wq, out) {
+                    (Domain::Codes(qi), Some(wq), Domain::Codes(qo)) => {
+                        let (w_eff, b_eff) = crate::reference::graph::folded_params(&gq, ckpt, i)?;
+                        let cout = b_eff.len();
+                        let inner = w_eff.len() / cout;
+                        let sw: Vec<f32> = (0..cout).map(|c| wq.scale[c % wq.channels()]).collect();
+                        let isw: Vec<f32> = (0..cout).map(|c| wq.inv_scale[c % wq.channels()]).collect();
+                        let weight = w_eff
+                            .iter()
+                            .enumerate()
+                            .map(|(j, &v)| quantize_code(v, isw[j / inner], 0.0, wmin, wmax) as i8)
+                            .collect();
+                        let bias = quantize_bias(&b_eff, qi.scale, &sw)?;
+                        let requant = Requant::from_scales(qi.scale, &sw, qo.scale, qo.zero, bits, activation(*act))?;
+                        Layer { kind: LayerKind::Int(IntLayer { weight, weight_scale: sw, bias, requant }), out }
+                    }
+                    _ => {
+                        let (weight, bias) = effective_params(&gq, ckpt, i)?;
+                        Layer { kind: LayerKind::Float(FloatLayer { weight, bias }), out }
+                    }
+                }
+            }
+            Op::MaxPool { .. } => Layer { kind: LayerKind::MaxPool, out: in_dom },
+            Op::Flatten => Layer { kind: LayerKind::Flatten, out: in_dom },
+            Op::AvgPool { .. } | Op::GlobalAvgPool => match in_dom {
+                Domain::Codes(q) => Layer { kind: LayerKind::AvgPool(Some(avg_requant(&q))), out: in_dom },
+                Domain::Float => Layer { kind: LayerKind::AvgPool(None), out: Domain::Float },
+            },
+            Op::Add { act } => {
+                let out = out_quant(i)?;
+                match (in_dom, dom(r.inputs[1]), out) {
+                    (Domain::Codes(a), Domain::Codes(b), Domain::Codes(o)) => {
+                        let cfg =
+                            AddConfig::new(a.scale, a.zero, b.scale, b.zero, o.scale, o.zero, bits, activation(*act))?;
+                        Layer { kind: LayerKind::Add(Some(cfg)), out }
+                    }
+                    _ => Layer { kind: LayerKind::Add(None), out },
+                }
+            }
+        };
+        layers.push(layer);
+    }
+    Ok(Int8Model { graph: graph.clone(), qconfig: qc, normalization, class_names, input, layers, nodes: gq.nodes })
+}

@@ -1,0 +1,451 @@
+//! CPU fake-quant reference of a whole graph in eval mode: the semantics the GPU training
+//! engine implements and the int8 converter ([`crate::convert`]) is checked against.
+//!
+//! Per node, in order (activations NCHW f32, batch first):
+//! * the image is fake-quantized with `input.output_quant` when present;
+//! * conv: with BN, `sf = gamma / sqrt(running_var + BN_EPS)`, `w_eff = w * sf[c]`,
+//!   `b_eff = beta - running_mean * sf` (all f32); without BN, `w_eff = w`,
+//!   `b_eff = bias or 0` (bias and BN together is unsupported). `w_eff` is fake-quantized
+//!   per output channel with `{node}.weight_quant`; `y = conv(x, w_eff) + b_eff`
+//!   (accumulated in f64, rounded to f32 once), then ReLU / ReLU6, then `{node}.output_quant`;
+//! * linear: the same on the flattened input, no BN;
+//! * max pool, flatten: plain; average pools: the mean over the window, divided by
+//!   `kh * kw` (padding counts as zeros, PyTorch's `count_include_pad`), then fake-quant
+//!   with the quantizer the input carries ([`params::input_quantizer`]);
+//! * add: `act(a + b)`, then its own output quantizer.
+//!
+//! A quantizer whose `fq_on` flag is 0 passes values through.
+
+use crate::error::{Result, WqatError};
+use crate::model::graph::{Act, Graph, Op, ResolvedNode, INPUT};
+use crate::model::params::{self, QuantizerRole, BN_EPS};
+use crate::quant::{QStateLayout, QuantSpec};
+use crate::reference::fake_quant::quantize_code;
+use crate::tensorfile::TensorFile;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+fn ckpt_err(msg: impl Into<String>) -> WqatError {
+    WqatError::format(Path::new("checkpoint"), msg)
+}
+
+/// The checkpoint's `qconfig` metadata: how weights and activations are quantized.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct QConfig {
+    pub weight: QuantSpec,
+    pub activation: QuantSpec,
+}
+
+impl QConfig {
+    /// Parses and checks the `qconfig` metadata of a checkpoint.
+    pub fn from_checkpoint(ckpt: &TensorFile) -> Result<QConfig> {
+        let text = ckpt.metadata.get("qconfig").ok_or_else(|| ckpt_err("missing metadata `qconfig`"))?;
+        let q: QConfig = serde_json::from_str(text).map_err(|e| ckpt_err(format!("metadata `qconfig`: {e}")))?;
+        q.weight.validate()?;
+        q.activation.validate()?;
+        Ok(q)
+    }
+}
+
+/// One quantizer's state read from a checkpoint (`QStateLayout` vector).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QState {
+    /// The fake-quant flag; off means pass-through.
+    pub enabled: bool,
+    pub scale: Vec<f32>,
+    pub inv_scale: Vec<f32>,
+    pub zero_point: Vec<f32>,
+}
+
+impl QState {
+    /// Parses a raw `QStateLayout` vector of length `4 + 5 C`.
+    pub fn from_raw(name: &str, raw: &[f32]) -> Result<QState> {
+        let n = raw.len();
+        if n < QStateLayout::HEADER + 5 || !(n - QStateLayout::HEADER).is_multiple_of(5) {
+            return Err(ckpt_err(format!("quantizer {name} has {n} values, expected 4 + 5 * channels")));
+        }
+        let l = QStateLayout::new((n - QStateLayout::HEADER) / 5);
+        let c = l.channels;
+        let q = QState {
+            enabled: raw[QStateLayout::FQ_ENABLED] != 0.0,
+            scale: raw[l.scale()..l.scale() + c].to_vec(),
+            inv_scale: raw[l.inv_scale()..l.inv_scale() + c].to_vec(),
+            zero_point: raw[l.zero_point()..l.zero_point() + c].to_vec(),
+        };
+        if q.enabled {
+            let bad = q.scale.iter().chain(&q.inv_scale).any(|v| !(v.is_finite() && *v > 0.0))
+                || q.zero_point.iter().any(|z| !z.is_finite() || z.fract() != 0.0);
+            if bad {
+                return Err(ckpt_err(format!("quantizer {name}: scales must be finite and > 0, zero points integral")));
+            }
+        }
+        Ok(q)
+    }
+    /// Number of channels.
+    pub fn channels(&self) -> usize {
+        self.scale.len()
+    }
+    /// Fake-quantizes `x` in place (channel `(i / inner) % channels`); no-op when disabled.
+    pub fn fake_quant(&self, x: &mut [f32], inner: usize, spec: &QuantSpec) {
+        if !self.enabled {
+            return;
+        }
+        let (qmin, qmax) = (spec.qmin() as f32, spec.qmax() as f32);
+        let c = self.channels();
+        for (i, v) in x.iter_mut().enumerate() {
+            let ch = (i / inner.max(1)) % c;
+            let z = self.zero_point[ch];
+            *v = (quantize_code(*v, self.inv_scale[ch], z, qmin, qmax) - z) * self.scale[ch];
+        }
+    }
+}
+
+/// Reads a quantizer state from a checkpoint by name.
+pub fn read_quantizer(ckpt: &TensorFile, name: &str) -> Result<QState> {
+    let t = ckpt.tensors.get(name).ok_or_else(|| ckpt_err(format!("missing quantizer {name}")))?;
+    QState::from_raw(name, t.as_f32(name)?)
+}
+
+fn read_f32<'a>(ckpt: &'a TensorFile, name: &str, shape: &[usize]) -> Result<&'a [f32]> {
+    let t = ckpt.tensors.get(name).ok_or_else(|| ckpt_err(format!("missing tensor {name}")))?;
+    if t.shape != shape {
+        return Err(ckpt_err(format!("tensor {name} has shape {:?}, expected {shape:?}", t.shape)));
+    }
+    let v = t.as_f32(name)?;
+    if v.len() != shape.iter().product::<usize>() {
+        return Err(ckpt_err(format!("tensor {name} has {} values for shape {shape:?}", v.len())));
+    }
+    Ok(v)
+}
+
+/// A graph resolved against a checkpoint: nodes, the qconfig and every quantizer state
+/// (`None` where the graph places none).
+#[derive(Debug, Clone)]
+pub struct GraphQuant {
+    pub nodes: Vec<ResolvedNode>,
+    pub qconfig: QConfig,
+    /// `input.output_quant`.
+    pub input: Option<QState>,
+    /// `{node}.weight_quant` per node (1 or out-channels channels).
+    pub weight: Vec<Option<QState>>,
+    /// `{node}.output_quant` per node (1 channel).
+    pub output: Vec<Option<QState>>,
+}
+
+impl GraphQuant {
+    /// Resolves the graph and reads its quantizers from the checkpoint.
+    pub fn new(graph: &Graph, ckpt: &TensorFile) -> Result<GraphQuant> {
+        let nodes = graph.resolve()?;
+        let qconfig = QConfig::from_checkpoint(ckpt)?;
+        let mut input = None;
+        let mut weight = vec![None; nodes.len()];
+        let mut output = vec![None; nodes.len()];
+        for spec in params::quantizer_specs(graph, true)? {
+            let q = read_quantizer(ckpt, &spec.name)?;
+            match spec.role {
+                QuantizerRole::Weight(i) => {
+                    if q.channels() != 1 && q.channels() != spec.channels {
+                        return Err(ckpt_err(format!(
+                            "quantizer {} has {} channels, expected 1 or {}",
+                            spec.name,
+                            q.channels(),
+                            spec.channels
+                        )));
+                    }
+                    if q.enabled && q.zero_point.iter().any(|&z| z != 0.0) {
+                        return Err(ckpt_err(format!(
+                            "weight quantizer {} is not symmetric (zero point != 0)",
+                            spec.name
+                        )));
+                    }
+                    weight[i] = Some(q);
+                }
+                QuantizerRole::Output(i) => {
+                    if q.channels() != 1 {
+                        return Err(ckpt_err(format!("activation quantizer {} must be per tensor", spec.name)));
+                    }
+                    if i == INPUT {
+                        input = Some(q);
+                    } else {
+                        output[i] = Some(q);
+                    }
+                }
+            }
+        }
+        Ok(GraphQuant { nodes, qconfig, input, weight, output })
+    }
+
+    /// The enabled quantizer the first input of node `i` carries, if any.
+    pub fn input_quant(&self, i: usize) -> Option<&QState> {
+        match params::input_quantizer(&self.nodes, i, 0)? {
+            QuantizerRole::Output(INPUT) => self.input.as_ref(),
+            QuantizerRole::Output(j) => self.output[j].as_ref(),
+            QuantizerRole::Weight(_) => None,
+        }
+        .filter(|q| q.enabled)
+    }
+}
+
+/// `(w_eff, b_eff)` of conv/linear node `i` with BN folded (before weight fake-quant).
+pub fn folded_params(gq: &GraphQuant, ckpt: &TensorFile, i: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+    let r = &gq.nodes[i];
+    let name = &r.node.name;
+    let [c_in, h, w] = r.in_shapes[0];
+    let (shape, has_bias, bn) = match &r.node.op {
+        Op::Conv { out_channels, kernel, groups, bias, bn, .. } => {
+            (vec![*out_channels, c_in / groups, *kernel, *kernel], *bias, *bn)
+        }
+        Op::Linear { out_features, bias, .. } => (vec![*out_features, c_in * h * w], *bias, false),
+        _ => return Err(WqatError::invalid(format!("node {name} has no weights"))),
+    };
+    let cout = shape[0];
+    let inner: usize = shape[1..].iter().product();
+    let wt = read_f32(ckpt, &params::weight_name(name), &shape)?;
+    if has_bias && bn {
+        return Err(ckpt_err(format!("node {name}: conv with both a bias and batch norm is unsupported")));
+    }
+    if bn {
+        let p = r.node.bn_prefix();
+        let gamma = read_f32(ckpt, &format!("{p}.weight"), &[cout])?;
+        let beta = read_f32(ckpt, &format!("{p}.bias"), &[cout])?;
+        let mean = read_f32(ckpt, &format!("{p}.running_mean"), &[cout])?;
+        let var = read_f32(ckpt, &format!("{p}.running_var"), &[cout])?;
+        let sf: Vec<f32> = (0..cout).map(|c| gamma[c] / (var[c] + BN_EPS).sqrt()).collect();
+        let w_eff = wt.iter().enumerate().map(|(j, &v)| v * sf[j / inner]).collect();
+        let b_eff = (0..cout).map(|c| beta[c] - mean[c] * sf[c]).collect();
+        Ok((w_eff, b_eff))
+    } else {
+        let b = if has_bias { read_f32(ckpt, &params::bias_name(name), &[cout])?.to_vec() } else { vec![0.0; cout] };
+        Ok((wt.to_vec(), b))
+    }
+}
+
+/// `(w_eff, b_eff)` with the weight fake-quantized (as the forward uses them).
+pub fn effective_params(gq: &GraphQuant, ckpt: &TensorFile, i: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+    let (mut w, b) = folded_params(gq, ckpt, i)?;
+    if let Some(q) = &gq.weight[i] {
+        let inner = w.len() / b.len();
+        q.fake_quant(&mut w, inner, &gq.qconfig.weight);
+    }
+    Ok((w, b))
+}
+
+/// Applies a fused activation in place.
+pub fn apply_act(x: &mut [f32], act: Act) {
+    match act {
+        Act::None => {}
+        Act::Relu => x.iter_mut().for_each(|v| *v = v.max(0.0)),
+        Act::Relu6 => x.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
+    }
+}
+
+/// Plain f32 NCHW conv (f64 accumulation, one rounding) of `batch` samples of shape
+/// `in_shape`: w `[cout, cin/g, k, k]`, b `[cout]`, output shape `out_shape`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_f32(
+    x: &[f32],
+    batch: usize,
+    in_shape: [usize; 3],
+    w: &[f32],
+    b: &[f32],
+    out_shape: [usize; 3],
+    geom: [usize; 4],
+    groups: usize,
+) -> Vec<f32> {
+    let [cin, h, wd] = in_shape;
+    let [cout, oh, ow] = out_shape;
+    let [k, stride, pad, dil] = geom;
+    let (cin_g, cout_g) = (cin / groups, cout / groups);
+    let mut out = vec![0f32; batch * cout * oh * ow];
+    let mut acc = vec![0f64; oh * ow];
+    for n in 0..batch {
+        for co in 0..cout {
+            let g = co / cout_g;
+            acc.iter_mut().for_each(|a| *a = b[co] as f64);
+            for ci in 0..cin_g {
+                let plane = &x[(n * cin + g * cin_g + ci) * h * wd..][..h * wd];
+                for ky in 0..k {
+                    for kx in 0..k {
+                        let wv = w[((co * cin_g + ci) * k + ky) * k + kx] as f64;
+                        for oy in 0..oh {
+                            let iy = (oy * stride + ky * dil) as isize - pad as isize;
+                            if iy < 0 || iy >= h as isize {
+                                continue;
+                            }
+                            let row = &plane[iy as usize * wd..][..wd];
+                            for ox in 0..ow {
+                                let ix = (ox * stride + kx * dil) as isize - pad as isize;
+                                if ix >= 0 && ix < wd as isize {
+                                    acc[oy * ow + ox] += wv * row[ix as usize] as f64;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            let dst = &mut out[(n * cout + co) * oh * ow..][..oh * ow];
+            dst.iter_mut().zip(&acc).for_each(|(d, a)| *d = *a as f32);
+        }
+    }
+    out
+}
+
+/// Plain f32 linear (f64 accumulation): x `[batch, k]`, w `[n, k]`, b `[n]`.
+pub fn linear_f32(x: &[f32], batch: usize, k: usize, w: &[f32], b: &[f32]) -> Vec<f32> {
+    let n = b.len();
+    let mut out = vec![0f32; batch * n];
+    for i in 0..batch {
+        let row = &x[i * k..(i + 1) * k];
+        for c in 0..n {
+            let wr = &w[c * k..(c + 1) * k];
+            let s: f64 = row.iter().zip(wr).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() + b[c] as f64;
+            out[i * n + c] = s as f32;
+        }
+    }
+    out
+}
+
+/// Max (`avg == false`) or average pool over NCHW planes; the average divides by
+/// `kh * kw` (padding counts as zeros).
+#[allow(clippy::too_many_arguments)]
+pub fn pool_f32(
+    x: &[f32],
+    planes: usize,
+    hw: [usize; 2],
+    kernel: usize,
+    stride: usize,
+    pad: usize,
+    out_hw: [usize; 2],
+    avg: bool,
+) -> Vec<f32> {
+    let [h, w] = hw;
+    let [oh, ow] = out_hw;
+    let mut out = vec![0f32; planes * oh * ow];
+    for p in 0..planes {
+        let plane = &x[p * h * w..][..h * w];
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let (mut best, mut sum, mut found) = (0f32, 0f64, false);
+                for ky in 0..kernel {
+                    let iy = (oy * stride + ky) as isize - pad as isize;
+                    if iy < 0 || iy >= h as isize {
+                        continue;
+                    }
+                    for kx in 0..kernel {
+                        let ix = (ox * stride + kx) as isize - pad as isize;
+                        if ix < 0 || ix >= w as isize {
+                            continue;
+                        }
+                        let v = plane[iy as usize * w + ix as usize];
+                        sum += v as f64;
+                        if !found || v > best {
+                            best = v;
+                            found = true;
+                        }
+                    }
+                }
+                out[(p * oh + oy) * ow + ox] = if avg { (sum / (kernel * kernel) as f64) as f32 } else { best };
+            }
+        }
+    }
+    out
+}
+
+/// Global average pool over planes of `hw` values (f64 sum, one rounding).
+pub fn global_avg_f32(x: &[f32], planes: usize, hw: usize) -> Vec<f32> {
+    (0..planes).map(|p| (x[p * hw..][..hw].iter().map(|&v| v as f64).sum::<f64>() / hw as f64) as f32).collect()
+}
+
+/// Every intermediate of [`fake_quant_forward`]: the (fake-quantized) image and each
+/// node's output, `[batch, C, H, W]` flat.
+#[derive(Debug, Clone)]
+pub struct GraphOutputs {
+    pub input: Vec<f32>,
+    pub nodes: Vec<Vec<f32>>,
+}
+
+/// The fake-quant forward of `batch` normalized images (`[batch, C, H, W]`), keeping every
+/// node's output (for per-layer reports).
+pub fn fake_quant_forward_all(graph: &Graph, ckpt: &TensorFile, images: &[f32], batch: usize) -> Result<GraphOutputs> {
+    let gq = GraphQuant::new(graph, ckpt)?;
+    let sample: usize = graph.input.iter().product();
+    if batch == 0 || images.len() != batch * sample {
+        return Err(WqatError::shape(format!(
+            "{} input values for {batch} images of shape {:?}",
+            images.len(),
+            graph.input
+        )));
+    }
+    let mut input = images.to_vec();
+    if let Some(q) = &gq.input {
+        q.fake_quant(&mut input, 1, &gq.qconfig.activation);
+    }
+    let act_spec = gq.qconfig.activation;
+    let mut outs: Vec<Vec<f32>> = Vec::with_capacity(gq.nodes.len());
+    for (i, r) in gq.nodes.iter().enumerate() {
+        let src = |j: usize| if j == INPUT { &input } else { &outs[j] };
+        let x = src(r.inputs[0]);
+        let in_shape = r.in_shapes[0];
+        let [c, h, w] = in_shape;
+        let [_, oh, ow] = r.out_shape;
+        let mut y = match &r.node.op {
+            Op::Conv { kernel, stride, padding, dilation, groups, act, .. } => {
+                let (we, be) = effective_params(&gq, ckpt, i)?;
+                let mut y = conv2d_f32(
+                    x,
+                    batch,
+                    in_shape,
+                    &we,
+                    &be,
+                    r.out_shape,
+                    [*kernel, *stride, *padding, *dilation],
+                    *groups,
+                );
+                apply_act(&mut y, *act);
+                y
+            }
+            Op::Linear { act, .. } => {
+                let (we, be) = effective_params(&gq, ckpt, i)?;
+                let mut y = linear_f32(x, batch, c * h * w, &we, &be);
+                apply_act(&mut y, *act);
+                y
+            }
+            Op::MaxPool { kernel, stride, padding } => {
+                let s = if *stride == 0 { *kernel } else { *stride };
+                pool_f32(x, batch * c, [h, w], *kernel, s, *padding, [oh, ow], false)
+            }
+            Op::AvgPool { kernel, stride, padding } => {
+                let s = if *stride == 0 { *kernel } else { *stride };
+                pool_f32(x, batch * c, [h, w], *kernel, s, *padding, [oh, ow], true)
+            }
+            Op::GlobalAvgPool => global_avg_f32(x, batch * c, h * w),
+            Op::Add { act } => {
+                let b = src(r.inputs[1]);
+                let mut y: Vec<f32> = x.iter().zip(b.iter()).map(|(a, b)| a + b).collect();
+                apply_act(&mut y, *act);
+                y
+            }
+            Op::Flatten => x.clone(),
+        };
+        match &r.node.op {
+            Op::AvgPool { .. } | Op::GlobalAvgPool => {
+                if let Some(q) = gq.input_quant(i) {
+                    q.fake_quant(&mut y, 1, &act_spec);
+                }
+            }
+            _ => {
+                if let Some(q) = &gq.output[i] {
+                    q.fake_quant(&mut y, 1, &act_spec);
+                }
+            }
+        }
+        outs.push(y);
+    }
+    Ok(GraphOutputs { input, nodes: outs })
+}
+
+/// Logits `[batch, classes]` of the fake-quant forward of `batch` normalized images.
+pub fn fake_quant_forward(graph: &Graph, ckpt: &TensorFile, images: &[f32], batch: usize) -> Result<Vec<f32>> {
+    let mut all = fake_quant_forward_all(graph, ckpt, images, batch)?;
+    Ok(all.nodes.pop().unwrap_or_default())
+}

@@ -1,0 +1,313 @@
+//! Converted integer models against each other and against the fake-quant simulation:
+//! random checkpoints of `mnist-cnn`, `mlp` and `resnet20` with BN statistics and
+//! quantizers calibrated on the CPU fp32 reference (plus extreme values); GPU (dot4 and
+//! unpack fallback), CPU SIMD and CPU scalar give identical codes at every node; integer
+//! predictions agree with `fake_quant_forward` on >= 99% of random inputs and logits
+//! within a few LSB; the file format round-trips and rejects garbage without panicking.
+
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use std::sync::Arc;
+use wqat::convert::synthetic::{random_images, synthetic_checkpoint};
+use wqat::convert::{self, Int8GpuModel, Int8Model, NodeValue};
+use wqat::gpu::{GpuContext, GpuOptions};
+use wqat::int8::{CpuBackend, SimdKernel};
+use wqat::model::graph::Graph;
+use wqat::model::zoo;
+use wqat::quant::QStateLayout;
+use wqat::reference::graph::fake_quant_forward;
+use wqat::tensorfile::{HostTensor, TensorFile};
+use wqat::testing::{self, assert_bit_exact};
+
+/// Fraction of images whose integer prediction must equal the simulation's.
+const MIN_AGREEMENT: f64 = 0.99;
+/// Largest |integer logit - simulated logit| allowed, in output quantization steps, for
+/// shallow models (mnist-cnn, mlp).
+const MAX_LOGIT_LSB: f64 = 4.0;
+/// The same for resnet20: 20 layers pass one-LSB rounding differences on and each layer
+/// amplifies them (the local error of every layer stays within [`MAX_LOCAL_LSB`]).
+const MAX_LOGIT_LSB_DEEP: f64 = 8.0;
+/// Largest local error of any node (fed the simulation's own input codes), in LSB: the
+/// integer and simulated roundings may differ by one code.
+const MAX_LOCAL_LSB: f64 = 1.0;
+
+fn images(rng: &mut ChaCha8Rng, n: usize, wide: bool) -> Vec<f32> {
+    random_images(rng, n, wide)
+}
+
+/// A synthetic checkpoint with extreme values.
+fn random_checkpoint(graph: &Graph, seed: u64) -> TensorFile {
+    synthetic_checkpoint(graph, seed, true).unwrap()
+}
+
+/// A synthetic checkpoint, optionally without extreme values (a huge BN gain on one channel
+/// of every layer makes a deep random network chaotic: one-LSB differences grow layer after
+/// layer, which says nothing about the conversion).
+fn checkpoint(graph: &Graph, seed: u64, extreme: bool) -> TensorFile {
+    synthetic_checkpoint(graph, seed, extreme).unwrap()
+}
+
+fn codes(v: &NodeValue) -> &[u8] {
+    match v {
+        NodeValue::Codes(c) => c,
+        NodeValue::Float(_) => panic!("expected codes"),
+    }
+}
+
+fn nodot4_ctx() -> Arc<GpuContext> {
+    GpuContext::new(&GpuOptions { disable_dot4: true, ..GpuOptions::from_env() }).unwrap()
+}
+
+/// Every node's codes equal on CPU scalar, every SIMD kernel, GPU (dot4 and fallback).
+fn check_backends_agree(model: &Int8Model, x: &[f32], batch: usize, gpu: bool) {
+    let scalar = model.forward_cpu_traced(x, batch, CpuBackend::Scalar).unwrap();
+    let want = scalar.activations.as_ref().unwrap();
+    let mut runs: Vec<(String, wqat::convert::Int8Output)> = Vec::new();
+    for k in SimdKernel::available() {
+        runs.push((format!("{k:?}"), model.forward_cpu_traced(x, batch, CpuBackend::Kernel(k)).unwrap()));
+    }
+    if gpu {
+        for ctx in [testing::ctx(), nodot4_ctx()] {
+            let g = Int8GpuModel::new(&ctx, model, batch + 3).unwrap();
+            runs.push((format!("gpu dot4={}", ctx.use_dot4), g.forward_traced(x, batch).unwrap()));
+            let plain = g.forward(x, batch).unwrap();
+            assert_eq!(plain.logits, scalar.logits, "gpu forward logits");
+        }
+    }
+    for (name, out) in &runs {
+        let got = out.activations.as_ref().unwrap();
+        for (i, r) in model.nodes().iter().enumerate() {
+            assert_bit_exact(
+                &format!("{} node {} ({name})", model.graph.name, r.node.name),
+                codes(&got[i]),
+                codes(&want[i]),
+            );
+        }
+        assert_eq!(out.predictions, scalar.predictions, "{name} predictions");
+        assert_eq!(out.logits, scalar.logits, "{name} logits");
+    }
+}
+
+/// Integer predictions vs the simulation, and logits within a few LSB.
+fn check_against_simulation(
+    graph: &Graph,
+    ck: &TensorFile,
+    model: &Int8Model,
+    x: &[f32],
+    batch: usize,
+    max_logit_lsb: f64,
+) {
+    let sim = fake_quant_forward(graph, ck, x, batch).unwrap();
+    let out = model.forward_cpu(x, batch, CpuBackend::Simd).unwrap();
+    let classes = graph.num_classes;
+    let sim_pred = wqat::convert::cpu::argmax_rows(&sim, classes);
+    let agree = sim_pred.iter().zip(&out.predictions).filter(|(a, b)| a == b).count();
+    let frac = agree as f64 / batch as f64;
+    let q = model.layers.last().unwrap().out.quant().unwrap();
+    let max_lsb = sim.iter().zip(&out.logits).map(|(a, b)| ((a - b) / q.scale).abs() as f64).fold(0.0, f64::max);
+    let report = convert::layer_report(graph, ck, model, x, batch).unwrap();
+    for d in &report {
+        eprintln!(
+            "{:>24}: max {:.3} LSB, mean {:.5} LSB, {} / {} codes differ; local: max {:.3} LSB, {} differ",
+            d.node, d.max_abs_lsb, d.mean_abs_lsb, d.mismatched, d.total, d.local_max_abs_lsb, d.local_mismatched
+        );
+    }
+    for d in &report {
+        assert!(d.local_max_abs_lsb <= MAX_LOCAL_LSB + 1e-3, "{}: local error {} LSB", d.node, d.local_max_abs_lsb);
+    }
+    eprintln!("{}: agreement {agree}/{batch}, max logit diff {max_lsb} LSB", graph.name);
+    assert!(frac >= MIN_AGREEMENT, "{}: predictions agree on {agree}/{batch}", graph.name);
+    assert!(max_lsb <= max_logit_lsb, "{}: logits differ by {max_lsb} LSB", graph.name);
+}
+
+#[test]
+fn mnist_cnn_bit_exact_and_agrees_with_simulation() {
+    let g = zoo::build("mnist-cnn", [1, 28, 28], 10).unwrap();
+    let ck = random_checkpoint(&g, 11);
+    let model = convert::convert(&g, &ck).unwrap();
+    assert!(model.layers.iter().all(|l| !matches!(l.kind, convert::LayerKind::Float(_))));
+    let mut rng = testing::rng(12);
+    let b = 7;
+    check_backends_agree(&model, &images(&mut rng, b * 784, true), b, true);
+    let n = 300;
+    check_against_simulation(&g, &ck, &model, &images(&mut rng, n * 784, true), n, MAX_LOGIT_LSB);
+}
+
+#[test]
+fn mlp_bit_exact_and_agrees_with_simulation() {
+    let g = zoo::build("mlp", [1, 8, 8], 10).unwrap();
+    let ck = random_checkpoint(&g, 21);
+    let model = convert::convert(&g, &ck).unwrap();
+    let mut rng = testing::rng(22);
+    let b = 13;
+    check_backends_agree(&model, &images(&mut rng, b * 64, true), b, true);
+    let n = 1000;
+    check_against_simulation(&g, &ck, &model, &images(&mut rng, n * 64, true), n, MAX_LOGIT_LSB);
+}
+
+#[test]
+fn resnet20_bit_exact_and_agrees_with_simulation() {
+    let g = zoo::build("resnet20", [3, 32, 32], 10).unwrap();
+    let ck = random_checkpoint(&g, 31);
+    let model = convert::convert(&g, &ck).unwrap();
+    let mut rng = testing::rng(32);
+    let b = 3;
+    check_backends_agree(&model, &images(&mut rng, b * 3072, true), b, true);
+    let ck = checkpoint(&g, 33, false);
+    let model = convert::convert(&g, &ck).unwrap();
+    let n = 100;
+    check_against_simulation(&g, &ck, &model, &images(&mut rng, n * 3072, false), n, MAX_LOGIT_LSB_DEEP);
+}
+
+#[test]
+fn fp32_first_and_last_layers_run_on_cpu() {
+    let mut g = zoo::build("mnist-cnn", [1, 28, 28], 10).unwrap();
+    g.nodes[0].fp32 = true;
+    let last = g.nodes.len() - 1;
+    g.nodes[last].fp32 = true;
+    let ck = random_checkpoint(&g, 41);
+    let model = convert::convert(&g, &ck).unwrap();
+    assert!(matches!(model.layers[0].kind, convert::LayerKind::Float(_)));
+    assert!(matches!(model.layers[last].kind, convert::LayerKind::Float(_)));
+    assert!(matches!(model.layers[2].kind, convert::LayerKind::Int(_)));
+    let mut rng = testing::rng(42);
+    let n = 100;
+    let x = images(&mut rng, n * 784, false);
+    let a = model.forward_cpu(&x, n, CpuBackend::Scalar).unwrap();
+    let b = model.forward_cpu(&x, n, CpuBackend::Simd).unwrap();
+    assert_eq!(a, b);
+    let sim = fake_quant_forward(&g, &ck, &x, n).unwrap();
+    let sim_pred = convert::cpu::argmax_rows(&sim, 10);
+    let agree = sim_pred.iter().zip(&a.predictions).filter(|(p, q)| p == q).count();
+    assert!(agree as f64 >= MIN_AGREEMENT * n as f64, "agreement {agree}/{n}");
+    // The GPU executor reports f32 layers as unsupported instead of failing later.
+    assert!(Int8GpuModel::new(&testing::ctx(), &model, 4).is_err());
+    // Round trip keeps the f32 layers.
+    let tf = model.to_tensor_file().unwrap();
+    let back = Int8Model::from_tensor_file(std::path::Path::new("mem"), &tf).unwrap();
+    assert_eq!(back, model);
+}
+
+#[test]
+fn disabled_quantizer_runs_that_layer_in_f32() {
+    let g = zoo::build("mlp", [1, 8, 8], 10).unwrap();
+    let mut ck = random_checkpoint(&g, 51);
+    let name = "fc1.output_quant";
+    if let wqat::tensorfile::HostData::F32(v) = &mut ck.tensors.get_mut(name).unwrap().data {
+        v[QStateLayout::FQ_ENABLED] = 0.0;
+    }
+    let model = convert::convert(&g, &ck).unwrap();
+    assert!(matches!(model.layers[1].kind, convert::LayerKind::Float(_)));
+    assert!(matches!(model.layers[2].kind, convert::LayerKind::Float(_)));
+    let mut rng = testing::rng(52);
+    let n = 200;
+    let x = images(&mut rng, n * 64, false);
+    let out = model.forward_cpu(&x, n, CpuBackend::Simd).unwrap();
+    let sim = fake_quant_forward(&g, &ck, &x, n).unwrap();
+    let sim_pred = convert::cpu::argmax_rows(&sim, 10);
+    let agree = sim_pred.iter().zip(&out.predictions).filter(|(p, q)| p == q).count();
+    assert!(agree as f64 >= MIN_AGREEMENT * n as f64, "agreement {agree}/{n}");
+}
+
+#[test]
+fn save_load_round_trip_and_garbage_never_panics() {
+    let g = zoo::build("mnist-cnn", [1, 28, 28], 10).unwrap();
+    let ck = random_checkpoint(&g, 61);
+    let model = convert::convert(&g, &ck).unwrap();
+    let dir = std::env::temp_dir().join(format!("wqat-int8-test-{}", std::process::id()));
+    let path = dir.join("m.int8.safetensors");
+    model.save(&path).unwrap();
+    let back = Int8Model::load(&path).unwrap();
+    assert_eq!(back, model);
+    assert_eq!(back.class_names().len(), 10);
+    assert_eq!(back.input_shape(), [1, 28, 28]);
+    assert_eq!(back.num_classes(), 10);
+    let mut rng = testing::rng(62);
+    let x = images(&mut rng, 5 * 784, false);
+    assert_eq!(back.forward_cpu(&x, 5, CpuBackend::Simd).unwrap(), model.forward_cpu(&x, 5, CpuBackend::Simd).unwrap());
+
+    let bytes = std::fs::read(&path).unwrap();
+    let header = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize + 8;
+    let p = std::path::Path::new("garbled");
+    // Truncation anywhere: always an error.
+    for cut in (0..bytes.len()).step_by(bytes.len() / 397 + 1).chain([bytes.len() - 1, 7, 8, header]) {
+        assert!(Int8Model::from_bytes(p, &bytes[..cut]).is_err(), "truncated at {cut} loaded");
+    }
+    // Garbled bytes: never a panic; in the header almost always an error; a model that
+    // still loads must run.
+    let mut header_ok = 0;
+    let mut tries = 0;
+    for i in 0..3000 {
+        let mut b = bytes.clone();
+        let at = if i % 2 == 0 { rng.random_range(0..header) } else { rng.random_range(0..b.len()) };
+        b[at] = match i % 3 {
+            0 => rng.random(),
+            1 => b[at] ^ (1 << rng.random_range(0..8)),
+            _ => b"0123456789-e.,{}[]\":"[rng.random_range(0..20)],
+        };
+        if let Ok(m) = Int8Model::from_bytes(p, &b) {
+            let _ = m.forward_cpu(&x[..784], 1, CpuBackend::Scalar);
+            if at < header {
+                header_ok += 1;
+            }
+        }
+        tries += usize::from(at < header);
+    }
+    eprintln!("garbled headers that still loaded: {header_ok}/{tries}");
+    // Wrong format / version.
+    let mut tf = model.to_tensor_file().unwrap();
+    tf.metadata.insert("version".into(), "2".into());
+    assert!(Int8Model::from_bytes(p, &tf.to_bytes().unwrap()).is_err());
+    let mut tf = model.to_tensor_file().unwrap();
+    tf.metadata.insert("format".into(), "wqat-checkpoint".into());
+    assert!(Int8Model::from_bytes(p, &tf.to_bytes().unwrap()).is_err());
+    // Out-of-range values.
+    let mut tf = model.to_tensor_file().unwrap();
+    if let wqat::tensorfile::HostData::I32(v) = &mut tf.tensors.get_mut("conv1.requant").unwrap().data {
+        v[1] = 40;
+    }
+    assert!(Int8Model::from_bytes(p, &tf.to_bytes().unwrap()).is_err());
+    let mut tf = model.to_tensor_file().unwrap();
+    tf.insert("junk", HostTensor::f32(&[1], vec![0.0]));
+    assert!(Int8Model::from_bytes(p, &tf.to_bytes().unwrap()).is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn preprocess_image_file_resizes_and_normalizes() {
+    let g = zoo::build("mnist-cnn", [1, 28, 28], 10).unwrap();
+    let model = convert::convert(&g, &random_checkpoint(&g, 71)).unwrap();
+    let dir = std::env::temp_dir().join(format!("wqat-int8-img-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("digit.png");
+    let img = image::RgbImage::from_fn(56, 40, |x, _| image::Rgb([if x < 28 { 255 } else { 0 }, 0, 0]));
+    img.save(&path).unwrap();
+    let x = convert::preprocess_image_file(&path, &model).unwrap();
+    assert_eq!(x.len(), 784);
+    let n = model.normalization();
+    let black = (0.0 - n.mean[0]) / n.std[0];
+    assert!((x[27] - black).abs() < 1e-6, "right half is black: {}", x[27]);
+    assert!(x[0] > black, "left half is red, brighter than black in luma");
+    let out = model.forward_cpu(&x, 1, CpuBackend::Simd).unwrap();
+    assert_eq!(out.predictions.len(), 1);
+    assert!(convert::preprocess_image_file(&dir.join("missing.png"), &model).is_err());
+    std::fs::write(dir.join("bad.png"), b"not an image").unwrap();
+    assert!(convert::preprocess_image_file(&dir.join("bad.png"), &model).is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn evaluate_on_every_backend() {
+    let g = zoo::build("mlp", [1, 8, 8], 10).unwrap();
+    let model = convert::convert(&g, &random_checkpoint(&g, 81)).unwrap();
+    let mut rng = testing::rng(82);
+    let n = 37;
+    let x = images(&mut rng, n * 64, false);
+    let labels: Vec<u8> = (0..n).map(|_| rng.random_range(0..10)).collect();
+    let split = wqat::data::Split::new(x, labels, 64).unwrap();
+    let backends = [convert::Backend::CpuScalar, convert::Backend::Cpu, convert::Backend::Gpu(testing::ctx())];
+    let results: Vec<_> = backends.iter().map(|b| convert::evaluate(&model, b, &split, 8).unwrap()).collect();
+    assert_eq!(results[0], results[1]);
+    assert_eq!(results[0], results[2]);
+    assert_eq!(results[0].total, n);
+}

@@ -1,0 +1,150 @@
+//! `shaders/int8_ops.wgsl` against its CPU references, bit for bit on odd shapes and
+//! extreme codes: input quantization ([`ActQuant::quantize`]), max pool
+//! (`int8::scalar::max_pool`), average pool (`convert::cpu::avg_pool_codes`, and
+//! `int8::scalar::avg_pool` where padding is 0) and residual add (`int8::scalar::add`).
+
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use wqat::convert::cpu::avg_pool_codes;
+use wqat::convert::kernels as k;
+use wqat::convert::ActQuant;
+use wqat::gpu::{DType, GpuTensor};
+use wqat::int8::{scalar, Activation, AddConfig, AvgRequant, PoolConfig};
+use wqat::kernels::int8::{read_u8, upload_u8};
+use wqat::testing::{self, assert_bit_exact};
+
+fn codes(rng: &mut ChaCha8Rng, n: usize) -> Vec<u8> {
+    (0..n).map(|i| if i % 7 == 0 { [0u8, 255][rng.random_range(0..2)] } else { rng.random() }).collect()
+}
+
+fn run(d: &wqat::gpu::Dispatch, out: &GpuTensor) -> Vec<u8> {
+    let ctx = testing::ctx();
+    ctx.submit(&[d]).unwrap();
+    read_u8(&ctx, out).unwrap()
+}
+
+#[test]
+fn quantize_f32_matches_cpu() {
+    let ctx = testing::ctx();
+    let mut rng = testing::rng(1);
+    for (n, bits) in [(1usize, 8u32), (3, 8), (4, 4), (1001, 8), (4099, 7), (70001, 2)] {
+        let scale: f32 = rng.random_range(0.001..0.2);
+        let q = ActQuant { scale, inv_scale: 1.0 / scale, zero: rng.random_range(0..(1 << bits)), bits };
+        let mut x =
+            testing::uniform(&mut rng, n, -40.0 * scale * (1 << bits) as f32, 40.0 * scale * (1 << bits) as f32);
+        // Exact ties and values next to them.
+        for (i, v) in x.iter_mut().enumerate().step_by(5) {
+            *v = (((i % 300) as f32 - 150.0) + 0.5) * scale;
+        }
+        let gx = GpuTensor::from_f32(&ctx, &[n], &x).unwrap();
+        let gout = GpuTensor::zeros(&ctx, &[n], DType::I8x4).unwrap();
+        let got = run(&k::quantize_f32(&ctx, &q, &gx, &gout).unwrap(), &gout);
+        let want: Vec<u8> = x.iter().map(|&v| q.quantize(v)).collect();
+        assert_bit_exact(&format!("quantize n={n} bits={bits}"), &got, &want);
+    }
+}
+
+fn pool_cases() -> Vec<PoolConfig> {
+    let c = |batch, channels, h, w, k: [usize; 2], s: [usize; 2], p: [usize; 2]| PoolConfig {
+        batch,
+        channels,
+        h,
+        w,
+        kernel: k,
+        stride: s,
+        padding: p,
+    };
+    vec![
+        c(1, 1, 1, 1, [1, 1], [1, 1], [0, 0]),
+        c(2, 3, 7, 5, [2, 2], [2, 2], [0, 0]),
+        c(3, 5, 9, 11, [3, 3], [2, 2], [1, 1]),
+        c(1, 7, 13, 13, [3, 2], [1, 2], [1, 0]),
+        c(5, 3, 8, 8, [8, 8], [1, 1], [0, 0]),
+        c(2, 17, 33, 31, [2, 2], [2, 2], [1, 1]),
+    ]
+}
+
+#[test]
+fn maxpool_u8_matches_cpu() {
+    let ctx = testing::ctx();
+    let mut rng = testing::rng(2);
+    for cfg in pool_cases() {
+        let (oh, ow) = cfg.out_hw().unwrap();
+        let n_in = cfg.batch * cfg.channels * cfg.h * cfg.w;
+        let n_out = cfg.batch * cfg.channels * oh * ow;
+        let x = codes(&mut rng, n_in);
+        let gx = upload_u8(&ctx, &[n_in], &x).unwrap();
+        let gout = GpuTensor::zeros(&ctx, &[n_out], DType::I8x4).unwrap();
+        let got = run(&k::maxpool_u8(&ctx, &cfg, &gx, &gout).unwrap(), &gout);
+        let mut want = vec![0u8; n_out];
+        scalar::max_pool(&cfg, &x, &mut want).unwrap();
+        assert_bit_exact(&format!("maxpool {cfg:?}"), &got, &want);
+    }
+}
+
+#[test]
+fn avgpool_u8_matches_cpu() {
+    let ctx = testing::ctx();
+    let mut rng = testing::rng(3);
+    for cfg in pool_cases() {
+        let (oh, ow) = cfg.out_hw().unwrap();
+        let n_in = cfg.batch * cfg.channels * cfg.h * cfg.w;
+        let n_out = cfg.batch * cfg.channels * oh * ow;
+        let x = codes(&mut rng, n_in);
+        let z = rng.random_range(0..=255);
+        for rq in [
+            AvgRequant::same_scale(z),
+            AvgRequant { in_zero: z, out_zero: 255 - z, scale_ratio: 0.37, act_min: 3, act_max: 250 },
+        ] {
+            let gx = upload_u8(&ctx, &[n_in], &x).unwrap();
+            let gout = GpuTensor::zeros(&ctx, &[n_out], DType::I8x4).unwrap();
+            let got = run(&k::avgpool_u8(&ctx, &cfg, &rq, &gx, &gout).unwrap(), &gout);
+            let want = avg_pool_codes(
+                &x,
+                cfg.batch * cfg.channels,
+                [cfg.h, cfg.w],
+                cfg.kernel,
+                cfg.stride,
+                cfg.padding,
+                [oh, ow],
+                &rq,
+            );
+            assert_bit_exact(&format!("avgpool {cfg:?} {rq:?}"), &got, &want.unwrap());
+            if cfg.padding == [0, 0] {
+                let mut want = vec![0u8; n_out];
+                scalar::avg_pool(&cfg, &rq, &x, &mut want).unwrap();
+                assert_bit_exact(&format!("avgpool vs scalar {cfg:?}"), &got, &want);
+            }
+        }
+    }
+}
+
+#[test]
+fn add_u8_matches_cpu() {
+    let ctx = testing::ctx();
+    let mut rng = testing::rng(4);
+    for (n, act) in
+        [(1usize, Activation::None), (5, Activation::Relu), (1003, Activation::Relu6), (65541, Activation::Relu)]
+    {
+        let cfg = AddConfig::new(
+            rng.random_range(0.001..0.1),
+            rng.random_range(0..=255),
+            rng.random_range(0.001..0.1),
+            rng.random_range(0..=255),
+            rng.random_range(0.001..0.2),
+            rng.random_range(0..=255),
+            8,
+            act,
+        )
+        .unwrap();
+        let a = codes(&mut rng, n);
+        let b = codes(&mut rng, n);
+        let ga = upload_u8(&ctx, &[n], &a).unwrap();
+        let gb = upload_u8(&ctx, &[n], &b).unwrap();
+        let gout = GpuTensor::zeros(&ctx, &[n], DType::I8x4).unwrap();
+        let got = run(&k::add_u8(&ctx, &cfg, &ga, &gb, &gout).unwrap(), &gout);
+        let mut want = vec![0u8; n];
+        scalar::add(&cfg, &a, &b, &mut want).unwrap();
+        assert_bit_exact(&format!("add n={n} {cfg:?}"), &got, &want);
+    }
+}

@@ -7,6 +7,7 @@
 
 pub mod data;
 pub mod error;
+pub mod fuzzing;
 pub mod gpu;
 pub mod int8;
 pub mod kernels;

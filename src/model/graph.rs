@@ -272,7 +272,10 @@ impl Graph {
     /// Parses a JSON model spec (see `docs` in README) and checks it resolves.
     pub fn from_json(path: &std::path::Path, text: &str) -> Result<Graph> {
         let g: Graph = serde_json::from_str(text).map_err(|e| WqatError::format(path, format!("model spec: {e}")))?;
-        g.resolve().map_err(|e| WqatError::format(path, e.to_string()))?;
+        g.resolve().map_err(|e| match e {
+            WqatError::InvalidArgument(m) => WqatError::format(path, m),
+            other => WqatError::format(path, other.to_string()),
+        })?;
         Ok(g)
     }
 }

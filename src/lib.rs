@@ -9,6 +9,7 @@ pub mod convert;
 pub mod data;
 pub mod engine;
 pub mod error;
+pub mod fuzzing;
 pub mod gpu;
 pub mod int8;
 pub mod kernels;

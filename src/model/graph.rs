@@ -142,9 +142,20 @@ pub struct ResolvedNode {
 /// The image's index among node inputs.
 pub const INPUT: usize = usize::MAX;
 
+/// Output length of a window sweep; None when the window does not fit (or the arithmetic
+/// overflows, for absurd sizes from a hand-written spec). `kernel` and `stride` are positive.
 fn out_len(size: usize, kernel: usize, stride: usize, padding: usize, dilation: usize) -> Option<usize> {
-    let eff = dilation * (kernel - 1) + 1;
-    (size + 2 * padding).checked_sub(eff).map(|v| v / stride + 1)
+    let eff = dilation.checked_mul(kernel.checked_sub(1)?)?.checked_add(1)?;
+    size.checked_add(padding.checked_mul(2)?)?.checked_sub(eff).map(|v| v / stride + 1)
+}
+
+/// Largest element count of one sample's activation or of one weight tensor a spec may
+/// declare (2^31: GPU indexing is 32-bit, and anything near it is a typo in a spec).
+pub const MAX_TENSOR_ELEMENTS: usize = 1 << 31;
+
+/// The product of `dims`, or None when it overflows or exceeds [`MAX_TENSOR_ELEMENTS`].
+pub fn checked_elements(dims: &[usize]) -> Option<usize> {
+    dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).filter(|&n| n <= MAX_TENSOR_ELEMENTS)
 }
 
 impl Graph {
@@ -154,6 +165,12 @@ impl Graph {
         let mut names = std::collections::HashMap::new();
         if self.nodes.is_empty() {
             return Err(WqatError::invalid(format!("model {} has no layers", self.name)));
+        }
+        if self.input.contains(&0) || self.num_classes == 0 || checked_elements(&self.input).is_none() {
+            return Err(WqatError::invalid(format!(
+                "model {}: input shape {:?} and num_classes {} must be positive (at most {MAX_TENSOR_ELEMENTS} values)",
+                self.name, self.input, self.num_classes
+            )));
         }
         for (i, node) in self.nodes.iter().enumerate() {
             let err = |m: String| WqatError::invalid(format!("model {}, layer {}: {m}", self.name, node.name));
@@ -197,6 +214,12 @@ impl Graph {
                     }
                     let oh = out_len(h, *kernel, *stride, *padding, *dilation);
                     let ow = out_len(w, *kernel, *stride, *padding, *dilation);
+                    if checked_elements(&[*out_channels, c / groups, *kernel, *kernel]).is_none() {
+                        return Err(err(format!(
+                            "weight [{out_channels}, {}, {kernel}, {kernel}] is too large",
+                            c / groups
+                        )));
+                    }
                     match (oh, ow) {
                         (Some(oh), Some(ow)) => [*out_channels, oh, ow],
                         _ => return Err(err(format!("kernel {kernel} does not fit input {h}x{w}"))),
@@ -206,11 +229,14 @@ impl Graph {
                     if *out_features == 0 {
                         return Err(err("out_features must be positive".into()));
                     }
+                    if checked_elements(&[*out_features, c, h, w]).is_none() {
+                        return Err(err(format!("weight [{out_features}, {c}x{h}x{w}] is too large")));
+                    }
                     [*out_features, 1, 1]
                 }
                 Op::MaxPool { kernel, stride, padding } | Op::AvgPool { kernel, stride, padding } => {
                     let s = if *stride == 0 { *kernel } else { *stride };
-                    if *kernel == 0 || 2 * padding > *kernel {
+                    if *kernel == 0 || *padding > *kernel / 2 {
                         return Err(err("pool kernel must be positive and padding at most half of it".into()));
                     }
                     match (out_len(h, *kernel, s, *padding, 1), out_len(w, *kernel, s, *padding, 1)) {
@@ -225,8 +251,12 @@ impl Graph {
                     }
                     in_shapes[0]
                 }
+                // c*h*w cannot overflow: every shape is checked below when it is made.
                 Op::Flatten => [c * h * w, 1, 1],
             };
+            if checked_elements(&out_shape).is_none() {
+                return Err(err(format!("output shape {out_shape:?} is too large")));
+            }
             out.push(ResolvedNode { node: node.clone(), inputs, in_shapes, out_shape });
         }
         let last = out.last().map(|n| n.out_shape).unwrap_or([0, 0, 0]);
@@ -242,7 +272,10 @@ impl Graph {
     /// Parses a JSON model spec (see `docs` in README) and checks it resolves.
     pub fn from_json(path: &std::path::Path, text: &str) -> Result<Graph> {
         let g: Graph = serde_json::from_str(text).map_err(|e| WqatError::format(path, format!("model spec: {e}")))?;
-        g.resolve().map_err(|e| WqatError::format(path, e.to_string()))?;
+        g.resolve().map_err(|e| match e {
+            WqatError::InvalidArgument(m) => WqatError::format(path, m),
+            other => WqatError::format(path, other.to_string()),
+        })?;
         Ok(g)
     }
 }

@@ -1,6 +1,7 @@
 //! Model description: the graph of layers ([`graph`]) and the zoo ([`zoo`]).
 
 pub mod graph;
+pub mod import;
 pub mod params;
 pub mod zoo;
 

@@ -22,8 +22,199 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// The whole pipeline: fp32 training, PTQ calibration, QAT fine-tuning, evaluation.
+    /// The whole pipeline: fp32 training, PTQ calibration, QAT fine-tuning, conversion, evaluation.
     Train(Box<TrainArgs>),
+    /// Convert a QAT (or PTQ) checkpoint into an integer model file.
+    Convert {
+        /// A wqat checkpoint (e.g. out/qat.safetensors).
+        checkpoint: PathBuf,
+        /// The integer model file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Evaluate an integer model (or a checkpoint, converted on the fly) on a test split.
+    Eval {
+        /// An integer model file or a wqat checkpoint.
+        model: PathBuf,
+        #[arg(long, default_value = "digits")]
+        data: String,
+        /// gpu, cpu (SIMD) or cpu-scalar.
+        #[arg(long, default_value = "cpu")]
+        backend: String,
+        /// Per-layer fake-quant vs integer differences in LSB (needs the checkpoint: give it
+        /// as MODEL, or the qat.safetensors next to the integer model is used).
+        #[arg(long)]
+        layers: bool,
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
+        /// Evaluate only the first N test images.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        adapter: Option<String>,
+    },
+    /// Classify image files (PNG/JPEG) with an integer model.
+    Infer {
+        /// An integer model file or a wqat checkpoint.
+        model: PathBuf,
+        /// Images to classify.
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        #[arg(long, default_value = "cpu")]
+        backend: String,
+        #[arg(long)]
+        adapter: Option<String>,
+    },
+}
+
+/// Loads an integer model file, or converts a checkpoint; returns the checkpoint too when there is one.
+fn load_int8(path: &std::path::Path) -> wqat::Result<(wqat::convert::Int8Model, Option<wqat::tensorfile::TensorFile>)> {
+    let f = wqat::tensorfile::TensorFile::load(path)?;
+    if f.metadata.get("format").map(String::as_str) == Some(wqat::engine::state::CHECKPOINT_FORMAT) {
+        let graph = checkpoint_graph(path, &f)?;
+        let m = wqat::convert::convert(&graph, &f)?;
+        return Ok((m, Some(f)));
+    }
+    Ok((wqat::convert::Int8Model::from_tensor_file(path, &f)?, None))
+}
+
+fn checkpoint_graph(path: &std::path::Path, f: &wqat::tensorfile::TensorFile) -> wqat::Result<wqat::model::Graph> {
+    let text = f.metadata.get("graph").ok_or_else(|| wqat::WqatError::format(path, "checkpoint has no graph"))?;
+    let g: wqat::model::Graph =
+        serde_json::from_str(text).map_err(|e| wqat::WqatError::format(path, format!("graph metadata: {e}")))?;
+    g.resolve().map_err(|e| wqat::WqatError::format(path, e.to_string()))?;
+    Ok(g)
+}
+
+fn backend(name: &str, adapter: Option<String>) -> wqat::Result<wqat::convert::eval::Backend> {
+    use wqat::convert::eval::Backend;
+    match name {
+        "cpu" => Ok(Backend::Cpu),
+        "cpu-scalar" => Ok(Backend::CpuScalar),
+        "gpu" => {
+            let mut opts = GpuOptions::from_env();
+            if adapter.is_some() {
+                opts.adapter = adapter;
+            }
+            Ok(Backend::Gpu(GpuContext::new(&opts)?))
+        }
+        other => Err(wqat::WqatError::invalid(format!("backend {other:?}: use gpu, cpu or cpu-scalar"))),
+    }
+}
+
+fn convert_cmd(checkpoint: PathBuf, out: PathBuf) -> wqat::Result<()> {
+    let f = wqat::tensorfile::TensorFile::load(&checkpoint)?;
+    let graph = checkpoint_graph(&checkpoint, &f)?;
+    let m = wqat::convert::convert(&graph, &f)?;
+    m.save(&out)?;
+    println!("wrote {} ({} layers, {} classes)", out.display(), m.nodes().len(), m.num_classes());
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn eval_cmd(
+    model: PathBuf,
+    data: String,
+    backend_name: String,
+    layers: bool,
+    batch: usize,
+    limit: Option<usize>,
+    json: bool,
+    adapter: Option<String>,
+) -> wqat::Result<()> {
+    let (m, ckpt) = load_int8(&model)?;
+    let ds = wqat::data::load(&data)?;
+    let test = match limit {
+        Some(n) => ds.test.truncated(n),
+        None => (*ds.test).clone(),
+    };
+    let b = backend(&backend_name, adapter)?;
+    let t = std::time::Instant::now();
+    let r = wqat::convert::eval::evaluate(&m, &b, &test, batch)?;
+    let secs = t.elapsed().as_secs_f64();
+    let mut report = serde_json::json!({
+        "model": model.display().to_string(),
+        "dataset": ds.name,
+        "backend": backend_name,
+        "accuracy": r.accuracy,
+        "correct": r.correct,
+        "total": r.total,
+        "images_per_s": r.total as f64 / secs.max(1e-9),
+    });
+    if layers {
+        let ckpt = match ckpt {
+            Some(c) => c,
+            None => {
+                let p = model.with_file_name("qat.safetensors");
+                wqat::tensorfile::TensorFile::load(&p)?
+            }
+        };
+        let graph = checkpoint_graph(&model, &ckpt)?;
+        let n = test.len().min(batch.max(1));
+        let images = &test.images()[..n * test.image_len()];
+        let diffs = wqat::convert::eval::layer_report(&graph, &ckpt, &m, images, n)?;
+        let rows: Vec<serde_json::Value> = diffs
+            .iter()
+            .map(|d| {
+                serde_json::json!({"layer": d.node, "max_abs_lsb": d.max_abs_lsb, "mean_abs_lsb": d.mean_abs_lsb,
+                    "mismatched": d.mismatched, "total": d.total, "local_max_abs_lsb": d.local_max_abs_lsb})
+            })
+            .collect();
+        if !json {
+            println!(
+                "{:<28} {:>10} {:>12} {:>12} {:>14}",
+                "layer", "max LSB", "mean LSB", "mismatched", "local max LSB"
+            );
+            for d in &diffs {
+                println!(
+                    "{:<28} {:>10.3} {:>12.5} {:>6}/{:<6} {:>13.3}",
+                    d.node, d.max_abs_lsb, d.mean_abs_lsb, d.mismatched, d.total, d.local_max_abs_lsb
+                );
+            }
+        }
+        report["layers"] = serde_json::Value::Array(rows);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    } else {
+        println!(
+            "{}: accuracy {:.2}% ({}/{}) on {} with the {} backend, {:.0} images/s",
+            model.display(),
+            r.accuracy * 100.0,
+            r.correct,
+            r.total,
+            ds.name,
+            backend_name,
+            r.total as f64 / secs.max(1e-9)
+        );
+    }
+    Ok(())
+}
+
+fn infer_cmd(model: PathBuf, images: Vec<PathBuf>, backend_name: String, adapter: Option<String>) -> wqat::Result<()> {
+    let (m, _) = load_int8(&model)?;
+    let b = backend(&backend_name, adapter)?;
+    let gpu = match &b {
+        wqat::convert::eval::Backend::Gpu(ctx) => Some(wqat::convert::Int8GpuModel::new(ctx, &m, 1)?),
+        _ => None,
+    };
+    for path in images {
+        let x = wqat::convert::eval::preprocess_image_file(&path, &m)?;
+        let out = match (&b, &gpu) {
+            (_, Some(g)) => g.forward(&x, 1)?,
+            (wqat::convert::eval::Backend::CpuScalar, _) => m.forward_cpu(&x, 1, wqat::int8::CpuBackend::Scalar)?,
+            _ => m.forward_cpu(&x, 1, wqat::int8::CpuBackend::Simd)?,
+        };
+        let max = out.logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let exps: Vec<f32> = out.logits.iter().map(|l| (l - max).exp()).collect();
+        let sum: f32 = exps.iter().sum();
+        let k = out.predictions[0];
+        let name = m.class_names().get(k).cloned().unwrap_or_else(|| k.to_string());
+        println!("{}: class {k} ({name}), score {:.4}", path.display(), exps[k] / sum);
+    }
+    Ok(())
 }
 
 #[derive(Args)]
@@ -284,6 +475,11 @@ fn main() {
     let result = match cli.command {
         Some(Command::Devices { json }) => devices(json),
         Some(Command::Train(a)) => train(*a),
+        Some(Command::Convert { checkpoint, out }) => convert_cmd(checkpoint, out),
+        Some(Command::Eval { model, data, backend, layers, batch, limit, json, adapter }) => {
+            eval_cmd(model, data, backend, layers, batch, limit, json, adapter)
+        }
+        Some(Command::Infer { model, images, backend, adapter }) => infer_cmd(model, images, backend, adapter),
         None => {
             use clap::CommandFactory;
             let _ = Cli::command().print_help();

@@ -276,6 +276,8 @@ pub struct Trainer {
 
 /// Name of the run checkpoint inside the output directory.
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+/// Name of the converted integer model inside the output directory.
+pub const INT8_FILE: &str = "model.int8.safetensors";
 
 impl Trainer {
     /// Loads data, builds the model (fresh, `--init`, or resumed from `resume_dir`).
@@ -446,10 +448,22 @@ impl Trainer {
             self.run.phase = Phase::Done;
         }
         self.state.set_quant_flags(&self.ctx, true, false, None)?;
-        let (qat_acc, _) = self.evaluate(&c)?;
+        let (qat_acc, qat_preds) = self.evaluate(&c)?;
         sink.message(&format!("QAT test accuracy {:.2}%", qat_acc * 100.0));
-        self.save_model("qat.safetensors", Some(&c))?;
+        let qat_file = self.save_model("qat.safetensors", Some(&c))?;
         self.save_checkpoint(&c, None)?;
+        // Conversion to the integer model and its evaluation (CPU SIMD backend).
+        let int8 = crate::convert::convert(&self.graph, &qat_file)?;
+        int8.save(&self.cfg.out.join(INT8_FILE))?;
+        let test = self.ds.test.truncated(self.test_batches.num_images());
+        let r = crate::convert::eval::evaluate(&int8, &crate::convert::eval::Backend::Cpu, &test, 256)?;
+        let agree = r.predictions.iter().zip(&qat_preds).filter(|(a, b)| **a == **b as usize).count();
+        let agreement = agree as f32 / qat_preds.len().max(1) as f32;
+        sink.message(&format!(
+            "int8 test accuracy {:.2}% (CPU integer backend), agreement with fake-quant {:.2}%",
+            r.accuracy * 100.0,
+            agreement * 100.0
+        ));
         let report = RunReport {
             dataset: self.ds.name.clone(),
             model: self.graph.name.clone(),
@@ -459,8 +473,8 @@ impl Trainer {
             fp32_acc: self.run.fp32_acc,
             ptq_acc: self.run.ptq_acc,
             qat_acc: Some(qat_acc),
-            int8_acc: None,
-            agreement: None,
+            int8_acc: Some(r.accuracy as f32),
+            agreement: Some(agreement),
             train_images_per_s_fp32: self.run.train_images_per_s_fp32,
             train_images_per_s_qat: self.run.train_images_per_s_qat,
             train_images: self.train_batches.num_images(),
@@ -678,11 +692,12 @@ impl Trainer {
     }
 
     /// Writes a model file (parameters and quantizer states) into the output directory.
-    fn save_model(&self, name: &str, c: Option<&Compiled>) -> Result<()> {
+    fn save_model(&self, name: &str, c: Option<&Compiled>) -> Result<TensorFile> {
         let extra = c.map(|c| c.histograms()).unwrap_or_default();
         let mut f = self.state.to_checkpoint(&self.ctx, &extra)?;
         self.metadata(&mut f)?;
-        f.save(&self.cfg.out.join(name))
+        f.save(&self.cfg.out.join(name))?;
+        Ok(f)
     }
 
     /// Writes the run checkpoint (model, optimizer, observers, run state, and the metrics
@@ -726,7 +741,12 @@ fn validate(cfg: &TrainConfig) -> Result<()> {
 fn load_init(ctx: &GpuContext, path: &Path, graph: &Graph, qconfig: QConfig) -> Result<ModelState> {
     // Only the parameters are taken: quantizers and optimizer start fresh.
     let f = TensorFile::load(path)?;
-    ModelState::from_params(ctx, path, &f, graph, qconfig)
+    if f.metadata.get("format").map(String::as_str) == Some(super::state::CHECKPOINT_FORMAT) {
+        return ModelState::from_params(ctx, path, &f, graph, qconfig);
+    }
+    // A PyTorch state_dict: names mapped, dtypes converted, every problem listed at once.
+    let imported = crate::model::import::import_state_dict(graph, path)?;
+    ModelState::from_params(ctx, path, &imported, graph, qconfig)
 }
 
 /// Writes `metrics.json` atomically.

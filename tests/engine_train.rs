@@ -182,3 +182,61 @@ fn conv_bn_fake_quant_eval_equals_folded_conv() {
         .collect();
     testing::assert_close("conv-bn block", &got, &want, 1e-4, 1e-5);
 }
+
+/// With 8-bit quantizers, calibrated then frozen observers and running BN statistics, the
+/// compiled GPU evaluation's logits equal the CPU fake-quant reference of the same graph.
+fn logits_match_reference(model: &str, input: [usize; 3], batch: usize, max_off_fraction: f32) {
+    let ctx = testing::ctx();
+    let g = zoo::build(model, input, 10).unwrap();
+    let state = ModelState::new(&ctx, &g, QConfig::new(8, 8).unwrap(), 21).unwrap();
+    let mut rng = testing::rng(8);
+    // Non-trivial BN statistics.
+    for p in &state.params {
+        let n = p.value.len();
+        let v = match p.spec.kind {
+            wqat::model::params::ParamKind::BnGamma | wqat::model::params::ParamKind::BnRunningVar => {
+                testing::uniform(&mut rng, n, 0.5, 1.5)
+            }
+            wqat::model::params::ParamKind::BnBeta | wqat::model::params::ParamKind::BnRunningMean => {
+                testing::uniform(&mut rng, n, -0.2, 0.2)
+            }
+            _ => continue,
+        };
+        p.value.write(&ctx, &v).unwrap();
+    }
+    let opts = CompileOptions { batch, quant: true, train: false, observer: ObserverKind::MinMax };
+    let c = Compiled::new(&ctx, &state, &opts, None).unwrap();
+    let x = testing::uniform(&mut rng, batch * input.iter().product::<usize>(), -1.5, 1.5);
+    c.images.write(&ctx, &x).unwrap();
+    state.set_quant_flags(&ctx, false, true, Some(true)).unwrap();
+    ctx.submit_plan(&c.calibrate_plan()).unwrap();
+    state.set_quant_flags(&ctx, true, false, None).unwrap();
+    ctx.submit_plan(&c.eval_plan()).unwrap();
+    let got = c.logits.read_f32(&ctx).unwrap();
+    let ckpt = state.to_checkpoint(&ctx, &[]).unwrap();
+    let want = wqat::reference::graph::fake_quant_forward(&g, &ckpt, &x, batch).unwrap();
+    // Both sides fake-quantize every activation: a value within float rounding of a code
+    // boundary may land one code apart, so compare in units of the logits' scale.
+    let last = &g.nodes.last().unwrap().name;
+    let lsb = ckpt.tensors[&format!("{last}.output_quant")].as_f32("q").unwrap()[4];
+    let mut off = 0;
+    for (g, w) in got.iter().zip(&want) {
+        let d = ((g - w) / lsb).abs();
+        assert!(d <= 2.01, "logit differs by {d} LSB: {g} vs {w}");
+        off += (d > 0.5) as usize;
+    }
+    eprintln!("{model}: {off} of {} logits one code apart", got.len());
+    assert!(off as f32 <= max_off_fraction * got.len() as f32, "{off} of {} logits differ by a code", got.len());
+}
+
+#[test]
+fn qat_logits_equal_cpu_reference_mnist_cnn() {
+    logits_match_reference("mnist-cnn", [1, 12, 12], 6, 0.02);
+}
+
+#[test]
+fn qat_logits_equal_cpu_reference_resnet20() {
+    // 20 quantized layers: a float-rounding flip at a code boundary early on can move a
+    // logit by a code; the bound says such flips stay rare and small.
+    logits_match_reference("resnet20", [3, 8, 8], 8, 0.15);
+}

@@ -1,0 +1,118 @@
+//! End to end: truncated or garbled files of every kind given to the CLI give one clear
+//! `error:` line and a non-zero exit, never a panic or a backtrace.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn wqat(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_wqat")).args(args).env("RUST_BACKTRACE", "1").output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn expect_clean_error(args: &[&str], must_mention: &str) {
+    let (code, text) = wqat(args);
+    assert_ne!(code, 0, "{args:?} succeeded:\n{text}");
+    assert!(!text.contains("panicked at"), "{args:?} panicked:\n{text}");
+    assert!(!text.contains("stack backtrace"), "{args:?} printed a backtrace:\n{text}");
+    let err_lines: Vec<&str> = text.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(err_lines.len(), 1, "{args:?}: expected one error line:\n{text}");
+    assert!(
+        err_lines[0].to_lowercase().contains(&must_mention.to_lowercase()),
+        "{args:?}: error should mention {must_mention:?}:\n{text}"
+    );
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("wqat-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// IDX files: valid headers with truncated bodies, garbage, and a wrong magic.
+#[test]
+fn bad_idx_directories() {
+    let d = tmp("idx");
+    let mut img = vec![0u8, 0, 8, 3, 0, 0, 0, 10, 0, 0, 0, 28, 0, 0, 0, 28];
+    img.extend(vec![7u8; 100]); // far fewer than 10*28*28 pixels
+    let mut lab = vec![0u8, 0, 8, 1, 0, 0, 0, 10];
+    lab.extend(vec![1u8; 10]);
+    for (name, bytes) in [
+        ("train-images-idx3-ubyte", &img),
+        ("train-labels-idx1-ubyte", &lab),
+        ("t10k-images-idx3-ubyte", &img),
+        ("t10k-labels-idx1-ubyte", &lab),
+    ] {
+        std::fs::write(d.join(name), bytes).unwrap();
+    }
+    expect_clean_error(&["train", "--data", s(&d), "--out", s(&d.join("out"))], "train-images");
+    std::fs::write(d.join("train-images-idx3-ubyte"), b"\x1f\x8b garbage that is not gzip").unwrap();
+    expect_clean_error(&["train", "--data", s(&d), "--out", s(&d.join("out"))], "train-images");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn bad_cifar_directory() {
+    let d = tmp("cifar");
+    for i in 1..=5 {
+        std::fs::write(d.join(format!("data_batch_{i}.bin")), vec![3u8; 3073 * 2 + 17]).unwrap();
+    }
+    std::fs::write(d.join("test_batch.bin"), vec![3u8; 3073]).unwrap();
+    expect_clean_error(&["train", "--data", s(&d), "--out", s(&d.join("out"))], "data_batch");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn bad_image_folder() {
+    let d = tmp("folder");
+    for class in ["cat", "dog"] {
+        std::fs::create_dir_all(d.join("train").join(class)).unwrap();
+        std::fs::create_dir_all(d.join("test").join(class)).unwrap();
+        std::fs::write(d.join("train").join(class).join("a.png"), b"\x89PNG\r\n\x1a\n truncated").unwrap();
+        std::fs::write(d.join("test").join(class).join("b.png"), b"\x89PNG\r\n\x1a\n truncated").unwrap();
+    }
+    expect_clean_error(&["train", "--data", s(&d), "--out", s(&d.join("out"))], ".png");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn bad_model_spec_and_checkpoints() {
+    let d = tmp("files");
+    let spec = d.join("model.json");
+    std::fs::write(
+        &spec,
+        br#"{"name": "x", "input": [1, 8, 8], "num_classes": 10, "nodes": [{"name": "a", "op": "conv""#,
+    )
+    .unwrap();
+    expect_clean_error(&["train", "--model", s(&spec), "--out", s(&d.join("o1"))], "model.json");
+    let ckpt = d.join("ckpt.safetensors");
+    std::fs::write(&ckpt, [200u8, 0, 0, 0, 0, 0, 0, 0, b'{']).unwrap();
+    expect_clean_error(&["train", "--init", s(&ckpt), "--out", s(&d.join("o2"))], "ckpt.safetensors");
+    expect_clean_error(&["eval", s(&ckpt)], "ckpt.safetensors");
+    expect_clean_error(&["convert", s(&ckpt), "--out", s(&d.join("m.int8"))], "ckpt.safetensors");
+    expect_clean_error(&["train", "--resume", s(&d)], "checkpoint.safetensors");
+    std::fs::write(d.join("checkpoint.safetensors"), b"").unwrap();
+    expect_clean_error(&["train", "--resume", s(&d)], "checkpoint.safetensors");
+    expect_clean_error(&["infer", s(&ckpt), s(&d.join("missing.png"))], "ckpt.safetensors");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn bad_arguments_and_resources() {
+    expect_clean_error(&["train", "--weight-bits", "9", "--out", "/nonexistent-wqat/x"], "bit width");
+    expect_clean_error(&["train", "--model", "resnet1000"], "resnet1000");
+    expect_clean_error(&["train", "--data", "/nonexistent/wqat-data"], "/nonexistent/wqat-data");
+    expect_clean_error(&["train", "--adapter", "no-such-adapter-xyz"], "no-such-adapter-xyz");
+    expect_clean_error(&["train", "--observer", "median"], "observer");
+    // An output path below a regular file cannot be created.
+    let d = tmp("out");
+    let file = d.join("file");
+    std::fs::write(&file, b"x").unwrap();
+    expect_clean_error(&["train", "--epochs", "1", "--out", s(&file.join("sub"))], "file");
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -498,6 +498,8 @@ impl<'a> Builder<'a> {
                 let wq = self.weight_q(i);
                 let w = self.param(&params::weight_name(&name))?;
                 let relu_fused = act == Act::Relu;
+                // Conv+BN folds BN into the weight only where the weight is fake-quantized.
+                let fold = bn && self.opts.quant;
                 let mut nb = NodeBuffers::default();
                 let (w_used, y_conv) = if bn {
                     if bias {
@@ -505,17 +507,22 @@ impl<'a> Builder<'a> {
                             "layer {name}: a conv with both a bias and a fused batch norm is not supported"
                         )));
                     }
-                    let p = r.node.bn_prefix();
-                    let gamma = self.param(&format!("{p}.weight"))?;
-                    let rv = self.param(&format!("{p}.running_var"))?;
-                    let c = cfg.c_out;
-                    let sf = self.zeros(&[c])?;
-                    let w_fold = self.zeros(&w.shape)?;
-                    self.fwd(Tag::Always, bn_fold::fold_forward(ctx, &w, &gamma, &rv, &sf, &w_fold, BN_EPS)?);
-                    let y_conv = self.zeros(&out.shape)?;
-                    nb.sf = Some(sf);
-                    nb.w_fold = Some(w_fold.clone());
-                    (w_fold, y_conv)
+                    if !fold {
+                        // fp32: no weight fake-quant, so plain conv then BN (the fold would cancel).
+                        (w.clone(), self.zeros(&out.shape)?)
+                    } else {
+                        let p = r.node.bn_prefix();
+                        let gamma = self.param(&format!("{p}.weight"))?;
+                        let rv = self.param(&format!("{p}.running_var"))?;
+                        let c = cfg.c_out;
+                        let sf = self.zeros(&[c])?;
+                        let w_fold = self.zeros(&w.shape)?;
+                        self.fwd(Tag::Always, bn_fold::fold_forward(ctx, &w, &gamma, &rv, &sf, &w_fold, BN_EPS)?);
+                        let y_conv = self.zeros(&out.shape)?;
+                        nb.sf = Some(sf);
+                        nb.w_fold = Some(w_fold.clone());
+                        (w_fold, y_conv)
+                    }
                 } else {
                     (w.clone(), out.clone())
                 };
@@ -550,9 +557,14 @@ impl<'a> Builder<'a> {
                     let beta = self.param(&format!("{p}.bias"))?;
                     let rm = self.param(&format!("{p}.running_mean"))?;
                     let rv = self.param(&format!("{p}.running_var"))?;
-                    let sf = nb.sf.clone().expect("set");
-                    let y_orig = self.zeros(&out.shape)?;
-                    self.fwd(Tag::Always, bn_fold::channel_div(ctx, &y_conv, &sf, &y_orig)?);
+                    let y_orig = if fold {
+                        let sf = nb.sf.clone().expect("set");
+                        let y_orig = self.zeros(&out.shape)?;
+                        self.fwd(Tag::Always, bn_fold::channel_div(ctx, &y_conv, &sf, &y_orig)?);
+                        y_orig
+                    } else {
+                        y_conv.clone()
+                    };
                     let saved = self.zeros(&[2 * cfg.c_out])?;
                     if self.opts.train {
                         let d = batchnorm::bn_stats(ctx, &y_orig, &saved, &rm, &rv, BN_EPS, BN_MOMENTUM)?;
@@ -706,6 +718,7 @@ impl<'a> Builder<'a> {
                 let wq = self.weight_q(i);
                 let w = self.param(&params::weight_name(&name))?;
                 let dw = self.grad_of(&params::weight_name(&name))?;
+                let fold = bn && self.opts.quant;
                 // dy_conv: the gradient wrt the conv output.
                 let (dy_conv, dy_orig_saved) = if bn {
                     let p = r.node.bn_prefix();
@@ -739,11 +752,15 @@ impl<'a> Builder<'a> {
                     self.bwd(Tag::Always, batchnorm::bn_backward_reduce(ctx, &t)?);
                     self.bwd(Tag::BnTrain, batchnorm::bn_backward_dx(ctx, &t, true)?);
                     self.bwd(Tag::BnEval, batchnorm::bn_backward_dx(ctx, &t, false)?);
-                    let sf = nb.sf.clone().expect("saved");
-                    let dy_conv = self.zeros(&out.shape)?;
-                    self.bwd(Tag::Always, bn_fold::channel_div(ctx, &dy_orig, &sf, &dy_conv)?);
                     let _ = rv;
-                    (dy_conv, Some(dy_orig))
+                    if fold {
+                        let sf = nb.sf.clone().expect("saved");
+                        let dy_conv = self.zeros(&out.shape)?;
+                        self.bwd(Tag::Always, bn_fold::channel_div(ctx, &dy_orig, &sf, &dy_conv)?);
+                        (dy_conv, Some(dy_orig))
+                    } else {
+                        (dy_orig, None)
+                    }
                 } else {
                     match act {
                         Act::None => (dout.clone(), None),
@@ -771,7 +788,7 @@ impl<'a> Builder<'a> {
                     };
                     self.bwd(Tag::Always, conv::conv2d_backward_data(ctx, &cfg, &args)?);
                 }
-                let dw_target = if bn { self.zeros(&w.shape)? } else { dw.clone() };
+                let dw_target = if fold { self.zeros(&w.shape)? } else { dw.clone() };
                 let args = Conv2dBackwardWeightArgs {
                     x: &x,
                     x_quant: xq.as_ref().map(|q| QuantOperand { state: &q.state, spec: q.spec }),
@@ -788,7 +805,7 @@ impl<'a> Builder<'a> {
                     let db = self.grad_of(&params::bias_name(&name))?;
                     self.bwd(Tag::Always, conv::conv2d_bias_grad(ctx, &cfg, &dy_conv, &db)?);
                 }
-                if bn {
+                if fold {
                     let p = r.node.bn_prefix();
                     let rv = self.param(&format!("{p}.running_var"))?;
                     let dgamma = self.grad_of(&format!("{p}.weight"))?;

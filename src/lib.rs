@@ -5,6 +5,7 @@
 //! kernel), [`quant`] (quantization semantics shared by all paths), [`int8`] (the CPU
 //! integer backend), [`data`] (data sets).
 
+pub mod bench;
 pub mod data;
 pub mod error;
 pub mod gpu;

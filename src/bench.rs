@@ -102,6 +102,13 @@ pub struct KernelResult {
     pub unfused_min_ms: f64,
     /// `"timestamp"` (GPU timestamp queries) or `"wall"` (wall clock around submit + wait).
     pub timing: String,
+    /// CPU adapters (lavapipe) on Linux: median CPU time all threads of the process spent per
+    /// fused unit (the shader's work, whatever else loads the machine).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fused_cpu_ms: Option<f64>,
+    /// As `fused_cpu_ms` for the unfused sequence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unfused_cpu_ms: Option<f64>,
 }
 
 /// Median, minimum and maximum seconds of one unit (one repetition of the dispatches).
@@ -116,6 +123,23 @@ pub struct Timing {
     pub reps: usize,
     /// Measured with GPU timestamp queries.
     pub timestamps: bool,
+    /// Median process CPU seconds per unit (CPU adapters; see [`KernelResult::fused_cpu_ms`]).
+    pub cpu_s: Option<f64>,
+}
+
+/// CPU time (ns) consumed so far by all threads of this process, from
+/// `/proc/self/task/*/schedstat` (Linux); `None` elsewhere. On a CPU adapter (lavapipe runs
+/// shaders on this process's threads) the CPU time of a sample measures the kernel's work
+/// independently of other processes competing for the cores.
+fn process_cpu_ns() -> Option<u64> {
+    let mut total = 0u64;
+    for e in std::fs::read_dir("/proc/self/task").ok()? {
+        let path = e.ok()?.path().join("schedstat");
+        if let Ok(s) = std::fs::read_to_string(path) {
+            total += s.split_whitespace().next()?.parse::<u64>().ok()?;
+        }
+    }
+    Some(total)
 }
 
 /// Timestamp query set and its resolve/readback buffers (two queries: pass begin, pass end).
@@ -207,25 +231,58 @@ pub fn time_dispatches(
     runs: usize,
     target_s: f64,
 ) -> Result<Timing> {
+    Ok(time_units(ctx, &[dispatches], warmup, runs, target_s)?[0])
+}
+
+/// Times several units against each other: as [`time_dispatches`] for each, but with their
+/// samples interleaved (A B A B ...) so that load from other processes on a shared machine
+/// (lavapipe runs on the CPU) falls on all of them alike and their ratios stay meaningful.
+pub fn time_units(
+    ctx: &GpuContext,
+    units: &[&[&Dispatch]],
+    warmup: usize,
+    runs: usize,
+    target_s: f64,
+) -> Result<Vec<Timing>> {
     let stamps = ctx.has_timestamps.then(|| Stamps::new(ctx));
-    let mut first = f64::MAX;
-    for _ in 0..warmup.max(1) {
-        first = first.min(run_once(ctx, dispatches, 1, stamps.as_ref())?);
+    let mut reps = Vec::with_capacity(units.len());
+    for u in units {
+        let mut first = f64::MAX;
+        for _ in 0..warmup.max(1) {
+            first = first.min(run_once(ctx, u, 1, stamps.as_ref())?);
+        }
+        reps.push(if first > 0.0 { (target_s / first).ceil().clamp(1.0, 64.0) as usize } else { 64 });
     }
-    let reps = if first > 0.0 { (target_s / first).ceil().clamp(1.0, 64.0) as usize } else { 64 };
-    let mut t = Vec::with_capacity(runs.max(1));
+    let cpu_adapter = ctx.summary.device_type == "Cpu";
+    let mut samples = vec![Vec::with_capacity(runs.max(1)); units.len()];
+    let mut cpu = vec![Vec::with_capacity(runs.max(1)); units.len()];
     for _ in 0..runs.max(1) {
-        t.push(run_once(ctx, dispatches, reps, stamps.as_ref())? / reps as f64);
+        for (i, u) in units.iter().enumerate() {
+            let c0 = if cpu_adapter { process_cpu_ns() } else { None };
+            samples[i].push(run_once(ctx, u, reps[i], stamps.as_ref())? / reps[i] as f64);
+            if let (Some(a), Some(b)) = (c0, c0.and_then(|_| process_cpu_ns())) {
+                cpu[i].push(b.saturating_sub(a) as f64 * 1e-9 / reps[i] as f64);
+            }
+        }
     }
-    t.sort_by(|a, b| a.total_cmp(b));
-    Ok(Timing {
-        median_s: t[t.len() / 2],
-        min_s: t[0],
-        max_s: t[t.len() - 1],
-        runs: t.len(),
-        reps,
-        timestamps: stamps.is_some(),
-    })
+    Ok(samples
+        .into_iter()
+        .zip(reps)
+        .zip(cpu)
+        .map(|((mut t, reps), mut c)| {
+            t.sort_by(|a, b| a.total_cmp(b));
+            c.sort_by(|a, b| a.total_cmp(b));
+            Timing {
+                cpu_s: (c.len() == t.len()).then(|| c[c.len() / 2]),
+                median_s: t[t.len() / 2],
+                min_s: t[0],
+                max_s: t[t.len() - 1],
+                runs: t.len(),
+                reps,
+                timestamps: stamps.is_some(),
+            }
+        })
+        .collect())
 }
 
 /// A tensor of deterministic pseudo-random values in [-1, 1).
@@ -281,9 +338,16 @@ impl Runner<'_> {
         time_dispatches(self.ctx, &refs, self.opts.warmup, self.opts.runs, self.opts.sample_target_s())
     }
 
+    /// Times units against each other (interleaved samples).
+    fn time_all(&self, units: &[&[Dispatch]]) -> Result<Vec<Timing>> {
+        let refs: Vec<Vec<&Dispatch>> = units.iter().map(|u| u.iter().collect()).collect();
+        let units: Vec<&[&Dispatch]> = refs.iter().map(|u| u.as_slice()).collect();
+        time_units(self.ctx, &units, self.opts.warmup, self.opts.runs, self.opts.sample_target_s())
+    }
+
     fn pair(&mut self, name: &str, shape: &str, flops: f64, fused: &[Dispatch], unfused: &[Dispatch]) -> Result<()> {
-        let f = self.time(fused)?;
-        let u = self.time(unfused)?;
+        let t = self.time_all(&[fused, unfused])?;
+        let (f, u) = (t[0], t[1]);
         let gf = |t: &Timing| flops / t.median_s / 1e9;
         self.out.push(KernelResult {
             name: name.into(),
@@ -297,6 +361,8 @@ impl Runner<'_> {
             fused_min_ms: f.min_s * 1e3,
             unfused_min_ms: u.min_s * 1e3,
             timing: timing_name(&f).into(),
+            fused_cpu_ms: f.cpu_s.map(|c| c * 1e3),
+            unfused_cpu_ms: u.cpu_s.map(|c| c * 1e3),
         });
         Ok(())
     }
@@ -472,6 +538,8 @@ impl Runner<'_> {
             fused_min_ms: t.min_s * 1e3,
             unfused_min_ms: t.min_s * 1e3,
             timing: timing_name(&t).into(),
+            fused_cpu_ms: t.cpu_s.map(|c| c * 1e3),
+            unfused_cpu_ms: t.cpu_s.map(|c| c * 1e3),
         });
         Ok(())
     }
@@ -519,6 +587,8 @@ impl Runner<'_> {
                 fused_min_ms: t.min_s * 1e3,
                 unfused_min_ms: copy.min_s * 1e3,
                 timing: timing_name(&t).into(),
+                fused_cpu_ms: t.cpu_s.map(|c| c * 1e3),
+                unfused_cpu_ms: copy.cpu_s.map(|c| c * 1e3),
             });
         }
         Ok(())
@@ -578,11 +648,13 @@ pub fn run_kernel_bench(ctx: &GpuContext, opts: &BenchOptions) -> Result<Vec<Ker
     Ok(r.out)
 }
 
-/// Prints the results as a table: times, GFLOP/s (GB/s for bandwidth rows) and the ratio.
+/// Prints the results as a table: median times, GFLOP/s (GB/s for bandwidth rows), the ratio,
+/// and the fastest fused sample with the ratio of fastest samples ("best": on a shared CPU
+/// adapter, the kernels' own speed without other processes' load).
 pub fn print_table(results: &[KernelResult]) {
     println!(
-        "{:<14} {:<38} {:>10} {:>10} {:>7} {:>9} {:>9}",
-        "kernel", "shape", "fused ms", "unfused ms", "ratio", "GFLOP/s", "unf GF/s"
+        "{:<14} {:<38} {:>10} {:>10} {:>7} {:>9} {:>9} {:>9} {:>7} {:>7}",
+        "kernel", "shape", "fused ms", "unfused ms", "ratio", "GFLOP/s", "unf GF/s", "best ms", "best r", "cpu r"
     );
     for r in results {
         let (a, b) = match r.gbps {
@@ -590,8 +662,20 @@ pub fn print_table(results: &[KernelResult]) {
             None => (format!("{:.2}", r.gflops), format!("{:.2}", r.unfused_gflops)),
         };
         println!(
-            "{:<14} {:<38} {:>10.3} {:>10.3} {:>6.2}x {:>9} {:>9}",
-            r.name, r.shape, r.fused_ms, r.unfused_ms, r.ratio, a, b
+            "{:<14} {:<38} {:>10.3} {:>10.3} {:>6.2}x {:>9} {:>9} {:>9.3} {:>6.2}x {:>7}",
+            r.name,
+            r.shape,
+            r.fused_ms,
+            r.unfused_ms,
+            r.ratio,
+            a,
+            b,
+            r.fused_min_ms,
+            r.unfused_min_ms / r.fused_min_ms,
+            match (r.fused_cpu_ms, r.unfused_cpu_ms) {
+                (Some(f), Some(u)) => format!("{:.2}x", u / f),
+                _ => String::new(),
+            }
         );
     }
 }

@@ -13,7 +13,7 @@
 //! The unfused path is `fake_quant_forward` into a scratch tensor, then [`gemm`] with no fq.
 
 use crate::error::{Result, WqatError};
-use crate::gpu::{grid_1d, Dispatch, GpuContext, GpuTensor, PipelineKey};
+use crate::gpu::{Dispatch, GpuContext, GpuTensor, PipelineKey};
 use crate::kernels::fake_quant::fake_quant_forward;
 use crate::quant::{QStateLayout, QuantSpec};
 
@@ -396,6 +396,6 @@ pub fn copy_f32(ctx: &GpuContext, x: &GpuTensor, out: &GpuTensor) -> Result<Disp
         return Err(WqatError::shape(format!("copy_f32: {:?} into {:?}", x.shape, out.shape)));
     }
     let p = CopyParams { n: x.len() as u32, _p: [0; 3] };
-    let key = PipelineKey::new("copy", "copy_f32");
-    Dispatch::new(ctx, &key, bytemuck::bytes_of(&p), &[&x.buffer, &out.buffer], grid_1d(x.len(), 256))
+    let (key, grid) = crate::kernels::fake_quant::elementwise(ctx, "copy", "copy_f32", x.len());
+    Dispatch::new(ctx, &key, bytemuck::bytes_of(&p), &[&x.buffer, &out.buffer], grid)
 }

@@ -66,6 +66,11 @@ fn kdecode(k: u32) -> vec4<i32> {
     return vec4<i32>(i32(ci * p.h * p.w + dh * p.w + dw), i32(dh), i32(dw), 0);
 }
 
+// (s, inv_s, z) of output channel co of the weight quantizer.
+fn wparams(co: u32) -> vec3<f32> {
+    return vec3<f32>(wq[4u + co], wq[4u + p.c_out + co], wq[4u + 2u * p.c_out + co]);
+}
+
 fn fq(v: f32, s: f32, inv_s: f32, z: f32, qmin: f32, qmax: f32) -> f32 {
     return (clamp(round(v * inv_s) + z, qmin, qmax) - z) * s;
 }
@@ -122,6 +127,16 @@ fn conv2d_forward(
     }
     var w_on = false;
     if ((p.flags & FQ_W) != 0u) { w_on = wq[0] != 0.0; }
+    // The A-tile elements this invocation loads are e = lid + j * WG, in rows lid / BK +
+    // j * WG / BK whatever the step: the weight quantizer parameters of the first two are
+    // read once here (loads with computed indices are gathers on CPU adapters), later ones
+    // (64-invocation tiles only) per element.
+    var wq_a = vec3<f32>(1.0, 1.0, 0.0);
+    var wq_b = wq_a;
+    if (w_on) {
+        wq_a = wparams(g * M + min(m0 + lid / BK, M - 1u));
+        wq_b = wparams(g * M + min(m0 + (lid + WG) / BK, M - 1u));
+    }
 
     // The column this invocation gathers from X, decoded once.
     let lc = lid % bn;
@@ -146,6 +161,7 @@ fn conv2d_forward(
     for (var k0 = 0u; k0 < K; k0 += BK) {
         if (lid < BK) { Kd[BK - slot + lid] = kdecode(k0 + BK + lid); }
         // A tile: FQ(W) rows m0.., k contiguous in memory.
+        var j = 0u;
         for (var e = lid; e < bm * BK; e += WG) {
             let m = e / BK;
             let kk = e % BK;
@@ -156,9 +172,16 @@ fn conv2d_forward(
                 let co = g * M + row;
                 v = wt[co * K + k];
                 if (w_on) {
-                    v = fq(v, wq[4u + co], wq[4u + p.c_out + co], wq[4u + 2u * p.c_out + co], p.w_qmin, p.w_qmax);
+                    var q = wq_a;
+                    if (j == 1u) {
+                        q = wq_b;
+                    } else if (j > 1u) {
+                        q = wparams(co);
+                    }
+                    v = fq(v, q.x, q.y, q.z, p.w_qmin, p.w_qmax);
                 }
             }
+            j++;
             let ai = kk * (bm + 4u) + m;
             As[ai / 4u][ai % 4u] = v;
         }

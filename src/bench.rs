@@ -27,7 +27,7 @@ use crate::kernels::conv::{
     Conv2dConfig, Conv2dForwardArgs, QuantOperand, SteMask,
 };
 use crate::kernels::fake_quant::{fake_quant_forward, ste_backward};
-use crate::kernels::gemm::{copy_f32, gemm, gemm_unfused, GemmConfig, GemmExtras, GemmTile};
+use crate::kernels::gemm::{copy_f32, gemm, gemm_unfused, GemmConfig, GemmExtras};
 use crate::quant::{QStateLayout, QuantSpec};
 use std::time::Instant;
 
@@ -386,12 +386,10 @@ impl Runner<'_> {
         let (dx_raw, dw_raw) = (zeros(ctx, &[batch, inp])?, zeros(ctx, &[out, inp])?);
         let qx = act_state(ctx)?;
         let qw = weight_state(ctx, out)?;
-        let tile = GemmTile::for_context(ctx);
         let flops = GemmConfig::new(batch, out, inp).flops();
 
         if self.opts.wants("linear_fwd", &shape) {
-            let cfg =
-                GemmConfig { tile: Some(tile), ..GemmConfig::linear_forward(batch, inp, out, Some(act), Some(wspec)) };
+            let cfg = GemmConfig::linear_forward(batch, inp, out, Some(act), Some(wspec));
             let ex = GemmExtras { bias: Some(&bias), qa: Some(&qx), qb: Some(&qw), ..Default::default() };
             let fused = [gemm(ctx, &cfg, &x, &w, &y, &ex)?];
             let unfused = gemm_unfused(ctx, &cfg, &x, &w, &y, &ex, [Some(&xq), Some(&wq)])?;
@@ -399,10 +397,7 @@ impl Runner<'_> {
         }
         if backward && self.opts.wants("linear_dx", &shape) {
             // dX = (dY FQ(W)) ⊙ STE(x).
-            let cfg = GemmConfig {
-                tile: Some(tile),
-                ..GemmConfig::linear_backward_input(batch, inp, out, Some(act), Some(wspec))
-            };
+            let cfg = GemmConfig::linear_backward_input(batch, inp, out, Some(act), Some(wspec));
             let ex = GemmExtras { qb: Some(&qw), mask_src: Some(&x), mask_state: Some(&qx), ..Default::default() };
             let fused = [gemm(ctx, &cfg, &dy, &w, &dx, &ex)?];
             let plain = GemmConfig { fq_b: None, mask: None, ..cfg };
@@ -415,10 +410,7 @@ impl Runner<'_> {
         }
         if backward && self.opts.wants("linear_dw", &shape) {
             // dW = (dY^T FQ(x)) ⊙ STE(W).
-            let cfg = GemmConfig {
-                tile: Some(tile),
-                ..GemmConfig::linear_backward_weight(batch, inp, out, Some(act), Some(wspec))
-            };
+            let cfg = GemmConfig::linear_backward_weight(batch, inp, out, Some(act), Some(wspec));
             let ex = GemmExtras { qb: Some(&qx), mask_src: Some(&w), mask_state: Some(&qw), ..Default::default() };
             let fused = [gemm(ctx, &cfg, &dy, &x, &dw, &ex)?];
             let plain = GemmConfig { fq_b: None, mask: None, ..cfg };

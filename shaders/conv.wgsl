@@ -40,6 +40,10 @@ override TPM: u32 = 16u;       // invocations along M: 4, 8 or 16
 // Fully unroll the BK loop (real GPUs). Off on lavapipe, where the unrolled shader takes
 // about twice as long to compile at first dispatch and runs no faster.
 override UNROLL: bool = true;
+// CPU adapters (lavapipe): no workgroup memory or barriers (they cost more than they save
+// there); each invocation computes 4 rows x 8 columns straight from storage (see
+// `forward_direct`). TPM is then the number of invocations along M, WG / TPM along N.
+override DIRECT: bool = false;
 
 // Bits of p.flags.
 const FQ_X: u32 = 1u;
@@ -66,6 +70,11 @@ fn kdecode(k: u32) -> vec4<i32> {
     return vec4<i32>(i32(ci * p.h * p.w + dh * p.w + dw), i32(dh), i32(dw), 0);
 }
 
+// (s, inv_s, z) of output channel co of the weight quantizer.
+fn wparams(co: u32) -> vec3<f32> {
+    return vec3<f32>(wq[4u + co], wq[4u + p.c_out + co], wq[4u + 2u * p.c_out + co]);
+}
+
 fn fq(v: f32, s: f32, inv_s: f32, z: f32, qmin: f32, qmax: f32) -> f32 {
     return (clamp(round(v * inv_s) + z, qmin, qmax) - z) * s;
 }
@@ -86,12 +95,159 @@ fn store_row(g: u32, row: u32, v: vec4<f32>, col0: u32, step: u32) {
     }
 }
 
+// One input value of the column group at (ih, iw) (vec4 lanes), 0 outside the image or past
+// the last column.
+fn gather4(xb: vec4<i32>, ih: vec4<i32>, iw: vec4<i32>, ok: vec4<bool>) -> vec4<f32> {
+    let inside = ok & (ih >= vec4<i32>(0)) & (ih < vec4<i32>(i32(p.h))) & (iw >= vec4<i32>(0)) & (iw < vec4<i32>(i32(p.w)));
+    let idx = select(vec4<i32>(0), xb + ih * i32(p.w) + iw, inside);
+    let v = vec4<f32>(x[u32(idx.x)], x[u32(idx.y)], x[u32(idx.z)], x[u32(idx.w)]);
+    return select(vec4<f32>(0.0), v, inside);
+}
+
+fn fq4(v: vec4<f32>, s: f32, inv_s: f32, z: f32, qmin: f32, qmax: f32) -> vec4<f32> {
+    return (clamp(round(v * inv_s) + z, vec4<f32>(qmin), vec4<f32>(qmax)) - z) * s;
+}
+
+// Decoded output columns of one vec4 group starting at col0: the input offset of each
+// column's image and channel group, its top-left input row and column, and which exist.
+struct Cols {
+    xb: vec4<i32>,
+    ih0: vec4<i32>,
+    iw0: vec4<i32>,
+    ok: vec4<bool>,
+}
+
+fn decode_cols(col0: u32, g: u32) -> Cols {
+    var c: Cols;
+    let ohw = p.oh * p.ow;
+    for (var j = 0u; j < 4u; j++) {
+        let col = col0 + j;
+        let cc = min(col, p.gemm_n - 1u);
+        let nb = cc / ohw;
+        let pp = cc % ohw;
+        c.xb[j] = i32((nb * p.c_in + g * p.cin_g) * p.h * p.w);
+        c.ih0[j] = i32(pp / p.ow * p.stride_h) - i32(p.pad_h);
+        c.iw0[j] = i32(pp % p.ow * p.stride_w) - i32(p.pad_w);
+        c.ok[j] = col < p.gemm_n;
+    }
+    return c;
+}
+
+// The direct forward (DIRECT): invocation (tx, ty) of the tile computes rows
+// m0 + 4 ty .. + 3 and the column groups n0 + 4 tx and n0 + 4 (tx + WG / TPM) (strided, so
+// neighbouring invocations take neighbouring pixels), looping over k = (ci, kh, kw) in nested
+// loops (no integer division per step). W's quantizer parameters are read once per row.
+fn forward_direct(lid: u32, wid: vec3<u32>, nwg: vec3<u32>) {
+    let tpn = WG / TPM;
+    let bm = 4u * TPM;
+    let bn = 8u * tpn;
+    let g = wid.z;
+    let M = p.gemm_m;
+    let N = p.gemm_n;
+    let K = p.gemm_k;
+    let m_tiles = (M + bm - 1u) / bm;
+    let t = wid.x + wid.y * nwg.x;
+    if (t >= m_tiles * ((N + bn - 1u) / bn)) { return; }
+    let m0 = t % m_tiles * bm;
+    let n0 = t / m_tiles * bn;
+    let tx = lid % tpn;
+    let ty = lid / tpn;
+
+    var x_on = false;
+    var xp = vec3<f32>(1.0, 1.0, 0.0);
+    if ((p.flags & FQ_X) != 0u) {
+        x_on = xq[0] != 0.0;
+        xp = vec3<f32>(xq[4], xq[5], xq[6]);
+    }
+    var w_on = false;
+    if ((p.flags & FQ_W) != 0u) { w_on = wq[0] != 0.0; }
+    let row = m0 + ty * 4u;
+    // Weight rows (clamped into range; rows past M are computed and dropped).
+    let r0 = g * M + min(row, M - 1u);
+    let r1 = g * M + min(row + 1u, M - 1u);
+    let r2 = g * M + min(row + 2u, M - 1u);
+    let r3 = g * M + min(row + 3u, M - 1u);
+    var q0 = vec3<f32>(1.0, 1.0, 0.0);
+    var q1 = q0;
+    var q2 = q0;
+    var q3 = q0;
+    if (w_on) {
+        q0 = wparams(r0);
+        q1 = wparams(r1);
+        q2 = wparams(r2);
+        q3 = wparams(r3);
+    }
+    let ca = decode_cols(n0 + tx * 4u, g);
+    let cb = decode_cols(n0 + (tx + tpn) * 4u, g);
+
+    var a0 = vec4<f32>(0.0);
+    var a1 = a0;
+    var a2 = a0;
+    var a3 = a0;
+    var b0 = a0;
+    var b1 = a0;
+    var b2 = a0;
+    var b3 = a0;
+    let hw = i32(p.h * p.w);
+    var k = 0u;
+    for (var ci = 0u; ci < p.cin_g; ci++) {
+        let xo = i32(ci) * hw;
+        for (var kh = 0u; kh < p.kh; kh++) {
+            let dh = i32(kh * p.dil_h);
+            let iha = ca.ih0 + vec4<i32>(dh);
+            let ihb = cb.ih0 + vec4<i32>(dh);
+            for (var kw = 0u; kw < p.kw; kw++) {
+                let dw = i32(kw * p.dil_w);
+                var xa = gather4(ca.xb + vec4<i32>(xo), iha, ca.iw0 + vec4<i32>(dw), ca.ok);
+                var xb = gather4(cb.xb + vec4<i32>(xo), ihb, cb.iw0 + vec4<i32>(dw), cb.ok);
+                if (x_on) {
+                    xa = fq4(xa, xp.x, xp.y, xp.z, p.x_qmin, p.x_qmax);
+                    xb = fq4(xb, xp.x, xp.y, xp.z, p.x_qmin, p.x_qmax);
+                }
+                var w0 = wt[r0 * K + k];
+                var w1 = wt[r1 * K + k];
+                var w2 = wt[r2 * K + k];
+                var w3 = wt[r3 * K + k];
+                if (w_on) {
+                    w0 = fq(w0, q0.x, q0.y, q0.z, p.w_qmin, p.w_qmax);
+                    w1 = fq(w1, q1.x, q1.y, q1.z, p.w_qmin, p.w_qmax);
+                    w2 = fq(w2, q2.x, q2.y, q2.z, p.w_qmin, p.w_qmax);
+                    w3 = fq(w3, q3.x, q3.y, q3.z, p.w_qmin, p.w_qmax);
+                }
+                a0 = fma(vec4<f32>(w0), xa, a0);
+                a1 = fma(vec4<f32>(w1), xa, a1);
+                a2 = fma(vec4<f32>(w2), xa, a2);
+                a3 = fma(vec4<f32>(w3), xa, a3);
+                b0 = fma(vec4<f32>(w0), xb, b0);
+                b1 = fma(vec4<f32>(w1), xb, b1);
+                b2 = fma(vec4<f32>(w2), xb, b2);
+                b3 = fma(vec4<f32>(w3), xb, b3);
+                k++;
+            }
+        }
+    }
+    let cola = n0 + tx * 4u;
+    let colb = n0 + (tx + tpn) * 4u;
+    store_row(g, row, a0, cola, 1u);
+    store_row(g, row + 1u, a1, cola, 1u);
+    store_row(g, row + 2u, a2, cola, 1u);
+    store_row(g, row + 3u, a3, cola, 1u);
+    store_row(g, row, b0, colb, 1u);
+    store_row(g, row + 1u, b1, colb, 1u);
+    store_row(g, row + 2u, b2, colb, 1u);
+    store_row(g, row + 3u, b3, colb, 1u);
+}
+
 @compute @workgroup_size(WG)
 fn conv2d_forward(
     @builtin(local_invocation_index) lid: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
+    if (DIRECT) {
+        forward_direct(lid, wid, nwg);
+        return;
+    }
     let tpn = WG / TPM;
     // The BK loop bound: the constant BK, or an opaque equal value that stops unrolling.
     let kb = select(min(BK, p.n * BK), BK, UNROLL);
@@ -122,6 +278,16 @@ fn conv2d_forward(
     }
     var w_on = false;
     if ((p.flags & FQ_W) != 0u) { w_on = wq[0] != 0.0; }
+    // The A-tile elements this invocation loads are e = lid + j * WG, in rows lid / BK +
+    // j * WG / BK whatever the step: the weight quantizer parameters of the first two are
+    // read once here (loads with computed indices are gathers on CPU adapters), later ones
+    // (64-invocation tiles only) per element.
+    var wq_a = vec3<f32>(1.0, 1.0, 0.0);
+    var wq_b = wq_a;
+    if (w_on) {
+        wq_a = wparams(g * M + min(m0 + lid / BK, M - 1u));
+        wq_b = wparams(g * M + min(m0 + (lid + WG) / BK, M - 1u));
+    }
 
     // The column this invocation gathers from X, decoded once.
     let lc = lid % bn;
@@ -146,6 +312,7 @@ fn conv2d_forward(
     for (var k0 = 0u; k0 < K; k0 += BK) {
         if (lid < BK) { Kd[BK - slot + lid] = kdecode(k0 + BK + lid); }
         // A tile: FQ(W) rows m0.., k contiguous in memory.
+        var j = 0u;
         for (var e = lid; e < bm * BK; e += WG) {
             let m = e / BK;
             let kk = e % BK;
@@ -156,9 +323,16 @@ fn conv2d_forward(
                 let co = g * M + row;
                 v = wt[co * K + k];
                 if (w_on) {
-                    v = fq(v, wq[4u + co], wq[4u + p.c_out + co], wq[4u + 2u * p.c_out + co], p.w_qmin, p.w_qmax);
+                    var q = wq_a;
+                    if (j == 1u) {
+                        q = wq_b;
+                    } else if (j > 1u) {
+                        q = wparams(co);
+                    }
+                    v = fq(v, q.x, q.y, q.z, p.w_qmin, p.w_qmax);
                 }
             }
+            j++;
             let ai = kk * (bm + 4u) + m;
             As[ai / 4u][ai % 4u] = v;
         }

@@ -3,8 +3,11 @@
 //! Layout: [`gpu`] (device, tensors, shader registry, recorded dispatches), [`kernels`]
 //! (host wrappers of the WGSL entry points), [`reference`] (CPU references of every
 //! kernel), [`quant`] (quantization semantics shared by all paths), [`int8`] (the CPU
-//! integer backend), [`data`] (data sets).
+//! integer backend), [`data`] (data sets), [`model`] (graphs, zoo, parameter names),
+//! [`engine`] (compiled training and the `wqat train` pipeline), [`convert`] (integer models),
+//! [`bench`] (kernel benchmarks).
 
+pub mod bench;
 pub mod convert;
 pub mod data;
 pub mod engine;

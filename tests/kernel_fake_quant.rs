@@ -96,3 +96,19 @@ fn disabled_quantizer_is_identity_and_shapes_are_checked() {
     assert!(k::fake_quant_forward(&ctx, &gx, &gs, &go, &QuantSpec { bits: 9, ..spec }).is_err());
     assert!(GpuTensor::zeros(&ctx, &[0, 3], wqat::gpu::DType::F32).is_err());
 }
+
+#[test]
+fn channel_runs_longer_and_shorter_than_a_workgroup_chunk() {
+    // The kernels read per-channel parameters once per invocation when a channel run
+    // (`inner` elements) is longer than an invocation's span and per element otherwise;
+    // sizes around those thresholds, with runs crossing chunk boundaries and ragged tails.
+    let shapes: [(&[usize], usize); 6] =
+        [(&[5, 1000], 0), (&[3, 1025], 0), (&[7, 300], 0), (&[2, 3, 4096], 1), (&[9, 256], 0), (&[4, 2049], 0)];
+    for (i, (shape, axis)) in shapes.into_iter().enumerate() {
+        let spec = QuantSpec { channel_axis: Some(axis), ..QuantSpec::weight(8) };
+        run_case(300 + i as u64, shape, spec);
+        let spec = QuantSpec { channel_axis: Some(axis), ..QuantSpec::activation(5) };
+        run_case(400 + i as u64, shape, spec);
+    }
+    run_case(500, &[3 * 1024 + 17], QuantSpec::activation(8));
+}

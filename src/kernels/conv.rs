@@ -400,12 +400,27 @@ pub fn conv2d_forward(ctx: &GpuContext, cfg: &Conv2dConfig, a: &Conv2dForwardArg
     p.gemm_m = m as u32;
     p.gemm_n = n as u32;
     p.gemm_k = (cfg.c_in / cfg.groups * cfg.kh * cfg.kw) as u32;
-    let tile = pick_tile(m, n);
     p.flags = bit(a.x_quant.is_some(), FQ_X)
         | bit(a.w_quant.is_some(), FQ_W)
         | bit(a.bias.is_some(), HAS_BIAS)
         | bit(a.relu, RELU);
-    let key = tile.key(ctx, "conv", "conv2d_forward");
+    let (key, grid) = if is_cpu(ctx) {
+        // Direct path: 64 invocations, TPM along M (4 rows each, enough to cover M up to 64),
+        // the rest along N (8 columns each).
+        let tpm = m.div_ceil(4).next_power_of_two().min(16);
+        let (bm, bn) = (4 * tpm, 8 * (64 / tpm));
+        let tiles = m.div_ceil(bm) * n.div_ceil(bn);
+        let [x, y, _] = grid_1d(tiles, 1);
+        let key = PipelineKey::new("conv", "conv2d_forward")
+            .with("WG", 64.0)
+            .with("TPM", tpm as f64)
+            .with("UNROLL", 0.0)
+            .with("DIRECT", 1.0);
+        (key, [x, y, cfg.groups as u32])
+    } else {
+        let tile = pick_tile(m, n);
+        (tile.key(ctx, "conv", "conv2d_forward"), gemm_grid(m, n, cfg.groups, tile))
+    };
     let bias = a.bias.unwrap_or(a.w);
     let xs = a.x_quant.map(|q| q.state).unwrap_or(a.x);
     let ws = a.w_quant.map(|q| q.state).unwrap_or(a.w);
@@ -414,7 +429,7 @@ pub fn conv2d_forward(ctx: &GpuContext, cfg: &Conv2dConfig, a: &Conv2dForwardArg
         &key,
         bytemuck::bytes_of(&p),
         &[&a.x.buffer, &a.w.buffer, &bias.buffer, &xs.buffer, &ws.buffer, &a.y.buffer],
-        gemm_grid(m, n, cfg.groups, tile),
+        grid,
     )
 }
 

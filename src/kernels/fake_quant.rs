@@ -40,6 +40,31 @@ fn params(x: &GpuTensor, state: &GpuTensor, spec: &QuantSpec) -> Result<(Params,
     Ok((p, x.len()))
 }
 
+/// Elements per invocation of the elementwise kernels (override `EPT` of
+/// `shaders/fake_quant.wgsl` and `shaders/copy.wgsl`): 1 on GPUs; on CPU adapters (lavapipe),
+/// where every workgroup has a fixed cost, each invocation takes several.
+pub fn elements_per_invocation(ctx: &GpuContext) -> u32 {
+    if let Some(e) = std::env::var("WQAT_EPT").ok().and_then(|v| v.parse().ok()) {
+        return e;
+    }
+    if ctx.summary.device_type == "Cpu" {
+        4
+    } else {
+        1
+    }
+}
+
+/// The pipeline key and grid of an elementwise entry point over `n` elements.
+pub(crate) fn elementwise(
+    ctx: &GpuContext,
+    shader: &'static str,
+    entry: &'static str,
+    n: usize,
+) -> (PipelineKey, [u32; 3]) {
+    let ept = elements_per_invocation(ctx);
+    (PipelineKey::new(shader, entry).with("EPT", ept as f64), grid_1d(n.div_ceil(ept as usize), 256))
+}
+
 fn same_shape(a: &GpuTensor, b: &GpuTensor, what: &str) -> Result<()> {
     if a.shape != b.shape {
         return Err(WqatError::shape(format!("{what}: shapes {:?} and {:?} differ", a.shape, b.shape)));
@@ -57,8 +82,8 @@ pub fn fake_quant_forward(
 ) -> Result<Dispatch> {
     same_shape(x, out, "fake_quant_forward")?;
     let (p, n) = params(x, state, spec)?;
-    let key = PipelineKey::new("fake_quant", "fake_quant_forward");
-    Dispatch::new(ctx, &key, bytemuck::bytes_of(&p), &[&x.buffer, &state.buffer, &out.buffer], grid_1d(n, 256))
+    let (key, grid) = elementwise(ctx, "fake_quant", "fake_quant_forward", n);
+    Dispatch::new(ctx, &key, bytemuck::bytes_of(&p), &[&x.buffer, &state.buffer, &out.buffer], grid)
 }
 
 /// `dx = dy * [qmin <= round(x/s)+z <= qmax]` (straight-through estimator).
@@ -73,12 +98,6 @@ pub fn ste_backward(
     same_shape(x, dy, "ste_backward")?;
     same_shape(x, dx, "ste_backward")?;
     let (p, n) = params(x, state, spec)?;
-    let key = PipelineKey::new("fake_quant", "ste_backward");
-    Dispatch::new(
-        ctx,
-        &key,
-        bytemuck::bytes_of(&p),
-        &[&x.buffer, &state.buffer, &dy.buffer, &dx.buffer],
-        grid_1d(n, 256),
-    )
+    let (key, grid) = elementwise(ctx, "fake_quant", "ste_backward", n);
+    Dispatch::new(ctx, &key, bytemuck::bytes_of(&p), &[&x.buffer, &state.buffer, &dy.buffer, &dx.buffer], grid)
 }

@@ -13,7 +13,7 @@
 //! The unfused path is `fake_quant_forward` into a scratch tensor, then [`gemm`] with no fq.
 
 use crate::error::{Result, WqatError};
-use crate::gpu::{grid_1d, Dispatch, GpuContext, GpuTensor, PipelineKey};
+use crate::gpu::{Dispatch, GpuContext, GpuTensor, PipelineKey};
 use crate::kernels::fake_quant::fake_quant_forward;
 use crate::quant::{QStateLayout, QuantSpec};
 
@@ -52,6 +52,40 @@ impl GemmTile {
         } else {
             GemmTile::GPU
         }
+    }
+    /// Direct (no workgroup memory) tiles for CPU adapters, largest first: 128x64 (the
+    /// default), 64x64, 32x32 and 16x16.
+    pub const CPU_TILES: [GemmTile; 4] = [
+        GemmTile::CPU,
+        GemmTile { wg_x: 8, wg_y: 8, tm: 8, tn: 8, bk: 16, shared: false },
+        GemmTile { wg_x: 8, wg_y: 8, tm: 4, tn: 4, bk: 16, shared: false },
+        GemmTile { wg_x: 4, wg_y: 4, tm: 4, tn: 4, bk: 16, shared: false },
+    ];
+
+    /// The tiling [`gemm`] uses when `GemmConfig::tile` is `None`: [`GemmTile::for_context`],
+    /// except that on CPU adapters a C of `m x n` that the default tile would mostly pad
+    /// (small layers: a 64x10 output in a 128x64 tile computes 13x the useful work on one
+    /// core) takes the largest of [`GemmTile::CPU_TILES`] covering it at least 75% full, or
+    /// the fullest one.
+    pub fn for_problem(ctx: &GpuContext, m: usize, n: usize) -> GemmTile {
+        let default = GemmTile::for_context(ctx);
+        if default != GemmTile::CPU {
+            return default;
+        }
+        let fill = |t: &GemmTile| {
+            let (bm, bn) = (t.bm() as usize, t.bn() as usize);
+            (m * n) as f64 / (m.div_ceil(bm) * bm * n.div_ceil(bn) * bn) as f64
+        };
+        let mut best = GemmTile::CPU;
+        for t in GemmTile::CPU_TILES {
+            if fill(&t) >= 0.75 {
+                return t;
+            }
+            if fill(&t) > fill(&best) {
+                best = t;
+            }
+        }
+        best
     }
     pub fn bm(&self) -> u32 {
         self.wg_y * self.tm
@@ -106,7 +140,7 @@ pub struct GemmConfig {
     pub accumulate: bool,
     /// Multiply by the STE mask of a mask source `[m, n]`; `channel_axis: Some(0)` = per row of C.
     pub mask: Option<QuantSpec>,
-    /// Tiling; `None` = [`GemmTile::for_context`].
+    /// Tiling; `None` = [`GemmTile::for_problem`].
     pub tile: Option<GemmTile>,
 }
 
@@ -301,7 +335,7 @@ pub fn gemm(
         (p.cm, p.qmin_m, p.qmax_m) = quantizer("mask", spec, extra.mask_state, m)?;
         check_len("mask source", extra.mask_src.unwrap_or(c), m * n)?;
     }
-    let tile = cfg.tile.unwrap_or_else(|| GemmTile::for_context(ctx));
+    let tile = cfg.tile.unwrap_or_else(|| GemmTile::for_problem(ctx, m, n));
     tile.validate(ctx)?;
     let per_channel = |s: &Option<QuantSpec>| s.is_some_and(|s| s.channel_axis.is_some());
     let flag = |v: bool| if v { 1.0 } else { 0.0 };
@@ -396,6 +430,6 @@ pub fn copy_f32(ctx: &GpuContext, x: &GpuTensor, out: &GpuTensor) -> Result<Disp
         return Err(WqatError::shape(format!("copy_f32: {:?} into {:?}", x.shape, out.shape)));
     }
     let p = CopyParams { n: x.len() as u32, _p: [0; 3] };
-    let key = PipelineKey::new("copy", "copy_f32");
-    Dispatch::new(ctx, &key, bytemuck::bytes_of(&p), &[&x.buffer, &out.buffer], grid_1d(x.len(), 256))
+    let (key, grid) = crate::kernels::fake_quant::elementwise(ctx, "copy", "copy_f32", x.len());
+    Dispatch::new(ctx, &key, bytemuck::bytes_of(&p), &[&x.buffer, &out.buffer], grid)
 }

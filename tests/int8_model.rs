@@ -160,7 +160,7 @@ fn resnet20_bit_exact_and_agrees_with_simulation() {
 }
 
 #[test]
-fn fp32_first_and_last_layers_run_on_cpu() {
+fn fp32_first_and_last_layers_run_on_cpu_and_gpu() {
     let mut g = zoo::build("mnist-cnn", [1, 28, 28], 10).unwrap();
     g.nodes[0].fp32 = true;
     let last = g.nodes.len() - 1;
@@ -180,8 +180,7 @@ fn fp32_first_and_last_layers_run_on_cpu() {
     let sim_pred = convert::cpu::argmax_rows(&sim, 10);
     let agree = sim_pred.iter().zip(&a.predictions).filter(|(p, q)| p == q).count();
     assert!(agree as f64 >= MIN_AGREEMENT * n as f64, "agreement {agree}/{n}");
-    // The GPU executor reports f32 layers as unsupported instead of failing later.
-    assert!(Int8GpuModel::new(&testing::ctx(), &model, 4).is_err());
+    check_gpu_close_to_cpu(&model, &x[..9 * 784], 9);
     // Round trip keeps the f32 layers.
     let tf = model.to_tensor_file().unwrap();
     let back = Int8Model::from_tensor_file(std::path::Path::new("mem"), &tf).unwrap();
@@ -207,6 +206,61 @@ fn disabled_quantizer_runs_that_layer_in_f32() {
     let sim_pred = convert::cpu::argmax_rows(&sim, 10);
     let agree = sim_pred.iter().zip(&out.predictions).filter(|(p, q)| p == q).count();
     assert!(agree as f64 >= MIN_AGREEMENT * n as f64, "agreement {agree}/{n}");
+    check_gpu_close_to_cpu(&model, &x[..11 * 64], 11);
+}
+
+/// Models with f32 layers: the GPU runs those with the engine's fp32 kernels, whose sums are
+/// ordered differently from the CPU's, so codes may differ by one step (never more than
+/// [`MAX_F32_LAYER_LSB`] here) and f32 values by float rounding.
+fn check_gpu_close_to_cpu(model: &Int8Model, x: &[f32], batch: usize) {
+    const MAX_F32_LAYER_LSB: i32 = 1;
+    let cpu = model.forward_cpu_traced(x, batch, CpuBackend::Simd).unwrap();
+    for ctx in [testing::ctx(), nodot4_ctx()] {
+        let g = Int8GpuModel::new(&ctx, model, batch).unwrap();
+        let gpu = g.forward_traced(x, batch).unwrap();
+        let plain = g.forward(x, batch).unwrap();
+        assert_eq!(plain.logits, gpu.logits);
+        for (i, r) in model.nodes().iter().enumerate() {
+            let (a, b) = (&gpu.activations.as_ref().unwrap()[i], &cpu.activations.as_ref().unwrap()[i]);
+            match (a, b) {
+                (NodeValue::Codes(a), NodeValue::Codes(b)) => {
+                    let worst = a.iter().zip(b).map(|(&p, &q)| (p as i32 - q as i32).abs()).max().unwrap();
+                    assert!(worst <= MAX_F32_LAYER_LSB, "node {}: codes differ by {worst}", r.node.name);
+                }
+                (NodeValue::Float(a), NodeValue::Float(b)) => {
+                    testing::assert_close(&format!("node {}", r.node.name), a, b, 1e-4, 1e-4);
+                }
+                _ => panic!("node {}: representations differ", r.node.name),
+            }
+        }
+        assert_eq!(gpu.predictions, cpu.predictions);
+    }
+}
+
+#[test]
+fn resnet20_with_f32_add_and_pool() {
+    let g = zoo::build("resnet20", [3, 32, 32], 10).unwrap();
+    let mut ck = checkpoint(&g, 91, false);
+    for name in ["layer1.0.add.output_quant", "layer3.2.add.output_quant"] {
+        if let wqat::tensorfile::HostData::F32(v) = &mut ck.tensors.get_mut(name).unwrap().data {
+            v[QStateLayout::FQ_ENABLED] = 0.0;
+        }
+    }
+    let model = convert::convert(&g, &ck).unwrap();
+    let kind = |n: &str| &model.layers[model.nodes().iter().position(|r| r.node.name == n).unwrap()].kind;
+    assert!(matches!(kind("layer1.0.add"), convert::LayerKind::Add(None)));
+    assert!(matches!(kind("layer1.1.conv1"), convert::LayerKind::Float(_)));
+    assert!(matches!(kind("layer1.1.add"), convert::LayerKind::Add(None)));
+    assert!(matches!(kind("layer1.1.conv2"), convert::LayerKind::Int(_)));
+    assert!(matches!(kind("avgpool"), convert::LayerKind::AvgPool(None)));
+    assert!(matches!(kind("fc"), convert::LayerKind::Float(_)));
+    let mut rng = testing::rng(92);
+    let n = 4;
+    let x = images(&mut rng, n * 3072, false);
+    check_gpu_close_to_cpu(&model, &x, n);
+    let sim = fake_quant_forward(&g, &ck, &x, n).unwrap();
+    let out = model.forward_cpu(&x, n, CpuBackend::Simd).unwrap();
+    assert_eq!(convert::cpu::argmax_rows(&sim, 10), out.predictions);
 }
 
 #[test]

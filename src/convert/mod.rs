@@ -309,6 +309,12 @@ pub fn convert(graph: &Graph, ckpt: &TensorFile) -> Result<Int8Model> {
                         let (w_eff, b_eff) = crate::reference::graph::folded_params(&gq, ckpt, i)?;
                         let cout = b_eff.len();
                         let inner = w_eff.len() / cout;
+                        if inner as i64 * crate::int8::ops::MAX_PRODUCT > i32::MAX as i64 {
+                            return Err(WqatError::invalid(format!(
+                                "node {}: reduction length {inner} could overflow the int32 accumulator",
+                                r.node.name
+                            )));
+                        }
                         let sw: Vec<f32> = (0..cout).map(|c| wq.scale[c % wq.channels()]).collect();
                         let isw: Vec<f32> = (0..cout).map(|c| wq.inv_scale[c % wq.channels()]).collect();
                         let weight = w_eff

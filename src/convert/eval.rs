@@ -133,6 +133,11 @@ pub fn layer_report(
     images: &[f32],
     batch: usize,
 ) -> Result<Vec<LayerDiff>> {
+    if graph.nodes.len() != model.nodes().len()
+        || graph.nodes.iter().zip(model.nodes()).any(|(a, b)| a.name != b.node.name || a.op != b.node.op)
+    {
+        return Err(WqatError::invalid("layer_report: the graph is not the one the model was converted from"));
+    }
     let sim = fake_quant_forward_all(graph, ckpt, images, batch)?;
     let int = model.forward_cpu_traced(images, batch, CpuBackend::Simd)?;
     let acts = int.activations.unwrap_or_default();

@@ -3,7 +3,8 @@
 // e % 4 of word e / 4). Bit-exact with the CPU paths (src/convert/cpu.rs, src/int8/scalar.rs).
 // Each invocation writes one output word = 4 consecutive output codes.
 //
-// Bindings: 0 params, 1 src (u32 words; f32 bits for quantize_f32), 2 out, 3 src2 (add only).
+// Bindings: 0 params, 1 src (u32 words; f32 bits for quantize_f32), 2 out (f32 bits for
+// dequantize_u8), 3 src2 (add only).
 
 struct Params {
     total: u32,     // output elements
@@ -30,6 +31,7 @@ struct Params {
     act_max: i32,
     inv_s: f32,     // quantize_f32
     qmax: f32,      // quantize_f32
+    scale: f32,     // dequantize_u8
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -122,6 +124,14 @@ fn quantize_f32(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
         word |= u32(q) << (8u * j);
     }
     out[t] = word;
+}
+
+// ---- dequantize: codes -> f32, (q - z) * s (one element per invocation) ----
+@compute @workgroup_size(64)
+fn dequantize_u8(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = linear_index(gid, nwg);
+    if (e >= p.total) { return; }
+    out[e] = bitcast<u32>((f32(src_byte(e)) - f32(p.zero_a)) * p.scale);
 }
 
 // Window of output element e: (plane base, y0, x0) with y0/x0 possibly negative.

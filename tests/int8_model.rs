@@ -8,7 +8,7 @@
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use std::sync::Arc;
-use wqat::convert::synthetic::{random_images, synthetic_checkpoint};
+use wqat::convert::synthetic::{random_images, synthetic_checkpoint, synthetic_checkpoint_bits};
 use wqat::convert::{self, Int8GpuModel, Int8Model, NodeValue};
 use wqat::gpu::{GpuContext, GpuOptions};
 use wqat::int8::{CpuBackend, SimdKernel};
@@ -96,14 +96,27 @@ fn check_against_simulation(
     x: &[f32],
     batch: usize,
     max_logit_lsb: f64,
+    min_margin_lsb: f64,
 ) {
     let sim = fake_quant_forward(graph, ck, x, batch).unwrap();
     let out = model.forward_cpu(x, batch, CpuBackend::Simd).unwrap();
     let classes = graph.num_classes;
     let sim_pred = wqat::convert::cpu::argmax_rows(&sim, classes);
-    let agree = sim_pred.iter().zip(&out.predictions).filter(|(a, b)| a == b).count();
-    let frac = agree as f64 / batch as f64;
     let q = model.layers.last().unwrap().out.quant().unwrap();
+    // Images whose simulated top-1 logit leads the runner-up by more than `min_margin_lsb`
+    // steps (all images when 0): at low bit widths many logits tie on the coarse grid, and
+    // a one-step difference decides the argmax.
+    let margin = |row: &[f32]| {
+        let mut v = row.to_vec();
+        v.sort_by(|a, b| b.total_cmp(a));
+        ((v[0] - v[1]) / q.scale) as f64
+    };
+    let counted: Vec<usize> =
+        (0..batch).filter(|&i| margin(&sim[i * classes..(i + 1) * classes]) >= min_margin_lsb).collect();
+    let agree = counted.iter().filter(|&&i| sim_pred[i] == out.predictions[i]).count();
+    let frac = agree as f64 / counted.len().max(1) as f64;
+    eprintln!("{}: {} of {batch} images have a margin >= {min_margin_lsb} LSB", graph.name, counted.len());
+    let batch_counted = counted.len();
     let max_lsb = sim.iter().zip(&out.logits).map(|(a, b)| ((a - b) / q.scale).abs() as f64).fold(0.0, f64::max);
     let report = convert::layer_report(graph, ck, model, x, batch).unwrap();
     for d in &report {
@@ -115,8 +128,11 @@ fn check_against_simulation(
     for d in &report {
         assert!(d.local_max_abs_lsb <= MAX_LOCAL_LSB + 1e-3, "{}: local error {} LSB", d.node, d.local_max_abs_lsb);
     }
-    eprintln!("{}: agreement {agree}/{batch}, max logit diff {max_lsb} LSB", graph.name);
-    assert!(frac >= MIN_AGREEMENT, "{}: predictions agree on {agree}/{batch}", graph.name);
+    eprintln!("{}: agreement {agree}/{batch_counted}, max logit diff {max_lsb} LSB", graph.name);
+    // (With coarse logits few images may have the margin; agreement then says nothing.)
+    if batch_counted >= 20 {
+        assert!(frac >= MIN_AGREEMENT, "{}: predictions agree on {agree}/{batch_counted}", graph.name);
+    }
     assert!(max_lsb <= max_logit_lsb, "{}: logits differ by {max_lsb} LSB", graph.name);
 }
 
@@ -130,7 +146,28 @@ fn mnist_cnn_bit_exact_and_agrees_with_simulation() {
     let b = 7;
     check_backends_agree(&model, &images(&mut rng, b * 784, true), b, true);
     let n = 300;
-    check_against_simulation(&g, &ck, &model, &images(&mut rng, n * 784, true), n, MAX_LOGIT_LSB);
+    check_against_simulation(&g, &ck, &model, &images(&mut rng, n * 784, true), n, MAX_LOGIT_LSB, 0.0);
+}
+
+#[test]
+fn low_bit_widths_bit_exact_and_agree_with_simulation() {
+    let g = zoo::build("mnist-cnn", [1, 28, 28], 10).unwrap();
+    for (wb, ab) in [(4, 6), (2, 3), (8, 4)] {
+        let ck = synthetic_checkpoint_bits(&g, 15 + wb as u64, true, wb, ab).unwrap();
+        let model = convert::convert(&g, &ck).unwrap();
+        for l in &model.layers {
+            if let convert::LayerKind::Int(il) = &l.kind {
+                let qmax = (1i32 << (wb - 1)) - 1;
+                assert!(il.weight.iter().all(|&w| (w as i32).abs() <= qmax));
+                assert!(il.requant.act_max < (1 << ab));
+            }
+        }
+        let mut rng = testing::rng(16);
+        let b = 5;
+        check_backends_agree(&model, &images(&mut rng, b * 784, true), b, true);
+        let n = 200;
+        check_against_simulation(&g, &ck, &model, &images(&mut rng, n * 784, true), n, MAX_LOGIT_LSB, 3.0);
+    }
 }
 
 #[test]
@@ -142,7 +179,7 @@ fn mlp_bit_exact_and_agrees_with_simulation() {
     let b = 13;
     check_backends_agree(&model, &images(&mut rng, b * 64, true), b, true);
     let n = 1000;
-    check_against_simulation(&g, &ck, &model, &images(&mut rng, n * 64, true), n, MAX_LOGIT_LSB);
+    check_against_simulation(&g, &ck, &model, &images(&mut rng, n * 64, true), n, MAX_LOGIT_LSB, 0.0);
 }
 
 #[test]
@@ -156,11 +193,11 @@ fn resnet20_bit_exact_and_agrees_with_simulation() {
     let ck = checkpoint(&g, 33, false);
     let model = convert::convert(&g, &ck).unwrap();
     let n = 100;
-    check_against_simulation(&g, &ck, &model, &images(&mut rng, n * 3072, false), n, MAX_LOGIT_LSB_DEEP);
+    check_against_simulation(&g, &ck, &model, &images(&mut rng, n * 3072, false), n, MAX_LOGIT_LSB_DEEP, 0.0);
 }
 
 #[test]
-fn fp32_first_and_last_layers_run_on_cpu() {
+fn fp32_first_and_last_layers_run_on_cpu_and_gpu() {
     let mut g = zoo::build("mnist-cnn", [1, 28, 28], 10).unwrap();
     g.nodes[0].fp32 = true;
     let last = g.nodes.len() - 1;
@@ -180,8 +217,7 @@ fn fp32_first_and_last_layers_run_on_cpu() {
     let sim_pred = convert::cpu::argmax_rows(&sim, 10);
     let agree = sim_pred.iter().zip(&a.predictions).filter(|(p, q)| p == q).count();
     assert!(agree as f64 >= MIN_AGREEMENT * n as f64, "agreement {agree}/{n}");
-    // The GPU executor reports f32 layers as unsupported instead of failing later.
-    assert!(Int8GpuModel::new(&testing::ctx(), &model, 4).is_err());
+    check_gpu_close_to_cpu(&model, &x[..9 * 784], 9);
     // Round trip keeps the f32 layers.
     let tf = model.to_tensor_file().unwrap();
     let back = Int8Model::from_tensor_file(std::path::Path::new("mem"), &tf).unwrap();
@@ -207,6 +243,61 @@ fn disabled_quantizer_runs_that_layer_in_f32() {
     let sim_pred = convert::cpu::argmax_rows(&sim, 10);
     let agree = sim_pred.iter().zip(&out.predictions).filter(|(p, q)| p == q).count();
     assert!(agree as f64 >= MIN_AGREEMENT * n as f64, "agreement {agree}/{n}");
+    check_gpu_close_to_cpu(&model, &x[..11 * 64], 11);
+}
+
+/// Models with f32 layers: the GPU runs those with the engine's fp32 kernels, whose sums are
+/// ordered differently from the CPU's, so codes may differ by one step (never more than
+/// [`MAX_F32_LAYER_LSB`] here) and f32 values by float rounding.
+fn check_gpu_close_to_cpu(model: &Int8Model, x: &[f32], batch: usize) {
+    const MAX_F32_LAYER_LSB: i32 = 1;
+    let cpu = model.forward_cpu_traced(x, batch, CpuBackend::Simd).unwrap();
+    for ctx in [testing::ctx(), nodot4_ctx()] {
+        let g = Int8GpuModel::new(&ctx, model, batch).unwrap();
+        let gpu = g.forward_traced(x, batch).unwrap();
+        let plain = g.forward(x, batch).unwrap();
+        assert_eq!(plain.logits, gpu.logits);
+        for (i, r) in model.nodes().iter().enumerate() {
+            let (a, b) = (&gpu.activations.as_ref().unwrap()[i], &cpu.activations.as_ref().unwrap()[i]);
+            match (a, b) {
+                (NodeValue::Codes(a), NodeValue::Codes(b)) => {
+                    let worst = a.iter().zip(b).map(|(&p, &q)| (p as i32 - q as i32).abs()).max().unwrap();
+                    assert!(worst <= MAX_F32_LAYER_LSB, "node {}: codes differ by {worst}", r.node.name);
+                }
+                (NodeValue::Float(a), NodeValue::Float(b)) => {
+                    testing::assert_close(&format!("node {}", r.node.name), a, b, 1e-4, 1e-4);
+                }
+                _ => panic!("node {}: representations differ", r.node.name),
+            }
+        }
+        assert_eq!(gpu.predictions, cpu.predictions);
+    }
+}
+
+#[test]
+fn resnet20_with_f32_add_and_pool() {
+    let g = zoo::build("resnet20", [3, 32, 32], 10).unwrap();
+    let mut ck = checkpoint(&g, 91, false);
+    for name in ["layer1.0.add.output_quant", "layer3.2.add.output_quant"] {
+        if let wqat::tensorfile::HostData::F32(v) = &mut ck.tensors.get_mut(name).unwrap().data {
+            v[QStateLayout::FQ_ENABLED] = 0.0;
+        }
+    }
+    let model = convert::convert(&g, &ck).unwrap();
+    let kind = |n: &str| &model.layers[model.nodes().iter().position(|r| r.node.name == n).unwrap()].kind;
+    assert!(matches!(kind("layer1.0.add"), convert::LayerKind::Add(None)));
+    assert!(matches!(kind("layer1.1.conv1"), convert::LayerKind::Float(_)));
+    assert!(matches!(kind("layer1.1.add"), convert::LayerKind::Add(None)));
+    assert!(matches!(kind("layer1.1.conv2"), convert::LayerKind::Int(_)));
+    assert!(matches!(kind("avgpool"), convert::LayerKind::AvgPool(None)));
+    assert!(matches!(kind("fc"), convert::LayerKind::Float(_)));
+    let mut rng = testing::rng(92);
+    let n = 4;
+    let x = images(&mut rng, n * 3072, false);
+    check_gpu_close_to_cpu(&model, &x, n);
+    let sim = fake_quant_forward(&g, &ck, &x, n).unwrap();
+    let out = model.forward_cpu(&x, n, CpuBackend::Simd).unwrap();
+    assert_eq!(convert::cpu::argmax_rows(&sim, 10), out.predictions);
 }
 
 #[test]

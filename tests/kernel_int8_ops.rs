@@ -1,5 +1,6 @@
 //! `shaders/int8_ops.wgsl` against its CPU references, bit for bit on odd shapes and
-//! extreme codes: input quantization ([`ActQuant::quantize`]), max pool
+//! extreme codes: input quantization ([`ActQuant::quantize`]), dequantization
+//! ([`ActQuant::dequantize`]), max pool
 //! (`int8::scalar::max_pool`), average pool (`convert::cpu::avg_pool_codes`, and
 //! `int8::scalar::avg_pool` where padding is 0) and residual add (`int8::scalar::add`).
 
@@ -41,6 +42,22 @@ fn quantize_f32_matches_cpu() {
         let got = run(&k::quantize_f32(&ctx, &q, &gx, &gout).unwrap(), &gout);
         let want: Vec<u8> = x.iter().map(|&v| q.quantize(v)).collect();
         assert_bit_exact(&format!("quantize n={n} bits={bits}"), &got, &want);
+    }
+}
+
+#[test]
+fn dequantize_u8_matches_cpu() {
+    let ctx = testing::ctx();
+    let mut rng = testing::rng(5);
+    for n in [1usize, 6, 4097] {
+        let q = ActQuant { scale: 0.0371, inv_scale: 1.0 / 0.0371, zero: rng.random_range(0..=255), bits: 8 };
+        let x = codes(&mut rng, n);
+        let gx = upload_u8(&ctx, &[n], &x).unwrap();
+        let gout = GpuTensor::zeros(&ctx, &[n], DType::F32).unwrap();
+        ctx.submit(&[&k::dequantize_u8(&ctx, &q, &gx, &gout).unwrap()]).unwrap();
+        let got = gout.read_f32(&ctx).unwrap();
+        let want: Vec<f32> = x.iter().map(|&c| q.dequantize(c)).collect();
+        assert_bit_exact(&format!("dequantize n={n}"), &got, &want);
     }
 }
 

@@ -121,7 +121,8 @@ pub struct LayerDiff {
     pub local_mismatched: usize,
 }
 
-/// For every node with its own output quantizer, compares the fake-quant reference's
+/// For every node with its own output quantizer (and every average pool, which
+/// re-quantizes with its input's quantizer), compares the fake-quant reference's
 /// activations (divided by the scale, plus the zero point) with the integer model's codes
 /// (CPU SIMD executor) on `batch` normalized images; and the same when the integer node is
 /// fed the simulation's own input codes (its local error).
@@ -132,12 +133,20 @@ pub fn layer_report(
     images: &[f32],
     batch: usize,
 ) -> Result<Vec<LayerDiff>> {
+    if graph.nodes.len() != model.nodes().len()
+        || graph.nodes.iter().zip(model.nodes()).any(|(a, b)| a.name != b.node.name || a.op != b.node.op)
+    {
+        return Err(WqatError::invalid("layer_report: the graph is not the one the model was converted from"));
+    }
     let sim = fake_quant_forward_all(graph, ckpt, images, batch)?;
     let int = model.forward_cpu_traced(images, batch, CpuBackend::Simd)?;
     let acts = int.activations.unwrap_or_default();
     let mut out = Vec::new();
     for (i, (r, l)) in model.nodes().iter().zip(&model.layers).enumerate() {
-        let own = matches!(r.node.op, Op::Conv { .. } | Op::Linear { .. } | Op::Add { .. });
+        let own = matches!(
+            r.node.op,
+            Op::Conv { .. } | Op::Linear { .. } | Op::Add { .. } | Op::AvgPool { .. } | Op::GlobalAvgPool
+        );
         let (true, Domain::Codes(q), Some(NodeValue::Codes(codes))) = (own, l.out, acts.get(i)) else { continue };
         let fq = &sim.nodes[i];
         if fq.len() != codes.len() {

@@ -317,6 +317,9 @@ fn check_multipliers(m: &[i32]) -> std::result::Result<(), String> {
 fn check_graph_bounds(g: &Graph) -> std::result::Result<(), String> {
     let small =
         |v: usize, max: usize, what: &str| if v > max { Err(format!("{what} {v} is too large")) } else { Ok(()) };
+    if g.input.contains(&0) || g.num_classes == 0 {
+        return Err("input dimensions and class count must be positive".into());
+    }
     small(g.input[0], 1 << 16, "input channels")?;
     small(g.input[1], 1 << 14, "input height")?;
     small(g.input[2], 1 << 14, "input width")?;

@@ -1,6 +1,7 @@
 //! GPU executor of an [`Int8Model`]: `int8_gemm.wgsl` for conv / linear (the packed
 //! `dot4I8Packed` path or the unpack fallback, by `ctx.use_dot4`) and `int8_ops.wgsl` for
-//! input quantization, pools and adds. Buffers are allocated once for `max_batch` images;
+//! input quantization, pools, adds and dequantization; layers kept in f32 run the training
+//! engine's fp32 conv / gemm / pool / activation kernels. Buffers are allocated once for `max_batch` images;
 //! the forward of each batch size is recorded once as a fixed list of dispatches and
 //! replayed (one submit per forward, no allocation after the first call of a size).
 
@@ -10,20 +11,45 @@ use super::{Domain, Int8Model, LayerKind};
 use crate::error::{Result, WqatError};
 use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor};
 use crate::int8::{Conv2dConfig, LinearConfig, PoolConfig};
+use crate::kernels::activation::{add_forward, relu_forward, Relu};
+use crate::kernels::conv::{conv2d_forward, Conv2dConfig as FloatConvConfig, Conv2dForwardArgs};
+use crate::kernels::gemm::{gemm, GemmConfig, GemmExtras};
 use crate::kernels::int8::{int8_conv2d, int8_linear, unpack_u8, Int8Weights};
-use crate::model::graph::{Op, INPUT};
+use crate::kernels::pool::{avgpool_forward, global_avgpool_forward, maxpool_forward, PoolSpec};
+use crate::model::graph::{Act, Op, INPUT};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+/// Buffers of one node: its output, and scratch for f32 layers.
+#[derive(Debug, Clone)]
+struct NodeBufs {
+    /// Output: packed codes (`I8x4`) or f32, by the node's domain; flatten aliases its input.
+    out: GpuTensor,
+    /// F32 copies of inputs that arrive as codes (f32 layers only).
+    deq: Vec<Option<GpuTensor>>,
+    /// Pre-activation / pre-quantization f32 result (f32 conv, linear, add).
+    raw: Option<GpuTensor>,
+    /// Post-activation f32 result when it is quantized afterwards.
+    act: Option<GpuTensor>,
+    /// Max-pool argmax scratch (f32 max pool).
+    argmax: Option<GpuTensor>,
+    /// Effective weights and bias (f32 conv / linear).
+    float_weights: Option<(GpuTensor, GpuTensor)>,
+}
+
 /// An [`Int8Model`] uploaded to the GPU for batches of up to `max_batch` images.
+///
+/// Integer layers run `int8_gemm.wgsl` / `int8_ops.wgsl` and match the CPU executors bit
+/// for bit. Layers kept in f32 (fp32 nodes, disabled quantizers) run the training engine's
+/// fp32 kernels on dequantized inputs; their f32 sums are ordered differently from the CPU's,
+/// so codes after an f32 layer can differ from the CPU executor's by one step in rare cases.
 pub struct Int8GpuModel {
     ctx: Arc<GpuContext>,
     model: Int8Model,
     max_batch: usize,
     input_f32: GpuTensor,
-    input_codes: GpuTensor,
-    /// Output codes of every node (flatten aliases its input's buffer).
-    outputs: Vec<GpuTensor>,
+    input_codes: Option<GpuTensor>,
+    nodes: Vec<NodeBufs>,
     weights: Vec<Option<Int8Weights>>,
     /// Recorded forwards by batch size.
     plans: Mutex<HashMap<usize, Vec<Dispatch>>>,
@@ -40,44 +66,74 @@ impl std::fmt::Debug for Int8GpuModel {
     }
 }
 
-fn view(t: &GpuTensor, n: usize) -> GpuTensor {
-    GpuTensor { buffer: t.buffer.clone(), shape: vec![n], dtype: t.dtype }
+/// The same buffer seen as a tensor of another shape (at most the buffer's size).
+fn view(t: &GpuTensor, shape: &[usize]) -> GpuTensor {
+    GpuTensor { buffer: t.buffer.clone(), shape: shape.to_vec(), dtype: t.dtype }
+}
+
+fn dtype_of(d: Domain) -> DType {
+    match d {
+        Domain::Codes(_) => DType::I8x4,
+        Domain::Float => DType::F32,
+    }
 }
 
 impl Int8GpuModel {
     /// Uploads `model` (packed weights, per-node activation buffers for `max_batch`
-    /// images). The GPU path runs fully quantized models; a node kept in f32 is an error
-    /// (run those with [`Int8Model::forward_cpu`]).
+    /// images).
     pub fn new(ctx: &Arc<GpuContext>, model: &Int8Model, max_batch: usize) -> Result<Int8GpuModel> {
         if max_batch == 0 {
             return Err(WqatError::invalid("max_batch must be at least 1"));
         }
-        if model.input.quant().is_none() {
-            return Err(WqatError::invalid("the GPU int8 executor needs a quantized input (first layer kept fp32?)"));
-        }
         let sample: usize = model.graph.input.iter().product();
         let input_f32 = GpuTensor::zeros(ctx, &[max_batch * sample], DType::F32)?;
-        let input_codes = GpuTensor::zeros(ctx, &[max_batch * sample], DType::I8x4)?;
-        let mut outputs: Vec<GpuTensor> = Vec::with_capacity(model.layers.len());
+        let input_codes = match model.input {
+            Domain::Codes(_) => Some(GpuTensor::zeros(ctx, &[max_batch * sample], DType::I8x4)?),
+            Domain::Float => None,
+        };
+        let mut nodes: Vec<NodeBufs> = Vec::with_capacity(model.layers.len());
         let mut weights = Vec::with_capacity(model.layers.len());
         for (r, l) in model.nodes.iter().zip(&model.layers) {
-            let float = matches!(l.kind, LayerKind::Float(_) | LayerKind::AvgPool(None) | LayerKind::Add(None))
-                || l.out == Domain::Float;
-            if float {
-                return Err(WqatError::invalid(format!(
-                    "node {} runs in f32; the GPU int8 executor needs every layer quantized (use the CPU executor)",
-                    r.node.name
-                )));
-            }
-            let n: usize = r.out_shape.iter().product::<usize>() * max_batch;
+            let n_out: usize = r.out_shape.iter().product::<usize>() * max_batch;
+            let f32_buf = |n: usize| GpuTensor::zeros(ctx, &[n], DType::F32);
             let out = match l.kind {
                 LayerKind::Flatten => {
                     let j = r.inputs[0];
-                    view(if j == INPUT { &input_codes } else { &outputs[j] }, n)
+                    let src = if j == INPUT { input_codes.as_ref().unwrap_or(&input_f32) } else { &nodes[j].out };
+                    view(src, &[n_out])
                 }
-                _ => GpuTensor::zeros(ctx, &[n], DType::I8x4)?,
+                _ => GpuTensor::zeros(ctx, &[n_out], dtype_of(l.out))?,
             };
-            outputs.push(out);
+            let float = matches!(l.kind, LayerKind::Float(_) | LayerKind::Add(None) | LayerKind::AvgPool(None));
+            let mut deq = Vec::new();
+            if float {
+                for (t, &j) in r.inputs.iter().enumerate() {
+                    let n_in = r.in_shapes[t].iter().product::<usize>() * max_batch;
+                    deq.push(match model.domain_of(j) {
+                        Domain::Codes(_) => Some(f32_buf(n_in)?),
+                        Domain::Float => None,
+                    });
+                }
+            }
+            let has_raw = matches!(l.kind, LayerKind::Float(_) | LayerKind::Add(None));
+            let raw = if has_raw { Some(f32_buf(n_out)?) } else { None };
+            let needs_act = has_raw && l.out != Domain::Float && node_act(&r.node.op) != Act::None;
+            let act = if needs_act { Some(f32_buf(n_out)?) } else { None };
+            let argmax = match (&l.kind, l.out) {
+                (LayerKind::MaxPool, Domain::Float) => Some(GpuTensor::zeros(ctx, &[n_out], DType::U32)?),
+                _ => None,
+            };
+            let float_weights = match &l.kind {
+                LayerKind::Float(fl) => {
+                    let cout = r.out_shape[0];
+                    Some((
+                        GpuTensor::from_f32(ctx, &[fl.weight.len()], &fl.weight)?,
+                        GpuTensor::from_f32(ctx, &[cout], &fl.bias)?,
+                    ))
+                }
+                _ => None,
+            };
+            nodes.push(NodeBufs { out, deq, raw, act, argmax, float_weights });
             weights.push(match &l.kind {
                 LayerKind::Int(il) => {
                     let cout = r.out_shape[0];
@@ -89,7 +145,7 @@ impl Int8GpuModel {
         let classes = model.num_classes();
         let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("int8 logits readback"),
-            size: DType::I8x4.bytes_for(max_batch * classes),
+            size: 4 * (max_batch * classes) as u64,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
@@ -99,7 +155,7 @@ impl Int8GpuModel {
             max_batch,
             input_f32,
             input_codes,
-            outputs,
+            nodes,
             weights,
             plans: Mutex::new(HashMap::new()),
             staging,
@@ -116,34 +172,54 @@ impl Int8GpuModel {
         &self.model
     }
 
+    /// The tensor holding node `j`'s output (`INPUT`: the image, codes when quantized).
+    fn value(&self, j: usize) -> &GpuTensor {
+        if j == INPUT {
+            self.input_codes.as_ref().unwrap_or(&self.input_f32)
+        } else {
+            &self.nodes[j].out
+        }
+    }
+
     /// Records the forward of `batch` images.
     fn record(&self, batch: usize) -> Result<Vec<Dispatch>> {
         let ctx = &*self.ctx;
         let m = &self.model;
-        let sample: usize = m.graph.input.iter().product();
-        let q_in = m.input.quant().ok_or_else(|| WqatError::invalid("unquantized input"))?;
-        let mut ds = vec![k::quantize_f32(
-            ctx,
-            &q_in,
-            &view(&self.input_f32, batch * sample),
-            &view(&self.input_codes, batch * sample),
-        )?];
-        let src = |j: usize, n: usize| if j == INPUT { view(&self.input_codes, n) } else { view(&self.outputs[j], n) };
+        let [ci, hi, wi] = m.graph.input;
+        let mut ds = Vec::new();
+        if let (Domain::Codes(q), Some(codes)) = (m.input, &self.input_codes) {
+            let n = batch * ci * hi * wi;
+            ds.push(k::quantize_f32(ctx, &q, &view(&self.input_f32, &[n]), &view(codes, &[n]))?);
+        }
         for (i, (r, l)) in m.nodes.iter().zip(&m.layers).enumerate() {
+            let nb = &self.nodes[i];
             let [c, h, w] = r.in_shapes[0];
+            let [co, oh, ow] = r.out_shape;
             let n_in = batch * c * h * w;
-            let n_out = batch * r.out_shape.iter().product::<usize>();
-            let x = src(r.inputs[0], n_in);
-            let out = view(&self.outputs[i], n_out);
+            let n_out = batch * co * oh * ow;
+            let x = view(self.value(r.inputs[0]), &[n_in]);
+            let out = view(&nb.out, &[n_out]);
             let zero_in = m.domain_of(r.inputs[0]).quant().map(|q| q.zero).unwrap_or(0);
-            let d = match (&l.kind, &r.node.op) {
-                (LayerKind::Int(_), Op::Conv { out_channels, kernel, stride, padding, dilation, groups, .. }) => {
+            // f32 inputs of an f32 layer: dequantized copies of code inputs.
+            let mut f32_in = |t: usize, shape: &[usize]| -> Result<GpuTensor> {
+                let j = r.inputs[t];
+                let n: usize = shape.iter().product();
+                match (m.domain_of(j), nb.deq.get(t).and_then(|d| d.as_ref())) {
+                    (Domain::Codes(q), Some(d)) => {
+                        ds.push(k::dequantize_u8(ctx, &q, &view(self.value(j), &[n]), &view(d, &[n]))?);
+                        Ok(view(d, shape))
+                    }
+                    _ => Ok(view(self.value(j), shape)),
+                }
+            };
+            match (&l.kind, &r.node.op) {
+                (LayerKind::Int(_), Op::Conv { kernel, stride, padding, dilation, groups, .. }) => {
                     let cfg = Conv2dConfig {
                         batch,
                         c_in: c,
                         h,
                         w,
-                        c_out: *out_channels,
+                        c_out: co,
                         kernel: [*kernel; 2],
                         stride: [*stride; 2],
                         padding: [*padding; 2],
@@ -152,25 +228,72 @@ impl Int8GpuModel {
                         x_zero: zero_in,
                     };
                     let wt = self.weights[i].as_ref().ok_or_else(|| WqatError::invalid("missing weights"))?;
-                    Some(int8_conv2d(ctx, &cfg, &x, wt, &out)?)
+                    ds.push(int8_conv2d(ctx, &cfg, &x, wt, &out)?);
                 }
-                (LayerKind::Int(_), Op::Linear { out_features, .. }) => {
-                    let cfg = LinearConfig { m: batch, k: c * h * w, n: *out_features, x_zero: zero_in };
+                (LayerKind::Int(_), Op::Linear { .. }) => {
+                    let cfg = LinearConfig { m: batch, k: c * h * w, n: co, x_zero: zero_in };
                     let wt = self.weights[i].as_ref().ok_or_else(|| WqatError::invalid("missing weights"))?;
-                    Some(int8_linear(ctx, &cfg, &x, wt, &out)?)
+                    ds.push(int8_linear(ctx, &cfg, &x, wt, &out)?);
+                }
+                (LayerKind::Float(_), op) => {
+                    let (wt, bias) = nb.float_weights.as_ref().ok_or_else(|| WqatError::invalid("missing weights"))?;
+                    let raw = nb.raw.as_ref().ok_or_else(|| WqatError::invalid("missing scratch"))?;
+                    match op {
+                        Op::Conv { kernel, stride, padding, dilation, groups, .. } => {
+                            let xin = f32_in(0, &[batch, c, h, w])?;
+                            let cfg = FloatConvConfig::new(batch, c, h, w, co, *kernel)
+                                .with_stride(*stride)
+                                .with_padding(*padding)
+                                .with_dilation(*dilation)
+                                .with_groups(*groups);
+                            let args = Conv2dForwardArgs {
+                                x: &xin,
+                                w: &view(wt, &[co, c / groups, *kernel, *kernel]),
+                                bias: Some(bias),
+                                x_quant: None,
+                                w_quant: None,
+                                relu: false,
+                                y: &view(raw, &[batch, co, oh, ow]),
+                            };
+                            ds.push(conv2d_forward(ctx, &cfg, &args)?);
+                        }
+                        _ => {
+                            let xin = f32_in(0, &[batch, c * h * w])?;
+                            let cfg = GemmConfig::linear_forward(batch, c * h * w, co, None, None);
+                            let extra = GemmExtras { bias: Some(bias), ..Default::default() };
+                            ds.push(gemm(ctx, &cfg, &xin, &view(wt, &[co, c * h * w]), &view(raw, &[n_out]), &extra)?);
+                        }
+                    }
+                    self.epilogue(&mut ds, i, batch)?;
                 }
                 (LayerKind::MaxPool, Op::MaxPool { kernel, stride, padding }) => {
                     let s = if *stride == 0 { *kernel } else { *stride };
-                    let cfg = PoolConfig {
-                        batch,
-                        channels: c,
-                        h,
-                        w,
-                        kernel: [*kernel; 2],
-                        stride: [s; 2],
-                        padding: [*padding; 2],
-                    };
-                    Some(k::maxpool_u8(ctx, &cfg, &x, &out)?)
+                    match l.out {
+                        Domain::Codes(_) => {
+                            let cfg = PoolConfig {
+                                batch,
+                                channels: c,
+                                h,
+                                w,
+                                kernel: [*kernel; 2],
+                                stride: [s; 2],
+                                padding: [*padding; 2],
+                            };
+                            ds.push(k::maxpool_u8(ctx, &cfg, &x, &out)?);
+                        }
+                        Domain::Float => {
+                            let am = nb.argmax.as_ref().ok_or_else(|| WqatError::invalid("missing scratch"))?;
+                            let spec =
+                                PoolSpec { kernel: (*kernel, *kernel), stride: (s, s), padding: (*padding, *padding) };
+                            ds.push(maxpool_forward(
+                                ctx,
+                                &view(&x, &[batch, c, h, w]),
+                                &view(&out, &[batch, c, oh, ow]),
+                                &view(am, &[batch, c, oh, ow]),
+                                &spec,
+                            )?);
+                        }
+                    }
                 }
                 (LayerKind::AvgPool(Some(rq)), op) => {
                     let cfg = match op {
@@ -185,20 +308,69 @@ impl Int8GpuModel {
                         },
                         _ => PoolConfig::global(batch, c, h, w),
                     };
-                    Some(k::avgpool_u8(ctx, &cfg, rq, &x, &out)?)
+                    ds.push(k::avgpool_u8(ctx, &cfg, rq, &x, &out)?);
+                }
+                (LayerKind::AvgPool(None), op) => {
+                    let xin = view(&x, &[batch, c, h, w]);
+                    match op {
+                        Op::AvgPool { kernel, stride, padding } => {
+                            let s = if *stride == 0 { *kernel } else { *stride };
+                            let spec =
+                                PoolSpec { kernel: (*kernel, *kernel), stride: (s, s), padding: (*padding, *padding) };
+                            ds.push(avgpool_forward(ctx, &xin, &view(&out, &[batch, c, oh, ow]), &spec)?);
+                        }
+                        _ => ds.push(global_avgpool_forward(ctx, &xin, &view(&out, &[batch, c]))?),
+                    }
                 }
                 (LayerKind::Add(Some(cfg)), Op::Add { .. }) => {
-                    let b = src(r.inputs[1], n_in);
-                    Some(k::add_u8(ctx, cfg, &x, &b, &out)?)
+                    let b = view(self.value(r.inputs[1]), &[n_in]);
+                    ds.push(k::add_u8(ctx, cfg, &x, &b, &out)?);
                 }
-                (LayerKind::Flatten, _) => None,
-                _ => {
-                    return Err(WqatError::invalid(format!("node {}: no GPU int8 kernel for this layer", r.node.name)))
+                (LayerKind::Add(None), Op::Add { .. }) => {
+                    let a = f32_in(0, &[n_in])?;
+                    let b = f32_in(1, &[n_in])?;
+                    let raw = nb.raw.as_ref().ok_or_else(|| WqatError::invalid("missing scratch"))?;
+                    ds.push(add_forward(ctx, &a, &b, &view(raw, &[n_in]))?);
+                    self.epilogue(&mut ds, i, batch)?;
                 }
-            };
-            ds.extend(d);
+                (LayerKind::Flatten, _) => {}
+                _ => return Err(WqatError::invalid(format!("node {}: no GPU kernel for this layer", r.node.name))),
+            }
         }
         Ok(ds)
+    }
+
+    /// After an f32 conv / linear / add wrote `raw`: the activation, then quantization into
+    /// the output codes (or the activation straight into the f32 output).
+    fn epilogue(&self, ds: &mut Vec<Dispatch>, i: usize, batch: usize) -> Result<()> {
+        let ctx = &*self.ctx;
+        let (r, l, nb) = (&self.model.nodes[i], &self.model.layers[i], &self.nodes[i]);
+        let n = batch * r.out_shape.iter().product::<usize>();
+        let raw = view(nb.raw.as_ref().ok_or_else(|| WqatError::invalid("missing scratch"))?, &[n]);
+        let act = node_act(&r.node.op);
+        let kind = if act == Act::Relu6 { Relu::Relu6 } else { Relu::Relu };
+        match l.out {
+            Domain::Codes(q) => {
+                let src = match &nb.act {
+                    Some(a) => {
+                        let a = view(a, &[n]);
+                        ds.push(relu_forward(ctx, &raw, &a, kind)?);
+                        a
+                    }
+                    None => raw,
+                };
+                ds.push(k::quantize_f32(ctx, &q, &src, &view(&nb.out, &[n]))?);
+            }
+            Domain::Float => {
+                let out = view(&nb.out, &[n]);
+                if act == Act::None {
+                    ds.push(crate::kernels::gemm::copy_f32(ctx, &raw, &out)?);
+                } else {
+                    ds.push(relu_forward(ctx, &raw, &out, kind)?);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Uploads the images and runs the recorded forward (returns with the work submitted).
@@ -222,22 +394,26 @@ impl Int8GpuModel {
         Ok(plans)
     }
 
-    fn finish(&self, codes: &[u8], batch: usize, activations: Option<Vec<NodeValue>>) -> Result<Int8Output> {
-        let last = self.model.layers.len() - 1;
-        let q = self.model.layers[last].out.quant().ok_or_else(|| WqatError::invalid("unquantized logits"))?;
+    fn finish(&self, last: &NodeValue, batch: usize, activations: Option<Vec<NodeValue>>) -> Result<Int8Output> {
         let classes = self.model.num_classes();
-        let logits: Vec<f32> = codes[..batch * classes].iter().map(|&c| q.dequantize(c)).collect();
+        let n = batch * classes;
+        let logits: Vec<f32> = match (last, self.model.layers[self.model.layers.len() - 1].out) {
+            (NodeValue::Codes(c), Domain::Codes(q)) => c[..n].iter().map(|&c| q.dequantize(c)).collect(),
+            (NodeValue::Float(f), Domain::Float) => f[..n].to_vec(),
+            _ => return Err(WqatError::invalid("int8 GPU model: logits in an unexpected representation")),
+        };
         let predictions = argmax_rows(&logits, classes);
         Ok(Int8Output { logits, predictions, activations })
     }
 
     /// Runs `batch` normalized images (`[batch, C, H, W]` f32) and returns dequantized
-    /// logits and predictions.
+    /// logits and predictions (one submit, one readback of the logits).
     pub fn forward(&self, images: &[f32], batch: usize) -> Result<Int8Output> {
         let _plans = self.run(images, batch)?;
         let n = batch * self.model.num_classes();
-        let bytes = DType::I8x4.bytes_for(n);
-        let last = &self.outputs[self.outputs.len() - 1];
+        let last_dom = self.model.layers[self.model.layers.len() - 1].out;
+        let bytes = dtype_of(last_dom).bytes_for(n);
+        let last = &self.nodes[self.nodes.len() - 1].out;
         let mut enc = self.ctx.device.create_command_encoder(&Default::default());
         enc.copy_buffer_to_buffer(&last.buffer, 0, &self.staging, 0, bytes);
         self.ctx.queue.submit([enc.finish()]);
@@ -254,21 +430,35 @@ impl Int8GpuModel {
             bytemuck::cast_slice::<u8, u32>(&v).to_vec()
         };
         self.staging.unmap();
-        self.finish(&unpack_u8(&words, n), batch, None)
+        let value = match last_dom {
+            Domain::Codes(_) => NodeValue::Codes(unpack_u8(&words, n)),
+            Domain::Float => NodeValue::Float(words.iter().map(|&w| f32::from_bits(w)).collect()),
+        };
+        self.finish(&value, batch, None)
     }
 
-    /// [`Int8GpuModel::forward`] that also reads back every node's output codes.
+    /// [`Int8GpuModel::forward`] that also reads back every node's output.
     pub fn forward_traced(&self, images: &[f32], batch: usize) -> Result<Int8Output> {
         let _plans = self.run(images, batch)?;
-        let mut acts = Vec::with_capacity(self.outputs.len());
-        for (r, t) in self.model.nodes.iter().zip(&self.outputs) {
+        let mut acts = Vec::with_capacity(self.nodes.len());
+        for ((r, l), nb) in self.model.nodes.iter().zip(&self.model.layers).zip(&self.nodes) {
             let n = batch * r.out_shape.iter().product::<usize>();
-            acts.push(NodeValue::Codes(crate::kernels::int8::read_u8(&self.ctx, &view(t, n))?));
+            acts.push(match l.out {
+                Domain::Codes(_) => NodeValue::Codes(crate::kernels::int8::read_u8(&self.ctx, &view(&nb.out, &[n]))?),
+                Domain::Float => {
+                    let f = view(&nb.out, &[n]).read_f32(&self.ctx)?;
+                    NodeValue::Float(f)
+                }
+            });
         }
-        let last = match acts.last() {
-            Some(NodeValue::Codes(c)) => c.clone(),
-            _ => Vec::new(),
-        };
+        let last = acts.last().cloned().unwrap_or(NodeValue::Codes(Vec::new()));
         self.finish(&last, batch, Some(acts))
+    }
+}
+
+fn node_act(op: &Op) -> Act {
+    match op {
+        Op::Conv { act, .. } | Op::Linear { act, .. } | Op::Add { act } => *act,
+        _ => Act::None,
     }
 }

@@ -1,6 +1,6 @@
 //! Host wrappers for `shaders/int8_ops.wgsl`: input quantization, max pool, average pool
-//! and residual add on packed uint8 tensors ([`DType::I8x4`], see [`crate::kernels::int8`]).
-//! CPU references: [`crate::convert::ActQuant::quantize`], [`crate::int8::scalar::max_pool`],
+//! residual add and dequantization on packed uint8 tensors ([`DType::I8x4`], see [`crate::kernels::int8`]).
+//! CPU references: [`crate::convert::ActQuant::quantize`] / [`crate::convert::ActQuant::dequantize`], [`crate::int8::scalar::max_pool`],
 //! [`crate::convert::cpu::avg_pool_codes`], [`crate::int8::scalar::add`].
 
 use super::ActQuant;
@@ -37,6 +37,7 @@ struct Params {
     act_max: i32,
     inv_s: f32,
     qmax: f32,
+    scale: f32,
 }
 
 fn check(t: &GpuTensor, dtype: DType, n: usize, what: &str) -> Result<()> {
@@ -72,6 +73,22 @@ pub fn quantize_f32(ctx: &GpuContext, q: &ActQuant, x: &GpuTensor, out: &GpuTens
     let p =
         Params { total: n as u32, zero_out: q.zero, inv_s: q.inv_scale, qmax: q.qmax() as f32, ..Default::default() };
     dispatch(ctx, "quantize_f32", &p, &[&x.buffer, &out.buffer])
+}
+
+/// Dequantizes packed codes `x` into f32 `out` (same length): `(q - z) * s`.
+pub fn dequantize_u8(ctx: &GpuContext, q: &ActQuant, x: &GpuTensor, out: &GpuTensor) -> Result<Dispatch> {
+    q.validate()?;
+    let n = x.len();
+    check(x, DType::I8x4, n, "dequantize_u8 x")?;
+    check(out, DType::F32, n, "dequantize_u8 out")?;
+    let p = Params { total: n as u32, zero_a: q.zero, scale: q.scale, ..Default::default() };
+    Dispatch::new(
+        ctx,
+        &PipelineKey::new("int8_ops", "dequantize_u8"),
+        bytemuck::bytes_of(&p),
+        &[&x.buffer, &out.buffer],
+        grid_1d(n, WG),
+    )
 }
 
 fn pool_params(cfg: &PoolConfig) -> Result<Params> {

@@ -37,8 +37,21 @@ fn uniform(rng: &mut ChaCha8Rng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
 /// outlier, a BN gamma of 8 and a running variance of 1e-4 (a gain of about 100): good for
 /// arithmetic coverage, but it makes a deep random network chaotic.
 pub fn synthetic_checkpoint(graph: &Graph, seed: u64, extreme: bool) -> Result<TensorFile> {
+    synthetic_checkpoint_bits(graph, seed, extreme, 8, 8)
+}
+
+/// [`synthetic_checkpoint`] with `weight_bits`-wide weights and `act_bits`-wide activations.
+pub fn synthetic_checkpoint_bits(
+    graph: &Graph,
+    seed: u64,
+    extreme: bool,
+    weight_bits: u32,
+    act_bits: u32,
+) -> Result<TensorFile> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let (wspec, aspec) = (QuantSpec::weight(8), QuantSpec::activation(8));
+    let (wspec, aspec) = (QuantSpec::weight(weight_bits), QuantSpec::activation(act_bits));
+    wspec.validate()?;
+    aspec.validate()?;
     let mut ck = TensorFile::new();
     let json = |v: serde_json::Value| v.to_string();
     ck.metadata.insert("format".into(), "wqat-checkpoint".into());

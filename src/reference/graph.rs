@@ -449,3 +449,78 @@ pub fn fake_quant_forward(graph: &Graph, ckpt: &TensorFile, images: &[f32], batc
     let mut all = fake_quant_forward_all(graph, ckpt, images, batch)?;
     Ok(all.nodes.pop().unwrap_or_default())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::graph::Node;
+    use crate::tensorfile::HostTensor;
+
+    fn qconfig() -> String {
+        serde_json::json!({"weight": QuantSpec::weight(8), "activation": QuantSpec::activation(8)}).to_string()
+    }
+
+    /// One conv with BN and ReLU on a 1x1x2 image, worked by hand.
+    #[test]
+    fn conv_bn_relu_fake_quant_by_hand() {
+        let g = Graph {
+            name: "t".into(),
+            input: [1, 1, 2],
+            num_classes: 2,
+            nodes: vec![
+                Node::new(
+                    "c",
+                    Op::Conv {
+                        out_channels: 1,
+                        kernel: 1,
+                        stride: 1,
+                        padding: 0,
+                        dilation: 1,
+                        groups: 1,
+                        bias: false,
+                        bn: true,
+                        act: Act::Relu,
+                    },
+                ),
+                Node::new("f", Op::Flatten),
+            ],
+        };
+        let mut ck = TensorFile::new();
+        ck.metadata.insert("qconfig".into(), qconfig());
+        ck.insert("c.weight", HostTensor::f32(&[1, 1, 1, 1], vec![0.5]));
+        ck.insert("c.bn.weight", HostTensor::f32(&[1], vec![2.0]));
+        ck.insert("c.bn.bias", HostTensor::f32(&[1], vec![0.25]));
+        ck.insert("c.bn.running_mean", HostTensor::f32(&[1], vec![1.0]));
+        ck.insert("c.bn.running_var", HostTensor::f32(&[1], vec![1.0 - BN_EPS]));
+        // sf = 2, w_eff = 1, b_eff = 0.25 - 2 = -1.75. Weight FQ: scale 1/127 keeps 1.0.
+        let wl = QStateLayout::new(1);
+        ck.insert("c.weight_quant", HostTensor::f32(&[wl.len()], wl.build(&[1.0 / 127.0], &[0.0])));
+        // Input quantizer: scale 0.5, zero 4; output: scale 0.25, zero 0.
+        ck.insert("input.output_quant", HostTensor::f32(&[wl.len()], wl.build(&[0.5], &[4.0])));
+        ck.insert("c.output_quant", HostTensor::f32(&[wl.len()], wl.build(&[0.25], &[0.0])));
+        // x = [3.3, 1.0] -> FQ [3.5, 1.0] -> y = x - 1.75 = [1.75, -0.75] -> ReLU [1.75, 0].
+        let all = fake_quant_forward_all(&g, &ck, &[3.3, 1.0], 1).unwrap();
+        assert_eq!(all.input, vec![3.5, 1.0]);
+        assert_eq!(all.nodes[0], vec![1.75, 0.0]);
+        // Output FQ with scale 0.3: 1.75 / 0.3 = 5.83 -> 6 -> 1.8.
+        ck.insert("c.output_quant", HostTensor::f32(&[wl.len()], wl.build(&[0.3], &[0.0])));
+        let y = fake_quant_forward(&g, &ck, &[3.3, 1.0], 1).unwrap();
+        assert_eq!(y, vec![6.0 * 0.3, 0.0]);
+        // Disabled quantizers pass through.
+        let mut s = wl.build(&[0.25], &[0.0]);
+        s[QStateLayout::FQ_ENABLED] = 0.0;
+        ck.insert("c.output_quant", HostTensor::f32(&[wl.len()], s));
+        let y = fake_quant_forward(&g, &ck, &[3.3, 1.0], 1).unwrap();
+        assert_eq!(y, vec![1.75, 0.0]);
+        // Bias and BN together are rejected; a missing tensor is an error.
+        let mut g2 = g.clone();
+        if let Op::Conv { bias, .. } = &mut g2.nodes[0].op {
+            *bias = true;
+        }
+        ck.insert("c.bias", HostTensor::f32(&[1], vec![0.0]));
+        assert!(fake_quant_forward(&g2, &ck, &[3.3, 1.0], 1).is_err());
+        ck.tensors.remove("c.bn.running_var");
+        assert!(fake_quant_forward(&g, &ck, &[3.3, 1.0], 1).is_err());
+        assert!(fake_quant_forward(&g, &ck, &[3.3], 1).is_err());
+    }
+}

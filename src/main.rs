@@ -55,6 +55,31 @@ enum Command {
         #[arg(long)]
         adapter: Option<String>,
     },
+    /// Benchmarks: fused vs unfused kernels, and fp32 vs QAT training throughput.
+    Bench {
+        /// Only the training-throughput part.
+        #[arg(long)]
+        train: bool,
+        /// Only the kernel part.
+        #[arg(long)]
+        kernels: bool,
+        /// The reduced shape set and short runs (about a minute on lavapipe).
+        #[arg(long)]
+        quick: bool,
+        /// Kernel rows whose "name shape" contains one of these comma-separated substrings.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Timed runs (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        /// Print one JSON object instead of tables.
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        adapter: Option<String>,
+    },
     /// Classify image files (PNG/JPEG) with an integer model.
     Infer {
         /// An integer model file or a wqat checkpoint.
@@ -102,6 +127,78 @@ fn backend(name: &str, adapter: Option<String>) -> wqat::Result<wqat::convert::e
         }
         other => Err(wqat::WqatError::invalid(format!("backend {other:?}: use gpu, cpu or cpu-scalar"))),
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bench_cmd(
+    train_only: bool,
+    kernels_only: bool,
+    quick: bool,
+    filter: Option<String>,
+    runs: usize,
+    warmup: usize,
+    json: bool,
+    adapter: Option<String>,
+) -> wqat::Result<()> {
+    use wqat::engine::throughput::measure_train;
+    let mut opts = GpuOptions::from_env();
+    if adapter.is_some() {
+        opts.adapter = adapter;
+    }
+    let ctx = GpuContext::new(&opts)?;
+    let do_kernels = !train_only || kernels_only;
+    let do_train = !kernels_only || train_only;
+    let bopts = wqat::bench::BenchOptions { quick, filter, warmup, runs: runs.max(1) };
+    let mut out = serde_json::json!({
+        "adapter": format!("{} ({}, {})", ctx.summary.name, ctx.summary.backend, ctx.summary.driver_info),
+    });
+    if do_kernels {
+        if !json {
+            println!("{}", wqat::bench::describe(&ctx, &bopts));
+        }
+        let rows = wqat::bench::run_kernel_bench(&ctx, &bopts)?;
+        if !json {
+            wqat::bench::print_table(&rows);
+        }
+        out["kernels"] = serde_json::to_value(&rows).unwrap_or_default();
+    }
+    if do_train {
+        // mnist-cnn at batch 64 and resnet20 at batch 128 (quick: resnet20 at 16, fewer steps).
+        let plan: [(&str, usize, usize, usize); 2] = if quick {
+            [("mnist-cnn", 64, 1, 2), ("resnet20", 16, 1, 1)]
+        } else {
+            [("mnist-cnn", 64, 2, 5), ("resnet20", 128, 1, 2)]
+        };
+        let mut train = serde_json::Map::new();
+        if !json {
+            println!("\ntraining throughput (median of {} runs after warm-up)", runs.max(1));
+            println!(
+                "{:<10} {:>6} {:>14} {:>14} {:>10} {:>10} {:>8}",
+                "model", "batch", "fp32 img/s", "QAT img/s", "fp32 ms", "QAT ms", "QAT/fp32"
+            );
+        }
+        for (model, batch, warm, steps) in plan {
+            let t = measure_train(&ctx, model, batch, warm, runs.max(1), steps)?;
+            if !json {
+                println!(
+                    "{:<10} {:>6} {:>14.1} {:>14.1} {:>10.1} {:>10.1} {:>8.2}",
+                    t.model,
+                    t.batch,
+                    t.fp32_images_per_s,
+                    t.qat_images_per_s,
+                    t.fp32_ms_per_step,
+                    t.qat_ms_per_step,
+                    t.qat_over_fp32
+                );
+            }
+            train.insert(model.to_string(), serde_json::to_value(&t).unwrap_or_default());
+        }
+        out["train"] = serde_json::Value::Object(train);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    }
+    Ok(())
 }
 
 fn convert_cmd(checkpoint: PathBuf, out: PathBuf) -> wqat::Result<()> {
@@ -480,6 +577,9 @@ fn main() {
             eval_cmd(model, data, backend, layers, batch, limit, json, adapter)
         }
         Some(Command::Infer { model, images, backend, adapter }) => infer_cmd(model, images, backend, adapter),
+        Some(Command::Bench { train, kernels, quick, filter, runs, warmup, json, adapter }) => {
+            bench_cmd(train, kernels, quick, filter, runs, warmup, json, adapter)
+        }
         None => {
             use clap::CommandFactory;
             let _ = Cli::command().print_help();

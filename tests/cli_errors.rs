@@ -145,7 +145,7 @@ fn non_finite_loss_stops_the_run_with_the_step() {
 fn sigint_writes_checkpoint_and_resume_completes() {
     let d = tmp("sigint");
     let out = d.join("run");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wqat"))
+    let child = Command::new(env!("CARGO_BIN_EXE_wqat"))
         .args(["train", "--epochs", "20", "--qat-epochs", "1", "--limit-train", "256", "--limit-test", "64"])
         .args(["--log-every", "1", "--out", s(&out)])
         .stdout(std::process::Stdio::piped())

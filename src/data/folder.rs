@@ -24,8 +24,8 @@ fn check_shape((c, h, w): (usize, usize, usize)) -> Result<()> {
 /// pixel is decoded): a few hundred bytes of JPEG header can claim 65535 x 65535 pixels.
 pub const MAX_IMAGE_SIDE: u32 = 16384;
 
-/// Most memory the decoder may allocate for one image.
-pub const MAX_IMAGE_DECODE_BYTES: u64 = 256 << 20;
+/// Most memory the decoder may allocate for one image (a 16-megapixel RGB photo needs 48 MiB).
+pub const MAX_IMAGE_DECODE_BYTES: u64 = 128 << 20;
 
 fn decode(bytes: &[u8]) -> Result<DynamicImage> {
     let err = |e: &dyn std::fmt::Display| bad(format!("cannot decode image: {e}"));

@@ -155,7 +155,7 @@ fn corpus_and_mutations_never_panic() {
             // Half of the mutations start from a valid seed (most merged corpus files are
             // already invalid, and mutating only those would rarely get past the headers).
             let (_, base) = if rng.random_bool(0.5) {
-                &seeds[rng.random_range(0..seeds.len())]
+                seeds[rng.random_range(0..seeds.len())]
             } else {
                 &files[rng.random_range(0..files.len())]
             };

@@ -71,3 +71,20 @@ fn huge_shapes() {
     // Zero-size inputs used to resolve to zero-size tensors.
     refused_model_json(&one_layer("[0,8,8]", r#"{"name":"m","op":"max_pool","kernel":1}"#), "must be positive");
 }
+
+/// libFuzzer `image_decode` (timeout after 13 s under ASan, 2026-11-29): a 580-byte JPEG whose
+/// header claims 65287 x 255 pixels was decoded in full (16.6 M pixels) and then resized.
+/// Now the header's dimensions are checked against `MAX_IMAGE_SIDE` before decoding.
+#[test]
+fn jpeg_header_claiming_a_huge_image() {
+    let input = include_bytes!("../fuzz/regressions/image_decode/timeout-jpeg-65287x255");
+    let started = std::time::Instant::now();
+    assert!(!fuzzing::image_decode(input));
+    match wqat::data::decode_image(&input[1..], (1, 28, 28)) {
+        Err(WqatError::Format { message, .. }) => {
+            assert!(message.contains("cannot decode image") && message.contains("limit"), "{message}")
+        }
+        other => panic!("want a format error, got {other:?}"),
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "took {:?}", started.elapsed());
+}

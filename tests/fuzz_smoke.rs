@@ -1,10 +1,11 @@
 //! The CI smoke run of the fuzz targets on stable Rust (the real fuzzing is `fuzz/`, libFuzzer
 //! on nightly, see fuzz/README.md): every checked-in corpus file of every target
-//! (`fuzz/corpus/<target>/`), plus seeded random mutations of them (truncations, bit flips,
-//! byte insertions and deletions, overwrites with boundary bytes, splices, and for gzip inputs
-//! the same on the decompressed bytes, re-compressed), go through the same entry points
-//! (`wqat::fuzzing`) under `catch_unwind`: any panic fails the test, listing the inputs, which
-//! are saved for `cargo fuzz run <target> <file>` and for tests/fuzz_regressions.rs.
+//! (`fuzz/corpus/<target>/`) and every past crash (`fuzz/regressions/<target>/`), plus seeded
+//! random mutations of them (truncations, bit flips, byte insertions and deletions, overwrites
+//! with boundary bytes, splices, and for gzip inputs the same on the decompressed bytes,
+//! re-compressed), go through the same entry points (`wqat::fuzzing`) under `catch_unwind`:
+//! any panic fails the test, listing the inputs, which are saved for
+//! `cargo fuzz run <target> <file>` and for tests/fuzz_regressions.rs.
 //!
 //! `cargo test --test fuzz_smoke -- --ignored write_seed_corpus` regenerates the seed files
 //! (`seed-*`) from small valid inputs made here.
@@ -27,10 +28,14 @@ fn corpus_dir(target: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target)
 }
 
+/// The corpus files of `target` plus its past crashes (`fuzz/regressions/<target>/`).
 fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(corpus_dir(target))
-        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect())
-        .unwrap_or_default();
+    let regressions = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions").join(target);
+    let mut files: Vec<PathBuf> = [corpus_dir(target), regressions]
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flat_map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()))
+        .collect();
     files.sort();
     files
         .into_iter()
@@ -142,10 +147,18 @@ fn corpus_and_mutations_never_panic() {
                 Err(msg) => record(format!("corpus file {name}"), bytes, msg),
             }
         }
+        let seeds: Vec<&(String, Vec<u8>)> = files.iter().filter(|(n, _)| n.starts_with("seed-")).collect();
+        assert!(!seeds.is_empty(), "no seed-* file in {}", corpus_dir(target).display());
         let mut rng = ChaCha8Rng::seed_from_u64(MUTATION_SEED + t as u64);
         let mut mutated_ok = 0usize;
         for k in 0..MUTATIONS_PER_TARGET {
-            let (_, base) = &files[rng.random_range(0..files.len())];
+            // Half of the mutations start from a valid seed (most merged corpus files are
+            // already invalid, and mutating only those would rarely get past the headers).
+            let (_, base) = if rng.random_bool(0.5) {
+                seeds[rng.random_range(0..seeds.len())]
+            } else {
+                &files[rng.random_range(0..files.len())]
+            };
             let (_, other) = &files[rng.random_range(0..files.len())];
             // Half of the mutations of a gzip input change what it decompresses to.
             let inner = (wqat::data::is_gzip(base) && rng.random_bool(0.5)).then(|| gunzip(base)).flatten();

@@ -20,8 +20,22 @@ fn check_shape((c, h, w): (usize, usize, usize)) -> Result<()> {
     Ok(())
 }
 
+/// Largest width or height of an image file accepted (checked from its header, before any
+/// pixel is decoded): a few hundred bytes of JPEG header can claim 65535 x 65535 pixels.
+pub const MAX_IMAGE_SIDE: u32 = 16384;
+
+/// Most memory the decoder may allocate for one image (a 16-megapixel RGB photo needs 48 MiB).
+pub const MAX_IMAGE_DECODE_BYTES: u64 = 128 << 20;
+
 fn decode(bytes: &[u8]) -> Result<DynamicImage> {
-    image::load_from_memory(bytes).map_err(|e| bad(format!("cannot decode image: {e}")))
+    let err = |e: &dyn std::fmt::Display| bad(format!("cannot decode image: {e}"));
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| err(&e))?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(MAX_IMAGE_DECODE_BYTES);
+    reader.limits(limits);
+    reader.decode().map_err(|e| err(&e))
 }
 
 fn to_chw(img: &DynamicImage, (c, h, w): (usize, usize, usize)) -> Vec<u8> {
@@ -48,7 +62,9 @@ fn to_chw(img: &DynamicImage, (c, h, w): (usize, usize, usize)) -> Vec<u8> {
 }
 
 /// Decodes a PNG or JPEG (format from its bytes) into u8 CHW of `shape` (c = 1 grey or 3 RGB),
-/// converting the colour and resizing (triangle filter) when the image differs.
+/// converting the colour and resizing (triangle filter) when the image differs. Images over
+/// [`MAX_IMAGE_SIDE`] pixels wide or high, or needing more than [`MAX_IMAGE_DECODE_BYTES`] to
+/// decode, are format errors.
 pub fn decode_image(bytes: &[u8], shape: (usize, usize, usize)) -> Result<Vec<u8>> {
     check_shape(shape)?;
     Ok(to_chw(&decode(bytes)?, shape))

@@ -31,7 +31,7 @@ pub use dataset::{
     Dataset, Normalization, Split, CIFAR10_MEAN, CIFAR10_STD, DIGITS_MEAN, DIGITS_STD, MNIST_MEAN, MNIST_STD,
 };
 pub use digits::{parse_digits_csv, DIGITS_CSV_GZ, DIGITS_SPLIT_SEED};
-pub use folder::{decode_image, is_image_folder, load_image_folder};
+pub use folder::{decode_image, is_image_folder, load_image_folder, MAX_IMAGE_DECODE_BYTES, MAX_IMAGE_SIDE};
 pub use idx::{find_idx_files, idx_dataset_from_bytes, load_idx_dir, parse_idx_images, parse_idx_labels, IdxImages};
 
 use crate::{Result, WqatError};

@@ -20,6 +20,7 @@ pub const TARGETS: &[&str] = &[
     "tensorfile",
     "model_json",
     "state_dict",
+    "int8_model",
 ];
 
 /// The path parse errors name.
@@ -80,6 +81,11 @@ pub fn state_dict(bytes: &[u8]) -> bool {
     import::import_state_dict_bytes(&state_dict_graph(), Path::new(FUZZ_PATH), bytes).is_ok()
 }
 
+/// An int8 model file (`Int8Model::from_bytes`: safetensors, metadata, every field validated).
+pub fn int8_model(bytes: &[u8]) -> bool {
+    crate::convert::Int8Model::from_bytes(Path::new(FUZZ_PATH), bytes).is_ok()
+}
+
 /// Runs the target named `name` (one of [`TARGETS`]); None for an unknown name.
 pub fn run(name: &str, bytes: &[u8]) -> Option<bool> {
     Some(match name {
@@ -91,6 +97,7 @@ pub fn run(name: &str, bytes: &[u8]) -> Option<bool> {
         "tensorfile" => tensorfile(bytes),
         "model_json" => model_json(bytes),
         "state_dict" => state_dict(bytes),
+        "int8_model" => int8_model(bytes),
         _ => return None,
     })
 }

@@ -4,6 +4,7 @@
 //! shape/limit errors.
 
 use rand::Rng;
+use std::sync::Arc;
 use wqat::error::WqatError;
 use wqat::gpu::{DType, GpuContext, GpuOptions, GpuTensor};
 use wqat::kernels::conv::{self as k, Conv2dConfig, QuantOperand, SteMask};
@@ -37,10 +38,10 @@ fn assert_masked_exact(what: &str, got: &[f32], mask: &[f32], base: &[f32]) {
 }
 
 fn run_case(seed: u64, cfg: &Conv2dConfig, f: Flags) {
-    run_case_on(&testing::ctx(), seed, cfg, f);
+    run_case_on(testing::ctx(), seed, cfg, f);
 }
 
-fn run_case_on(ctx: &GpuContext, seed: u64, cfg: &Conv2dConfig, f: Flags) {
+fn run_case_on(ctx: Arc<GpuContext>, seed: u64, cfg: &Conv2dConfig, f: Flags) {
     let mut rng = testing::rng(seed);
     let what = format!("seed {seed} {cfg:?} {f:?}");
     let (xs, ws, ys) = (cfg.x_shape(), cfg.w_shape(), cfg.y_shape());
@@ -244,7 +245,7 @@ fn direct_and_tiled_paths_match_reference() {
         let ctx = GpuContext::new(&GpuOptions { conv_direct: Some(direct), ..GpuOptions::from_env() }).unwrap();
         assert_eq!(ctx.conv_direct, direct);
         for (i, (cfg, f)) in cases.iter().enumerate() {
-            run_case_on(&ctx, 3000 + i as u64, cfg, *f);
+            run_case_on(ctx.clone(), 3000 + i as u64, cfg, *f);
         }
     }
 }

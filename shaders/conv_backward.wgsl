@@ -38,6 +38,10 @@ override TPM: u32 = 16u;
 // Fully unroll the BK loop (real GPUs). Off on lavapipe, where the unrolled shader takes
 // about twice as long to compile at first dispatch and runs no faster.
 override UNROLL: bool = true;
+// CPU adapters (lavapipe): no workgroup memory or barriers (they cost more than they save
+// there); each invocation computes 4 rows x 8 columns of one phase straight from storage
+// (see `backward_direct`). WG is then 64 and TPM unused.
+override DIRECT: bool = false;
 
 // Bits of p.flags.
 const FQ_W: u32 = 2u;
@@ -94,6 +98,11 @@ fn kdecode(k: u32, ah: Axis, aw: Axis) -> vec4<i32> {
     return vec4<i32>(i32(co), i32(jh * ah.delta), i32(jw * aw.delta), i32(kh * p.kw + kw));
 }
 
+// (s, inv_s, z) of output channel co of the weight quantizer.
+fn wparams(co: u32) -> vec3<f32> {
+    return vec3<f32>(wq[4u + co], wq[4u + p.c_out + co], wq[4u + 2u * p.c_out + co]);
+}
+
 fn fq(v: f32, s: f32, inv_s: f32, z: f32, qmin: f32, qmax: f32) -> f32 {
     return (clamp(round(v * inv_s) + z, qmin, qmax) - z) * s;
 }
@@ -133,12 +142,139 @@ fn store_row(g: u32, row: u32, v: vec4<f32>, col0: u32, step: u32, n_cols: u32, 
     }
 }
 
+// dY of one group of 4 phase columns at output (oh, ow) (vec4 lanes) of channel offset co_off,
+// 0 outside dY or past the last column.
+fn gather_dy(b: vec4<i32>, oh: vec4<i32>, ow: vec4<i32>, ok: vec4<bool>) -> vec4<f32> {
+    let inside = ok & (oh >= vec4<i32>(0)) & (oh < vec4<i32>(i32(p.oh))) & (ow >= vec4<i32>(0)) & (ow < vec4<i32>(i32(p.ow)));
+    let idx = select(vec4<i32>(0), b + oh * i32(p.ow) + ow, inside);
+    let v = vec4<f32>(dy[u32(idx.x)], dy[u32(idx.y)], dy[u32(idx.z)], dy[u32(idx.w)]);
+    return select(vec4<f32>(0.0), v, inside);
+}
+
+// Decoded phase columns of one vec4 group starting at col0: the dY offset of each column's
+// image and group, the output row and column its first valid tap reads, and which exist.
+struct Cols {
+    b: vec4<i32>,
+    oh0: vec4<i32>,
+    ow0: vec4<i32>,
+    ok: vec4<bool>,
+}
+
+fn decode_cols(col0: u32, n_cols: u32, g: u32, ah: Axis, aw: Axis) -> Cols {
+    var c: Cols;
+    let per = max(ah.count * aw.count, 1u);
+    let awc = max(aw.count, 1u);
+    let ohw = p.oh * p.ow;
+    for (var j = 0u; j < 4u; j++) {
+        let col = col0 + j;
+        let cc = min(col, max(n_cols, 1u) - 1u);
+        let nb = cc / per;
+        let q = cc % per;
+        let ih = ah.first + q / awc * p.stride_h;
+        let iw = aw.first + q % awc * p.stride_w;
+        c.b[j] = i32((nb * p.c_out + g * p.cout_g) * ohw);
+        c.oh0[j] = (i32(ih + p.pad_h) - i32(ah.k_first * p.dil_h)) / i32(p.stride_h);
+        c.ow0[j] = (i32(iw + p.pad_w) - i32(aw.k_first * p.dil_w)) / i32(p.stride_w);
+        c.ok[j] = col < n_cols;
+    }
+    return c;
+}
+
+fn wfq(v: vec4<f32>, q: vec3<f32>) -> vec4<f32> {
+    return (clamp(round(v * q.y) + q.z, vec4<f32>(p.w_qmin), vec4<f32>(p.w_qmax)) - q.z) * q.x;
+}
+
+// The direct backward data (DIRECT): per (group, phase) (workgroup z), invocation item
+// (linear over x, y and the 64 lanes; column blocks fastest, so neighbouring invocations take
+// neighbouring pixels and share the weight rows) computes rows ci = 4 rb .. + 3 and phase
+// columns 8 cb .. + 7, looping over k = (co, jh, jw) in nested loops (no integer division
+// per step). W's quantizer parameters are read once per co; the 4 weights of a tap are read
+// as one vec4 (rows) and fake-quantized together.
+fn backward_direct(lid: u32, wid: vec3<u32>, nwg: vec3<u32>) {
+    let phases = p.stride_h * p.stride_w;
+    let g = wid.z / phases;
+    let phase = wid.z % phases;
+    let ah = axis(phase / p.stride_w, p.h, p.pad_h, p.stride_h, p.dil_h, p.kh);
+    let aw = axis(phase % p.stride_w, p.w, p.pad_w, p.stride_w, p.dil_w, p.kw);
+    let M = p.gemm_m;
+    let N = p.n * ah.count * aw.count;
+    let m_blocks = (M + 3u) / 4u;
+    let n_blocks = (N + 7u) / 8u;
+    let item = (wid.x + wid.y * nwg.x) * WG + lid;
+    if (item >= m_blocks * n_blocks) { return; }
+    let row = item / n_blocks * 4u;
+    let col0 = item % n_blocks * 8u;
+    let khw = p.kh * p.kw;
+    let ohw = i32(p.oh * p.ow);
+    var w_on = false;
+    if ((p.flags & FQ_W) != 0u) { w_on = wq[0] != 0.0; }
+
+    let ca = decode_cols(col0, N, g, ah, aw);
+    let cb = decode_cols(col0 + 4u, N, g, ah, aw);
+    // Weight offsets of the 4 rows (clamped into range; rows past M are computed and dropped).
+    let r0 = min(row, M - 1u) * khw;
+    let r1 = min(row + 1u, M - 1u) * khw;
+    let r2 = min(row + 2u, M - 1u) * khw;
+    let r3 = min(row + 3u, M - 1u) * khw;
+
+    var a0 = vec4<f32>(0.0);
+    var a1 = a0;
+    var a2 = a0;
+    var a3 = a0;
+    var b0 = a0;
+    var b1 = a0;
+    var b2 = a0;
+    var b3 = a0;
+    for (var c = 0u; c < p.cout_g; c++) {
+        let co = g * p.cout_g + c;
+        var q = vec3<f32>(1.0, 1.0, 0.0);
+        if (w_on) { q = wparams(co); }
+        let wb = co * p.cin_g * khw;
+        let yo = vec4<i32>(i32(c) * ohw);
+        let ba = ca.b + yo;
+        let bb = cb.b + yo;
+        for (var jh = 0u; jh < ah.k_count; jh++) {
+            let kh = ah.k_first + jh * ah.k_step;
+            let oha = ca.oh0 - vec4<i32>(i32(jh * ah.delta));
+            let ohb = cb.oh0 - vec4<i32>(i32(jh * ah.delta));
+            for (var jw = 0u; jw < aw.k_count; jw++) {
+                let kk = wb + kh * p.kw + aw.k_first + jw * aw.k_step;
+                let dd = vec4<i32>(i32(jw * aw.delta));
+                let ya = gather_dy(ba, oha, ca.ow0 - dd, ca.ok);
+                let yb = gather_dy(bb, ohb, cb.ow0 - dd, cb.ok);
+                var wv = vec4<f32>(wt[kk + r0], wt[kk + r1], wt[kk + r2], wt[kk + r3]);
+                if (w_on) { wv = wfq(wv, q); }
+                a0 = fma(vec4<f32>(wv.x), ya, a0);
+                a1 = fma(vec4<f32>(wv.y), ya, a1);
+                a2 = fma(vec4<f32>(wv.z), ya, a2);
+                a3 = fma(vec4<f32>(wv.w), ya, a3);
+                b0 = fma(vec4<f32>(wv.x), yb, b0);
+                b1 = fma(vec4<f32>(wv.y), yb, b1);
+                b2 = fma(vec4<f32>(wv.z), yb, b2);
+                b3 = fma(vec4<f32>(wv.w), yb, b3);
+            }
+        }
+    }
+    store_row(g, row, a0, col0, 1u, N, ah, aw);
+    store_row(g, row + 1u, a1, col0, 1u, N, ah, aw);
+    store_row(g, row + 2u, a2, col0, 1u, N, ah, aw);
+    store_row(g, row + 3u, a3, col0, 1u, N, ah, aw);
+    store_row(g, row, b0, col0 + 4u, 1u, N, ah, aw);
+    store_row(g, row + 1u, b1, col0 + 4u, 1u, N, ah, aw);
+    store_row(g, row + 2u, b2, col0 + 4u, 1u, N, ah, aw);
+    store_row(g, row + 3u, b3, col0 + 4u, 1u, N, ah, aw);
+}
+
 @compute @workgroup_size(WG)
 fn conv2d_backward_data(
     @builtin(local_invocation_index) lid: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
+    if (DIRECT) {
+        backward_direct(lid, wid, nwg);
+        return;
+    }
     let tpn = WG / TPM;
     // The BK loop bound: the constant BK, or an opaque equal value that stops unrolling.
     let kb = select(min(BK, p.n * BK), BK, UNROLL);

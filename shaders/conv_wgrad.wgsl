@@ -28,6 +28,11 @@ override TPM: u32 = 16u;
 // Fully unroll the BK loop (real GPUs). Off on lavapipe, where the unrolled shader takes
 // about twice as long to compile at first dispatch and runs no faster.
 override UNROLL: bool = true;
+// CPU adapters (lavapipe): no workgroup memory or barriers (they cost more than they save
+// there); each invocation computes a 4 x 8 block of one split straight from storage (see
+// `wgrad_direct`). WG is then 64 and TPM unused; splits cut N*OH output rows, k_chunk rows
+// each.
+override DIRECT: bool = false;
 
 // Bits of p.flags.
 const FQ_X: u32 = 1u;
@@ -71,12 +76,151 @@ fn store_row(base: u32, row: u32, v: vec4<f32>, col0: u32, step: u32) {
     }
 }
 
+// Decoded columns (ci, kh, kw) of one vec4 group starting at col0: the offset of the tap in
+// X relative to the output pixel's top-left input in channel 0 of the group, its (h, w)
+// displacement, and which exist (columns past the last read as 0).
+struct Cols {
+    xo: vec4<i32>,
+    dh: vec4<i32>,
+    dw: vec4<i32>,
+    ok: vec4<bool>,
+}
+
+fn decode_cols(col0: u32) -> Cols {
+    var c: Cols;
+    let khw = p.kh * p.kw;
+    for (var j = 0u; j < 4u; j++) {
+        let col = col0 + j;
+        let cc = min(col, p.gemm_n - 1u);
+        let ci = cc / khw;
+        let r = cc % khw;
+        let dh = r / p.kw * p.dil_h;
+        let dw = r % p.kw * p.dil_w;
+        c.xo[j] = i32(ci * p.h * p.w + dh * p.w + dw);
+        c.dh[j] = i32(dh);
+        c.dw[j] = i32(dw);
+        c.ok[j] = col < p.gemm_n;
+    }
+    return c;
+}
+
+// X of one column group at input (ih, iw), where row_ok (the column exists and ih is inside)
+// and iw is inside; else 0. Fake-quantized when x_on.
+fn gather_x(base: vec4<i32>, row_ok: vec4<bool>, iw: vec4<i32>, x_on: bool, xp: vec3<f32>) -> vec4<f32> {
+    let inside = row_ok & (iw >= vec4<i32>(0)) & (iw < vec4<i32>(i32(p.w)));
+    let idx = select(vec4<i32>(0), base, inside);
+    var v = vec4<f32>(x[u32(idx.x)], x[u32(idx.y)], x[u32(idx.z)], x[u32(idx.w)]);
+    if (x_on) {
+        v = (clamp(round(v * xp.y) + xp.z, vec4<f32>(p.x_qmin), vec4<f32>(p.x_qmax)) - xp.z) * xp.x;
+    }
+    return select(vec4<f32>(0.0), v, inside);
+}
+
+// The direct weight gradient (DIRECT): per group g (workgroup z), invocation item (linear
+// over x, y and the 64 lanes; column blocks fastest, then row blocks, then splits) computes
+// part[s, rows co = 4 rb .. + 3, columns 8 cb .. + 7] over the split's output rows
+// (n, oh) in k_chunk-row chunks, each row's pixels ow in order: a fixed summation order, so
+// the result does not depend on scheduling.
+fn wgrad_direct(lid: u32, wid: vec3<u32>, nwg: vec3<u32>) {
+    let g = wid.z;
+    let M = p.gemm_m;
+    let N = p.gemm_n;
+    let m_blocks = (M + 3u) / 4u;
+    let n_blocks = (N + 7u) / 8u;
+    let item = (wid.x + wid.y * nwg.x) * WG + lid;
+    if (item >= m_blocks * n_blocks * p.splits) { return; }
+    let col0 = item % n_blocks * 8u;
+    let t = item / n_blocks;
+    let row = t % m_blocks * 4u;
+    let s = t / m_blocks;
+    let rows = p.n * p.oh;
+    let rbeg = s * p.k_chunk;
+    let rend = min(rows, rbeg + p.k_chunk);
+
+    var x_on = false;
+    var xp = vec3<f32>(1.0, 1.0, 0.0);
+    if ((p.flags & FQ_X) != 0u) {
+        x_on = xq[0] != 0.0;
+        xp = vec3<f32>(xq[4], xq[5], xq[6]);
+    }
+    let ca = decode_cols(col0);
+    let cb = decode_cols(col0 + 4u);
+    let ohw = p.oh * p.ow;
+    let hw = p.h * p.w;
+    // dY channel offsets of the 4 rows (clamped into range; rows past M are computed and
+    // dropped).
+    let d0 = (g * M + min(row, M - 1u)) * ohw;
+    let d1 = (g * M + min(row + 1u, M - 1u)) * ohw;
+    let d2 = (g * M + min(row + 2u, M - 1u)) * ohw;
+    let d3 = (g * M + min(row + 3u, M - 1u)) * ohw;
+
+    var a0 = vec4<f32>(0.0);
+    var a1 = a0;
+    var a2 = a0;
+    var a3 = a0;
+    var b0 = a0;
+    var b1 = a0;
+    var b2 = a0;
+    var b3 = a0;
+    var nb = rbeg / p.oh;
+    var oh = rbeg % p.oh;
+    for (var r = rbeg; r < rend; r++) {
+        let ih0 = i32(oh * p.stride_h) - i32(p.pad_h);
+        let xb = i32((nb * p.c_in + g * p.cin_g) * hw) + ih0 * i32(p.w) - i32(p.pad_w);
+        let iha = vec4<i32>(ih0) + ca.dh;
+        let ihb = vec4<i32>(ih0) + cb.dh;
+        let oka = ca.ok & (iha >= vec4<i32>(0)) & (iha < vec4<i32>(i32(p.h)));
+        let okb = cb.ok & (ihb >= vec4<i32>(0)) & (ihb < vec4<i32>(i32(p.h)));
+        let xa0 = vec4<i32>(xb) + ca.xo;
+        let xb0 = vec4<i32>(xb) + cb.xo;
+        let wa0 = ca.dw - vec4<i32>(i32(p.pad_w));
+        let wb0 = cb.dw - vec4<i32>(i32(p.pad_w));
+        let yb = nb * p.c_out * ohw + oh * p.ow;
+        for (var ow = 0u; ow < p.ow; ow++) {
+            let iw = i32(ow * p.stride_w);
+            let xa = gather_x(xa0 + vec4<i32>(iw), oka, wa0 + vec4<i32>(iw), x_on, xp);
+            let xv = gather_x(xb0 + vec4<i32>(iw), okb, wb0 + vec4<i32>(iw), x_on, xp);
+            let y = yb + ow;
+            let y0 = dy[y + d0];
+            let y1 = dy[y + d1];
+            let y2 = dy[y + d2];
+            let y3 = dy[y + d3];
+            a0 = fma(vec4<f32>(y0), xa, a0);
+            a1 = fma(vec4<f32>(y1), xa, a1);
+            a2 = fma(vec4<f32>(y2), xa, a2);
+            a3 = fma(vec4<f32>(y3), xa, a3);
+            b0 = fma(vec4<f32>(y0), xv, b0);
+            b1 = fma(vec4<f32>(y1), xv, b1);
+            b2 = fma(vec4<f32>(y2), xv, b2);
+            b3 = fma(vec4<f32>(y3), xv, b3);
+        }
+        oh++;
+        if (oh == p.oh) {
+            oh = 0u;
+            nb++;
+        }
+    }
+    let base = (s * p.c_out + g * M) * N;
+    store_row(base, row, a0, col0, 1u);
+    store_row(base, row + 1u, a1, col0, 1u);
+    store_row(base, row + 2u, a2, col0, 1u);
+    store_row(base, row + 3u, a3, col0, 1u);
+    store_row(base, row, b0, col0 + 4u, 1u);
+    store_row(base, row + 1u, b1, col0 + 4u, 1u);
+    store_row(base, row + 2u, b2, col0 + 4u, 1u);
+    store_row(base, row + 3u, b3, col0 + 4u, 1u);
+}
+
 @compute @workgroup_size(WG)
 fn conv2d_wgrad_partial(
     @builtin(local_invocation_index) lid: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
+    if (DIRECT) {
+        wgrad_direct(lid, wid, nwg);
+        return;
+    }
     let tpn = WG / TPM;
     // The BK loop bound: the constant BK, or an opaque equal value that stops unrolling.
     let kb = select(min(BK, p.n * BK), BK, UNROLL);

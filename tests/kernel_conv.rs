@@ -4,8 +4,9 @@
 //! shape/limit errors.
 
 use rand::Rng;
+use std::sync::Arc;
 use wqat::error::WqatError;
-use wqat::gpu::{DType, GpuContext, GpuTensor};
+use wqat::gpu::{DType, GpuContext, GpuOptions, GpuTensor};
 use wqat::kernels::conv::{self as k, Conv2dConfig, QuantOperand, SteMask};
 use wqat::quant::{QStateLayout, QuantSpec};
 use wqat::reference::{conv as r, fake_quant as rfq};
@@ -37,7 +38,10 @@ fn assert_masked_exact(what: &str, got: &[f32], mask: &[f32], base: &[f32]) {
 }
 
 fn run_case(seed: u64, cfg: &Conv2dConfig, f: Flags) {
-    let ctx = testing::ctx();
+    run_case_on(testing::ctx(), seed, cfg, f);
+}
+
+fn run_case_on(ctx: Arc<GpuContext>, seed: u64, cfg: &Conv2dConfig, f: Flags) {
     let mut rng = testing::rng(seed);
     let what = format!("seed {seed} {cfg:?} {f:?}");
     let (xs, ws, ys) = (cfg.x_shape(), cfg.w_shape(), cfg.y_shape());
@@ -214,6 +218,36 @@ fn conv_on_model_shapes_with_full_quantization() {
     run_case(2, &Conv2dConfig::new(2, 16, 14, 14, 32, 3).with_padding(1), all);
     run_case(3, &Conv2dConfig::new(2, 16, 16, 16, 32, 3).with_padding(1).with_stride(2), all);
     run_case(4, &Conv2dConfig::new(2, 32, 8, 8, 64, 1).with_stride(2), Flags { accumulate: true, ..all });
+}
+
+/// Both conv paths, forced (`GpuOptions::conv_direct`): the direct one (register blocks from
+/// storage, the CPU-adapter default) and the workgroup-tiled one (the GPU default), against
+/// the reference on odd shapes: stride 2 with padding, dilation, groups, depthwise, rows and
+/// columns straddling the 4 x 8 blocks, fake-quant on and off, masks, accumulate.
+#[test]
+fn direct_and_tiled_paths_match_reference() {
+    let all = Flags { fq_x: true, fq_w: true, bias: true, relu: false, mask_x: true, mask_w: true, accumulate: true };
+    let none =
+        Flags { fq_x: false, fq_w: false, bias: false, relu: false, mask_x: false, mask_w: false, accumulate: false };
+    let cases = [
+        (Conv2dConfig::new(3, 5, 11, 9, 7, 3).with_stride(2).with_padding(1), all),
+        (Conv2dConfig::new(2, 6, 10, 13, 10, 3).with_dilation(2).with_padding(2), none),
+        (Conv2dConfig::new(2, 6, 9, 9, 9, 3).with_groups(3).with_stride(2), Flags { accumulate: false, ..all }),
+        (Conv2dConfig::new(2, 5, 12, 7, 5, 3).with_groups(5).with_padding(1), Flags { fq_x: false, ..all }),
+        (
+            Conv2dConfig { padding: (2, 0), stride: (1, 2), dilation: (2, 1), ..Conv2dConfig::new(1, 9, 8, 11, 13, 5) },
+            Flags { fq_w: false, mask_w: false, ..all },
+        ),
+        (Conv2dConfig::new(2, 17, 6, 5, 3, 1).with_stride(2), Flags { mask_x: false, relu: true, ..all }),
+        (Conv2dConfig::new(2, 1, 15, 15, 16, 3).with_padding(1), all),
+    ];
+    for direct in [true, false] {
+        let ctx = GpuContext::new(&GpuOptions { conv_direct: Some(direct), ..GpuOptions::from_env() }).unwrap();
+        assert_eq!(ctx.conv_direct, direct);
+        for (i, (cfg, f)) in cases.iter().enumerate() {
+            run_case_on(ctx.clone(), 3000 + i as u64, cfg, *f);
+        }
+    }
 }
 
 #[test]

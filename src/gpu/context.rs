@@ -20,11 +20,16 @@ pub struct GpuOptions {
     pub disable_dot4: bool,
     /// Do not request f16 shader support.
     pub disable_f16: bool,
+    /// Force the conv kernels' direct path (`Some(true)`: register blocks straight from
+    /// storage, the CPU-adapter path) or their workgroup-tiled path (`Some(false)`); `None`
+    /// picks direct on CPU adapters only. `WQAT_CONV_DIRECT=1` / `0`.
+    pub conv_direct: Option<bool>,
 }
 
 impl GpuOptions {
     /// Options from the environment: `WQAT_ADAPTER` / `WGPU_ADAPTER_NAME`, and
-    /// `WQAT_NO_SUBGROUPS`, `WQAT_NO_DOT4`, `WQAT_NO_F16` set to anything but `0`.
+    /// `WQAT_NO_SUBGROUPS`, `WQAT_NO_DOT4`, `WQAT_NO_F16` set to anything but `0`, and
+    /// `WQAT_CONV_DIRECT` (`1` or `0`; unset or anything else: by adapter type).
     pub fn from_env() -> Self {
         let flag = |name: &str| std::env::var(name).map(|v| v != "0" && !v.is_empty()).unwrap_or(false);
         GpuOptions {
@@ -32,6 +37,11 @@ impl GpuOptions {
             disable_subgroups: flag("WQAT_NO_SUBGROUPS"),
             disable_dot4: flag("WQAT_NO_DOT4"),
             disable_f16: flag("WQAT_NO_F16"),
+            conv_direct: match std::env::var("WQAT_CONV_DIRECT").as_deref() {
+                Ok("1") => Some(true),
+                Ok("0") => Some(false),
+                _ => None,
+            },
         }
     }
 }
@@ -121,6 +131,9 @@ pub struct GpuContext {
     pub use_dot4: bool,
     /// Timestamp queries are enabled (benchmarks use them; tests never need them).
     pub has_timestamps: bool,
+    /// The conv kernels take their direct path (CPU adapters, unless `GpuOptions::conv_direct`
+    /// says otherwise) instead of the workgroup-tiled one.
+    pub conv_direct: bool,
     pub(crate) registry: super::registry::PipelineCache,
 }
 
@@ -204,6 +217,7 @@ impl GpuContext {
             use_subgroups: wanted.contains(wgpu::Features::SUBGROUP),
             use_dot4: dot4 && !opts.disable_dot4,
             has_timestamps: wanted.contains(wgpu::Features::TIMESTAMP_QUERY),
+            conv_direct: opts.conv_direct.unwrap_or(summary.device_type == "Cpu"),
             device,
             queue,
             adapter,

@@ -404,7 +404,7 @@ pub fn conv2d_forward(ctx: &GpuContext, cfg: &Conv2dConfig, a: &Conv2dForwardArg
         | bit(a.w_quant.is_some(), FQ_W)
         | bit(a.bias.is_some(), HAS_BIAS)
         | bit(a.relu, RELU);
-    let (key, grid) = if is_cpu(ctx) {
+    let (key, grid) = if ctx.conv_direct {
         // Direct path: 64 invocations, TPM along M (4 rows each, enough to cover M up to 64),
         // the rest along N (8 columns each).
         let tpm = m.div_ceil(4).next_power_of_two().min(16);
@@ -453,9 +453,16 @@ pub fn conv2d_backward_data(ctx: &GpuContext, cfg: &Conv2dConfig, a: &Conv2dBack
     let (m, n) = (cfg.c_in / cfg.groups, cfg.n * cfg.h.div_ceil(cfg.stride.0) * cfg.w.div_ceil(cfg.stride.1));
     p.gemm_m = m as u32;
     p.gemm_n = n as u32;
-    let tile = pick_tile(m, n);
     p.flags = bit(a.w_quant.is_some(), FQ_W) | bit(a.x_mask.is_some(), MASK) | bit(a.accumulate, ACCUM);
-    let key = tile.key(ctx, "conv_backward", "conv2d_backward_data");
+    let z = cfg.groups * phases;
+    let (key, grid) = if ctx.conv_direct {
+        // Direct path: one invocation per 4 rows x 8 columns of a phase, 64 per workgroup.
+        let [x, y, _] = grid_1d(direct_blocks(m, n).div_ceil(DIRECT_WG), 1);
+        (direct_key("conv_backward", "conv2d_backward_data"), [x, y, z as u32])
+    } else {
+        let tile = pick_tile(m, n);
+        (tile.key(ctx, "conv_backward", "conv2d_backward_data"), gemm_grid(m, n, z, tile))
+    };
     let ws = a.w_quant.map(|q| q.state).unwrap_or(a.w);
     let (xv, xs) = a.x_mask.map(|mk| (mk.values, mk.state)).unwrap_or((a.dy, a.dy));
     Dispatch::new(
@@ -463,8 +470,29 @@ pub fn conv2d_backward_data(ctx: &GpuContext, cfg: &Conv2dConfig, a: &Conv2dBack
         &key,
         bytemuck::bytes_of(&p),
         &[&a.dy.buffer, &a.w.buffer, &ws.buffer, &xv.buffer, &xs.buffer, &a.dx.buffer],
-        gemm_grid(m, n, cfg.groups * phases, tile),
+        grid,
     )
+}
+
+/// Invocations per workgroup of the direct (CPU-adapter) paths.
+const DIRECT_WG: usize = 64;
+
+/// Register blocks (4 rows x 8 columns) of an `m x n` output on the direct paths.
+fn direct_blocks(m: usize, n: usize) -> usize {
+    m.div_ceil(4) * n.div_ceil(8)
+}
+
+/// The pipeline key of a direct-path entry point (backward data, weight-gradient partials).
+fn direct_key(shader: &'static str, entry: &'static str) -> PipelineKey {
+    PipelineKey::new(shader, entry).with("WG", DIRECT_WG as f64).with("UNROLL", 0.0).with("DIRECT", 1.0)
+}
+
+/// Splits of the direct weight gradient over `rows` = N*OH output rows: enough invocations
+/// (`blocks` register blocks per split) for 32 workgroups, each split at least 2 rows. Only
+/// shapes decide, so the summation order (and the result) is the same run to run.
+fn direct_splits(blocks: usize, rows: usize, groups: usize) -> usize {
+    let target = 32 * DIRECT_WG;
+    (target.div_ceil(blocks * groups)).clamp(1, 256).min(rows.div_ceil(2)).max(1)
 }
 
 /// Number of split-K chunks for the weight gradient: enough workgroups to fill the device
@@ -499,25 +527,37 @@ pub fn conv2d_backward_weight(
         (p.w_qmin, p.w_qmax) = check_quant(mk.state, &mk.spec, true, "w (STE mask)", cfg.c_out)?;
     }
     let (m, n, k) = (cfg.c_out / cfg.groups, cfg.w_len() / cfg.c_out, cfg.y_len() / cfg.c_out);
-    let tile = pick_tile(m, n);
-    let splits = pick_splits(ctx, tile.count(m, n) * cfg.groups * tile.wg / WG, k, cfg.groups);
-    let k_chunk = k.div_ceil(BK).div_ceil(splits) * BK;
-    let splits = k.div_ceil(k_chunk);
     p.gemm_m = m as u32;
     p.gemm_n = n as u32;
     p.gemm_k = k as u32;
+    p.flags = bit(a.x_quant.is_some(), FQ_X) | bit(a.w_mask.is_some(), MASK);
+    let (key, grid, splits, k_chunk) = if ctx.conv_direct {
+        // Direct path: splits cut the N*OH output rows (k_chunk rows each); one invocation per
+        // 4 x 8 block of one split, 64 per workgroup, groups in z.
+        let rows = cfg.n * cfg.out_size().0;
+        let blocks = direct_blocks(m, n);
+        let k_chunk = rows.div_ceil(direct_splits(blocks, rows, cfg.groups));
+        let splits = rows.div_ceil(k_chunk);
+        let [x, y, _] = grid_1d((blocks * splits).div_ceil(DIRECT_WG), 1);
+        (direct_key("conv_wgrad", "conv2d_wgrad_partial"), [x, y, cfg.groups as u32], splits, k_chunk)
+    } else {
+        let tile = pick_tile(m, n);
+        let splits = pick_splits(ctx, tile.count(m, n) * cfg.groups * tile.wg / WG, k, cfg.groups);
+        let k_chunk = k.div_ceil(BK).div_ceil(splits) * BK;
+        let splits = k.div_ceil(k_chunk);
+        let key = tile.key(ctx, "conv_wgrad", "conv2d_wgrad_partial");
+        (key, gemm_grid(m, n, splits * cfg.groups, tile), splits, k_chunk)
+    };
     p.k_chunk = k_chunk as u32;
     p.splits = splits as u32;
     let partials = GpuTensor::zeros(ctx, &[splits, cfg.c_out, n], DType::F32)?;
-    p.flags = bit(a.x_quant.is_some(), FQ_X) | bit(a.w_mask.is_some(), MASK);
-    let key = tile.key(ctx, "conv_wgrad", "conv2d_wgrad_partial");
     let xs = a.x_quant.map(|q| q.state).unwrap_or(a.x);
     let partial = Dispatch::new(
         ctx,
         &key,
         bytemuck::bytes_of(&p),
         &[&a.dy.buffer, &a.x.buffer, &xs.buffer, &partials.buffer],
-        gemm_grid(m, n, splits * cfg.groups, tile),
+        grid,
     )?;
     let key = PipelineKey::new("conv_wgrad_reduce", "conv2d_wgrad_reduce");
     let (wv, ws) = a.w_mask.map(|mk| (mk.values, mk.state)).unwrap_or((a.dy, a.dy));

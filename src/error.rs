@@ -33,8 +33,9 @@ pub enum WqatError {
     /// A data, checkpoint or model file that is malformed.
     #[error("{path}: {message}")]
     Format { path: PathBuf, message: String },
-    /// An I/O error with the path it happened on.
-    #[error("{path}: {source}")]
+    /// An I/O error with the path it happened on (and the usual fix for full disks and
+    /// permissions).
+    #[error("{path}: {source}{}", io_hint(source))]
     Io {
         path: PathBuf,
         #[source]
@@ -48,8 +49,31 @@ pub enum WqatError {
     Interrupted(String),
 }
 
+/// What to do about the common I/O failures.
+fn io_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::StorageFull => " (the disk is full: free space or choose another --out directory)",
+        std::io::ErrorKind::PermissionDenied => " (no permission: choose a directory you can write, e.g. --out ./out)",
+        std::io::ErrorKind::ReadOnlyFilesystem => " (read-only file system: choose another --out directory)",
+        _ => "",
+    }
+}
+
 /// Crate-wide result alias.
 pub type Result<T, E = WqatError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_errors_name_the_fix() {
+        let full = WqatError::io("/x/ckpt", std::io::Error::from(std::io::ErrorKind::StorageFull));
+        assert!(full.to_string().contains("disk is full"), "{full}");
+        let perm = WqatError::io("/x", std::io::Error::from(std::io::ErrorKind::PermissionDenied));
+        assert!(perm.to_string().contains("--out"), "{perm}");
+    }
+}
 
 impl WqatError {
     /// Wraps an I/O error with the path it concerns.

@@ -62,19 +62,6 @@ fn io_hint(e: &std::io::Error) -> &'static str {
 /// Crate-wide result alias.
 pub type Result<T, E = WqatError> = std::result::Result<T, E>;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn io_errors_name_the_fix() {
-        let full = WqatError::io("/x/ckpt", std::io::Error::from(std::io::ErrorKind::StorageFull));
-        assert!(full.to_string().contains("disk is full"), "{full}");
-        let perm = WqatError::io("/x", std::io::Error::from(std::io::ErrorKind::PermissionDenied));
-        assert!(perm.to_string().contains("--out"), "{perm}");
-    }
-}
-
 impl WqatError {
     /// Wraps an I/O error with the path it concerns.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
@@ -91,5 +78,18 @@ impl WqatError {
     /// A format error for a file.
     pub fn format(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
         WqatError::Format { path: path.into(), message: msg.into() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_errors_name_the_fix() {
+        let full = WqatError::io("/x/ckpt", std::io::Error::from(std::io::ErrorKind::StorageFull));
+        assert!(full.to_string().contains("disk is full"), "{full}");
+        let perm = WqatError::io("/x", std::io::Error::from(std::io::ErrorKind::PermissionDenied));
+        assert!(perm.to_string().contains("--out"), "{perm}");
     }
 }

@@ -595,11 +595,7 @@ impl Trainer {
                     self.run.phase_seconds += t0.elapsed().as_secs_f64();
                     self.run.phase_images += images;
                     self.save_checkpoint(c, Some(&c.metrics))?;
-                    return Err(WqatError::Interrupted(format!(
-                        "checkpoint written to {}; continue with `wqat train --resume {}`",
-                        self.cfg.out.join(CHECKPOINT_FILE).display(),
-                        self.cfg.out.display()
-                    )));
+                    return Err(self.interrupted());
                 }
             }
             ctx.wait()?;
@@ -621,14 +617,19 @@ impl Trainer {
             self.run.next_batch = 0;
             self.save_checkpoint(c, None)?;
             if INTERRUPTED.load(Ordering::SeqCst) {
-                return Err(WqatError::Interrupted(format!(
-                    "checkpoint written to {}; continue with `wqat train --resume {}`",
-                    self.cfg.out.join(CHECKPOINT_FILE).display(),
-                    self.cfg.out.display()
-                )));
+                return Err(self.interrupted());
             }
         }
         Ok(())
+    }
+
+    /// The error a run stops with after writing its interrupt checkpoint.
+    fn interrupted(&self) -> WqatError {
+        WqatError::Interrupted(format!(
+            "checkpoint written to {}; continue with `wqat train --resume {}`",
+            self.cfg.out.join(CHECKPOINT_FILE).display(),
+            self.cfg.out.display()
+        ))
     }
 
     fn check_metrics(&mut self, m: &Metrics, window_start: u64) -> Result<()> {

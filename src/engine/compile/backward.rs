@@ -1,0 +1,325 @@
+//! The backward half of compilation: gradients of every node in reverse order (written by
+//! the first contribution, accumulated by the others) and the optimizer step.
+
+use super::{pool_spec, relu_kind, view, Builder, StepOptions, Tag};
+use crate::error::Result;
+use crate::gpu::{Dispatch, GpuTensor};
+use crate::kernels::activation::{self, Relu};
+use crate::kernels::batchnorm::{self, BnBackward};
+use crate::kernels::conv::{
+    self, Conv2dBackwardDataArgs, Conv2dBackwardWeightArgs, Conv2dConfig, QuantOperand, SteMask,
+};
+use crate::kernels::gemm::{self, GemmConfig, GemmExtras};
+use crate::kernels::{bn_fold, fake_quant, loss, optim, pool};
+use crate::model::params::{self, BN_EPS};
+use crate::model::{Act, Op, INPUT};
+
+impl Builder<'_> {
+    /// Gradient target for tensor `t`: `(buffer, accumulate)`. Returns `None` for the image.
+    pub(super) fn grad_target(&mut self, t: usize) -> Option<(GpuTensor, bool)> {
+        if t == INPUT {
+            return None;
+        }
+        let g = self.grads[t].clone().expect("gradients allocated");
+        let acc = self.written[t];
+        self.written[t] = true;
+        Some((g, acc))
+    }
+
+    /// Emits "write `src` into the gradient of `t`" for kernels that cannot accumulate:
+    /// `produce(dst)` writes a full gradient into `dst`.
+    pub(super) fn emit_grad(&mut self, t: usize, produce: impl FnOnce(&GpuTensor) -> Result<Dispatch>) -> Result<()> {
+        let Some((g, acc)) = self.grad_target(t) else { return Ok(()) };
+        if acc {
+            let tmp = self.zeros(&g.shape)?;
+            let d = produce(&tmp)?;
+            self.bwd(Tag::Always, d);
+            self.bwd(Tag::Always, activation::accumulate(self.ctx, &tmp, &g)?);
+        } else {
+            let d = produce(&g)?;
+            self.bwd(Tag::Always, d);
+        }
+        Ok(())
+    }
+
+    /// Gradient wrt a tensor given the gradient `d` wrt its materialized fake-quant.
+    pub(super) fn grad_through_fq(&mut self, t: usize, d: &GpuTensor) -> Result<()> {
+        if t == INPUT {
+            return Ok(());
+        }
+        let ctx = self.ctx;
+        let raw = self.raw(t).clone();
+        let d = view(d, &raw.shape);
+        match self.carried(t) {
+            Some(q) => self
+                .emit_grad(t, |dst| fake_quant::ste_backward(ctx, &raw, &q.state, &d, &view(dst, &raw.shape), &q.spec)),
+            None => self.emit_grad(t, |dst| gemm::copy_f32(ctx, &d, &view(dst, &raw.shape))),
+        }
+    }
+
+    pub(super) fn backward_node(&mut self, i: usize) -> Result<()> {
+        let ctx = self.ctx;
+        let r = self.m.nodes[i].clone();
+        let name = r.node.name.clone();
+        let out = self.outputs[i].clone();
+        let dout = self.grads[i].clone().expect("gradients allocated");
+        if !self.written[i] {
+            // Nothing reads this node's output: its gradient is zero.
+            self.bwd(Tag::Always, activation::fill(ctx, &dout, 0.0)?);
+            self.written[i] = true;
+        }
+        let nb = self.saved[i].clone();
+        match r.node.op {
+            Op::Conv { bias, bn, act, .. } => {
+                let cfg = self.conv_cfg(i);
+                let x = view(self.raw(r.inputs[0]), &cfg.x_shape());
+                let xq = self.carried(r.inputs[0]);
+                let wq = self.weight_q(i);
+                let w = self.param(&params::weight_name(&name))?;
+                let dw = self.grad_of(&params::weight_name(&name))?;
+                let fold = bn && self.opts.quant;
+                // dy_conv: the gradient wrt the conv output.
+                let (dy_conv, dy_orig_saved) = if bn {
+                    let p = r.node.bn_prefix();
+                    let gamma = self.param(&format!("{p}.weight"))?;
+                    let rv = self.param(&format!("{p}.running_var"))?;
+                    let dgamma = self.grad_of(&format!("{p}.weight"))?;
+                    let dbeta = self.grad_of(&format!("{p}.bias"))?;
+                    let (dbn_out, y_relu) = match act {
+                        Act::Relu6 => {
+                            let pre = nb.pre_act.clone().expect("saved");
+                            let d = self.zeros(&out.shape)?;
+                            self.bwd(Tag::Always, activation::relu_backward(ctx, &pre, &dout, &d, Relu::Relu6)?);
+                            (d, None)
+                        }
+                        Act::Relu => (dout.clone(), Some(out.clone())),
+                        Act::None => (dout.clone(), None),
+                    };
+                    let y_orig = nb.y_orig.clone().expect("saved");
+                    let saved = nb.bn_saved.clone().expect("saved");
+                    let dy_orig = self.zeros(&out.shape)?;
+                    let t = BnBackward {
+                        x: &y_orig,
+                        saved: &saved,
+                        gamma: &gamma,
+                        dy: &dbn_out,
+                        y_relu: y_relu.as_ref(),
+                        dgamma: &dgamma,
+                        dbeta: &dbeta,
+                        dx: &dy_orig,
+                    };
+                    self.bwd(Tag::Always, batchnorm::bn_backward_reduce(ctx, &t)?);
+                    self.bwd(Tag::BnTrain, batchnorm::bn_backward_dx(ctx, &t, true)?);
+                    self.bwd(Tag::BnEval, batchnorm::bn_backward_dx(ctx, &t, false)?);
+                    let _ = rv;
+                    if fold {
+                        let sf = nb.sf.clone().expect("saved");
+                        let dy_conv = self.zeros(&out.shape)?;
+                        self.bwd(Tag::Always, bn_fold::channel_div(ctx, &dy_orig, &sf, &dy_conv)?);
+                        (dy_conv, Some(dy_orig))
+                    } else {
+                        (dy_orig, None)
+                    }
+                } else {
+                    match act {
+                        Act::None => (dout.clone(), None),
+                        Act::Relu | Act::Relu6 => {
+                            let pre_or_out = nb.pre_act.clone().unwrap_or_else(|| out.clone());
+                            let k = relu_kind(act).expect("activation");
+                            let d = self.zeros(&out.shape)?;
+                            self.bwd(Tag::Always, activation::relu_backward(ctx, &pre_or_out, &dout, &d, k)?);
+                            (d, None)
+                        }
+                    }
+                };
+                let dy_conv = view(&dy_conv, &cfg.y_shape());
+                let w_used = nb.w_fold.clone().unwrap_or_else(|| w.clone());
+                // Data gradient (the conv kernel accumulates in place).
+                if let Some((g, acc)) = self.grad_target(r.inputs[0]) {
+                    let g = view(&g, &cfg.x_shape());
+                    let args = Conv2dBackwardDataArgs {
+                        dy: &dy_conv,
+                        w: &w_used,
+                        w_quant: wq.as_ref().map(|q| QuantOperand { state: &q.state, spec: q.spec }),
+                        x_mask: xq.as_ref().map(|q| SteMask { values: &x, state: &q.state, spec: q.spec }),
+                        accumulate: acc,
+                        dx: &g,
+                    };
+                    self.bwd(Tag::Always, conv::conv2d_backward_data(ctx, &cfg, &args)?);
+                }
+                let dw_target = if fold { self.zeros(&w.shape)? } else { dw.clone() };
+                let args = Conv2dBackwardWeightArgs {
+                    x: &x,
+                    x_quant: xq.as_ref().map(|q| QuantOperand { state: &q.state, spec: q.spec }),
+                    dy: &dy_conv,
+                    w_mask: wq.as_ref().map(|q| SteMask { values: &w_used, state: &q.state, spec: q.spec }),
+                    dw: &dw_target,
+                };
+                let wg = conv::conv2d_backward_weight(ctx, &cfg, &args)?;
+                self.keep.push(wg.partials.clone());
+                for d in wg.dispatches() {
+                    self.bwd(Tag::Always, d.clone());
+                }
+                if bias && !bn {
+                    let db = self.grad_of(&params::bias_name(&name))?;
+                    self.bwd(Tag::Always, conv::conv2d_bias_grad(ctx, &cfg, &dy_conv, &db)?);
+                }
+                if fold {
+                    let p = r.node.bn_prefix();
+                    let rv = self.param(&format!("{p}.running_var"))?;
+                    let dgamma = self.grad_of(&format!("{p}.weight"))?;
+                    let sf = nb.sf.clone().expect("saved");
+                    let dsf = self.zeros(&[cfg.c_out])?;
+                    self.bwd(Tag::Always, bn_fold::fold_weight_backward(ctx, &w, &dw_target, &sf, &dw, &dsf)?);
+                    let y_conv = nb.y_conv.clone().expect("saved");
+                    let dy_orig = dy_orig_saved.clone().expect("bn backward ran");
+                    self.bwd(
+                        Tag::Always,
+                        bn_fold::fold_gamma_backward(ctx, &y_conv, &dy_orig, &sf, &rv, &dsf, &dgamma, BN_EPS)?,
+                    );
+                }
+            }
+            Op::Linear { out_features, bias, act } => {
+                let [c, h, w] = r.in_shapes[0];
+                let inp = c * h * w;
+                let x = view(self.raw(r.inputs[0]), &[self.b, inp]);
+                let xq = self.carried(r.inputs[0]);
+                let wq = self.weight_q(i);
+                let wt = self.param(&params::weight_name(&name))?;
+                let dw = self.grad_of(&params::weight_name(&name))?;
+                let dz = match relu_kind(act) {
+                    None => dout.clone(),
+                    Some(k) => {
+                        let src = self.saved[i].pre_act.clone().unwrap_or_else(|| out.clone());
+                        let d = self.zeros(&out.shape)?;
+                        self.bwd(Tag::Always, activation::relu_backward(ctx, &src, &dout, &d, k)?);
+                        d
+                    }
+                };
+                let (xs, ws) = (xq.as_ref().map(|q| q.spec), wq.as_ref().map(|q| q.spec));
+                let cfg_w = GemmConfig::linear_backward_weight(self.b, inp, out_features, xs, ws);
+                let ex = GemmExtras {
+                    qb: xq.as_ref().map(|q| &q.state),
+                    mask_src: wq.as_ref().map(|_| &wt),
+                    mask_state: wq.as_ref().map(|q| &q.state),
+                    ..Default::default()
+                };
+                self.bwd(Tag::Always, gemm::gemm(ctx, &cfg_w, &dz, &x, &dw, &ex)?);
+                if bias {
+                    let db = self.grad_of(&params::bias_name(&name))?;
+                    let cfg = Conv2dConfig::new(self.b, inp, 1, 1, out_features, 1);
+                    let dz4 = view(&dz, &cfg.y_shape());
+                    self.bwd(Tag::Always, conv::conv2d_bias_grad(ctx, &cfg, &dz4, &db)?);
+                }
+                if let Some((g, acc)) = self.grad_target(r.inputs[0]) {
+                    let g = view(&g, &[self.b, inp]);
+                    let mut cfg_x = GemmConfig::linear_backward_input(self.b, inp, out_features, xs, ws);
+                    cfg_x.accumulate = acc;
+                    let ex = GemmExtras {
+                        qb: wq.as_ref().map(|q| &q.state),
+                        mask_src: xq.as_ref().map(|_| &x),
+                        mask_state: xq.as_ref().map(|q| &q.state),
+                        ..Default::default()
+                    };
+                    self.bwd(Tag::Always, gemm::gemm(ctx, &cfg_x, &dz, &wt, &g, &ex)?);
+                }
+            }
+            Op::MaxPool { kernel, stride, padding } => {
+                let spec = pool_spec(kernel, stride, padding);
+                let argmax = nb.pre_act.clone().expect("saved");
+                let t = r.inputs[0];
+                if t != INPUT {
+                    let shape = self.raw(t).shape.clone();
+                    self.emit_grad(t, |dst| pool::maxpool_backward(ctx, &dout, &argmax, &view(dst, &shape), &spec))?;
+                }
+            }
+            Op::AvgPool { kernel, stride, padding } => {
+                let spec = pool_spec(kernel, stride, padding);
+                let t = r.inputs[0];
+                if t != INPUT {
+                    let shape = self.raw(t).shape.clone();
+                    let d = self.zeros(&shape)?;
+                    self.bwd(Tag::Always, pool::avgpool_backward(ctx, &dout, &d, &spec)?);
+                    self.grad_through_fq(t, &d)?;
+                }
+            }
+            Op::GlobalAvgPool => {
+                let t = r.inputs[0];
+                if t != INPUT {
+                    let shape = self.raw(t).shape.clone();
+                    let d = self.zeros(&shape)?;
+                    self.bwd(Tag::Always, pool::global_avgpool_backward(ctx, &dout, &d)?);
+                    self.grad_through_fq(t, &d)?;
+                }
+            }
+            Op::Flatten => {
+                let t = r.inputs[0];
+                if t != INPUT {
+                    let shape = self.raw(t).shape.clone();
+                    let d = view(&dout, &shape);
+                    self.emit_grad(t, |dst| gemm::copy_f32(ctx, &d, &view(dst, &shape)))?;
+                }
+            }
+            Op::Add { act } => {
+                let ds = match relu_kind(act) {
+                    None => dout.clone(),
+                    Some(k) => {
+                        let sum = nb.pre_act.clone().expect("saved");
+                        let d = self.zeros(&out.shape)?;
+                        self.bwd(Tag::Always, activation::relu_backward(ctx, &sum, &dout, &d, k)?);
+                        d
+                    }
+                };
+                for k in 0..2 {
+                    self.grad_through_fq(r.inputs[k], &ds)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn optimizer(
+        &mut self,
+        step: &StepOptions,
+        hyper: &GpuTensor,
+        metrics: &GpuTensor,
+    ) -> Result<Vec<Dispatch>> {
+        let ctx = self.ctx;
+        let mut out = Vec::new();
+        let trainable: Vec<_> = self.m.params.iter().filter(|p| p.spec.kind.trainable()).collect();
+        let norm = match step.clip_grad_norm {
+            Some(max) => {
+                let norm = optim::new_norm(ctx, trainable.len())?;
+                for (slot, p) in trainable.iter().enumerate() {
+                    out.extend(optim::grad_sum_squares(ctx, p.grad.as_ref().expect("trainable"), &norm, slot)?);
+                }
+                out.push(optim::clip_finalize(ctx, &norm, max)?);
+                Some(norm)
+            }
+            None => None,
+        };
+        for p in &trainable {
+            out.push(loss::nonfinite_check(ctx, p.grad.as_ref().expect("trainable"), metrics)?);
+        }
+        for p in &trainable {
+            let cfg = optim::SgdConfig {
+                momentum: step.momentum,
+                weight_decay: if p.spec.kind.decays() { step.weight_decay } else { 0.0 },
+                nesterov: false,
+            };
+            let inputs = optim::StepInputs { hyper, metrics, clip: norm.as_ref(), skip_nonfinite: step.skip_nonfinite };
+            out.push(optim::sgd_step(
+                ctx,
+                &p.value,
+                p.grad.as_ref().expect("trainable"),
+                p.momentum.as_ref().expect("trainable"),
+                &cfg,
+                &inputs,
+            )?);
+        }
+        if let Some(n) = norm {
+            self.keep.push(n);
+        }
+        Ok(out)
+    }
+}

@@ -50,6 +50,7 @@ const FQ_X: u32 = 1u;
 const FQ_W: u32 = 2u;
 const HAS_BIAS: u32 = 4u;
 const RELU: u32 = 8u;
+const W_PER_TENSOR: u32 = 64u;
 const BK: u32 = 8u;
 const TM: u32 = 4u;
 const TN: u32 = 4u;
@@ -70,9 +71,12 @@ fn kdecode(k: u32) -> vec4<i32> {
     return vec4<i32>(i32(ci * p.h * p.w + dh * p.w + dw), i32(dh), i32(dw), 0);
 }
 
-// (s, inv_s, z) of output channel co of the weight quantizer.
+// (s, inv_s, z) of output channel co of the weight quantizer (channel 0 of a per-tensor one).
 fn wparams(co: u32) -> vec3<f32> {
-    return vec3<f32>(wq[4u + co], wq[4u + p.c_out + co], wq[4u + 2u * p.c_out + co]);
+    var c = co;
+    var n = p.c_out;
+    if ((p.flags & W_PER_TENSOR) != 0u) { c = 0u; n = 1u; }
+    return vec3<f32>(wq[4u + c], wq[4u + n + c], wq[4u + 2u * n + c]);
 }
 
 fn fq(v: f32, s: f32, inv_s: f32, z: f32, qmin: f32, qmax: f32) -> f32 {

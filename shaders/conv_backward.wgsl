@@ -47,6 +47,7 @@ override DIRECT: bool = false;
 const FQ_W: u32 = 2u;
 const MASK: u32 = 16u;
 const ACCUM: u32 = 32u;
+const W_PER_TENSOR: u32 = 64u;
 const BK: u32 = 8u;
 const TM: u32 = 4u;
 const TN: u32 = 4u;
@@ -98,9 +99,12 @@ fn kdecode(k: u32, ah: Axis, aw: Axis) -> vec4<i32> {
     return vec4<i32>(i32(co), i32(jh * ah.delta), i32(jw * aw.delta), i32(kh * p.kw + kw));
 }
 
-// (s, inv_s, z) of output channel co of the weight quantizer.
+// (s, inv_s, z) of output channel co of the weight quantizer (channel 0 of a per-tensor one).
 fn wparams(co: u32) -> vec3<f32> {
-    return vec3<f32>(wq[4u + co], wq[4u + p.c_out + co], wq[4u + 2u * p.c_out + co]);
+    var c = co;
+    var n = p.c_out;
+    if ((p.flags & W_PER_TENSOR) != 0u) { c = 0u; n = 1u; }
+    return vec3<f32>(wq[4u + c], wq[4u + n + c], wq[4u + 2u * n + c]);
 }
 
 fn fq(v: f32, s: f32, inv_s: f32, z: f32, qmin: f32, qmax: f32) -> f32 {
@@ -337,7 +341,8 @@ fn conv2d_backward_data(
                 let co = g * p.cout_g + u32(d.x);
                 v = wt[(co * p.cin_g + row) * khw + u32(d.w)];
                 if (w_on) {
-                    v = fq(v, wq[4u + co], wq[4u + p.c_out + co], wq[4u + 2u * p.c_out + co], p.w_qmin, p.w_qmax);
+                    let q = wparams(co);
+                    v = fq(v, q.x, q.y, q.z, p.w_qmin, p.w_qmax);
                 }
             }
             let ai = kk * (bm + 4u) + m;

@@ -22,6 +22,7 @@ struct Params {
 
 // Bits of p.flags.
 const MASK: u32 = 16u;
+const W_PER_TENSOR: u32 = 64u;
 const WG: u32 = 256u;
 
 @compute @workgroup_size(256)
@@ -34,8 +35,10 @@ fn conv2d_wgrad_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(n
         acc += part[s * total + i];
     }
     if ((p.flags & MASK) != 0u && wq[0] != 0.0) {
-        let co = i / p.gemm_n;
-        let r = round(wt[i] * wq[4u + p.c_out + co]) + wq[4u + 2u * p.c_out + co];
+        var co = i / p.gemm_n;
+        var n = p.c_out;
+        if ((p.flags & W_PER_TENSOR) != 0u) { co = 0u; n = 1u; }
+        let r = round(wt[i] * wq[4u + n + co]) + wq[4u + 2u * n + co];
         acc = select(0.0, acc, r >= p.w_qmin && r <= p.w_qmax);
     }
     dw[i] = acc;

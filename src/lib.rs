@@ -2,7 +2,8 @@
 //!
 //! Layout: [`gpu`] (device, tensors, shader registry, recorded dispatches), [`kernels`]
 //! (host wrappers of the WGSL entry points), [`reference`] (CPU references of every
-//! kernel), [`quant`] (quantization semantics shared by all paths), [`int8`] (the CPU
+//! kernel), [`quant`] (quantization semantics shared by all paths), [`qconfig`] (per-layer
+//! quantization settings), [`int8`] (the CPU
 //! integer backend), [`data`] (data sets), [`model`] (graphs, zoo, parameter names),
 //! [`engine`] (compiled training and the `wqat train` pipeline), [`convert`] (integer models),
 //! [`bench`] (kernel benchmarks).
@@ -17,6 +18,7 @@ pub mod gpu;
 pub mod int8;
 pub mod kernels;
 pub mod model;
+pub mod qconfig;
 pub mod quant;
 pub mod reference;
 pub mod tensorfile;

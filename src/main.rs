@@ -4,7 +4,7 @@ use clap::{Args, Parser, Subcommand};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use wqat::engine::train::{install_interrupt_handler, Phase, ProgressSink, RunReport, Schedule, TrainConfig, Trainer};
-use wqat::engine::ObserverKind;
+use wqat::engine::{LayerQConfig, ObserverKind};
 use wqat::gpu::{list_adapters, GpuContext, GpuOptions};
 
 #[derive(Parser)]
@@ -371,6 +371,13 @@ struct TrainArgs {
     /// Per-tensor weight scales (default: per output channel).
     #[arg(long)]
     per_tensor_weights: bool,
+    /// Per-layer quantization settings, `PATTERN=SETTING,...` (repeatable, later ones win):
+    /// PATTERN is a layer name (`conv1`, `input` for the image) or has `*` wildcards
+    /// (`layer3.*`); settings: `wN` weight bits, `aN` output-activation bits, `per-channel`,
+    /// `per-tensor`, `fp32` (keep the layer's weights in fp32), `int`, `observer=KIND`.
+    /// Example: `--layer-qconfig input=a8 --layer-qconfig conv1=w8,a8`.
+    #[arg(long = "layer-qconfig", value_name = "PATTERN=SETTINGS")]
+    layer_qconfig: Vec<String>,
     /// Freeze observers after N QAT steps, or after E QAT epochs with `Eep`.
     #[arg(long)]
     freeze_observers_after: Option<String>,
@@ -499,6 +506,7 @@ fn train(a: TrainArgs) -> wqat::Result<()> {
         freeze_bn_after: a.freeze_bn_after.as_deref().map(Schedule::parse).transpose()?,
         fp32_first: a.fp32_first,
         fp32_last: a.fp32_last,
+        layer_qconfig: a.layer_qconfig.iter().map(|s| LayerQConfig::parse(s)).collect::<wqat::Result<_>>()?,
         calib_images: a.calib_images,
         log_every: a.log_every,
         skip_nonfinite: a.skip_nonfinite,

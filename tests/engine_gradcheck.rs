@@ -3,7 +3,7 @@
 //! (conv+BN+ReLU, max pool, conv with bias and ReLU6, residual add, average pools, flatten,
 //! linear with ReLU, linear).
 
-use wqat::engine::{CompileOptions, Compiled, ModelState, ObserverKind, QConfig, StepOptions};
+use wqat::engine::{CompileOptions, Compiled, ModelState, QConfig, StepOptions};
 use wqat::gpu::GpuContext;
 use wqat::kernels::{loss, optim};
 use wqat::model::{Act, Graph, Node, Op};
@@ -56,7 +56,7 @@ fn whole_graph_gradients_match_finite_differences() {
     let g = graph();
     let state = ModelState::new(&ctx, &g, QConfig::new(8, 8).unwrap(), 3).unwrap();
     let batch = 4;
-    let opts = CompileOptions { batch, quant: false, train: true, observer: ObserverKind::MinMax };
+    let opts = CompileOptions { batch, quant: false, train: true };
     // lr = 0, no momentum or decay: the step leaves the parameters unchanged.
     let step = StepOptions { momentum: 0.0, weight_decay: 0.0, clip_grad_norm: None, skip_nonfinite: false };
     let c = Compiled::new(&ctx, &state, &opts, Some(&step)).unwrap();

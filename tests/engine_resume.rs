@@ -35,8 +35,34 @@ fn config(dir: &str) -> TrainConfig {
         calib_images: 64,
         observer: wqat::engine::ObserverKind::Histogram { bins: 256 },
         freeze_bn_after: Some(wqat::engine::Schedule::Steps(10)),
+        // Per-layer settings on top of the W8A8 defaults: they must survive the checkpoint.
+        layer_qconfig: ["conv2=w4,a6,per-tensor", "fc*=w6,observer=minmax", "input=a7"]
+            .iter()
+            .map(|s| wqat::engine::LayerQConfig::parse(s).unwrap())
+            .collect(),
         out: std::env::temp_dir().join(format!("wqat-resume-{dir}-{}", std::process::id())),
         ..TrainConfig::default()
+    }
+}
+
+/// The per-layer settings reached the quantizer states and the converted int8 model.
+fn check_layer_qconfig(out: &std::path::Path) {
+    use wqat::convert::{Domain, Int8Model, LayerKind};
+    let m = Int8Model::load(&out.join(wqat::engine::train::INT8_FILE)).unwrap();
+    assert_eq!(m.qconfig.layers.len(), 3);
+    let layer = |n: &str| &m.layers[m.graph.nodes.iter().position(|x| x.name == n).unwrap()];
+    let bits = |d: Domain| d.quant().unwrap().bits;
+    assert_eq!(bits(m.input), 7, "input");
+    for (n, wmax, abits, per_tensor) in
+        [("conv1", 127, 8, false), ("conv2", 7, 6, true), ("fc1", 31, 8, false), ("fc2", 31, 8, false)]
+    {
+        let l = layer(n);
+        assert_eq!(bits(l.out), abits, "{n} output bits");
+        let LayerKind::Int(il) = &l.kind else { panic!("{n} is not an integer layer") };
+        assert!(il.weight.iter().all(|&w| (w as i32).abs() <= wmax), "{n}: weights outside ±{wmax}");
+        assert!(il.weight.iter().any(|&w| (w as i32).abs() == wmax), "{n}: no weight reaches ±{wmax}");
+        let distinct = il.weight_scale.iter().map(|s| s.to_bits()).collect::<std::collections::BTreeSet<_>>().len();
+        assert_eq!(distinct == 1, per_tensor, "{n}: {distinct} distinct weight scales");
     }
 }
 
@@ -60,6 +86,7 @@ fn resume_after_interrupt_matches_uninterrupted_run() {
     let mut full = Trainer::new(ctx.clone(), full_cfg.clone(), None).unwrap();
     let want = full.run(&mut Quiet).unwrap();
     let want_params = params(&full);
+    check_layer_qconfig(&full_cfg.out);
 
     // Interrupt mid-epoch in fp32, resume; interrupt again mid-epoch in QAT, resume.
     for (phase, at) in [(Phase::Fp32, 4usize), (Phase::Qat, 5)] {

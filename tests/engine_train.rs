@@ -79,8 +79,9 @@ fn step_opts() -> StepOptions {
 fn frozen_observers_keep_scales_while_weights_train() {
     let ctx = testing::ctx();
     let g = zoo::build("mnist-cnn", [1, 8, 8], 10).unwrap();
-    let state = ModelState::new(&ctx, &g, QConfig::new(8, 8).unwrap(), 5).unwrap();
-    let opts = CompileOptions { batch: 16, quant: true, train: true, observer: ObserverKind::MovingAverage { c: 0.1 } };
+    let qconfig = QConfig { observer: ObserverKind::MovingAverage { c: 0.1 }, ..QConfig::new(8, 8).unwrap() };
+    let state = ModelState::new(&ctx, &g, qconfig, 5).unwrap();
+    let opts = CompileOptions { batch: 16, quant: true, train: true };
     let c = Compiled::new(&ctx, &state, &opts, Some(&step_opts())).unwrap();
     let mut rng = testing::rng(1);
     let labels: Vec<u32> = (0..16).map(|i| i % 10).collect();
@@ -143,7 +144,8 @@ fn conv_bn_fake_quant_eval_equals_folded_conv() {
         Node::new("fc", Op::Linear { out_features: 3, bias: true, act: Act::None }),
     ];
     let g = Graph { name: "convbn".into(), input: [3, 7, 7], num_classes: 3, nodes };
-    let state = ModelState::new(&ctx, &g, QConfig::new(8, 8).unwrap(), 9).unwrap();
+    let qconfig = QConfig { observer: ObserverKind::MinMax, ..QConfig::new(8, 8).unwrap() };
+    let state = ModelState::new(&ctx, &g, qconfig, 9).unwrap();
     let mut rng = testing::rng(4);
     let (gamma, beta) = (testing::uniform(&mut rng, 5, 0.5, 1.5), testing::uniform(&mut rng, 5, -0.3, 0.3));
     let (mean, var) = (testing::uniform(&mut rng, 5, -0.2, 0.2), testing::uniform(&mut rng, 5, 0.5, 2.0));
@@ -151,7 +153,7 @@ fn conv_bn_fake_quant_eval_equals_folded_conv() {
         state.param(n).unwrap().value.write(&ctx, v).unwrap();
     }
     let batch = 3;
-    let opts = CompileOptions { batch, quant: true, train: false, observer: ObserverKind::MinMax };
+    let opts = CompileOptions { batch, quant: true, train: false };
     let c = Compiled::new(&ctx, &state, &opts, None).unwrap();
     let x = testing::uniform(&mut rng, batch * 3 * 49, -1.0, 1.0);
     c.images.write(&ctx, &x).unwrap();
@@ -186,9 +188,14 @@ fn conv_bn_fake_quant_eval_equals_folded_conv() {
 /// With 8-bit quantizers, calibrated then frozen observers and running BN statistics, the
 /// compiled GPU evaluation's logits equal the CPU fake-quant reference of the same graph.
 fn logits_match_reference(model: &str, input: [usize; 3], batch: usize, max_off_fraction: f32) {
+    logits_match_reference_with(model, input, batch, max_off_fraction, QConfig::new(8, 8).unwrap());
+}
+
+fn logits_match_reference_with(model: &str, input: [usize; 3], batch: usize, max_off_fraction: f32, q: QConfig) {
     let ctx = testing::ctx();
     let g = zoo::build(model, input, 10).unwrap();
-    let state = ModelState::new(&ctx, &g, QConfig::new(8, 8).unwrap(), 21).unwrap();
+    q.check_layers(&g).unwrap();
+    let state = ModelState::new(&ctx, &g, q, 21).unwrap();
     let mut rng = testing::rng(8);
     // Non-trivial BN statistics.
     for p in &state.params {
@@ -204,7 +211,7 @@ fn logits_match_reference(model: &str, input: [usize; 3], batch: usize, max_off_
         };
         p.value.write(&ctx, &v).unwrap();
     }
-    let opts = CompileOptions { batch, quant: true, train: false, observer: ObserverKind::MinMax };
+    let opts = CompileOptions { batch, quant: true, train: false };
     let c = Compiled::new(&ctx, &state, &opts, None).unwrap();
     let x = testing::uniform(&mut rng, batch * input.iter().product::<usize>(), -1.5, 1.5);
     c.images.write(&ctx, &x).unwrap();
@@ -214,7 +221,18 @@ fn logits_match_reference(model: &str, input: [usize; 3], batch: usize, max_off_
     ctx.submit_plan(&c.eval_plan()).unwrap();
     let got = c.logits.read_f32(&ctx).unwrap();
     let ckpt = state.to_checkpoint(&ctx, &[]).unwrap();
-    let want = wqat::reference::graph::fake_quant_forward(&g, &ckpt, &x, batch).unwrap();
+    let all = wqat::reference::graph::fake_quant_forward_all(&g, &ckpt, &x, batch).unwrap();
+    // Every quantized output holds at most 2^bits distinct values (its layer's bit width).
+    let nodes = g.resolve().unwrap();
+    for (i, r) in nodes.iter().enumerate() {
+        if !wqat::model::params::has_output_quant(&nodes, i) {
+            continue;
+        }
+        let bits = state.qconfig.activation_spec(&r.node.name).bits;
+        let distinct = all.nodes[i].iter().map(|v| v.to_bits()).collect::<std::collections::BTreeSet<_>>().len();
+        assert!(distinct <= 1 << bits, "{}: {distinct} values at {bits} bits", r.node.name);
+    }
+    let want = all.nodes.last().unwrap().clone();
     // Both sides fake-quantize every activation: a value within float rounding of a code
     // boundary may land one code apart, so compare in units of the logits' scale.
     let last = &g.nodes.last().unwrap().name;
@@ -227,6 +245,17 @@ fn logits_match_reference(model: &str, input: [usize; 3], batch: usize, max_off_
     }
     eprintln!("{model}: {off} of {} logits one code apart", got.len());
     assert!(off as f32 <= max_off_fraction * got.len() as f32, "{off} of {} logits differ by a code", got.len());
+}
+
+/// Per-layer QConfig: mixed bit widths, per-tensor and per-channel weights and different
+/// observers in one model; the GPU and the CPU reference resolve every quantizer alike.
+#[test]
+fn mixed_precision_logits_equal_cpu_reference() {
+    let mut q = QConfig::new(4, 4).unwrap();
+    for l in ["input=a8", "conv1=w8,a6", "conv2=w3,per-tensor,observer=ema:0.5", "fc1=w5,a3", "fc2=w6,a8"] {
+        q = q.with_layer(wqat::engine::LayerQConfig::parse(l).unwrap()).unwrap();
+    }
+    logits_match_reference_with("mnist-cnn", [1, 12, 12], 6, 0.1, q);
 }
 
 #[test]

@@ -8,7 +8,9 @@
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use std::sync::Arc;
-use wqat::convert::synthetic::{random_images, synthetic_checkpoint, synthetic_checkpoint_bits};
+use wqat::convert::synthetic::{
+    random_images, synthetic_checkpoint, synthetic_checkpoint_bits, synthetic_checkpoint_qconfig,
+};
 use wqat::convert::{self, Int8GpuModel, Int8Model, NodeValue};
 use wqat::gpu::{GpuContext, GpuOptions};
 use wqat::int8::{CpuBackend, SimdKernel};
@@ -27,6 +29,9 @@ const MAX_LOGIT_LSB: f64 = 4.0;
 /// The same for resnet20: 20 layers pass one-LSB rounding differences on and each layer
 /// amplifies them (the local error of every layer stays within [`MAX_LOCAL_LSB`]).
 const MAX_LOGIT_LSB_DEEP: f64 = 8.0;
+/// The same for a model whose coarse (4-bit) activations feed 8-bit layers: one coarse step
+/// is 16 fine ones.
+const MAX_LOGIT_LSB_MIXED: f64 = 16.0;
 /// Largest local error of any node (fed the simulation's own input codes), in LSB: the
 /// integer and simulated roundings may differ by one code.
 const MAX_LOCAL_LSB: f64 = 1.0;
@@ -168,6 +173,48 @@ fn low_bit_widths_bit_exact_and_agree_with_simulation() {
         let n = 200;
         check_against_simulation(&g, &ck, &model, &images(&mut rng, n * 784, true), n, MAX_LOGIT_LSB, 3.0);
     }
+}
+
+/// Per-layer QConfig: each layer converts with its own bit widths and weight granularity,
+/// the int8 file keeps them, and the backends stay bit-exact and agree with the simulation.
+#[test]
+fn per_layer_qconfig_converts_bit_exact() {
+    let g = zoo::build("mnist-cnn", [1, 28, 28], 10).unwrap();
+    let mut q = wqat::engine::QConfig::new(4, 4).unwrap();
+    for l in ["input=a8", "conv1=w8,a6", "conv2=w3,per-tensor", "fc1=a8", "fc2=w6,a8"] {
+        q = q.with_layer(wqat::engine::LayerQConfig::parse(l).unwrap()).unwrap();
+    }
+    let ck = synthetic_checkpoint_qconfig(&g, 41, false, &q).unwrap();
+    let model = convert::convert(&g, &ck).unwrap();
+    let want = [("conv1", 127, 6), ("conv2", 3, 4), ("fc1", 7, 8), ("fc2", 31, 8)];
+    for (name, wmax, abits) in want {
+        let i = g.nodes.iter().position(|n| n.name == name).unwrap();
+        let l = &model.layers[i];
+        let convert::LayerKind::Int(il) = &l.kind else { panic!("{name} not integer") };
+        assert!(il.weight.iter().all(|&w| (w as i32).abs() <= wmax), "{name} weights beyond {wmax}");
+        assert_eq!(l.out.quant().unwrap().bits, abits, "{name}");
+        assert!(il.requant.act_max < (1 << abits), "{name} clamp");
+        let scales: std::collections::BTreeSet<u32> = il.weight_scale.iter().map(|s| s.to_bits()).collect();
+        assert_eq!(scales.len() == 1, name == "conv2", "{name}: {} weight scales", scales.len());
+    }
+    assert_eq!(model.input.quant().unwrap().bits, 8);
+    // The file keeps the per-layer settings; a changed one is rejected on load.
+    let tf = model.to_tensor_file().unwrap();
+    let back = Int8Model::from_tensor_file(std::path::Path::new("m"), &tf).unwrap();
+    assert_eq!(back, model);
+    let mut bad = tf.clone();
+    let mut q2 = q.clone();
+    q2.layers[1].act_bits = Some(5);
+    bad.metadata.insert("qconfig".into(), serde_json::to_string(&q2).unwrap());
+    let e = Int8Model::from_tensor_file(std::path::Path::new("m"), &bad).unwrap_err().to_string();
+    assert!(e.contains("conv1"), "{e}");
+    let mut rng = testing::rng(42);
+    let b = 5;
+    check_backends_agree(&model, &images(&mut rng, b * 784, true), b, true);
+    let n = 200;
+    // A 1-LSB flip of a 4-bit conv2 code is 16 steps of fc1's 8-bit grid, so downstream
+    // logits may move by more than MAX_LOGIT_LSB; every layer's local error stays <= 1 LSB.
+    check_against_simulation(&g, &ck, &model, &images(&mut rng, n * 784, false), n, MAX_LOGIT_LSB_MIXED, 3.0);
 }
 
 #[test]

@@ -22,6 +22,8 @@ struct Flags {
     mask_x: bool,
     mask_w: bool,
     accumulate: bool,
+    /// One weight scale for the whole tensor instead of one per output channel.
+    w_per_tensor: bool,
 }
 
 fn upload(ctx: &GpuContext, shape: &[usize], v: &[f32]) -> GpuTensor {
@@ -46,7 +48,6 @@ fn run_case_on(ctx: Arc<GpuContext>, seed: u64, cfg: &Conv2dConfig, f: Flags) {
     let what = format!("seed {seed} {cfg:?} {f:?}");
     let (xs, ws, ys) = (cfg.x_shape(), cfg.w_shape(), cfg.y_shape());
     let (xn, wn, yn) = (xs.iter().product::<usize>(), ws.iter().product::<usize>(), ys.iter().product::<usize>());
-    let inner_w = wn / cfg.c_out;
     let x = testing::uniform(&mut rng, xn, -1.0, 2.0);
     let w = testing::uniform(&mut rng, wn, -0.5, 0.5);
     let bias = testing::uniform(&mut rng, cfg.c_out, -1.0, 1.0);
@@ -56,9 +57,14 @@ fn run_case_on(ctx: Arc<GpuContext>, seed: u64, cfg: &Conv2dConfig, f: Flags) {
     // Quantizers: ranges narrower than the data so that clamping and masks matter.
     let xspec = QuantSpec::activation(rng.random_range(3..=8));
     let xstate = QStateLayout::new(1).build(&[1.5 / xspec.qmax() as f32], &[(xspec.qmax() / 3) as f32]);
-    let wspec = QuantSpec::weight(rng.random_range(3..=8));
-    let wscales: Vec<f32> = (0..cfg.c_out).map(|_| rng.random_range(0.25f32..0.45) / wspec.qmax() as f32).collect();
-    let wstate = QStateLayout::new(cfg.c_out).build(&wscales, &vec![0.0; cfg.c_out]);
+    let mut wspec = QuantSpec::weight(rng.random_range(3..=8));
+    let wch = if f.w_per_tensor { 1 } else { cfg.c_out };
+    if f.w_per_tensor {
+        wspec.channel_axis = None;
+    }
+    let wscales: Vec<f32> = (0..wch).map(|_| rng.random_range(0.25f32..0.45) / wspec.qmax() as f32).collect();
+    let wstate = QStateLayout::new(wch).build(&wscales, &vec![0.0; wch]);
+    let inner_w = wn / wch;
     let (xqmin, xqmax) = (xspec.qmin() as f32, xspec.qmax() as f32);
     let (wqmin, wqmax) = (wspec.qmin() as f32, wspec.qmax() as f32);
 
@@ -119,8 +125,7 @@ fn run_case_on(ctx: Arc<GpuContext>, seed: u64, cfg: &Conv2dConfig, f: Flags) {
     ctx.submit(&[&fwd, &bwd, wp, wr, &bg]).unwrap();
 
     let xq_ref = if f.fq_x { rfq::fake_quant_forward(&x, &xstate, 1, xn, xqmin, xqmax) } else { x.clone() };
-    let wq_ref =
-        if f.fq_w { rfq::fake_quant_forward(&w, &wstate, cfg.c_out, inner_w, wqmin, wqmax) } else { w.clone() };
+    let wq_ref = if f.fq_w { rfq::fake_quant_forward(&w, &wstate, wch, inner_w, wqmin, wqmax) } else { w.clone() };
 
     let (want, scale) = r::conv2d_forward(cfg, &xq_ref, &wq_ref, f.bias.then_some(&bias[..]), f.relu);
     assert_close_scaled(&format!("forward {what}"), &gy.read_f32(&ctx).unwrap(), &want, &scale, FP32_REDUCTION_RTOL);
@@ -139,11 +144,8 @@ fn run_case_on(ctx: Arc<GpuContext>, seed: u64, cfg: &Conv2dConfig, f: Flags) {
 
     let (mut want, scale) = r::conv2d_backward_weight(cfg, &xq_ref, &dy);
     let ones_w = vec![1.0; wn];
-    let mask_w = if f.mask_w {
-        rfq::ste_backward(&w, &ones_w, &wstate, cfg.c_out, inner_w, wqmin, wqmax)
-    } else {
-        ones_w.clone()
-    };
+    let mask_w =
+        if f.mask_w { rfq::ste_backward(&w, &ones_w, &wstate, wch, inner_w, wqmin, wqmax) } else { ones_w.clone() };
     for i in 0..wn {
         want[i] *= mask_w[i];
     }
@@ -205,6 +207,7 @@ fn conv_matches_reference_on_random_geometries() {
             mask_x: b(1) || b(4),
             mask_w: b(0) || b(4),
             accumulate: b(2) ^ b(3),
+            w_per_tensor: case % 3 == 1,
         };
         run_case(1000 + case, &cfg, flags);
     }
@@ -212,12 +215,22 @@ fn conv_matches_reference_on_random_geometries() {
 
 #[test]
 fn conv_on_model_shapes_with_full_quantization() {
-    let all = Flags { fq_x: true, fq_w: true, bias: true, relu: true, mask_x: true, mask_w: true, accumulate: false };
+    let all = Flags {
+        fq_x: true,
+        fq_w: true,
+        bias: true,
+        relu: true,
+        mask_x: true,
+        mask_w: true,
+        accumulate: false,
+        w_per_tensor: false,
+    };
     // mnist-cnn layers (batch cut to 2), resnet20 stride-2 downsampling and a 1x1 shortcut.
     run_case(1, &Conv2dConfig::new(2, 1, 28, 28, 16, 3).with_padding(1), all);
     run_case(2, &Conv2dConfig::new(2, 16, 14, 14, 32, 3).with_padding(1), all);
     run_case(3, &Conv2dConfig::new(2, 16, 16, 16, 32, 3).with_padding(1).with_stride(2), all);
     run_case(4, &Conv2dConfig::new(2, 32, 8, 8, 64, 1).with_stride(2), Flags { accumulate: true, ..all });
+    run_case(5, &Conv2dConfig::new(2, 16, 14, 14, 32, 3).with_padding(1), Flags { w_per_tensor: true, ..all });
 }
 
 /// Both conv paths, forced (`GpuOptions::conv_direct`): the direct one (register blocks from
@@ -226,9 +239,26 @@ fn conv_on_model_shapes_with_full_quantization() {
 /// columns straddling the 4 x 8 blocks, fake-quant on and off, masks, accumulate.
 #[test]
 fn direct_and_tiled_paths_match_reference() {
-    let all = Flags { fq_x: true, fq_w: true, bias: true, relu: false, mask_x: true, mask_w: true, accumulate: true };
-    let none =
-        Flags { fq_x: false, fq_w: false, bias: false, relu: false, mask_x: false, mask_w: false, accumulate: false };
+    let all = Flags {
+        fq_x: true,
+        fq_w: true,
+        bias: true,
+        relu: false,
+        mask_x: true,
+        mask_w: true,
+        accumulate: true,
+        w_per_tensor: false,
+    };
+    let none = Flags {
+        fq_x: false,
+        fq_w: false,
+        bias: false,
+        relu: false,
+        mask_x: false,
+        mask_w: false,
+        accumulate: false,
+        w_per_tensor: false,
+    };
     let cases = [
         (Conv2dConfig::new(3, 5, 11, 9, 7, 3).with_stride(2).with_padding(1), all),
         (Conv2dConfig::new(2, 6, 10, 13, 10, 3).with_dilation(2).with_padding(2), none),
@@ -240,6 +270,7 @@ fn direct_and_tiled_paths_match_reference() {
         ),
         (Conv2dConfig::new(2, 17, 6, 5, 3, 1).with_stride(2), Flags { mask_x: false, relu: true, ..all }),
         (Conv2dConfig::new(2, 1, 15, 15, 16, 3).with_padding(1), all),
+        (Conv2dConfig::new(2, 6, 9, 9, 9, 3).with_groups(3).with_stride(2), Flags { w_per_tensor: true, ..all }),
     ];
     for direct in [true, false] {
         let ctx = GpuContext::new(&GpuOptions { conv_direct: Some(direct), ..GpuOptions::from_env() }).unwrap();

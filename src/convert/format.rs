@@ -1,7 +1,7 @@
 //! The int8 model file: safetensors with `format = "wqat-int8"`, `version = "1"`.
 //!
-//! Metadata (strings): `graph` (Graph JSON), `qconfig` (`{"weight": QuantSpec,
-//! "activation": QuantSpec}`), `normalization` (Normalization JSON), `class_names` (JSON list).
+//! Metadata (strings): `graph` (Graph JSON), `qconfig` (the [`QConfig`] JSON: defaults and
+//! per-layer overrides, which give each `act_quant` its bit width), `normalization` (Normalization JSON), `class_names` (JSON list).
 //!
 //! Tensors (names prefixed by the graph node name `{n}`):
 //! * `input.act_quant`, `{n}.act_quant`: f32 `[4]` = `[scale, inv_scale, zero_point, bits]`,
@@ -22,7 +22,7 @@ use crate::error::{Result, WqatError};
 use crate::int8::requant::activation_range;
 use crate::int8::{AddConfig, Requant};
 use crate::model::graph::{Graph, Op, INPUT};
-use crate::reference::graph::QConfig;
+use crate::qconfig::QConfig;
 use crate::tensorfile::{write_atomic, HostData, HostTensor, TensorFile};
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -144,9 +144,7 @@ impl Int8Model {
         let graph: Graph = parse(path, "graph", meta("graph")?)?;
         check_graph_bounds(&graph).map_err(bad)?;
         let nodes = graph.resolve()?;
-        let qconfig: QConfig = parse(path, "qconfig", meta("qconfig")?)?;
-        qconfig.weight.validate()?;
-        qconfig.activation.validate()?;
+        let qconfig = QConfig::from_metadata(tf, path)?;
         if qconfig.activation.signed || !(qconfig.weight.signed && qconfig.weight.symmetric) {
             return Err(bad("qconfig must have unsigned activations and signed symmetric weights".into()));
         }
@@ -163,8 +161,6 @@ impl Int8Model {
         if !class_names.is_empty() && class_names.len() != graph.num_classes {
             return Err(bad(format!("{} class names for {} classes", class_names.len(), graph.num_classes)));
         }
-        let bits = qconfig.activation.bits;
-        let wmax = qconfig.weight.qmax();
         let mut used = BTreeSet::new();
         let mut get = |name: String, shape: &[usize]| -> Result<Option<&HostData>> {
             match tf.tensors.get(&name) {
@@ -184,13 +180,17 @@ impl Int8Model {
                 }
             }
         };
-        let act = |name: &str, d: Option<&HostData>| -> Result<Domain> {
+        // `layer`: whose activation settings (bit width) the quantizer follows.
+        let act = |name: &str, layer: &str, d: Option<&HostData>| -> Result<Domain> {
+            let bits = qconfig.activation_spec(layer).bits;
             match d {
                 None => Ok(Domain::Float),
                 Some(HostData::F32(v)) => {
                     let (z, b) = (v[2], v[3]);
                     if z.fract() != 0.0 || !(0.0..=255.0).contains(&z) || b != bits as f32 {
-                        return Err(bad(format!("{name}: zero point {z} / bits {b} invalid (qconfig bits {bits})")));
+                        return Err(bad(format!(
+                            "{name}: zero point {z} / bits {b} invalid (qconfig bits {bits} for {layer})"
+                        )));
                     }
                     let q = ActQuant { scale: v[0], inv_scale: v[1], zero: z as i32, bits };
                     q.validate().map_err(|e| bad(format!("{name}: {e}")))?;
@@ -199,7 +199,7 @@ impl Int8Model {
                 Some(_) => Err(bad(format!("{name} must be f32"))),
             }
         };
-        let input = act("input.act_quant", get("input.act_quant".into(), &[4])?)?;
+        let input = act("input.act_quant", "input", get("input.act_quant".into(), &[4])?)?;
         let mut layers: Vec<Layer> = Vec::with_capacity(nodes.len());
         for (i, r) in nodes.iter().enumerate() {
             let n = r.node.name.clone();
@@ -208,10 +208,11 @@ impl Int8Model {
             let cout = r.out_shape[0];
             let layer = match &r.node.op {
                 Op::Conv { act: a, .. } | Op::Linear { act: a, .. } => {
-                    let out = act(&format!("{n}.act_quant"), get(format!("{n}.act_quant"), &[4])?)?;
+                    let out = act(&format!("{n}.act_quant"), &n, get(format!("{n}.act_quant"), &[4])?)?;
                     let wshape = weight_shape(&nodes, i);
                     if let Some(d) = get(format!("{n}.weight_q"), &wshape)? {
                         let HostData::I8(weight) = d else { return Err(bad(format!("{n}.weight_q must be i8"))) };
+                        let wmax = qconfig.weight_spec(&n).qmax();
                         if weight.iter().any(|&v| (v as i32).abs() > wmax) {
                             return Err(bad(format!("{n}.weight_q has codes outside [-{wmax}, {wmax}]")));
                         }
@@ -230,7 +231,7 @@ impl Int8Model {
                         let Some(HostData::I32(rqv)) = get(format!("{n}.requant"), &[cout, 2])? else {
                             return Err(bad(format!("{n}.requant missing or not i32")));
                         };
-                        let (act_min, act_max) = activation_range(activation(*a), bits, qo.scale, qo.zero)?;
+                        let (act_min, act_max) = activation_range(activation(*a), qo.bits, qo.scale, qo.zero)?;
                         let requant = Requant {
                             multiplier: rqv.iter().step_by(2).copied().collect(),
                             shift: rqv.iter().skip(1).step_by(2).copied().collect(),
@@ -263,7 +264,7 @@ impl Int8Model {
                     Layer { kind: LayerKind::AvgPool(in_dom.quant().map(|q| avg_requant(&q))), out: in_dom }
                 }
                 Op::Add { act: a } => {
-                    let out = act(&format!("{n}.act_quant"), get(format!("{n}.act_quant"), &[4])?)?;
+                    let out = act(&format!("{n}.act_quant"), &n, get(format!("{n}.act_quant"), &[4])?)?;
                     match get(format!("{n}.add"), &[11])? {
                         None => Layer { kind: LayerKind::Add(None), out },
                         Some(HostData::I32(v)) => {
@@ -272,7 +273,7 @@ impl Int8Model {
                             else {
                                 return Err(bad(format!("{n}: an integer add needs quantized inputs and output")));
                             };
-                            let (act_min, act_max) = activation_range(activation(*a), bits, qo.scale, qo.zero)?;
+                            let (act_min, act_max) = activation_range(activation(*a), qo.bits, qo.scale, qo.zero)?;
                             let cfg = AddConfig {
                                 a_zero: v[0],
                                 b_zero: v[1],

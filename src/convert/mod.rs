@@ -69,8 +69,9 @@ use crate::data::Normalization;
 use crate::error::{Result, WqatError};
 use crate::int8::{quantize_bias, Activation, AddConfig, AvgRequant, Requant};
 use crate::model::graph::{Act, Graph, Op, ResolvedNode, INPUT};
+use crate::qconfig::QConfig;
 use crate::reference::fake_quant::quantize_code;
-use crate::reference::graph::{effective_params, QConfig, QState};
+use crate::reference::graph::{effective_params, QState};
 use crate::tensorfile::TensorFile;
 
 /// How an activation tensor is quantized: u8 codes `q` of value `(q - zero) * scale`.
@@ -112,7 +113,8 @@ impl ActQuant {
         }
         Ok(())
     }
-    fn from_state(q: &QState, bits: u32) -> Result<ActQuant> {
+    fn from_state(q: &QState) -> Result<ActQuant> {
+        let bits = q.spec.bits;
         let a = ActQuant { scale: q.scale[0], inv_scale: q.inv_scale[0], zero: q.zero_point[0] as i32, bits };
         a.validate()?;
         Ok(a)
@@ -263,15 +265,18 @@ fn meta_json<T: serde::de::DeserializeOwned>(ckpt: &TensorFile, key: &str) -> Re
 /// metadata are kept (normalization defaults to identity, mean 0 std 1, when absent).
 pub fn convert(graph: &Graph, ckpt: &TensorFile) -> Result<Int8Model> {
     let gq = crate::reference::graph::GraphQuant::new(graph, ckpt)?;
-    let qc = gq.qconfig;
-    if qc.activation.signed {
-        return Err(WqatError::invalid("int8 conversion needs unsigned activation quantization"));
+    let qc = gq.qconfig.clone();
+    // Every quantizer (per-layer settings included) must fit the integer kernels.
+    for q in gq.input.iter().chain(gq.output.iter().flatten()) {
+        if q.spec.signed {
+            return Err(WqatError::invalid("int8 conversion needs unsigned activation quantization"));
+        }
     }
-    if !(qc.weight.signed && qc.weight.symmetric) {
-        return Err(WqatError::invalid("int8 conversion needs signed symmetric weight quantization"));
+    for q in gq.weight.iter().flatten() {
+        if !(q.spec.signed && q.spec.symmetric) {
+            return Err(WqatError::invalid("int8 conversion needs signed symmetric weight quantization"));
+        }
     }
-    let bits = qc.activation.bits;
-    let (wmin, wmax) = (qc.weight.qmin() as f32, qc.weight.qmax() as f32);
     let channels = graph.input[0];
     let normalization: Normalization = meta_json(ckpt, "normalization")?.unwrap_or(Normalization {
         max_value: 1.0,
@@ -287,12 +292,12 @@ pub fn convert(graph: &Graph, ckpt: &TensorFile) -> Result<Int8Model> {
     }
     let class_names: Vec<String> = meta_json(ckpt, "class_names")?.unwrap_or_default();
     let input = match &gq.input {
-        Some(q) if q.enabled => Domain::Codes(ActQuant::from_state(q, bits)?),
+        Some(q) if q.enabled => Domain::Codes(ActQuant::from_state(q)?),
         _ => Domain::Float,
     };
     let out_quant = |i: usize| -> Result<Domain> {
         match &gq.output[i] {
-            Some(q) if q.enabled => Ok(Domain::Codes(ActQuant::from_state(q, bits)?)),
+            Some(q) if q.enabled => Ok(Domain::Codes(ActQuant::from_state(q)?)),
             _ => Ok(Domain::Float),
         }
     };
@@ -315,6 +320,7 @@ pub fn convert(graph: &Graph, ckpt: &TensorFile) -> Result<Int8Model> {
                                 r.node.name
                             )));
                         }
+                        let (wmin, wmax) = (wq.spec.qmin() as f32, wq.spec.qmax() as f32);
                         let sw: Vec<f32> = (0..cout).map(|c| wq.scale[c % wq.channels()]).collect();
                         let isw: Vec<f32> = (0..cout).map(|c| wq.inv_scale[c % wq.channels()]).collect();
                         let weight = w_eff
@@ -323,7 +329,8 @@ pub fn convert(graph: &Graph, ckpt: &TensorFile) -> Result<Int8Model> {
                             .map(|(j, &v)| quantize_code(v, isw[j / inner], 0.0, wmin, wmax) as i8)
                             .collect();
                         let bias = quantize_bias(&b_eff, qi.scale, &sw)?;
-                        let requant = Requant::from_scales(qi.scale, &sw, qo.scale, qo.zero, bits, activation(*act))?;
+                        let requant =
+                            Requant::from_scales(qi.scale, &sw, qo.scale, qo.zero, qo.bits, activation(*act))?;
                         Layer { kind: LayerKind::Int(IntLayer { weight, weight_scale: sw, bias, requant }), out }
                     }
                     _ => {
@@ -342,8 +349,16 @@ pub fn convert(graph: &Graph, ckpt: &TensorFile) -> Result<Int8Model> {
                 let out = out_quant(i)?;
                 match (in_dom, dom(r.inputs[1]), out) {
                     (Domain::Codes(a), Domain::Codes(b), Domain::Codes(o)) => {
-                        let cfg =
-                            AddConfig::new(a.scale, a.zero, b.scale, b.zero, o.scale, o.zero, bits, activation(*act))?;
+                        let cfg = AddConfig::new(
+                            a.scale,
+                            a.zero,
+                            b.scale,
+                            b.zero,
+                            o.scale,
+                            o.zero,
+                            o.bits,
+                            activation(*act),
+                        )?;
                         Layer { kind: LayerKind::Add(Some(cfg)), out }
                     }
                     _ => Layer { kind: LayerKind::Add(None), out },

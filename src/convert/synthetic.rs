@@ -7,7 +7,8 @@ use crate::data::Normalization;
 use crate::error::Result;
 use crate::model::graph::{Graph, INPUT};
 use crate::model::params::{self, ParamKind, QuantizerRole};
-use crate::quant::{QStateLayout, QuantSpec};
+use crate::qconfig::QConfig;
+use crate::quant::QStateLayout;
 use crate::reference::graph::{fake_quant_forward_all, folded_params, GraphQuant};
 use crate::tensorfile::{HostTensor, TensorFile};
 use rand::{Rng, SeedableRng};
@@ -48,16 +49,22 @@ pub fn synthetic_checkpoint_bits(
     weight_bits: u32,
     act_bits: u32,
 ) -> Result<TensorFile> {
+    synthetic_checkpoint_qconfig(graph, seed, extreme, &QConfig::new(weight_bits, act_bits)?)
+}
+
+/// [`synthetic_checkpoint`] quantized as `qconfig` says, per-layer overrides included
+/// (per-tensor weights where the layer's weight spec has no channel axis).
+pub fn synthetic_checkpoint_qconfig(graph: &Graph, seed: u64, extreme: bool, qconfig: &QConfig) -> Result<TensorFile> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let (wspec, aspec) = (QuantSpec::weight(weight_bits), QuantSpec::activation(act_bits));
-    wspec.validate()?;
-    aspec.validate()?;
+    qconfig.validate()?;
+    qconfig.check_layers(graph)?;
+    let nodes = graph.resolve()?;
     let mut ck = TensorFile::new();
     let json = |v: serde_json::Value| v.to_string();
     ck.metadata.insert("format".into(), "wqat-checkpoint".into());
     ck.metadata.insert("version".into(), "1".into());
     ck.metadata.insert("graph".into(), json(serde_json::to_value(graph).unwrap_or_default()));
-    ck.metadata.insert("qconfig".into(), json(serde_json::json!({"weight": wspec, "activation": aspec})));
+    ck.metadata.insert("qconfig".into(), json(serde_json::to_value(qconfig).unwrap_or_default()));
     let c = graph.input[0];
     let norm = Normalization { max_value: 255.0, mean: vec![0.25; c], std: vec![0.5; c] };
     ck.metadata.insert("normalization".into(), json(serde_json::to_value(&norm).unwrap_or_default()));
@@ -93,7 +100,7 @@ pub fn synthetic_checkpoint_bits(
         }
     }
     // Quantizers off: the fp32 forward, for calibration.
-    let specs = params::quantizer_specs(graph, true)?;
+    let specs = params::quantizer_specs(graph, |n| qconfig.weight_spec(n).channel_axis.is_some())?;
     for q in &specs {
         let l = QStateLayout::new(q.channels);
         let mut s = l.build(&vec![1.0; q.channels], &vec![0.0; q.channels]);
@@ -107,14 +114,15 @@ pub fn synthetic_checkpoint_bits(
     let range = |v: &[f32]| v.iter().fold((f32::MAX, f32::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
     for q in &specs {
         let l = QStateLayout::new(q.channels);
+        let spec = qconfig.spec(&nodes, q.role);
         let (scales, zeros): (Vec<f32>, Vec<f32>) = match q.role {
             QuantizerRole::Weight(i) => {
-                let (w, b) = folded_params(&gq, &ck, i)?;
-                let inner = w.len() / b.len();
+                let (w, _) = folded_params(&gq, &ck, i)?;
+                let inner = w.len() / q.channels;
                 (0..q.channels)
                     .map(|c| {
                         let (lo, hi) = range(&w[c * inner..(c + 1) * inner]);
-                        let (s, _, z) = wspec.qparams(lo, hi);
+                        let (s, _, z) = spec.qparams(lo, hi);
                         (s, z)
                     })
                     .unzip()
@@ -122,7 +130,7 @@ pub fn synthetic_checkpoint_bits(
             QuantizerRole::Output(i) => {
                 let v = if i == INPUT { &fp.input } else { &fp.nodes[i] };
                 let (lo, hi) = range(v);
-                let (s, _, z) = aspec.qparams(lo, hi);
+                let (s, _, z) = spec.qparams(lo, hi);
                 (vec![s], vec![z])
             }
         };

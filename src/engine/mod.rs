@@ -8,6 +8,6 @@ pub mod throughput;
 pub mod train;
 
 pub use compile::{CompileOptions, Compiled, StepOptions};
-pub use config::{ObserverKind, OptimConfig, QConfig, QatOptions};
+pub use config::{LayerQConfig, ObserverKind, OptimConfig, QConfig};
 pub use state::ModelState;
 pub use train::{Phase, RunReport, Schedule, TrainConfig, Trainer};

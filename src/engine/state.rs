@@ -129,7 +129,7 @@ impl ModelState {
         }
         let mut quantizers = Vec::new();
         let mut qindex = BTreeMap::new();
-        for q in params::quantizer_specs(graph, qconfig.weight.channel_axis.is_some())? {
+        for q in params::quantizer_specs(graph, |n| qconfig.weight_spec(n).channel_axis.is_some())? {
             let l = QStateLayout::new(q.channels);
             let mut v = l.build(&vec![1.0; q.channels], &vec![0.0; q.channels]);
             v[QStateLayout::FQ_ENABLED] = 0.0;
@@ -222,10 +222,7 @@ impl ModelState {
                 return Err(bad(format!("checkpoint holds model {}, not the requested {}", stored.name, g.name)));
             }
         }
-        let qconfig: QConfig = serde_json::from_str(f.metadata.get("qconfig").ok_or_else(|| bad("no qconfig".into()))?)
-            .map_err(|e| bad(format!("qconfig metadata: {e}")))?;
-        qconfig.weight.validate().map_err(|e| bad(e.to_string()))?;
-        qconfig.activation.validate().map_err(|e| bad(e.to_string()))?;
+        let qconfig = QConfig::from_metadata(f, path)?;
         let specs = params::param_specs(&stored)?;
         let mut values = Vec::new();
         for s in &specs {

@@ -3,7 +3,7 @@
 //! first, medians of several runs.
 
 use super::compile::{CompileOptions, Compiled, StepOptions};
-use super::config::{ObserverKind, QConfig};
+use super::config::QConfig;
 use super::state::ModelState;
 use crate::error::Result;
 use crate::gpu::{GpuContext, Plan};
@@ -51,7 +51,7 @@ impl BenchStep {
         let (input, classes) = bench_input(model);
         let g = zoo::build(model, input, classes)?;
         let state = ModelState::new(ctx, &g, QConfig::new(8, 8)?, 1)?;
-        let opts = CompileOptions { batch, quant, train: true, observer: ObserverKind::MovingAverage { c: 0.01 } };
+        let opts = CompileOptions { batch, quant, train: true };
         let step = StepOptions { momentum: 0.9, weight_decay: 5e-4, clip_grad_norm: None, skip_nonfinite: true };
         let compiled = Compiled::new(ctx, &state, &opts, Some(&step))?;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);

@@ -8,7 +8,7 @@
 //! continues from it and reproduces the uninterrupted run bit for bit on the same adapter.
 
 use super::compile::{CompileOptions, Compiled, StepOptions};
-use super::config::{ObserverKind, OptimConfig, QConfig};
+use super::config::{LayerQConfig, ObserverKind, OptimConfig, QConfig};
 use super::state::ModelState;
 use crate::data::{self, BatchConfig, Batcher, Dataset};
 use crate::error::{Result, WqatError};
@@ -95,6 +95,9 @@ pub struct TrainConfig {
     pub freeze_bn_after: Option<Schedule>,
     pub fp32_first: bool,
     pub fp32_last: bool,
+    /// Per-layer overrides of the quantization settings (`--layer-qconfig`), applied in order.
+    #[serde(default)]
+    pub layer_qconfig: Vec<LayerQConfig>,
     /// Images of the training split used for PTQ calibration.
     pub calib_images: usize,
     /// Read the metrics (loss, accuracy, non-finite flag) every this many steps.
@@ -132,6 +135,7 @@ impl Default for TrainConfig {
             freeze_bn_after: None,
             fp32_first: false,
             fp32_last: false,
+            layer_qconfig: Vec::new(),
             calib_images: 2048,
             log_every: 50,
             skip_nonfinite: false,
@@ -299,12 +303,14 @@ impl Trainer {
         };
         validate(&cfg)?;
         let ds = data::load(&cfg.data)?;
-        let graph = build_graph(&cfg.model, &ds, cfg.fp32_first, cfg.fp32_last)?;
-        let mut qconfig = QConfig::new(cfg.weight_bits, cfg.act_bits)?;
-        if cfg.per_tensor_weights {
-            qconfig.weight.channel_axis = None;
+        let mut graph = build_graph(&cfg.model, &ds, cfg.fp32_first, cfg.fp32_last)?;
+        for l in &cfg.layer_qconfig {
+            // `fp32` overrides mark graph nodes, like `--fp32-first/--fp32-last`.
+            if let Some(f) = l.fp32 {
+                graph.nodes.iter_mut().filter(|n| l.matches(&n.name)).for_each(|n| n.fp32 = f);
+            }
         }
-        qconfig.observer = cfg.observer;
+        let qconfig = run_qconfig(&cfg, &graph)?;
         let mut train_cfg = BatchConfig::train(cfg.batch, cfg.seed);
         if let Some(l) = cfg.limit_train {
             train_cfg = train_cfg.with_limit(l);
@@ -388,7 +394,7 @@ impl Trainer {
     }
 
     fn compile(&self, quant: bool) -> Result<Compiled> {
-        let opts = CompileOptions { batch: self.cfg.batch, quant, train: true, observer: self.cfg.observer };
+        let opts = CompileOptions { batch: self.cfg.batch, quant, train: true };
         Compiled::new(&self.ctx, &self.state, &opts, Some(&self.step_opts))
     }
 
@@ -736,6 +742,21 @@ fn validate(cfg: &TrainConfig) -> Result<()> {
         return bad("--epochs 0 needs --init CHECKPOINT (nothing to quantize otherwise)");
     }
     Ok(())
+}
+
+/// The run's QConfig: `--weight-bits/--act-bits/--observer/--per-tensor-weights` as the
+/// defaults, then the `--layer-qconfig` overrides, each checked to select a layer.
+pub fn run_qconfig(cfg: &TrainConfig, graph: &Graph) -> Result<QConfig> {
+    let mut qconfig = QConfig::new(cfg.weight_bits, cfg.act_bits)?;
+    if cfg.per_tensor_weights {
+        qconfig.weight.channel_axis = None;
+    }
+    qconfig.observer = cfg.observer;
+    for l in &cfg.layer_qconfig {
+        qconfig = qconfig.with_layer(l.clone())?;
+    }
+    qconfig.check_layers(graph)?;
+    Ok(qconfig)
 }
 
 /// Loads `--init`: a wqat checkpoint, or a PyTorch state_dict in safetensors.

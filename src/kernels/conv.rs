@@ -253,6 +253,8 @@ const HAS_BIAS: u32 = 4;
 const RELU: u32 = 8;
 const MASK: u32 = 16;
 const ACCUM: u32 = 32;
+/// The weight quantizer is per tensor (one channel) rather than per output channel.
+const W_PER_TENSOR: u32 = 64;
 
 fn bit(on: bool, b: u32) -> u32 {
     if on {
@@ -357,10 +359,12 @@ fn check_tensor(t: &GpuTensor, shape: &[usize], what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Validates a quantizer operand: per tensor (`per_channel` false, 1 channel) or per output
-/// channel (axis 0, `channels` = Cout). Returns (qmin, qmax).
-fn check_quant(state: &GpuTensor, spec: &QuantSpec, per_channel: bool, what: &str, c_out: usize) -> Result<(f32, f32)> {
+/// Validates a quantizer operand: activations per tensor (`weight` false, 1 channel);
+/// weights per output channel (axis 0, `channels` = Cout) or per tensor (the flag bit
+/// `W_PER_TENSOR` is returned for them). Returns (qmin, qmax, extra flags).
+fn check_quant(state: &GpuTensor, spec: &QuantSpec, weight: bool, what: &str, c_out: usize) -> Result<(f32, f32, u32)> {
     spec.validate()?;
+    let per_channel = weight && spec.channel_axis.is_some();
     let (want_axis, channels) = if per_channel { (Some(0), c_out) } else { (None, 1) };
     if spec.channel_axis != want_axis {
         return Err(WqatError::invalid(format!(
@@ -375,7 +379,8 @@ fn check_quant(state: &GpuTensor, spec: &QuantSpec, per_channel: bool, what: &st
             state.len()
         )));
     }
-    Ok((spec.qmin() as f32, spec.qmax() as f32))
+    let flags = if weight && !per_channel { W_PER_TENSOR } else { 0 };
+    Ok((spec.qmin() as f32, spec.qmax() as f32, flags))
 }
 
 /// Records `y = conv(FQ(x), FQ(w)) (+ bias) (then ReLU)`.
@@ -391,10 +396,11 @@ pub fn conv2d_forward(ctx: &GpuContext, cfg: &Conv2dConfig, a: &Conv2dForwardArg
     }
     let mut p = base_params(cfg);
     if let Some(q) = &a.x_quant {
-        (p.x_qmin, p.x_qmax) = check_quant(q.state, &q.spec, false, "x", 1)?;
+        (p.x_qmin, p.x_qmax, _) = check_quant(q.state, &q.spec, false, "x", 1)?;
     }
+    let mut w_flags = 0;
     if let Some(q) = &a.w_quant {
-        (p.w_qmin, p.w_qmax) = check_quant(q.state, &q.spec, true, "w", cfg.c_out)?;
+        (p.w_qmin, p.w_qmax, w_flags) = check_quant(q.state, &q.spec, true, "w", cfg.c_out)?;
     }
     let (m, n) = (cfg.c_out / cfg.groups, cfg.y_len() / cfg.c_out);
     p.gemm_m = m as u32;
@@ -403,7 +409,8 @@ pub fn conv2d_forward(ctx: &GpuContext, cfg: &Conv2dConfig, a: &Conv2dForwardArg
     p.flags = bit(a.x_quant.is_some(), FQ_X)
         | bit(a.w_quant.is_some(), FQ_W)
         | bit(a.bias.is_some(), HAS_BIAS)
-        | bit(a.relu, RELU);
+        | bit(a.relu, RELU)
+        | w_flags;
     let (key, grid) = if ctx.conv_direct {
         // Direct path: 64 invocations, TPM along M (4 rows each, enough to cover M up to 64),
         // the rest along N (8 columns each).
@@ -441,19 +448,20 @@ pub fn conv2d_backward_data(ctx: &GpuContext, cfg: &Conv2dConfig, a: &Conv2dBack
     check_tensor(a.w, &cfg.w_shape(), "w")?;
     check_tensor(a.dx, &cfg.x_shape(), "dx")?;
     let mut p = base_params(cfg);
+    let mut w_flags = 0;
     if let Some(q) = &a.w_quant {
-        (p.w_qmin, p.w_qmax) = check_quant(q.state, &q.spec, true, "w", cfg.c_out)?;
+        (p.w_qmin, p.w_qmax, w_flags) = check_quant(q.state, &q.spec, true, "w", cfg.c_out)?;
     }
     if let Some(mk) = &a.x_mask {
         check_tensor(mk.values, &cfg.x_shape(), "x (STE mask)")?;
-        (p.x_qmin, p.x_qmax) = check_quant(mk.state, &mk.spec, false, "x (STE mask)", 1)?;
+        (p.x_qmin, p.x_qmax, _) = check_quant(mk.state, &mk.spec, false, "x (STE mask)", 1)?;
     }
     // One GEMM per (group, stride phase); the grid covers the largest phase.
     let phases = cfg.stride.0 * cfg.stride.1;
     let (m, n) = (cfg.c_in / cfg.groups, cfg.n * cfg.h.div_ceil(cfg.stride.0) * cfg.w.div_ceil(cfg.stride.1));
     p.gemm_m = m as u32;
     p.gemm_n = n as u32;
-    p.flags = bit(a.w_quant.is_some(), FQ_W) | bit(a.x_mask.is_some(), MASK) | bit(a.accumulate, ACCUM);
+    p.flags = bit(a.w_quant.is_some(), FQ_W) | bit(a.x_mask.is_some(), MASK) | bit(a.accumulate, ACCUM) | w_flags;
     let z = cfg.groups * phases;
     let (key, grid) = if ctx.conv_direct {
         // Direct path: one invocation per 4 rows x 8 columns of a phase, 64 per workgroup.
@@ -520,17 +528,18 @@ pub fn conv2d_backward_weight(
     check_tensor(a.dw, &cfg.w_shape(), "dw")?;
     let mut p = base_params(cfg);
     if let Some(q) = &a.x_quant {
-        (p.x_qmin, p.x_qmax) = check_quant(q.state, &q.spec, false, "x", 1)?;
+        (p.x_qmin, p.x_qmax, _) = check_quant(q.state, &q.spec, false, "x", 1)?;
     }
+    let mut w_flags = 0;
     if let Some(mk) = &a.w_mask {
         check_tensor(mk.values, &cfg.w_shape(), "w (STE mask)")?;
-        (p.w_qmin, p.w_qmax) = check_quant(mk.state, &mk.spec, true, "w (STE mask)", cfg.c_out)?;
+        (p.w_qmin, p.w_qmax, w_flags) = check_quant(mk.state, &mk.spec, true, "w (STE mask)", cfg.c_out)?;
     }
     let (m, n, k) = (cfg.c_out / cfg.groups, cfg.w_len() / cfg.c_out, cfg.y_len() / cfg.c_out);
     p.gemm_m = m as u32;
     p.gemm_n = n as u32;
     p.gemm_k = k as u32;
-    p.flags = bit(a.x_quant.is_some(), FQ_X) | bit(a.w_mask.is_some(), MASK);
+    p.flags = bit(a.x_quant.is_some(), FQ_X) | bit(a.w_mask.is_some(), MASK) | w_flags;
     let (key, grid, splits, k_chunk) = if ctx.conv_direct {
         // Direct path: splits cut the N*OH output rows (k_chunk rows each); one invocation per
         // 4 x 8 block of one split, 64 per workgroup, groups in z.

@@ -182,8 +182,9 @@ pub fn input_quantizer(nodes: &[ResolvedNode], i: usize, input: usize) -> Option
 }
 
 /// Every quantizer of the graph: the image's first, then per node its weight quantizer and
-/// its output quantizer. `weight_per_channel` picks per-output-channel weight scales.
-pub fn quantizer_specs(graph: &Graph, weight_per_channel: bool) -> Result<Vec<QuantizerSpec>> {
+/// its output quantizer. `weight_per_channel(node_name)` picks per-output-channel weight
+/// scales for a layer (else one scale per tensor).
+pub fn quantizer_specs(graph: &Graph, weight_per_channel: impl Fn(&str) -> bool) -> Result<Vec<QuantizerSpec>> {
     let nodes = graph.resolve()?;
     let mut out = Vec::new();
     if input_is_quantized(&nodes) {
@@ -191,7 +192,7 @@ pub fn quantizer_specs(graph: &Graph, weight_per_channel: bool) -> Result<Vec<Qu
     }
     for (i, r) in nodes.iter().enumerate() {
         if has_weights(&r.node.op) && !r.node.fp32 {
-            let channels = if weight_per_channel { r.out_shape[0] } else { 1 };
+            let channels = if weight_per_channel(&r.node.name) { r.out_shape[0] } else { 1 };
             out.push(QuantizerSpec { name: weight_quant_name(&r.node.name), role: QuantizerRole::Weight(i), channels });
         }
         if has_output_quant(&nodes, i) {
@@ -244,7 +245,7 @@ mod tests {
             ]
         );
         assert_eq!(p[10].shape, vec![128, 1568]);
-        let q = quantizer_specs(&g, true).unwrap();
+        let q = quantizer_specs(&g, |_| true).unwrap();
         let qn: Vec<&str> = q.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(
             qn,
@@ -272,7 +273,7 @@ mod tests {
         g.nodes[0].fp32 = true;
         let last = g.nodes.len() - 1;
         g.nodes[last].fp32 = true;
-        let q = quantizer_specs(&g, true).unwrap();
+        let q = quantizer_specs(&g, |_| true).unwrap();
         let qn: Vec<&str> = q.iter().map(|s| s.name.as_str()).collect();
         assert!(!qn.contains(&"input.output_quant"));
         assert!(!qn.contains(&"conv1.weight_quant"));

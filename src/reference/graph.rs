@@ -19,37 +19,21 @@
 use crate::error::{Result, WqatError};
 use crate::model::graph::{Act, Graph, Op, ResolvedNode, INPUT};
 use crate::model::params::{self, QuantizerRole, BN_EPS};
+use crate::qconfig::QConfig;
 use crate::quant::{QStateLayout, QuantSpec};
 use crate::reference::fake_quant::quantize_code;
 use crate::tensorfile::TensorFile;
-use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 fn ckpt_err(msg: impl Into<String>) -> WqatError {
     WqatError::format(Path::new("checkpoint"), msg)
 }
 
-/// The checkpoint's `qconfig` metadata: how weights and activations are quantized.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct QConfig {
-    pub weight: QuantSpec,
-    pub activation: QuantSpec,
-}
-
-impl QConfig {
-    /// Parses and checks the `qconfig` metadata of a checkpoint.
-    pub fn from_checkpoint(ckpt: &TensorFile) -> Result<QConfig> {
-        let text = ckpt.metadata.get("qconfig").ok_or_else(|| ckpt_err("missing metadata `qconfig`"))?;
-        let q: QConfig = serde_json::from_str(text).map_err(|e| ckpt_err(format!("metadata `qconfig`: {e}")))?;
-        q.weight.validate()?;
-        q.activation.validate()?;
-        Ok(q)
-    }
-}
-
 /// One quantizer's state read from a checkpoint (`QStateLayout` vector).
 #[derive(Debug, Clone, PartialEq)]
 pub struct QState {
+    /// How it quantizes (from the checkpoint's QConfig for this quantizer).
+    pub spec: QuantSpec,
     /// The fake-quant flag; off means pass-through.
     pub enabled: bool,
     pub scale: Vec<f32>,
@@ -58,8 +42,8 @@ pub struct QState {
 }
 
 impl QState {
-    /// Parses a raw `QStateLayout` vector of length `4 + 5 C`.
-    pub fn from_raw(name: &str, raw: &[f32]) -> Result<QState> {
+    /// Parses a raw `QStateLayout` vector of length `4 + 5 C` of a quantizer with `spec`.
+    pub fn from_raw(name: &str, raw: &[f32], spec: QuantSpec) -> Result<QState> {
         let n = raw.len();
         if n < QStateLayout::HEADER + 5 || !(n - QStateLayout::HEADER).is_multiple_of(5) {
             return Err(ckpt_err(format!("quantizer {name} has {n} values, expected 4 + 5 * channels")));
@@ -67,6 +51,7 @@ impl QState {
         let l = QStateLayout::new((n - QStateLayout::HEADER) / 5);
         let c = l.channels;
         let q = QState {
+            spec,
             enabled: raw[QStateLayout::FQ_ENABLED] != 0.0,
             scale: raw[l.scale()..l.scale() + c].to_vec(),
             inv_scale: raw[l.inv_scale()..l.inv_scale() + c].to_vec(),
@@ -86,11 +71,11 @@ impl QState {
         self.scale.len()
     }
     /// Fake-quantizes `x` in place (channel `(i / inner) % channels`); no-op when disabled.
-    pub fn fake_quant(&self, x: &mut [f32], inner: usize, spec: &QuantSpec) {
+    pub fn fake_quant(&self, x: &mut [f32], inner: usize) {
         if !self.enabled {
             return;
         }
-        let (qmin, qmax) = (spec.qmin() as f32, spec.qmax() as f32);
+        let (qmin, qmax) = (self.spec.qmin() as f32, self.spec.qmax() as f32);
         let c = self.channels();
         for (i, v) in x.iter_mut().enumerate() {
             let ch = (i / inner.max(1)) % c;
@@ -100,10 +85,10 @@ impl QState {
     }
 }
 
-/// Reads a quantizer state from a checkpoint by name.
-pub fn read_quantizer(ckpt: &TensorFile, name: &str) -> Result<QState> {
+/// Reads the state of quantizer `name` (quantizing with `spec`) from a checkpoint.
+pub fn read_quantizer(ckpt: &TensorFile, name: &str, spec: QuantSpec) -> Result<QState> {
     let t = ckpt.tensors.get(name).ok_or_else(|| ckpt_err(format!("missing quantizer {name}")))?;
-    QState::from_raw(name, t.as_f32(name)?)
+    QState::from_raw(name, t.as_f32(name)?, spec)
 }
 
 fn read_f32<'a>(ckpt: &'a TensorFile, name: &str, shape: &[usize]) -> Result<&'a [f32]> {
@@ -136,12 +121,18 @@ impl GraphQuant {
     /// Resolves the graph and reads its quantizers from the checkpoint.
     pub fn new(graph: &Graph, ckpt: &TensorFile) -> Result<GraphQuant> {
         let nodes = graph.resolve()?;
-        let qconfig = QConfig::from_checkpoint(ckpt)?;
+        let qconfig = QConfig::from_metadata(ckpt, Path::new("checkpoint"))?;
         let mut input = None;
         let mut weight = vec![None; nodes.len()];
         let mut output = vec![None; nodes.len()];
-        for spec in params::quantizer_specs(graph, true)? {
-            let q = read_quantizer(ckpt, &spec.name)?;
+        for spec in params::quantizer_specs(graph, |_| true)? {
+            let mut qspec = qconfig.spec(&nodes, spec.role);
+            let q = read_quantizer(ckpt, &spec.name, qspec)?;
+            if let QuantizerRole::Weight(_) = spec.role {
+                // Per tensor or per channel is what the checkpoint stores.
+                qspec.channel_axis = (q.channels() > 1).then_some(0);
+            }
+            let q = QState { spec: qspec, ..q };
             match spec.role {
                 QuantizerRole::Weight(i) => {
                     if q.channels() != 1 && q.channels() != spec.channels {
@@ -225,7 +216,7 @@ pub fn effective_params(gq: &GraphQuant, ckpt: &TensorFile, i: usize) -> Result<
     let (mut w, b) = folded_params(gq, ckpt, i)?;
     if let Some(q) = &gq.weight[i] {
         let inner = w.len() / b.len();
-        q.fake_quant(&mut w, inner, &gq.qconfig.weight);
+        q.fake_quant(&mut w, inner);
     }
     Ok((w, b))
 }
@@ -378,9 +369,8 @@ pub fn fake_quant_forward_all(graph: &Graph, ckpt: &TensorFile, images: &[f32], 
     }
     let mut input = images.to_vec();
     if let Some(q) = &gq.input {
-        q.fake_quant(&mut input, 1, &gq.qconfig.activation);
+        q.fake_quant(&mut input, 1);
     }
-    let act_spec = gq.qconfig.activation;
     let mut outs: Vec<Vec<f32>> = Vec::with_capacity(gq.nodes.len());
     for (i, r) in gq.nodes.iter().enumerate() {
         let src = |j: usize| if j == INPUT { &input } else { &outs[j] };
@@ -430,12 +420,12 @@ pub fn fake_quant_forward_all(graph: &Graph, ckpt: &TensorFile, images: &[f32], 
         match &r.node.op {
             Op::AvgPool { .. } | Op::GlobalAvgPool => {
                 if let Some(q) = gq.input_quant(i) {
-                    q.fake_quant(&mut y, 1, &act_spec);
+                    q.fake_quant(&mut y, 1);
                 }
             }
             _ => {
                 if let Some(q) = &gq.output[i] {
-                    q.fake_quant(&mut y, 1, &act_spec);
+                    q.fake_quant(&mut y, 1);
                 }
             }
         }

@@ -17,7 +17,7 @@
 
 mod backward;
 
-use super::config::ObserverKind;
+use super::config::{ObserverKind, QConfig};
 use super::state::ModelState;
 use crate::error::{Result, WqatError};
 use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, Plan};
@@ -54,8 +54,6 @@ pub struct CompileOptions {
     pub quant: bool,
     /// Build the backward pass and the optimizer.
     pub train: bool,
-    /// Observer used during QAT for activations.
-    pub observer: ObserverKind,
 }
 
 /// Optimizer settings baked into the step.
@@ -73,6 +71,8 @@ pub struct StepOptions {
 struct Q {
     state: GpuTensor,
     spec: QuantSpec,
+    /// The observer of an activation quantizer (weights always track their current range).
+    observer: ObserverKind,
 }
 
 /// The compiled passes of one model at one batch size.
@@ -297,15 +297,13 @@ impl<'a> Builder<'a> {
     fn q(&self, role: QuantizerRole) -> Option<Q> {
         let name = params::quantizer_name(&self.m.nodes, role);
         let q = self.m.quantizer(&name)?;
-        let spec = match role {
-            QuantizerRole::Weight(_) => {
-                let mut s = self.m.qconfig.weight;
-                s.channel_axis = (q.spec.channels > 1 || s.channel_axis.is_some()).then_some(0);
-                s
-            }
-            QuantizerRole::Output(_) => self.m.qconfig.activation,
-        };
-        Some(Q { state: q.state.clone(), spec })
+        let mut spec = self.m.qconfig.spec(&self.m.nodes, role);
+        if let QuantizerRole::Weight(_) = role {
+            // The state's channel count is what the buffers were built with.
+            spec.channel_axis = (q.spec.channels > 1).then_some(0);
+        }
+        let observer = self.m.qconfig.observer_for(QConfig::layer_of(&self.m.nodes, role));
+        Some(Q { state: q.state.clone(), spec, observer })
     }
 
     fn weight_q(&self, i: usize) -> Option<Q> {
@@ -348,7 +346,7 @@ impl<'a> Builder<'a> {
             }
             return Ok(());
         }
-        match self.opts.observer {
+        match q.observer {
             ObserverKind::Histogram { bins } => {
                 let h = HistogramObserver::new(ctx, q.spec, x, &q.state, bins as usize, 128)?;
                 for d in h.dispatches() {

@@ -468,7 +468,11 @@ fn pct(x: Option<f32>) -> String {
 
 fn print_report(r: &RunReport, out: &std::path::Path) {
     println!();
-    println!("{} on {} (W{}A{}), adapter {}", r.model, r.dataset, r.weight_bits, r.act_bits, r.adapter);
+    let overrides = match r.config.layer_qconfig.len() {
+        0 => String::new(),
+        n => format!(" + {n} layer override{}", if n == 1 { "" } else { "s" }),
+    };
+    println!("{} on {} (W{}A{}{overrides}), adapter {}", r.model, r.dataset, r.weight_bits, r.act_bits, r.adapter);
     println!("  {:<8} {:>9}", "stage", "accuracy");
     println!("  {:<8} {:>9}", "fp32", pct(r.fp32_acc));
     println!("  {:<8} {:>9}", "PTQ", pct(r.ptq_acc));
@@ -528,6 +532,12 @@ fn train(a: TrainArgs) -> wqat::Result<()> {
         trainer.ds.test.len(),
         trainer.ctx.summary.name
     );
+    let q = &trainer.state.qconfig;
+    let per = if q.weight.channel_axis.is_some() { "per-channel" } else { "per-tensor" };
+    println!("quantization: W{}A{} ({per} weights, observer {})", q.weight.bits, q.activation.bits, q.observer);
+    for l in &q.layers {
+        println!("  layer override {l}");
+    }
     let mut bars = Bars { bar: None, tty: std::io::stdout().is_terminal(), last: None };
     let report = trainer.run(&mut bars)?;
     print_report(&report, &trainer.cfg.out);

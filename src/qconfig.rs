@@ -142,6 +142,40 @@ impl LayerQConfig {
     }
 }
 
+impl std::fmt::Display for ObserverKind {
+    /// The `--observer` syntax ([`ObserverKind::parse`] reads it back).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ObserverKind::MinMax => write!(f, "minmax"),
+            ObserverKind::MovingAverage { c } => write!(f, "ema:{c}"),
+            ObserverKind::Histogram { bins } => write!(f, "histogram:{bins}"),
+        }
+    }
+}
+
+impl std::fmt::Display for LayerQConfig {
+    /// The `--layer-qconfig` syntax ([`LayerQConfig::parse`] reads it back).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(b) = self.weight_bits {
+            parts.push(format!("w{b}"));
+        }
+        if let Some(b) = self.act_bits {
+            parts.push(format!("a{b}"));
+        }
+        if let Some(pc) = self.weight_per_channel {
+            parts.push(if pc { "per-channel" } else { "per-tensor" }.to_string());
+        }
+        if let Some(fp) = self.fp32 {
+            parts.push(if fp { "fp32" } else { "int" }.to_string());
+        }
+        if let Some(o) = self.observer {
+            parts.push(format!("observer={o}"));
+        }
+        write!(f, "{}={}", self.pattern, parts.join(","))
+    }
+}
+
 /// `*` matches any run of characters (including `.`); everything else matches itself.
 fn wildcard_match(p: &[u8], s: &[u8]) -> bool {
     // Iterative matcher with one backtrack point (the last `*`), linear in practice.
@@ -284,11 +318,10 @@ impl QConfig {
         for l in &self.layers {
             let hit = l.matches("input") || nodes.iter().any(|r| l.matches(&r.node.name));
             if !hit {
-                let names: Vec<&str> = std::iter::once("input")
-                    .chain(nodes.iter().filter(|r| has_weights(&r.node.op)).map(|r| r.node.name.as_str()))
-                    .collect();
+                let names: Vec<&str> =
+                    nodes.iter().filter(|r| has_weights(&r.node.op)).map(|r| r.node.name.as_str()).collect();
                 return Err(WqatError::invalid(format!(
-                    "layer qconfig {:?} matches no layer of model {} (layers with weights: {})",
+                    "layer qconfig {:?} matches no layer of model {} (the image is `input`; layers with weights: {})",
                     l.pattern,
                     graph.name,
                     names.join(", ")
@@ -358,6 +391,9 @@ mod tests {
         assert_eq!(q.weight_spec("conv2").channel_axis, Some(0));
         assert_eq!(q.fp32_for("fc2"), Some(true));
         assert_eq!(q.fp32_for("fc1"), None);
+        for l in &q.layers {
+            assert_eq!(&LayerQConfig::parse(&l.to_string()).unwrap(), l, "{l}");
+        }
         let text = serde_json::to_string(&q).unwrap();
         assert_eq!(serde_json::from_str::<QConfig>(&text).unwrap(), q);
         // Old checkpoints store no observer and no layers.

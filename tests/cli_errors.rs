@@ -109,6 +109,9 @@ fn bad_arguments_and_resources() {
     expect_clean_error(&["train", "--data", "/nonexistent/wqat-data"], "/nonexistent/wqat-data");
     expect_clean_error(&["train", "--adapter", "no-such-adapter-xyz"], "no-such-adapter-xyz");
     expect_clean_error(&["train", "--observer", "median"], "observer");
+    expect_clean_error(&["train", "--layer-qconfig", "conv9=w4"], "conv9");
+    expect_clean_error(&["train", "--layer-qconfig", "conv1=w4,b3"], "b3");
+    expect_clean_error(&["train", "--layer-qconfig", "conv1"], "missing `=`");
     // An output path below a regular file cannot be created.
     let d = tmp("out");
     let file = d.join("file");

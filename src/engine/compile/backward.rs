@@ -166,7 +166,7 @@ impl Builder<'_> {
                 }
                 if fold {
                     let p = r.node.bn_prefix();
-                    let rv = self.param(&format!("{p}.running_var"))?;
+                    let rv = nb.rv_used.clone().expect("saved");
                     let dgamma = self.grad_of(&format!("{p}.weight"))?;
                     let sf = nb.sf.clone().expect("saved");
                     let dsf = self.zeros(&[cfg.c_out])?;

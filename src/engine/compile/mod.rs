@@ -206,6 +206,9 @@ struct NodeBuffers {
     /// Conv+BN: folded weight, scale factors, conv output, BN input, BN saved stats.
     w_fold: Option<GpuTensor>,
     sf: Option<GpuTensor>,
+    /// The running variance the fold used: the BN forward updates `running_var` before the
+    /// backward reads `d sf / d gamma = 1 / sqrt(running_var + eps)`, so it is copied first.
+    rv_used: Option<GpuTensor>,
     y_conv: Option<GpuTensor>,
     y_orig: Option<GpuTensor>,
     bn_saved: Option<GpuTensor>,
@@ -516,6 +519,11 @@ impl<'a> Builder<'a> {
                         let sf = self.zeros(&[c])?;
                         let w_fold = self.zeros(&w.shape)?;
                         self.fwd(Tag::Always, bn_fold::fold_forward(ctx, &w, &gamma, &rv, &sf, &w_fold, BN_EPS)?);
+                        if self.opts.train {
+                            let rv_used = self.zeros(&[c])?;
+                            self.fwd(Tag::Always, gemm::copy_f32(ctx, &rv, &rv_used)?);
+                            nb.rv_used = Some(rv_used);
+                        }
                         let y_conv = self.zeros(&out.shape)?;
                         nb.sf = Some(sf);
                         nb.w_fold = Some(w_fold.clone());

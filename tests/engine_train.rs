@@ -121,7 +121,8 @@ fn frozen_observers_keep_scales_while_weights_train() {
 }
 
 /// BN folding: the fake-quant evaluation of a conv-BN-ReLU block equals the folded conv
-/// `relu(conv(FQ(x), FQ(w * sf)) + beta - mean * sf)` computed on the CPU.
+/// `relu(conv(FQ(x), FQ(w * sf)) + Q(beta - mean * sf))` computed on the CPU, with the
+/// bias `Q(b)` on the integer model's `s_x * s_w` grid.
 #[test]
 fn conv_bn_fake_quant_eval_equals_folded_conv() {
     use wqat::reference::conv::conv2d_forward_f64;
@@ -174,12 +175,15 @@ fn conv_bn_fake_quant_eval_equals_folded_conv() {
     let cfg = wqat::kernels::conv::Conv2dConfig::new(batch, 3, 7, 7, 5, 3).with_padding(1);
     let to64 = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
     let (y, _) = conv2d_forward_f64(&cfg, &to64(&xq), &to64(&wq), None);
+    // The folded bias, quantized on the s_x * s_w grid as the integer model stores it.
+    let b_eff: Vec<f32> = (0..5).map(|c| beta[c] - mean[c] * sf[c]).collect();
+    let b_q = wqat::reference::bias_quant::quantize_bias(&b_eff, &qin, &qw);
     let want: Vec<f32> = y
         .iter()
         .enumerate()
         .map(|(i, &v)| {
             let ch = (i / 49) % 5;
-            (v as f32 + beta[ch] - mean[ch] * sf[ch]).max(0.0)
+            (v as f32 + b_q[ch]).max(0.0)
         })
         .collect();
     testing::assert_close("conv-bn block", &got, &want, 1e-4, 1e-5);
@@ -267,5 +271,5 @@ fn qat_logits_equal_cpu_reference_mnist_cnn() {
 fn qat_logits_equal_cpu_reference_resnet20() {
     // 20 quantized layers: a float-rounding flip at a code boundary early on can move a
     // logit by a code; the bound says such flips stay rare and small.
-    logits_match_reference("resnet20", [3, 8, 8], 8, 0.15);
+    logits_match_reference("resnet20", [3, 8, 8], 8, 0.2);
 }

@@ -19,15 +19,15 @@
 //!
 //! # Where the integer model and the fake-quant simulation differ
 //!
-//! Input codes, weight codes, max pool and the ReLU clamps are identical. Elsewhere the two
-//! round differently, each difference at most one code locally (measured by
+//! Input codes, weight codes, biases, max pool and the ReLU clamps are identical: the
+//! simulation (GPU engine and [`crate::reference::graph`]) adds the bias on the integer
+//! model's `s_in * s_w[c]` grid (`shaders/bias_quant.wgsl`; for conv-BN blocks in eval mode,
+//! the folded bias), computed in f32 from the stored inverse scales, so the two bias codes
+//! differ only within f32 error of a tie. Elsewhere the two round differently, each difference at most one code locally (measured by
 //! [`layer_report`]'s `local_*` fields on random calibrated networks: 0.01-0.1% of conv /
 //! linear codes, about 2% of global-average-pool codes, no add codes). Deep networks pass
 //! these one-code differences on and amplify them. To match bit for bit, the simulation
 //! (the engine's eval graph) would compute:
-//! * **bias**: `b_q = round_ties_even(b_eff / (s_in * s_w[c]))` in f64 (saturated to i32),
-//!   i.e. add `b_q * s_in * s_w[c]` instead of `b_eff` (the simulation's error is at most
-//!   `0.5 * s_in * s_w[c]`, i.e. `0.5 * M` output steps);
 //! * **conv / linear requantization**: the simulation computes the f32 sum `y` (f32
 //!   rounding of the sum and of `y * inv_s_out`) and rounds half to even; the integer model
 //!   sums exactly in i32 and computes `z_out + MBQM(acc, M0, shift)` with `M = s_in *

@@ -3,6 +3,7 @@
 
 pub mod activation;
 pub mod batchnorm;
+pub mod bias_quant;
 pub mod bn_fold;
 pub mod conv;
 pub mod fake_quant;

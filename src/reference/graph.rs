@@ -221,6 +221,23 @@ pub fn effective_params(gq: &GraphQuant, ckpt: &TensorFile, i: usize) -> Result<
     Ok((w, b))
 }
 
+/// The bias node `i` adds in the simulation: with its input and weights quantized, the
+/// integer model's `round(b_eff / (s_x s_w[c]))` on the grid (`reference::bias_quant`, the
+/// same f32 arithmetic as the GPU engine); else `b_eff` itself.
+pub fn simulated_bias(gq: &GraphQuant, i: usize, b_eff: Vec<f32>) -> Vec<f32> {
+    let (Some(x), Some(w)) = (gq.input_quant(i), gq.weight[i].as_ref().filter(|q| q.enabled)) else {
+        return b_eff;
+    };
+    b_eff
+        .iter()
+        .enumerate()
+        .map(|(c, &b)| {
+            let wc = c % w.channels();
+            crate::reference::bias_quant::quantize_one(b, x.scale[0], x.inv_scale[0], w.scale[wc], w.inv_scale[wc])
+        })
+        .collect()
+}
+
 /// Applies a fused activation in place.
 pub fn apply_act(x: &mut [f32], act: Act) {
     match act {
@@ -381,6 +398,7 @@ pub fn fake_quant_forward_all(graph: &Graph, ckpt: &TensorFile, images: &[f32], 
         let mut y = match &r.node.op {
             Op::Conv { kernel, stride, padding, dilation, groups, act, .. } => {
                 let (we, be) = effective_params(&gq, ckpt, i)?;
+                let be = simulated_bias(&gq, i, be);
                 let mut y = conv2d_f32(
                     x,
                     batch,
@@ -396,6 +414,7 @@ pub fn fake_quant_forward_all(graph: &Graph, ckpt: &TensorFile, images: &[f32], 
             }
             Op::Linear { act, .. } => {
                 let (we, be) = effective_params(&gq, ckpt, i)?;
+                let be = simulated_bias(&gq, i, be);
                 let mut y = linear_f32(x, batch, c * h * w, &we, &be);
                 apply_act(&mut y, *act);
                 y

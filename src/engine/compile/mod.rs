@@ -23,6 +23,7 @@ use crate::error::{Result, WqatError};
 use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, Plan};
 use crate::kernels::activation::{self, Relu};
 use crate::kernels::batchnorm;
+use crate::kernels::bias_quant::{self, BnTerms};
 use crate::kernels::conv::{self, Conv2dConfig, Conv2dForwardArgs, QuantOperand};
 use crate::kernels::gemm::{self, GemmConfig, GemmExtras};
 use crate::kernels::histogram::HistogramObserver;
@@ -309,6 +310,22 @@ impl<'a> Builder<'a> {
         Some(Q { state: q.state.clone(), spec, observer })
     }
 
+    /// The bias a quantized conv/linear adds: `round(b / (s_x s_w[c])) * s_x s_w[c]`, the
+    /// integer model's int32 bias (recorded after the weight observer, whose scales it reads;
+    /// the gradient passes straight through to the f32 bias). Unchanged when either operand
+    /// is not quantized.
+    fn quantized_bias(&mut self, bias: Option<GpuTensor>, xq: &Option<Q>, wq: &Option<Q>) -> Result<Option<GpuTensor>> {
+        match (bias, xq, wq) {
+            (Some(b), Some(x), Some(w)) => {
+                let bq = self.zeros(&b.shape)?;
+                let d = bias_quant::quantize_bias(self.ctx, &b, None, &x.state, &w.state, &bq)?;
+                self.fwd(Tag::Always, d);
+                Ok(Some(bq))
+            }
+            (b, _, _) => Ok(b),
+        }
+    }
+
     fn weight_q(&self, i: usize) -> Option<Q> {
         if !self.opts.quant {
             return None;
@@ -536,6 +553,7 @@ impl<'a> Builder<'a> {
                     self.observe(&params::weight_quant_name(&name), q, &w_used, true)?;
                 }
                 let bias_t = if bias && !bn { Some(self.param(&params::bias_name(&name))?) } else { None };
+                let bias_t = self.quantized_bias(bias_t, &xq, &wq)?;
                 // Without BN the conv writes the block output; ReLU fuses there, ReLU6 runs after.
                 let (conv_out, pre) = if !bn && act == Act::Relu6 {
                     let pre = self.zeros(&out.shape)?;
@@ -578,10 +596,28 @@ impl<'a> Builder<'a> {
                     }
                     self.fwd(Tag::BnEval, batchnorm::bn_eval_stats(ctx, &rm, &rv, &saved, BN_EPS)?);
                     let bn_out = if act == Act::Relu6 { self.zeros(&out.shape)? } else { out.clone() };
-                    self.fwd(
-                        Tag::Always,
-                        batchnorm::bn_apply(ctx, &y_orig, &saved, &gamma, &beta, &bn_out, relu_fused)?,
-                    );
+                    // With running statistics the block adds the folded bias, which the
+                    // simulation quantizes as the integer model does (batch statistics have
+                    // no fixed bias: training mode keeps beta, as PyTorch's ConvBn2d does).
+                    let beta_eval = match (&xq, &wq) {
+                        (Some(x), Some(w)) if fold => {
+                            let bq = self.zeros(&[cfg.c_out])?;
+                            let terms = BnTerms { gamma: &gamma, running_mean: &rm, running_var: &rv, eps: BN_EPS };
+                            let d = bias_quant::quantize_bias(ctx, &beta, Some(terms), &x.state, &w.state, &bq)?;
+                            self.fwd(Tag::BnEval, d);
+                            Some(bq)
+                        }
+                        _ => None,
+                    };
+                    let apply =
+                        |b: &GpuTensor| batchnorm::bn_apply(ctx, &y_orig, &saved, &gamma, b, &bn_out, relu_fused);
+                    match &beta_eval {
+                        Some(bq) => {
+                            self.fwd(Tag::BnTrain, apply(&beta)?);
+                            self.fwd(Tag::BnEval, apply(bq)?);
+                        }
+                        None => self.fwd(Tag::Always, apply(&beta)?),
+                    }
                     if act == Act::Relu6 {
                         self.fwd(Tag::Always, activation::relu_forward(ctx, &bn_out, &out, Relu::Relu6)?);
                         nb.pre_act = Some(bn_out);
@@ -603,6 +639,7 @@ impl<'a> Builder<'a> {
                     self.observe(&params::weight_quant_name(&name), q, &wt, true)?;
                 }
                 let bias_t = if bias { Some(self.param(&params::bias_name(&name))?) } else { None };
+                let bias_t = self.quantized_bias(bias_t, &xq, &wq)?;
                 let mut cfg = GemmConfig::linear_forward(
                     self.b,
                     inp,

@@ -39,7 +39,7 @@ struct Params {
     out_zero: i32,
     act_min: i32,
     act_max: i32,
-    raw: u32,      // requant probe only: 1 = write MBQM(acc) without zero point or clamp
+    raw: u32,      // requant probe only: 1 = write mul_round(acc) without zero point or clamp
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -74,42 +74,44 @@ fn mul_wide(a: u32, b: u32) -> vec2<u32> {
     return vec2<u32>((t << 16u) + w0, a1 * b1 + w2 + k);
 }
 
-// gemmlowp SaturatingRoundingDoublingHighMul: (a*b + nudge) / 2^31 truncated.
-fn srdhm(a: i32, b: i32) -> i32 {
-    let min_i32 = bitcast<i32>(0x80000000u);
-    if (a == min_i32 && b == min_i32) {
-        return 2147483647;
+// round_half_even(x * m0 * 2^(shift - 31)) from the exact 64-bit product (m0 >= 0), saturated
+// to +-(2^31 - 1): the single rounding of conv / linear / average-pool outputs, the same
+// rounding the fake-quant simulation does (src/int8/requant.rs,
+// `multiply_by_quantized_multiplier_rounded`). Half to even is symmetric, so it rounds the
+// magnitude and puts the sign back.
+fn mul_round(x: i32, m0: i32, shift: i32) -> i32 {
+    let k = u32(clamp(31 - shift, 1, 62));
+    let neg = x < 0;
+    let ux = select(bitcast<u32>(x), 0u - bitcast<u32>(x), neg);
+    let prod = mul_wide(ux, bitcast<u32>(m0));
+    var q_lo = 0u;
+    var q_hi = 0u;
+    var above = false;
+    var tie = false;
+    if (k < 32u) {
+        q_lo = (prod.x >> k) | (prod.y << (32u - k));
+        q_hi = prod.y >> k;
+        let rem = prod.x & ((1u << k) - 1u);
+        let half = 1u << (k - 1u);
+        above = rem > half;
+        tie = rem == half;
+    } else if (k == 32u) {
+        q_lo = prod.y;
+        above = prod.x > 0x80000000u;
+        tie = prod.x == 0x80000000u;
+    } else {
+        let s = k - 32u;
+        q_lo = prod.y >> s;
+        let rem_hi = prod.y & ((1u << s) - 1u);
+        let half_hi = 1u << (s - 1u);
+        above = rem_hi > half_hi || (rem_hi == half_hi && prod.x > 0u);
+        tie = rem_hi == half_hi && prod.x == 0u;
     }
-    let neg = (a < 0) != (b < 0);
-    let ua = select(bitcast<u32>(a), 0u - bitcast<u32>(a), a < 0);
-    let ub = select(bitcast<u32>(b), 0u - bitcast<u32>(b), b < 0);
-    let prod = mul_wide(ua, ub);
-    // |ab| + 2^30 (ab >= 0) or |ab| + 2^30 - 1 (ab < 0), then >> 31, then the sign back.
-    let lo = prod.x + select(0x40000000u, 0x3fffffffu, neg);
-    let hi = prod.y + select(0u, 1u, lo < prod.x);
-    let r = (hi << 1u) | (lo >> 31u);
-    return select(bitcast<i32>(r), bitcast<i32>(0u - r), neg);
-}
-
-// gemmlowp RoundingDivideByPOT: x / 2^e rounded half away from zero, e in 0..=31.
-fn rdbpot(x: i32, e: u32) -> i32 {
-    let mask = bitcast<i32>((1u << e) - 1u);
-    let rem = x & mask;
-    let thr = (mask >> 1u) + select(0, 1, x < 0);
-    return (x >> e) + select(0, 1, rem > thr);
-}
-
-fn sat_shl(x: i32, l: u32) -> i32 {
-    if (l == 0u) { return x; }
-    if (x > (2147483647 >> l)) { return 2147483647; }
-    if (x < (bitcast<i32>(0x80000000u) >> l)) { return bitcast<i32>(0x80000000u); }
-    return x << l;
-}
-
-fn mbqm(x: i32, m0: i32, shift: i32) -> i32 {
-    let l = u32(max(shift, 0));
-    let r = u32(max(-shift, 0));
-    return rdbpot(srdhm(sat_shl(x, l), m0), r);
+    var m = q_lo + select(0u, 1u, above || (tie && (q_lo & 1u) == 1u));
+    if (q_hi != 0u || m < q_lo || m > 0x7fffffffu) {
+        m = 0x7fffffffu;
+    }
+    return select(bitcast<i32>(m), -bitcast<i32>(m), neg);
 }
 
 fn requant(acc_raw: i32, c: u32) -> u32 {
@@ -118,7 +120,7 @@ fn requant(acc_raw: i32, c: u32) -> u32 {
     if (USE_DOT4) {
         acc += 128 * ch.w;
     }
-    let v = mbqm(acc, ch.y, ch.z);
+    let v = mul_round(acc, ch.y, ch.z);
     return u32(clamp(v, p.act_min - p.out_zero, p.act_max - p.out_zero) + p.out_zero);
 }
 
@@ -238,7 +240,7 @@ fn int8_requant_probe(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
     let i = linear_index(gid, nwg);
     if (i >= p.total) { return; }
     let ch = chan[wt[i]];
-    let v = mbqm(bitcast<i32>(x[i]) + ch.x, ch.y, ch.z);
+    let v = mul_round(bitcast<i32>(x[i]) + ch.x, ch.y, ch.z);
     if (p.raw != 0u) {
         out[i] = bitcast<u32>(v);
     } else {

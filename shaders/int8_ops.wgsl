@@ -98,6 +98,46 @@ fn mbqm(x: i32, m0: i32, shift: i32) -> i32 {
     return rdbpot(srdhm(sat_shl(x, l), m0), r);
 }
 
+// round_half_even(x * m0 * 2^(shift - 31)) from the exact 64-bit product (m0 >= 0), saturated
+// to +-(2^31 - 1): the single rounding of conv / linear / average-pool outputs, the same
+// rounding the fake-quant simulation does (src/int8/requant.rs,
+// `multiply_by_quantized_multiplier_rounded`). Half to even is symmetric, so it rounds the
+// magnitude and puts the sign back.
+fn mul_round(x: i32, m0: i32, shift: i32) -> i32 {
+    let k = u32(clamp(31 - shift, 1, 62));
+    let neg = x < 0;
+    let ux = select(bitcast<u32>(x), 0u - bitcast<u32>(x), neg);
+    let prod = mul_wide(ux, bitcast<u32>(m0));
+    var q_lo = 0u;
+    var q_hi = 0u;
+    var above = false;
+    var tie = false;
+    if (k < 32u) {
+        q_lo = (prod.x >> k) | (prod.y << (32u - k));
+        q_hi = prod.y >> k;
+        let rem = prod.x & ((1u << k) - 1u);
+        let half = 1u << (k - 1u);
+        above = rem > half;
+        tie = rem == half;
+    } else if (k == 32u) {
+        q_lo = prod.y;
+        above = prod.x > 0x80000000u;
+        tie = prod.x == 0x80000000u;
+    } else {
+        let s = k - 32u;
+        q_lo = prod.y >> s;
+        let rem_hi = prod.y & ((1u << s) - 1u);
+        let half_hi = 1u << (s - 1u);
+        above = rem_hi > half_hi || (rem_hi == half_hi && prod.x > 0u);
+        tie = rem_hi == half_hi && prod.x == 0u;
+    }
+    var m = q_lo + select(0u, 1u, above || (tie && (q_lo & 1u) == 1u));
+    if (q_hi != 0u || m < q_lo || m > 0x7fffffffu) {
+        m = 0x7fffffffu;
+    }
+    return select(bitcast<i32>(m), -bitcast<i32>(m), neg);
+}
+
 fn clamp_out(v: i32) -> u32 {
     return u32(clamp(v, p.act_min - p.zero_out, p.act_max - p.zero_out) + p.zero_out);
 }
@@ -189,7 +229,7 @@ fn avgpool_u8(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
                 count += 1;
             }
         }
-        word |= clamp_out(mbqm(sum - count * p.zero_a, p.m0_a, p.shift_a)) << (8u * j);
+        word |= clamp_out(mul_round(sum - count * p.zero_a, p.m0_a, p.shift_a)) << (8u * j);
     }
     out[t] = word;
 }

@@ -4,7 +4,8 @@
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use wqat::int8::requant::{
-    activation_range, multiply_by_quantized_multiplier, rounding_divide_by_pot, saturating_rounding_doubling_high_mul,
+    activation_range, multiply_by_quantized_multiplier, multiply_by_quantized_multiplier_rounded,
+    rounding_divide_by_pot, saturating_rounding_doubling_high_mul,
 };
 use wqat::int8::{self, *};
 use wqat::testing::{self, assert_bit_exact};
@@ -94,6 +95,45 @@ fn fixed_point_multiply_matches_i128_reference() {
         };
         let shift = rng.random_range(-31..=30);
         assert_eq!(multiply_by_quantized_multiplier(x, m, shift), mbqm_ref(x, m, shift), "x {x} m {m} shift {shift}");
+    }
+}
+
+/// The single-rounding requantization against an independent i128 formulation: the exact
+/// rational `x * M0 / 2^k` rounded half to even via Euclidean division, saturated.
+#[test]
+fn rounded_multiplier_is_round_half_even_of_the_exact_product() {
+    fn reference(x: i32, m0: i32, shift: i32) -> i32 {
+        let k = (31 - shift).clamp(1, 62) as u32;
+        let num = x as i128 * m0 as i128;
+        let den = 1i128 << k;
+        let q = num.div_euclid(den);
+        let r = num.rem_euclid(den);
+        let q = match (2 * r).cmp(&den) {
+            std::cmp::Ordering::Greater => q + 1,
+            std::cmp::Ordering::Equal => q + (q & 1),
+            std::cmp::Ordering::Less => q,
+        };
+        q.clamp(-(i32::MAX as i128), i32::MAX as i128) as i32
+    }
+    // Ties: M = 1/4 (M0 = 2^30, shift -1): 2 -> 0.5 -> 0, 6 -> 1.5 -> 2, -2 -> 0, -6 -> -2.
+    for (x, want) in [(2, 0), (6, 2), (-2, 0), (-6, -2), (3, 1), (-3, -1), (5, 1), (-5, -1)] {
+        assert_eq!(multiply_by_quantized_multiplier_rounded(x, 1 << 30, -1), want, "x {x}");
+    }
+    // The case that motivated it: 62 * 0.0721593 = 4.474 rounds to 4 (TFLite's double rounding gives 5).
+    assert_eq!(multiply_by_quantized_multiplier_rounded(62, 1239785207, -3), 4);
+    assert_eq!(multiply_by_quantized_multiplier(62, 1239785207, -3), 5);
+    let mut rng = testing::rng(77);
+    let edges = [i32::MIN, i32::MIN + 1, -(1 << 30), -1, 0, 1, 1 << 30, i32::MAX - 1, i32::MAX];
+    for i in 0..200000 {
+        let x = if i % 4 == 0 { edges[i % edges.len()] } else { rng.random::<i32>() >> rng.random_range(0..31) };
+        let m = match i % 5 {
+            0 => edges[rng.random_range(4..edges.len())],
+            1 => 1 << 30,
+            _ => rng.random_range(1 << 30..=i32::MAX),
+        };
+        let shift = rng.random_range(-31..=30);
+        let got = multiply_by_quantized_multiplier_rounded(x, m, shift);
+        assert_eq!(got, reference(x, m, shift), "x {x} m {m} shift {shift}");
     }
 }
 

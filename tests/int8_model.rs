@@ -14,7 +14,7 @@ use wqat::convert::synthetic::{
 use wqat::convert::{self, Int8GpuModel, Int8Model, NodeValue};
 use wqat::gpu::{GpuContext, GpuOptions};
 use wqat::int8::{CpuBackend, SimdKernel};
-use wqat::model::graph::Graph;
+use wqat::model::graph::{Graph, Op};
 use wqat::model::zoo;
 use wqat::quant::QStateLayout;
 use wqat::reference::graph::fake_quant_forward;
@@ -35,6 +35,14 @@ const MAX_LOGIT_LSB_MIXED: f64 = 16.0;
 /// Largest local error of any node (fed the simulation's own input codes), in LSB: the
 /// integer and simulated roundings may differ by one code.
 const MAX_LOCAL_LSB: f64 = 1.0;
+/// Largest fraction of a node's codes that may differ locally: simulation and integer model
+/// quantize the bias alike and round each output once, so only values within f32 error of
+/// a tie differ (a few per million measured; TFLite's double rounding gave up to 5 %).
+const MAX_LOCAL_MISMATCH_FRACTION: f64 = 1e-4;
+/// The same for average pools: with a power-of-two window (8x8) every sum `= 32 mod 64` is an
+/// exact tie, which the integer model rounds exactly and the simulation's f32 mean only
+/// approximately (0.1 % of codes measured on resnet20's global pool).
+const MAX_LOCAL_MISMATCH_FRACTION_POOL: f64 = 5e-3;
 
 fn images(rng: &mut ChaCha8Rng, n: usize, wide: bool) -> Vec<f32> {
     random_images(rng, n, wide)
@@ -132,6 +140,11 @@ fn check_against_simulation(
     }
     for d in &report {
         assert!(d.local_max_abs_lsb <= MAX_LOCAL_LSB + 1e-3, "{}: local error {} LSB", d.node, d.local_max_abs_lsb);
+        let frac = d.local_mismatched as f64 / d.total.max(1) as f64;
+        let pool =
+            graph.nodes.iter().any(|n| n.name == d.node && matches!(n.op, Op::AvgPool { .. } | Op::GlobalAvgPool));
+        let bound = if pool { MAX_LOCAL_MISMATCH_FRACTION_POOL } else { MAX_LOCAL_MISMATCH_FRACTION };
+        assert!(frac <= bound, "{}: {} of {} codes differ locally", d.node, d.local_mismatched, d.total);
     }
     eprintln!("{}: agreement {agree}/{batch_counted}, max logit diff {max_lsb} LSB", graph.name);
     // (With coarse logits few images may have the margin; agreement then says nothing.)

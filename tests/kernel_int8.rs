@@ -6,7 +6,7 @@
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use wqat::gpu::{DType, GpuTensor};
-use wqat::int8::requant::{multiply_by_quantized_multiplier, requantize};
+use wqat::int8::requant::{multiply_by_quantized_multiplier_rounded, requantize};
 use wqat::int8::{Activation, Conv2dConfig, LinearConfig, Requant};
 use wqat::kernels::int8 as k;
 use wqat::reference::int8 as r;
@@ -55,7 +55,7 @@ fn requant_emulation_matches_cpu_on_edges() {
                 let c = chan[i] as usize;
                 let a = acc[i].wrapping_add(bias[c]);
                 if raw {
-                    multiply_by_quantized_multiplier(a, rq.multiplier[c], rq.shift[c])
+                    multiply_by_quantized_multiplier_rounded(a, rq.multiplier[c], rq.shift[c])
                 } else {
                     requantize(a, rq.multiplier[c], rq.shift[c], rq.out_zero, rq.act_min, rq.act_max)
                 }

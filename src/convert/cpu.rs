@@ -70,7 +70,7 @@ pub fn argmax_rows(logits: &[f32], classes: usize) -> Vec<usize> {
 }
 
 /// Average pool of codes with divisor `kh * kw` (padding counts as zero-valued):
-/// `out = z + MBQM(sum_inbounds(q - z), M(1 / (kh * kw)))`, clamped.
+/// `out = z + R(sum_inbounds(q - z), M(1 / (kh * kw)))` (rounded once), clamped.
 #[allow(clippy::too_many_arguments)]
 pub fn avg_pool_codes(
     x: &[u8],

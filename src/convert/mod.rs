@@ -8,47 +8,36 @@
 //! * conv / linear: BN folded in f32 exactly as [`crate::reference::graph::folded_params`];
 //!   int8 weights `clamp(round_ties_even(w_eff * inv_s_w[c]), -qmax_w, qmax_w)` (the codes the
 //!   simulation uses); int32 bias `round_ties_even(b_eff / (s_in * s_w[c]))` in f64;
-//!   `acc = sum (x - z_in) * w + bias`; output `z_out + MBQM(acc, M0[c], shift[c])` with
-//!   `M = s_in * s_w[c] / s_out`, clamped to the activation range (ReLU / ReLU6 are clamps);
-//! * max pool on codes; average pools: `z + MBQM(sum(q - z), M(s_in / (s_out * kh * kw)))`
+//!   `acc = sum (x - z_in) * w + bias`; output `z_out + R(acc, M0[c], shift[c])` with
+//!   `M = s_in * s_w[c] / s_out` and `R` = round half to even of the exact product `acc * M0 *
+//!   2^(shift - 31)`, rounded ONCE ([`crate::int8::requant`]), clamped to the activation range
+//!   (ReLU / ReLU6 are clamps);
+//! * max pool on codes; average pools: `z + R(sum(q - z), M(s_in / (s_out * kh * kw)))`
 //!   ([`AvgRequant`], divisor `kh * kw`: padding counts as zeros like the fp32 engine);
 //! * add: TFLite's quantized add ([`AddConfig`]);
 //! * a node that is not fully quantized (kept fp32, or a quantizer with its flag off) runs
 //!   in f32 on dequantized inputs with the (fake-quantized) effective weights, and its
 //!   output is quantized with its output quantizer when it has one.
 //!
-//! # Where the integer model and the fake-quant simulation differ
+//! # Simulation and integer model agree by construction
 //!
-//! Input codes, weight codes, biases, max pool and the ReLU clamps are identical: the
-//! simulation (GPU engine and [`crate::reference::graph`]) adds the bias on the integer
-//! model's `s_in * s_w[c]` grid (`shaders/bias_quant.wgsl`; for conv-BN blocks in eval mode,
-//! the folded bias), computed in f32 from the stored inverse scales, so the two bias codes
-//! differ only within f32 error of a tie. Elsewhere the two round differently, each difference at most one code locally (measured by
-//! [`layer_report`]'s `local_*` fields on random calibrated networks: 0.01-0.1% of conv /
-//! linear codes, about 2% of global-average-pool codes, no add codes). Deep networks pass
-//! these one-code differences on and amplify them. To match bit for bit, the simulation
-//! (the engine's eval graph) would compute:
-//! * **conv / linear requantization**: the simulation computes the f32 sum `y` (f32
-//!   rounding of the sum and of `y * inv_s_out`) and rounds half to even; the integer model
-//!   sums exactly in i32 and computes `z_out + MBQM(acc, M0, shift)` with `M = s_in *
-//!   s_w[c] / s_out` in f64 quantized to a 31-bit `M0` (relative error <= 2^-31) and
-//!   TFLite's double rounding: `SaturatingRoundingDoublingHighMul` rounds `acc * M0 / 2^31`
-//!   half up (half away from zero for negatives), then `RoundingDivideByPOT` rounds half
-//!   away from zero again. So exact ties go away from zero instead of to even, a first
-//!   rounding that lands on a half can move the result by one, and f32 error moves
-//!   near-ties either way. Exact emulation needs the integer accumulator: `acc = sum (q_x -
-//!   z_x) * q_w + b_q` with the codes `q = round(x_fq * inv_s) + z` recovered from the
-//!   fake-quantized values (exact), then the same MBQM;
+//! The fake-quant simulation (the GPU engine and [`crate::reference::graph`]) performs the
+//! integer model's rounding points: input and weight codes are the same expressions; the
+//! bias is added on the `s_in * s_w[c]` grid (`shaders/bias_quant.wgsl`: explicit biases, and
+//! the folded conv-BN bias in eval mode); each output is rounded once, half to even, at the
+//! output scale, which is what `R` computes exactly in integers. TFLite's
+//! `MultiplyByQuantizedMultiplier` rounds twice (`acc * M0 / 2^31` to an integer, then the
+//! shift): with the small accumulators of 4-bit layers that moved up to 5 % of the codes by
+//! one against the simulation, so the integer model rounds once instead (64-bit product on
+//! every backend). What remains (measured by [`layer_report`]'s `local_*` fields, a few codes
+//! per million for conv / linear, about 0.1 % for an 8x8 global average pool):
+//! * values within f32 error of a tie: the simulation sums in f32 and scales by `inv_s_out`,
+//!   the integer model is exact (and `M0` carries 31 bits);
+//! * average pools with a power-of-two window: their sums land exactly on ties often, where
+//!   the simulation's f32 mean may fall on either side;
 //! * **ReLU6**: the integer upper clamp is `z_out + round_ties_even(6 / s_out)` (f64 from
 //!   the f32 scale); the simulation clamps at 6.0 and rounds `6 * inv_s` in f32 (equal
 //!   except when `6 / s_out` is within f32 error of a half);
-//! * **average pools**: the simulation rounds `mean(x) * inv_s` half to even; the integer
-//!   model computes `z + MBQM(sum(q - z), M(1 / (kh * kw)))`: the same double rounding, so
-//!   besides exact ties (one window sum in `kh * kw` when that is even) a sum just below a
-//!   tie can round up (for `kh * kw = 64`: sums `= 31 mod 64` give `k + 1` for `k + 31/64`).
-//!   To match: recover the codes, sum `q - z` in integers and apply the same MBQM with
-//!   `(M0, shift) = quantize_multiplier(1 / (kh * kw))` (padding: divisor `kh * kw`, padded
-//!   taps contribute `q = z`);
 //! * **add**: TFLite's quantized add (`AddConfig`): both inputs `(q - z) << 20`, each
 //!   scaled by `s / (2 max(s_a, s_b))` with MBQM, summed, then scaled by `2 max(s_a, s_b) /
 //!   (2^20 s_out)` with MBQM; the simulation rounds `(a + b) * inv_s_out` in f32. Differences

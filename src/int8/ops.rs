@@ -1,7 +1,10 @@
 //! Configuration structs of the int8 ops, with validation and output shapes. All tensors
 //! are flat row-major slices: activations `u8`, weights `i8`, biases `i32`.
 
-use super::requant::{activation_range, multiply_by_quantized_multiplier, quantize_multiplier, Activation};
+use super::requant::{
+    activation_range, multiply_by_quantized_multiplier, multiply_by_quantized_multiplier_rounded, quantize_multiplier,
+    Activation,
+};
 use crate::error::{Result, WqatError};
 
 /// Largest zero-point-free product magnitude |(x - z) * w| (255 * 128): K up to
@@ -162,9 +165,10 @@ impl PoolConfig {
     }
 }
 
-/// Average-pool rescaling: `out = clamp(z_out + MBQM(sum - count * z_in, M(count)))` with
+/// Average-pool rescaling: `out = clamp(z_out + R(sum - count * z_in, M(count)))` (`R`: the
+/// single-rounding `multiply_by_quantized_multiplier_rounded`) with
 /// `M(count) = quantize_multiplier(s_in / (s_out * count))` (one fixed-point multiply by
-/// `1 / count`, rounded half away from zero).
+/// `1 / count`, rounded once, half to even).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AvgRequant {
     pub in_zero: i32,
@@ -200,7 +204,7 @@ impl AvgRequant {
     /// Output code of a window sum.
     #[inline]
     pub fn apply(&self, sum: i32, count: i32, m: (i32, i32)) -> u8 {
-        let v = multiply_by_quantized_multiplier(sum - count * self.in_zero, m.0, m.1);
+        let v = multiply_by_quantized_multiplier_rounded(sum - count * self.in_zero, m.0, m.1);
         (v.clamp(self.act_min - self.out_zero, self.act_max - self.out_zero) + self.out_zero) as u8
     }
 }

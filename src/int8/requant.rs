@@ -3,7 +3,15 @@
 //!
 //! * A real multiplier `M > 0` is stored as `(M0, shift)` with `M0` in `[2^30, 2^31)` and
 //!   `M ~= M0 * 2^(shift - 31)` ([`quantize_multiplier`], TFLite's `QuantizeMultiplier`).
-//! * `MultiplyByQuantizedMultiplier(x, M0, shift)` = `RoundingDivideByPOT(
+//! * Conv / linear outputs and average pools are rounded ONCE:
+//!   [`multiply_by_quantized_multiplier_rounded`]`(x, M0, shift)` = `round_half_even(x * M0 *
+//!   2^(shift - 31))` from the exact 64-bit product, saturated to `±(2^31 - 1)`. That is the
+//!   rounding the fake-quant simulation does (`round(y / s_out)`, half to even), so the two
+//!   differ only where f32 error or the 31-bit `M0` moves a value across a tie. (TFLite's
+//!   double rounding below rounds `x * M0 / 2^31` to an integer first: with the small
+//!   accumulators of 4-bit layers that shifts ~5 % of the outputs by one code.)
+//! * `MultiplyByQuantizedMultiplier(x, M0, shift)` (TFLite, kept for the quantized add, whose
+//!   inputs are pre-scaled by 2^20 so its first rounding is negligible) = `RoundingDivideByPOT(
 //!   SaturatingRoundingDoublingHighMul(x << max(shift, 0), M0), max(-shift, 0))`; the left
 //!   shift saturates to the i32 range (TFLite leaves overflow undefined; we pin it down).
 //! * `SaturatingRoundingDoublingHighMul(a, b)` = `(a*b + nudge) / 2^31` truncated, with
@@ -175,10 +183,24 @@ impl Requant {
     }
 }
 
-/// `clamp(MBQM(acc, m0, shift), act_min - z_out, act_max - z_out) + z_out`.
+/// `round_half_even(x * M0 * 2^(shift - 31))` from the exact product, saturated to
+/// `[-(2^31 - 1), 2^31 - 1]`; `M0 >= 0`, `shift` in `[-31, 30]` (total right shift 1..=62).
+#[inline]
+pub fn multiply_by_quantized_multiplier_rounded(x: i32, m0: i32, shift: i32) -> i32 {
+    let k = (31 - shift).clamp(1, 62) as u32;
+    let p = x as i64 * m0 as i64;
+    let q = p >> k; // floor
+    let rem = p - (q << k); // in [0, 2^k)
+    let half = 1i64 << (k - 1);
+    let q = q + i64::from(rem > half || (rem == half && q & 1 == 1));
+    q.clamp(-(i32::MAX as i64), i32::MAX as i64) as i32
+}
+
+/// `clamp(round_once(acc * M), act_min - z_out, act_max - z_out) + z_out` with
+/// [`multiply_by_quantized_multiplier_rounded`].
 #[inline]
 pub fn requantize(acc: i32, m0: i32, shift: i32, z_out: i32, act_min: i32, act_max: i32) -> i32 {
-    multiply_by_quantized_multiplier(acc, m0, shift).clamp(act_min - z_out, act_max - z_out) + z_out
+    multiply_by_quantized_multiplier_rounded(acc, m0, shift).clamp(act_min - z_out, act_max - z_out) + z_out
 }
 
 /// `round(b / (s_x * s_w[c]))` (half to even, in f64), saturated to i32.

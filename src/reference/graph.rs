@@ -507,11 +507,15 @@ mod tests {
         // Input quantizer: scale 0.5, zero 4; output: scale 0.25, zero 0.
         ck.insert("input.output_quant", HostTensor::f32(&[wl.len()], wl.build(&[0.5], &[4.0])));
         ck.insert("c.output_quant", HostTensor::f32(&[wl.len()], wl.build(&[0.25], &[0.0])));
-        // x = [3.3, 1.0] -> FQ [3.5, 1.0] -> y = x - 1.75 = [1.75, -0.75] -> ReLU [1.75, 0].
+        // The bias goes on the s_x * s_w = 0.5 / 127 grid: -1.75 / (0.5 / 127) = -444.5, a
+        // tie, to even -444: b_q = -444 * 0.5 / 127 = -1.748031.
+        // x = [3.3, 1.0] -> FQ [3.5, 1.0] -> y = x + b_q = [1.751969, -0.748031] -> ReLU
+        // -> output FQ at scale 0.25: [1.75, 0].
         let all = fake_quant_forward_all(&g, &ck, &[3.3, 1.0], 1).unwrap();
         assert_eq!(all.input, vec![3.5, 1.0]);
         assert_eq!(all.nodes[0], vec![1.75, 0.0]);
-        // Output FQ with scale 0.3: 1.75 / 0.3 = 5.83 -> 6 -> 1.8.
+        let b_q = -444.0 * (0.5 * (1.0f32 / 127.0));
+        // Output FQ with scale 0.3: 1.752 / 0.3 = 5.84 -> 6 -> 1.8.
         ck.insert("c.output_quant", HostTensor::f32(&[wl.len()], wl.build(&[0.3], &[0.0])));
         let y = fake_quant_forward(&g, &ck, &[3.3, 1.0], 1).unwrap();
         assert_eq!(y, vec![6.0 * 0.3, 0.0]);
@@ -520,7 +524,7 @@ mod tests {
         s[QStateLayout::FQ_ENABLED] = 0.0;
         ck.insert("c.output_quant", HostTensor::f32(&[wl.len()], s));
         let y = fake_quant_forward(&g, &ck, &[3.3, 1.0], 1).unwrap();
-        assert_eq!(y, vec![1.75, 0.0]);
+        assert!((y[0] - (3.5 + b_q)).abs() < 1e-6 && y[1] == 0.0, "{y:?}");
         // Bias and BN together are rejected; a missing tensor is an error.
         let mut g2 = g.clone();
         if let Op::Conv { bias, .. } = &mut g2.nodes[0].op {

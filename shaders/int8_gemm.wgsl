@@ -1,8 +1,11 @@
 // Int8 inference GEMM: linear and conv2d (implicit GEMM), bit-exact with src/int8/scalar.rs.
 //
 // Data: activations are uint8 codes packed four per u32, flat, little end first (element e
-// is byte e % 4 of word e / 4). Weights are int8 packed four per u32 per output-channel row
-// of `kw4 = ceil(k / 4)` words, zero padded. chan[c] = (bias, M0, shift, sum_k w[c, k]).
+// is byte e % 4 of word e / 4). Weights are int8 packed four per u32, `kw4` words per
+// output channel: a linear row of k values is ceil(k / 4) words; a conv channel is
+// cin_g * kh rows of kw taps, each kernel row padded to `kq = ceil(kw / 4)` words, so
+// that a word never straddles two kernel rows. Padding is zero.
+// chan[c] = (bias, M0, shift, sum_k w[c, k]).
 //
 // acc = sum_k (x - z_x) * w + bias in wrapping i32 arithmetic:
 // * dot4 path (USE_DOT4): x' = x ^ 0x80 = x - 128 is an int8, `dot4I8Packed(x', w)` is
@@ -13,7 +16,10 @@
 //
 // Requantization (TFLite MultiplyByQuantizedMultiplier with double rounding) emulates the
 // 64-bit product of SaturatingRoundingDoublingHighMul with 16-bit limbs in u32 math.
-// Each invocation writes one output word = 4 consecutive output codes.
+// Each invocation writes one output word = 4 consecutive output codes, or with DIRECT
+// (CPU adapters such as lavapipe, where storage loads dominate) a register block: conv 4
+// output positions x 8 channels, linear 4 rows x 8 channels, each loaded activation word
+// reused across the channels and each weight word across the positions.
 
 struct Params {
     total: u32,    // output elements
@@ -40,6 +46,10 @@ struct Params {
     act_min: i32,
     act_max: i32,
     raw: u32,      // requant probe only: 1 = write MBQM(acc) without zero point or clamp
+    kq: u32,       // conv: words per kernel row, ceil(kwid / 4)
+    batch: u32,    // conv: images
+    groups: u32,   // conv
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -49,6 +59,9 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> out: array<u32>;
 
 override USE_DOT4: bool = true;
+// Register-blocked kernels (CPU adapters). The host takes them only where their layout
+// conditions hold (conv: dilation_w 1 and oh * ow % 4 == 0; linear: n % 4 == 0).
+override DIRECT: bool = false;
 const WG: u32 = 64u;
 
 fn linear_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
@@ -147,6 +160,10 @@ fn x_byte(e: u32) -> u32 {
 @compute @workgroup_size(64)
 fn int8_linear(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let t = linear_index(gid, nwg);
+    if (DIRECT) {
+        linear_direct(t);
+        return;
+    }
     if (t * 4u >= p.total) { return; }
     let e0 = t * 4u;
     if (e0 + 3u < p.total && e0 / p.n == (e0 + 3u) / p.n) {
@@ -187,6 +204,10 @@ fn int8_linear(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
 @compute @workgroup_size(64)
 fn int8_conv2d(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let t = linear_index(gid, nwg);
+    if (DIRECT) {
+        conv_direct(t);
+        return;
+    }
     if (t * 4u >= p.total) { return; }
     var word = 0u;
     for (var j = 0u; j < 4u; j++) {
@@ -221,14 +242,197 @@ fn int8_conv2d(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
                         nb = 0u;
                     }
                 }
+                // Each kernel row ends a weight word.
+                if (nb > 0u) {
+                    acc += dot4(packed, wt[wb + q]);
+                    q++;
+                    packed = 0u;
+                    nb = 0u;
+                }
             }
-        }
-        if (nb > 0u) {
-            acc += dot4(packed, wt[wb + q]);
         }
         word |= requant(acc, c) << (8u * j);
     }
     out[t] = word;
+}
+
+// ---- DIRECT register blocks (CPU adapters) ----
+const DC: u32 = 8u; // output channels per invocation
+
+// Dot products of one activation word with four weight words.
+fn dot4v(xw: u32, w: vec4<u32>) -> vec4<i32> {
+    if (USE_DOT4) {
+        let xs = xw ^ 0x80808080u;
+        return vec4<i32>(dot4I8Packed(xs, w.x), dot4I8Packed(xs, w.y), dot4I8Packed(xs, w.z), dot4I8Packed(xs, w.w));
+    }
+    let xv = bitcast<vec4<i32>>(unpack4xU8(xw));
+    return vec4<i32>(dot(xv, unpack4xI8(w.x)), dot(xv, unpack4xI8(w.y)), dot(xv, unpack4xI8(w.z)), dot(xv, unpack4xI8(w.w)));
+}
+
+// The weight words at offset `wi` of eight channel rows (bases `wa`, `wb`).
+fn w8a(wa: vec4<u32>, wi: u32) -> vec4<u32> {
+    return vec4<u32>(wt[wa.x + wi], wt[wa.y + wi], wt[wa.z + wi], wt[wa.w + wi]);
+}
+
+// Byte mask of a 4-byte window starting at column `s` of a row of width p.w: 0xff where
+// 0 <= s + t < p.w and the row exists.
+fn col_mask(s: i32, row_ok: bool) -> u32 {
+    let lo_inv = u32(clamp(-s, 0, 4));
+    let hi_inv = u32(clamp(s + 4 - i32(p.w), 0, 4));
+    let m = select(0xffffffffu << (8u * lo_inv), 0u, lo_inv >= 4u) & select(0xffffffffu >> (8u * hi_inv), 0u, hi_inv >= 4u);
+    return select(0u, m, row_ok);
+}
+
+// Four bytes of x at byte address `a` (possibly outside x; such bytes are masked), bytes
+// where `mask` is 0 replaced by the zero-point bytes `zz`.
+fn x_window(a: i32, mask: u32, zz: u32) -> u32 {
+    let last = i32(arrayLength(&x)) - 1;
+    let i = a >> 2u;
+    let lo = x[u32(clamp(i, 0, last))];
+    let hi = x[u32(clamp(i + 1, 0, last))];
+    let sh = u32(a & 3) * 8u;
+    let raw = select((lo >> sh) | (hi << (32u - sh)), lo, sh == 0u);
+    return (raw & mask) | (zz & ~mask);
+}
+
+// One output word of channel c from the accumulators of four consecutive positions.
+fn requant4(v: vec4<i32>, c: u32) -> u32 {
+    return requant(v.x, c) | (requant(v.y, c) << 8u) | (requant(v.z, c) << 16u) | (requant(v.w, c) << 24u);
+}
+
+// One output word of channels c .. c + 3 of one row.
+fn requant4c(v: vec4<i32>, c: u32) -> u32 {
+    return requant(v.x, c) | (requant(v.y, c + 1u) << 8u) | (requant(v.z, c + 2u) << 16u) | (requant(v.w, c + 3u) << 24u);
+}
+
+// Channel rows c0 .. c0 + 7 clamped to `clast`, times the words per row.
+fn rows8(c0: u32, clast: u32) -> array<vec4<u32>, 2> {
+    let a = min(vec4<u32>(c0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(clast)) * p.kw4;
+    let b = min(vec4<u32>(c0) + vec4<u32>(4u, 5u, 6u, 7u), vec4<u32>(clast)) * p.kw4;
+    return array<vec4<u32>, 2>(a, b);
+}
+
+// Conv: invocation t computes output word s (positions 4 s .. 4 s + 3 of one plane, the
+// host guarantees oh * ow % 4 == 0 and dilation_w == 1) of image b for 8 channels of a
+// group. Per (ky, word of the kernel row, ci): 4 activation windows (2 loads each) and
+// 8 weight words make 32 dot products. a_j / b_j: position j, channels 0..3 / 4..7.
+fn conv_direct(t: u32) {
+    let pw4 = p.oh * p.ow / 4u;
+    let cblocks = (p.cout_g + DC - 1u) / DC;
+    let s = t % pw4;
+    let r = t / pw4;
+    let b = r % p.batch;
+    let r2 = r / p.batch;
+    if (r2 >= p.groups * cblocks) { return; }
+    let g = r2 / cblocks;
+    let cl = (r2 % cblocks) * DC;
+    let c0 = g * p.cout_g + cl;
+    let wr = rows8(c0, g * p.cout_g + p.cout_g - 1u);
+    let e = vec4<u32>(4u * s) + vec4<u32>(0u, 1u, 2u, 3u);
+    let iy0 = vec4<i32>(e / vec4<u32>(p.ow) * p.sh) - vec4<i32>(i32(p.ph));
+    let ix0 = vec4<i32>(e % vec4<u32>(p.ow) * p.sw) - vec4<i32>(i32(p.pw));
+    let zz = u32(p.x_zero) * 0x01010101u;
+    let hw = i32(p.h * p.w);
+    let base0 = i32((b * p.cin + g * p.cin_g) * p.h * p.w);
+    let wstep = p.kh * p.kq;
+    var a0 = vec4<i32>(0);
+    var a1 = a0;
+    var a2 = a0;
+    var a3 = a0;
+    var b0 = a0;
+    var b1 = a0;
+    var b2 = a0;
+    var b3 = a0;
+    for (var ky = 0u; ky < p.kh; ky++) {
+        let iy = iy0 + vec4<i32>(i32(ky * p.dh));
+        let ok = (iy >= vec4<i32>(0)) & (iy < vec4<i32>(i32(p.h)));
+        let rowb = vec4<i32>(base0) + iy * vec4<i32>(i32(p.w));
+        for (var q = 0u; q < p.kq; q++) {
+            let sc = ix0 + vec4<i32>(i32(4u * q));
+            let m0 = col_mask(sc.x, ok.x);
+            let m1 = col_mask(sc.y, ok.y);
+            let m2 = col_mask(sc.z, ok.z);
+            let m3 = col_mask(sc.w, ok.w);
+            var ad = rowb + sc;
+            var wi = ky * p.kq + q;
+            for (var ci = 0u; ci < p.cin_g; ci++) {
+                let x0 = x_window(ad.x, m0, zz);
+                let x1 = x_window(ad.y, m1, zz);
+                let x2 = x_window(ad.z, m2, zz);
+                let x3 = x_window(ad.w, m3, zz);
+                let wa = w8a(wr[0], wi);
+                let wb = w8a(wr[1], wi);
+                a0 += dot4v(x0, wa);
+                b0 += dot4v(x0, wb);
+                a1 += dot4v(x1, wa);
+                b1 += dot4v(x1, wb);
+                a2 += dot4v(x2, wa);
+                b2 += dot4v(x2, wb);
+                a3 += dot4v(x3, wa);
+                b3 += dot4v(x3, wb);
+                wi += wstep;
+                ad += vec4<i32>(hw);
+            }
+        }
+    }
+    let ob = b * p.n * pw4 + s;
+    let v = array<vec4<i32>, 8>(
+        vec4<i32>(a0.x, a1.x, a2.x, a3.x), vec4<i32>(a0.y, a1.y, a2.y, a3.y),
+        vec4<i32>(a0.z, a1.z, a2.z, a3.z), vec4<i32>(a0.w, a1.w, a2.w, a3.w),
+        vec4<i32>(b0.x, b1.x, b2.x, b3.x), vec4<i32>(b0.y, b1.y, b2.y, b3.y),
+        vec4<i32>(b0.z, b1.z, b2.z, b3.z), vec4<i32>(b0.w, b1.w, b2.w, b3.w));
+    for (var j = 0u; j < DC; j++) {
+        if (cl + j < p.cout_g) {
+            out[ob + (c0 + j) * pw4] = requant4(v[j], c0 + j);
+        }
+    }
+}
+
+// Linear: invocation t computes rows 4 r .. 4 r + 3 x channels 8 c .. 8 c + 7 (the host
+// guarantees n % 4 == 0, so each row's 8 channels are two whole output words).
+fn linear_direct(t: u32) {
+    let nblk = (p.n + DC - 1u) / DC;
+    let r0 = t / nblk * 4u;
+    let m = p.total / p.n;
+    if (r0 >= m) { return; }
+    let c0 = t % nblk * DC;
+    let wr = rows8(c0, p.n - 1u);
+    let xb = min(vec4<u32>(r0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(m - 1u)) * p.k;
+    var a0 = vec4<i32>(0);
+    var a1 = a0;
+    var a2 = a0;
+    var a3 = a0;
+    var b0 = a0;
+    var b1 = a0;
+    var b2 = a0;
+    var b3 = a0;
+    for (var q = 0u; q < p.kw4; q++) {
+        let x0 = x_word(xb.x + 4u * q);
+        let x1 = x_word(xb.y + 4u * q);
+        let x2 = x_word(xb.z + 4u * q);
+        let x3 = x_word(xb.w + 4u * q);
+        let wa = w8a(wr[0], q);
+        let wb = w8a(wr[1], q);
+        a0 += dot4v(x0, wa);
+        b0 += dot4v(x0, wb);
+        a1 += dot4v(x1, wa);
+        b1 += dot4v(x1, wb);
+        a2 += dot4v(x2, wa);
+        b2 += dot4v(x2, wb);
+        a3 += dot4v(x3, wa);
+        b3 += dot4v(x3, wb);
+    }
+    let acc = array<vec4<i32>, 8>(a0, b0, a1, b1, a2, b2, a3, b3);
+    for (var j = 0u; j < 4u; j++) {
+        let row = r0 + j;
+        if (row < m) {
+            let o = (row * p.n + c0) / 4u;
+            out[o] = requant4c(acc[2u * j], c0);
+            if (c0 + 4u < p.n) {
+                out[o + 1u] = requant4c(acc[2u * j + 1u], c0 + 4u);
+            }
+        }
+    }
 }
 
 // ---- requant probe: out[i] = requant(bitcast<i32>(x[i]), wt[i]) for testing ----

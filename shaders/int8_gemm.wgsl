@@ -285,12 +285,23 @@ fn col_mask(s: i32, row_ok: bool) -> u32 {
 
 // Four bytes of x at byte address `a` (possibly outside x; such bytes are masked), bytes
 // where `mask` is 0 replaced by the zero-point bytes `zz`.
+// (Indices past either end are clamped by the runtime's bounds checks; only masked bytes
+// come from such words.)
 fn x_window(a: i32, mask: u32, zz: u32) -> u32 {
-    let last = i32(arrayLength(&x)) - 1;
-    let i = a >> 2u;
-    let lo = x[u32(clamp(i, 0, last))];
-    let hi = x[u32(clamp(i + 1, 0, last))];
+    let i = u32(a >> 2u);
+    let lo = x[i];
+    let hi = x[i + 1u];
     let sh = u32(a & 3) * 8u;
+    let raw = select((lo >> sh) | (hi << (32u - sh)), lo, sh == 0u);
+    return (raw & mask) | (zz & ~mask);
+}
+
+// Four bytes at byte offset d (0..6) of the 12 bytes w0 w1 w2, masked as x_window.
+fn funnel(w0: u32, w1: u32, w2: u32, d: u32, mask: u32, zz: u32) -> u32 {
+    let hi_half = d >= 4u;
+    let lo = select(w0, w1, hi_half);
+    let hi = select(w1, w2, hi_half);
+    let sh = (d & 3u) * 8u;
     let raw = select((lo >> sh) | (hi << (32u - sh)), lo, sh == 0u);
     return (raw & mask) | (zz & ~mask);
 }
@@ -328,13 +339,24 @@ fn conv_direct(t: u32) {
     let cl = (r2 % cblocks) * DC;
     let c0 = g * p.cout_g + cl;
     let wr = rows8(c0, g * p.cout_g + p.cout_g - 1u);
-    let e = vec4<u32>(4u * s) + vec4<u32>(0u, 1u, 2u, 3u);
-    let iy0 = vec4<i32>(e / vec4<u32>(p.ow) * p.sh) - vec4<i32>(i32(p.ph));
-    let ix0 = vec4<i32>(e % vec4<u32>(p.ow) * p.sw) - vec4<i32>(i32(p.pw));
+    // Output rows / columns of positions 4 s + j (one division, then steps of one).
+    let oy0 = 4u * s / p.ow;
+    let ox0 = 4u * s - oy0 * p.ow;
+    let ox1 = select(ox0 + 1u, 0u, ox0 + 1u == p.ow);
+    let ox2 = select(ox1 + 1u, 0u, ox1 + 1u == p.ow);
+    let ox3 = select(ox2 + 1u, 0u, ox2 + 1u == p.ow);
+    let oy1 = oy0 + select(0u, 1u, ox1 == 0u);
+    let oy2 = oy1 + select(0u, 1u, ox2 == 0u);
+    let oy3 = oy2 + select(0u, 1u, ox3 == 0u);
+    let iy0 = vec4<i32>(vec4<u32>(oy0, oy1, oy2, oy3) * p.sh) - vec4<i32>(i32(p.ph));
+    let ix0 = vec4<i32>(vec4<u32>(ox0, ox1, ox2, ox3) * p.sw) - vec4<i32>(i32(p.pw));
     let zz = u32(p.x_zero) * 0x01010101u;
     let hw = i32(p.h * p.w);
     let base0 = i32((b * p.cin + g * p.cin_g) * p.h * p.w);
     let wstep = p.kh * p.kq;
+    // Stride 1 and oh-row steps of exactly ow input bytes: position j + 1's window starts
+    // one byte after position j's, across output rows too.
+    let contig = p.sw == 1u && p.sh * p.w == p.ow;
     var a0 = vec4<i32>(0);
     var a1 = a0;
     var a2 = a0;
@@ -356,10 +378,27 @@ fn conv_direct(t: u32) {
             var ad = rowb + sc;
             var wi = ky * p.kq + q;
             for (var ci = 0u; ci < p.cin_g; ci++) {
-                let x0 = x_window(ad.x, m0, zz);
-                let x1 = x_window(ad.y, m1, zz);
-                let x2 = x_window(ad.z, m2, zz);
-                let x3 = x_window(ad.w, m3, zz);
+                var x0: u32;
+                var x1: u32;
+                var x2: u32;
+                var x3: u32;
+                if (contig) {
+                    // Windows j start at byte ad.x + j: three loads serve all four.
+                    let i = u32(ad.x >> 2u);
+                    let w0 = x[i];
+                    let w1 = x[i + 1u];
+                    let w2 = x[i + 2u];
+                    let o = u32(ad.x & 3);
+                    x0 = funnel(w0, w1, w2, o, m0, zz);
+                    x1 = funnel(w0, w1, w2, o + 1u, m1, zz);
+                    x2 = funnel(w0, w1, w2, o + 2u, m2, zz);
+                    x3 = funnel(w0, w1, w2, o + 3u, m3, zz);
+                } else {
+                    x0 = x_window(ad.x, m0, zz);
+                    x1 = x_window(ad.y, m1, zz);
+                    x2 = x_window(ad.z, m2, zz);
+                    x3 = x_window(ad.w, m3, zz);
+                }
                 let wa = w8a(wr[0], wi);
                 let wb = w8a(wr[1], wi);
                 a0 += dot4v(x0, wa);

@@ -4,7 +4,10 @@
 // is byte e % 4 of word e / 4). Weights are int8 packed four per u32, `kw4` words per
 // output channel: a linear row of k values is ceil(k / 4) words; a conv channel is
 // cin_g * kh rows of kw taps, each kernel row padded to `kq = ceil(kw / 4)` words, so
-// that a word never straddles two kernel rows. Padding is zero.
+// that a word never straddles two kernel rows, the words ordered (ky, word of the row, ci)
+// with ci fastest: word (ci, ky, qq) is at (ky * kq + qq) * cin_g + ci, so that with
+// cin_g % 4 == 0 four input channels' words are one aligned vec4. Padding is zero; the
+// buffer is bound as vec4<u32> (its length a multiple of four words).
 // chan[c] = (bias, M0, shift, sum_k w[c, k]).
 //
 // acc = sum_k (x - z_x) * w + bias in wrapping i32 arithmetic:
@@ -19,7 +22,9 @@
 // Each invocation writes one output word = 4 consecutive output codes, or with DIRECT
 // (CPU adapters such as lavapipe, where storage loads dominate) a register block: conv 4
 // output positions x 8 channels, linear 4 rows x 8 channels, each loaded activation word
-// reused across the channels and each weight word across the positions.
+// reused across the channels and each weight word across the positions. The DIRECT grid
+// puts the channel block in workgroup z, so that weight and requantization loads have
+// workgroup-uniform addresses (lavapipe then loads once per subgroup, not lane by lane).
 
 struct Params {
     total: u32,    // output elements
@@ -54,7 +59,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<u32>;
-@group(0) @binding(2) var<storage, read> wt: array<u32>;
+@group(0) @binding(2) var<storage, read> wt: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read> chan: array<vec4<i32>>;
 @group(0) @binding(4) var<storage, read_write> out: array<u32>;
 
@@ -135,6 +140,11 @@ fn requant(acc_raw: i32, c: u32) -> u32 {
     return u32(clamp(v, p.act_min - p.out_zero, p.act_max - p.out_zero) + p.out_zero);
 }
 
+// Weight word i.
+fn ws(i: u32) -> u32 {
+    return wt[i >> 2u][i & 3u];
+}
+
 fn dot4(xw: u32, ww: u32) -> i32 {
     if (USE_DOT4) {
         return dot4I8Packed(xw ^ 0x80808080u, ww);
@@ -158,10 +168,14 @@ fn x_byte(e: u32) -> u32 {
 
 // ---- linear: out[i, c] for x [m, k], w [n, k] ----
 @compute @workgroup_size(64)
-fn int8_linear(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+fn int8_linear(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(workgroup_id) wid: vec3<u32>,
+) {
     let t = linear_index(gid, nwg);
     if (DIRECT) {
-        linear_direct(t);
+        linear_direct(t, wid.z);
         return;
     }
     if (t * 4u >= p.total) { return; }
@@ -174,10 +188,10 @@ fn int8_linear(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
         for (var q = 0u; q < p.kw4; q++) {
             let xw = x_word(xb + 4u * q);
             acc += vec4<i32>(
-                dot4(xw, wt[c0 * p.kw4 + q]),
-                dot4(xw, wt[(c0 + 1u) * p.kw4 + q]),
-                dot4(xw, wt[(c0 + 2u) * p.kw4 + q]),
-                dot4(xw, wt[(c0 + 3u) * p.kw4 + q]));
+                dot4(xw, ws(c0 * p.kw4 + q)),
+                dot4(xw, ws((c0 + 1u) * p.kw4 + q)),
+                dot4(xw, ws((c0 + 2u) * p.kw4 + q)),
+                dot4(xw, ws((c0 + 3u) * p.kw4 + q)));
         }
         out[t] = requant(acc.x, c0) | (requant(acc.y, c0 + 1u) << 8u) | (requant(acc.z, c0 + 2u) << 16u)
             | (requant(acc.w, c0 + 3u) << 24u);
@@ -193,7 +207,7 @@ fn int8_linear(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
         let wb = c * p.kw4;
         var acc = 0;
         for (var q = 0u; q < p.kw4; q++) {
-            acc += dot4(x_word(xb + 4u * q), wt[wb + q]);
+            acc += dot4(x_word(xb + 4u * q), ws(wb + q));
         }
         word |= requant(acc, c) << (8u * j);
     }
@@ -202,10 +216,14 @@ fn int8_linear(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
 
 // ---- conv2d NCHW, implicit GEMM: K index = (ci, ky, kx), padding reads z_x ----
 @compute @workgroup_size(64)
-fn int8_conv2d(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+fn int8_conv2d(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(workgroup_id) wid: vec3<u32>,
+) {
     let t = linear_index(gid, nwg);
     if (DIRECT) {
-        conv_direct(t);
+        conv_direct(t, wid.z);
         return;
     }
     if (t * 4u >= p.total) { return; }
@@ -222,11 +240,11 @@ fn int8_conv2d(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
         var acc = 0;
         var packed = 0u;
         var nb = 0u;
-        var q = 0u;
         for (var ci = 0u; ci < p.cin_g; ci++) {
             let plane = (b * p.cin + g * p.cin_g + ci) * p.h * p.w;
             for (var ky = 0u; ky < p.kh; ky++) {
                 let iy = i32(oy * p.sh + ky * p.dh) - i32(p.ph);
+                var q = wb + ky * p.kq * p.cin_g + ci;
                 for (var kx = 0u; kx < p.kwid; kx++) {
                     let ix = i32(ox * p.sw + kx * p.dw) - i32(p.pw);
                     var v = u32(p.x_zero);
@@ -236,16 +254,15 @@ fn int8_conv2d(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
                     packed |= v << (8u * nb);
                     nb++;
                     if (nb == 4u) {
-                        acc += dot4(packed, wt[wb + q]);
-                        q++;
+                        acc += dot4(packed, ws(q));
+                        q += p.cin_g;
                         packed = 0u;
                         nb = 0u;
                     }
                 }
                 // Each kernel row ends a weight word.
                 if (nb > 0u) {
-                    acc += dot4(packed, wt[wb + q]);
-                    q++;
+                    acc += dot4(packed, ws(q));
                     packed = 0u;
                     nb = 0u;
                 }
@@ -259,19 +276,17 @@ fn int8_conv2d(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
 // ---- DIRECT register blocks (CPU adapters) ----
 const DC: u32 = 8u; // output channels per invocation
 
-// Dot products of one activation word with four weight words.
+// Dot products of one activation word with four weight words. DIRECT pipelines are built
+// with USE_DOT4 = false: on CPU adapters dot4I8Packed is emulated, and unpacking each word
+// once per block (the unpacks are shared across the block by the compiler) is faster.
 fn dot4v(xw: u32, w: vec4<u32>) -> vec4<i32> {
-    if (USE_DOT4) {
-        let xs = xw ^ 0x80808080u;
-        return vec4<i32>(dot4I8Packed(xs, w.x), dot4I8Packed(xs, w.y), dot4I8Packed(xs, w.z), dot4I8Packed(xs, w.w));
-    }
     let xv = bitcast<vec4<i32>>(unpack4xU8(xw));
     return vec4<i32>(dot(xv, unpack4xI8(w.x)), dot(xv, unpack4xI8(w.y)), dot(xv, unpack4xI8(w.z)), dot(xv, unpack4xI8(w.w)));
 }
 
 // The weight words at offset `wi` of eight channel rows (bases `wa`, `wb`).
 fn w8a(wa: vec4<u32>, wi: u32) -> vec4<u32> {
-    return vec4<u32>(wt[wa.x + wi], wt[wa.y + wi], wt[wa.z + wi], wt[wa.w + wi]);
+    return vec4<u32>(ws(wa.x + wi), ws(wa.y + wi), ws(wa.z + wi), ws(wa.w + wi));
 }
 
 // Byte mask of a 4-byte window starting at column `s` of a row of width p.w: 0xff where
@@ -327,16 +342,14 @@ fn rows8(c0: u32, clast: u32) -> array<vec4<u32>, 2> {
 // host guarantees oh * ow % 4 == 0 and dilation_w == 1) of image b for 8 channels of a
 // group. Per (ky, word of the kernel row, ci): 4 activation windows (2 loads each) and
 // 8 weight words make 32 dot products. a_j / b_j: position j, channels 0..3 / 4..7.
-fn conv_direct(t: u32) {
+fn conv_direct(t: u32, z: u32) {
     let pw4 = p.oh * p.ow / 4u;
     let cblocks = (p.cout_g + DC - 1u) / DC;
+    if (t >= p.batch * pw4) { return; }
     let s = t % pw4;
-    let r = t / pw4;
-    let b = r % p.batch;
-    let r2 = r / p.batch;
-    if (r2 >= p.groups * cblocks) { return; }
-    let g = r2 / cblocks;
-    let cl = (r2 % cblocks) * DC;
+    let b = t / pw4;
+    let g = z / cblocks;
+    let cl = (z % cblocks) * DC;
     let c0 = g * p.cout_g + cl;
     let wr = rows8(c0, g * p.cout_g + p.cout_g - 1u);
     // Output rows / columns of positions 4 s + j (one division, then steps of one).
@@ -353,7 +366,6 @@ fn conv_direct(t: u32) {
     let zz = u32(p.x_zero) * 0x01010101u;
     let hw = i32(p.h * p.w);
     let base0 = i32((b * p.cin + g * p.cin_g) * p.h * p.w);
-    let wstep = p.kh * p.kq;
     // Stride 1 and oh-row steps of exactly ow input bytes: position j + 1's window starts
     // one byte after position j's, across output rows too.
     let contig = p.sw == 1u && p.sh * p.w == p.ow;
@@ -376,7 +388,7 @@ fn conv_direct(t: u32) {
             let m2 = col_mask(sc.z, ok.z);
             let m3 = col_mask(sc.w, ok.w);
             var ad = rowb + sc;
-            var wi = ky * p.kq + q;
+            var wi = (ky * p.kq + q) * p.cin_g;
             for (var ci = 0u; ci < p.cin_g; ci++) {
                 var x0: u32;
                 var x1: u32;
@@ -409,7 +421,7 @@ fn conv_direct(t: u32) {
                 b2 += dot4v(x2, wb);
                 a3 += dot4v(x3, wa);
                 b3 += dot4v(x3, wb);
-                wi += wstep;
+                wi += 1u;
                 ad += vec4<i32>(hw);
             }
         }
@@ -429,12 +441,11 @@ fn conv_direct(t: u32) {
 
 // Linear: invocation t computes rows 4 r .. 4 r + 3 x channels 8 c .. 8 c + 7 (the host
 // guarantees n % 4 == 0, so each row's 8 channels are two whole output words).
-fn linear_direct(t: u32) {
-    let nblk = (p.n + DC - 1u) / DC;
-    let r0 = t / nblk * 4u;
+fn linear_direct(t: u32, z: u32) {
+    let r0 = t * 4u;
     let m = p.total / p.n;
     if (r0 >= m) { return; }
-    let c0 = t % nblk * DC;
+    let c0 = z * DC;
     let wr = rows8(c0, p.n - 1u);
     let xb = min(vec4<u32>(r0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(m - 1u)) * p.k;
     var a0 = vec4<i32>(0);
@@ -474,13 +485,13 @@ fn linear_direct(t: u32) {
     }
 }
 
-// ---- requant probe: out[i] = requant(bitcast<i32>(x[i]), wt[i]) for testing ----
+// ---- requant probe: out[i] = requant(bitcast<i32>(x[i]), ws(i)) for testing ----
 // (x_zero = 0 and no dot-product correction: the probe feeds the accumulator directly.)
 @compute @workgroup_size(64)
 fn int8_requant_probe(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = linear_index(gid, nwg);
     if (i >= p.total) { return; }
-    let ch = chan[wt[i]];
+    let ch = chan[ws(i)];
     let v = mbqm(bitcast<i32>(x[i]) + ch.x, ch.y, ch.z);
     if (p.raw != 0u) {
         out[i] = bitcast<u32>(v);

@@ -192,7 +192,8 @@ fn check_conv(rng: &mut ChaCha8Rng, case: u64, cfg: Conv2dConfig) {
     let mut want = vec![0u8; n];
     r::conv2d(&cfg, &x, &w, &bias, &rq, &mut want).unwrap();
     for ctx in contexts() {
-        let layer = k::Int8Weights::new_conv(&ctx, &w, cfg.c_out, cfg.k(), cfg.kernel[1], &bias, &rq).unwrap();
+        let kernel = [cfg.cin_g(), cfg.kernel[0], cfg.kernel[1]];
+        let layer = k::Int8Weights::new_conv(&ctx, &w, cfg.c_out, kernel, &bias, &rq).unwrap();
         let gx = k::upload_u8(&ctx, &[cfg.batch, cfg.c_in, cfg.h, cfg.w], &x).unwrap();
         let gout = GpuTensor::zeros(&ctx, &[n], DType::I8x4).unwrap();
         let d = k::int8_conv2d(&ctx, &cfg, &gx, &layer, &gout).unwrap();
@@ -213,7 +214,8 @@ fn conv2d_matches_reference() {
 }
 
 /// Shapes the DIRECT conv takes (oh * ow % 4 == 0, dilation_w 1): padding on every side,
-/// kernel rows of 1..6 taps (one or two words), strides, height dilation, groups and
+/// kernel rows of 1..6 taps (one or two words), strides, height dilation, groups, c_in / groups
+/// a multiple of 4 or not, and
 /// channel counts that leave partial 8-channel blocks, output words that cross rows.
 #[test]
 fn conv2d_direct_shapes_match_reference() {
@@ -240,6 +242,19 @@ fn conv2d_direct_shapes_match_reference() {
         Conv2dConfig { c_in: 2, c_out: 13, kernel: [3, 6], dilation: [2, 1], padding: [2, 3], h: 6, w: 5, ..base },
         Conv2dConfig { c_in: 8, c_out: 8, groups: 8, h: 6, w: 6, stride: [1, 2], padding: [0, 0], ..base },
         Conv2dConfig { c_in: 5, c_out: 17, kernel: [1, 1], padding: [0, 0], h: 3, w: 4, ..base },
+        // c_in / groups % 4 == 0: weights of four input channels per vec4 load.
+        Conv2dConfig { c_in: 8, c_out: 6, groups: 2, h: 5, w: 4, ..base },
+        Conv2dConfig {
+            batch: 1,
+            c_in: 12,
+            c_out: 19,
+            kernel: [2, 5],
+            padding: [0, 2],
+            h: 5,
+            w: 7,
+            x_zero: 255,
+            ..base
+        },
     ];
     for (i, cfg) in cases.into_iter().enumerate() {
         let (oh, ow) = cfg.out_hw().unwrap();
@@ -255,8 +270,8 @@ fn bad_shapes_are_errors() {
     let layer = k::Int8Weights::new(&ctx, &[1i8; 6], 3, 2, &[0; 3], &rq).unwrap();
     assert!(k::Int8Weights::new(&ctx, &[1i8; 5], 3, 2, &[0; 3], &rq).is_err());
     assert!(k::Int8Weights::new(&ctx, &[1i8; 6], 3, 2, &[0; 2], &rq).is_err());
-    assert!(k::Int8Weights::new_conv(&ctx, &[1i8; 6], 3, 2, 0, &[0; 3], &rq).is_err());
-    assert!(k::Int8Weights::new_conv(&ctx, &[1i8; 6], 3, 2, 3, &[0; 3], &rq).is_err());
+    assert!(k::Int8Weights::new_conv(&ctx, &[1i8; 6], 3, [1, 0, 2], &[0; 3], &rq).is_err());
+    assert!(k::Int8Weights::new_conv(&ctx, &[1i8; 6], 3, [1, 1, 3], &[0; 3], &rq).is_err());
     // Conv weights packed for another kernel width are refused.
     let conv = Conv2dConfig {
         batch: 1,
@@ -273,9 +288,9 @@ fn bad_shapes_are_errors() {
     };
     let cx = k::upload_u8(&ctx, &[1, 1, 2, 2], &[1; 4]).unwrap();
     let cout = GpuTensor::zeros(&ctx, &[6], DType::I8x4).unwrap();
-    let rows2 = k::Int8Weights::new_conv(&ctx, &[1i8; 6], 3, 2, 2, &[0; 3], &rq).unwrap();
+    let rows2 = k::Int8Weights::new_conv(&ctx, &[1i8; 6], 3, [1, 1, 2], &[0; 3], &rq).unwrap();
     assert!(k::int8_conv2d(&ctx, &conv, &cx, &rows2, &cout).is_ok());
-    let rows1 = k::Int8Weights::new_conv(&ctx, &[1i8; 6], 3, 2, 1, &[0; 3], &rq).unwrap();
+    let rows1 = k::Int8Weights::new_conv(&ctx, &[1i8; 6], 3, [1, 2, 1], &[0; 3], &rq).unwrap();
     assert!(k::int8_conv2d(&ctx, &conv, &cx, &rows1, &cout).is_err());
     let x = k::upload_u8(&ctx, &[4, 2], &[1; 8]).unwrap();
     let out = GpuTensor::zeros(&ctx, &[4, 3], DType::I8x4).unwrap();

@@ -138,11 +138,11 @@ impl Int8GpuModel {
                 LayerKind::Int(il) => {
                     let cout = r.out_shape[0];
                     let k = il.weight.len() / cout;
-                    let row = match r.node.op {
-                        Op::Conv { kernel, .. } => kernel,
-                        _ => k,
+                    let kernel = match r.node.op {
+                        Op::Conv { kernel, .. } => [k / (kernel * kernel), kernel, kernel],
+                        _ => [1, 1, k],
                     };
-                    Some(Int8Weights::new_conv(ctx, &il.weight, cout, k, row, &il.bias, &il.requant)?)
+                    Some(Int8Weights::new_conv(ctx, &il.weight, cout, kernel, &il.bias, &il.requant)?)
                 }
                 _ => None,
             });

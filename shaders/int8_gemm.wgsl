@@ -377,17 +377,19 @@ fn conv_direct(t: u32, z: u32) {
     var b1 = a0;
     var b2 = a0;
     var b3 = a0;
-    for (var ky = 0u; ky < p.kh; ky++) {
-        let iy = iy0 + vec4<i32>(i32(ky * p.dh));
-        let ok = (iy >= vec4<i32>(0)) & (iy < vec4<i32>(i32(p.h)));
-        let rowb = vec4<i32>(base0) + iy * vec4<i32>(i32(p.w));
-        for (var q = 0u; q < p.kq; q++) {
-            let sc = ix0 + vec4<i32>(i32(4u * q));
-            let m0 = col_mask(sc.x, ok.x);
-            let m1 = col_mask(sc.y, ok.y);
-            let m2 = col_mask(sc.z, ok.z);
-            let m3 = col_mask(sc.w, ok.w);
-            var ad = rowb + sc;
+    for (var q = 0u; q < p.kq; q++) {
+        // Column masks of the word's taps, once per word; rows then select them or 0.
+        let sc = ix0 + vec4<i32>(i32(4u * q));
+        let cm = vec4<u32>(col_mask(sc.x, true), col_mask(sc.y, true), col_mask(sc.z, true), col_mask(sc.w, true));
+        for (var ky = 0u; ky < p.kh; ky++) {
+            let iy = iy0 + vec4<i32>(i32(ky * p.dh));
+            let ok = (iy >= vec4<i32>(0)) & (iy < vec4<i32>(i32(p.h)));
+            let mk = select(vec4<u32>(0u), cm, ok);
+            let m0 = mk.x;
+            let m1 = mk.y;
+            let m2 = mk.z;
+            let m3 = mk.w;
+            var ad = vec4<i32>(base0) + iy * vec4<i32>(i32(p.w)) + sc;
             var wi = (ky * p.kq + q) * p.cin_g;
             for (var ci = 0u; ci < p.cin_g; ci++) {
                 var x0: u32;

@@ -22,9 +22,11 @@
 // Each invocation writes one output word = 4 consecutive output codes, or with DIRECT
 // (CPU adapters such as lavapipe, where storage loads dominate) a register block: conv 4
 // output positions x 8 channels, linear 4 rows x 8 channels, each loaded activation word
-// reused across the channels and each weight word across the positions. The DIRECT grid
-// puts the channel block in workgroup z, so that weight and requantization loads have
-// workgroup-uniform addresses (lavapipe then loads once per subgroup, not lane by lane).
+// reused across the channels and each weight word across the positions. The DIRECT conv
+// grid puts the channel block in workgroup z, so that weight and requantization loads have
+// workgroup-uniform addresses (measured faster on lavapipe); the DIRECT linear puts
+// neighbouring channel blocks of the same rows on neighbouring invocations (with few rows,
+// a channel block per workgroup leaves most of each workgroup idle).
 
 struct Params {
     total: u32,    // output elements
@@ -168,14 +170,10 @@ fn x_byte(e: u32) -> u32 {
 
 // ---- linear: out[i, c] for x [m, k], w [n, k] ----
 @compute @workgroup_size(64)
-fn int8_linear(
-    @builtin(global_invocation_id) gid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(workgroup_id) wid: vec3<u32>,
-) {
+fn int8_linear(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let t = linear_index(gid, nwg);
     if (DIRECT) {
-        linear_direct(t, wid.z);
+        linear_direct(t);
         return;
     }
     if (t * 4u >= p.total) { return; }
@@ -443,11 +441,12 @@ fn conv_direct(t: u32, z: u32) {
 
 // Linear: invocation t computes rows 4 r .. 4 r + 3 x channels 8 c .. 8 c + 7 (the host
 // guarantees n % 4 == 0, so each row's 8 channels are two whole output words).
-fn linear_direct(t: u32, z: u32) {
-    let r0 = t * 4u;
+fn linear_direct(t: u32) {
+    let nblk = (p.n + DC - 1u) / DC;
+    let r0 = t / nblk * 4u;
+    let c0 = t % nblk * DC;
     let m = p.total / p.n;
     if (r0 >= m) { return; }
-    let c0 = z * DC;
     let wr = rows8(c0, p.n - 1u);
     let xb = min(vec4<u32>(r0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(m - 1u)) * p.k;
     var a0 = vec4<i32>(0);

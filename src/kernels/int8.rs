@@ -230,19 +230,13 @@ pub fn int8_linear(
     let total = cfg.m * cfg.n;
     let p = layer.params(total, cfg.x_zero);
     let direct = linear_takes_direct(ctx, cfg);
-    let grid = if direct {
-        // x, y: blocks of 4 rows; z: blocks of 8 channels (uniform per workgroup).
-        let [x, y, _] = grid_1d(cfg.m.div_ceil(4), WG);
-        [x, y, cfg.n.div_ceil(DIRECT_CH) as u32]
-    } else {
-        grid_1d(total.div_ceil(4), WG)
-    };
+    let invocations = if direct { cfg.m.div_ceil(4) * cfg.n.div_ceil(DIRECT_CH) } else { total.div_ceil(4) };
     Dispatch::new(
         ctx,
         &key(ctx, "int8_linear", direct),
         bytemuck::bytes_of(&p),
         &[&x.buffer, &layer.weights.buffer, &layer.chan.buffer, &out.buffer],
-        grid,
+        grid_1d(invocations, WG),
     )
 }
 

@@ -1,8 +1,14 @@
 // Int8 inference GEMM: linear and conv2d (implicit GEMM), bit-exact with src/int8/scalar.rs.
 //
 // Data: activations are uint8 codes packed four per u32, flat, little end first (element e
-// is byte e % 4 of word e / 4). Weights are int8 packed four per u32 per output-channel row
-// of `kw4 = ceil(k / 4)` words, zero padded. chan[c] = (bias, M0, shift, sum_k w[c, k]).
+// is byte e % 4 of word e / 4). Weights are int8 packed four per u32, `kw4` words per
+// output channel: a linear row of k values is ceil(k / 4) words; a conv channel is
+// cin_g * kh rows of kw taps, each kernel row padded to `kq = ceil(kw / 4)` words, so
+// that a word never straddles two kernel rows, the words ordered (ky, word of the row, ci)
+// with ci fastest: word (ci, ky, qq) is at (ky * kq + qq) * cin_g + ci, so that with
+// cin_g % 4 == 0 four input channels' words are one aligned vec4. Padding is zero; the
+// buffer is bound as vec4<u32> (its length a multiple of four words).
+// chan[c] = (bias, M0, shift, sum_k w[c, k]).
 //
 // acc = sum_k (x - z_x) * w + bias in wrapping i32 arithmetic:
 // * dot4 path (USE_DOT4): x' = x ^ 0x80 = x - 128 is an int8, `dot4I8Packed(x', w)` is
@@ -13,7 +19,14 @@
 //
 // Requantization (TFLite MultiplyByQuantizedMultiplier with double rounding) emulates the
 // 64-bit product of SaturatingRoundingDoublingHighMul with 16-bit limbs in u32 math.
-// Each invocation writes one output word = 4 consecutive output codes.
+// Each invocation writes one output word = 4 consecutive output codes, or with DIRECT
+// (CPU adapters such as lavapipe, where storage loads dominate) a register block: conv 4
+// output positions x 8 channels, linear 4 rows x 8 channels, each loaded activation word
+// reused across the channels and each weight word across the positions. The DIRECT conv
+// grid puts the channel block in workgroup z, so that weight and requantization loads have
+// workgroup-uniform addresses (measured faster on lavapipe); the DIRECT linear puts
+// neighbouring channel blocks of the same rows on neighbouring invocations (with few rows,
+// a channel block per workgroup leaves most of each workgroup idle).
 
 struct Params {
     total: u32,    // output elements
@@ -40,15 +53,22 @@ struct Params {
     act_min: i32,
     act_max: i32,
     raw: u32,      // requant probe only: 1 = write mul_round(acc) without zero point or clamp
+    kq: u32,       // conv: words per kernel row, ceil(kwid / 4)
+    batch: u32,    // conv: images
+    groups: u32,   // conv
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<u32>;
-@group(0) @binding(2) var<storage, read> wt: array<u32>;
+@group(0) @binding(2) var<storage, read> wt: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read> chan: array<vec4<i32>>;
 @group(0) @binding(4) var<storage, read_write> out: array<u32>;
 
 override USE_DOT4: bool = true;
+// Register-blocked kernels (CPU adapters). The host takes them only where their layout
+// conditions hold (conv: dilation_w 1 and oh * ow % 4 == 0; linear: n % 4 == 0).
+override DIRECT: bool = false;
 const WG: u32 = 64u;
 
 fn linear_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
@@ -124,6 +144,11 @@ fn requant(acc_raw: i32, c: u32) -> u32 {
     return u32(clamp(v, p.act_min - p.out_zero, p.act_max - p.out_zero) + p.out_zero);
 }
 
+// Weight word i.
+fn ws(i: u32) -> u32 {
+    return wt[i >> 2u][i & 3u];
+}
+
 fn dot4(xw: u32, ww: u32) -> i32 {
     if (USE_DOT4) {
         return dot4I8Packed(xw ^ 0x80808080u, ww);
@@ -149,6 +174,10 @@ fn x_byte(e: u32) -> u32 {
 @compute @workgroup_size(64)
 fn int8_linear(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let t = linear_index(gid, nwg);
+    if (DIRECT) {
+        linear_direct(t);
+        return;
+    }
     if (t * 4u >= p.total) { return; }
     let e0 = t * 4u;
     if (e0 + 3u < p.total && e0 / p.n == (e0 + 3u) / p.n) {
@@ -159,10 +188,10 @@ fn int8_linear(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
         for (var q = 0u; q < p.kw4; q++) {
             let xw = x_word(xb + 4u * q);
             acc += vec4<i32>(
-                dot4(xw, wt[c0 * p.kw4 + q]),
-                dot4(xw, wt[(c0 + 1u) * p.kw4 + q]),
-                dot4(xw, wt[(c0 + 2u) * p.kw4 + q]),
-                dot4(xw, wt[(c0 + 3u) * p.kw4 + q]));
+                dot4(xw, ws(c0 * p.kw4 + q)),
+                dot4(xw, ws((c0 + 1u) * p.kw4 + q)),
+                dot4(xw, ws((c0 + 2u) * p.kw4 + q)),
+                dot4(xw, ws((c0 + 3u) * p.kw4 + q)));
         }
         out[t] = requant(acc.x, c0) | (requant(acc.y, c0 + 1u) << 8u) | (requant(acc.z, c0 + 2u) << 16u)
             | (requant(acc.w, c0 + 3u) << 24u);
@@ -178,7 +207,7 @@ fn int8_linear(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
         let wb = c * p.kw4;
         var acc = 0;
         for (var q = 0u; q < p.kw4; q++) {
-            acc += dot4(x_word(xb + 4u * q), wt[wb + q]);
+            acc += dot4(x_word(xb + 4u * q), ws(wb + q));
         }
         word |= requant(acc, c) << (8u * j);
     }
@@ -187,8 +216,16 @@ fn int8_linear(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
 
 // ---- conv2d NCHW, implicit GEMM: K index = (ci, ky, kx), padding reads z_x ----
 @compute @workgroup_size(64)
-fn int8_conv2d(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+fn int8_conv2d(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(workgroup_id) wid: vec3<u32>,
+) {
     let t = linear_index(gid, nwg);
+    if (DIRECT) {
+        conv_direct(t, wid.z);
+        return;
+    }
     if (t * 4u >= p.total) { return; }
     var word = 0u;
     for (var j = 0u; j < 4u; j++) {
@@ -203,11 +240,11 @@ fn int8_conv2d(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
         var acc = 0;
         var packed = 0u;
         var nb = 0u;
-        var q = 0u;
         for (var ci = 0u; ci < p.cin_g; ci++) {
             let plane = (b * p.cin + g * p.cin_g + ci) * p.h * p.w;
             for (var ky = 0u; ky < p.kh; ky++) {
                 let iy = i32(oy * p.sh + ky * p.dh) - i32(p.ph);
+                var q = wb + ky * p.kq * p.cin_g + ci;
                 for (var kx = 0u; kx < p.kwid; kx++) {
                     let ix = i32(ox * p.sw + kx * p.dw) - i32(p.pw);
                     var v = u32(p.x_zero);
@@ -217,29 +254,247 @@ fn int8_conv2d(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
                     packed |= v << (8u * nb);
                     nb++;
                     if (nb == 4u) {
-                        acc += dot4(packed, wt[wb + q]);
-                        q++;
+                        acc += dot4(packed, ws(q));
+                        q += p.cin_g;
                         packed = 0u;
                         nb = 0u;
                     }
                 }
+                // Each kernel row ends a weight word.
+                if (nb > 0u) {
+                    acc += dot4(packed, ws(q));
+                    packed = 0u;
+                    nb = 0u;
+                }
             }
-        }
-        if (nb > 0u) {
-            acc += dot4(packed, wt[wb + q]);
         }
         word |= requant(acc, c) << (8u * j);
     }
     out[t] = word;
 }
 
-// ---- requant probe: out[i] = requant(bitcast<i32>(x[i]), wt[i]) for testing ----
+// ---- DIRECT register blocks (CPU adapters) ----
+const DC: u32 = 8u; // output channels per invocation
+
+// Dot products of one activation word with four weight words. DIRECT pipelines are built
+// with USE_DOT4 = false: on CPU adapters dot4I8Packed is emulated, and unpacking each word
+// once per block (the unpacks are shared across the block by the compiler) is faster.
+fn dot4v(xw: u32, w: vec4<u32>) -> vec4<i32> {
+    let xv = bitcast<vec4<i32>>(unpack4xU8(xw));
+    return vec4<i32>(dot(xv, unpack4xI8(w.x)), dot(xv, unpack4xI8(w.y)), dot(xv, unpack4xI8(w.z)), dot(xv, unpack4xI8(w.w)));
+}
+
+// The weight words at offset `wi` of eight channel rows (bases `wa`, `wb`).
+fn w8a(wa: vec4<u32>, wi: u32) -> vec4<u32> {
+    return vec4<u32>(ws(wa.x + wi), ws(wa.y + wi), ws(wa.z + wi), ws(wa.w + wi));
+}
+
+// Byte mask of a 4-byte window starting at column `s` of a row of width p.w: 0xff where
+// 0 <= s + t < p.w and the row exists.
+fn col_mask(s: i32, row_ok: bool) -> u32 {
+    let lo_inv = u32(clamp(-s, 0, 4));
+    let hi_inv = u32(clamp(s + 4 - i32(p.w), 0, 4));
+    let m = select(0xffffffffu << (8u * lo_inv), 0u, lo_inv >= 4u) & select(0xffffffffu >> (8u * hi_inv), 0u, hi_inv >= 4u);
+    return select(0u, m, row_ok);
+}
+
+// Four bytes of x at byte address `a` (possibly outside x; such bytes are masked), bytes
+// where `mask` is 0 replaced by the zero-point bytes `zz`.
+// (Indices past either end are clamped by the runtime's bounds checks; only masked bytes
+// come from such words.)
+fn x_window(a: i32, mask: u32, zz: u32) -> u32 {
+    let i = u32(a >> 2u);
+    let lo = x[i];
+    let hi = x[i + 1u];
+    let sh = u32(a & 3) * 8u;
+    let raw = select((lo >> sh) | (hi << (32u - sh)), lo, sh == 0u);
+    return (raw & mask) | (zz & ~mask);
+}
+
+// Four bytes at byte offset d (0..6) of the 12 bytes w0 w1 w2, masked as x_window.
+fn funnel(w0: u32, w1: u32, w2: u32, d: u32, mask: u32, zz: u32) -> u32 {
+    let hi_half = d >= 4u;
+    let lo = select(w0, w1, hi_half);
+    let hi = select(w1, w2, hi_half);
+    let sh = (d & 3u) * 8u;
+    let raw = select((lo >> sh) | (hi << (32u - sh)), lo, sh == 0u);
+    return (raw & mask) | (zz & ~mask);
+}
+
+// One output word of channel c from the accumulators of four consecutive positions.
+fn requant4(v: vec4<i32>, c: u32) -> u32 {
+    return requant(v.x, c) | (requant(v.y, c) << 8u) | (requant(v.z, c) << 16u) | (requant(v.w, c) << 24u);
+}
+
+// One output word of channels c .. c + 3 of one row.
+fn requant4c(v: vec4<i32>, c: u32) -> u32 {
+    return requant(v.x, c) | (requant(v.y, c + 1u) << 8u) | (requant(v.z, c + 2u) << 16u) | (requant(v.w, c + 3u) << 24u);
+}
+
+// Channel rows c0 .. c0 + 7 clamped to `clast`, times the words per row.
+fn rows8(c0: u32, clast: u32) -> array<vec4<u32>, 2> {
+    let a = min(vec4<u32>(c0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(clast)) * p.kw4;
+    let b = min(vec4<u32>(c0) + vec4<u32>(4u, 5u, 6u, 7u), vec4<u32>(clast)) * p.kw4;
+    return array<vec4<u32>, 2>(a, b);
+}
+
+// Conv: invocation t computes output word s (positions 4 s .. 4 s + 3 of one plane, the
+// host guarantees oh * ow % 4 == 0 and dilation_w == 1) of image b for 8 channels of a
+// group. Per (ky, word of the kernel row, ci): 4 activation windows (2 loads each) and
+// 8 weight words make 32 dot products. a_j / b_j: position j, channels 0..3 / 4..7.
+fn conv_direct(t: u32, z: u32) {
+    let pw4 = p.oh * p.ow / 4u;
+    let cblocks = (p.cout_g + DC - 1u) / DC;
+    if (t >= p.batch * pw4) { return; }
+    let s = t % pw4;
+    let b = t / pw4;
+    let g = z / cblocks;
+    let cl = (z % cblocks) * DC;
+    let c0 = g * p.cout_g + cl;
+    let wr = rows8(c0, g * p.cout_g + p.cout_g - 1u);
+    // Output rows / columns of positions 4 s + j (one division, then steps of one).
+    let oy0 = 4u * s / p.ow;
+    let ox0 = 4u * s - oy0 * p.ow;
+    let ox1 = select(ox0 + 1u, 0u, ox0 + 1u == p.ow);
+    let ox2 = select(ox1 + 1u, 0u, ox1 + 1u == p.ow);
+    let ox3 = select(ox2 + 1u, 0u, ox2 + 1u == p.ow);
+    let oy1 = oy0 + select(0u, 1u, ox1 == 0u);
+    let oy2 = oy1 + select(0u, 1u, ox2 == 0u);
+    let oy3 = oy2 + select(0u, 1u, ox3 == 0u);
+    let iy0 = vec4<i32>(vec4<u32>(oy0, oy1, oy2, oy3) * p.sh) - vec4<i32>(i32(p.ph));
+    let ix0 = vec4<i32>(vec4<u32>(ox0, ox1, ox2, ox3) * p.sw) - vec4<i32>(i32(p.pw));
+    let zz = u32(p.x_zero) * 0x01010101u;
+    let hw = i32(p.h * p.w);
+    let base0 = i32((b * p.cin + g * p.cin_g) * p.h * p.w);
+    // Stride 1 and oh-row steps of exactly ow input bytes: position j + 1's window starts
+    // one byte after position j's, across output rows too.
+    let contig = p.sw == 1u && p.sh * p.w == p.ow;
+    var a0 = vec4<i32>(0);
+    var a1 = a0;
+    var a2 = a0;
+    var a3 = a0;
+    var b0 = a0;
+    var b1 = a0;
+    var b2 = a0;
+    var b3 = a0;
+    for (var q = 0u; q < p.kq; q++) {
+        // Column masks of the word's taps, once per word; rows then select them or 0.
+        let sc = ix0 + vec4<i32>(i32(4u * q));
+        let cm = vec4<u32>(col_mask(sc.x, true), col_mask(sc.y, true), col_mask(sc.z, true), col_mask(sc.w, true));
+        for (var ky = 0u; ky < p.kh; ky++) {
+            let iy = iy0 + vec4<i32>(i32(ky * p.dh));
+            let ok = (iy >= vec4<i32>(0)) & (iy < vec4<i32>(i32(p.h)));
+            let mk = select(vec4<u32>(0u), cm, ok);
+            let m0 = mk.x;
+            let m1 = mk.y;
+            let m2 = mk.z;
+            let m3 = mk.w;
+            var ad = vec4<i32>(base0) + iy * vec4<i32>(i32(p.w)) + sc;
+            var wi = (ky * p.kq + q) * p.cin_g;
+            for (var ci = 0u; ci < p.cin_g; ci++) {
+                var x0: u32;
+                var x1: u32;
+                var x2: u32;
+                var x3: u32;
+                if (contig) {
+                    // Windows j start at byte ad.x + j: three loads serve all four.
+                    let i = u32(ad.x >> 2u);
+                    let w0 = x[i];
+                    let w1 = x[i + 1u];
+                    let w2 = x[i + 2u];
+                    let o = u32(ad.x & 3);
+                    x0 = funnel(w0, w1, w2, o, m0, zz);
+                    x1 = funnel(w0, w1, w2, o + 1u, m1, zz);
+                    x2 = funnel(w0, w1, w2, o + 2u, m2, zz);
+                    x3 = funnel(w0, w1, w2, o + 3u, m3, zz);
+                } else {
+                    x0 = x_window(ad.x, m0, zz);
+                    x1 = x_window(ad.y, m1, zz);
+                    x2 = x_window(ad.z, m2, zz);
+                    x3 = x_window(ad.w, m3, zz);
+                }
+                let wa = w8a(wr[0], wi);
+                let wb = w8a(wr[1], wi);
+                a0 += dot4v(x0, wa);
+                b0 += dot4v(x0, wb);
+                a1 += dot4v(x1, wa);
+                b1 += dot4v(x1, wb);
+                a2 += dot4v(x2, wa);
+                b2 += dot4v(x2, wb);
+                a3 += dot4v(x3, wa);
+                b3 += dot4v(x3, wb);
+                wi += 1u;
+                ad += vec4<i32>(hw);
+            }
+        }
+    }
+    let ob = b * p.n * pw4 + s;
+    let v = array<vec4<i32>, 8>(
+        vec4<i32>(a0.x, a1.x, a2.x, a3.x), vec4<i32>(a0.y, a1.y, a2.y, a3.y),
+        vec4<i32>(a0.z, a1.z, a2.z, a3.z), vec4<i32>(a0.w, a1.w, a2.w, a3.w),
+        vec4<i32>(b0.x, b1.x, b2.x, b3.x), vec4<i32>(b0.y, b1.y, b2.y, b3.y),
+        vec4<i32>(b0.z, b1.z, b2.z, b3.z), vec4<i32>(b0.w, b1.w, b2.w, b3.w));
+    for (var j = 0u; j < DC; j++) {
+        if (cl + j < p.cout_g) {
+            out[ob + (c0 + j) * pw4] = requant4(v[j], c0 + j);
+        }
+    }
+}
+
+// Linear: invocation t computes rows 4 r .. 4 r + 3 x channels 8 c .. 8 c + 7 (the host
+// guarantees n % 4 == 0, so each row's 8 channels are two whole output words).
+fn linear_direct(t: u32) {
+    let nblk = (p.n + DC - 1u) / DC;
+    let r0 = t / nblk * 4u;
+    let c0 = t % nblk * DC;
+    let m = p.total / p.n;
+    if (r0 >= m) { return; }
+    let wr = rows8(c0, p.n - 1u);
+    let xb = min(vec4<u32>(r0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(m - 1u)) * p.k;
+    var a0 = vec4<i32>(0);
+    var a1 = a0;
+    var a2 = a0;
+    var a3 = a0;
+    var b0 = a0;
+    var b1 = a0;
+    var b2 = a0;
+    var b3 = a0;
+    for (var q = 0u; q < p.kw4; q++) {
+        let x0 = x_word(xb.x + 4u * q);
+        let x1 = x_word(xb.y + 4u * q);
+        let x2 = x_word(xb.z + 4u * q);
+        let x3 = x_word(xb.w + 4u * q);
+        let wa = w8a(wr[0], q);
+        let wb = w8a(wr[1], q);
+        a0 += dot4v(x0, wa);
+        b0 += dot4v(x0, wb);
+        a1 += dot4v(x1, wa);
+        b1 += dot4v(x1, wb);
+        a2 += dot4v(x2, wa);
+        b2 += dot4v(x2, wb);
+        a3 += dot4v(x3, wa);
+        b3 += dot4v(x3, wb);
+    }
+    let acc = array<vec4<i32>, 8>(a0, b0, a1, b1, a2, b2, a3, b3);
+    for (var j = 0u; j < 4u; j++) {
+        let row = r0 + j;
+        if (row < m) {
+            let o = (row * p.n + c0) / 4u;
+            out[o] = requant4c(acc[2u * j], c0);
+            if (c0 + 4u < p.n) {
+                out[o + 1u] = requant4c(acc[2u * j + 1u], c0 + 4u);
+            }
+        }
+    }
+}
+
+// ---- requant probe: out[i] = requant(bitcast<i32>(x[i]), ws(i)) for testing ----
 // (x_zero = 0 and no dot-product correction: the probe feeds the accumulator directly.)
 @compute @workgroup_size(64)
 fn int8_requant_probe(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = linear_index(gid, nwg);
     if (i >= p.total) { return; }
-    let ch = chan[wt[i]];
+    let ch = chan[ws(i)];
     let v = mul_round(bitcast<i32>(x[i]) + ch.x, ch.y, ch.z);
     if (p.raw != 0u) {
         out[i] = bitcast<u32>(v);

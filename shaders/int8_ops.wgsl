@@ -174,12 +174,48 @@ fn dequantize_u8(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     out[e] = bitcast<u32>((f32(src_byte(e)) - f32(p.zero_a)) * p.scale);
 }
 
-// Window of output element e: (plane base, y0, x0) with y0/x0 possibly negative.
-fn window(e: u32) -> vec3<i32> {
-    let ox = e % p.ow;
-    let oy = (e / p.ow) % p.oh;
-    let plane = e / (p.ow * p.oh);
-    return vec3<i32>(i32(plane * p.h * p.w), i32(oy * p.sh) - i32(p.ph), i32(ox * p.sw) - i32(p.pw));
+// Output position (plane, oy, ox) of element e: decoded once per output word, then stepped
+// (integer division is slow on CPU adapters).
+fn position(e: u32) -> vec3<u32> {
+    let row = e / p.ow;
+    return vec3<u32>(row / p.oh, row % p.oh, e % p.ow);
+}
+
+fn next_position(q: vec3<u32>) -> vec3<u32> {
+    var r = vec3<u32>(q.x, q.y, q.z + 1u);
+    if (r.z == p.ow) {
+        r = vec3<u32>(r.x, r.y + 1u, 0u);
+        if (r.y == p.oh) {
+            r = vec3<u32>(r.x + 1u, 0u, 0u);
+        }
+    }
+    return r;
+}
+
+// Window of output position q: (plane base, y0, x0) with y0/x0 possibly negative.
+fn window(q: vec3<u32>) -> vec3<i32> {
+    return vec3<i32>(i32(q.x * p.h * p.w), i32(q.y * p.sh) - i32(p.ph), i32(q.z * p.sw) - i32(p.pw));
+}
+
+// Max of the in-row bytes of a window of p.kw <= 4 taps starting at byte address a, column
+// x0 of its row (one word load, two when the window straddles words; bytes outside the row
+// or past the window are masked to 0, which never wins a max of codes). Indices past either
+// end of src are clamped by the runtime's bounds checks and only feed masked bytes.
+fn row_max(a: i32, x0: i32) -> u32 {
+    let i = u32(a >> 2u);
+    let o = u32(a & 3);
+    let lo = src[i];
+    var hi = 0u;
+    if (o + p.kw > 4u) {
+        hi = src[i + 1u];
+    }
+    let sh = o * 8u;
+    let raw = select((lo >> sh) | (hi << (32u - sh)), lo, sh == 0u);
+    let lo_inv = u32(clamp(-x0, 0, 4));
+    let hi_inv = max(u32(clamp(x0 + 4 - i32(p.w), 0, 4)), 4u - p.kw);
+    let m = select(0xffffffffu << (8u * lo_inv), 0u, lo_inv >= 4u) & select(0xffffffffu >> (8u * hi_inv), 0u, hi_inv >= 4u);
+    let v = unpack4xU8(raw & m);
+    return max(max(v.x, v.y), max(v.z, v.w));
 }
 
 // ---- max pool on codes (padding ignored) ----
@@ -188,14 +224,20 @@ fn maxpool_u8(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     let t = linear_index(gid, nwg);
     if (t * 4u >= p.total) { return; }
     var word = 0u;
+    var pos = position(t * 4u);
     for (var j = 0u; j < 4u; j++) {
         let e = t * 4u + j;
         if (e >= p.total) { break; }
-        let win = window(e);
+        let win = window(pos);
+        pos = next_position(pos);
         var best = 0u;
         for (var ky = 0u; ky < p.kh; ky++) {
             let iy = win.y + i32(ky);
             if (iy < 0 || iy >= i32(p.h)) { continue; }
+            if (p.kw <= 4u) {
+                best = max(best, row_max(win.x + iy * i32(p.w) + win.z, win.z));
+                continue;
+            }
             for (var kx = 0u; kx < p.kw; kx++) {
                 let ix = win.z + i32(kx);
                 if (ix < 0 || ix >= i32(p.w)) { continue; }
@@ -213,10 +255,12 @@ fn avgpool_u8(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     let t = linear_index(gid, nwg);
     if (t * 4u >= p.total) { return; }
     var word = 0u;
+    var pos = position(t * 4u);
     for (var j = 0u; j < 4u; j++) {
         let e = t * 4u + j;
         if (e >= p.total) { break; }
-        let win = window(e);
+        let win = window(pos);
+        pos = next_position(pos);
         var sum = 0;
         var count = 0;
         for (var ky = 0u; ky < p.kh; ky++) {

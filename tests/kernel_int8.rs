@@ -1,16 +1,32 @@
 //! `shaders/int8_gemm.wgsl` against the scalar int8 reference: outputs bit-exact on odd
 //! shapes, extreme codes, long K and wrapping biases; the shader's 32-bit emulation of the
-//! 64-bit fixed-point multiply against the CPU on edge values. Run a second time with
-//! `WQAT_NO_DOT4=1` to cover the `unpack4x*` fallback.
+//! 64-bit fixed-point multiply against the CPU on edge values. Conv and linear run on two
+//! contexts, the default one and one with the other `conv_direct` choice, so that both the
+//! one-word-per-invocation kernels and the register-blocked DIRECT kernels are checked in
+//! every run. Run a second time with `WQAT_NO_DOT4=1` to cover the `unpack4x*` fallback.
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use wqat::gpu::{DType, GpuTensor};
+use std::sync::{Arc, OnceLock};
+use wqat::gpu::{DType, GpuContext, GpuOptions, GpuTensor};
 use wqat::int8::requant::{multiply_by_quantized_multiplier_rounded, requantize};
 use wqat::int8::{Activation, Conv2dConfig, LinearConfig, Requant};
 use wqat::kernels::int8 as k;
 use wqat::reference::int8 as r;
 use wqat::testing::{self, assert_bit_exact};
+
+/// The shared test context and one with the other DIRECT choice.
+fn contexts() -> [Arc<GpuContext>; 2] {
+    static FLIPPED: OnceLock<Arc<GpuContext>> = OnceLock::new();
+    let base = testing::ctx();
+    let flipped = FLIPPED
+        .get_or_init(|| {
+            let opts = GpuOptions { conv_direct: Some(!base.conv_direct), ..GpuOptions::from_env() };
+            GpuContext::new(&opts).unwrap()
+        })
+        .clone();
+    [base, flipped]
+}
 
 fn codes(rng: &mut ChaCha8Rng, n: usize, extreme: bool) -> Vec<u8> {
     (0..n).map(|_| if extreme { [0u8, 255][rng.random_range(0..2)] } else { rng.random() }).collect()
@@ -66,7 +82,6 @@ fn requant_emulation_matches_cpu_on_edges() {
 }
 
 fn check_linear(seed: u64, cfg: LinearConfig, extreme: bool) {
-    let ctx = testing::ctx();
     let mut rng = testing::rng(seed);
     let x = codes(&mut rng, cfg.m * cfg.k, extreme);
     let w = weights(&mut rng, cfg.n * cfg.k, extreme);
@@ -79,12 +94,16 @@ fn check_linear(seed: u64, cfg: LinearConfig, extreme: bool) {
     let rq = requant(&mut rng, cfg.n, (cfg.k as f64).sqrt() * 10000.0, act);
     let mut want = vec![0u8; cfg.m * cfg.n];
     r::linear(&cfg, &x, &w, &bias, &rq, &mut want).unwrap();
-    let layer = k::Int8Weights::new(&ctx, &w, cfg.n, cfg.k, &bias, &rq).unwrap();
-    let gx = k::upload_u8(&ctx, &[cfg.m, cfg.k], &x).unwrap();
-    let gout = GpuTensor::zeros(&ctx, &[cfg.m, cfg.n], DType::I8x4).unwrap();
-    let d = k::int8_linear(&ctx, &cfg, &gx, &layer, &gout).unwrap();
-    ctx.submit(&[&d]).unwrap();
-    assert_bit_exact(&format!("int8_linear seed {seed} {cfg:?}"), &k::read_u8(&ctx, &gout).unwrap(), &want);
+    for ctx in contexts() {
+        let layer = k::Int8Weights::new(&ctx, &w, cfg.n, cfg.k, &bias, &rq).unwrap();
+        let gx = k::upload_u8(&ctx, &[cfg.m, cfg.k], &x).unwrap();
+        let gout = GpuTensor::zeros(&ctx, &[cfg.m, cfg.n], DType::I8x4).unwrap();
+        let d = k::int8_linear(&ctx, &cfg, &gx, &layer, &gout).unwrap();
+        ctx.submit(&[&d]).unwrap();
+        let direct = k::linear_takes_direct(&ctx, &cfg);
+        let what = format!("int8_linear seed {seed} direct {direct} {cfg:?}");
+        assert_bit_exact(&what, &k::read_u8(&ctx, &gout).unwrap(), &want);
+    }
 }
 
 #[test]
@@ -102,6 +121,10 @@ fn linear_matches_reference() {
     // Long K with x = 255 / w = +-127: the accumulator nears 2^31 and the bias wraps it.
     check_linear(30, LinearConfig { m: 2, k: 16411, n: 3, x_zero: 0 }, true);
     check_linear(31, LinearConfig { m: 3, k: 16411, n: 8, x_zero: 0 }, true);
+    // DIRECT-eligible (n % 4 == 0) with partial row and channel blocks, aligned and odd k.
+    for (i, &(m, k, n)) in [(1, 1568, 128), (5, 37, 12), (7, 16, 4), (9, 129, 20), (66, 9, 36)].iter().enumerate() {
+        check_linear(40 + i as u64, LinearConfig { m, k, n, x_zero: 3 + 50 * i as i32 }, i % 2 == 1);
+    }
 }
 
 #[test]
@@ -158,27 +181,85 @@ fn random_conv(rng: &mut ChaCha8Rng, case: u64) -> Conv2dConfig {
     }
 }
 
-#[test]
-fn conv2d_matches_reference() {
-    let ctx = testing::ctx();
-    let mut rng = testing::rng(4);
-    for case in 0..24u64 {
-        let cfg = random_conv(&mut rng, case);
-        let extreme = case % 3 == 2;
-        let x = codes(&mut rng, cfg.batch * cfg.c_in * cfg.h * cfg.w, extreme);
-        let w = weights(&mut rng, cfg.c_out * cfg.k(), extreme);
-        let bias: Vec<i32> = (0..cfg.c_out).map(|_| rng.random_range(-50000..50000)).collect();
-        let act = [Activation::None, Activation::Relu, Activation::Relu6][(case % 3) as usize];
-        let rq = requant(&mut rng, cfg.c_out, (cfg.k() as f64).sqrt() * 10000.0, act);
-        let n = cfg.out_len().unwrap();
-        let mut want = vec![0u8; n];
-        r::conv2d(&cfg, &x, &w, &bias, &rq, &mut want).unwrap();
-        let layer = k::Int8Weights::new(&ctx, &w, cfg.c_out, cfg.k(), &bias, &rq).unwrap();
+fn check_conv(rng: &mut ChaCha8Rng, case: u64, cfg: Conv2dConfig) {
+    let extreme = case % 3 == 2;
+    let x = codes(rng, cfg.batch * cfg.c_in * cfg.h * cfg.w, extreme);
+    let w = weights(rng, cfg.c_out * cfg.k(), extreme);
+    let bias: Vec<i32> = (0..cfg.c_out).map(|_| rng.random_range(-50000..50000)).collect();
+    let act = [Activation::None, Activation::Relu, Activation::Relu6][(case % 3) as usize];
+    let rq = requant(rng, cfg.c_out, (cfg.k() as f64).sqrt() * 10000.0, act);
+    let n = cfg.out_len().unwrap();
+    let mut want = vec![0u8; n];
+    r::conv2d(&cfg, &x, &w, &bias, &rq, &mut want).unwrap();
+    for ctx in contexts() {
+        let kernel = [cfg.cin_g(), cfg.kernel[0], cfg.kernel[1]];
+        let layer = k::Int8Weights::new_conv(&ctx, &w, cfg.c_out, kernel, &bias, &rq).unwrap();
         let gx = k::upload_u8(&ctx, &[cfg.batch, cfg.c_in, cfg.h, cfg.w], &x).unwrap();
         let gout = GpuTensor::zeros(&ctx, &[n], DType::I8x4).unwrap();
         let d = k::int8_conv2d(&ctx, &cfg, &gx, &layer, &gout).unwrap();
         ctx.submit(&[&d]).unwrap();
-        assert_bit_exact(&format!("int8_conv2d case {case} {cfg:?}"), &k::read_u8(&ctx, &gout).unwrap(), &want);
+        let direct = k::conv_takes_direct(&ctx, &cfg);
+        let what = format!("int8_conv2d case {case} direct {direct} {cfg:?}");
+        assert_bit_exact(&what, &k::read_u8(&ctx, &gout).unwrap(), &want);
+    }
+}
+
+#[test]
+fn conv2d_matches_reference() {
+    let mut rng = testing::rng(4);
+    for case in 0..24u64 {
+        let cfg = random_conv(&mut rng, case);
+        check_conv(&mut rng, case, cfg);
+    }
+}
+
+/// Shapes the DIRECT conv takes (oh * ow % 4 == 0, dilation_w 1): padding on every side,
+/// kernel rows of 1..6 taps (one or two words), strides, height dilation, groups, c_in / groups
+/// a multiple of 4 or not, and
+/// channel counts that leave partial 8-channel blocks, output words that cross rows.
+#[test]
+fn conv2d_direct_shapes_match_reference() {
+    let mut rng = testing::rng(5);
+    let base = Conv2dConfig {
+        batch: 2,
+        c_in: 3,
+        h: 6,
+        w: 6,
+        c_out: 5,
+        kernel: [3, 3],
+        stride: [1, 1],
+        padding: [1, 1],
+        dilation: [1, 1],
+        groups: 1,
+        x_zero: 77,
+    };
+    let cases = [
+        base,
+        Conv2dConfig { batch: 3, c_in: 16, h: 14, w: 14, c_out: 32, x_zero: 0, ..base },
+        Conv2dConfig { batch: 1, c_in: 1, h: 28, w: 28, c_out: 16, x_zero: 255, ..base },
+        Conv2dConfig { c_in: 4, c_out: 11, kernel: [2, 5], padding: [2, 2], h: 5, w: 9, ..base },
+        Conv2dConfig { c_in: 6, c_out: 9, groups: 3, stride: [2, 1], h: 9, w: 12, ..base },
+        Conv2dConfig { c_in: 2, c_out: 13, kernel: [3, 6], dilation: [2, 1], padding: [2, 3], h: 6, w: 5, ..base },
+        Conv2dConfig { c_in: 8, c_out: 8, groups: 8, h: 6, w: 6, stride: [1, 2], padding: [0, 0], ..base },
+        Conv2dConfig { c_in: 5, c_out: 17, kernel: [1, 1], padding: [0, 0], h: 3, w: 4, ..base },
+        // c_in / groups % 4 == 0: weights of four input channels per vec4 load.
+        Conv2dConfig { c_in: 8, c_out: 6, groups: 2, h: 5, w: 4, ..base },
+        Conv2dConfig {
+            batch: 1,
+            c_in: 12,
+            c_out: 19,
+            kernel: [2, 5],
+            padding: [0, 2],
+            h: 5,
+            w: 7,
+            x_zero: 255,
+            ..base
+        },
+    ];
+    for (i, cfg) in cases.into_iter().enumerate() {
+        let (oh, ow) = cfg.out_hw().unwrap();
+        assert!((oh * ow) % 4 == 0, "case {i} is not DIRECT-eligible: {cfg:?}");
+        check_conv(&mut rng, 100 + i as u64, cfg);
     }
 }
 
@@ -189,10 +270,33 @@ fn bad_shapes_are_errors() {
     let layer = k::Int8Weights::new(&ctx, &[1i8; 6], 3, 2, &[0; 3], &rq).unwrap();
     assert!(k::Int8Weights::new(&ctx, &[1i8; 5], 3, 2, &[0; 3], &rq).is_err());
     assert!(k::Int8Weights::new(&ctx, &[1i8; 6], 3, 2, &[0; 2], &rq).is_err());
+    assert!(k::Int8Weights::new_conv(&ctx, &[1i8; 6], 3, [1, 0, 2], &[0; 3], &rq).is_err());
+    assert!(k::Int8Weights::new_conv(&ctx, &[1i8; 6], 3, [1, 1, 3], &[0; 3], &rq).is_err());
+    // Conv weights packed for another kernel width are refused.
+    let conv = Conv2dConfig {
+        batch: 1,
+        c_in: 1,
+        h: 2,
+        w: 2,
+        c_out: 3,
+        kernel: [1, 2],
+        stride: [1, 1],
+        padding: [0, 0],
+        dilation: [1, 1],
+        groups: 1,
+        x_zero: 0,
+    };
+    let cx = k::upload_u8(&ctx, &[1, 1, 2, 2], &[1; 4]).unwrap();
+    let cout = GpuTensor::zeros(&ctx, &[6], DType::I8x4).unwrap();
+    let rows2 = k::Int8Weights::new_conv(&ctx, &[1i8; 6], 3, [1, 1, 2], &[0; 3], &rq).unwrap();
+    assert!(k::int8_conv2d(&ctx, &conv, &cx, &rows2, &cout).is_ok());
+    let rows1 = k::Int8Weights::new_conv(&ctx, &[1i8; 6], 3, [1, 2, 1], &[0; 3], &rq).unwrap();
+    assert!(k::int8_conv2d(&ctx, &conv, &cx, &rows1, &cout).is_err());
     let x = k::upload_u8(&ctx, &[4, 2], &[1; 8]).unwrap();
     let out = GpuTensor::zeros(&ctx, &[4, 3], DType::I8x4).unwrap();
     let cfg = LinearConfig { m: 4, k: 2, n: 3, x_zero: 0 };
     assert!(k::int8_linear(&ctx, &cfg, &x, &layer, &out).is_ok());
+    assert!(k::int8_linear(&ctx, &cfg, &x, &rows1, &out).is_err());
     assert!(k::int8_linear(&ctx, &LinearConfig { m: 3, ..cfg }, &x, &layer, &out).is_err());
     assert!(k::int8_linear(&ctx, &LinearConfig { k: 3, ..cfg }, &x, &layer, &out).is_err());
     assert!(k::int8_linear(&ctx, &LinearConfig { x_zero: -1, ..cfg }, &x, &layer, &out).is_err());

@@ -137,7 +137,12 @@ impl Int8GpuModel {
             weights.push(match &l.kind {
                 LayerKind::Int(il) => {
                     let cout = r.out_shape[0];
-                    Some(Int8Weights::new(ctx, &il.weight, cout, il.weight.len() / cout, &il.bias, &il.requant)?)
+                    let k = il.weight.len() / cout;
+                    let kernel = match r.node.op {
+                        Op::Conv { kernel, .. } => [k / (kernel * kernel), kernel, kernel],
+                        _ => [1, 1, k],
+                    };
+                    Some(Int8Weights::new_conv(ctx, &il.weight, cout, kernel, &il.bias, &il.requant)?)
                 }
                 _ => None,
             });
@@ -435,6 +440,20 @@ impl Int8GpuModel {
             Domain::Float => NodeValue::Float(words.iter().map(|&w| f32::from_bits(w)).collect()),
         };
         self.finish(&value, batch, None)
+    }
+
+    /// Per-dispatch GPU times of the recorded forward of `batch` images (labels and
+    /// timings in plan order; GPU timestamps where the adapter has them, else wall clock).
+    pub fn profile(&self, batch: usize, runs: usize) -> Result<Vec<(String, crate::bench::timing::Timing)>> {
+        let sample: usize = self.model.graph.input.iter().product();
+        let plans = self.run(&vec![0.0; batch * sample], batch)?;
+        self.ctx.wait()?;
+        let mut out = Vec::new();
+        for d in &plans[&batch] {
+            let t = crate::bench::timing::time_dispatches(&self.ctx, &[d], 1, runs, 0.005)?;
+            out.push((format!("{} {:?}", d.label, d.workgroups), t));
+        }
+        Ok(out)
     }
 
     /// [`Int8GpuModel::forward`] that also reads back every node's output.

@@ -4,9 +4,14 @@
 //!
 //! GPU layouts: activations are uint8 codes packed four per u32, flat (a [`DType::I8x4`]
 //! tensor whose `len` counts codes; [`upload_u8`] / [`read_u8`]). A layer's weights are
-//! packed once by [`Int8Weights::new`]: int8 rows of `ceil(k / 4)` words per output channel,
-//! and per channel `(bias, M0, shift, sum_k w)` as `vec4<i32>`. The packed 4x8 dot product
-//! is used when `ctx.use_dot4` (override `USE_DOT4`), else `unpack4xU8` / `unpack4xI8`.
+//! packed once by [`Int8Weights::new`] (linear: rows of `ceil(k / 4)` words per output
+//! channel) or [`Int8Weights::new_conv`] (each kernel row of `kw` taps padded to whole
+//! words), and per channel `(bias, M0, shift, sum_k w)` as `vec4<i32>`. The packed 4x8 dot
+//! product is used when `ctx.use_dot4` (override `USE_DOT4`), else `unpack4xU8` /
+//! `unpack4xI8`. On CPU adapters (`ctx.conv_direct`) conv and linear take the shader's
+//! register-blocked `DIRECT` specialization where its layout conditions hold
+//! ([`conv_takes_direct`], [`linear_takes_direct`]); it always unpacks (dot4I8Packed is
+//! emulated on CPU adapters and measured slower there).
 
 use crate::error::{Result, WqatError};
 use crate::gpu::{grid_1d, DType, Dispatch, GpuContext, GpuTensor, PipelineKey};
@@ -41,6 +46,10 @@ struct Params {
     act_min: i32,
     act_max: i32,
     raw: u32,
+    kq: u32,
+    batch: u32,
+    groups: u32,
+    _pad: u32,
 }
 
 /// Packs uint8 codes four per u32, little end first, zero padded.
@@ -72,7 +81,8 @@ pub fn read_u8(ctx: &GpuContext, t: &GpuTensor) -> Result<Vec<u8>> {
 /// One layer's packed weights and per-channel requantization, uploaded once.
 #[derive(Debug, Clone)]
 pub struct Int8Weights {
-    /// `[n, ceil(k / 4)]` u32 words of int8 weights.
+    /// u32 words of int8 weights, `kw4` per output channel (see the shader header for their
+    /// order), zero padded to a multiple of 4 words (the shader reads them as `vec4<u32>`).
     pub weights: GpuTensor,
     /// `[n, 4]` i32: bias, M0, shift, sum of the channel's weights.
     pub chan: GpuTensor,
@@ -80,39 +90,61 @@ pub struct Int8Weights {
     pub n: usize,
     /// Reduction length (`k` of a linear layer, `c_in / groups * kh * kw` of a conv).
     pub k: usize,
+    /// `[c_in / groups, kh, kw]` of a conv, `[1, 1, k]` of a linear layer; each kernel row
+    /// of `kw` values starts a word.
+    pub kernel: [usize; 3],
     pub out_zero: i32,
     pub act_min: i32,
     pub act_max: i32,
 }
 
 impl Int8Weights {
-    /// Packs `w` (`[n, k]` int8 row-major; a conv's `[c_out, c_in/groups, kh, kw]` is the
-    /// same thing) with its int32 `bias` and requantization.
+    /// Packs linear weights `w` (`[n, k]` int8 row-major) with their int32 `bias` and
+    /// requantization.
     pub fn new(ctx: &GpuContext, w: &[i8], n: usize, k: usize, bias: &[i32], rq: &Requant) -> Result<Self> {
+        Self::new_conv(ctx, w, n, [1, 1, k], bias, rq)
+    }
+
+    /// Packs conv weights `w` (`[c_out = n, cin_g, kh, kw]` with `kernel = [cin_g, kh, kw]`):
+    /// kernel rows of `kw` taps padded to whole words, words ordered (ky, word, ci).
+    pub fn new_conv(
+        ctx: &GpuContext,
+        w: &[i8],
+        n: usize,
+        kernel: [usize; 3],
+        bias: &[i32],
+        rq: &Requant,
+    ) -> Result<Self> {
+        let [cin_g, kh, kw] = kernel;
+        let k = cin_g * kh * kw;
         if n == 0 || k == 0 || w.len() != n * k || bias.len() != n {
             return Err(WqatError::shape(format!(
-                "int8 weights: {} values / {} biases for n {n}, k {k}",
+                "int8 weights: {} values / {} biases for n {n}, kernel {kernel:?}",
                 w.len(),
                 bias.len()
             )));
         }
         rq.validate(n)?;
-        let kw4 = k.div_ceil(4);
-        let mut words = vec![0u32; n * kw4];
+        let kw4 = words_per_channel(kernel);
+        let kq = kw.div_ceil(4);
+        let mut words = vec![0u32; (n * kw4).div_ceil(4) * 4];
         let mut chan = vec![0i32; n * 4];
         for c in 0..n {
             let row = &w[c * k..(c + 1) * k];
             for (i, &v) in row.iter().enumerate() {
-                words[c * kw4 + i / 4] |= (v as u8 as u32) << (8 * (i % 4));
+                let (ci, ky, kx) = (i / (kh * kw), i / kw % kh, i % kw);
+                let word = (ky * kq + kx / 4) * cin_g + ci;
+                words[c * kw4 + word] |= (v as u8 as u32) << (8 * (kx % 4));
             }
             let sum = row.iter().map(|&v| v as i32).sum::<i32>();
             chan[c * 4..c * 4 + 4].copy_from_slice(&[bias[c], rq.multiplier[c], rq.shift[c], sum]);
         }
         Ok(Int8Weights {
-            weights: GpuTensor::from_u32(ctx, &[n, kw4], &words)?,
+            weights: GpuTensor::from_u32(ctx, &[words.len()], &words)?,
             chan: GpuTensor::from_i32(ctx, &[n, 4], &chan)?,
             n,
             k,
+            kernel,
             out_zero: rq.out_zero,
             act_min: rq.act_min,
             act_max: rq.act_max,
@@ -123,7 +155,8 @@ impl Int8Weights {
         Params {
             total: total as u32,
             k: self.k as u32,
-            kw4: self.k.div_ceil(4) as u32,
+            kw4: words_per_channel(self.kernel) as u32,
+            kq: self.kernel[2].div_ceil(4) as u32,
             n: self.n as u32,
             x_zero,
             out_zero: self.out_zero,
@@ -132,6 +165,10 @@ impl Int8Weights {
             ..Default::default()
         }
     }
+}
+
+fn words_per_channel([cin_g, kh, kw]: [usize; 3]) -> usize {
+    cin_g * kh * kw.div_ceil(4)
 }
 
 fn check_packed(t: &GpuTensor, n: usize, what: &str) -> Result<()> {
@@ -148,8 +185,29 @@ fn check_packed(t: &GpuTensor, n: usize, what: &str) -> Result<()> {
     Ok(())
 }
 
-fn key(ctx: &GpuContext, entry: &'static str) -> PipelineKey {
-    PipelineKey::new("int8_gemm", entry).with("USE_DOT4", if ctx.use_dot4 { 1.0 } else { 0.0 })
+/// The pipeline key; DIRECT kernels always unpack (see `dot4v` in the shader).
+fn key(ctx: &GpuContext, entry: &'static str, direct: bool) -> PipelineKey {
+    PipelineKey::new("int8_gemm", entry)
+        .with("USE_DOT4", if ctx.use_dot4 && !direct { 1.0 } else { 0.0 })
+        .with("DIRECT", if direct { 1.0 } else { 0.0 })
+}
+
+/// Output channels per invocation of the DIRECT kernels.
+const DIRECT_CH: usize = 8;
+
+/// Whether [`int8_linear`] takes the DIRECT kernel: CPU adapters, `n % 4 == 0` (each
+/// invocation writes whole words of 4 channels).
+pub fn linear_takes_direct(ctx: &GpuContext, cfg: &LinearConfig) -> bool {
+    ctx.conv_direct && cfg.n.is_multiple_of(4)
+}
+
+/// Whether [`int8_conv2d`] takes the DIRECT kernel: CPU adapters, `oh * ow % 4 == 0` (an
+/// output word is 4 positions of one plane), `dilation_w == 1` (a weight word's taps are
+/// consecutive input bytes) and byte addresses within i32.
+pub fn conv_takes_direct(ctx: &GpuContext, cfg: &Conv2dConfig) -> bool {
+    let Ok((oh, ow)) = cfg.out_hw() else { return false };
+    let x_len = cfg.batch * cfg.c_in * cfg.h * cfg.w;
+    ctx.conv_direct && (oh * ow).is_multiple_of(4) && cfg.dilation[1] == 1 && x_len < (1 << 31) - 64
 }
 
 /// `out [m, n] = requant(x [m, k] . w^T + bias)` on packed u8 tensors.
@@ -161,19 +219,24 @@ pub fn int8_linear(
     out: &GpuTensor,
 ) -> Result<Dispatch> {
     cfg.validate(cfg.m * cfg.k, layer.n * layer.k, layer.n, cfg.m * cfg.n)?;
-    if layer.n != cfg.n || layer.k != cfg.k {
-        return Err(WqatError::shape(format!("linear {cfg:?} with weights of n {} k {}", layer.n, layer.k)));
+    if layer.n != cfg.n || layer.kernel != [1, 1, cfg.k] {
+        return Err(WqatError::shape(format!(
+            "linear {cfg:?} with weights of n {} kernel {:?}",
+            layer.n, layer.kernel
+        )));
     }
     check_packed(x, cfg.m * cfg.k, "int8_linear x")?;
     check_packed(out, cfg.m * cfg.n, "int8_linear out")?;
     let total = cfg.m * cfg.n;
     let p = layer.params(total, cfg.x_zero);
+    let direct = linear_takes_direct(ctx, cfg);
+    let invocations = if direct { cfg.m.div_ceil(4) * cfg.n.div_ceil(DIRECT_CH) } else { total.div_ceil(4) };
     Dispatch::new(
         ctx,
-        &key(ctx, "int8_linear"),
+        &key(ctx, "int8_linear", direct),
         bytemuck::bytes_of(&p),
         &[&x.buffer, &layer.weights.buffer, &layer.chan.buffer, &out.buffer],
-        grid_1d(total.div_ceil(4), WG),
+        grid_1d(invocations, WG),
     )
 }
 
@@ -188,8 +251,8 @@ pub fn int8_conv2d(
     let x_len = cfg.batch * cfg.c_in * cfg.h * cfg.w;
     let total = cfg.out_len()?;
     cfg.validate(x_len, layer.n * layer.k, layer.n, total)?;
-    if layer.n != cfg.c_out || layer.k != cfg.k() {
-        return Err(WqatError::shape(format!("conv {cfg:?} with weights of n {} k {}", layer.n, layer.k)));
+    if layer.n != cfg.c_out || layer.kernel != [cfg.cin_g(), cfg.kernel[0], cfg.kernel[1]] {
+        return Err(WqatError::shape(format!("conv {cfg:?} with weights of n {} kernel {:?}", layer.n, layer.kernel)));
     }
     check_packed(x, x_len, "int8_conv2d x")?;
     check_packed(out, total, "int8_conv2d out")?;
@@ -210,19 +273,31 @@ pub fn int8_conv2d(
         pw: cfg.padding[1] as u32,
         dh: cfg.dilation[0] as u32,
         dw: cfg.dilation[1] as u32,
+        batch: cfg.batch as u32,
+        groups: cfg.groups as u32,
         ..layer.params(total, cfg.x_zero)
+    };
+    let direct = conv_takes_direct(ctx, cfg);
+    let grid = if direct {
+        // x, y: output words of one plane over the batch; z: (group, block of 8 channels),
+        // uniform per workgroup.
+        let [x, y, _] = grid_1d(oh * ow / 4 * cfg.batch, WG);
+        [x, y, (cfg.groups * cfg.cout_g().div_ceil(DIRECT_CH)) as u32]
+    } else {
+        grid_1d(total.div_ceil(4), WG)
     };
     Dispatch::new(
         ctx,
-        &key(ctx, "int8_conv2d"),
+        &key(ctx, "int8_conv2d", direct),
         bytemuck::bytes_of(&p),
         &[&x.buffer, &layer.weights.buffer, &layer.chan.buffer, &out.buffer],
-        grid_1d(total.div_ceil(4), WG),
+        grid,
     )
 }
 
 /// Test probe of the shader's requantization: `out[i] = requant(acc[i] + bias[c], c)` with
-/// `c = channel[i]` (u32 tensors of equal length); `raw` writes the signed
+/// `c = channel[i]` (u32 tensors of equal length, a multiple of 4: `channel` is bound as
+/// the weights, `vec4<u32>`); `raw` writes the signed
 /// `MultiplyByQuantizedMultiplier` result (as u32 bits) without zero point or clamp.
 pub fn int8_requant_probe(
     ctx: &GpuContext,
@@ -233,7 +308,7 @@ pub fn int8_requant_probe(
     out: &GpuTensor,
 ) -> Result<Dispatch> {
     let n = acc.len();
-    if channel.len() != n || out.len() != n || n == 0 {
+    if channel.len() != n || out.len() != n || n == 0 || !n.is_multiple_of(4) {
         return Err(WqatError::shape(format!(
             "requant probe: {n} accumulators, {} channels, {} outputs",
             channel.len(),
@@ -243,7 +318,7 @@ pub fn int8_requant_probe(
     let p = Params { raw: raw as u32, ..layer.params(n, 0) };
     Dispatch::new(
         ctx,
-        &key(ctx, "int8_requant_probe"),
+        &key(ctx, "int8_requant_probe", false),
         bytemuck::bytes_of(&p),
         &[&acc.buffer, &channel.buffer, &layer.chan.buffer, &out.buffer],
         grid_1d(n, WG),

@@ -2,6 +2,10 @@
 //! the batch split into contiguous chunks over `std::thread::scope` threads (each image is
 //! computed by one thread, so results do not depend on the thread count).
 
+mod fast;
+
+pub use fast::CpuPacks;
+
 use super::{Domain, Int8Model, LayerKind};
 use crate::error::{Result, WqatError};
 use crate::int8::{self, AvgRequant, Conv2dConfig, CpuBackend, LinearConfig, PoolConfig};
@@ -175,6 +179,9 @@ impl Int8Model {
     /// Runs the whole network on `batch` images; returns the node outputs (all of them when
     /// `keep`, else only the last one).
     fn run_chunk(&self, images: &[f32], batch: usize, backend: CpuBackend, keep: bool) -> Result<Vec<NodeValue>> {
+        if let Some(k) = backend.kernel().filter(|&k| self.fast_path(Some(k))) {
+            return self.run_fast(images, batch, k, keep, 1);
+        }
         let input = NodeValue::from_f32(images.to_vec(), self.input);
         let n = self.layers.len();
         // Last consumer of every node, to free outputs early when not keeping them.

@@ -14,7 +14,10 @@
 //!
 //! Pooling and add are memory-bound: the `Simd` backend runs the scalar code for them.
 
+pub mod gemm;
+pub mod nhwc;
 pub mod ops;
+pub mod packed_conv;
 pub mod requant;
 pub mod scalar;
 pub mod simd;
@@ -24,7 +27,9 @@ pub mod neon;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
 
+pub use gemm::PackedLinear;
 pub use ops::{AddConfig, AvgRequant, Conv2dConfig, LinearConfig, PoolConfig};
+pub use packed_conv::PackedConv;
 pub use requant::{quantize_bias, quantize_multiplier, Activation, Requant};
 pub use simd::SimdKernel;
 
@@ -43,7 +48,8 @@ pub enum CpuBackend {
 }
 
 impl CpuBackend {
-    fn kernel(self) -> Option<SimdKernel> {
+    /// The SIMD kernel this backend runs (`None`: scalar).
+    pub fn kernel(self) -> Option<SimdKernel> {
         match self {
             CpuBackend::Scalar => None,
             CpuBackend::Simd => Some(SimdKernel::best()),

@@ -68,6 +68,11 @@ impl SimdKernel {
             16
         }
     }
+    /// Whether the kernel runs the pre-packed pair GEMM of [`super::gemm`] (else the
+    /// dot-product micro-kernels of this file).
+    pub fn uses_pairs(self) -> bool {
+        matches!(self, SimdKernel::Portable | SimdKernel::Avx2)
+    }
     fn wide(self) -> bool {
         matches!(self, SimdKernel::Portable | SimdKernel::Avx2 | SimdKernel::Neon)
     }
@@ -275,6 +280,16 @@ pub fn linear(
 ) -> Result<()> {
     cfg.validate(x.len(), w.len(), bias.len(), out.len())?;
     rq.validate(cfg.n)?;
+    if kernel.uses_pairs() {
+        if !kernel.is_available() {
+            return Err(WqatError::invalid(format!("SIMD kernel {kernel:?} is not available on this CPU")));
+        }
+        let p = super::gemm::PackedLinear::new(cfg.k, cfg.n, cfg.x_zero, w, bias, rq, |m| m);
+        let mut xp = Vec::new();
+        p.load(x, cfg.m, &mut xp);
+        let work = cfg.k * cfg.n.div_ceil(8) * 8;
+        return par_rows(cfg.m, work, cfg.n, out, |rows, o| p.run(kernel, &xp, rows, o));
+    }
     let p = Packed::new(kernel, w, 1, cfg.n, cfg.k, bias, cfg.x_zero);
     let n = cfg.n;
     run(&LinearRows { x, k: cfg.k }, 1, cfg.m, &p, rq, |_, r, v| out[r * n..(r + 1) * n].copy_from_slice(v))
@@ -330,6 +345,20 @@ pub fn conv2d(
     cfg.validate(x.len(), w.len(), bias.len(), out.len())?;
     rq.validate(cfg.c_out)?;
     let (oh, ow) = cfg.out_hw()?;
+    if kernel.uses_pairs() {
+        if !kernel.is_available() {
+            return Err(WqatError::invalid(format!("SIMD kernel {kernel:?} is not available on this CPU")));
+        }
+        let p = super::packed_conv::PackedConv::new(cfg, w, bias, rq)?;
+        let mut xp = Vec::new();
+        p.load_nchw(x, cfg.batch, &mut xp);
+        let rows = p.rows(cfg.batch);
+        let mut hwc = vec![0u8; rows * cfg.c_out];
+        let work = cfg.k() * cfg.c_out.div_ceil(8) * 8;
+        par_rows(rows, work, cfg.c_out, &mut hwc, |r, o| p.run(kernel, &xp, r, o))?;
+        hwc_to_nchw(&hwc, cfg.batch, cfg.c_out, oh * ow, out);
+        return Ok(());
+    }
     let cout_g = cfg.cout_g();
     let p = Packed::new(kernel, w, cfg.groups, cout_g, cfg.k(), bias, cfg.x_zero);
     let ohw = oh * ow;
@@ -340,4 +369,51 @@ pub fn conv2d(
             out[(b * c_out + g * cout_g + j) * ohw + pos] = code;
         }
     })
+}
+
+/// Threads worth using for `rows` rows of `work` multiply-adds each (at least 2^18 per
+/// thread), at most the CPU count.
+pub fn threads_for(rows: usize, work: usize) -> usize {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    ((rows as u64 * work as u64) >> 18).clamp(1, cpus as u64).min(rows.max(1) as u64) as usize
+}
+
+/// Runs `f(rows, out rows)` over contiguous row ranges of `out` (`row_len` bytes a row),
+/// on [`threads_for`] threads; each row is computed by one call, so results do not depend
+/// on the split.
+pub fn par_rows(
+    rows: usize,
+    work: usize,
+    row_len: usize,
+    out: &mut [u8],
+    f: impl Fn(std::ops::Range<usize>, &mut [u8]) -> Result<()> + Sync,
+) -> Result<()> {
+    let threads = threads_for(rows, work);
+    if threads <= 1 {
+        return f(0..rows, out);
+    }
+    let chunk = rows.div_ceil(threads);
+    std::thread::scope(|s| {
+        let hs: Vec<_> = out
+            .chunks_mut(chunk * row_len)
+            .enumerate()
+            .map(|(t, o)| {
+                let f = &f;
+                s.spawn(move || f(t * chunk..((t + 1) * chunk).min(rows), o))
+            })
+            .collect();
+        hs.into_iter().try_for_each(|h| h.join().unwrap_or_else(|_| Err(WqatError::invalid("int8 worker panicked"))))
+    })
+}
+
+/// `[batch][hw][c]` -> `[batch][c][hw]`.
+pub fn hwc_to_nchw(x: &[u8], batch: usize, c: usize, hw: usize, out: &mut [u8]) {
+    for b in 0..batch {
+        let (src, dst) = (&x[b * hw * c..][..hw * c], &mut out[b * hw * c..][..hw * c]);
+        for p in 0..hw {
+            for ch in 0..c {
+                dst[ch * hw + p] = src[p * c + ch];
+            }
+        }
+    }
 }

@@ -118,3 +118,177 @@ pub unsafe fn mk_vnni(xa: *const u8, xb: *const u8, w: *const i8, ws: usize, kp:
     }
     out
 }
+
+/// Rows `xb` (4 row offsets into `x`, repeated for the rows past `nrows`) of the pair
+/// GEMM `p` (see [`super::gemm`]): all channels, 16 (then 8) at a time, bias, exact
+/// requantization ([`requant8`]) and a store of the first `nrows` rows at `out + ob[r]`.
+///
+/// # Safety
+/// AVX2 must be available; `x[xb[r] + off .. + 2]` readable for every step offset and
+/// `out[ob[r] .. + p.n]` writable for every row.
+#[target_feature(enable = "avx2")]
+pub unsafe fn pair_rows(
+    p: &super::gemm::PackedGemm,
+    x: *const i16,
+    xb: [usize; 4],
+    out: *mut u8,
+    ob: [usize; 4],
+    nrows: usize,
+) {
+    let xr = [x.add(xb[0]), x.add(xb[1]), x.add(xb[2]), x.add(xb[3])];
+    let mut blk = 0;
+    while blk + 2 <= p.nb {
+        pair_tile::<2>(p, &xr, blk, out, &ob, nrows);
+        blk += 2;
+    }
+    if blk < p.nb {
+        pair_tile::<1>(p, &xr, blk, out, &ob, nrows);
+    }
+}
+
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn pair_tile<const NV: usize>(
+    p: &super::gemm::PackedGemm,
+    xr: &[*const i16; 4],
+    blk: usize,
+    out: *mut u8,
+    ob: &[usize; 4],
+    nrows: usize,
+) {
+    let z = _mm256_setzero_si256();
+    let mut acc = [[z; NV]; 4];
+    let wstride = p.nb * 16;
+    let mut wp = p.w.as_ptr().add(blk * 16);
+    for &off in p.offs.iter() {
+        let off = off as usize;
+        let mut wv = [z; NV];
+        for (j, v) in wv.iter_mut().enumerate() {
+            *v = _mm256_loadu_si256(wp.add(16 * j) as *const __m256i);
+        }
+        for r in 0..4 {
+            let xv = _mm256_set1_epi32(std::ptr::read_unaligned(xr[r].add(off) as *const i32));
+            for j in 0..NV {
+                acc[r][j] = _mm256_add_epi32(acc[r][j], _mm256_madd_epi16(xv, wv[j]));
+            }
+        }
+        wp = wp.add(wstride);
+    }
+    for j in 0..NV {
+        let c0 = (blk + j) * 8;
+        let q = Rq8::load(p, c0);
+        let valid = (p.n - c0).min(8);
+        for (r, a) in acc.iter().enumerate().take(nrows) {
+            let codes = q.apply(a[j]);
+            let dst = out.add(ob[r] + c0);
+            if valid == 8 {
+                _mm_storel_epi64(dst as *mut __m128i, codes);
+            } else {
+                let mut tmp = [0u8; 16];
+                _mm_storeu_si128(tmp.as_mut_ptr() as *mut __m128i, codes);
+                std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, valid);
+            }
+        }
+    }
+}
+
+/// Requantization constants of 8 channels.
+struct Rq8 {
+    bias: __m256i,
+    m0: __m256i,
+    m0_odd: __m256i,
+    shl: __m256i,
+    any_left: bool,
+    shr: __m256i,
+    mask: __m256i,
+    half: __m256i,
+    lo: __m256i,
+    hi: __m256i,
+    zero: __m256i,
+}
+
+impl Rq8 {
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn load(p: &super::gemm::PackedGemm, c0: usize) -> Rq8 {
+        let ld = |v: &Vec<i32>| _mm256_loadu_si256(v.as_ptr().add(c0) as *const __m256i);
+        let m0 = ld(&p.m0);
+        let mask = ld(&p.mask);
+        Rq8 {
+            bias: ld(&p.bias),
+            m0,
+            m0_odd: _mm256_srli_epi64::<32>(m0),
+            shl: ld(&p.shl),
+            any_left: p.any_left,
+            shr: ld(&p.shr),
+            mask,
+            half: _mm256_srli_epi32::<1>(mask),
+            lo: _mm256_set1_epi32(p.lo),
+            hi: _mm256_set1_epi32(p.hi),
+            zero: _mm256_set1_epi32(p.out_zero),
+        }
+    }
+
+    /// `requantize(acc + bias)` of 8 lanes as u8 codes in the low 8 bytes, bit-exact with
+    /// [`super::requant::requantize`] for `M0 >= 0`:
+    /// * saturating left shift: compare with `MAX >> l` / `MIN >> l`, shift, blend;
+    /// * `SaturatingRoundingDoublingHighMul(a, M0)` = `floor((a * M0 + 2^30) / 2^31)`
+    ///   (the reference's truncating division of `a*M0 + nudge` equals this floor for
+    ///   both signs; `a = b = i32::MIN` cannot occur as `M0 >= 0`), 64-bit products of
+    ///   even and odd lanes, the low 32 bits of the shifted sum;
+    /// * `RoundingDivideByPOT`: `(x >> e) + (x & mask > (mask >> 1) + (x < 0))`;
+    /// * clamp to `[act_min - z, act_max - z]`, add `z`, pack to u8.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn apply(&self, acc: __m256i) -> __m128i {
+        let mut x = _mm256_add_epi32(acc, self.bias);
+        if self.any_left {
+            let max = _mm256_set1_epi32(i32::MAX);
+            let min = _mm256_set1_epi32(i32::MIN);
+            let over = _mm256_cmpgt_epi32(x, _mm256_srav_epi32(max, self.shl));
+            let under = _mm256_cmpgt_epi32(_mm256_srav_epi32(min, self.shl), x);
+            x = _mm256_sllv_epi32(x, self.shl);
+            x = _mm256_blendv_epi8(x, max, over);
+            x = _mm256_blendv_epi8(x, min, under);
+        }
+        let round = _mm256_set1_epi64x(1 << 30);
+        let even = _mm256_add_epi64(_mm256_mul_epi32(x, self.m0), round);
+        let odd = _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64::<32>(x), self.m0_odd), round);
+        let hm = _mm256_blend_epi32::<0b1010_1010>(_mm256_srli_epi64::<31>(even), _mm256_slli_epi64::<1>(odd));
+        let rem = _mm256_and_si256(hm, self.mask);
+        let neg = _mm256_cmpgt_epi32(_mm256_setzero_si256(), hm);
+        let thr = _mm256_sub_epi32(self.half, neg);
+        let up = _mm256_cmpgt_epi32(rem, thr);
+        let v = _mm256_sub_epi32(_mm256_srav_epi32(hm, self.shr), up);
+        let v = _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(v, self.lo), self.hi), self.zero);
+        let w = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+        _mm_packus_epi16(w, w)
+    }
+}
+
+/// `out[i] = clamp(round_ties_even(x[i] * inv_s) + z, 0, qmax) as u8`, bit-exact with
+/// `crate::reference::fake_quant::quantize_code` followed by `as u8` (the same f32
+/// multiply and add, `roundps` to nearest even; NaN gives 0 as the scalar `NaN as u8`;
+/// `qmax <= 255`).
+///
+/// # Safety
+/// AVX2 must be available.
+#[target_feature(enable = "avx2")]
+pub unsafe fn quantize_f32(x: &[f32], inv_s: f32, z: f32, qmax: f32, out: &mut [u8]) {
+    let n = x.len().min(out.len());
+    let (vi, vz, vmax, zero) = (_mm256_set1_ps(inv_s), _mm256_set1_ps(z), _mm256_set1_ps(qmax), _mm256_setzero_ps());
+    let mut i = 0;
+    while i + 8 <= n {
+        let v = _mm256_mul_ps(_mm256_loadu_ps(x.as_ptr().add(i)), vi);
+        let r = _mm256_add_ps(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v), vz);
+        // `max(r, 0)` returns 0 for a NaN `r`.
+        let r = _mm256_min_ps(_mm256_max_ps(r, zero), vmax);
+        let q = _mm256_cvttps_epi32(r);
+        let w = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q));
+        _mm_storel_epi64(out.as_mut_ptr().add(i) as *mut __m128i, _mm_packus_epi16(w, w));
+        i += 8;
+    }
+    for j in i..n {
+        out[j] = ((x[j] * inv_s).round_ties_even() + z).clamp(0.0, qmax) as u8;
+    }
+}

@@ -1,0 +1,212 @@
+//! Pre-packed int8 GEMM on i16 pairs (the `Portable` and `Avx2` kernels).
+//!
+//! Inputs are stored as `x - z_x` in i16 (so padding is 0 and no zero-point correction is
+//! needed), weights as i16. The reduction runs over *steps*: step `s` reads two adjacent
+//! i16 of a row at `base(row) + offs[s]` (one i32 broadcast) and multiplies them with the
+//! step's weights, packed `[step][block of 8 channels][channel][2]`, so one `vpmaddwd`
+//! gives 8 channels x 2 products summed into i32 lanes (each pair sum is at most
+//! `2 * 255 * 128` in magnitude: exact; the lane sums wrap mod 2^32 like the scalar
+//! reference). A step's two slots come from any two reduction indices (`Step::k`), so the
+//! same packing serves linear rows, im2col-free convs (one tap, two input channels) and
+//! single-channel convs (two horizontal taps), with zero weights where a slot is unused.
+//!
+//! Rows are computed 4 at a time against 16 channels (8 ymm accumulators), bias added,
+//! and requantized in registers ([`super::x86`]), bit-exact with [`Requant::apply`].
+
+use super::requant::{requantize, Requant};
+use super::simd::SimdKernel;
+use crate::error::{Result, WqatError};
+
+/// One reduction step: the two i16 at `off`, `off + 1` of a row times weights of reduction
+/// indices `k[0]`, `k[1]` (`None`: zero weight).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Step {
+    pub off: u32,
+    pub k: [Option<u32>; 2],
+}
+
+/// Weights, bias and requantization of `n` output channels packed for the pair kernels.
+#[derive(Debug, Clone)]
+pub struct PackedGemm {
+    pub(crate) n: usize,
+    /// Blocks of 8 channels.
+    pub(crate) nb: usize,
+    pub(crate) offs: Vec<u32>,
+    /// `[step][nb][8][2]`.
+    pub(crate) w: Vec<i16>,
+    /// Per channel (padded to `nb * 8`): bias, `M0`, left shift, right shift, `2^right - 1`.
+    pub(crate) bias: Vec<i32>,
+    pub(crate) m0: Vec<i32>,
+    pub(crate) shl: Vec<i32>,
+    pub(crate) shr: Vec<i32>,
+    pub(crate) mask: Vec<i32>,
+    pub(crate) any_left: bool,
+    pub(crate) out_zero: i32,
+    /// Clamp range relative to the zero point: `act_min - z`, `act_max - z`.
+    pub(crate) lo: i32,
+    pub(crate) hi: i32,
+    /// Largest step offset.
+    pub(crate) max_off: usize,
+}
+
+impl PackedGemm {
+    /// Packs channels `ch0..ch0 + n` (`w(c, k)`: the weight of channel `ch0 + c` at reduction
+    /// index `k`; bias and requantization indexed by `ch0 + c`).
+    pub(crate) fn new(
+        steps: &[Step],
+        n: usize,
+        w: impl Fn(usize, usize) -> i8,
+        bias: &[i32],
+        rq: &Requant,
+        ch0: usize,
+    ) -> Self {
+        let nb = n.div_ceil(8);
+        let mut wp = vec![0i16; steps.len() * nb * 16];
+        for (s, st) in steps.iter().enumerate() {
+            for c in 0..n {
+                for (t, k) in st.k.iter().enumerate() {
+                    if let Some(k) = k {
+                        wp[(s * nb + c / 8) * 16 + (c % 8) * 2 + t] = w(c, *k as usize) as i16;
+                    }
+                }
+            }
+        }
+        let pad =
+            |f: &dyn Fn(usize) -> i32| -> Vec<i32> { (0..nb * 8).map(|c| if c < n { f(c) } else { 0 }).collect() };
+        let shift = |c: usize| rq.shift[ch0 + c];
+        PackedGemm {
+            n,
+            nb,
+            offs: steps.iter().map(|s| s.off).collect(),
+            w: wp,
+            bias: pad(&|c| bias[ch0 + c]),
+            m0: pad(&|c| rq.multiplier[ch0 + c]),
+            shl: pad(&|c| shift(c).max(0)),
+            shr: pad(&|c| (-shift(c)).max(0)),
+            mask: pad(&|c| ((1u32 << (-shift(c)).max(0)) - 1) as i32),
+            any_left: (0..n).any(|c| shift(c) > 0),
+            out_zero: rq.out_zero,
+            lo: rq.act_min - rq.out_zero,
+            hi: rq.act_max - rq.out_zero,
+            max_off: steps.iter().map(|s| s.off as usize).max().unwrap_or(0),
+        }
+    }
+
+    /// Output rows `rows`: row `r` reads `x[base(r) + offs[s] ..][..2]` and writes its `n`
+    /// codes to `out[obase(r)..][..n]`. An error (never out-of-bounds access) when a row
+    /// does not fit its buffers.
+    pub(crate) fn run(
+        &self,
+        kernel: SimdKernel,
+        x: &[i16],
+        rows: std::ops::Range<usize>,
+        base: impl Fn(usize) -> usize,
+        out: &mut [u8],
+        obase: impl Fn(usize) -> usize,
+    ) -> Result<()> {
+        if !kernel.is_available() {
+            return Err(WqatError::invalid(format!("SIMD kernel {kernel:?} is not available on this CPU")));
+        }
+        let mut r = rows.start;
+        while r < rows.end {
+            let nrows = (rows.end - r).min(4);
+            let mut xb = [0usize; 4];
+            let mut ob = [0usize; 4];
+            for t in 0..4 {
+                let row = r + t.min(nrows - 1);
+                xb[t] = base(row);
+                ob[t] = obase(row);
+                if xb[t] + self.max_off + 2 > x.len() || ob[t] + self.n > out.len() {
+                    return Err(WqatError::invalid(format!("int8 gemm row {row} outside its buffers")));
+                }
+            }
+            match kernel {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: AVX2 checked above; every row's reads and writes checked in bounds.
+                SimdKernel::Avx2 => unsafe { super::x86::pair_rows(self, x.as_ptr(), xb, out.as_mut_ptr(), ob, nrows) },
+                _ => self.portable_rows(x, &xb[..nrows], out, &ob[..nrows]),
+            }
+            r += nrows;
+        }
+        Ok(())
+    }
+
+    /// Plain loops over the packed layout (any CPU).
+    fn portable_rows(&self, x: &[i16], xb: &[usize], out: &mut [u8], ob: &[usize]) {
+        for (&xb, &ob) in xb.iter().zip(ob) {
+            for c in 0..self.n {
+                let mut acc = self.bias[c];
+                for (s, &off) in self.offs.iter().enumerate() {
+                    let i = xb + off as usize;
+                    let w = &self.w[(s * self.nb + c / 8) * 16 + (c % 8) * 2..][..2];
+                    let pair = x[i] as i32 * w[0] as i32 + x[i + 1] as i32 * w[1] as i32;
+                    acc = acc.wrapping_add(pair);
+                }
+                let shift = self.shl[c] - self.shr[c];
+                let (lo, hi) = (self.lo + self.out_zero, self.hi + self.out_zero);
+                out[ob + c] = requantize(acc, self.m0[c], shift, self.out_zero, lo, hi) as u8;
+            }
+        }
+    }
+}
+
+/// A linear layer packed once: x rows of `k` codes (in the order given by `perm`) times
+/// `[n, k]` weights.
+#[derive(Debug, Clone)]
+pub struct PackedLinear {
+    pub k: usize,
+    pub n: usize,
+    /// Row stride of the i16 input (`k` rounded up to even).
+    pub kp: usize,
+    pub x_zero: i32,
+    gemm: PackedGemm,
+}
+
+impl PackedLinear {
+    /// `perm(m)`: the weight column of input element `m` (identity for plain rows).
+    pub fn new(
+        k: usize,
+        n: usize,
+        x_zero: i32,
+        w: &[i8],
+        bias: &[i32],
+        rq: &Requant,
+        perm: impl Fn(usize) -> usize,
+    ) -> Self {
+        let kp = k.div_ceil(2) * 2;
+        let steps: Vec<Step> = (0..kp / 2)
+            .map(|s| {
+                let slot = |m: usize| (m < k).then(|| perm(m) as u32);
+                Step { off: 2 * s as u32, k: [slot(2 * s), slot(2 * s + 1)] }
+            })
+            .collect();
+        let gemm = PackedGemm::new(&steps, n, |c, kk| w[c * k + kk], bias, rq, 0);
+        PackedLinear { k, n, kp, x_zero, gemm }
+    }
+
+    /// Converts `m` rows of `k` codes into `x - z` i16 rows of stride `kp`.
+    pub fn load(&self, x: &[u8], m: usize, dst: &mut Vec<i16>) {
+        if dst.len() != m * self.kp {
+            dst.clear();
+            dst.resize(m * self.kp, 0);
+        }
+        for (d, s) in dst.chunks_exact_mut(self.kp).zip(x.chunks_exact(self.k)).take(m) {
+            widen_sub(s, self.x_zero, &mut d[..self.k]);
+        }
+    }
+
+    /// Rows `rows` of the loaded input into `out` (`[m, n]`, the slice starting at row
+    /// `rows.start`).
+    pub fn run(&self, kernel: SimdKernel, xp: &[i16], rows: std::ops::Range<usize>, out: &mut [u8]) -> Result<()> {
+        let (kp, n, r0) = (self.kp, self.n, rows.start);
+        self.gemm.run(kernel, xp, rows, |r| r * kp, out, |r| (r - r0) * n)
+    }
+}
+
+/// `dst[i] = src[i] - z` as i16 (vectorized by the compiler).
+pub fn widen_sub(src: &[u8], z: i32, dst: &mut [i16]) {
+    let z = z as i16;
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = s as i16 - z;
+    }
+}

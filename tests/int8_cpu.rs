@@ -437,21 +437,3 @@ fn gemm_throughput() {
         eprintln!("{b:?}: {:.2} ms per {m}x{k}x{n} GEMM, {:.1} GOP/s", s * 1e3, 2.0 * (m * k * n) as f64 / s / 1e9);
     }
 }
-
-#[test]
-#[ignore = "manual profile: WQAT_PROFILE_SECS=10 cargo test --release --test int8_cpu -- --ignored mnist_forward_loop"]
-fn mnist_forward_loop() {
-    use wqat::convert::synthetic::{random_images, synthetic_checkpoint};
-    let g = wqat::model::zoo::build("mnist-cnn", [1, 28, 28], 10).unwrap();
-    let model = wqat::convert::convert(&g, &synthetic_checkpoint(&g, 7, false).unwrap()).unwrap();
-    let secs: f64 = std::env::var("WQAT_PROFILE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(2.0);
-    let batch: usize = std::env::var("WQAT_PROFILE_BATCH").ok().and_then(|s| s.parse().ok()).unwrap_or(64);
-    let x = random_images(&mut testing::rng(1), batch * 784, false);
-    let start = std::time::Instant::now();
-    let mut n = 0usize;
-    while start.elapsed().as_secs_f64() < secs {
-        model.forward_cpu(&x, batch, CpuBackend::Simd).unwrap();
-        n += batch;
-    }
-    eprintln!("{:.0} images/s (batch {batch})", n as f64 / start.elapsed().as_secs_f64());
-}

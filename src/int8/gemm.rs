@@ -32,7 +32,7 @@ pub struct PackedGemm {
     /// Blocks of 8 channels.
     pub(crate) nb: usize,
     pub(crate) offs: Vec<u32>,
-    /// `[step][nb][8][2]`.
+    /// Panel-major, see [`PackedGemm::widx`].
     pub(crate) w: Vec<i16>,
     /// Per channel (padded to `nb * 8`): bias, `M0`, left shift, right shift, `2^right - 1`.
     pub(crate) bias: Vec<i32>,
@@ -61,24 +61,14 @@ impl PackedGemm {
         ch0: usize,
     ) -> Self {
         let nb = n.div_ceil(8);
-        let mut wp = vec![0i16; steps.len() * nb * 16];
-        for (s, st) in steps.iter().enumerate() {
-            for c in 0..n {
-                for (t, k) in st.k.iter().enumerate() {
-                    if let Some(k) = k {
-                        wp[(s * nb + c / 8) * 16 + (c % 8) * 2 + t] = w(c, *k as usize) as i16;
-                    }
-                }
-            }
-        }
         let pad =
             |f: &dyn Fn(usize) -> i32| -> Vec<i32> { (0..nb * 8).map(|c| if c < n { f(c) } else { 0 }).collect() };
         let shift = |c: usize| rq.shift[ch0 + c];
-        PackedGemm {
+        let mut p = PackedGemm {
             n,
             nb,
             offs: steps.iter().map(|s| s.off).collect(),
-            w: wp,
+            w: vec![0i16; steps.len() * nb * 16],
             bias: pad(&|c| bias[ch0 + c]),
             m0: pad(&|c| rq.multiplier[ch0 + c]),
             shl: pad(&|c| shift(c).max(0)),
@@ -89,6 +79,30 @@ impl PackedGemm {
             lo: rq.act_min - rq.out_zero,
             hi: rq.act_max - rq.out_zero,
             max_off: steps.iter().map(|s| s.off as usize).max().unwrap_or(0),
+        };
+        for (s, st) in steps.iter().enumerate() {
+            for c in 0..n {
+                for (t, k) in st.k.iter().enumerate() {
+                    if let Some(k) = k {
+                        let i = p.widx(s, c / 8, (c % 8) * 2 + t);
+                        p.w[i] = w(c, *k as usize) as i16;
+                    }
+                }
+            }
+        }
+        p
+    }
+
+    /// Index of weight lane `l` (0..16: channel `l / 2`, slot `l % 2`) of block `b` at step
+    /// `s`: panels of two blocks `[panel][step][2][16]` (the micro-kernel's 16 channels
+    /// stream contiguously), then a last single block `[step][16]` when `nb` is odd.
+    pub(crate) fn widx(&self, s: usize, b: usize, l: usize) -> usize {
+        let steps = self.offs.len();
+        let even = self.nb / 2 * 2;
+        if b < even {
+            ((b / 2 * steps + s) * 2 + b % 2) * 16 + l
+        } else {
+            (even * steps + s) * 16 + l
         }
     }
 
@@ -104,47 +118,90 @@ impl PackedGemm {
         out: &mut [u8],
         obase: impl Fn(usize) -> usize,
     ) -> Result<()> {
-        if !kernel.is_available() {
-            return Err(WqatError::invalid(format!("SIMD kernel {kernel:?} is not available on this CPU")));
-        }
         let mut r = rows.start;
         while r < rows.end {
             let nrows = (rows.end - r).min(4);
-            let mut xb = [0usize; 4];
-            let mut ob = [0usize; 4];
-            for t in 0..4 {
-                let row = r + t.min(nrows - 1);
-                xb[t] = base(row);
-                ob[t] = obase(row);
-                if xb[t] + self.max_off + 2 > x.len() || ob[t] + self.n > out.len() {
-                    return Err(WqatError::invalid(format!("int8 gemm row {row} outside its buffers")));
-                }
-            }
-            match kernel {
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: AVX2 checked above; every row's reads and writes checked in bounds.
-                SimdKernel::Avx2 => unsafe { super::x86::pair_rows(self, x.as_ptr(), xb, out.as_mut_ptr(), ob, nrows) },
-                _ => self.portable_rows(x, &xb[..nrows], out, &ob[..nrows]),
-            }
+            let xb = std::array::from_fn(|t| base(r + t.min(nrows - 1)));
+            let ob = std::array::from_fn(|t| obase(r + t.min(nrows - 1)));
+            self.block(kernel, x, xb, out, ob, nrows, false)?;
             r += nrows;
         }
         Ok(())
     }
 
+    /// Max-pooled output rows: row `r` is `requant(max_t acc(base4(r)[t]))` (equal to the
+    /// max of the four requantized codes: the requantization is monotone).
+    pub(crate) fn run_pool4(
+        &self,
+        kernel: SimdKernel,
+        x: &[i16],
+        rows: std::ops::Range<usize>,
+        base4: impl Fn(usize) -> [usize; 4],
+        out: &mut [u8],
+        obase: impl Fn(usize) -> usize,
+    ) -> Result<()> {
+        for r in rows {
+            self.block(kernel, x, base4(r), out, [obase(r); 4], 1, true)?;
+        }
+        Ok(())
+    }
+
+    /// Four rows (the first `nrows` stored), or with `pool` their max into `ob[0]`.
+    #[allow(clippy::too_many_arguments)]
+    fn block(
+        &self,
+        kernel: SimdKernel,
+        x: &[i16],
+        xb: [usize; 4],
+        out: &mut [u8],
+        ob: [usize; 4],
+        nrows: usize,
+        pool: bool,
+    ) -> Result<()> {
+        if xb.iter().any(|&b| b + self.max_off + 2 > x.len()) || ob.iter().any(|&o| o + self.n > out.len()) {
+            return Err(WqatError::invalid("int8 gemm row outside its buffers"));
+        }
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            SimdKernel::Avx2 if kernel.is_available() => {
+                let (xp, op) = (x.as_ptr(), out.as_mut_ptr());
+                // SAFETY: AVX2 checked; every row's reads and writes checked in bounds above.
+                unsafe {
+                    match nrows {
+                        _ if pool => super::x86::pair_rows::<4>(self, xp, xb, op, ob, 1, true),
+                        3 | 4 => super::x86::pair_rows::<4>(self, xp, xb, op, ob, nrows, false),
+                        2 => super::x86::pair_rows::<2>(self, xp, xb, op, ob, 2, false),
+                        _ => super::x86::pair_rows::<1>(self, xp, xb, op, ob, 1, false),
+                    }
+                }
+            }
+            SimdKernel::Portable => self.portable_rows(x, &xb, out, &ob, nrows, pool),
+            _ => return Err(WqatError::invalid(format!("SIMD kernel {kernel:?} is not available on this CPU"))),
+        }
+        Ok(())
+    }
+
     /// Plain loops over the packed layout (any CPU).
-    fn portable_rows(&self, x: &[i16], xb: &[usize], out: &mut [u8], ob: &[usize]) {
-        for (&xb, &ob) in xb.iter().zip(ob) {
-            for c in 0..self.n {
+    fn portable_rows(&self, x: &[i16], xb: &[usize; 4], out: &mut [u8], ob: &[usize; 4], nrows: usize, pool: bool) {
+        let (lo, hi) = (self.lo + self.out_zero, self.hi + self.out_zero);
+        for c in 0..self.n {
+            let acc = |xb: usize| {
                 let mut acc = self.bias[c];
                 for (s, &off) in self.offs.iter().enumerate() {
                     let i = xb + off as usize;
-                    let w = &self.w[(s * self.nb + c / 8) * 16 + (c % 8) * 2..][..2];
-                    let pair = x[i] as i32 * w[0] as i32 + x[i + 1] as i32 * w[1] as i32;
-                    acc = acc.wrapping_add(pair);
+                    let w0 = self.w[self.widx(s, c / 8, (c % 8) * 2)] as i32;
+                    let w1 = self.w[self.widx(s, c / 8, (c % 8) * 2 + 1)] as i32;
+                    acc = acc.wrapping_add(x[i] as i32 * w0 + x[i + 1] as i32 * w1);
                 }
-                let shift = self.shl[c] - self.shr[c];
-                let (lo, hi) = (self.lo + self.out_zero, self.hi + self.out_zero);
-                out[ob + c] = requantize(acc, self.m0[c], shift, self.out_zero, lo, hi) as u8;
+                acc
+            };
+            let rq = |a: i32| requantize(a, self.m0[c], self.shl[c] - self.shr[c], self.out_zero, lo, hi) as u8;
+            if pool {
+                out[ob[0] + c] = rq(xb.iter().map(|&b| acc(b)).max().unwrap_or(0));
+            } else {
+                for r in 0..nrows {
+                    out[ob[r] + c] = rq(acc(xb[r]));
+                }
             }
         }
     }

@@ -28,6 +28,8 @@ pub struct PackedConv {
     groups: Vec<PackedGemm>,
     /// Offset of output position `oy * ow + ox`'s first input pixel in one image.
     pos_base: Vec<usize>,
+    /// The same for the four positions of every 2x2 max-pool window (`oh / 2 * ow / 2`).
+    pool_base: Vec<[usize; 4]>,
 }
 
 impl PackedConv {
@@ -72,8 +74,15 @@ impl PackedConv {
             })
             .collect();
         let [sh, sw] = c1.stride;
-        let pos_base = (0..oh * ow).map(|p| ((p / ow) * sh * wp + (p % ow) * sw) * cp).collect();
-        Ok(PackedConv { cfg: c1, oh, ow, hp, wp, cin_gp, cp, groups, pos_base })
+        let pos_base: Vec<usize> = (0..oh * ow).map(|p| ((p / ow) * sh * wp + (p % ow) * sw) * cp).collect();
+        let (ph, pw) = (oh / 2, ow / 2);
+        let pool_base = (0..ph * pw)
+            .map(|p| {
+                let (y, x) = (2 * (p / pw), 2 * (p % pw));
+                [y * ow + x, y * ow + x + 1, (y + 1) * ow + x, (y + 1) * ow + x + 1].map(|q| pos_base[q])
+            })
+            .collect();
+        Ok(PackedConv { cfg: c1, oh, ow, hp, wp, cin_gp, cp, groups, pos_base, pool_base })
     }
 
     fn image_len(&self) -> usize {
@@ -171,5 +180,40 @@ impl PackedConv {
             lo = hi;
         }
         Ok(())
+    }
+
+    /// Rows of the conv followed by a 2x2 stride-2 max pool without padding (`oh / 2 x ow /
+    /// 2` outputs per image; row `(b * oh / 2 + py) * (ow / 2) + px`), channels last, into
+    /// `out` starting at row `rows.start`. Equal to the conv then the pool: the pool takes
+    /// the max of the four accumulators (bias added) and requantizes it once.
+    pub fn run_pool2(
+        &self,
+        kernel: SimdKernel,
+        xp: &[i16],
+        rows: std::ops::Range<usize>,
+        out: &mut [u8],
+    ) -> Result<()> {
+        let c = &self.cfg;
+        let (per, img) = (self.pool_base.len(), self.image_len());
+        let (r0, c_out, cout_g) = (rows.start, c.c_out, c.cout_g());
+        let mut lo = rows.start;
+        while lo < rows.end {
+            let b = lo / per;
+            let hi = rows.end.min((b + 1) * per);
+            let pb = &self.pool_base[..];
+            for (g, p) in self.groups.iter().enumerate() {
+                let x0 = b * img + g * self.cin_gp;
+                let (first, o0) = (b * per, g * cout_g);
+                let base4 = |r: usize| pb[r - first].map(|q| x0 + q);
+                p.run_pool4(kernel, xp, lo..hi, base4, out, |r| (r - r0) * c_out + o0)?;
+            }
+            lo = hi;
+        }
+        Ok(())
+    }
+
+    /// Pooled rows of `batch` images for [`PackedConv::run_pool2`].
+    pub fn pooled_rows(&self, batch: usize) -> usize {
+        batch * self.pool_base.len()
     }
 }

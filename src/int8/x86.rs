@@ -119,76 +119,92 @@ pub unsafe fn mk_vnni(xa: *const u8, xb: *const u8, w: *const i8, ws: usize, kp:
     out
 }
 
-/// Rows `xb` (4 row offsets into `x`, repeated for the rows past `nrows`) of the pair
+/// Rows `xb[..R]` (row offsets into `x`; rows past `nrows` repeat a valid row) of the pair
 /// GEMM `p` (see [`super::gemm`]): all channels, 16 (then 8) at a time, bias, exact
-/// requantization ([`requant8`]) and a store of the first `nrows` rows at `out + ob[r]`.
+/// requantization ([`Rq8::apply`]) and a store of the first `nrows` rows at `out + ob[r]`;
+/// with `pool`, the lane-wise max of the `R` rows (bias added first) into `out + ob[0]`.
 ///
 /// # Safety
 /// AVX2 must be available; `x[xb[r] + off .. + 2]` readable for every step offset and
-/// `out[ob[r] .. + p.n]` writable for every row.
+/// `out[ob[r] .. + p.n]` writable for every stored row.
 #[target_feature(enable = "avx2")]
-pub unsafe fn pair_rows(
+pub unsafe fn pair_rows<const R: usize>(
     p: &super::gemm::PackedGemm,
     x: *const i16,
     xb: [usize; 4],
     out: *mut u8,
     ob: [usize; 4],
     nrows: usize,
+    pool: bool,
 ) {
-    let xr = [x.add(xb[0]), x.add(xb[1]), x.add(xb[2]), x.add(xb[3])];
+    let xr: [*const i16; R] = std::array::from_fn(|r| x.add(xb[r]));
     let mut blk = 0;
     while blk + 2 <= p.nb {
-        pair_tile::<2>(p, &xr, blk, out, &ob, nrows);
+        pair_tile::<R, 2>(p, &xr, blk, out, &ob, nrows, pool);
         blk += 2;
     }
     if blk < p.nb {
-        pair_tile::<1>(p, &xr, blk, out, &ob, nrows);
+        pair_tile::<R, 1>(p, &xr, blk, out, &ob, nrows, pool);
     }
 }
 
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn pair_tile<const NV: usize>(
+unsafe fn pair_tile<const R: usize, const NV: usize>(
     p: &super::gemm::PackedGemm,
-    xr: &[*const i16; 4],
+    xr: &[*const i16; R],
     blk: usize,
     out: *mut u8,
     ob: &[usize; 4],
     nrows: usize,
+    pool: bool,
 ) {
     let z = _mm256_setzero_si256();
-    let mut acc = [[z; NV]; 4];
-    let wstride = p.nb * 16;
-    let mut wp = p.w.as_ptr().add(blk * 16);
+    let mut acc = [[z; NV]; R];
+    // Blocks `blk..blk + NV` are one contiguous `[step][NV * 16]` panel (`PackedGemm::widx`).
+    let mut wp = p.w.as_ptr().add(blk * p.offs.len() * 16);
     for &off in p.offs.iter() {
         let off = off as usize;
         let mut wv = [z; NV];
         for (j, v) in wv.iter_mut().enumerate() {
             *v = _mm256_loadu_si256(wp.add(16 * j) as *const __m256i);
         }
-        for r in 0..4 {
+        for r in 0..R {
             let xv = _mm256_set1_epi32(std::ptr::read_unaligned(xr[r].add(off) as *const i32));
             for j in 0..NV {
                 acc[r][j] = _mm256_add_epi32(acc[r][j], _mm256_madd_epi16(xv, wv[j]));
             }
         }
-        wp = wp.add(wstride);
+        wp = wp.add(NV * 16);
     }
     for j in 0..NV {
         let c0 = (blk + j) * 8;
         let q = Rq8::load(p, c0);
         let valid = (p.n - c0).min(8);
-        for (r, a) in acc.iter().enumerate().take(nrows) {
-            let codes = q.apply(a[j]);
-            let dst = out.add(ob[r] + c0);
-            if valid == 8 {
-                _mm_storel_epi64(dst as *mut __m128i, codes);
-            } else {
-                let mut tmp = [0u8; 16];
-                _mm_storeu_si128(tmp.as_mut_ptr() as *mut __m128i, codes);
-                std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, valid);
+        if pool {
+            let mut m = _mm256_add_epi32(acc[0][j], q.bias);
+            for a in acc.iter().skip(1) {
+                m = _mm256_max_epi32(m, _mm256_add_epi32(a[j], q.bias));
+            }
+            store8(q.apply(m), out.add(ob[0] + c0), valid);
+        } else {
+            for (r, a) in acc.iter().enumerate().take(nrows) {
+                store8(q.apply(_mm256_add_epi32(a[j], q.bias)), out.add(ob[r] + c0), valid);
             }
         }
+    }
+}
+
+/// Stores the low `valid` (1..=8) bytes of `codes`.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn store8(codes: __m128i, dst: *mut u8, valid: usize) {
+    if valid == 8 {
+        _mm_storel_epi64(dst as *mut __m128i, codes);
+    } else {
+        let mut tmp = [0u8; 16];
+        _mm_storeu_si128(tmp.as_mut_ptr() as *mut __m128i, codes);
+        std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, valid);
     }
 }
 
@@ -229,7 +245,7 @@ impl Rq8 {
         }
     }
 
-    /// `requantize(acc + bias)` of 8 lanes as u8 codes in the low 8 bytes, bit-exact with
+    /// `requantize(x)` (`x`: accumulator plus bias) of 8 lanes as u8 codes in the low 8 bytes, bit-exact with
     /// [`super::requant::requantize`] for `M0 >= 0`:
     /// * saturating left shift: compare with `MAX >> l` / `MIN >> l`, shift, blend;
     /// * `SaturatingRoundingDoublingHighMul(a, M0)` = `floor((a * M0 + 2^30) / 2^31)`
@@ -240,8 +256,8 @@ impl Rq8 {
     /// * clamp to `[act_min - z, act_max - z]`, add `z`, pack to u8.
     #[target_feature(enable = "avx2")]
     #[inline]
-    unsafe fn apply(&self, acc: __m256i) -> __m128i {
-        let mut x = _mm256_add_epi32(acc, self.bias);
+    unsafe fn apply(&self, x: __m256i) -> __m128i {
+        let mut x = x;
         if self.any_left {
             let max = _mm256_set1_epi32(i32::MAX);
             let min = _mm256_set1_epi32(i32::MIN);

@@ -29,6 +29,9 @@ enum NodePack {
 struct Plan {
     packs: Vec<NodePack>,
     mem: Vec<[usize; 3]>,
+    /// Conv `i` whose only consumer is a 2x2 stride-2 max pool `i + 1`: computed fused
+    /// when the node outputs are not traced.
+    fuse_pool: Vec<bool>,
 }
 
 /// Per-model cache of the fast CPU path: packed weights (built once, on the first forward
@@ -127,7 +130,18 @@ impl Int8Model {
             packs.push(pack);
             mem.push(m);
         }
-        Ok(Some(Plan { packs, mem }))
+        let fuse_pool = (0..packs.len())
+            .map(|i| {
+                let consumers = self.nodes.iter().filter(|r| r.inputs.contains(&i)).count();
+                let pool_next = self.nodes.get(i + 1).is_some_and(|r| {
+                    r.inputs == [i]
+                        && matches!(r.node.op, Op::MaxPool { kernel: 2, stride: 0 | 2, padding: 0 })
+                        && matches!(self.layers[i + 1].kind, LayerKind::MaxPool)
+                });
+                matches!(packs[i], NodePack::Conv(_)) && pool_next && consumers == 1
+            })
+            .collect();
+        Ok(Some(Plan { packs, mem, fuse_pool }))
     }
 
     fn plan(&self) -> Option<&Plan> {
@@ -182,6 +196,9 @@ impl Int8Model {
                     vals[j].as_deref().ok_or_else(|| WqatError::invalid("int8 model: input freed early"))
                 }
             };
+            if vals[i].is_some() {
+                continue; // a max pool computed with its conv
+            }
             let x = get(r.inputs[0])?;
             let [c, h, w] = r.in_shapes[0];
             let [co, oh, ow] = r.out_shape;
@@ -189,6 +206,15 @@ impl Int8Model {
             out.resize(batch * co * oh * ow, 0);
             let xp = &mut ws.xp[i];
             match (&plan.packs[i], &self.layers[i].kind, &r.node.op) {
+                (NodePack::Conv(p), _, _) if plan.fuse_pool[i] && !keep => {
+                    let mut pooled = std::mem::take(&mut ws.outs[i + 1]);
+                    pooled.resize(p.pooled_rows(batch) * co, 0);
+                    p.load_hwc(x, batch, xp);
+                    let work = p.cfg.k() * co * 4;
+                    let rows = p.pooled_rows(batch);
+                    par_rows_n(threads, rows, work, co, &mut pooled, |rows, o| p.run_pool2(kernel, xp, rows, o))?;
+                    vals[i + 1] = Some(pooled);
+                }
                 (NodePack::Conv(p), _, _) => {
                     p.load_hwc(x, batch, xp);
                     let work = p.cfg.k() * co;
@@ -234,7 +260,11 @@ impl Int8Model {
                 (_, LayerKind::Flatten, _) => out.copy_from_slice(x),
                 _ => return Err(WqatError::invalid(format!("int8 model: node {} not on the fast path", r.node.name))),
             }
-            vals[i] = Some(out);
+            if vals[i + 1..].first().is_some_and(|v| v.is_some()) {
+                ws.outs[i] = out; // fused into the pool: no output of its own
+            } else {
+                vals[i] = Some(out);
+            }
             if !keep {
                 for &j in &r.inputs {
                     if j != INPUT && last_use[j] == i && j + 1 != n {

@@ -140,26 +140,45 @@ impl Int8Model {
                 self.graph.input
             )));
         }
-        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let cpus = int8::simd::cpu_count();
         let threads = cpus.min(batch).max(1);
-        let chunk = batch.div_ceil(threads);
+        // Equal chunks of at most 8 images handed out dynamically: on a busy machine a thread
+        // that is descheduled leaves its chunks to the others. Each image is computed by one
+        // chunk and chunks are merged in order, so results do not depend on the threads.
+        let nchunks = if threads == 1 { 1 } else { batch.div_ceil(8).max(threads) };
+        let chunk = batch.div_ceil(nchunks);
         let ranges: Vec<(usize, usize)> =
-            (0..threads).map(|t| (t * chunk, ((t + 1) * chunk).min(batch))).filter(|(a, b)| a < b).collect();
+            (0..nchunks).map(|t| (t * chunk, ((t + 1) * chunk).min(batch))).filter(|(a, b)| a < b).collect();
         let results: Vec<Result<Vec<NodeValue>>> = if ranges.len() == 1 {
             vec![self.run_chunk(images, batch, backend, keep)]
         } else {
+            let next = std::sync::atomic::AtomicUsize::new(0);
+            let slots: Vec<std::sync::Mutex<Option<Result<Vec<NodeValue>>>>> =
+                ranges.iter().map(|_| std::sync::Mutex::new(None)).collect();
+            let work = || loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(&(lo, hi)) = ranges.get(i) else { break };
+                let r = self.run_chunk(&images[lo * sample..hi * sample], hi - lo, backend, keep);
+                if let Ok(mut slot) = slots[i].lock() {
+                    *slot = Some(r);
+                }
+            };
             std::thread::scope(|s| {
-                let hs: Vec<_> = ranges
-                    .iter()
-                    .map(|&(lo, hi)| {
-                        let x = &images[lo * sample..hi * sample];
-                        s.spawn(move || self.run_chunk(x, hi - lo, backend, keep))
-                    })
-                    .collect();
-                hs.into_iter()
-                    .map(|h| h.join().unwrap_or_else(|_| Err(WqatError::invalid("int8 worker thread panicked"))))
-                    .collect()
-            })
+                let hs: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
+                work();
+                hs.into_iter().for_each(|h| {
+                    let _ = h.join();
+                });
+            });
+            slots
+                .into_iter()
+                .map(|m| {
+                    m.into_inner()
+                        .ok()
+                        .flatten()
+                        .unwrap_or_else(|| Err(WqatError::invalid("int8 worker thread panicked")))
+                })
+                .collect()
         };
         let mut merged: Option<Vec<NodeValue>> = None;
         for r in results {

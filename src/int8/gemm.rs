@@ -39,7 +39,9 @@ pub struct PackedGemm {
     pub(crate) m0: Vec<i32>,
     pub(crate) shl: Vec<i32>,
     pub(crate) shr: Vec<i32>,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) mask: Vec<i32>,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) any_left: bool,
     pub(crate) out_zero: i32,
     /// Clamp range relative to the zero point: `act_min - z`, `act_max - z`.

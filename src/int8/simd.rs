@@ -203,7 +203,7 @@ fn run<S: RowSource>(
     }
     let total = groups * rows;
     let work = total as u64 * p.n4 as u64 * p.kp as u64;
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpus = cpu_count();
     let threads = (work / (1 << 18)).clamp(1, cpus as u64).min(total as u64) as usize;
     let chunk = total.div_ceil(threads);
     let cout_g = p.cout_g;
@@ -374,7 +374,7 @@ pub fn conv2d(
 /// Threads worth using for `rows` rows of `work` multiply-adds each (at least 2^18 per
 /// thread), at most the CPU count.
 pub fn threads_for(rows: usize, work: usize) -> usize {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpus = cpu_count();
     ((rows as u64 * work as u64) >> 18).clamp(1, cpus as u64).min(rows.max(1) as u64) as usize
 }
 
@@ -416,4 +416,11 @@ pub fn hwc_to_nchw(x: &[u8], batch: usize, c: usize, hw: usize, out: &mut [u8]) 
             }
         }
     }
+}
+
+/// `std::thread::available_parallelism()`, asked once per process (on Linux it reads
+/// cgroup files, tens of microseconds a call).
+pub fn cpu_count() -> usize {
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
 }

@@ -158,7 +158,8 @@ impl Int8Model {
             let work = || loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let Some(&(lo, hi)) = ranges.get(i) else { break };
-                let r = self.run_chunk(&images[lo * sample..hi * sample], hi - lo, backend, keep);
+                let x = &images[lo * sample..hi * sample];
+                let r = int8::simd::single_threaded(|| self.run_chunk(x, hi - lo, backend, keep));
                 if let Ok(mut slot) = slots[i].lock() {
                     *slot = Some(r);
                 }

@@ -10,9 +10,13 @@
 //! [`scalar`] is the definition (plain loops); [`simd`] runs the same arithmetic with
 //! AVX2 / NEON / NEON sdot micro-kernels chosen at runtime (AVX-512 VNNI on request, see
 //! [`SimdKernel::best`]), multithreaded, and bit-exact with the scalar code. The GPU kernels (`shaders/int8_gemm.wgsl`,
-//! [`crate::kernels::int8`]) match both.
+//! [`crate::kernels::int8`]) match both. AVX2 (and the portable fallback) use layers packed
+//! once ([`PackedConv`], [`PackedLinear`]: [`gemm`], [`packed_conv`]) on channels-last
+//! activations ([`nhwc`]), which the CPU executor of converted models keeps per model.
 //!
-//! Pooling and add are memory-bound: the `Simd` backend runs the scalar code for them.
+//! Pooling and add are memory-bound: the `Simd` backend runs the scalar code for them (the
+//! model executor's channels-last path has its own pools, and fuses 2x2 max pools into
+//! the conv before them).
 
 pub mod gemm;
 pub mod nhwc;

@@ -1,12 +1,19 @@
-//! The SIMD int8 GEMM / conv driver: packs weights once per call for the chosen
-//! micro-kernel, gathers each output row's K inputs (linear: a copy; conv: an im2col row
-//! with `x_zero` padding), runs 2-row x 4-channel micro-kernels of raw `sum x*w` and
-//! applies `acc = raw + bias - (z_x - x_offset) * sum(w)` (wrapping i32, equal mod 2^32 to
-//! the scalar `sum (x - z_x) * w + bias`) and the requantization.
+//! The SIMD int8 GEMM / conv drivers behind [`super::linear`] / [`super::conv2d`].
+//!
+//! * `Avx2` and `Portable` ([`SimdKernel::uses_pairs`]) run the pre-packed pair GEMM of
+//!   [`super::gemm`] / [`super::packed_conv`] (i16 pairs, `vpmaddwd`, 4 rows x 16 channels,
+//!   im2col-free convs, requantization in registers). These entry points pack per call (the
+//!   CPU executor of converted models packs once per model, see `convert::cpu`) and split
+//!   rows over threads ([`par_rows`]).
+//! * `Neon`, `NeonDot` and `Avx512Vnni` run the dot-product micro-kernels of this file:
+//!   weights packed per call, each output row's K inputs gathered (linear: a copy; conv:
+//!   an im2col row with `x_zero` padding), 2-row x 4-channel micro-kernels of raw `sum x*w`,
+//!   then `acc = raw + bias - (z_x - x_offset) * sum(w)` (wrapping i32, equal mod 2^32 to
+//!   the scalar `sum (x - z_x) * w + bias`) and the requantization.
 //!
 //! Rows (and conv groups) are split into contiguous ranges over `std::thread::scope`
-//! threads; each output is computed by exactly one thread in a fixed order, so results do
-//! not depend on the thread count.
+//! threads (none inside [`single_threaded`]); each output is computed by exactly one
+//! thread in a fixed order, so results do not depend on the thread count.
 
 use super::ops::{Conv2dConfig, LinearConfig};
 use super::requant::Requant;
@@ -138,11 +145,6 @@ impl Packed {
         match self.kernel {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: availability checked by `run`; buffers hold 2*kp and 4 rows of kp.
-            SimdKernel::Avx2 => unsafe {
-                super::x86::mk_avx2(x16.as_ptr(), x16.as_ptr().add(kp), self.w16.as_ptr().add(row0 * kp), kp, kp)
-            },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: as above.
             SimdKernel::Avx512Vnni => unsafe {
                 super::x86::mk_vnni(x8.as_ptr(), x8.as_ptr().add(kp), self.w8.as_ptr().add(row0 * kp), kp, kp)
             },
@@ -203,7 +205,7 @@ fn run<S: RowSource>(
     }
     let total = groups * rows;
     let work = total as u64 * p.n4 as u64 * p.kp as u64;
-    let cpus = cpu_count();
+    let cpus = layer_threads();
     let threads = (work / (1 << 18)).clamp(1, cpus as u64).min(total as u64) as usize;
     let chunk = total.div_ceil(threads);
     let cout_g = p.cout_g;
@@ -374,7 +376,7 @@ pub fn conv2d(
 /// Threads worth using for `rows` rows of `work` multiply-adds each (at least 2^18 per
 /// thread), at most the CPU count.
 pub fn threads_for(rows: usize, work: usize) -> usize {
-    let cpus = cpu_count();
+    let cpus = layer_threads();
     ((rows as u64 * work as u64) >> 18).clamp(1, cpus as u64).min(rows.max(1) as u64) as usize
 }
 
@@ -423,4 +425,27 @@ pub fn hwc_to_nchw(x: &[u8], batch: usize, c: usize, hw: usize, out: &mut [u8]) 
 pub fn cpu_count() -> usize {
     static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *CPUS.get_or_init(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+}
+
+thread_local! {
+    static IN_WORKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the layer-level threads of this module turned off in this thread: for
+/// callers that already split their work over the cores (the CPU executor's batch
+/// chunks), so layers do not spawn threads of their own on top (oversubscription).
+pub fn single_threaded<R>(f: impl FnOnce() -> R) -> R {
+    let was = IN_WORKER.with(|w| w.replace(true));
+    let r = f();
+    IN_WORKER.with(|w| w.set(was));
+    r
+}
+
+/// Threads a layer may use: 1 inside [`single_threaded`], else the CPU count.
+fn layer_threads() -> usize {
+    if IN_WORKER.with(|w| w.get()) {
+        1
+    } else {
+        cpu_count()
+    }
 }

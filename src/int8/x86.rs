@@ -1,9 +1,15 @@
-//! x86-64 micro-kernels: 2 rows x 4 output channels of raw `sum_k x[k] * w[k]`.
+//! x86-64 micro-kernels.
 //!
-//! * AVX2: x (u8) and w (i8) are widened to i16 once when packed, then
-//!   `_mm256_madd_epi16` sums pairs into i32. Each pair is at most 2 * 255 * 128 = 65280 in
-//!   magnitude, so nothing saturates (unlike `_mm256_maddubs_epi16`, whose i16 pair sum
-//!   255*127 + 255*127 = 64770 would clip at 32767).
+//! * [`pair_rows`]: the AVX2 pair GEMM of [`super::gemm`] (4 rows x 16 channels of
+//!   `vpmaddwd` on broadcast i16 input pairs, bias, exact requantization, optional 2x2 max
+//!   pool) and [`quantize_f32`], the vectorized input quantization.
+//!   `_mm256_madd_epi16` sums pairs of i16 products into i32: each pair is at most
+//!   2 * 255 * 128 = 65280 in magnitude, so nothing saturates (unlike
+//!   `_mm256_maddubs_epi16`, whose i16 pair sum 255*127 + 255*127 = 64770 would clip).
+//!
+//! The dot-product kernel below computes 2 rows x 4 output channels of raw
+//! `sum_k x[k] * w[k]`:
+//!
 //! * AVX-512 VNNI: `_mm512_dpbusd_epi32` multiplies u8 by i8 and adds groups of four
 //!   products straight into i32 lanes (no intermediate saturation; the saturating form is
 //!   `dpbusds`, not used).
@@ -11,45 +17,6 @@
 //! Lane sums wrap modulo 2^32 exactly like the scalar reference.
 
 use std::arch::x86_64::*;
-
-#[target_feature(enable = "avx2")]
-unsafe fn hsum256(v: __m256i) -> i32 {
-    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
-    _mm_cvtsi128_si32(s)
-}
-
-/// `xa`, `xb`: `kp` i16 each; `w`: 4 rows of `kp` i16 at a stride of `ws` elements;
-/// `kp` is a multiple of 16.
-///
-/// # Safety
-/// AVX2 must be available and every pointer valid for the lengths above.
-#[target_feature(enable = "avx2")]
-pub unsafe fn mk_avx2(xa: *const i16, xb: *const i16, w: *const i16, ws: usize, kp: usize) -> [[i32; 4]; 2] {
-    let z = _mm256_setzero_si256();
-    let (mut a0, mut a1, mut a2, mut a3) = (z, z, z, z);
-    let (mut b0, mut b1, mut b2, mut b3) = (z, z, z, z);
-    let mut k = 0;
-    while k < kp {
-        let va = _mm256_loadu_si256(xa.add(k) as *const __m256i);
-        let vb = _mm256_loadu_si256(xb.add(k) as *const __m256i);
-        let w0 = _mm256_loadu_si256(w.add(k) as *const __m256i);
-        let w1 = _mm256_loadu_si256(w.add(ws + k) as *const __m256i);
-        let w2 = _mm256_loadu_si256(w.add(2 * ws + k) as *const __m256i);
-        let w3 = _mm256_loadu_si256(w.add(3 * ws + k) as *const __m256i);
-        a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(va, w0));
-        a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(va, w1));
-        a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(va, w2));
-        a3 = _mm256_add_epi32(a3, _mm256_madd_epi16(va, w3));
-        b0 = _mm256_add_epi32(b0, _mm256_madd_epi16(vb, w0));
-        b1 = _mm256_add_epi32(b1, _mm256_madd_epi16(vb, w1));
-        b2 = _mm256_add_epi32(b2, _mm256_madd_epi16(vb, w2));
-        b3 = _mm256_add_epi32(b3, _mm256_madd_epi16(vb, w3));
-        k += 16;
-    }
-    [[hsum256(a0), hsum256(a1), hsum256(a2), hsum256(a3)], [hsum256(b0), hsum256(b1), hsum256(b2), hsum256(b3)]]
-}
 
 /// `xa`, `xb`: `kp` u8 each; `w`: 4 rows of `kp` i8 at a stride of `ws` bytes; `kp` is a
 /// multiple of 64 and at least 64.

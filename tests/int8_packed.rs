@@ -122,7 +122,7 @@ fn packed_conv_reused_and_fused_pool_equal_scalar() {
                 let c = Conv2dConfig { batch, ..cfg };
                 let x = codes(&mut rng, batch * c.c_in * c.h * c.w);
                 let want = scalar_conv(&c, &x, &w, &b, &rq);
-                packed.load_nchw(&x, batch, &mut xp);
+                packed.load_nchw(&x, batch, &mut xp).unwrap();
                 let mut hwc = vec![0u8; want.len()];
                 packed.run(kern, &xp, 0..packed.rows(batch), &mut hwc).unwrap();
                 let mut got = vec![0u8; want.len()];
@@ -174,11 +174,11 @@ fn packed_linear_with_permuted_columns_equals_scalar() {
         // The same rows stored channels last, read through the column permutation.
         let mut xh = vec![0u8; m * k];
         int8::nhwc::nchw_to_hwc(&x, m, c, h * w, &mut xh);
-        let packed = PackedLinear::new(k, n, cfg.x_zero, &wt, &b, &rq, |i| (i % c) * h * w + i / c);
+        let packed = PackedLinear::new(k, n, cfg.x_zero, &wt, &b, &rq, |i| (i % c) * h * w + i / c).unwrap();
         let mut xp = Vec::new();
         for kern in pair_kernels() {
             for _ in 0..2 {
-                packed.load(&xh, m, &mut xp);
+                packed.load(&xh, m, &mut xp).unwrap();
                 let mut got = vec![0u8; m * n];
                 packed.run(kern, &xp, 0..m, &mut got).unwrap();
                 assert_bit_exact(&format!("permuted linear {kern:?} case {case}"), &got, &want);
@@ -231,4 +231,40 @@ fn mnist_forward_loop() {
         n += batch;
     }
     eprintln!("{:.0} images/s (batch {batch})", n as f64 / start.elapsed().as_secs_f64());
+}
+
+#[test]
+fn packed_bad_input_is_an_error() {
+    let cfg = Conv2dConfig {
+        batch: 1,
+        c_in: 2,
+        h: 5,
+        w: 5,
+        c_out: 3,
+        kernel: [3, 3],
+        stride: [1, 1],
+        padding: [1, 1],
+        dilation: [1, 1],
+        groups: 1,
+        x_zero: 3,
+    };
+    let rq = Requant { multiplier: vec![1 << 30; 3], shift: vec![-8; 3], out_zero: 0, act_min: 0, act_max: 255 };
+    assert!(PackedConv::new(&cfg, &[0; 5], &[0; 3], &rq).is_err());
+    assert!(PackedConv::new(&cfg, &[0; 54], &[0; 2], &rq).is_err());
+    let p = PackedConv::new(&cfg, &[1; 54], &[0; 3], &rq).unwrap();
+    let mut xp = Vec::new();
+    assert!(p.load_nchw(&[0; 49], 1, &mut xp).is_err());
+    assert!(p.load_hwc(&[0; 51], 1, &mut xp).is_err());
+    p.load_hwc(&[0; 100], 2, &mut xp).unwrap();
+    for kern in pair_kernels() {
+        // Rows past the loaded batch or an output too short: errors, no out-of-bounds access.
+        assert!(p.run(kern, &xp, 0..p.rows(3), &mut [0; 75 * 3]).is_err());
+        assert!(p.run(kern, &xp, 0..p.rows(2), &mut [0; 10]).is_err());
+        assert!(p.run_pool2(kern, &xp, 0..p.pooled_rows(2), &mut [0; 5]).is_err());
+    }
+    let rq2 = Requant { multiplier: vec![1 << 30; 2], shift: vec![0; 2], ..rq };
+    let l = PackedLinear::new(4, 2, 0, &[1; 8], &[0; 2], &rq2, |m| m).unwrap();
+    assert!(l.load(&[0; 7], 2, &mut xp).is_err());
+    assert!(PackedLinear::new(4, 2, 0, &[1; 7], &[0; 2], &rq2, |m| m).is_err());
+    assert!(PackedLinear::new(4, 2, 0, &[1; 8], &[0; 2], &rq2, |m| m + 1).is_err());
 }

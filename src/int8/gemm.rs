@@ -222,7 +222,8 @@ pub struct PackedLinear {
 }
 
 impl PackedLinear {
-    /// `perm(m)`: the weight column of input element `m` (identity for plain rows).
+    /// `perm(m)`: the weight column of input element `m` (identity for plain rows; a
+    /// permutation of `0..k`). Sizes are checked as for [`super::ops::LinearConfig`].
     pub fn new(
         k: usize,
         n: usize,
@@ -231,7 +232,12 @@ impl PackedLinear {
         bias: &[i32],
         rq: &Requant,
         perm: impl Fn(usize) -> usize,
-    ) -> Self {
+    ) -> Result<Self> {
+        super::ops::LinearConfig { m: 1, k, n, x_zero }.validate(k, w.len(), bias.len(), n)?;
+        rq.validate(n)?;
+        if (0..k).any(|m| perm(m) >= k) {
+            return Err(WqatError::invalid("packed linear column permutation out of range"));
+        }
         let kp = k.div_ceil(2) * 2;
         let steps: Vec<Step> = (0..kp / 2)
             .map(|s| {
@@ -240,11 +246,14 @@ impl PackedLinear {
             })
             .collect();
         let gemm = PackedGemm::new(&steps, n, |c, kk| w[c * k + kk], bias, rq, 0);
-        PackedLinear { k, n, kp, x_zero, gemm }
+        Ok(PackedLinear { k, n, kp, x_zero, gemm })
     }
 
     /// Converts `m` rows of `k` codes into `x - z` i16 rows of stride `kp`.
-    pub fn load(&self, x: &[u8], m: usize, dst: &mut Vec<i16>) {
+    pub fn load(&self, x: &[u8], m: usize, dst: &mut Vec<i16>) -> Result<()> {
+        if x.len() != m * self.k {
+            return Err(WqatError::shape(format!("packed linear input of {} codes for {m} x {}", x.len(), self.k)));
+        }
         if dst.len() != m * self.kp {
             dst.clear();
             dst.resize(m * self.kp, 0);
@@ -252,6 +261,7 @@ impl PackedLinear {
         for (d, s) in dst.chunks_exact_mut(self.kp).zip(x.chunks_exact(self.k)).take(m) {
             widen_sub(s, self.x_zero, &mut d[..self.k]);
         }
+        Ok(())
     }
 
     /// Rows `rows` of the loaded input into `out` (`[m, n]`, the slice starting at row

@@ -11,7 +11,7 @@ use super::gemm::{widen_sub, PackedGemm, Step};
 use super::ops::Conv2dConfig;
 use super::requant::Requant;
 use super::simd::SimdKernel;
-use crate::error::Result;
+use crate::error::{Result, WqatError};
 
 /// A conv layer packed for the pair kernels (geometry without the batch size).
 #[derive(Debug, Clone)]
@@ -102,17 +102,22 @@ impl PackedConv {
     /// Sizes `dst` for `batch` images. Only the interior is ever written, so a buffer this
     /// layer already used (same length) keeps its zero padding and is not cleared again;
     /// a buffer of another length is zeroed.
-    fn prepare(&self, batch: usize, dst: &mut Vec<i16>) {
+    fn prepare(&self, x_len: usize, batch: usize, dst: &mut Vec<i16>) -> Result<()> {
+        let c = &self.cfg;
+        if x_len != batch * c.c_in * c.h * c.w {
+            return Err(WqatError::shape(format!("packed conv input of {x_len} codes for {batch} images of {c:?}")));
+        }
         if dst.len() != self.input_len(batch) {
             dst.clear();
             dst.resize(self.input_len(batch), 0);
         }
+        Ok(())
     }
 
     /// Loads channels-last codes `[batch][h][w][c_in]` into the padded input (`dst`: a
     /// fresh buffer, or one only this layer's loads wrote).
-    pub fn load_hwc(&self, x: &[u8], batch: usize, dst: &mut Vec<i16>) {
-        self.prepare(batch, dst);
+    pub fn load_hwc(&self, x: &[u8], batch: usize, dst: &mut Vec<i16>) -> Result<()> {
+        self.prepare(x.len(), batch, dst)?;
         let c = &self.cfg;
         let cin_g = c.cin_g();
         if c.groups == 1 && self.cin_gp == c.c_in {
@@ -124,7 +129,7 @@ impl PackedConv {
                     widen_sub(&x[(b * c.h + y) * n..][..n], c.x_zero, &mut dst[d0..d0 + n]);
                 }
             }
-            return;
+            return Ok(());
         }
         for b in 0..batch {
             for y in 0..c.h {
@@ -138,12 +143,13 @@ impl PackedConv {
                 }
             }
         }
+        Ok(())
     }
 
     /// Loads NCHW codes `[batch][c_in][h][w]` into the padded input (`dst` as for
     /// [`PackedConv::load_hwc`]).
-    pub fn load_nchw(&self, x: &[u8], batch: usize, dst: &mut Vec<i16>) {
-        self.prepare(batch, dst);
+    pub fn load_nchw(&self, x: &[u8], batch: usize, dst: &mut Vec<i16>) -> Result<()> {
+        self.prepare(x.len(), batch, dst)?;
         let c = &self.cfg;
         let cin_g = c.cin_g();
         for b in 0..batch {
@@ -158,6 +164,7 @@ impl PackedConv {
                 }
             }
         }
+        Ok(())
     }
 
     /// Output rows `rows` (position `(b * oh + oy) * ow + ox`) of the loaded input into

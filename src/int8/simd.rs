@@ -286,9 +286,9 @@ pub fn linear(
         if !kernel.is_available() {
             return Err(WqatError::invalid(format!("SIMD kernel {kernel:?} is not available on this CPU")));
         }
-        let p = super::gemm::PackedLinear::new(cfg.k, cfg.n, cfg.x_zero, w, bias, rq, |m| m);
+        let p = super::gemm::PackedLinear::new(cfg.k, cfg.n, cfg.x_zero, w, bias, rq, |m| m)?;
         let mut xp = Vec::new();
-        p.load(x, cfg.m, &mut xp);
+        p.load(x, cfg.m, &mut xp)?;
         let work = cfg.k * cfg.n.div_ceil(8) * 8;
         return par_rows(cfg.m, work, cfg.n, out, |rows, o| p.run(kernel, &xp, rows, o));
     }
@@ -353,7 +353,7 @@ pub fn conv2d(
         }
         let p = super::packed_conv::PackedConv::new(cfg, w, bias, rq)?;
         let mut xp = Vec::new();
-        p.load_nchw(x, cfg.batch, &mut xp);
+        p.load_nchw(x, cfg.batch, &mut xp)?;
         let rows = p.rows(cfg.batch);
         let mut hwc = vec![0u8; rows * cfg.c_out];
         let work = cfg.k() * cfg.c_out.div_ceil(8) * 8;

@@ -115,7 +115,7 @@ impl Int8Model {
                         return Ok(None);
                     }
                     (
-                        NodePack::Linear(PackedLinear::new(k, n, zx, &il.weight, &il.bias, &il.requant, perm)),
+                        NodePack::Linear(PackedLinear::new(k, n, zx, &il.weight, &il.bias, &il.requant, perm)?),
                         r.out_shape,
                     )
                 }
@@ -209,19 +209,19 @@ impl Int8Model {
                 (NodePack::Conv(p), _, _) if plan.fuse_pool[i] && !keep => {
                     let mut pooled = std::mem::take(&mut ws.outs[i + 1]);
                     pooled.resize(p.pooled_rows(batch) * co, 0);
-                    p.load_hwc(x, batch, xp);
+                    p.load_hwc(x, batch, xp)?;
                     let work = p.cfg.k() * co * 4;
                     let rows = p.pooled_rows(batch);
                     par_rows_n(threads, rows, work, co, &mut pooled, |rows, o| p.run_pool2(kernel, xp, rows, o))?;
                     vals[i + 1] = Some(pooled);
                 }
                 (NodePack::Conv(p), _, _) => {
-                    p.load_hwc(x, batch, xp);
+                    p.load_hwc(x, batch, xp)?;
                     let work = p.cfg.k() * co;
                     par_rows_n(threads, p.rows(batch), work, co, &mut out, |rows, o| p.run(kernel, xp, rows, o))?;
                 }
                 (NodePack::Linear(p), _, _) => {
-                    p.load(x, batch, xp);
+                    p.load(x, batch, xp)?;
                     par_rows_n(threads, batch, p.k * co, co, &mut out, |rows, o| p.run(kernel, xp, rows, o))?;
                 }
                 (_, LayerKind::MaxPool, Op::MaxPool { kernel, stride, padding }) => {
@@ -257,7 +257,7 @@ impl Int8Model {
                     let b = get(r.inputs[1])?;
                     crate::int8::scalar::add(cfg, x, b, &mut out)?;
                 }
-                (_, LayerKind::Flatten, _) => out.copy_from_slice(x),
+                (_, LayerKind::Flatten, _) if out.len() == x.len() => out.copy_from_slice(x),
                 _ => return Err(WqatError::invalid(format!("int8 model: node {} not on the fast path", r.node.name))),
             }
             if vals[i + 1..].first().is_some_and(|v| v.is_some()) {

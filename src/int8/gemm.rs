@@ -131,19 +131,36 @@ impl PackedGemm {
         Ok(())
     }
 
-    /// Max-pooled output rows: row `r` is `requant(max_t acc(base4(r)[t]))` (equal to the
-    /// max of the four requantized codes: the requantization is monotone).
+    /// Max-pooled output rows: row `t` is `requant(max_i acc(x0 + b4[t][i]))` (equal to
+    /// the max of the four requantized codes: the requantization is monotone), written to
+    /// `out[o0 + t * ostride..][..n]`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn run_pool4(
         &self,
         kernel: SimdKernel,
         x: &[i16],
-        rows: std::ops::Range<usize>,
-        base4: impl Fn(usize) -> [usize; 4],
+        x0: usize,
+        b4: &[[usize; 4]],
         out: &mut [u8],
-        obase: impl Fn(usize) -> usize,
+        o0: usize,
+        ostride: usize,
     ) -> Result<()> {
-        for r in rows {
-            self.block(kernel, x, base4(r), out, [obase(r); 4], 1, true)?;
+        let Some(last) = b4.len().checked_sub(1) else { return Ok(()) };
+        let max_base = b4.iter().flatten().max().copied().unwrap_or(0);
+        if x0 + max_base + self.max_off + 2 > x.len() || o0 + last * ostride + self.n > out.len() {
+            return Err(WqatError::invalid("int8 gemm row outside its buffers"));
+        }
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: AVX2 checked; every row's reads and writes checked in bounds above.
+            SimdKernel::Avx2 if kernel.is_available() => unsafe {
+                super::x86::pair_pool_rows(self, x.as_ptr(), x0, b4, out.as_mut_ptr(), o0, ostride)
+            },
+            _ => {
+                for (t, b) in b4.iter().enumerate() {
+                    self.block(kernel, x, b.map(|q| x0 + q), out, [o0 + t * ostride; 4], 1, true)?;
+                }
+            }
         }
         Ok(())
     }

@@ -211,8 +211,8 @@ impl PackedConv {
             for (g, p) in self.groups.iter().enumerate() {
                 let x0 = b * img + g * self.cin_gp;
                 let (first, o0) = (b * per, g * cout_g);
-                let base4 = |r: usize| pb[r - first].map(|q| x0 + q);
-                p.run_pool4(kernel, xp, lo..hi, base4, out, |r| (r - r0) * c_out + o0)?;
+                let b4 = &pb[lo - first..hi - first];
+                p.run_pool4(kernel, xp, x0, b4, out, (lo - r0) * c_out + o0, c_out)?;
             }
             lo = hi;
         }

@@ -115,6 +115,36 @@ pub unsafe fn pair_rows<const R: usize>(
     }
 }
 
+/// Max-pooled rows of the pair GEMM `p`: for each `t`, the lane-wise max of the four rows
+/// at `x + x0 + b4[t][i]` (bias added), requantized into `out + o0 + t * ostride`.
+///
+/// # Safety
+/// AVX2 must be available; every row's reads (`x0 + b4[t][i] + off + 2` for every step
+/// offset) and writes (`o0 + t * ostride + p.n`) in bounds.
+#[target_feature(enable = "avx2")]
+pub unsafe fn pair_pool_rows(
+    p: &super::gemm::PackedGemm,
+    x: *const i16,
+    x0: usize,
+    b4: &[[usize; 4]],
+    out: *mut u8,
+    o0: usize,
+    ostride: usize,
+) {
+    for (t, b) in b4.iter().enumerate() {
+        let xr = b.map(|q| x.add(x0 + q));
+        let ob = [o0 + t * ostride; 4];
+        let mut blk = 0;
+        while blk + 2 <= p.nb {
+            pair_tile::<4, 2>(p, &xr, blk, out, &ob, 1, true);
+            blk += 2;
+        }
+        if blk < p.nb {
+            pair_tile::<4, 1>(p, &xr, blk, out, &ob, 1, true);
+        }
+    }
+}
+
 #[target_feature(enable = "avx2")]
 #[inline]
 unsafe fn pair_tile<const R: usize, const NV: usize>(

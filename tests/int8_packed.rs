@@ -268,3 +268,64 @@ fn packed_bad_input_is_an_error() {
     assert!(PackedLinear::new(4, 2, 0, &[1; 7], &[0; 2], &rq2, |m| m).is_err());
     assert!(PackedLinear::new(4, 2, 0, &[1; 8], &[0; 2], &rq2, |m| m + 1).is_err());
 }
+
+/// The packed layers of mnist-cnn alone, one thread, microseconds per image.
+#[test]
+#[ignore = "manual: cargo test --release --test int8_packed -- --ignored --nocapture mnist_layer_throughput"]
+fn mnist_layer_throughput() {
+    let rq =
+        |n: usize| Requant { multiplier: vec![1 << 30; n], shift: vec![-10; n], out_zero: 0, act_min: 0, act_max: 255 };
+    let b = 8;
+    for (cin, hw, cout) in [(1usize, 28usize, 16usize), (16, 14, 32)] {
+        let cfg = Conv2dConfig {
+            batch: b,
+            c_in: cin,
+            h: hw,
+            w: hw,
+            c_out: cout,
+            kernel: [3, 3],
+            stride: [1, 1],
+            padding: [1, 1],
+            dilation: [1, 1],
+            groups: 1,
+            x_zero: 3,
+        };
+        let p = PackedConv::new(&cfg, &vec![1i8; cout * cin * 9], &vec![0; cout], &rq(cout)).unwrap();
+        let x = vec![7u8; b * cin * hw * hw];
+        let mut xp = Vec::new();
+        let mut out = vec![0u8; p.pooled_rows(b) * cout];
+        let mut out2 = vec![0u8; p.rows(b) * cout];
+        let reps = 2000;
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            p.load_hwc(&x, b, &mut xp).unwrap();
+        }
+        let tl = t.elapsed().as_secs_f64() / (reps * b) as f64 * 1e6;
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            p.run_pool2(SimdKernel::best(), &xp, 0..p.pooled_rows(b), &mut out).unwrap();
+        }
+        let tp = t.elapsed().as_secs_f64() / (reps * b) as f64 * 1e6;
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            p.run(SimdKernel::best(), &xp, 0..p.rows(b), &mut out2).unwrap();
+        }
+        let tr = t.elapsed().as_secs_f64() / (reps * b) as f64 * 1e6;
+        eprintln!("conv {cin}->{cout} {hw}: load {tl:.2} us/img, pooled {tp:.2}, unpooled {tr:.2}");
+    }
+    let l = PackedLinear::new(1568, 128, 3, &vec![1i8; 1568 * 128], &vec![0; 128], &rq(128), |m| m).unwrap();
+    let x = vec![7u8; b * 1568];
+    let mut xp = Vec::new();
+    let mut out = vec![0u8; b * 128];
+    l.load(&x, b, &mut xp).unwrap();
+    let t = std::time::Instant::now();
+    for _ in 0..1000 {
+        l.run(SimdKernel::best(), &xp, 0..b, &mut out).unwrap();
+    }
+    eprintln!("fc1 b8: {:.2} us/img", t.elapsed().as_secs_f64() / (1000 * b) as f64 * 1e6);
+    let t = std::time::Instant::now();
+    for _ in 0..1000 {
+        l.run(SimdKernel::best(), &xp, 0..1, &mut out).unwrap();
+    }
+    eprintln!("fc1 b1: {:.2} us/img", t.elapsed().as_secs_f64() / 1000.0 * 1e6);
+}

@@ -106,6 +106,13 @@ pub unsafe fn pair_rows<const R: usize>(
 ) {
     let xr: [*const i16; R] = std::array::from_fn(|r| x.add(xb[r]));
     let mut blk = 0;
+    if R == 1 && !pool {
+        // One row: 32 channels (two panels) per pass, for more independent accumulators.
+        while blk + 4 <= p.nb / 2 * 2 {
+            pair_tile_1x4(p, xr[0], blk, out, ob[0]);
+            blk += 4;
+        }
+    }
     while blk + 2 <= p.nb {
         pair_tile::<R, 2>(p, &xr, blk, out, &ob, nrows, pool);
         blk += 2;
@@ -142,6 +149,32 @@ pub unsafe fn pair_pool_rows(
         if blk < p.nb {
             pair_tile::<4, 1>(p, &xr, blk, out, &ob, 1, true);
         }
+    }
+}
+
+/// One row against blocks `blk..blk + 4` (`blk` even: the panels `blk, blk + 1` and
+/// `blk + 2, blk + 3`), stored at `out + ob`.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn pair_tile_1x4(p: &super::gemm::PackedGemm, x: *const i16, blk: usize, out: *mut u8, ob: usize) {
+    let steps = p.offs.len();
+    let mut wa = p.w.as_ptr().add(blk * steps * 16);
+    let mut wb = p.w.as_ptr().add((blk + 2) * steps * 16);
+    let z = _mm256_setzero_si256();
+    let mut acc = [z; 4];
+    for &off in p.offs.iter() {
+        let xv = _mm256_set1_epi32(std::ptr::read_unaligned(x.add(off as usize) as *const i32));
+        let w = [wa, wa.add(16), wb, wb.add(16)];
+        for (a, w) in acc.iter_mut().zip(w) {
+            *a = _mm256_add_epi32(*a, _mm256_madd_epi16(xv, _mm256_loadu_si256(w as *const __m256i)));
+        }
+        wa = wa.add(32);
+        wb = wb.add(32);
+    }
+    for (j, a) in acc.iter().enumerate() {
+        let c0 = (blk + j) * 8;
+        let q = Rq8::load(p, c0);
+        store8(q.apply(_mm256_add_epi32(*a, q.bias)), out.add(ob + c0), (p.n - c0).min(8));
     }
 }
 

@@ -22,9 +22,21 @@ use wqat::model::zoo;
 use wqat::reference::graph::{effective_params, fake_quant_forward, GraphQuant};
 use wqat::Result;
 
-/// Median and best seconds of `f` over repeated calls for about `budget`.
-fn time(budget: Duration, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64)> {
+/// User + system CPU seconds of this process, threads that exited included (Linux
+/// `/proc/self/stat`, clock ticks of 10 ms); `None` elsewhere.
+fn process_cpu_s() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// Median and best seconds of `f` over repeated calls for about `budget`, and the CPU
+/// seconds per call (all threads; robust to other processes competing for the cores).
+fn time(budget: Duration, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64, Option<f64>)> {
     f()?;
+    let cpu0 = process_cpu_s();
     let mut t = Vec::new();
     let start = Instant::now();
     while t.len() < 3 || (start.elapsed() < budget && t.len() < 2000) {
@@ -32,8 +44,9 @@ fn time(budget: Duration, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64
         f()?;
         t.push(s.elapsed().as_secs_f64());
     }
+    let cpu = cpu0.zip(process_cpu_s()).map(|(a, b)| (b - a) / t.len() as f64);
     t.sort_by(|a, b| a.total_cmp(b));
-    Ok((t[t.len() / 2], t[0]))
+    Ok((t[t.len() / 2], t[0], cpu))
 }
 
 /// Plain fp32 mnist-cnn on the GPU with the engine's kernels: conv+bias+ReLU, max pool,
@@ -117,16 +130,23 @@ fn main() -> Result<()> {
     let batches = [1usize, 64];
     let images: Vec<Vec<f32>> = batches.iter().map(|&b| random_images(&mut rng, b * 784, false)).collect();
     let mut add = |name: &str, f: &mut dyn FnMut(usize, &[f32]) -> Result<()>| -> Result<()> {
-        let mut cells = Vec::new();
+        let (mut cells, mut cpu_cells) = (Vec::new(), Vec::new());
         for (bi, &b) in batches.iter().enumerate() {
-            let (med, best) = time(budget, || f(b, &images[bi]))?;
+            let (med, best, cpu) = time(budget, || f(b, &images[bi]))?;
             cells.push(format!("{:>9.0} ({:>7.0})", b as f64 / med, b as f64 / best));
+            if name.starts_with("CPU int8") {
+                cpu_cells.push(cpu.map_or("-".to_string(), |c| format!("{:.0}", b as f64 / c)));
+            }
+        }
+        if !cpu_cells.is_empty() {
+            cells.push(format!("  per CPU-second: {}", cpu_cells.join(" / ")));
         }
         println!("{name:<32} {}", cells.join("  "));
         rows.push((name.to_string(), cells));
         Ok(())
     };
     println!("{:<32} {:>19}  {:>19}", "images/s: median (best)", "batch 1", "batch 64");
+    println!("(CPU int8 rows also give images per CPU-second of all threads, batch 1 / 64: the rate the cores deliver when other processes compete for them)");
     add("CPU int8 scalar", &mut |b, x| model.forward_cpu(x, b, CpuBackend::Scalar).map(|_| ()))?;
     add(&format!("CPU int8 SIMD ({:?})", SimdKernel::best()), &mut |b, x| {
         model.forward_cpu(x, b, CpuBackend::Simd).map(|_| ())

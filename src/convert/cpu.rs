@@ -2,6 +2,10 @@
 //! the batch split into contiguous chunks over `std::thread::scope` threads (each image is
 //! computed by one thread, so results do not depend on the thread count).
 
+mod fast;
+
+pub use fast::CpuPacks;
+
 use super::{Domain, Int8Model, LayerKind};
 use crate::error::{Result, WqatError};
 use crate::int8::{self, AvgRequant, Conv2dConfig, CpuBackend, LinearConfig, PoolConfig};
@@ -136,26 +140,46 @@ impl Int8Model {
                 self.graph.input
             )));
         }
-        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let cpus = int8::simd::cpu_count();
         let threads = cpus.min(batch).max(1);
-        let chunk = batch.div_ceil(threads);
+        // Equal chunks of at most 8 images handed out dynamically: on a busy machine a thread
+        // that is descheduled leaves its chunks to the others. Each image is computed by one
+        // chunk and chunks are merged in order, so results do not depend on the threads.
+        let nchunks = if threads == 1 { 1 } else { batch.div_ceil(8).max(threads) };
+        let chunk = batch.div_ceil(nchunks);
         let ranges: Vec<(usize, usize)> =
-            (0..threads).map(|t| (t * chunk, ((t + 1) * chunk).min(batch))).filter(|(a, b)| a < b).collect();
+            (0..nchunks).map(|t| (t * chunk, ((t + 1) * chunk).min(batch))).filter(|(a, b)| a < b).collect();
         let results: Vec<Result<Vec<NodeValue>>> = if ranges.len() == 1 {
             vec![self.run_chunk(images, batch, backend, keep)]
         } else {
+            let next = std::sync::atomic::AtomicUsize::new(0);
+            let slots: Vec<std::sync::Mutex<Option<Result<Vec<NodeValue>>>>> =
+                ranges.iter().map(|_| std::sync::Mutex::new(None)).collect();
+            let work = || loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(&(lo, hi)) = ranges.get(i) else { break };
+                let x = &images[lo * sample..hi * sample];
+                let r = int8::simd::single_threaded(|| self.run_chunk(x, hi - lo, backend, keep));
+                if let Ok(mut slot) = slots[i].lock() {
+                    *slot = Some(r);
+                }
+            };
             std::thread::scope(|s| {
-                let hs: Vec<_> = ranges
-                    .iter()
-                    .map(|&(lo, hi)| {
-                        let x = &images[lo * sample..hi * sample];
-                        s.spawn(move || self.run_chunk(x, hi - lo, backend, keep))
-                    })
-                    .collect();
-                hs.into_iter()
-                    .map(|h| h.join().unwrap_or_else(|_| Err(WqatError::invalid("int8 worker thread panicked"))))
-                    .collect()
-            })
+                let hs: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
+                work();
+                hs.into_iter().for_each(|h| {
+                    let _ = h.join();
+                });
+            });
+            slots
+                .into_iter()
+                .map(|m| {
+                    m.into_inner()
+                        .ok()
+                        .flatten()
+                        .unwrap_or_else(|| Err(WqatError::invalid("int8 worker thread panicked")))
+                })
+                .collect()
         };
         let mut merged: Option<Vec<NodeValue>> = None;
         for r in results {
@@ -175,6 +199,9 @@ impl Int8Model {
     /// Runs the whole network on `batch` images; returns the node outputs (all of them when
     /// `keep`, else only the last one).
     fn run_chunk(&self, images: &[f32], batch: usize, backend: CpuBackend, keep: bool) -> Result<Vec<NodeValue>> {
+        if let Some(k) = backend.kernel().filter(|&k| self.fast_path(Some(k))) {
+            return self.run_fast(images, batch, k, keep, 1);
+        }
         let input = NodeValue::from_f32(images.to_vec(), self.input);
         let n = self.layers.len();
         // Last consumer of every node, to free outputs early when not keeping them.

@@ -303,7 +303,8 @@ impl Int8Model {
         if let Some(extra) = tf.tensors.keys().find(|k| !used.contains(*k)) {
             return Err(bad(format!("unexpected tensor {extra}")));
         }
-        Ok(Int8Model { graph, qconfig, normalization, class_names, input, layers, nodes })
+        let cpu_packs = Default::default();
+        Ok(Int8Model { graph, qconfig, normalization, class_names, input, layers, nodes, cpu_packs })
     }
 }
 

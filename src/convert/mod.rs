@@ -187,6 +187,8 @@ pub struct Int8Model {
     /// One per graph node, in order.
     pub layers: Vec<Layer>,
     pub(crate) nodes: Vec<ResolvedNode>,
+    /// Weights packed for the CPU SIMD kernels (built on the first CPU forward).
+    pub(crate) cpu_packs: cpu::CpuPacks,
 }
 
 impl PartialEq for Int8Model {
@@ -356,5 +358,14 @@ pub fn convert(graph: &Graph, ckpt: &TensorFile) -> Result<Int8Model> {
         };
         layers.push(layer);
     }
-    Ok(Int8Model { graph: graph.clone(), qconfig: qc, normalization, class_names, input, layers, nodes: gq.nodes })
+    Ok(Int8Model {
+        graph: graph.clone(),
+        qconfig: qc,
+        normalization,
+        class_names,
+        input,
+        layers,
+        nodes: gq.nodes,
+        cpu_packs: Default::default(),
+    })
 }

@@ -10,11 +10,18 @@
 //! [`scalar`] is the definition (plain loops); [`simd`] runs the same arithmetic with
 //! AVX2 / NEON / NEON sdot micro-kernels chosen at runtime (AVX-512 VNNI on request, see
 //! [`SimdKernel::best`]), multithreaded, and bit-exact with the scalar code. The GPU kernels (`shaders/int8_gemm.wgsl`,
-//! [`crate::kernels::int8`]) match both.
+//! [`crate::kernels::int8`]) match both. AVX2 (and the portable fallback) use layers packed
+//! once ([`PackedConv`], [`PackedLinear`]: [`gemm`], [`packed_conv`]) on channels-last
+//! activations ([`nhwc`]), which the CPU executor of converted models keeps per model.
 //!
-//! Pooling and add are memory-bound: the `Simd` backend runs the scalar code for them.
+//! Pooling and add are memory-bound: the `Simd` backend runs the scalar code for them (the
+//! model executor's channels-last path has its own pools, and fuses 2x2 max pools into
+//! the conv before them).
 
+pub mod gemm;
+pub mod nhwc;
 pub mod ops;
+pub mod packed_conv;
 pub mod requant;
 pub mod scalar;
 pub mod simd;
@@ -24,7 +31,9 @@ pub mod neon;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
 
+pub use gemm::PackedLinear;
 pub use ops::{AddConfig, AvgRequant, Conv2dConfig, LinearConfig, PoolConfig};
+pub use packed_conv::PackedConv;
 pub use requant::{quantize_bias, quantize_multiplier, Activation, Requant};
 pub use simd::SimdKernel;
 
@@ -43,7 +52,8 @@ pub enum CpuBackend {
 }
 
 impl CpuBackend {
-    fn kernel(self) -> Option<SimdKernel> {
+    /// The SIMD kernel this backend runs (`None`: scalar).
+    pub fn kernel(self) -> Option<SimdKernel> {
         match self {
             CpuBackend::Scalar => None,
             CpuBackend::Simd => Some(SimdKernel::best()),

@@ -1,12 +1,19 @@
-//! The SIMD int8 GEMM / conv driver: packs weights once per call for the chosen
-//! micro-kernel, gathers each output row's K inputs (linear: a copy; conv: an im2col row
-//! with `x_zero` padding), runs 2-row x 4-channel micro-kernels of raw `sum x*w` and
-//! applies `acc = raw + bias - (z_x - x_offset) * sum(w)` (wrapping i32, equal mod 2^32 to
-//! the scalar `sum (x - z_x) * w + bias`) and the requantization.
+//! The SIMD int8 GEMM / conv drivers behind [`super::linear`] / [`super::conv2d`].
+//!
+//! * `Avx2` and `Portable` ([`SimdKernel::uses_pairs`]) run the pre-packed pair GEMM of
+//!   [`super::gemm`] / [`super::packed_conv`] (i16 pairs, `vpmaddwd`, 4 rows x 16 channels,
+//!   im2col-free convs, requantization in registers). These entry points pack per call (the
+//!   CPU executor of converted models packs once per model, see `convert::cpu`) and split
+//!   rows over threads ([`par_rows`]).
+//! * `Neon`, `NeonDot` and `Avx512Vnni` run the dot-product micro-kernels of this file:
+//!   weights packed per call, each output row's K inputs gathered (linear: a copy; conv:
+//!   an im2col row with `x_zero` padding), 2-row x 4-channel micro-kernels of raw `sum x*w`,
+//!   then `acc = raw + bias - (z_x - x_offset) * sum(w)` (wrapping i32, equal mod 2^32 to
+//!   the scalar `sum (x - z_x) * w + bias`) and the requantization.
 //!
 //! Rows (and conv groups) are split into contiguous ranges over `std::thread::scope`
-//! threads; each output is computed by exactly one thread in a fixed order, so results do
-//! not depend on the thread count.
+//! threads (none inside [`single_threaded`]); each output is computed by exactly one
+//! thread in a fixed order, so results do not depend on the thread count.
 
 use super::ops::{Conv2dConfig, LinearConfig};
 use super::requant::Requant;
@@ -67,6 +74,11 @@ impl SimdKernel {
         } else {
             16
         }
+    }
+    /// Whether the kernel runs the pre-packed pair GEMM of [`super::gemm`] (else the
+    /// dot-product micro-kernels of this file).
+    pub fn uses_pairs(self) -> bool {
+        matches!(self, SimdKernel::Portable | SimdKernel::Avx2)
     }
     fn wide(self) -> bool {
         matches!(self, SimdKernel::Portable | SimdKernel::Avx2 | SimdKernel::Neon)
@@ -133,11 +145,6 @@ impl Packed {
         match self.kernel {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: availability checked by `run`; buffers hold 2*kp and 4 rows of kp.
-            SimdKernel::Avx2 => unsafe {
-                super::x86::mk_avx2(x16.as_ptr(), x16.as_ptr().add(kp), self.w16.as_ptr().add(row0 * kp), kp, kp)
-            },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: as above.
             SimdKernel::Avx512Vnni => unsafe {
                 super::x86::mk_vnni(x8.as_ptr(), x8.as_ptr().add(kp), self.w8.as_ptr().add(row0 * kp), kp, kp)
             },
@@ -198,7 +205,7 @@ fn run<S: RowSource>(
     }
     let total = groups * rows;
     let work = total as u64 * p.n4 as u64 * p.kp as u64;
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpus = layer_threads();
     let threads = (work / (1 << 18)).clamp(1, cpus as u64).min(total as u64) as usize;
     let chunk = total.div_ceil(threads);
     let cout_g = p.cout_g;
@@ -275,6 +282,16 @@ pub fn linear(
 ) -> Result<()> {
     cfg.validate(x.len(), w.len(), bias.len(), out.len())?;
     rq.validate(cfg.n)?;
+    if kernel.uses_pairs() {
+        if !kernel.is_available() {
+            return Err(WqatError::invalid(format!("SIMD kernel {kernel:?} is not available on this CPU")));
+        }
+        let p = super::gemm::PackedLinear::new(cfg.k, cfg.n, cfg.x_zero, w, bias, rq, |m| m)?;
+        let mut xp = Vec::new();
+        p.load(x, cfg.m, &mut xp)?;
+        let work = cfg.k * cfg.n.div_ceil(8) * 8;
+        return par_rows(cfg.m, work, cfg.n, out, |rows, o| p.run(kernel, &xp, rows, o));
+    }
     let p = Packed::new(kernel, w, 1, cfg.n, cfg.k, bias, cfg.x_zero);
     let n = cfg.n;
     run(&LinearRows { x, k: cfg.k }, 1, cfg.m, &p, rq, |_, r, v| out[r * n..(r + 1) * n].copy_from_slice(v))
@@ -330,6 +347,20 @@ pub fn conv2d(
     cfg.validate(x.len(), w.len(), bias.len(), out.len())?;
     rq.validate(cfg.c_out)?;
     let (oh, ow) = cfg.out_hw()?;
+    if kernel.uses_pairs() {
+        if !kernel.is_available() {
+            return Err(WqatError::invalid(format!("SIMD kernel {kernel:?} is not available on this CPU")));
+        }
+        let p = super::packed_conv::PackedConv::new(cfg, w, bias, rq)?;
+        let mut xp = Vec::new();
+        p.load_nchw(x, cfg.batch, &mut xp)?;
+        let rows = p.rows(cfg.batch);
+        let mut hwc = vec![0u8; rows * cfg.c_out];
+        let work = cfg.k() * cfg.c_out.div_ceil(8) * 8;
+        par_rows(rows, work, cfg.c_out, &mut hwc, |r, o| p.run(kernel, &xp, r, o))?;
+        hwc_to_nchw(&hwc, cfg.batch, cfg.c_out, oh * ow, out);
+        return Ok(());
+    }
     let cout_g = cfg.cout_g();
     let p = Packed::new(kernel, w, cfg.groups, cout_g, cfg.k(), bias, cfg.x_zero);
     let ohw = oh * ow;
@@ -340,4 +371,81 @@ pub fn conv2d(
             out[(b * c_out + g * cout_g + j) * ohw + pos] = code;
         }
     })
+}
+
+/// Threads worth using for `rows` rows of `work` multiply-adds each (at least 2^18 per
+/// thread), at most the CPU count.
+pub fn threads_for(rows: usize, work: usize) -> usize {
+    let cpus = layer_threads();
+    ((rows as u64 * work as u64) >> 18).clamp(1, cpus as u64).min(rows.max(1) as u64) as usize
+}
+
+/// Runs `f(rows, out rows)` over contiguous row ranges of `out` (`row_len` bytes a row),
+/// on [`threads_for`] threads; each row is computed by one call, so results do not depend
+/// on the split.
+pub fn par_rows(
+    rows: usize,
+    work: usize,
+    row_len: usize,
+    out: &mut [u8],
+    f: impl Fn(std::ops::Range<usize>, &mut [u8]) -> Result<()> + Sync,
+) -> Result<()> {
+    let threads = threads_for(rows, work);
+    if threads <= 1 {
+        return f(0..rows, out);
+    }
+    let chunk = rows.div_ceil(threads);
+    std::thread::scope(|s| {
+        let hs: Vec<_> = out
+            .chunks_mut(chunk * row_len)
+            .enumerate()
+            .map(|(t, o)| {
+                let f = &f;
+                s.spawn(move || f(t * chunk..((t + 1) * chunk).min(rows), o))
+            })
+            .collect();
+        hs.into_iter().try_for_each(|h| h.join().unwrap_or_else(|_| Err(WqatError::invalid("int8 worker panicked"))))
+    })
+}
+
+/// `[batch][hw][c]` -> `[batch][c][hw]`.
+pub fn hwc_to_nchw(x: &[u8], batch: usize, c: usize, hw: usize, out: &mut [u8]) {
+    for b in 0..batch {
+        let (src, dst) = (&x[b * hw * c..][..hw * c], &mut out[b * hw * c..][..hw * c]);
+        for p in 0..hw {
+            for ch in 0..c {
+                dst[ch * hw + p] = src[p * c + ch];
+            }
+        }
+    }
+}
+
+/// `std::thread::available_parallelism()`, asked once per process (on Linux it reads
+/// cgroup files, tens of microseconds a call).
+pub fn cpu_count() -> usize {
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+}
+
+thread_local! {
+    static IN_WORKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the layer-level threads of this module turned off in this thread: for
+/// callers that already split their work over the cores (the CPU executor's batch
+/// chunks), so layers do not spawn threads of their own on top (oversubscription).
+pub fn single_threaded<R>(f: impl FnOnce() -> R) -> R {
+    let was = IN_WORKER.with(|w| w.replace(true));
+    let r = f();
+    IN_WORKER.with(|w| w.set(was));
+    r
+}
+
+/// Threads a layer may use: 1 inside [`single_threaded`], else the CPU count.
+fn layer_threads() -> usize {
+    if IN_WORKER.with(|w| w.get()) {
+        1
+    } else {
+        cpu_count()
+    }
 }

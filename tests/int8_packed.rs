@@ -51,7 +51,7 @@ fn requant_every_shift_and_wrapping_accumulators() {
         let cfg = LinearConfig { m, k, n, x_zero: rng.random_range(0..=255) };
         let (x, w, b) = (codes(&mut rng, m * k), weights(&mut rng, n * k), bias(&mut rng, n));
         let rq = if case % 4 == 0 {
-            // Shifts around 0 with tiny accumulators: every rounding tie.
+            // Shifts around 0 with tiny accumulators.
             Requant { shift: (0..n).map(|_| rng.random_range(-3..=3)).collect(), ..wild_requant(&mut rng, n) }
         } else {
             wild_requant(&mut rng, n)
@@ -62,6 +62,31 @@ fn requant_every_shift_and_wrapping_accumulators() {
             let mut got = vec![0u8; m * n];
             int8::linear(CpuBackend::Kernel(kern), &cfg, &x, &w, &b, &rq, &mut got).unwrap();
             assert_bit_exact(&format!("linear {kern:?} case {case} {cfg:?}"), &got, &want);
+        }
+    }
+}
+
+/// Exact rounding ties, both directions: weights in {-1, 0, 1}, small biases and
+/// multipliers with trailing zero bits (`M = 2^-j`, `3 * 2^-j`, `5 * 2^-j`) keep the outputs
+/// inside the clamp range while many of them land exactly on a half.
+#[test]
+fn requant_ties_round_half_to_even() {
+    let mut rng = testing::rng(12);
+    for case in 0..20u64 {
+        let (m, k, n) = (testing::size(&mut rng, 1, 9), testing::size(&mut rng, 1, 6), testing::size(&mut rng, 1, 35));
+        let cfg = LinearConfig { m, k, n, x_zero: 128 };
+        let x = codes(&mut rng, m * k);
+        let w: Vec<i8> = (0..n * k).map(|_| rng.random_range(-1..=1)).collect();
+        let b: Vec<i32> = (0..n).map(|_| rng.random_range(-50..=50)).collect();
+        let multiplier = (0..n).map(|_| [1 << 30, 3 << 28, 5 << 27][rng.random_range(0..3)]).collect();
+        let shift = (0..n).map(|_| rng.random_range(-4..=-1)).collect();
+        let rq = Requant { multiplier, shift, out_zero: 128, act_min: 0, act_max: 255 };
+        let mut want = vec![0u8; m * n];
+        int8::linear(CpuBackend::Scalar, &cfg, &x, &w, &b, &rq, &mut want).unwrap();
+        for kern in pair_kernels() {
+            let mut got = vec![0u8; m * n];
+            int8::linear(CpuBackend::Kernel(kern), &cfg, &x, &w, &b, &rq, &mut got).unwrap();
+            assert_bit_exact(&format!("ties {kern:?} case {case} {cfg:?}"), &got, &want);
         }
     }
 }

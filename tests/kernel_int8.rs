@@ -49,6 +49,11 @@ fn requant_emulation_matches_cpu_on_edges() {
     let mut shift: Vec<i32> = (0..nch).map(|_| rng.random_range(-31..=30)).collect();
     multiplier[..6].copy_from_slice(&[0, 1 << 30, i32::MAX, i32::MAX, 1 << 30, 1]);
     shift[..6].copy_from_slice(&[0, -31, 30, -31, 0, 0]);
+    // Multipliers with trailing zero bits and small shifts: many exact halves (half to even).
+    for c in 6..40 {
+        multiplier[c] = [1 << 30, 3 << 28, 5 << 27][c % 3];
+        shift[c] = -((c % 5) as i32);
+    }
     let rq = Requant { multiplier, shift, out_zero: 17, act_min: 17, act_max: 200 };
     let mut bias = vec![0i32; nch];
     bias[nch - 1] = i32::MAX; // wraps with positive accumulators

@@ -34,15 +34,10 @@ pub struct PackedGemm {
     pub(crate) offs: Vec<u32>,
     /// Panel-major, see [`PackedGemm::widx`].
     pub(crate) w: Vec<i16>,
-    /// Per channel (padded to `nb * 8`): bias, `M0`, left shift, right shift, `2^right - 1`.
+    /// Per channel (padded to `nb * 8`): bias, `M0`, `shift` (`M = M0 * 2^(shift - 31)`).
     pub(crate) bias: Vec<i32>,
     pub(crate) m0: Vec<i32>,
-    pub(crate) shl: Vec<i32>,
-    pub(crate) shr: Vec<i32>,
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    pub(crate) mask: Vec<i32>,
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    pub(crate) any_left: bool,
+    pub(crate) shift: Vec<i32>,
     pub(crate) out_zero: i32,
     /// Clamp range relative to the zero point: `act_min - z`, `act_max - z`.
     pub(crate) lo: i32,
@@ -73,10 +68,7 @@ impl PackedGemm {
             w: vec![0i16; steps.len() * nb * 16],
             bias: pad(&|c| bias[ch0 + c]),
             m0: pad(&|c| rq.multiplier[ch0 + c]),
-            shl: pad(&|c| shift(c).max(0)),
-            shr: pad(&|c| (-shift(c)).max(0)),
-            mask: pad(&|c| ((1u32 << (-shift(c)).max(0)) - 1) as i32),
-            any_left: (0..n).any(|c| shift(c) > 0),
+            shift: pad(&shift),
             out_zero: rq.out_zero,
             lo: rq.act_min - rq.out_zero,
             hi: rq.act_max - rq.out_zero,
@@ -214,7 +206,7 @@ impl PackedGemm {
                 }
                 acc
             };
-            let rq = |a: i32| requantize(a, self.m0[c], self.shl[c] - self.shr[c], self.out_zero, lo, hi) as u8;
+            let rq = |a: i32| requantize(a, self.m0[c], self.shift[c], self.out_zero, lo, hi) as u8;
             if pool {
                 out[ob[0] + c] = rq(xb.iter().map(|&b| acc(b)).max().unwrap_or(0));
             } else {

@@ -243,11 +243,9 @@ struct Rq8 {
     bias: __m256i,
     m0: __m256i,
     m0_odd: __m256i,
-    shl: __m256i,
-    any_left: bool,
-    shr: __m256i,
-    mask: __m256i,
-    half: __m256i,
+    /// Total right shift `k = 31 - shift` of the even / odd lanes, as 64-bit lanes.
+    k_even: __m256i,
+    k_odd: __m256i,
     lo: __m256i,
     hi: __m256i,
     zero: __m256i,
@@ -259,54 +257,61 @@ impl Rq8 {
     unsafe fn load(p: &super::gemm::PackedGemm, c0: usize) -> Rq8 {
         let ld = |v: &Vec<i32>| _mm256_loadu_si256(v.as_ptr().add(c0) as *const __m256i);
         let m0 = ld(&p.m0);
-        let mask = ld(&p.mask);
+        // k = 31 - shift, in 1..=62 (`Requant::validate` keeps shift in -31..=30).
+        let k = _mm256_sub_epi32(_mm256_set1_epi32(31), ld(&p.shift));
+        let low = _mm256_set1_epi64x(0xffff_ffff);
         Rq8 {
             bias: ld(&p.bias),
             m0,
             m0_odd: _mm256_srli_epi64::<32>(m0),
-            shl: ld(&p.shl),
-            any_left: p.any_left,
-            shr: ld(&p.shr),
-            mask,
-            half: _mm256_srli_epi32::<1>(mask),
+            k_even: _mm256_and_si256(k, low),
+            k_odd: _mm256_srli_epi64::<32>(k),
             lo: _mm256_set1_epi32(p.lo),
             hi: _mm256_set1_epi32(p.hi),
             zero: _mm256_set1_epi32(p.out_zero),
         }
     }
 
-    /// `requantize(x)` (`x`: accumulator plus bias) of 8 lanes as u8 codes in the low 8 bytes, bit-exact with
-    /// [`super::requant::requantize`] for `M0 >= 0`:
-    /// * saturating left shift: compare with `MAX >> l` / `MIN >> l`, shift, blend;
-    /// * `SaturatingRoundingDoublingHighMul(a, M0)` = `floor((a * M0 + 2^30) / 2^31)`
-    ///   (the reference's truncating division of `a*M0 + nudge` equals this floor for
-    ///   both signs; `a = b = i32::MIN` cannot occur as `M0 >= 0`), 64-bit products of
-    ///   even and odd lanes, the low 32 bits of the shifted sum;
-    /// * `RoundingDivideByPOT`: `(x >> e) + (x & mask > (mask >> 1) + (x < 0))`;
-    /// * clamp to `[act_min - z, act_max - z]`, add `z`, pack to u8.
+    /// `round_half_even(p / 2^k)` of four signed 64-bit products `|p| < 2^62`, clamped to
+    /// `[lo, hi]` (the output range minus the zero point, so no i32 saturation is needed).
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn round64(p: __m256i, k: __m256i, lo: __m256i, hi: __m256i) -> __m256i {
+        let one = _mm256_set1_epi64x(1);
+        let bias = _mm256_set1_epi64x(1 << 62);
+        // u = p + 2^62 >= 0; floor(p / 2^k) = (u >> k) - 2^(62 - k), remainder = u mod 2^k.
+        let u = _mm256_add_epi64(p, bias);
+        let q = _mm256_srlv_epi64(u, k);
+        let mask = _mm256_sub_epi64(_mm256_sllv_epi64(one, k), one);
+        let rem = _mm256_and_si256(u, mask);
+        let half = _mm256_sllv_epi64(one, _mm256_sub_epi64(k, one));
+        let above = _mm256_cmpgt_epi64(rem, half);
+        let tie = _mm256_cmpeq_epi64(rem, half);
+        let off = _mm256_srlv_epi64(bias, k);
+        let fl = _mm256_sub_epi64(q, off);
+        let odd = _mm256_cmpeq_epi64(_mm256_and_si256(fl, one), one);
+        let up = _mm256_or_si256(above, _mm256_and_si256(tie, odd));
+        let r = _mm256_sub_epi64(fl, up); // up is all-ones (-1) where rounding up
+                                          // Clamp in 64 bits to [lo, hi] (sign-extended from the i32 lanes).
+        let lo64 = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(lo));
+        let hi64 = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(hi));
+        let r = _mm256_blendv_epi8(r, lo64, _mm256_cmpgt_epi64(lo64, r));
+        _mm256_blendv_epi8(r, hi64, _mm256_cmpgt_epi64(r, hi64))
+    }
+
+    /// `requantize(x)` (`x`: accumulator plus bias) of 8 lanes as u8 codes in the low 8
+    /// bytes, bit-exact with [`super::requant::requantize`] (`M0 >= 0`): the exact 64-bit
+    /// products `x * M0` of the even and odd lanes rounded once, half to even, by `2^k`
+    /// ([`Rq8::round64`]), clamped to `[act_min - z, act_max - z]` (which also stands in for
+    /// the reference's saturation at `±(2^31 - 1)`), `z` added, packed to u8.
     #[target_feature(enable = "avx2")]
     #[inline]
     unsafe fn apply(&self, x: __m256i) -> __m128i {
-        let mut x = x;
-        if self.any_left {
-            let max = _mm256_set1_epi32(i32::MAX);
-            let min = _mm256_set1_epi32(i32::MIN);
-            let over = _mm256_cmpgt_epi32(x, _mm256_srav_epi32(max, self.shl));
-            let under = _mm256_cmpgt_epi32(_mm256_srav_epi32(min, self.shl), x);
-            x = _mm256_sllv_epi32(x, self.shl);
-            x = _mm256_blendv_epi8(x, max, over);
-            x = _mm256_blendv_epi8(x, min, under);
-        }
-        let round = _mm256_set1_epi64x(1 << 30);
-        let even = _mm256_add_epi64(_mm256_mul_epi32(x, self.m0), round);
-        let odd = _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64::<32>(x), self.m0_odd), round);
-        let hm = _mm256_blend_epi32::<0b1010_1010>(_mm256_srli_epi64::<31>(even), _mm256_slli_epi64::<1>(odd));
-        let rem = _mm256_and_si256(hm, self.mask);
-        let neg = _mm256_cmpgt_epi32(_mm256_setzero_si256(), hm);
-        let thr = _mm256_sub_epi32(self.half, neg);
-        let up = _mm256_cmpgt_epi32(rem, thr);
-        let v = _mm256_sub_epi32(_mm256_srav_epi32(hm, self.shr), up);
-        let v = _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(v, self.lo), self.hi), self.zero);
+        let even = Self::round64(_mm256_mul_epi32(x, self.m0), self.k_even, self.lo, self.hi);
+        let odd =
+            Self::round64(_mm256_mul_epi32(_mm256_srli_epi64::<32>(x), self.m0_odd), self.k_odd, self.lo, self.hi);
+        let v = _mm256_blend_epi32::<0b1010_1010>(even, _mm256_slli_epi64::<32>(odd));
+        let v = _mm256_add_epi32(v, self.zero);
         let w = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
         _mm_packus_epi16(w, w)
     }

@@ -7,7 +7,10 @@
 //! `cargo bench --bench int8_infer` (flags after `--`: `--quick` for shorter runs).
 //! Each cell: warm-up, then repeated forwards for at least the time budget; images/s from
 //! the median forward time (best in parentheses). GPU times include the upload of the
-//! images, one submit and the readback of the logits (what `wqat infer` pays).
+//! images, one submit and the readback of the logits (what `wqat infer` pays). The last
+//! rows give the GPU target directly: int8 and fp32 forwards interleaved, the ratio of their
+//! median wall times and of their CPU time (all threads, lavapipe's workers included), which
+//! stays meaningful when other processes compete for the cores.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +33,50 @@ fn process_cpu_s() -> Option<f64> {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
     Some(ticks / 100.0)
+}
+
+/// CPU nanoseconds run so far by the live threads of this process (Linux
+/// `/proc/self/task/*/schedstat`, nanosecond resolution; lavapipe's worker threads are
+/// long-lived, so a forward's GPU work is counted); `None` elsewhere.
+fn threads_cpu_ns() -> Option<u64> {
+    let mut total = 0u64;
+    for e in std::fs::read_dir("/proc/self/task").ok()? {
+        let s = std::fs::read_to_string(e.ok()?.path().join("schedstat")).ok()?;
+        total += s.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
+}
+
+/// GPU int8 against GPU fp32 at one batch size, calls interleaved so that a change of load
+/// hits both alike: (median wall ratio fp32/int8, CPU-time ratio fp32/int8).
+fn interleaved_ratio(
+    budget: Duration,
+    mut int8: impl FnMut() -> Result<()>,
+    mut fp32: impl FnMut() -> Result<()>,
+) -> Result<(f64, Option<f64>)> {
+    int8()?;
+    fp32()?;
+    let (mut ti, mut tf) = (Vec::new(), Vec::new());
+    let (mut ci, mut cf) = (Some(0u64), Some(0u64));
+    let start = Instant::now();
+    let run = |f: &mut dyn FnMut() -> Result<()>, t: &mut Vec<f64>, c: &mut Option<u64>| -> Result<()> {
+        let c0 = threads_cpu_ns();
+        let s = Instant::now();
+        f()?;
+        t.push(s.elapsed().as_secs_f64());
+        *c = c.zip(c0.zip(threads_cpu_ns())).map(|(acc, (a, b))| acc + b.saturating_sub(a));
+        Ok(())
+    };
+    while ti.len() < 5 || (start.elapsed() < budget * 4 && ti.len() < 1000) {
+        run(&mut int8, &mut ti, &mut ci)?;
+        run(&mut fp32, &mut tf, &mut cf)?;
+    }
+    let med = |t: &mut Vec<f64>| {
+        t.sort_by(|a, b| a.total_cmp(b));
+        t[t.len() / 2]
+    };
+    let cpu = ci.zip(cf).filter(|(i, _)| *i > 0).map(|(i, f)| f as f64 / i as f64);
+    Ok((med(&mut tf) / med(&mut ti), cpu))
 }
 
 /// Median and best seconds of `f` over repeated calls for about `budget`, and the CPU
@@ -162,6 +209,21 @@ fn main() -> Result<()> {
     let fp = [Fp32Gpu::new(&ctx, &g, &ck, 1)?, Fp32Gpu::new(&ctx, &g, &ck, 64)?];
     add("GPU fp32 (engine kernels)", &mut |b, x| fp[usize::from(b != 1)].forward(&ctx, x).map(|_| ()))?;
     add("CPU fake-quant reference (f64)", &mut |b, x| fake_quant_forward(&g, &ck, x, b).map(|_| ()))?;
+    // The GPU target (int8 >= 2x fp32 on the same adapter), measured interleaved.
+    let best_ctx = if ctx.use_dot4 { &ctx } else { &ctx_nodot };
+    let gm = Int8GpuModel::new(best_ctx, &model, 64)?;
+    for (bi, &b) in batches.iter().enumerate() {
+        let fpm = &fp[usize::from(b != 1)];
+        let (wall, cpu) = interleaved_ratio(
+            budget,
+            || gm.forward(&images[bi], b).map(|_| ()),
+            || fpm.forward(&ctx, &images[bi]).map(|_| ()),
+        )?;
+        let cpu = cpu.map_or("-".to_string(), |c| format!("{c:.2}x"));
+        println!(
+            "GPU int8 speed-up over GPU fp32, batch {b:>2}, interleaved: wall {wall:.2}x (median), CPU time {cpu}"
+        );
+    }
     // Sanity: the fp32 GPU network predicts like the fake-quant simulation on most images.
     let sim = fake_quant_forward(&g, &ck, &images[1], 64)?;
     let gpu32 = fp[1].forward(&ctx, &images[1])?;

@@ -16,8 +16,9 @@
 //! where the kernel can, else through a scratch buffer).
 
 mod backward;
+mod quantizers;
 
-use super::config::{ObserverKind, QConfig};
+use super::config::ObserverKind;
 use super::state::ModelState;
 use crate::error::{Result, WqatError};
 use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, Plan};
@@ -27,7 +28,6 @@ use crate::kernels::bias_quant::{self, BnTerms};
 use crate::kernels::conv::{self, Conv2dConfig, Conv2dForwardArgs, QuantOperand};
 use crate::kernels::gemm::{self, GemmConfig, GemmExtras};
 use crate::kernels::histogram::HistogramObserver;
-use crate::kernels::observer::{Observer, ObserverMode};
 use crate::kernels::{bn_fold, fake_quant, loss, optim, pool};
 use crate::model::params::{self, QuantizerRole, BN_EPS, BN_MOMENTUM};
 use crate::model::{Act, Op, INPUT};
@@ -269,70 +269,6 @@ impl<'a> Builder<'a> {
         }
     }
 
-    /// The quantizer tensor `t` carries (pending fake-quant), in quantized builds.
-    fn carried(&self, t: usize) -> Option<Q> {
-        if !self.opts.quant {
-            return None;
-        }
-        let nodes = &self.m.nodes;
-        let mut j = t;
-        loop {
-            let role = if j == INPUT {
-                if params::input_is_quantized(nodes) {
-                    QuantizerRole::Output(INPUT)
-                } else {
-                    return None;
-                }
-            } else if params::has_output_quant(nodes, j) {
-                QuantizerRole::Output(j)
-            } else {
-                match nodes[j].node.op {
-                    Op::MaxPool { .. } | Op::AvgPool { .. } | Op::GlobalAvgPool | Op::Flatten => {
-                        j = nodes[j].inputs[0];
-                        continue;
-                    }
-                    _ => return None,
-                }
-            };
-            return self.q(role);
-        }
-    }
-
-    fn q(&self, role: QuantizerRole) -> Option<Q> {
-        let name = params::quantizer_name(&self.m.nodes, role);
-        let q = self.m.quantizer(&name)?;
-        let mut spec = self.m.qconfig.spec(&self.m.nodes, role);
-        if let QuantizerRole::Weight(_) = role {
-            // The state's channel count is what the buffers were built with.
-            spec.channel_axis = (q.spec.channels > 1).then_some(0);
-        }
-        let observer = self.m.qconfig.observer_for(QConfig::layer_of(&self.m.nodes, role));
-        Some(Q { state: q.state.clone(), spec, observer })
-    }
-
-    /// The bias a quantized conv/linear adds: `round(b / (s_x s_w[c])) * s_x s_w[c]`, the
-    /// integer model's int32 bias (recorded after the weight observer, whose scales it reads;
-    /// the gradient passes straight through to the f32 bias). Unchanged when either operand
-    /// is not quantized.
-    fn quantized_bias(&mut self, bias: Option<GpuTensor>, xq: &Option<Q>, wq: &Option<Q>) -> Result<Option<GpuTensor>> {
-        match (bias, xq, wq) {
-            (Some(b), Some(x), Some(w)) => {
-                let bq = self.zeros(&b.shape)?;
-                let d = bias_quant::quantize_bias(self.ctx, &b, None, &x.state, &w.state, &bq)?;
-                self.fwd(Tag::Always, d);
-                Ok(Some(bq))
-            }
-            (b, _, _) => Ok(b),
-        }
-    }
-
-    fn weight_q(&self, i: usize) -> Option<Q> {
-        if !self.opts.quant {
-            return None;
-        }
-        self.q(QuantizerRole::Weight(i))
-    }
-
     fn param(&self, name: &str) -> Result<GpuTensor> {
         Ok(self.m.param(name)?.value.clone())
     }
@@ -351,69 +287,6 @@ impl<'a> Builder<'a> {
     }
     fn bwd(&mut self, tag: Tag, d: Dispatch) {
         self.backward.push((tag, d));
-    }
-
-    /// Observer dispatches for quantizer `q` observing `x`: the QAT observer (tag Observe)
-    /// and the calibration observer (tag Calibrate).
-    fn observe(&mut self, name: &str, q: &Q, x: &GpuTensor, weight: bool) -> Result<()> {
-        let ctx = self.ctx;
-        if weight {
-            // Weights: the exact current range (EMA with c = 1), for QAT and calibration.
-            let o = Observer::new(ctx, q.spec, ObserverMode::MovingAverage { c: 1.0 }, x, &q.state)?;
-            for d in o.dispatches() {
-                self.fwd(Tag::Observe, d.clone());
-                self.fwd(Tag::Calibrate, d.clone());
-            }
-            return Ok(());
-        }
-        match q.observer {
-            ObserverKind::Histogram { bins } => {
-                let h = HistogramObserver::new(ctx, q.spec, x, &q.state, bins as usize, 128)?;
-                for d in h.dispatches() {
-                    self.fwd(Tag::Observe, d.clone());
-                }
-                self.histograms.push((name.to_string(), h));
-                let hc = HistogramObserver::new(ctx, q.spec, x, &q.state, bins as usize, 128)?;
-                for d in hc.dispatches() {
-                    self.fwd(Tag::Calibrate, d.clone());
-                }
-                self.keep.push(hc.state().clone());
-                // The calibration histogram's scratch lives in its dispatches' bind groups.
-            }
-            ObserverKind::MinMax => {
-                let o = Observer::new(ctx, q.spec, ObserverMode::MinMax, x, &q.state)?;
-                for d in o.dispatches() {
-                    self.fwd(Tag::Observe, d.clone());
-                    self.fwd(Tag::Calibrate, d.clone());
-                }
-            }
-            ObserverKind::MovingAverage { c } => {
-                let o = Observer::new(ctx, q.spec, ObserverMode::MovingAverage { c }, x, &q.state)?;
-                for d in o.dispatches() {
-                    self.fwd(Tag::Observe, d.clone());
-                }
-                let oc = Observer::new(ctx, q.spec, ObserverMode::MinMax, x, &q.state)?;
-                for d in oc.dispatches() {
-                    self.fwd(Tag::Calibrate, d.clone());
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The materialized fake-quant of tensor `t` (or its raw buffer when it carries none).
-    fn materialized(&mut self, t: usize) -> Result<GpuTensor> {
-        let Some(q) = self.carried(t) else { return Ok(self.raw(t).clone()) };
-        let slot = if t == INPUT { self.m.nodes.len() } else { t };
-        if let Some(f) = &self.fq[slot] {
-            return Ok(f.clone());
-        }
-        let raw = self.raw(t).clone();
-        let out = self.zeros(&raw.shape)?;
-        let d = fake_quant::fake_quant_forward(self.ctx, &raw, &q.state, &out, &q.spec)?;
-        self.fwd(Tag::Always, d);
-        self.fq[slot] = Some(out.clone());
-        Ok(out)
     }
 
     fn build(mut self, step: Option<&StepOptions>) -> Result<Compiled> {

@@ -304,13 +304,9 @@ impl Trainer {
         validate(&cfg)?;
         let ds = data::load(&cfg.data)?;
         let mut graph = build_graph(&cfg.model, &ds, cfg.fp32_first, cfg.fp32_last)?;
-        for l in &cfg.layer_qconfig {
-            // `fp32` overrides mark graph nodes, like `--fp32-first/--fp32-last`.
-            if let Some(f) = l.fp32 {
-                graph.nodes.iter_mut().filter(|n| l.matches(&n.name)).for_each(|n| n.fp32 = f);
-            }
-        }
         let qconfig = run_qconfig(&cfg, &graph)?;
+        // `fp32` overrides mark graph nodes, like `--fp32-first/--fp32-last`.
+        qconfig.apply_fp32(&mut graph);
         let mut train_cfg = BatchConfig::train(cfg.batch, cfg.seed);
         if let Some(l) = cfg.limit_train {
             train_cfg = train_cfg.with_limit(l);

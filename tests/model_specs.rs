@@ -137,3 +137,30 @@ fn other_bad_specs() {
     expect_error(&spec("").replace("[1, 8, 8]", "[1, -8, 8]"), &["model spec", "invalid value"]);
     expect_error(r#"{"name": "t", "input": [1, 8, 8], "num_classes": 10, "nodes": []}"#, &["has no layers"]);
 }
+
+/// Per-node `qconfig` settings in a spec become per-layer QConfig overrides, applied before
+/// the command line's; bad settings and reserved names are format errors.
+#[test]
+fn per_node_qconfig_in_specs() {
+    let text = spec(r#"{"name": "conv2", "op": "conv", "out_channels": 4, "kernel": 3, "padding": 1, "qconfig": "w8,a6,per-tensor"},"#)
+        .replace(r#""out_features": 10}"#, r#""out_features": 10, "qconfig": "fp32"}"#);
+    let mut g = Graph::from_json(Path::new("s.json"), &text).unwrap();
+    let cli = wqat::engine::LayerQConfig::parse("conv2=a5").unwrap();
+    let cfg = wqat::engine::TrainConfig { weight_bits: 4, act_bits: 4, layer_qconfig: vec![cli], ..Default::default() };
+    let q = wqat::engine::train::run_qconfig(&cfg, &g).unwrap();
+    assert_eq!(q.weight_spec("conv2").bits, 8);
+    assert_eq!(q.weight_spec("conv2").channel_axis, None);
+    assert_eq!(q.activation_spec("conv2").bits, 5, "the command line wins");
+    assert_eq!(q.weight_spec("conv1").bits, 4);
+    q.apply_fp32(&mut g);
+    assert!(g.nodes.iter().find(|n| n.name == "fc").unwrap().fp32);
+    // The settings survive a JSON round trip (they are part of the checkpoint's graph).
+    let back: Graph = serde_json::from_str(&serde_json::to_string(&g).unwrap()).unwrap();
+    assert_eq!(back, g);
+    expect_error(
+        &spec(r#"{"name": "conv2", "op": "conv", "out_channels": 4, "kernel": 3, "qconfig": "w9"},"#),
+        &["conv2", "bit width 9"],
+    );
+    expect_error(&spec(r#"{"name": "input", "op": "max_pool", "kernel": 2},"#), &["input"]);
+    expect_error(&spec(r#"{"name": "conv*", "op": "conv", "out_channels": 4, "kernel": 3},"#), &["conv*"]);
+}

@@ -741,13 +741,19 @@ fn validate(cfg: &TrainConfig) -> Result<()> {
 }
 
 /// The run's QConfig: `--weight-bits/--act-bits/--observer/--per-tensor-weights` as the
-/// defaults, then the `--layer-qconfig` overrides, each checked to select a layer.
+/// defaults, then the model spec's per-node `qconfig` settings, then the `--layer-qconfig`
+/// overrides (so the command line wins), each checked to select a layer.
 pub fn run_qconfig(cfg: &TrainConfig, graph: &Graph) -> Result<QConfig> {
     let mut qconfig = QConfig::new(cfg.weight_bits, cfg.act_bits)?;
     if cfg.per_tensor_weights {
         qconfig.weight.channel_axis = None;
     }
     qconfig.observer = cfg.observer;
+    for node in &graph.nodes {
+        if let Some(l) = node.layer_qconfig()? {
+            qconfig = qconfig.with_layer(l)?;
+        }
+    }
     for l in &cfg.layer_qconfig {
         qconfig = qconfig.with_layer(l.clone())?;
     }

@@ -94,17 +94,31 @@ pub struct Node {
     /// Name of the batch norm fused into a conv (`bn1` for `conv1`); defaults to `{name}.bn`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bn_name: Option<String>,
+    /// This layer's quantization settings in `--layer-qconfig` syntax without the pattern
+    /// (`"w8,a8"`, `"w4,per-tensor,observer=histogram"`): a per-layer QConfig override the
+    /// run applies before the command line's (see `crate::qconfig`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qconfig: Option<String>,
 }
 
 impl Node {
     /// A node reading the previous node's output.
     pub fn new(name: &str, op: Op) -> Node {
-        Node { name: name.to_string(), op, inputs: Vec::new(), fp32: false, bn_name: None }
+        Node { name: name.to_string(), op, inputs: Vec::new(), fp32: false, bn_name: None, qconfig: None }
     }
     /// Sets explicit inputs.
     pub fn from(mut self, inputs: &[&str]) -> Node {
         self.inputs = inputs.iter().map(|s| s.to_string()).collect();
         self
+    }
+    /// Sets the layer's quantization settings (`--layer-qconfig` syntax without the pattern).
+    pub fn qconfig(mut self, settings: &str) -> Node {
+        self.qconfig = Some(settings.to_string());
+        self
+    }
+    /// The node's settings as an override for exactly this layer (`None` when it has none).
+    pub fn layer_qconfig(&self) -> Result<Option<crate::qconfig::LayerQConfig>> {
+        self.qconfig.as_ref().map(|s| crate::qconfig::LayerQConfig::parse(&format!("{}={s}", self.name))).transpose()
     }
     /// Names the fused batch norm.
     pub fn bn(mut self, name: &str) -> Node {
@@ -176,6 +190,15 @@ impl Graph {
             let err = |m: String| WqatError::invalid(format!("model {}, layer {}: {m}", self.name, node.name));
             if names.insert(node.name.clone(), i).is_some() {
                 return Err(err("duplicate layer name".into()));
+            }
+            if node.name.contains(['*', '=']) || node.name == "input" {
+                return Err(err(
+                    "layer names cannot be `input` (the image) or contain `*` or `=` (they select layers in QConfig overrides)"
+                        .into(),
+                ));
+            }
+            if let Err(e) = node.layer_qconfig() {
+                return Err(err(e.to_string()));
             }
             let inputs: Vec<usize> = if node.inputs.is_empty() {
                 vec![if i == 0 { INPUT } else { i - 1 }]

@@ -371,6 +371,10 @@ struct TrainArgs {
     /// Per-tensor weight scales (default: per output channel).
     #[arg(long)]
     per_tensor_weights: bool,
+    /// Weights in the full signed range [-2^(b-1), 2^(b-1)-1] with scale max|w|/((qmax-qmin)/2),
+    /// as PyTorch's symmetric qint8 observers (default: [-(2^(b-1)-1), 2^(b-1)-1], max|w|/qmax).
+    #[arg(long)]
+    full_range_weights: bool,
     /// Per-layer quantization settings, `PATTERN=SETTING,...` (repeatable, later ones win):
     /// PATTERN is a layer name (`conv1`, `input` for the image) or has `*` wildcards
     /// (`layer3.*`); settings: `wN` weight bits, `aN` output-activation bits, `per-channel`,
@@ -506,6 +510,7 @@ fn train(a: TrainArgs) -> wqat::Result<()> {
         init: a.init,
         observer: ObserverKind::parse(&a.observer)?,
         per_tensor_weights: a.per_tensor_weights,
+        full_range_weights: a.full_range_weights,
         freeze_observers_after: a.freeze_observers_after.as_deref().map(Schedule::parse).transpose()?,
         freeze_bn_after: a.freeze_bn_after.as_deref().map(Schedule::parse).transpose()?,
         fp32_first: a.fp32_first,

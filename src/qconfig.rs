@@ -87,6 +87,9 @@ pub struct LayerQConfig {
     /// Per-output-channel (true) or per-tensor (false) weight scales.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight_per_channel: Option<bool>,
+    /// Full signed weight range `[-2^(b-1), 2^(b-1)-1]` (true) or the restricted one (false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_full_range: Option<bool>,
     /// Observer of the layer's output quantizer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observer: Option<ObserverKind>,
@@ -97,14 +100,15 @@ pub struct LayerQConfig {
 
 impl LayerQConfig {
     /// Parses `PATTERN=SETTING[,SETTING...]` with settings `wN` (weight bits), `aN`
-    /// (activation bits), `per-channel`, `per-tensor`, `fp32`, `int` (undo `fp32`) and
+    /// (activation bits), `per-channel`, `per-tensor`, `full-range` / `narrow-range` (weight
+    /// code range, see [`QuantSpec::full_range`]), `fp32`, `int` (undo `fp32`) and
     /// `observer=KIND` (see [`ObserverKind::parse`]). Example: `conv1=w8,a8`,
     /// `layer3.*=w4,observer=histogram`.
     pub fn parse(s: &str) -> Result<LayerQConfig> {
         let bad = |why: &str| {
             WqatError::invalid(format!(
                 "layer qconfig {s:?}: {why} (use PATTERN=SETTING,..., settings wN, aN, per-channel, \
-                 per-tensor, fp32, int, observer=KIND; e.g. conv1=w8,a8)"
+                 per-tensor, full-range, narrow-range, fp32, int, observer=KIND; e.g. conv1=w8,a8)"
             ))
         };
         let (pattern, rest) = s.split_once('=').ok_or_else(|| bad("missing `=`"))?;
@@ -125,6 +129,8 @@ impl LayerQConfig {
                 "" => return Err(bad("empty setting")),
                 "per-channel" => l.weight_per_channel = Some(true),
                 "per-tensor" => l.weight_per_channel = Some(false),
+                "full-range" => l.weight_full_range = Some(true),
+                "narrow-range" => l.weight_full_range = Some(false),
                 "fp32" => l.fp32 = Some(true),
                 "int" => l.fp32 = Some(false),
                 t if t.starts_with("observer=") => l.observer = Some(ObserverKind::parse(&t["observer=".len()..])?),
@@ -165,6 +171,9 @@ impl std::fmt::Display for LayerQConfig {
         }
         if let Some(pc) = self.weight_per_channel {
             parts.push(if pc { "per-channel" } else { "per-tensor" }.to_string());
+        }
+        if let Some(fr) = self.weight_full_range {
+            parts.push(if fr { "full-range" } else { "narrow-range" }.to_string());
         }
         if let Some(fp) = self.fp32 {
             parts.push(if fp { "fp32" } else { "int" }.to_string());
@@ -248,6 +257,9 @@ impl QConfig {
             }
             if let Some(pc) = l.weight_per_channel {
                 s.channel_axis = pc.then_some(0);
+            }
+            if let Some(fr) = l.weight_full_range {
+                s.full_range = fr;
             }
         }
         s
@@ -378,7 +390,7 @@ mod tests {
             .unwrap()
             .with_layer(LayerQConfig::parse("conv1=w8,a8,observer=histogram:256").unwrap())
             .unwrap()
-            .with_layer(LayerQConfig::parse("fc*=per-tensor").unwrap())
+            .with_layer(LayerQConfig::parse("fc*=per-tensor,full-range").unwrap())
             .unwrap()
             .with_layer(LayerQConfig::parse("fc2=fp32").unwrap())
             .unwrap();
@@ -389,6 +401,8 @@ mod tests {
         assert_eq!(q.observer_for("conv2"), ObserverKind::default());
         assert_eq!(q.weight_spec("fc1").channel_axis, None);
         assert_eq!(q.weight_spec("conv2").channel_axis, Some(0));
+        assert!(q.weight_spec("fc1").full_range && !q.weight_spec("conv2").full_range);
+        assert_eq!((q.weight_spec("fc1").qmin(), q.weight_spec("fc1").qmax()), (-8, 7));
         assert_eq!(q.fp32_for("fc2"), Some(true));
         assert_eq!(q.fp32_for("fc1"), None);
         for l in &q.layers {

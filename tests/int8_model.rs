@@ -230,6 +230,42 @@ fn per_layer_qconfig_converts_bit_exact() {
     check_against_simulation(&g, &ck, &model, &images(&mut rng, n * 784, false), n, MAX_LOGIT_LSB_MIXED, 3.0);
 }
 
+/// Full-range weights (`[-2^(b-1), 2^(b-1)-1]`, PyTorch's symmetric qint8): the most
+/// negative code occurs (-128 at 8 bits, -8 at 4), the file keeps and checks the range, and
+/// every backend stays bit-exact and agrees with the simulation.
+#[test]
+fn full_range_weights_convert_bit_exact() {
+    let g = zoo::build("mnist-cnn", [1, 28, 28], 10).unwrap();
+    for bits in [8u32, 4] {
+        let mut q = wqat::engine::QConfig::new(bits, 8).unwrap();
+        q.weight.full_range = true;
+        let ck = synthetic_checkpoint_qconfig(&g, 50 + bits as u64, true, &q).unwrap();
+        let model = convert::convert(&g, &ck).unwrap();
+        let qmin = -(1i32 << (bits - 1));
+        let mut seen_min = false;
+        for l in &model.layers {
+            if let convert::LayerKind::Int(il) = &l.kind {
+                assert!(il.weight.iter().all(|&w| (qmin..=-qmin - 1).contains(&(w as i32))), "{bits} bits");
+                seen_min |= il.weight.iter().any(|&w| w as i32 == qmin);
+            }
+        }
+        assert!(seen_min, "no weight reaches {qmin}");
+        let tf = model.to_tensor_file().unwrap();
+        assert_eq!(Int8Model::from_tensor_file(std::path::Path::new("m"), &tf).unwrap(), model);
+        // The same codes under the narrow range are rejected on load.
+        let mut narrow = tf.clone();
+        narrow
+            .metadata
+            .insert("qconfig".into(), serde_json::to_string(&wqat::engine::QConfig::new(bits, 8).unwrap()).unwrap());
+        assert!(Int8Model::from_tensor_file(std::path::Path::new("m"), &narrow).is_err());
+        let mut rng = testing::rng(51);
+        let b = 5;
+        check_backends_agree(&model, &images(&mut rng, b * 784, true), b, true);
+        let n = 200;
+        check_against_simulation(&g, &ck, &model, &images(&mut rng, n * 784, false), n, MAX_LOGIT_LSB, 3.0);
+    }
+}
+
 #[test]
 fn mlp_bit_exact_and_agrees_with_simulation() {
     let g = zoo::build("mlp", [1, 8, 8], 10).unwrap();

@@ -56,7 +56,7 @@ fn fake_quant_matches_reference_on_random_shapes() {
         let spec = match case % 3 {
             0 => QuantSpec::activation(bits),
             1 => QuantSpec { channel_axis: Some((case as usize) % rank), ..QuantSpec::weight(bits) },
-            _ => QuantSpec { bits, signed: true, symmetric: false, channel_axis: None },
+            _ => QuantSpec { bits, signed: true, symmetric: false, channel_axis: None, full_range: false },
         };
         run_case(100 + case, &shape, spec);
     }

@@ -33,7 +33,7 @@ fn random_spec(rng: &mut ChaCha8Rng) -> Option<QuantSpec> {
         0 => None,
         1 => Some(QuantSpec::activation(bits)),
         2 => Some(QuantSpec::weight(bits)),
-        _ => Some(QuantSpec { bits, signed: true, symmetric: false, channel_axis: None }),
+        _ => Some(QuantSpec { bits, signed: true, symmetric: false, channel_axis: None, full_range: false }),
     }
 }
 

@@ -70,7 +70,7 @@ fn spec_for(case: u64, rank: usize) -> QuantSpec {
     match case % 3 {
         0 => QuantSpec::activation(bits),
         1 => QuantSpec { channel_axis: Some(case as usize % rank), ..QuantSpec::weight(bits) },
-        _ => QuantSpec { bits, signed: true, symmetric: false, channel_axis: Some(rank - 1) },
+        _ => QuantSpec { bits, signed: true, symmetric: false, channel_axis: Some(rank - 1), full_range: false },
     }
 }
 

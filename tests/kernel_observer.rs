@@ -49,9 +49,13 @@ fn observer_matches_reference_on_random_shapes() {
         let bits = 2 + (case % 7) as u32;
         let spec = match case % 4 {
             0 => QuantSpec::activation(bits),
-            1 => QuantSpec { channel_axis: Some(case as usize % rank), ..QuantSpec::weight(bits) },
-            2 => QuantSpec { bits, signed: true, symmetric: false, channel_axis: Some(rank - 1) },
-            _ => QuantSpec { bits, signed: false, symmetric: true, channel_axis: None },
+            1 => QuantSpec {
+                channel_axis: Some(case as usize % rank),
+                full_range: case % 8 == 1,
+                ..QuantSpec::weight(bits)
+            },
+            2 => QuantSpec { bits, signed: true, symmetric: false, channel_axis: Some(rank - 1), full_range: false },
+            _ => QuantSpec { bits, signed: false, symmetric: true, channel_axis: None, full_range: false },
         };
         let mode = if case % 2 == 0 { ObserverMode::MinMax } else { ObserverMode::MovingAverage { c: 0.1 } };
         let (channels, inner) = channel_geometry(&shape, spec.channel_axis).unwrap();
@@ -92,7 +96,8 @@ fn qparams_degenerate_and_zero_widening() {
     for spec in [
         QuantSpec::activation(8),
         QuantSpec::weight(4),
-        QuantSpec { bits: 3, signed: true, symmetric: false, channel_axis: Some(0) },
+        QuantSpec { full_range: true, ..QuantSpec::weight(4) },
+        QuantSpec { bits: 3, signed: true, symmetric: false, channel_axis: Some(0), full_range: false },
     ] {
         let c = ranges.len();
         let l = QStateLayout::new(c);

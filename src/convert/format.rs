@@ -212,9 +212,10 @@ impl Int8Model {
                     let wshape = weight_shape(&nodes, i);
                     if let Some(d) = get(format!("{n}.weight_q"), &wshape)? {
                         let HostData::I8(weight) = d else { return Err(bad(format!("{n}.weight_q must be i8"))) };
-                        let wmax = qconfig.weight_spec(&n).qmax();
-                        if weight.iter().any(|&v| (v as i32).abs() > wmax) {
-                            return Err(bad(format!("{n}.weight_q has codes outside [-{wmax}, {wmax}]")));
+                        let ws = qconfig.weight_spec(&n);
+                        let (wmin, wmax) = (ws.qmin(), ws.qmax());
+                        if weight.iter().any(|&v| !(wmin..=wmax).contains(&(v as i32))) {
+                            return Err(bad(format!("{n}.weight_q has codes outside [{wmin}, {wmax}]")));
                         }
                         let (Domain::Codes(qi), Domain::Codes(qo)) = (in_dom, out) else {
                             return Err(bad(format!("{n}: an integer layer needs quantized input and output")));

@@ -91,6 +91,9 @@ pub struct TrainConfig {
     pub observer: ObserverKind,
     /// Per-tensor weight scales instead of per output channel.
     pub per_tensor_weights: bool,
+    /// Weights use the full signed range `[-2^(b-1), 2^(b-1)-1]` (PyTorch's qint8 symmetric).
+    #[serde(default)]
+    pub full_range_weights: bool,
     pub freeze_observers_after: Option<Schedule>,
     pub freeze_bn_after: Option<Schedule>,
     pub fp32_first: bool,
@@ -131,6 +134,7 @@ impl Default for TrainConfig {
             init: None,
             observer: ObserverKind::MovingAverage { c: 0.01 },
             per_tensor_weights: false,
+            full_range_weights: false,
             freeze_observers_after: None,
             freeze_bn_after: None,
             fp32_first: false,
@@ -748,6 +752,7 @@ pub fn run_qconfig(cfg: &TrainConfig, graph: &Graph) -> Result<QConfig> {
     if cfg.per_tensor_weights {
         qconfig.weight.channel_axis = None;
     }
+    qconfig.weight.full_range = cfg.full_range_weights;
     qconfig.observer = cfg.observer;
     for node in &graph.nodes {
         if let Some(l) = node.layer_qconfig()? {

@@ -1,0 +1,244 @@
+//! `wqat train`: its arguments, the progress bars (plain lines when stdout is not a
+//! terminal) and the closing fp32 / PTQ / QAT / int8 table.
+
+use clap::Args;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use wqat::engine::train::{install_interrupt_handler, Phase, ProgressSink, RunReport, Schedule, TrainConfig, Trainer};
+use wqat::engine::{LayerQConfig, ObserverKind};
+use wqat::gpu::{GpuContext, GpuOptions};
+
+#[derive(Args)]
+pub(crate) struct TrainArgs {
+    /// `digits` (embedded UCI digits), a directory of MNIST-style IDX files, CIFAR-10 binaries, or an image folder.
+    #[arg(long, default_value = "digits")]
+    data: String,
+    /// Model: mlp, mnist-cnn, resnet20, resnet18, or a JSON spec file.
+    #[arg(long, default_value = "mnist-cnn")]
+    model: String,
+    /// fp32 training epochs (0 with --init: quantize the given weights).
+    #[arg(long, default_value_t = 12)]
+    epochs: usize,
+    /// QAT fine-tuning epochs.
+    #[arg(long, default_value_t = 3)]
+    qat_epochs: usize,
+    #[arg(long, default_value_t = 8)]
+    weight_bits: u32,
+    #[arg(long, default_value_t = 8)]
+    act_bits: u32,
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Peak learning rate of the fp32 phase (cosine schedule to 0).
+    #[arg(long, default_value_t = 0.05)]
+    lr: f32,
+    /// Peak learning rate of the QAT phase (cosine schedule to 0).
+    #[arg(long, default_value_t = 0.005)]
+    qat_lr: f32,
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f32,
+    /// Weight decay of conv/linear weights (not biases or BN).
+    #[arg(long, default_value_t = 5e-4)]
+    weight_decay: f32,
+    /// Clip the global gradient norm to this value.
+    #[arg(long)]
+    clip_grad_norm: Option<f32>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Use only the first N training images.
+    #[arg(long)]
+    limit_train: Option<usize>,
+    /// Evaluate only the first N test images.
+    #[arg(long)]
+    limit_test: Option<usize>,
+    /// Output directory (checkpoints, metrics.json).
+    #[arg(long, default_value = "out")]
+    out: PathBuf,
+    /// Start from these weights: a wqat checkpoint or a PyTorch state_dict (safetensors).
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// Continue the run whose checkpoint is in this directory.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Activation observer: minmax, ema[:C] (default ema:0.01), histogram[:BINS].
+    #[arg(long, default_value = "ema:0.01")]
+    observer: String,
+    /// Per-tensor weight scales (default: per output channel).
+    #[arg(long)]
+    per_tensor_weights: bool,
+    /// Weights in the full signed range [-2^(b-1), 2^(b-1)-1] with scale max|w|/((qmax-qmin)/2),
+    /// as PyTorch's symmetric qint8 observers (default: [-(2^(b-1)-1), 2^(b-1)-1], max|w|/qmax).
+    #[arg(long)]
+    full_range_weights: bool,
+    /// Per-layer quantization settings, `PATTERN=SETTING,...` (repeatable, later ones win):
+    /// PATTERN is a layer name (`conv1`, `input` for the image) or has `*` wildcards
+    /// (`layer3.*`); settings: `wN` weight bits, `aN` output-activation bits, `per-channel`,
+    /// `per-tensor`, `fp32` (keep the layer's weights in fp32), `int`, `observer=KIND`.
+    /// Example: `--layer-qconfig input=a8 --layer-qconfig conv1=w8,a8`.
+    #[arg(long = "layer-qconfig", value_name = "PATTERN=SETTINGS")]
+    layer_qconfig: Vec<String>,
+    /// Freeze observers after N QAT steps, or after E QAT epochs with `Eep`.
+    #[arg(long)]
+    freeze_observers_after: Option<String>,
+    /// Freeze BN statistics after N QAT steps, or after E QAT epochs with `Eep`.
+    #[arg(long)]
+    freeze_bn_after: Option<String>,
+    /// Keep the first conv/linear layer in fp32.
+    #[arg(long)]
+    fp32_first: bool,
+    /// Keep the last layer in fp32.
+    #[arg(long)]
+    fp32_last: bool,
+    /// Training images used for PTQ calibration.
+    #[arg(long, default_value_t = 2048)]
+    calib_images: usize,
+    /// Read loss/accuracy every N steps (the only GPU-to-CPU sync of training).
+    #[arg(long, default_value_t = 50)]
+    log_every: usize,
+    /// Skip steps with a NaN/Inf loss or gradient instead of stopping.
+    #[arg(long)]
+    skip_nonfinite: bool,
+    /// Random crop (pad 4) and horizontal flip of training images (CIFAR recipe).
+    #[arg(long)]
+    augment: bool,
+    /// Adapter name substring (see `wqat devices`).
+    #[arg(long)]
+    adapter: Option<String>,
+}
+
+/// Progress bars on a terminal, one line per epoch otherwise.
+struct Bars {
+    bar: Option<indicatif::ProgressBar>,
+    tty: bool,
+    last: Option<(f32, f32)>,
+}
+
+impl ProgressSink for Bars {
+    fn epoch_start(&mut self, phase: Phase, epoch: usize, epochs: usize, batches: usize) {
+        if self.tty {
+            let bar = indicatif::ProgressBar::new(batches as u64);
+            let style = indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+            bar.set_style(style.progress_chars("=> "));
+            bar.set_prefix(format!("{} epoch {}/{}", phase_name(phase), epoch + 1, epochs));
+            self.bar = Some(bar);
+        }
+        self.last = None;
+    }
+    fn step(&mut self, done: usize, reading: Option<(f32, f32)>, ips: f32) {
+        if reading.is_some() {
+            self.last = reading;
+        }
+        if let Some(bar) = &self.bar {
+            bar.set_position(done as u64);
+            if let Some((l, a)) = self.last {
+                bar.set_message(format!("loss {l:.4} acc {:.2}% {ips:.0} img/s", a * 100.0));
+            }
+        }
+    }
+    fn epoch_end(&mut self, phase: Phase, epoch: usize, loss: f32, acc: f32, ips: f32) {
+        let line = format!(
+            "{} epoch {}: loss {loss:.4}, train accuracy {:.2}%, {ips:.0} images/s",
+            phase_name(phase),
+            epoch + 1,
+            acc * 100.0
+        );
+        match self.bar.take() {
+            Some(bar) => bar.finish_with_message(format!("loss {loss:.4} acc {:.2}% {ips:.0} img/s", acc * 100.0)),
+            None => println!("{line}"),
+        }
+    }
+    fn message(&mut self, m: &str) {
+        println!("{m}");
+    }
+}
+
+fn phase_name(p: Phase) -> &'static str {
+    match p {
+        Phase::Fp32 => "fp32",
+        Phase::Qat => "QAT",
+        Phase::Done => "done",
+    }
+}
+
+fn pct(x: Option<f32>) -> String {
+    x.map(|v| format!("{:.2}%", v * 100.0)).unwrap_or_else(|| "-".into())
+}
+
+fn print_report(r: &RunReport, out: &std::path::Path) {
+    println!();
+    let overrides = match r.config.layer_qconfig.len() {
+        0 => String::new(),
+        n => format!(" + {n} layer override{}", if n == 1 { "" } else { "s" }),
+    };
+    println!("{} on {} (W{}A{}{overrides}), adapter {}", r.model, r.dataset, r.weight_bits, r.act_bits, r.adapter);
+    println!("  {:<8} {:>9}", "stage", "accuracy");
+    println!("  {:<8} {:>9}", "fp32", pct(r.fp32_acc));
+    println!("  {:<8} {:>9}", "PTQ", pct(r.ptq_acc));
+    println!("  {:<8} {:>9}", "QAT", pct(r.qat_acc));
+    println!("  {:<8} {:>9}", "int8", pct(r.int8_acc));
+    if let Some(a) = r.agreement {
+        println!("  fake-quant/int8 agreement {:.2}%", a * 100.0);
+    }
+    let ips = |x: Option<f32>| x.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into());
+    println!("  training images/s: fp32 {}, QAT {}", ips(r.train_images_per_s_fp32), ips(r.train_images_per_s_qat));
+    println!("  wrote {}", out.join("metrics.json").display());
+}
+
+pub(crate) fn train(a: TrainArgs) -> wqat::Result<()> {
+    let cfg = TrainConfig {
+        data: a.data,
+        model: a.model,
+        epochs: a.epochs,
+        qat_epochs: a.qat_epochs,
+        weight_bits: a.weight_bits,
+        act_bits: a.act_bits,
+        batch: a.batch,
+        lr: a.lr,
+        qat_lr: a.qat_lr,
+        momentum: a.momentum,
+        weight_decay: a.weight_decay,
+        clip_grad_norm: a.clip_grad_norm,
+        seed: a.seed,
+        limit_train: a.limit_train,
+        out: a.out,
+        init: a.init,
+        observer: ObserverKind::parse(&a.observer)?,
+        per_tensor_weights: a.per_tensor_weights,
+        full_range_weights: a.full_range_weights,
+        freeze_observers_after: a.freeze_observers_after.as_deref().map(Schedule::parse).transpose()?,
+        freeze_bn_after: a.freeze_bn_after.as_deref().map(Schedule::parse).transpose()?,
+        fp32_first: a.fp32_first,
+        fp32_last: a.fp32_last,
+        layer_qconfig: a.layer_qconfig.iter().map(|s| LayerQConfig::parse(s)).collect::<wqat::Result<_>>()?,
+        calib_images: a.calib_images,
+        log_every: a.log_every,
+        skip_nonfinite: a.skip_nonfinite,
+        augment: a.augment,
+        limit_test: a.limit_test,
+    };
+    let mut opts = GpuOptions::from_env();
+    if a.adapter.is_some() {
+        opts.adapter = a.adapter;
+    }
+    let ctx = GpuContext::new(&opts)?;
+    install_interrupt_handler();
+    let mut trainer = Trainer::new(ctx, cfg, a.resume.as_deref())?;
+    println!(
+        "wqat: {} on {} ({} train / {} test images), adapter {}",
+        trainer.graph.name,
+        trainer.ds.name,
+        trainer.ds.train.len(),
+        trainer.ds.test.len(),
+        trainer.ctx.summary.name
+    );
+    let q = &trainer.state.qconfig;
+    let per = if q.weight.channel_axis.is_some() { "per-channel" } else { "per-tensor" };
+    println!("quantization: W{}A{} ({per} weights, observer {})", q.weight.bits, q.activation.bits, q.observer);
+    for l in &q.layers {
+        println!("  layer override {l}");
+    }
+    let mut bars = Bars { bar: None, tty: std::io::stdout().is_terminal(), last: None };
+    let report = trainer.run(&mut bars)?;
+    print_report(&report, &trainer.cfg.out);
+    Ok(())
+}

@@ -3,6 +3,7 @@
 
 pub mod compile;
 pub mod config;
+pub mod run;
 pub mod state;
 pub mod throughput;
 pub mod train;

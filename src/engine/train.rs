@@ -8,7 +8,9 @@
 //! continues from it and reproduces the uninterrupted run bit for bit on the same adapter.
 
 use super::compile::{CompileOptions, Compiled, StepOptions};
-use super::config::{LayerQConfig, ObserverKind, OptimConfig, QConfig};
+use super::config::{OptimConfig, QConfig};
+use super::run::validate;
+pub use super::run::{run_qconfig, LossPoint, Phase, RunReport, RunState, Schedule, TrainConfig};
 use super::state::ModelState;
 use crate::data::{self, BatchConfig, Batcher, Dataset};
 use crate::error::{Result, WqatError};
@@ -17,8 +19,7 @@ use crate::kernels::loss::{self, Metrics, MetricsLayout};
 use crate::kernels::optim;
 use crate::model::{zoo, Graph, Op};
 use crate::tensorfile::{HostData, HostTensor, TensorFile};
-use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -39,177 +40,6 @@ pub fn install_interrupt_handler() {
             eprintln!("\nwqat: interrupt received, finishing the current step and writing a checkpoint...");
         });
     });
-}
-
-/// When a schedule fires: after a number of QAT steps or QAT epochs.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub enum Schedule {
-    Steps(u64),
-    Epochs(u64),
-}
-
-impl Schedule {
-    /// Parses `300` (steps) or `2ep` (epochs).
-    pub fn parse(s: &str) -> Result<Schedule> {
-        let bad = || WqatError::invalid(format!("schedule {s:?}: use a step count (300) or epochs (2ep)"));
-        if let Some(e) = s.strip_suffix("ep") {
-            e.parse().map(Schedule::Epochs).map_err(|_| bad())
-        } else {
-            s.parse().map(Schedule::Steps).map_err(|_| bad())
-        }
-    }
-    fn fired(&self, qat_step: u64, steps_per_epoch: u64) -> bool {
-        match *self {
-            Schedule::Steps(n) => qat_step >= n,
-            Schedule::Epochs(e) => qat_step >= e * steps_per_epoch,
-        }
-    }
-}
-
-/// Everything `wqat train` takes.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TrainConfig {
-    /// `digits`, a directory of IDX or CIFAR files, or an image folder.
-    pub data: String,
-    /// A zoo name or a JSON spec path.
-    pub model: String,
-    pub epochs: usize,
-    pub qat_epochs: usize,
-    pub weight_bits: u32,
-    pub act_bits: u32,
-    pub batch: usize,
-    pub lr: f32,
-    pub qat_lr: f32,
-    pub momentum: f32,
-    pub weight_decay: f32,
-    pub clip_grad_norm: Option<f32>,
-    pub seed: u64,
-    pub limit_train: Option<usize>,
-    pub out: PathBuf,
-    /// Start from this checkpoint (a wqat checkpoint or a PyTorch state_dict).
-    pub init: Option<PathBuf>,
-    pub observer: ObserverKind,
-    /// Per-tensor weight scales instead of per output channel.
-    pub per_tensor_weights: bool,
-    /// Weights use the full signed range `[-2^(b-1), 2^(b-1)-1]` (PyTorch's qint8 symmetric).
-    #[serde(default)]
-    pub full_range_weights: bool,
-    pub freeze_observers_after: Option<Schedule>,
-    pub freeze_bn_after: Option<Schedule>,
-    pub fp32_first: bool,
-    pub fp32_last: bool,
-    /// Per-layer overrides of the quantization settings (`--layer-qconfig`), applied in order.
-    #[serde(default)]
-    pub layer_qconfig: Vec<LayerQConfig>,
-    /// Images of the training split used for PTQ calibration.
-    pub calib_images: usize,
-    /// Read the metrics (loss, accuracy, non-finite flag) every this many steps.
-    pub log_every: usize,
-    /// Skip steps with a non-finite loss/gradient instead of stopping.
-    pub skip_nonfinite: bool,
-    /// Random crop + flip (CIFAR-style) on training batches.
-    pub augment: bool,
-    /// Limit of test images evaluated (all when None).
-    pub limit_test: Option<usize>,
-}
-
-impl Default for TrainConfig {
-    fn default() -> Self {
-        TrainConfig {
-            data: "digits".into(),
-            model: "mnist-cnn".into(),
-            epochs: 12,
-            qat_epochs: 3,
-            weight_bits: 8,
-            act_bits: 8,
-            batch: 32,
-            lr: 0.05,
-            qat_lr: 0.005,
-            momentum: 0.9,
-            weight_decay: 5e-4,
-            clip_grad_norm: None,
-            seed: 0,
-            limit_train: None,
-            out: PathBuf::from("out"),
-            init: None,
-            observer: ObserverKind::MovingAverage { c: 0.01 },
-            per_tensor_weights: false,
-            full_range_weights: false,
-            freeze_observers_after: None,
-            freeze_bn_after: None,
-            fp32_first: false,
-            fp32_last: false,
-            layer_qconfig: Vec::new(),
-            calib_images: 2048,
-            log_every: 50,
-            skip_nonfinite: false,
-            augment: false,
-            limit_test: None,
-        }
-    }
-}
-
-/// A loss reading (mean over the steps since the previous one).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct LossPoint {
-    pub phase: Phase,
-    /// Global step after which it was read.
-    pub step: u64,
-    pub loss: f32,
-    pub accuracy: f32,
-}
-
-/// Training phase.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Phase {
-    Fp32,
-    Qat,
-    Done,
-}
-
-/// Where a run stands: stored in checkpoints so `--resume` continues exactly.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RunState {
-    pub phase: Phase,
-    /// Epoch within the phase and the next batch within it.
-    pub epoch: usize,
-    pub next_batch: usize,
-    /// Steps done overall and within the current phase.
-    pub step: u64,
-    pub phase_step: u64,
-    pub fp32_acc: Option<f32>,
-    pub ptq_acc: Option<f32>,
-    pub train_images_per_s_fp32: Option<f32>,
-    pub train_images_per_s_qat: Option<f32>,
-    /// Seconds and images of training in the current phase so far (for images/s).
-    pub phase_seconds: f64,
-    pub phase_images: u64,
-    pub losses: Vec<LossPoint>,
-    pub skipped_nonfinite: u64,
-}
-
-/// What a run reports (`metrics.json`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RunReport {
-    pub dataset: String,
-    pub model: String,
-    pub adapter: String,
-    pub weight_bits: u32,
-    pub act_bits: u32,
-    pub fp32_acc: Option<f32>,
-    pub ptq_acc: Option<f32>,
-    pub qat_acc: Option<f32>,
-    pub int8_acc: Option<f32>,
-    pub agreement: Option<f32>,
-    pub train_images_per_s_fp32: Option<f32>,
-    pub train_images_per_s_qat: Option<f32>,
-    pub train_images: usize,
-    pub test_images: usize,
-    pub steps: u64,
-    pub skipped_nonfinite_windows: u64,
-    pub losses: Vec<LossPoint>,
-    pub config: TrainConfig,
 }
 
 /// Builds the graph for a dataset: a zoo name or a JSON spec, with fp32 first/last flags.
@@ -725,45 +555,6 @@ impl Trainer {
 
 fn json(e: serde_json::Error) -> WqatError {
     WqatError::invalid(format!("serializing metadata: {e}"))
-}
-
-fn validate(cfg: &TrainConfig) -> Result<()> {
-    let bad = |m: &str| Err(WqatError::invalid(m.to_string()));
-    if cfg.batch < 2 {
-        return bad("--batch must be at least 2 (batch norm needs more than one sample)");
-    }
-    if !(cfg.lr.is_finite() && cfg.lr >= 0.0 && cfg.qat_lr.is_finite() && cfg.qat_lr >= 0.0) {
-        return bad("learning rates must be finite and non-negative");
-    }
-    if !(0.0..1.0).contains(&cfg.momentum) {
-        return bad("--momentum must be in [0, 1)");
-    }
-    if cfg.epochs == 0 && cfg.init.is_none() {
-        return bad("--epochs 0 needs --init CHECKPOINT (nothing to quantize otherwise)");
-    }
-    Ok(())
-}
-
-/// The run's QConfig: `--weight-bits/--act-bits/--observer/--per-tensor-weights` as the
-/// defaults, then the model spec's per-node `qconfig` settings, then the `--layer-qconfig`
-/// overrides (so the command line wins), each checked to select a layer.
-pub fn run_qconfig(cfg: &TrainConfig, graph: &Graph) -> Result<QConfig> {
-    let mut qconfig = QConfig::new(cfg.weight_bits, cfg.act_bits)?;
-    if cfg.per_tensor_weights {
-        qconfig.weight.channel_axis = None;
-    }
-    qconfig.weight.full_range = cfg.full_range_weights;
-    qconfig.observer = cfg.observer;
-    for node in &graph.nodes {
-        if let Some(l) = node.layer_qconfig()? {
-            qconfig = qconfig.with_layer(l)?;
-        }
-    }
-    for l in &cfg.layer_qconfig {
-        qconfig = qconfig.with_layer(l.clone())?;
-    }
-    qconfig.check_layers(graph)?;
-    Ok(qconfig)
 }
 
 /// Loads `--init`: a wqat checkpoint, or a PyTorch state_dict in safetensors.

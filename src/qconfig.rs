@@ -15,7 +15,7 @@
 
 use crate::error::{Result, WqatError};
 use crate::model::graph::{Graph, ResolvedNode, INPUT};
-use crate::model::params::{has_weights, QuantizerRole};
+use crate::model::params::{has_weights, QuantizerRole, QuantizerSpec};
 use crate::quant::QuantSpec;
 use crate::tensorfile::TensorFile;
 use serde::{Deserialize, Serialize};
@@ -301,6 +301,22 @@ impl QConfig {
             QuantizerRole::Weight(_) => self.weight_spec(name),
             QuantizerRole::Output(_) => self.activation_spec(name),
         }
+    }
+
+    /// The spec of a quantizer whose stored state has `channels` channels: a weight
+    /// quantizer's granularity follows the state (1 channel: per tensor), so a checkpoint's
+    /// states decide even where they were built under other settings.
+    pub fn spec_for_state(&self, nodes: &[ResolvedNode], role: QuantizerRole, channels: usize) -> QuantSpec {
+        let mut spec = self.spec(nodes, role);
+        if let QuantizerRole::Weight(_) = role {
+            spec.channel_axis = (channels > 1).then_some(0);
+        }
+        spec
+    }
+
+    /// Every quantizer of `graph` with this QConfig's weight granularity per layer.
+    pub fn quantizer_specs(&self, graph: &Graph) -> Result<Vec<QuantizerSpec>> {
+        crate::model::params::quantizer_specs(graph, |n| self.weight_spec(n).channel_axis.is_some())
     }
 
     /// Checks the defaults and every override (bit widths, observer constants).

@@ -100,7 +100,7 @@ pub fn synthetic_checkpoint_qconfig(graph: &Graph, seed: u64, extreme: bool, qco
         }
     }
     // Quantizers off: the fp32 forward, for calibration.
-    let specs = params::quantizer_specs(graph, |n| qconfig.weight_spec(n).channel_axis.is_some())?;
+    let specs = qconfig.quantizer_specs(graph)?;
     for q in &specs {
         let l = QStateLayout::new(q.channels);
         let mut s = l.build(&vec![1.0; q.channels], &vec![0.0; q.channels]);

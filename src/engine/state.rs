@@ -129,7 +129,7 @@ impl ModelState {
         }
         let mut quantizers = Vec::new();
         let mut qindex = BTreeMap::new();
-        for q in params::quantizer_specs(graph, |n| qconfig.weight_spec(n).channel_axis.is_some())? {
+        for q in qconfig.quantizer_specs(graph)? {
             let l = QStateLayout::new(q.channels);
             let mut v = l.build(&vec![1.0; q.channels], &vec![0.0; q.channels]);
             v[QStateLayout::FQ_ENABLED] = 0.0;

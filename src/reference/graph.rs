@@ -126,13 +126,9 @@ impl GraphQuant {
         let mut weight = vec![None; nodes.len()];
         let mut output = vec![None; nodes.len()];
         for spec in params::quantizer_specs(graph, |_| true)? {
-            let mut qspec = qconfig.spec(&nodes, spec.role);
-            let q = read_quantizer(ckpt, &spec.name, qspec)?;
-            if let QuantizerRole::Weight(_) = spec.role {
-                // Per tensor or per channel is what the checkpoint stores.
-                qspec.channel_axis = (q.channels() > 1).then_some(0);
-            }
-            let q = QState { spec: qspec, ..q };
+            let q = read_quantizer(ckpt, &spec.name, qconfig.spec(&nodes, spec.role))?;
+            // Per tensor or per channel is what the checkpoint stores.
+            let q = QState { spec: qconfig.spec_for_state(&nodes, spec.role, q.channels()), ..q };
             match spec.role {
                 QuantizerRole::Weight(i) => {
                     if q.channels() != 1 && q.channels() != spec.channels {

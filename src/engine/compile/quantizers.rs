@@ -47,11 +47,7 @@ impl Builder<'_> {
     pub(super) fn q(&self, role: QuantizerRole) -> Option<Q> {
         let name = params::quantizer_name(&self.m.nodes, role);
         let q = self.m.quantizer(&name)?;
-        let mut spec = self.m.qconfig.spec(&self.m.nodes, role);
-        if let QuantizerRole::Weight(_) = role {
-            // The state's channel count is what the buffers were built with.
-            spec.channel_axis = (q.spec.channels > 1).then_some(0);
-        }
+        let spec = self.m.qconfig.spec_for_state(&self.m.nodes, role, q.spec.channels);
         let observer = self.m.qconfig.observer_for(QConfig::layer_of(&self.m.nodes, role));
         Some(Q { state: q.state.clone(), spec, observer })
     }

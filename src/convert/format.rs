@@ -200,6 +200,7 @@ impl Int8Model {
             }
         };
         let input = act("input.act_quant", "input", get("input.act_quant".into(), &[4])?)?;
+        super::transformer_unsupported(&nodes).map_err(|e| bad(e.to_string()))?;
         let mut layers: Vec<Layer> = Vec::with_capacity(nodes.len());
         for (i, r) in nodes.iter().enumerate() {
             let n = r.node.name.clone();
@@ -261,6 +262,12 @@ impl Int8Model {
                 }
                 Op::MaxPool { .. } => Layer { kind: LayerKind::MaxPool, out: in_dom },
                 Op::Flatten => Layer { kind: LayerKind::Flatten, out: in_dom },
+                Op::Embedding { .. }
+                | Op::Patchify { .. }
+                | Op::ClsPos { .. }
+                | Op::LayerNorm { .. }
+                | Op::Attention { .. }
+                | Op::TokenPool { .. } => unreachable!("rejected by transformer_unsupported"),
                 Op::AvgPool { .. } | Op::GlobalAvgPool => {
                     Layer { kind: LayerKind::AvgPool(in_dom.quant().map(|q| avg_requant(&q))), out: in_dom }
                 }

@@ -234,7 +234,34 @@ pub(crate) fn activation(act: Act) -> Activation {
         Act::None => Activation::None,
         Act::Relu => Activation::Relu,
         Act::Relu6 => Activation::Relu6,
+        // Rejected by `transformer_unsupported` before any layer is converted.
+        Act::Gelu => Activation::None,
     }
+}
+
+/// The converter handles conv nets; the transformer ops (sequences, GELU) are rejected with
+/// a clear error instead of a silently wrong integer model.
+pub(crate) fn transformer_unsupported(nodes: &[crate::model::ResolvedNode]) -> Result<()> {
+    for r in nodes {
+        let seq = r.out_seq || r.in_seq.iter().any(|&s| s);
+        let gelu = matches!(r.node.op, Op::Linear { act: Act::Gelu, .. });
+        let seq_op = matches!(
+            r.node.op,
+            Op::Embedding { .. }
+                | Op::Patchify { .. }
+                | Op::ClsPos { .. }
+                | Op::LayerNorm { .. }
+                | Op::Attention { .. }
+                | Op::TokenPool { .. }
+        );
+        if seq || gelu || seq_op {
+            return Err(WqatError::invalid(format!(
+                "layer {}: integer conversion of transformer layers (sequences, attention, LayerNorm, GELU, embeddings) is not supported yet",
+                r.node.name
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// `AvgRequant` of an average pool keeping its input's quantization.
@@ -292,6 +319,7 @@ pub fn convert(graph: &Graph, ckpt: &TensorFile) -> Result<Int8Model> {
             _ => Ok(Domain::Float),
         }
     };
+    transformer_unsupported(&gq.nodes)?;
     let mut layers: Vec<Layer> = Vec::with_capacity(gq.nodes.len());
     for (i, r) in gq.nodes.iter().enumerate() {
         let dom = |j: usize| if j == INPUT { input } else { layers[j].out };
@@ -332,6 +360,12 @@ pub fn convert(graph: &Graph, ckpt: &TensorFile) -> Result<Int8Model> {
             }
             Op::MaxPool { .. } => Layer { kind: LayerKind::MaxPool, out: in_dom },
             Op::Flatten => Layer { kind: LayerKind::Flatten, out: in_dom },
+            Op::Embedding { .. }
+            | Op::Patchify { .. }
+            | Op::ClsPos { .. }
+            | Op::LayerNorm { .. }
+            | Op::Attention { .. }
+            | Op::TokenPool { .. } => unreachable!("rejected by transformer_unsupported"),
             Op::AvgPool { .. } | Op::GlobalAvgPool => match in_dom {
                 Domain::Codes(q) => Layer { kind: LayerKind::AvgPool(Some(avg_requant(&q))), out: in_dom },
                 Domain::Float => Layer { kind: LayerKind::AvgPool(None), out: Domain::Float },

@@ -81,6 +81,9 @@ pub fn synthetic_checkpoint_qconfig(graph: &Graph, seed: u64, extreme: bool, qco
             ParamKind::BnBeta => uniform(&mut rng, n, -0.3, 0.3),
             ParamKind::BnRunningMean => uniform(&mut rng, n, -0.3, 0.3),
             ParamKind::BnRunningVar => uniform(&mut rng, n, 0.5, 2.0),
+            ParamKind::LnWeight => uniform(&mut rng, n, 0.5, 1.5),
+            ParamKind::LnBias => uniform(&mut rng, n, -0.3, 0.3),
+            ParamKind::Embedding => uniform(&mut rng, n, -0.5, 0.5),
         };
         match p.kind {
             _ if !extreme => {}

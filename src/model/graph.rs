@@ -13,6 +13,8 @@ pub enum Act {
     None,
     Relu,
     Relu6,
+    /// GELU, erf form (PyTorch's `nn.GELU()` default); linear layers only.
+    Gelu,
 }
 
 /// One layer. Conv and linear carry their optional batch norm and activation so that the
@@ -69,6 +71,50 @@ pub enum Op {
     },
     /// Reshape [N, C, H, W] to [N, C*H*W]; a view, no data movement.
     Flatten,
+    /// Token ids (the input holds them as integral values, shape [1, 1, L]) -> the sequence
+    /// [L, dim] of their rows of a learned `[vocab, dim]` table. `padding_idx` names the id
+    /// of padding: those tokens are masked as keys in every attention and in mean pools.
+    Embedding {
+        vocab: usize,
+        dim: usize,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        padding_idx: Option<usize>,
+    },
+    /// Non-overlapping PxP patches of an image [C, H, W] -> the sequence
+    /// [(H/P)(W/P), C*P*P] (features in a conv weight's (c, ky, kx) order); a Linear after
+    /// it is the patch embedding. A permutation: it carries its input's quantizer.
+    Patchify { patch: usize },
+    /// Learned positions added to a sequence [T, D] (`{name}.pos_embed` [T', D]), after a
+    /// learned CLS token is prepended when `cls` (`{name}.cls_token` [D]; T' = T + 1).
+    ClsPos {
+        #[serde(default)]
+        cls: bool,
+    },
+    /// Layer normalization over the features of each token (affine, `eps`).
+    LayerNorm {
+        #[serde(default = "ln_eps")]
+        eps: f32,
+    },
+    /// Multi-head self-attention core: a QKV sequence [T, 3D] (a Linear's output: q, k, v
+    /// of D features each, head h owning features h*D/heads..) -> [T, D]: softmax of the
+    /// scaled q k^T per head (padding keys masked), times v. The output projection is the
+    /// Linear after it.
+    Attention { heads: usize },
+    /// A sequence [T, D] -> features [D, 1, 1]: the CLS token (the first) or the mean of
+    /// the tokens that are not padding.
+    TokenPool { mode: TokenPoolMode },
+}
+
+/// Which token(s) a [`Op::TokenPool`] keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenPoolMode {
+    Cls,
+    Mean,
+}
+
+fn ln_eps() -> f32 {
+    1e-5
 }
 
 fn one() -> usize {
@@ -141,7 +187,8 @@ pub struct Graph {
     pub nodes: Vec<Node>,
 }
 
-/// Shape of a tensor per sample: (C, H, W); linear outputs are (F, 1, 1).
+/// Shape of a tensor per sample: (C, H, W); linear outputs are (F, 1, 1); sequences are
+/// (T, D, 1) with the node's `out_seq` set (row-major [T][D], features fastest).
 pub type Shape3 = [usize; 3];
 
 /// A node with its inputs resolved to indices (`usize::MAX` is the image) and shapes.
@@ -151,6 +198,31 @@ pub struct ResolvedNode {
     pub inputs: Vec<usize>,
     pub in_shapes: Vec<Shape3>,
     pub out_shape: Shape3,
+    /// Per input: whether it is a sequence (`[T, D, 1]`: T tokens of D features).
+    pub in_seq: Vec<bool>,
+    /// Whether the output is a sequence `[T, D, 1]`.
+    pub out_seq: bool,
+}
+
+impl ResolvedNode {
+    /// Features per row of the first input as a Linear reads it: D of a sequence (applied
+    /// per token), else the flattened C*H*W.
+    pub fn in_features(&self) -> usize {
+        let [c, h, w] = self.in_shapes[0];
+        if self.in_seq[0] {
+            h
+        } else {
+            c * h * w
+        }
+    }
+    /// Rows per sample a Linear computes: the tokens of a sequence input, else 1.
+    pub fn rows_per_sample(&self) -> usize {
+        if self.in_seq[0] {
+            self.in_shapes[0][0]
+        } else {
+            1
+        }
+    }
 }
 
 /// The image's index among node inputs.
@@ -220,13 +292,34 @@ impl Graph {
             };
             let in_shapes: Vec<Shape3> =
                 inputs.iter().map(|&j| if j == INPUT { self.input } else { out[j].out_shape }).collect();
+            let in_seq: Vec<bool> = inputs.iter().map(|&j| j != INPUT && out[j].out_seq).collect();
             let [c, h, w] = in_shapes[0];
+            let seq_in = in_seq[0];
+            let need_seq = |what: &str| -> Result<()> {
+                if seq_in {
+                    Ok(())
+                } else {
+                    Err(err(format!("{what} needs a sequence input [tokens, features], got {:?}", in_shapes[0])))
+                }
+            };
+            let no_seq = |what: &str| -> Result<()> {
+                if seq_in {
+                    Err(err(format!("{what} cannot take a sequence input")))
+                } else {
+                    Ok(())
+                }
+            };
             let want_inputs = if matches!(node.op, Op::Add { .. }) { 2 } else { 1 };
             if inputs.len() != want_inputs {
                 return Err(err(format!("takes {want_inputs} input(s), got {}", inputs.len())));
             }
+            let mut out_seq = false;
             let out_shape = match &node.op {
-                Op::Conv { out_channels, kernel, stride, padding, dilation, groups, .. } => {
+                Op::Conv { out_channels, kernel, stride, padding, dilation, groups, act, .. } => {
+                    no_seq("conv")?;
+                    if *act == Act::Gelu {
+                        return Err(err("GELU is supported on linear layers only".into()));
+                    }
                     if *groups == 0 || c % groups != 0 || out_channels % groups != 0 {
                         return Err(err(format!(
                             "groups {groups} must divide {c} input and {out_channels} output channels"
@@ -252,12 +345,22 @@ impl Graph {
                     if *out_features == 0 {
                         return Err(err("out_features must be positive".into()));
                     }
-                    if checked_elements(&[*out_features, c, h, w]).is_none() {
-                        return Err(err(format!("weight [{out_features}, {c}x{h}x{w}] is too large")));
+                    if seq_in {
+                        // Per token: [T, D] -> [T, out].
+                        if checked_elements(&[*out_features, h]).is_none() {
+                            return Err(err(format!("weight [{out_features}, {h}] is too large")));
+                        }
+                        out_seq = true;
+                        [c, *out_features, 1]
+                    } else {
+                        if checked_elements(&[*out_features, c, h, w]).is_none() {
+                            return Err(err(format!("weight [{out_features}, {c}x{h}x{w}] is too large")));
+                        }
+                        [*out_features, 1, 1]
                     }
-                    [*out_features, 1, 1]
                 }
                 Op::MaxPool { kernel, stride, padding } | Op::AvgPool { kernel, stride, padding } => {
+                    no_seq("pooling")?;
                     let s = if *stride == 0 { *kernel } else { *stride };
                     if *kernel == 0 || *padding > *kernel / 2 {
                         return Err(err("pool kernel must be positive and padding at most half of it".into()));
@@ -267,23 +370,84 @@ impl Graph {
                         _ => return Err(err(format!("pool kernel {kernel} does not fit input {h}x{w}"))),
                     }
                 }
-                Op::GlobalAvgPool => [c, 1, 1],
-                Op::Add { .. } => {
-                    if in_shapes[0] != in_shapes[1] {
+                Op::GlobalAvgPool => {
+                    no_seq("global average pool (use token_pool)")?;
+                    [c, 1, 1]
+                }
+                Op::Add { act } => {
+                    if in_shapes[0] != in_shapes[1] || in_seq[0] != in_seq[1] {
                         return Err(err(format!("adds shapes {:?} and {:?}", in_shapes[0], in_shapes[1])));
                     }
+                    if *act == Act::Gelu {
+                        return Err(err("GELU is supported on linear layers only".into()));
+                    }
+                    out_seq = seq_in;
                     in_shapes[0]
                 }
                 // c*h*w cannot overflow: every shape is checked below when it is made.
-                Op::Flatten => [c * h * w, 1, 1],
+                Op::Flatten => {
+                    no_seq("flatten")?;
+                    [c * h * w, 1, 1]
+                }
+                Op::Embedding { vocab, dim, padding_idx } => {
+                    if i != 0 || inputs[0] != INPUT || c != 1 || h != 1 {
+                        return Err(err(format!(
+                            "an embedding reads the token ids of the input (shape [1, 1, tokens]) as the first layer, got {:?}",
+                            in_shapes[0]
+                        )));
+                    }
+                    if *vocab == 0 || *dim == 0 || checked_elements(&[*vocab, *dim]).is_none() {
+                        return Err(err(format!("embedding table [{vocab}, {dim}] must be positive and not too large")));
+                    }
+                    if padding_idx.is_some_and(|p| p >= *vocab) {
+                        return Err(err(format!("padding_idx {padding_idx:?} is not below vocab {vocab}")));
+                    }
+                    out_seq = true;
+                    [w, *dim, 1]
+                }
+                Op::Patchify { patch } => {
+                    no_seq("patchify")?;
+                    if *patch == 0 || h % patch != 0 || w % patch != 0 {
+                        return Err(err(format!("patch {patch} must be positive and divide the {h}x{w} input")));
+                    }
+                    out_seq = true;
+                    [(h / patch) * (w / patch), c * patch * patch, 1]
+                }
+                Op::ClsPos { cls } => {
+                    need_seq("cls_pos")?;
+                    out_seq = true;
+                    [c + *cls as usize, h, 1]
+                }
+                Op::LayerNorm { eps } => {
+                    need_seq("layer_norm")?;
+                    if !(eps.is_finite() && *eps > 0.0) {
+                        return Err(err(format!("eps {eps} must be finite and positive")));
+                    }
+                    out_seq = true;
+                    in_shapes[0]
+                }
+                Op::Attention { heads } => {
+                    need_seq("attention")?;
+                    if *heads == 0 || h % 3 != 0 || (h / 3) % heads != 0 {
+                        return Err(err(format!(
+                            "attention reads q, k, v ({h} features = 3 x D) split into {heads} heads: D must be a multiple of heads"
+                        )));
+                    }
+                    out_seq = true;
+                    [c, h / 3, 1]
+                }
+                Op::TokenPool { .. } => {
+                    need_seq("token_pool")?;
+                    [h, 1, 1]
+                }
             };
             if checked_elements(&out_shape).is_none() {
                 return Err(err(format!("output shape {out_shape:?} is too large")));
             }
-            out.push(ResolvedNode { node: node.clone(), inputs, in_shapes, out_shape });
+            out.push(ResolvedNode { node: node.clone(), inputs, in_shapes, out_shape, in_seq, out_seq });
         }
         let last = out.last().map(|n| n.out_shape).unwrap_or([0, 0, 0]);
-        if last != [self.num_classes, 1, 1] {
+        if last != [self.num_classes, 1, 1] || out.last().is_some_and(|n| n.out_seq) {
             return Err(WqatError::invalid(format!(
                 "model {} ends with shape {last:?}, expected [{}, 1, 1] logits",
                 self.name, self.num_classes

@@ -5,4 +5,4 @@ pub mod import;
 pub mod params;
 pub mod zoo;
 
-pub use graph::{Act, Graph, Node, Op, ResolvedNode, INPUT};
+pub use graph::{Act, Graph, Node, Op, ResolvedNode, TokenPoolMode, INPUT};

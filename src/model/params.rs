@@ -30,6 +30,11 @@ pub enum ParamKind {
     BnBeta,
     BnRunningMean,
     BnRunningVar,
+    /// LayerNorm scale and shift.
+    LnWeight,
+    LnBias,
+    /// An embedding table, a CLS token or positional embeddings.
+    Embedding,
 }
 
 impl ParamKind {
@@ -37,7 +42,8 @@ impl ParamKind {
     pub fn trainable(self) -> bool {
         !matches!(self, ParamKind::BnRunningMean | ParamKind::BnRunningVar)
     }
-    /// Weight decay applies to conv/linear weights only (not biases or BN affine).
+    /// Weight decay applies to conv/linear weights only (not biases, BN or LayerNorm
+    /// affine, embeddings, CLS tokens or positions: the usual transformer recipe).
     pub fn decays(self) -> bool {
         matches!(self, ParamKind::Weight)
     }
@@ -125,8 +131,7 @@ pub fn param_specs(graph: &Graph) -> Result<Vec<ParamSpec>> {
                 }
             }
             Op::Linear { out_features, bias, .. } => {
-                let [c, h, w] = r.in_shapes[0];
-                let shape = vec![*out_features, c * h * w];
+                let shape = vec![*out_features, r.in_features()];
                 out.push(ParamSpec { name: weight_name(name), shape, kind: ParamKind::Weight, node: i });
                 if *bias {
                     out.push(ParamSpec {
@@ -137,10 +142,34 @@ pub fn param_specs(graph: &Graph) -> Result<Vec<ParamSpec>> {
                     });
                 }
             }
+            Op::Embedding { vocab, dim, .. } => {
+                out.push(ParamSpec { name: weight_name(name), shape: vec![*vocab, *dim], kind: ParamKind::Embedding, node: i });
+            }
+            Op::ClsPos { cls } => {
+                let [t, d, _] = r.out_shape;
+                if *cls {
+                    out.push(ParamSpec { name: cls_token_name(name), shape: vec![d], kind: ParamKind::Embedding, node: i });
+                }
+                out.push(ParamSpec { name: pos_embed_name(name), shape: vec![t, d], kind: ParamKind::Embedding, node: i });
+            }
+            Op::LayerNorm { .. } => {
+                let d = r.out_shape[1];
+                out.push(ParamSpec { name: weight_name(name), shape: vec![d], kind: ParamKind::LnWeight, node: i });
+                out.push(ParamSpec { name: bias_name(name), shape: vec![d], kind: ParamKind::LnBias, node: i });
+            }
             _ => {}
         }
     }
     Ok(out)
+}
+
+/// Name of the CLS token of a `cls_pos` node.
+pub fn cls_token_name(node: &str) -> String {
+    format!("{node}.cls_token")
+}
+/// Name of the positional embedding of a `cls_pos` node.
+pub fn pos_embed_name(node: &str) -> String {
+    format!("{node}.pos_embed")
 }
 
 /// True for conv and linear nodes (the ones with weights).
@@ -148,15 +177,48 @@ pub fn has_weights(op: &Op) -> bool {
     matches!(op, Op::Conv { .. } | Op::Linear { .. })
 }
 
-/// Whether the image gets a quantizer: the first conv/linear is not kept in fp32.
+/// Whether the image gets a quantizer: the first conv/linear is not kept in fp32, and the
+/// input is an image (token ids read by an embedding are never quantized).
 pub fn input_is_quantized(nodes: &[ResolvedNode]) -> bool {
+    if nodes.first().is_some_and(|r| matches!(r.node.op, Op::Embedding { .. })) {
+        return false;
+    }
     nodes.iter().find(|r| has_weights(&r.node.op)).map(|r| !r.node.fp32).unwrap_or(false)
 }
 
+/// Whether node `i` belongs to the transformer part of a graph: it makes or reads a
+/// sequence, or is one of the sequence ops.
+fn is_sequence_node(r: &ResolvedNode) -> bool {
+    r.out_seq
+        || r.in_seq.iter().any(|&s| s)
+        || matches!(
+            r.node.op,
+            Op::Embedding { .. }
+                | Op::Patchify { .. }
+                | Op::ClsPos { .. }
+                | Op::LayerNorm { .. }
+                | Op::Attention { .. }
+                | Op::TokenPool { .. }
+        )
+}
+
 /// Whether node `i` has its own output quantizer.
+///
+/// Conv nets (PyTorch's prepare_qat placement): the output of every conv, linear and add.
+/// Transformers (the BERT recipe: every Linear's input and weight quantized, LayerNorm,
+/// softmax, GELU, embeddings and residual sums in fp32): a sequence node's output is
+/// quantized exactly when a quantized conv/linear reads it, so a Linear's input quantizer
+/// is its producer's (LayerNorm, attention, GELU Linear, token pool); residual streams stay
+/// fp32. The last node (the logits) keeps its quantizer either way unless it is fp32.
 pub fn has_output_quant(nodes: &[ResolvedNode], i: usize) -> bool {
     let r = &nodes[i];
     let last = i + 1 == nodes.len();
+    if is_sequence_node(r) && !matches!(r.node.op, Op::Patchify { .. }) {
+        if last {
+            return !r.node.fp32;
+        }
+        return nodes.iter().skip(i + 1).any(|c| has_weights(&c.node.op) && !c.node.fp32 && c.inputs.first() == Some(&i));
+    }
     match r.node.op {
         Op::Conv { .. } | Op::Linear { .. } | Op::Add { .. } => !(r.node.fp32 && last),
         _ => false,
@@ -175,7 +237,9 @@ pub fn input_quantizer(nodes: &[ResolvedNode], i: usize, input: usize) -> Option
             return Some(QuantizerRole::Output(j));
         }
         match nodes[j].node.op {
-            Op::MaxPool { .. } | Op::AvgPool { .. } | Op::GlobalAvgPool | Op::Flatten => j = nodes[j].inputs[0],
+            Op::MaxPool { .. } | Op::AvgPool { .. } | Op::GlobalAvgPool | Op::Flatten | Op::Patchify { .. } => {
+                j = nodes[j].inputs[0]
+            }
             _ => return None,
         }
     }

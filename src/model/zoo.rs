@@ -2,11 +2,20 @@
 //! tools; keep it exactly as specified), `resnet20` and `resnet18` (CIFAR forms). Layer
 //! names follow torchvision so PyTorch state_dicts map by name.
 
-use super::graph::{Act, Graph, Node, Op};
+use super::graph::{Act, Graph, Node, Op, TokenPoolMode};
 use crate::error::{Result, WqatError};
 
 /// The zoo's model names.
-pub const MODEL_NAMES: &[&str] = &["mlp", "mnist-cnn", "resnet20", "resnet18"];
+pub const MODEL_NAMES: &[&str] = &["mlp", "mnist-cnn", "resnet20", "resnet18", "vit-tiny", "text-tiny"];
+
+/// Width, depth, heads and MLP width of the tiny transformers (`vit-tiny`, `text-tiny`).
+pub const TINY_DIM: usize = 64;
+pub const TINY_DEPTH: usize = 4;
+pub const TINY_HEADS: usize = 4;
+pub const TINY_MLP: usize = 128;
+/// Byte-level text: 256 byte ids, then CLS (256) and PAD (257).
+pub const TEXT_VOCAB: usize = 258;
+pub const TEXT_PAD_ID: usize = 257;
 
 fn conv(out: usize, k: usize, stride: usize, pad: usize, act: Act) -> Op {
     Op::Conv { out_channels: out, kernel: k, stride, padding: pad, dilation: 1, groups: 1, bias: false, bn: true, act }
@@ -31,6 +40,36 @@ pub fn build(name: &str, input: [usize; 3], classes: usize) -> Result<Graph> {
         ],
         "resnet20" => resnet(&[16, 32, 64], &[3, 3, 3], classes),
         "resnet18" => resnet(&[64, 128, 256, 512], &[2, 2, 2, 2], classes),
+        "vit-tiny" => {
+            let [_, h, w] = input;
+            let patch = vit_patch(h, w).ok_or_else(|| {
+                WqatError::invalid(format!("vit-tiny: no patch size divides the {h}x{w} input into at most 64 tokens"))
+            })?;
+            let mut nodes = vec![
+                Node::new("patchify", Op::Patchify { patch }),
+                Node::new("patch_embed", Op::Linear { out_features: TINY_DIM, bias: true, act: Act::None }),
+                Node::new("embed", Op::ClsPos { cls: true }),
+            ];
+            encoder(&mut nodes, classes);
+            nodes
+        }
+        "text-tiny" => {
+            if input[0] != 1 || input[1] != 1 || input[2] < 2 {
+                return Err(WqatError::invalid(format!(
+                    "text-tiny reads token ids of shape [1, 1, max_len] (a text data set), got input {input:?}"
+                )));
+            }
+            let mut nodes = vec![
+                Node::new(
+                    "embed_tokens",
+                    Op::Embedding { vocab: TEXT_VOCAB, dim: TINY_DIM, padding_idx: Some(TEXT_PAD_ID) },
+                ),
+                // The CLS token is id 256 at position 0 of every encoded text.
+                Node::new("embed", Op::ClsPos { cls: false }),
+            ];
+            encoder(&mut nodes, classes);
+            nodes
+        }
         other => {
             return Err(WqatError::invalid(format!(
                 "unknown model {other:?}; choose one of {} or a path to a JSON spec",
@@ -41,6 +80,42 @@ pub fn build(name: &str, input: [usize; 3], classes: usize) -> Result<Graph> {
     let g = Graph { name: name.to_string(), input, num_classes: classes, nodes };
     g.resolve()?;
     Ok(g)
+}
+
+/// Patch size of `vit-tiny`: 7 on 28x28 (16 tokens), 4 on 32x32 (64 tokens), else the
+/// smallest size that cuts the image into at most 16 patches.
+fn vit_patch(h: usize, w: usize) -> Option<usize> {
+    if h == 32 && w == 32 {
+        return Some(4);
+    }
+    (1..=h.min(w)).find(|&p| h % p == 0 && w % p == 0 && (h / p) * (w / p) <= 16)
+}
+
+/// Pre-LN transformer encoder blocks (timm's ViT names), final LayerNorm, CLS token
+/// pool and classifier, appended after the embedding nodes.
+fn encoder(nodes: &mut Vec<Node>, classes: usize) {
+    let mut prev = nodes.last().map(|n| n.name.clone()).unwrap_or_default();
+    for k in 0..TINY_DEPTH {
+        let p = format!("blocks.{k}");
+        nodes.push(Node::new(&format!("{p}.norm1"), Op::LayerNorm { eps: 1e-5 }).from(&[&prev]));
+        nodes.push(Node::new(
+            &format!("{p}.attn.qkv"),
+            Op::Linear { out_features: 3 * TINY_DIM, bias: true, act: Act::None },
+        ));
+        nodes.push(Node::new(&format!("{p}.attn.core"), Op::Attention { heads: TINY_HEADS }));
+        nodes.push(Node::new(&format!("{p}.attn.proj"), Op::Linear { out_features: TINY_DIM, bias: true, act: Act::None }));
+        let add1 = format!("{p}.add1");
+        nodes.push(Node::new(&add1, Op::Add { act: Act::None }).from(&[&format!("{p}.attn.proj"), &prev]));
+        nodes.push(Node::new(&format!("{p}.norm2"), Op::LayerNorm { eps: 1e-5 }));
+        nodes.push(Node::new(&format!("{p}.mlp.fc1"), Op::Linear { out_features: TINY_MLP, bias: true, act: Act::Gelu }));
+        nodes.push(Node::new(&format!("{p}.mlp.fc2"), Op::Linear { out_features: TINY_DIM, bias: true, act: Act::None }));
+        let add2 = format!("{p}.add2");
+        nodes.push(Node::new(&add2, Op::Add { act: Act::None }).from(&[&format!("{p}.mlp.fc2"), &add1]));
+        prev = add2;
+    }
+    nodes.push(Node::new("norm", Op::LayerNorm { eps: 1e-5 }).from(&[&prev]));
+    nodes.push(Node::new("pool", Op::TokenPool { mode: TokenPoolMode::Cls }));
+    nodes.push(Node::new("head", Op::Linear { out_features: classes, bias: true, act: Act::None }));
 }
 
 /// CIFAR ResNet: 3x3 stem, no max pool, stages of basic blocks, projection shortcuts

@@ -12,7 +12,11 @@
 //! * max pool, flatten: plain; average pools: the mean over the window, divided by
 //!   `kh * kw` (padding counts as zeros, PyTorch's `count_include_pad`), then fake-quant
 //!   with the quantizer the input carries ([`params::input_quantizer`]);
-//! * add: `act(a + b)`, then its own output quantizer.
+//! * add: `act(a + b)`, then its own output quantizer;
+//! * sequences (`[batch, T, D]`): linear per token; embedding rows, patches, CLS token and
+//!   positions, LayerNorm, attention (padding keys masked where the embedding has a
+//!   padding id) and token pools in f32, then the node's output quantizer when the
+//!   placement gives it one (`params::has_output_quant`: the BERT recipe).
 //!
 //! A quantizer whose `fq_on` flag is 0 passes values through.
 
@@ -240,6 +244,7 @@ pub fn apply_act(x: &mut [f32], act: Act) {
         Act::None => {}
         Act::Relu => x.iter_mut().for_each(|v| *v = v.max(0.0)),
         Act::Relu6 => x.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
+        Act::Gelu => x.iter_mut().for_each(|v| *v = crate::reference::gelu::gelu(*v)),
     }
 }
 
@@ -360,6 +365,91 @@ pub fn global_avg_f32(x: &[f32], planes: usize, hw: usize) -> Vec<f32> {
     (0..planes).map(|p| (x[p * hw..][..hw].iter().map(|&v| v as f64).sum::<f64>() / hw as f64) as f32).collect()
 }
 
+/// Token ids from the input values (integral, below `vocab`), or a shape error naming the
+/// first bad one.
+fn token_ids(x: &[f32], vocab: usize) -> Result<Vec<usize>> {
+    x.iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            if v >= 0.0 && v.fract() == 0.0 && (v as usize) < vocab {
+                Ok(v as usize)
+            } else {
+                Err(WqatError::shape(format!("token {i} is {v}, not an id below the vocabulary size {vocab}")))
+            }
+        })
+        .collect()
+}
+
+/// Plain loops of the sequence ops that only move or sum values.
+mod sequence_ops {
+    use crate::model::TokenPoolMode;
+
+    /// `[batch, C, H, W]` -> `[batch, (H/P)(W/P), C*P*P]`, features in (c, ky, kx) order.
+    pub fn patchify(x: &[f32], batch: usize, [c, h, w]: [usize; 3], p: usize) -> Vec<f32> {
+        let (ph, pw) = (h / p, w / p);
+        let mut out = Vec::with_capacity(x.len());
+        for n in 0..batch {
+            for py in 0..ph {
+                for px in 0..pw {
+                    for ch in 0..c {
+                        for ky in 0..p {
+                            for kx in 0..p {
+                                out.push(x[((n * c + ch) * h + py * p + ky) * w + px * p + kx]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// `[batch, t, d]` -> `[batch, t', d]`: CLS token first when given, positions added.
+    pub fn cls_pos(x: &[f32], batch: usize, t: usize, d: usize, cls: Option<&[f32]>, pos: &[f32]) -> Vec<f32> {
+        let mut out = Vec::new();
+        for n in 0..batch {
+            if let Some(cls) = cls {
+                out.extend(cls.iter().zip(&pos[..d]).map(|(a, b)| a + b));
+            }
+            let off = cls.is_some() as usize;
+            for k in 0..t {
+                let row = &x[(n * t + k) * d..][..d];
+                out.extend(row.iter().zip(&pos[(k + off) * d..][..d]).map(|(a, b)| a + b));
+            }
+        }
+        out
+    }
+
+    /// `[batch, t, d]` -> `[batch, d]`: token 0, or the f64 mean of the non-padding tokens.
+    pub fn token_pool(
+        x: &[f32],
+        batch: usize,
+        t: usize,
+        d: usize,
+        mode: TokenPoolMode,
+        pad: Option<&[bool]>,
+    ) -> Vec<f32> {
+        let mut out = vec![0f32; batch * d];
+        for n in 0..batch {
+            for f in 0..d {
+                out[n * d + f] = match mode {
+                    TokenPoolMode::Cls => x[n * t * d + f],
+                    TokenPoolMode::Mean => {
+                        let keep: Vec<usize> = (0..t).filter(|&k| !pad.is_some_and(|p| p[n * t + k])).collect();
+                        if keep.is_empty() {
+                            0.0
+                        } else {
+                            (keep.iter().map(|&k| x[(n * t + k) * d + f] as f64).sum::<f64>() / keep.len() as f64)
+                                as f32
+                        }
+                    }
+                };
+            }
+        }
+        out
+    }
+}
+
 /// Every intermediate of [`fake_quant_forward`]: the (fake-quantized) image and each
 /// node's output, `[batch, C, H, W]` flat.
 #[derive(Debug, Clone)]
@@ -385,6 +475,8 @@ pub fn fake_quant_forward_all(graph: &Graph, ckpt: &TensorFile, images: &[f32], 
         q.fake_quant(&mut input, 1);
     }
     let mut outs: Vec<Vec<f32>> = Vec::with_capacity(gq.nodes.len());
+    // Padding tokens ([batch, T], true = padding) of a token-id input with a padding id.
+    let mut key_mask: Option<Vec<bool>> = None;
     for (i, r) in gq.nodes.iter().enumerate() {
         let src = |j: usize| if j == INPUT { &input } else { &outs[j] };
         let x = src(r.inputs[0]);
@@ -411,10 +503,44 @@ pub fn fake_quant_forward_all(graph: &Graph, ckpt: &TensorFile, images: &[f32], 
             Op::Linear { act, .. } => {
                 let (we, be) = effective_params(&gq, ckpt, i)?;
                 let be = simulated_bias(&gq, i, be);
-                let mut y = linear_f32(x, batch, c * h * w, &we, &be);
+                let mut y = linear_f32(x, batch * r.rows_per_sample(), r.in_features(), &we, &be);
                 apply_act(&mut y, *act);
                 y
             }
+            Op::Embedding { vocab, dim, padding_idx } => {
+                let table = read_f32(ckpt, &params::weight_name(&r.node.name), &[*vocab, *dim])?;
+                let ids = token_ids(x, *vocab)?;
+                if let Some(pad) = padding_idx {
+                    key_mask = Some(ids.iter().map(|&t| t == *pad).collect());
+                }
+                ids.iter().flat_map(|&t| table[t * dim..(t + 1) * dim].iter().copied()).collect()
+            }
+            Op::Patchify { patch } => sequence_ops::patchify(x, batch, in_shape, *patch),
+            Op::ClsPos { cls } => {
+                let [t_out, d, _] = r.out_shape;
+                let pos = read_f32(ckpt, &params::pos_embed_name(&r.node.name), &[t_out, d])?;
+                let cls_t = if *cls { Some(read_f32(ckpt, &params::cls_token_name(&r.node.name), &[d])?) } else { None };
+                sequence_ops::cls_pos(x, batch, c, d, cls_t, pos)
+            }
+            Op::LayerNorm { eps } => {
+                let d = h;
+                let gamma = read_f32(ckpt, &params::weight_name(&r.node.name), &[d])?;
+                let beta = read_f32(ckpt, &params::bias_name(&r.node.name), &[d])?;
+                crate::reference::layernorm::forward(x, gamma, beta, *eps).0
+            }
+            Op::Attention { heads } => {
+                let cfg = crate::kernels::attention::AttentionConfig {
+                    batch,
+                    tokens: c,
+                    heads: *heads,
+                    head_dim: h / 3 / heads,
+                };
+                let mask: Option<Vec<f32>> =
+                    key_mask.as_ref().map(|m| m.iter().map(|&p| if p { 1.0 } else { 0.0 }).collect());
+                let none = crate::reference::attention::RefAttentionQuant::default();
+                crate::reference::attention::forward(&cfg, x, mask.as_deref(), &none).1
+            }
+            Op::TokenPool { mode } => sequence_ops::token_pool(x, batch, c, h, *mode, key_mask.as_deref()),
             Op::MaxPool { kernel, stride, padding } => {
                 let s = if *stride == 0 { *kernel } else { *stride };
                 pool_f32(x, batch * c, [h, w], *kernel, s, *padding, [oh, ow], false)

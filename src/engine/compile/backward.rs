@@ -1,7 +1,7 @@
 //! The backward half of compilation: gradients of every node in reverse order (written by
 //! the first contribution, accumulated by the others) and the optimizer step.
 
-use super::{pool_spec, relu_kind, view, Builder, StepOptions, Tag};
+use super::{pool_spec, relu_kind, token_pool, view, Builder, StepOptions, Tag};
 use crate::error::Result;
 use crate::gpu::{Dispatch, GpuTensor};
 use crate::kernels::activation::{self, Relu};
@@ -10,9 +10,11 @@ use crate::kernels::conv::{
     self, Conv2dBackwardDataArgs, Conv2dBackwardWeightArgs, Conv2dConfig, QuantOperand, SteMask,
 };
 use crate::kernels::gemm::{self, GemmConfig, GemmExtras};
-use crate::kernels::{bn_fold, fake_quant, loss, optim, pool};
+use crate::kernels::attention::{self, AttentionQuant};
+use crate::kernels::sequence;
+use crate::kernels::{bn_fold, fake_quant, gelu, layernorm, loss, optim, pool};
 use crate::model::params::{self, BN_EPS};
-use crate::model::{Act, Op, INPUT};
+use crate::model::{Act, Op, TokenPoolMode, INPUT};
 
 impl Builder<'_> {
     /// Gradient target for tensor `t`: `(buffer, accumulate)`. Returns `None` for the image.
@@ -57,6 +59,33 @@ impl Builder<'_> {
         }
     }
 
+    /// Gradient wrt input tensor `t` of a node whose backward `produce` writes the gradient
+    /// wrt the value it read (`materialized(t)`): straight into `t`'s gradient when `t`
+    /// carries no quantizer and nothing was written yet, else through a scratch buffer and
+    /// the STE (or an accumulate).
+    pub(super) fn input_grad(
+        &mut self,
+        t: usize,
+        produce: impl FnOnce(&GpuTensor) -> Result<Vec<Dispatch>>,
+    ) -> Result<()> {
+        if t == INPUT {
+            return Ok(());
+        }
+        let shape = self.raw(t).shape.clone();
+        if self.carried(t).is_none() && !self.written[t] {
+            let (g, _) = self.grad_target(t).expect("not the input");
+            for d in produce(&view(&g, &shape))? {
+                self.bwd(Tag::Always, d);
+            }
+            return Ok(());
+        }
+        let tmp = self.zeros(&shape)?;
+        for d in produce(&tmp)? {
+            self.bwd(Tag::Always, d);
+        }
+        self.grad_through_fq(t, &tmp)
+    }
+
     pub(super) fn backward_node(&mut self, i: usize) -> Result<()> {
         let ctx = self.ctx;
         let r = self.m.nodes[i].clone();
@@ -93,7 +122,7 @@ impl Builder<'_> {
                             (d, None)
                         }
                         Act::Relu => (dout.clone(), Some(out.clone())),
-                        Act::None => (dout.clone(), None),
+                        Act::None | Act::Gelu => (dout.clone(), None),
                     };
                     let y_orig = nb.y_orig.clone().expect("saved");
                     let saved = nb.bn_saved.clone().expect("saved");
@@ -122,7 +151,7 @@ impl Builder<'_> {
                     }
                 } else {
                     match act {
-                        Act::None => (dout.clone(), None),
+                        Act::None | Act::Gelu => (dout.clone(), None),
                         Act::Relu | Act::Relu6 => {
                             let pre_or_out = nb.pre_act.clone().unwrap_or_else(|| out.clone());
                             let k = relu_kind(act).expect("activation");
@@ -180,24 +209,31 @@ impl Builder<'_> {
                 }
             }
             Op::Linear { out_features, bias, act } => {
-                let [c, h, w] = r.in_shapes[0];
-                let inp = c * h * w;
-                let x = view(self.raw(r.inputs[0]), &[self.b, inp]);
+                let inp = r.in_features();
+                let rows = self.b * r.rows_per_sample();
+                let x = view(self.raw(r.inputs[0]), &[rows, inp]);
                 let xq = self.carried(r.inputs[0]);
                 let wq = self.weight_q(i);
                 let wt = self.param(&params::weight_name(&name))?;
                 let dw = self.grad_of(&params::weight_name(&name))?;
-                let dz = match relu_kind(act) {
-                    None => dout.clone(),
-                    Some(k) => {
+                let dz = match (act, relu_kind(act)) {
+                    (Act::Gelu, _) => {
+                        let pre = self.saved[i].pre_act.clone().expect("saved");
+                        let d = self.zeros(&out.shape)?;
+                        self.bwd(Tag::Always, gelu::gelu_backward(ctx, &pre, &dout, &d)?);
+                        d
+                    }
+                    (_, None) => dout.clone(),
+                    (_, Some(k)) => {
                         let src = self.saved[i].pre_act.clone().unwrap_or_else(|| out.clone());
                         let d = self.zeros(&out.shape)?;
                         self.bwd(Tag::Always, activation::relu_backward(ctx, &src, &dout, &d, k)?);
                         d
                     }
                 };
+                let dz = view(&dz, &[rows, out_features]);
                 let (xs, ws) = (xq.as_ref().map(|q| q.spec), wq.as_ref().map(|q| q.spec));
-                let cfg_w = GemmConfig::linear_backward_weight(self.b, inp, out_features, xs, ws);
+                let cfg_w = GemmConfig::linear_backward_weight(rows, inp, out_features, xs, ws);
                 let ex = GemmExtras {
                     qb: xq.as_ref().map(|q| &q.state),
                     mask_src: wq.as_ref().map(|_| &wt),
@@ -207,13 +243,13 @@ impl Builder<'_> {
                 self.bwd(Tag::Always, gemm::gemm(ctx, &cfg_w, &dz, &x, &dw, &ex)?);
                 if bias {
                     let db = self.grad_of(&params::bias_name(&name))?;
-                    let cfg = Conv2dConfig::new(self.b, inp, 1, 1, out_features, 1);
+                    let cfg = Conv2dConfig::new(rows, inp, 1, 1, out_features, 1);
                     let dz4 = view(&dz, &cfg.y_shape());
                     self.bwd(Tag::Always, conv::conv2d_bias_grad(ctx, &cfg, &dz4, &db)?);
                 }
                 if let Some((g, acc)) = self.grad_target(r.inputs[0]) {
-                    let g = view(&g, &[self.b, inp]);
-                    let mut cfg_x = GemmConfig::linear_backward_input(self.b, inp, out_features, xs, ws);
+                    let g = view(&g, &[rows, inp]);
+                    let mut cfg_x = GemmConfig::linear_backward_input(rows, inp, out_features, xs, ws);
                     cfg_x.accumulate = acc;
                     let ex = GemmExtras {
                         qb: wq.as_ref().map(|q| &q.state),
@@ -259,6 +295,58 @@ impl Builder<'_> {
                     let d = view(&dout, &shape);
                     self.emit_grad(t, |dst| gemm::copy_f32(ctx, &d, &view(dst, &shape)))?;
                 }
+            }
+            Op::Embedding { .. } => {
+                let ids = view(&self.images, &[self.b, r.in_shapes[0][2]]);
+                let dtable = self.grad_of(&params::weight_name(&name))?;
+                self.bwd(Tag::Always, sequence::embedding_backward(ctx, &ids, &dout, &dtable)?);
+            }
+            Op::Patchify { patch } => {
+                let cfg = self.patch_cfg(i, patch);
+                let t = r.inputs[0];
+                if t != INPUT {
+                    let shape = [self.b, cfg.channels, cfg.height, cfg.width];
+                    self.emit_grad(t, |dst| sequence::patchify_backward(ctx, &cfg, &dout, &view(dst, &shape)))?;
+                }
+            }
+            Op::ClsPos { cls } => {
+                let dcls = if cls { Some(self.grad_of(&params::cls_token_name(&name))?) } else { None };
+                let dpos = self.grad_of(&params::pos_embed_name(&name))?;
+                self.input_grad(r.inputs[0], |dx| sequence::cls_pos_backward(ctx, &dout, dx, dcls.as_ref(), &dpos))?;
+            }
+            Op::LayerNorm { .. } => {
+                let x = nb.seq_input.clone().expect("saved");
+                let stats = nb.seq_saved.clone().expect("saved");
+                let gamma = self.param(&params::weight_name(&name))?;
+                let dgamma = self.grad_of(&params::weight_name(&name))?;
+                let dbeta = self.grad_of(&params::bias_name(&name))?;
+                self.input_grad(r.inputs[0], |dx| {
+                    layernorm::layernorm_backward(ctx, &x, &gamma, &stats, &dout, dx, &dgamma, &dbeta)
+                })?;
+            }
+            Op::Attention { heads } => {
+                let cfg = self.attention_cfg(i, heads);
+                let qkv = nb.seq_input.clone().expect("saved");
+                let probs = nb.seq_saved.clone().expect("saved");
+                let mask = self.key_mask.clone();
+                self.input_grad(r.inputs[0], |dqkv| {
+                    attention::attention_backward(
+                        ctx,
+                        &cfg,
+                        &qkv,
+                        mask.as_ref(),
+                        &AttentionQuant::default(),
+                        &probs,
+                        &dout,
+                        dqkv,
+                    )
+                })?;
+            }
+            Op::TokenPool { mode } => {
+                let mask = if mode == TokenPoolMode::Mean { self.key_mask.clone() } else { None };
+                self.input_grad(r.inputs[0], |dx| {
+                    Ok(vec![sequence::token_pool_backward(ctx, token_pool(mode), mask.as_ref(), &dout, dx)?])
+                })?;
             }
             Op::Add { act } => {
                 let ds = match relu_kind(act) {

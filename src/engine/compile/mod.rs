@@ -28,9 +28,11 @@ use crate::kernels::bias_quant::{self, BnTerms};
 use crate::kernels::conv::{self, Conv2dConfig, Conv2dForwardArgs, QuantOperand};
 use crate::kernels::gemm::{self, GemmConfig, GemmExtras};
 use crate::kernels::histogram::HistogramObserver;
-use crate::kernels::{bn_fold, fake_quant, loss, optim, pool};
+use crate::kernels::attention::{self, AttentionConfig, AttentionQuant};
+use crate::kernels::sequence::{self, PatchConfig, TokenPool};
+use crate::kernels::{bn_fold, fake_quant, gelu, layernorm, loss, optim, pool};
 use crate::model::params::{self, QuantizerRole, BN_EPS, BN_MOMENTUM};
-use crate::model::{Act, Op, INPUT};
+use crate::model::{Act, Op, TokenPoolMode, INPUT};
 use crate::quant::QuantSpec;
 
 /// When a dispatch runs.
@@ -109,9 +111,16 @@ fn view(t: &GpuTensor, shape: &[usize]) -> GpuTensor {
 
 fn relu_kind(act: Act) -> Option<Relu> {
     match act {
-        Act::None => None,
+        Act::None | Act::Gelu => None,
         Act::Relu => Some(Relu::Relu),
         Act::Relu6 => Some(Relu::Relu6),
+    }
+}
+
+fn token_pool(mode: TokenPoolMode) -> TokenPool {
+    match mode {
+        TokenPoolMode::Cls => TokenPool::Cls,
+        TokenPoolMode::Mean => TokenPool::Mean,
     }
 }
 
@@ -200,6 +209,8 @@ struct Builder<'a> {
     histograms: Vec<(String, HistogramObserver)>,
     /// Per node, what backward needs (filled by forward).
     saved: Vec<NodeBuffers>,
+    /// Key padding mask `[B, T]` (1 = padding) of a token-id input with a padding id.
+    key_mask: Option<GpuTensor>,
 }
 
 #[derive(Default, Clone)]
@@ -213,8 +224,12 @@ struct NodeBuffers {
     y_conv: Option<GpuTensor>,
     y_orig: Option<GpuTensor>,
     bn_saved: Option<GpuTensor>,
-    /// Pre-activation (ReLU6, or an add's sum), when the activation is not fused.
+    /// Pre-activation (ReLU6, GELU, or an add's sum), when the activation is not fused.
     pre_act: Option<GpuTensor>,
+    /// LayerNorm: the input it normalized (materialized fake-quant or raw) and its per-row
+    /// (mean, rstd); attention: the input qkv and the softmax probabilities.
+    seq_input: Option<GpuTensor>,
+    seq_saved: Option<GpuTensor>,
 }
 
 impl<'a> Builder<'a> {
@@ -228,6 +243,10 @@ impl<'a> Builder<'a> {
         let mut outputs: Vec<GpuTensor> = Vec::new();
         for r in &m.nodes {
             let [c, h, w] = r.out_shape;
+            if r.out_seq {
+                outputs.push(GpuTensor::zeros(ctx, &[b, c, h], DType::F32)?);
+                continue;
+            }
             let shape = match r.node.op {
                 Op::Flatten => {
                     // A view of its input: no copy forward.
@@ -236,12 +255,18 @@ impl<'a> Builder<'a> {
                     outputs.push(view(src, &[b, c]));
                     continue;
                 }
-                Op::Linear { .. } | Op::GlobalAvgPool => vec![b, c],
+                Op::Linear { .. } | Op::GlobalAvgPool | Op::TokenPool { .. } => vec![b, c],
                 _ => vec![b, c, h, w],
             };
             outputs.push(GpuTensor::zeros(ctx, &shape, DType::F32)?);
         }
         let n = m.nodes.len();
+        let key_mask = match m.nodes.first().map(|r| &r.node.op) {
+            Some(Op::Embedding { padding_idx: Some(_), .. }) => {
+                Some(GpuTensor::zeros(ctx, &[b, m.graph.input[2]], DType::F32)?)
+            }
+            _ => None,
+        };
         Ok(Builder {
             ctx,
             m,
@@ -257,6 +282,7 @@ impl<'a> Builder<'a> {
             keep: Vec::new(),
             histograms: Vec::new(),
             saved: vec![NodeBuffers::default(); n],
+            key_mask,
         })
     }
 
@@ -292,6 +318,13 @@ impl<'a> Builder<'a> {
     fn build(mut self, step: Option<&StepOptions>) -> Result<Compiled> {
         let ctx = self.ctx;
         let nodes = self.m.nodes.clone();
+        if let (Some(mask), Some(Op::Embedding { padding_idx: Some(pad), .. })) =
+            (self.key_mask.clone(), nodes.first().map(|r| &r.node.op))
+        {
+            let ids = view(&self.images, &mask.shape);
+            self.fwd(Tag::Always, sequence::key_mask_from_ids(ctx, &ids, *pad as u32, &mask)?);
+            self.keep.push(mask);
+        }
         if self.opts.quant && params::input_is_quantized(&nodes) {
             let q = self.carried(INPUT).expect("input quantizer exists");
             let img = self.images.clone();
@@ -374,6 +407,16 @@ impl<'a> Builder<'a> {
             }
             _ => unreachable!("conv_cfg of a non-conv node"),
         }
+    }
+
+    fn patch_cfg(&self, i: usize, patch: usize) -> PatchConfig {
+        let [channels, height, width] = self.m.nodes[i].in_shapes[0];
+        PatchConfig { batch: self.b, channels, height, width, patch }
+    }
+
+    fn attention_cfg(&self, i: usize, heads: usize) -> AttentionConfig {
+        let [tokens, d, _] = self.m.nodes[i].out_shape;
+        AttentionConfig { batch: self.b, tokens, heads, head_dim: d / heads }
     }
 
     fn forward_node(&mut self, i: usize) -> Result<()> {
@@ -502,9 +545,10 @@ impl<'a> Builder<'a> {
                 self.saved[i] = nb;
             }
             Op::Linear { out_features, bias, act } => {
-                let [c, h, w] = r.in_shapes[0];
-                let inp = c * h * w;
-                let x = view(self.raw(r.inputs[0]), &[self.b, inp]);
+                // Per token on a sequence: one GEMM over batch * tokens rows.
+                let inp = r.in_features();
+                let rows = self.b * r.rows_per_sample();
+                let x = view(self.raw(r.inputs[0]), &[rows, inp]);
                 let xq = self.carried(r.inputs[0]);
                 let wq = self.weight_q(i);
                 let wt = self.param(&params::weight_name(&name))?;
@@ -514,7 +558,7 @@ impl<'a> Builder<'a> {
                 let bias_t = if bias { Some(self.param(&params::bias_name(&name))?) } else { None };
                 let bias_t = self.quantized_bias(bias_t, &xq, &wq)?;
                 let mut cfg = GemmConfig::linear_forward(
-                    self.b,
+                    rows,
                     inp,
                     out_features,
                     xq.as_ref().map(|q| q.spec),
@@ -522,16 +566,22 @@ impl<'a> Builder<'a> {
                 );
                 cfg.bias = bias;
                 cfg.relu = act == Act::Relu;
-                let target = if act == Act::Relu6 { self.zeros(&out.shape)? } else { out.clone() };
+                let separate_act = matches!(act, Act::Relu6 | Act::Gelu);
+                let target = if separate_act { self.zeros(&out.shape)? } else { out.clone() };
                 let extras = GemmExtras {
                     bias: bias_t.as_ref(),
                     qa: xq.as_ref().map(|q| &q.state),
                     qb: wq.as_ref().map(|q| &q.state),
                     ..Default::default()
                 };
-                self.fwd(Tag::Always, gemm::gemm(ctx, &cfg, &x, &wt, &target, &extras)?);
-                if act == Act::Relu6 {
-                    self.fwd(Tag::Always, activation::relu_forward(ctx, &target, &out, Relu::Relu6)?);
+                let y = view(&target, &[rows, out_features]);
+                self.fwd(Tag::Always, gemm::gemm(ctx, &cfg, &x, &wt, &y, &extras)?);
+                match act {
+                    Act::Relu6 => self.fwd(Tag::Always, activation::relu_forward(ctx, &target, &out, Relu::Relu6)?),
+                    Act::Gelu => self.fwd(Tag::Always, gelu::gelu_forward(ctx, &target, &out)?),
+                    _ => {}
+                }
+                if separate_act {
                     self.saved[i].pre_act = Some(target);
                 }
             }
@@ -553,6 +603,58 @@ impl<'a> Builder<'a> {
                 self.fwd(Tag::Always, pool::global_avgpool_forward(ctx, &x, &out)?);
             }
             Op::Flatten => {}
+            Op::Embedding { .. } => {
+                let ids = view(&self.images, &[self.b, r.in_shapes[0][2]]);
+                let table = self.param(&params::weight_name(&name))?;
+                self.fwd(Tag::Always, sequence::embedding_forward(ctx, &ids, &table, &out)?);
+            }
+            Op::Patchify { patch } => {
+                let cfg = self.patch_cfg(i, patch);
+                let x = self.raw(r.inputs[0]).clone();
+                let x = view(&x, &[self.b, cfg.channels, cfg.height, cfg.width]);
+                self.fwd(Tag::Always, sequence::patchify_forward(ctx, &cfg, &x, &out)?);
+            }
+            Op::ClsPos { cls } => {
+                let x = self.materialized(r.inputs[0])?;
+                let cls_t = if cls { Some(self.param(&params::cls_token_name(&name))?) } else { None };
+                let pos = self.param(&params::pos_embed_name(&name))?;
+                self.fwd(Tag::Always, sequence::cls_pos_forward(ctx, &x, cls_t.as_ref(), &pos, &out)?);
+            }
+            Op::LayerNorm { eps } => {
+                let x = self.materialized(r.inputs[0])?;
+                let gamma = self.param(&params::weight_name(&name))?;
+                let beta = self.param(&params::bias_name(&name))?;
+                let [t, _, _] = r.out_shape;
+                let stats = self.zeros(&[self.b * t, 2])?;
+                self.fwd(Tag::Always, layernorm::layernorm_forward(ctx, &x, &gamma, &beta, &out, &stats, eps)?);
+                self.saved[i].seq_input = Some(x);
+                self.saved[i].seq_saved = Some(stats);
+            }
+            Op::Attention { heads } => {
+                let cfg = self.attention_cfg(i, heads);
+                let qkv = self.materialized(r.inputs[0])?;
+                let probs = self.zeros(&[self.b, heads, cfg.tokens, cfg.tokens])?;
+                let mask = self.key_mask.clone();
+                let ds = attention::attention_forward(
+                    ctx,
+                    &cfg,
+                    &qkv,
+                    mask.as_ref(),
+                    &AttentionQuant::default(),
+                    &probs,
+                    &out,
+                )?;
+                for d in ds {
+                    self.fwd(Tag::Always, d);
+                }
+                self.saved[i].seq_input = Some(qkv);
+                self.saved[i].seq_saved = Some(probs);
+            }
+            Op::TokenPool { mode } => {
+                let x = self.materialized(r.inputs[0])?;
+                let mask = if mode == TokenPoolMode::Mean { self.key_mask.clone() } else { None };
+                self.fwd(Tag::Always, sequence::token_pool_forward(ctx, token_pool(mode), &x, mask.as_ref(), &out)?);
+            }
             Op::Add { act } => {
                 let a = self.materialized(r.inputs[0])?;
                 let b = self.materialized(r.inputs[1])?;

@@ -33,7 +33,7 @@ impl Builder<'_> {
                 QuantizerRole::Output(j)
             } else {
                 match nodes[j].node.op {
-                    Op::MaxPool { .. } | Op::AvgPool { .. } | Op::GlobalAvgPool | Op::Flatten => {
+                    Op::MaxPool { .. } | Op::AvgPool { .. } | Op::GlobalAvgPool | Op::Flatten | Op::Patchify { .. } => {
                         j = nodes[j].inputs[0];
                         continue;
                     }

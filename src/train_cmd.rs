@@ -5,6 +5,7 @@ use clap::Args;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use wqat::engine::train::{install_interrupt_handler, Phase, ProgressSink, RunReport, Schedule, TrainConfig, Trainer};
+use wqat::engine::config::Optimizer;
 use wqat::engine::{LayerQConfig, ObserverKind};
 use wqat::gpu::{GpuContext, GpuOptions};
 
@@ -42,6 +43,14 @@ pub(crate) struct TrainArgs {
     /// Clip the global gradient norm to this value.
     #[arg(long)]
     clip_grad_norm: Option<f32>,
+    /// Optimizer of both phases: `sgd` (momentum, `--momentum`) or `adamw` (betas 0.9/0.999,
+    /// eps 1e-8, decoupled `--weight-decay`). Weight decay never applies to biases, BN or
+    /// LayerNorm affine, embeddings, CLS tokens or positions.
+    #[arg(long, default_value = "sgd")]
+    optimizer: String,
+    /// Linear learning-rate warm-up over the first N steps of the fp32 phase, then the cosine.
+    #[arg(long, default_value_t = 0)]
+    warmup_steps: u64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Use only the first N training images.
@@ -198,6 +207,8 @@ pub(crate) fn train(a: TrainArgs) -> wqat::Result<()> {
         momentum: a.momentum,
         weight_decay: a.weight_decay,
         clip_grad_norm: a.clip_grad_norm,
+        optimizer: Optimizer::parse(&a.optimizer)?,
+        warmup_steps: a.warmup_steps,
         seed: a.seed,
         limit_train: a.limit_train,
         out: a.out,

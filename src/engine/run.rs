@@ -2,7 +2,7 @@
 //! schedules, the run state stored in checkpoints (so `--resume` continues exactly), the
 //! report written to `metrics.json`, and the run's QConfig.
 
-use super::config::{LayerQConfig, ObserverKind, QConfig};
+use super::config::{LayerQConfig, ObserverKind, Optimizer, QConfig};
 use crate::error::{Result, WqatError};
 use crate::model::Graph;
 use serde::{Deserialize, Serialize};
@@ -50,6 +50,12 @@ pub struct TrainConfig {
     pub momentum: f32,
     pub weight_decay: f32,
     pub clip_grad_norm: Option<f32>,
+    /// SGD with momentum or AdamW (both phases).
+    #[serde(default)]
+    pub optimizer: Optimizer,
+    /// Linear warm-up steps at the start of the fp32 phase (then the cosine).
+    #[serde(default)]
+    pub warmup_steps: u64,
     pub seed: u64,
     pub limit_train: Option<usize>,
     pub out: PathBuf,
@@ -95,6 +101,8 @@ impl Default for TrainConfig {
             momentum: 0.9,
             weight_decay: 5e-4,
             clip_grad_norm: None,
+            optimizer: Optimizer::Sgd,
+            warmup_steps: 0,
             seed: 0,
             limit_train: None,
             out: PathBuf::from("out"),

@@ -24,6 +24,8 @@ pub struct Param {
     pub value: GpuTensor,
     pub grad: Option<GpuTensor>,
     pub momentum: Option<GpuTensor>,
+    /// AdamW's second moment (`exp_avg_sq`; `momentum` is its first), trainable ones only.
+    pub second_moment: Option<GpuTensor>,
 }
 
 /// One quantizer's GPU state (`QStateLayout`).
@@ -123,16 +125,17 @@ impl ModelState {
         let mut index = BTreeMap::new();
         for (spec, v) in specs.into_iter().zip(values) {
             let value = GpuTensor::from_f32(ctx, &spec.shape, &v)?;
-            let (grad, momentum) = if spec.kind.trainable() {
+            let (grad, momentum, second_moment) = if spec.kind.trainable() {
                 (
+                    Some(GpuTensor::zeros(ctx, &spec.shape, DType::F32)?),
                     Some(GpuTensor::zeros(ctx, &spec.shape, DType::F32)?),
                     Some(GpuTensor::zeros(ctx, &spec.shape, DType::F32)?),
                 )
             } else {
-                (None, None)
+                (None, None, None)
             };
             index.insert(spec.name.clone(), params.len());
-            params.push(Param { spec, value, grad, momentum });
+            params.push(Param { spec, value, grad, momentum, second_moment });
         }
         let mut quantizers = Vec::new();
         let mut qindex = BTreeMap::new();
@@ -176,7 +179,7 @@ impl ModelState {
     /// Zeroes every momentum buffer (a new optimizer for the QAT phase).
     pub fn reset_momentum(&self, ctx: &GpuContext) -> Result<()> {
         for p in &self.params {
-            if let Some(m) = &p.momentum {
+            for m in p.momentum.iter().chain(&p.second_moment) {
                 m.write(ctx, &vec![0f32; m.len()])?;
             }
         }
@@ -192,6 +195,13 @@ impl ModelState {
             f.insert(p.spec.name.clone(), HostTensor::f32(&p.spec.shape, p.value.read_f32(ctx)?));
             if let Some(m) = &p.momentum {
                 f.insert(format!("{}.momentum", p.spec.name), HostTensor::f32(&p.spec.shape, m.read_f32(ctx)?));
+            }
+            // AdamW's second moment; SGD runs leave it zero and do not store it.
+            if let Some(v) = &p.second_moment {
+                let v = v.read_f32(ctx)?;
+                if v.iter().any(|&x| x != 0.0) {
+                    f.insert(format!("{}.exp_avg_sq", p.spec.name), HostTensor::f32(&p.spec.shape, v));
+                }
             }
         }
         for q in &self.quantizers {
@@ -237,9 +247,9 @@ impl ModelState {
         }
         let state = Self::from_values(ctx, &stored, qconfig, specs, values)?;
         for p in &state.params {
-            if let Some(m) = &p.momentum {
-                let name = format!("{}.momentum", p.spec.name);
-                if f.tensors.contains_key(&name) {
+            for (buf, suffix) in [(&p.momentum, "momentum"), (&p.second_moment, "exp_avg_sq")] {
+                let name = format!("{}.{suffix}", p.spec.name);
+                if let (Some(m), true) = (buf, f.tensors.contains_key(&name)) {
                     m.write(ctx, f.get(path, &name, &p.spec.shape)?.as_f32(&name)?)?;
                 }
             }

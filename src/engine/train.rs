@@ -201,6 +201,7 @@ impl Trainer {
             }
         };
         let step_opts = StepOptions {
+            optimizer: cfg.optimizer,
             momentum: cfg.momentum,
             weight_decay: cfg.weight_decay,
             clip_grad_norm: cfg.clip_grad_norm,
@@ -370,8 +371,13 @@ impl Trainer {
         };
         let spe = self.train_batches.batches_per_epoch();
         let total = (epochs * spe) as u64;
-        let sched =
-            OptimConfig { lr, momentum: self.cfg.momentum, weight_decay: self.cfg.weight_decay, clip_grad_norm: None };
+        let sched = OptimConfig {
+            lr,
+            momentum: self.cfg.momentum,
+            weight_decay: self.cfg.weight_decay,
+            clip_grad_norm: None,
+            warmup_steps: if phase == Phase::Fp32 { self.cfg.warmup_steps } else { 0 },
+        };
         let mut plan_key = (self.observers_frozen(), self.bn_frozen());
         let mut plan: Plan = c.train_plan(phase == Phase::Qat && !plan_key.0, plan_key.1);
         let log_every = self.cfg.log_every.max(1) as u64;

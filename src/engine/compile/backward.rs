@@ -13,6 +13,7 @@ use crate::kernels::gemm::{self, GemmConfig, GemmExtras};
 use crate::kernels::attention::{self, AttentionQuant};
 use crate::kernels::sequence;
 use crate::kernels::{bn_fold, fake_quant, gelu, layernorm, loss, optim, pool};
+use crate::engine::config::Optimizer;
 use crate::model::params::{self, BN_EPS};
 use crate::model::{Act, Op, TokenPoolMode, INPUT};
 
@@ -390,12 +391,22 @@ impl Builder<'_> {
             out.push(loss::nonfinite_check(ctx, p.grad.as_ref().expect("trainable"), metrics)?);
         }
         for p in &trainable {
-            let cfg = optim::SgdConfig {
-                momentum: step.momentum,
-                weight_decay: if p.spec.kind.decays() { step.weight_decay } else { 0.0 },
-                nesterov: false,
-            };
+            let weight_decay = if p.spec.kind.decays() { step.weight_decay } else { 0.0 };
             let inputs = optim::StepInputs { hyper, metrics, clip: norm.as_ref(), skip_nonfinite: step.skip_nonfinite };
+            if step.optimizer == Optimizer::AdamW {
+                let cfg = optim::AdamWConfig { weight_decay, ..Default::default() };
+                out.extend(optim::adamw_step(
+                    ctx,
+                    &p.value,
+                    p.grad.as_ref().expect("trainable"),
+                    p.momentum.as_ref().expect("trainable"),
+                    p.second_moment.as_ref().expect("trainable"),
+                    &cfg,
+                    &inputs,
+                )?);
+                continue;
+            }
+            let cfg = optim::SgdConfig { momentum: step.momentum, weight_decay, nesterov: false };
             out.push(optim::sgd_step(
                 ctx,
                 &p.value,

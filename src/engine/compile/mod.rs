@@ -62,6 +62,7 @@ pub struct CompileOptions {
 /// Optimizer settings baked into the step.
 #[derive(Debug, Clone, Copy)]
 pub struct StepOptions {
+    pub optimizer: super::config::Optimizer,
     pub momentum: f32,
     pub weight_decay: f32,
     pub clip_grad_norm: Option<f32>,

@@ -1,12 +1,14 @@
 //! Whole-graph gradient check: the compiled backward pass (fake-quant off) against central
 //! finite differences of the compiled forward loss, on a small graph that uses every op
 //! (conv+BN+ReLU, max pool, conv with bias and ReLU6, residual add, average pools, flatten,
-//! linear with ReLU, linear).
+//! linear with ReLU, linear), and on two small transformers (patches, CLS token and
+//! positions, LayerNorm, attention, GELU, residual adds, mean pool; token embeddings with a
+//! padding id, key padding mask, CLS pool).
 
 use wqat::engine::{CompileOptions, Compiled, ModelState, QConfig, StepOptions};
 use wqat::gpu::GpuContext;
 use wqat::kernels::{loss, optim};
-use wqat::model::{Act, Graph, Node, Op};
+use wqat::model::{Act, Graph, Node, Op, TokenPoolMode};
 use wqat::testing;
 
 /// Relative tolerance of an analytic gradient against f32 central differences.
@@ -52,18 +54,84 @@ fn loss_of(ctx: &GpuContext, c: &Compiled) -> f64 {
 
 #[test]
 fn whole_graph_gradients_match_finite_differences() {
+    let mut rng = testing::rng(11);
+    let images = testing::uniform(&mut rng, 4 * 2 * 8 * 8, -1.0, 1.0);
+    check_graph(&graph(), &images, 20);
+}
+
+/// A pre-LN encoder block (norm, qkv, attention, proj, add, norm, GELU MLP, add) after `prev`.
+fn block(nodes: &mut Vec<Node>, prev: &str, p: &str, d: usize, heads: usize) -> String {
+    nodes.push(Node::new(&format!("{p}.norm1"), Op::LayerNorm { eps: 1e-5 }).from(&[prev]));
+    nodes.push(Node::new(&format!("{p}.qkv"), Op::Linear { out_features: 3 * d, bias: true, act: Act::None }));
+    nodes.push(Node::new(&format!("{p}.attn"), Op::Attention { heads }));
+    nodes.push(Node::new(&format!("{p}.proj"), Op::Linear { out_features: d, bias: true, act: Act::None }));
+    nodes.push(Node::new(&format!("{p}.add1"), Op::Add { act: Act::None }).from(&[&format!("{p}.proj"), prev]));
+    nodes.push(Node::new(&format!("{p}.norm2"), Op::LayerNorm { eps: 1e-5 }));
+    nodes.push(Node::new(&format!("{p}.fc1"), Op::Linear { out_features: 2 * d, bias: true, act: Act::Gelu }));
+    nodes.push(Node::new(&format!("{p}.fc2"), Op::Linear { out_features: d, bias: true, act: Act::None }));
+    let out = format!("{p}.add2");
+    nodes.push(Node::new(&out, Op::Add { act: Act::None }).from(&[&format!("{p}.fc2"), &format!("{p}.add1")]));
+    out
+}
+
+#[test]
+fn vision_transformer_gradients_match_finite_differences() {
+    let d = 8;
+    let mut nodes = vec![
+        Node::new("patchify", Op::Patchify { patch: 2 }),
+        Node::new("patch_embed", Op::Linear { out_features: d, bias: true, act: Act::None }),
+        Node::new("embed", Op::ClsPos { cls: true }),
+    ];
+    let out = block(&mut nodes, "embed", "b0", d, 2);
+    nodes.push(Node::new("norm", Op::LayerNorm { eps: 1e-5 }).from(&[&out]));
+    nodes.push(Node::new("pool", Op::TokenPool { mode: TokenPoolMode::Mean }));
+    nodes.push(Node::new("head", Op::Linear { out_features: 5, bias: true, act: Act::None }));
+    let g = Graph { name: "vit-gradcheck".into(), input: [2, 4, 6], num_classes: 5, nodes };
+    g.resolve().expect("valid graph");
+    let mut rng = testing::rng(12);
+    let images = testing::uniform(&mut rng, 4 * 2 * 4 * 6, -1.0, 1.0);
+    check_graph(&g, &images, 30);
+}
+
+#[test]
+fn text_transformer_gradients_match_finite_differences() {
+    let (d, len, vocab, pad) = (8, 7, 12, 11);
+    let mut nodes = vec![
+        Node::new("tokens", Op::Embedding { vocab, dim: d, padding_idx: Some(pad) }),
+        Node::new("embed", Op::ClsPos { cls: false }),
+    ];
+    let out = block(&mut nodes, "embed", "b0", d, 2);
+    nodes.push(Node::new("norm", Op::LayerNorm { eps: 1e-5 }).from(&[&out]));
+    nodes.push(Node::new("pool", Op::TokenPool { mode: TokenPoolMode::Cls }));
+    nodes.push(Node::new("head", Op::Linear { out_features: 5, bias: true, act: Act::None }));
+    let g = Graph { name: "text-gradcheck".into(), input: [1, 1, len], num_classes: 5, nodes };
+    g.resolve().expect("valid graph");
+    // Token 10 plays CLS; ids repeat (the embedding gradient sums them); padding at the end.
+    let ids: Vec<f32> = [
+        [10, 3, 4, 3, 11, 11, 11],
+        [10, 1, 2, 5, 6, 7, 8],
+        [10, 0, 11, 11, 11, 11, 11],
+        [10, 9, 9, 9, 4, 11, 11],
+    ]
+    .iter()
+    .flatten()
+    .map(|&v| v as f32)
+    .collect();
+    check_graph(&g, &ids, 30);
+}
+
+/// Compiles `g` (fake-quant off), runs one step at lr 0 and checks the largest components
+/// of every trainable gradient against central differences of the loss.
+fn check_graph(g: &Graph, images: &[f32], min_checked: usize) {
     let ctx = testing::ctx();
-    let g = graph();
-    let state = ModelState::new(&ctx, &g, QConfig::new(8, 8).unwrap(), 3).unwrap();
+    let state = ModelState::new(&ctx, g, QConfig::new(8, 8).unwrap(), 3).unwrap();
     let batch = 4;
     let opts = CompileOptions { batch, quant: false, train: true };
     // lr = 0, no momentum or decay: the step leaves the parameters unchanged.
-    let step = StepOptions { momentum: 0.0, weight_decay: 0.0, clip_grad_norm: None, skip_nonfinite: false };
+    let step = StepOptions { optimizer: Default::default(), momentum: 0.0, weight_decay: 0.0, clip_grad_norm: None, skip_nonfinite: false };
     let c = Compiled::new(&ctx, &state, &opts, Some(&step)).unwrap();
     optim::write_hyper(&ctx, &c.hyper, 0.0, 1).unwrap();
-    let mut rng = testing::rng(11);
-    let images = testing::uniform(&mut rng, batch * 2 * 8 * 8, -1.0, 1.0);
-    c.images.write(&ctx, &images).unwrap();
+    c.images.write(&ctx, images).unwrap();
     c.labels.write(&ctx, &[0u32, 3, 4, 1]).unwrap();
     let base = loss_of(&ctx, &c);
     assert!(base.is_finite() && base > 0.0);
@@ -104,5 +172,5 @@ fn whole_graph_gradients_match_finite_differences() {
             checked += 1;
         }
     }
-    assert!(checked >= 20, "checked {checked} components");
+    assert!(checked >= min_checked, "{}: checked {checked} components", g.name);
 }

@@ -163,11 +163,12 @@ fn bench_cmd(
         out["kernels"] = serde_json::to_value(&rows).unwrap_or_default();
     }
     if do_train {
-        // mnist-cnn at batch 64 and resnet20 at batch 128 (quick: resnet20 at 16, fewer steps).
-        let plan: [(&str, usize, usize, usize); 2] = if quick {
-            [("mnist-cnn", 64, 1, 2), ("resnet20", 16, 1, 1)]
+        // mnist-cnn at batch 64, resnet20 at batch 128 (quick: 16, fewer steps), the tiny
+        // transformers at batch 64 (images / sequences per second).
+        let plan: [(&str, usize, usize, usize); 4] = if quick {
+            [("mnist-cnn", 64, 1, 2), ("resnet20", 16, 1, 1), ("vit-tiny", 64, 1, 2), ("text-tiny", 64, 1, 2)]
         } else {
-            [("mnist-cnn", 64, 2, 5), ("resnet20", 128, 1, 2)]
+            [("mnist-cnn", 64, 2, 5), ("resnet20", 128, 1, 2), ("vit-tiny", 64, 2, 5), ("text-tiny", 64, 2, 5)]
         };
         let mut train = serde_json::Map::new();
         if !json {

@@ -6,8 +6,12 @@ use wqat::model::{zoo, Graph};
 use wqat::WqatError;
 
 /// (file stem, zoo name, input shape, classes) of every checked-in spec.
-const SPECS: &[(&str, &str, [usize; 3], usize)] =
-    &[("mnist-cnn", "mnist-cnn", [1, 28, 28], 10), ("resnet20", "resnet20", [3, 32, 32], 10)];
+const SPECS: &[(&str, &str, [usize; 3], usize)] = &[
+    ("mnist-cnn", "mnist-cnn", [1, 28, 28], 10),
+    ("resnet20", "resnet20", [3, 32, 32], 10),
+    ("vit-tiny", "vit-tiny", [1, 28, 28], 10),
+    ("text-tiny", "text-tiny", [1, 1, 24], 6),
+];
 
 fn spec_path(stem: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/models").join(format!("{stem}.json"))
@@ -163,4 +167,33 @@ fn per_node_qconfig_in_specs() {
     );
     expect_error(&spec(r#"{"name": "input", "op": "max_pool", "kernel": 2},"#), &["input"]);
     expect_error(&spec(r#"{"name": "conv*", "op": "conv", "out_channels": 4, "kernel": 3},"#), &["conv*"]);
+}
+
+#[test]
+fn bad_transformer_specs() {
+    let seq = |layers: &str| {
+        format!(
+            r#"{{"name": "s", "input": [1, 4, 4], "num_classes": 3, "nodes": [
+                {{"name": "p", "op": "patchify", "patch": 2}},
+                {{"name": "e", "op": "linear", "out_features": 6}}{layers},
+                {{"name": "pool", "op": "token_pool", "mode": "cls"}},
+                {{"name": "fc", "op": "linear", "out_features": 3}}]}}"#
+        )
+    };
+    Graph::from_json(Path::new("s.json"), &seq("")).unwrap();
+    expect_error(&seq(r#", {"name": "a", "op": "attention", "heads": 4}"#), &["layer a", "multiple of heads"]);
+    expect_error(&seq(r#", {"name": "n", "op": "layer_norm", "eps": 0.0}"#), &["layer n", "eps"]);
+    expect_error(&seq(r#", {"name": "c", "op": "conv", "out_channels": 2, "kernel": 1}"#), &["layer c", "sequence"]);
+    let patch3 = seq("").replace(r#""patch": 2"#, r#""patch": 3"#);
+    expect_error(&patch3, &["layer p", "patch 3"]);
+    // A sequence cannot be the logits, and an embedding must read the token ids.
+    let text = r#"{"name": "t", "input": [1, 1, 5], "num_classes": 4, "nodes": [
+        {"name": "emb", "op": "embedding", "vocab": 10, "dim": 4, "padding_idx": 12},
+        {"name": "pool", "op": "token_pool", "mode": "mean"}]}"#;
+    expect_error(text, &["layer emb", "padding_idx"]);
+    let ends_seq = text.replace(r#""padding_idx": 12"#, r#""padding_idx": 9"#).replace(
+        r#"{"name": "pool", "op": "token_pool", "mode": "mean"}"#,
+        r#"{"name": "fc", "op": "linear", "out_features": 4}"#,
+    );
+    expect_error(&ends_seq, &["ends with shape"]);
 }

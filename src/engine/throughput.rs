@@ -33,6 +33,8 @@ pub fn bench_input(model: &str) -> ([usize; 3], usize) {
     match model {
         "resnet20" | "resnet18" => ([3, 32, 32], 10),
         "mlp" => ([1, 8, 8], 10),
+        // Byte sequences of the words task: 24 tokens, six languages.
+        "text-tiny" => ([1, 1, 24], 6),
         _ => ([1, 28, 28], 10),
     }
 }
@@ -56,7 +58,25 @@ impl BenchStep {
         let compiled = Compiled::new(ctx, &state, &opts, Some(&step))?;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
         let n = batch * input.iter().product::<usize>();
-        let images: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let images: Vec<f32> = if model == "text-tiny" {
+            // Token ids: CLS, bytes, then padding from a random length on.
+            let len = input[2];
+            (0..batch)
+                .flat_map(|_| {
+                    let used = rng.random_range(3..len);
+                    let row: Vec<f32> = (0..len)
+                        .map(|k| match k {
+                            0 => 256.0,
+                            k if k < used => rng.random_range(97..123) as f32,
+                            _ => 257.0,
+                        })
+                        .collect();
+                    row
+                })
+                .collect()
+        } else {
+            (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
+        };
         let labels: Vec<u32> = (0..batch).map(|_| rng.random_range(0..classes as u32)).collect();
         compiled.labels.write(ctx, &labels)?;
         optim::write_hyper(ctx, &compiled.hyper, 1e-3, 1)?;

@@ -4,8 +4,8 @@
 use clap::Args;
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use wqat::engine::train::{install_interrupt_handler, Phase, ProgressSink, RunReport, Schedule, TrainConfig, Trainer};
 use wqat::engine::config::Optimizer;
+use wqat::engine::train::{install_interrupt_handler, Phase, ProgressSink, RunReport, Schedule, TrainConfig, Trainer};
 use wqat::engine::{LayerQConfig, ObserverKind};
 use wqat::gpu::{GpuContext, GpuOptions};
 

@@ -107,16 +107,12 @@ fn text_transformer_gradients_match_finite_differences() {
     let g = Graph { name: "text-gradcheck".into(), input: [1, 1, len], num_classes: 5, nodes };
     g.resolve().expect("valid graph");
     // Token 10 plays CLS; ids repeat (the embedding gradient sums them); padding at the end.
-    let ids: Vec<f32> = [
-        [10, 3, 4, 3, 11, 11, 11],
-        [10, 1, 2, 5, 6, 7, 8],
-        [10, 0, 11, 11, 11, 11, 11],
-        [10, 9, 9, 9, 4, 11, 11],
-    ]
-    .iter()
-    .flatten()
-    .map(|&v| v as f32)
-    .collect();
+    let ids: Vec<f32> =
+        [[10, 3, 4, 3, 11, 11, 11], [10, 1, 2, 5, 6, 7, 8], [10, 0, 11, 11, 11, 11, 11], [10, 9, 9, 9, 4, 11, 11]]
+            .iter()
+            .flatten()
+            .map(|&v| v as f32)
+            .collect();
     check_graph(&g, &ids, 30);
 }
 
@@ -128,7 +124,13 @@ fn check_graph(g: &Graph, images: &[f32], min_checked: usize) {
     let batch = 4;
     let opts = CompileOptions { batch, quant: false, train: true };
     // lr = 0, no momentum or decay: the step leaves the parameters unchanged.
-    let step = StepOptions { optimizer: Default::default(), momentum: 0.0, weight_decay: 0.0, clip_grad_norm: None, skip_nonfinite: false };
+    let step = StepOptions {
+        optimizer: Default::default(),
+        momentum: 0.0,
+        weight_decay: 0.0,
+        clip_grad_norm: None,
+        skip_nonfinite: false,
+    };
     let c = Compiled::new(&ctx, &state, &opts, Some(&step)).unwrap();
     optim::write_hyper(&ctx, &c.hyper, 0.0, 1).unwrap();
     c.images.write(&ctx, images).unwrap();

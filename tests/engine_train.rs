@@ -72,7 +72,13 @@ fn fixed_seed_loss_goes_down_and_matches_golden_table() {
 }
 
 fn step_opts() -> StepOptions {
-    StepOptions { optimizer: Default::default(), momentum: 0.9, weight_decay: 0.0, clip_grad_norm: None, skip_nonfinite: true }
+    StepOptions {
+        optimizer: Default::default(),
+        momentum: 0.9,
+        weight_decay: 0.0,
+        clip_grad_norm: None,
+        skip_nonfinite: true,
+    }
 }
 
 #[test]

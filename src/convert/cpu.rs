@@ -6,10 +6,10 @@ mod fast;
 
 pub use fast::CpuPacks;
 
-use super::{Domain, Int8Model, LayerKind};
+use super::{Domain, Int8Model, LayerKind, SeqLayer};
 use crate::error::{Result, WqatError};
 use crate::int8::{self, AvgRequant, Conv2dConfig, CpuBackend, LinearConfig, PoolConfig};
-use crate::model::graph::{Op, INPUT};
+use crate::model::graph::{Act, Op, TokenPoolMode, INPUT};
 use crate::reference::graph::{apply_act, conv2d_f32, global_avg_f32, linear_f32, pool_f32};
 
 /// A node's output: u8 codes or f32 values, `[batch, C, H, W]` flat.
@@ -203,6 +203,7 @@ impl Int8Model {
             return self.run_fast(images, batch, k, keep, 1);
         }
         let input = NodeValue::from_f32(images.to_vec(), self.input);
+        let key_mask = self.key_mask(images);
         let n = self.layers.len();
         // Last consumer of every node, to free outputs early when not keeping them.
         let mut last_use = vec![0usize; n];
@@ -227,7 +228,7 @@ impl Int8Model {
                 Some(&j) => Some(get(j)?),
                 None => None,
             };
-            let y = self.run_node(i, x, b, batch, backend)?;
+            let y = self.run_node(i, x, b, batch, backend, key_mask.as_deref())?;
             vals[i] = Some(y);
             if !keep {
                 for &j in &r.inputs {
@@ -240,7 +241,19 @@ impl Int8Model {
         Ok(vals.into_iter().map(|v| v.unwrap_or(NodeValue::Codes(Vec::new()))).collect())
     }
 
-    /// Runs node `i` on its input value(s) (`b`: the second input of an add).
+    /// The key padding mask `[batch, T]` (1 = padding) of token-id inputs when the model
+    /// embeds them with a padding id; `None` for images.
+    pub fn key_mask(&self, inputs: &[f32]) -> Option<Vec<f32>> {
+        match self.nodes.first().map(|r| &r.node.op) {
+            Some(Op::Embedding { padding_idx: Some(pad), .. }) => {
+                Some(inputs.iter().map(|&v| if v == *pad as f32 { 1.0 } else { 0.0 }).collect())
+            }
+            _ => None,
+        }
+    }
+
+    /// Runs node `i` on its input value(s) (`b`: the second input of an add); `key_mask`
+    /// is [`Int8Model::key_mask`] of the batch's inputs (read by attention and mean pools).
     pub fn run_node(
         &self,
         i: usize,
@@ -248,6 +261,7 @@ impl Int8Model {
         b: Option<&NodeValue>,
         batch: usize,
         backend: CpuBackend,
+        key_mask: Option<&[f32]>,
     ) -> Result<NodeValue> {
         let (r, layer) = self
             .nodes
@@ -296,12 +310,36 @@ impl Int8Model {
                 int8::conv2d(backend, &cfg, x.codes()?, &l.weight, &l.bias, &l.requant, &mut out)?;
                 NodeValue::Codes(out)
             }
-            (LayerKind::Int(l), Op::Linear { .. }) => {
+            (LayerKind::Int(l), Op::Linear { out_features, .. }) => {
                 let zq = in_dom.quant().map(|q| q.zero).unwrap_or(0);
-                let cfg = LinearConfig { m: batch, k: c * h * w, n: co, x_zero: zq };
-                let mut out = vec![0u8; batch * co];
+                let m = batch * r.rows_per_sample();
+                let cfg = LinearConfig { m, k: r.in_features(), n: *out_features, x_zero: zq };
+                let mut out = vec![0u8; m * out_features];
                 int8::linear(backend, &cfg, x.codes()?, &l.weight, &l.bias, &l.requant, &mut out)?;
                 NodeValue::Codes(out)
+            }
+            (LayerKind::IntFloat(l), Op::Linear { out_features, act, .. }) => {
+                let qi = in_dom.quant().ok_or_else(|| WqatError::invalid("int8 model: integer layer fed with f32"))?;
+                let (m, n) = (batch * r.rows_per_sample(), *out_features);
+                let cfg = LinearConfig { m, k: r.in_features(), n, x_zero: qi.zero };
+                let mut acc = vec![0i32; m * n];
+                int8::linear_acc(backend, &cfg, x.codes()?, &l.weight, &l.bias, &mut acc)?;
+                let mut y = dequantize_acc(&acc, qi.scale, &l.weight_scale);
+                apply_act(&mut y, *act);
+                NodeValue::from_f32(y, layer.out)
+            }
+            (LayerKind::Patchify, Op::Patchify { patch }) => match x {
+                NodeValue::Codes(xc) => {
+                    NodeValue::Codes(crate::reference::graph::patchify(xc, batch, r.in_shapes[0], *patch))
+                }
+                NodeValue::Float(xf) => {
+                    NodeValue::Float(crate::reference::graph::patchify(xf, batch, r.in_shapes[0], *patch))
+                }
+            },
+            (LayerKind::Seq(sl), op) => {
+                let xf = x.to_f32(in_dom);
+                let y = run_seq(sl, op, r, &xf, batch, key_mask)?;
+                NodeValue::from_f32(y, layer.out)
             }
             (LayerKind::Float(l), op) => {
                 let xf = x.to_f32(in_dom);
@@ -316,7 +354,7 @@ impl Int8Model {
                         [*kernel, *stride, *padding, *dilation],
                         *groups,
                     ),
-                    _ => linear_f32(&xf, batch, c * h * w, &l.weight, &l.bias),
+                    _ => linear_f32(&xf, batch * r.rows_per_sample(), r.in_features(), &l.weight, &l.bias),
                 };
                 if let Op::Conv { act, .. } | Op::Linear { act, .. } = op {
                     apply_act(&mut y, *act);
@@ -392,4 +430,56 @@ impl Int8Model {
         };
         Ok(y)
     }
+}
+
+/// `acc * s_in * s_w[c]` in f32 (computed in f64, rounded once) per `[rows, channels]`.
+pub fn dequantize_acc(acc: &[i32], s_in: f32, s_w: &[f32]) -> Vec<f32> {
+    let n = s_w.len().max(1);
+    acc.iter().enumerate().map(|(j, &a)| (a as f64 * s_in as f64 * s_w[j % n] as f64) as f32).collect()
+}
+
+/// A transformer op in f32 on `batch` samples (the CPU reference functions: the same
+/// arithmetic as `reference::graph`).
+fn run_seq(
+    sl: &SeqLayer,
+    op: &Op,
+    r: &crate::model::ResolvedNode,
+    x: &[f32],
+    batch: usize,
+    key_mask: Option<&[f32]>,
+) -> Result<Vec<f32>> {
+    let [t, d, _] = r.in_shapes[0];
+    let bad = || WqatError::invalid(format!("int8 model: node {} does not match its converted layer", r.node.name));
+    Ok(match (sl, op) {
+        (SeqLayer::Embedding { table }, Op::Embedding { vocab, dim, .. }) => {
+            let mut out = Vec::with_capacity(x.len() * dim);
+            for (i, &v) in x.iter().enumerate() {
+                if !(v >= 0.0 && v.fract() == 0.0 && (v as usize) < *vocab) {
+                    return Err(WqatError::shape(format!("token {i} is {v}, not an id below {vocab}")));
+                }
+                out.extend_from_slice(&table[v as usize * dim..][..*dim]);
+            }
+            out
+        }
+        (SeqLayer::ClsPos { cls, pos }, Op::ClsPos { .. }) => {
+            crate::reference::graph::cls_pos_f32(x, batch, t, d, cls.as_deref(), pos)
+        }
+        (SeqLayer::LayerNorm { gamma, beta }, Op::LayerNorm { eps }) => {
+            crate::reference::layernorm::forward(x, gamma, beta, *eps).0
+        }
+        (SeqLayer::Attention, Op::Attention { heads }) => {
+            let cfg =
+                crate::kernels::attention::AttentionConfig { batch, tokens: t, heads: *heads, head_dim: d / 3 / heads };
+            let none = crate::reference::attention::RefAttentionQuant::default();
+            crate::reference::attention::forward(&cfg, x, key_mask, &none).1
+        }
+        (SeqLayer::TokenPool, Op::TokenPool { mode }) => {
+            let pad: Option<Vec<bool>> = match mode {
+                TokenPoolMode::Mean => key_mask.map(|m| m.iter().map(|&v| v != 0.0).collect()),
+                TokenPoolMode::Cls => None,
+            };
+            crate::reference::graph::token_pool_f32(x, batch, t, d, *mode, pad.as_deref())
+        }
+        _ => return Err(bad()),
+    })
 }

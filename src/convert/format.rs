@@ -11,17 +11,26 @@
 //!   `[cout]`, `{n}.bias_q` i32 `[cout]`, `{n}.requant` i32 `[cout, 2]` = `(M0, shift)`;
 //! * f32 conv / linear: `{n}.weight` f32, `{n}.bias` f32 `[cout]` (effective weights);
 //! * integer add: `{n}.add` i32 `[11]` = `a_zero, b_zero, out_zero, a_M0, a_shift, b_M0,
-//!   b_shift, out_M0, out_shift, act_min, act_max`.
+//!   b_shift, out_M0, out_shift, act_min, act_max`;
+//! * integer linear with an f32 epilogue (transformers): `weight_q`, `weight_scale`,
+//!   `bias_q` as above and no `requant`;
+//! * transformer ops in f32: embedding `{n}.weight` `[vocab, dim]`; CLS token and positions
+//!   `{n}.cls_token` `[D]`, `{n}.pos_embed` `[T', D]`; LayerNorm `{n}.weight`, `{n}.bias`
+//!   `[D]`; their `{n}.act_quant` when a quantized linear reads them.
 //!
 //! Loading checks every field (shapes, ranges, consistency with the graph) and returns
 //! [`WqatError::Format`] for anything else; unknown tensors are rejected.
 
-use super::{activation, avg_requant, ActQuant, Domain, FloatLayer, Int8Model, IntLayer, Layer, LayerKind};
+use super::{
+    activation, avg_requant, ActQuant, Domain, FloatLayer, Int8Model, IntFloatLayer, IntLayer, Layer, LayerKind,
+    SeqLayer,
+};
 use crate::data::Normalization;
 use crate::error::{Result, WqatError};
 use crate::int8::requant::activation_range;
 use crate::int8::{AddConfig, Requant};
 use crate::model::graph::{Graph, Op, INPUT};
+use crate::model::params::{bias_name, cls_token_name, pos_embed_name, weight_name};
 use crate::qconfig::QConfig;
 use crate::tensorfile::{write_atomic, HostData, HostTensor, TensorFile};
 use std::collections::BTreeSet;
@@ -41,7 +50,7 @@ fn weight_shape(model_nodes: &[crate::model::ResolvedNode], i: usize) -> Vec<usi
     let [c, h, w] = r.in_shapes[0];
     match &r.node.op {
         Op::Conv { out_channels, kernel, groups, .. } => vec![*out_channels, c / groups, *kernel, *kernel],
-        _ => vec![r.out_shape[0], c * h * w],
+        _ => vec![r.out_channels(), r.in_features()],
     }
 }
 
@@ -61,11 +70,15 @@ impl Int8Model {
         }
         for (i, (r, l)) in self.nodes.iter().zip(&self.layers).enumerate() {
             let n = &r.node.name;
-            let has_own_quant = matches!(r.node.op, Op::Conv { .. } | Op::Linear { .. } | Op::Add { .. });
+            // Pools, flatten and patches carry their input's representation.
+            let has_own_quant = !matches!(
+                r.node.op,
+                Op::MaxPool { .. } | Op::AvgPool { .. } | Op::GlobalAvgPool | Op::Flatten | Op::Patchify { .. }
+            );
             if let (true, Domain::Codes(q)) = (has_own_quant, l.out) {
                 tf.insert(format!("{n}.act_quant"), act_tensor(&q));
             }
-            let cout = r.out_shape[0];
+            let cout = r.out_channels();
             match &l.kind {
                 LayerKind::Int(il) => {
                     let shape = weight_shape(&self.nodes, i);
@@ -78,6 +91,30 @@ impl Int8Model {
                     let rq: Vec<i32> =
                         il.requant.multiplier.iter().zip(&il.requant.shift).flat_map(|(&m, &s)| [m, s]).collect();
                     tf.insert(format!("{n}.requant"), HostTensor { shape: vec![cout, 2], data: HostData::I32(rq) });
+                }
+                LayerKind::IntFloat(il) => {
+                    let shape = weight_shape(&self.nodes, i);
+                    tf.insert(format!("{n}.weight_q"), HostTensor { shape, data: HostData::I8(il.weight.clone()) });
+                    tf.insert(format!("{n}.weight_scale"), HostTensor::f32(&[cout], il.weight_scale.clone()));
+                    tf.insert(
+                        format!("{n}.bias_q"),
+                        HostTensor { shape: vec![cout], data: HostData::I32(il.bias.clone()) },
+                    );
+                }
+                LayerKind::Seq(SeqLayer::Embedding { table }) => {
+                    let [_, d, _] = r.out_shape;
+                    tf.insert(weight_name(n), HostTensor::f32(&[table.len() / d.max(1), d], table.clone()));
+                }
+                LayerKind::Seq(SeqLayer::ClsPos { cls, pos }) => {
+                    let [t, d, _] = r.out_shape;
+                    if let Some(c) = cls {
+                        tf.insert(cls_token_name(n), HostTensor::f32(&[d], c.clone()));
+                    }
+                    tf.insert(pos_embed_name(n), HostTensor::f32(&[t, d], pos.clone()));
+                }
+                LayerKind::Seq(SeqLayer::LayerNorm { gamma, beta }) => {
+                    tf.insert(weight_name(n), HostTensor::f32(&[gamma.len()], gamma.clone()));
+                    tf.insert(bias_name(n), HostTensor::f32(&[beta.len()], beta.clone()));
                 }
                 LayerKind::Float(fl) => {
                     tf.insert(format!("{n}.weight"), HostTensor::f32(&weight_shape(&self.nodes, i), fl.weight.clone()));
@@ -180,6 +217,16 @@ impl Int8Model {
                 }
             }
         };
+        // A finite f32 tensor of the given shape, or a format error naming it.
+        macro_rules! f32_tensor {
+            ($name:expr, $shape:expr) => {{
+                let name: String = $name;
+                match get(name.clone(), $shape)? {
+                    Some(HostData::F32(v)) if v.iter().all(|x| x.is_finite()) => v.clone(),
+                    _ => return Err(bad(format!("{name} missing, not f32 or not finite"))),
+                }
+            }};
+        }
         // `layer`: whose activation settings (bit width) the quantizer follows.
         let act = |name: &str, layer: &str, d: Option<&HostData>| -> Result<Domain> {
             let bits = qconfig.activation_spec(layer).bits;
@@ -200,18 +247,43 @@ impl Int8Model {
             }
         };
         let input = act("input.act_quant", "input", get("input.act_quant".into(), &[4])?)?;
-        super::transformer_unsupported(&nodes).map_err(|e| bad(e.to_string()))?;
         let mut layers: Vec<Layer> = Vec::with_capacity(nodes.len());
         for (i, r) in nodes.iter().enumerate() {
             let n = r.node.name.clone();
             let dom = |j: usize| if j == INPUT { input } else { layers[j].out };
             let in_dom = dom(r.inputs[0]);
-            let cout = r.out_shape[0];
+            let cout = r.out_channels();
             let layer = match &r.node.op {
                 Op::Conv { act: a, .. } | Op::Linear { act: a, .. } => {
                     let out = act(&format!("{n}.act_quant"), &n, get(format!("{n}.act_quant"), &[4])?)?;
                     let wshape = weight_shape(&nodes, i);
-                    if let Some(d) = get(format!("{n}.weight_q"), &wshape)? {
+                    let float_epilogue =
+                        matches!(r.node.op, Op::Linear { .. }) && !tf.tensors.contains_key(&format!("{n}.requant"));
+                    if let (true, Some(d)) = (float_epilogue, get(format!("{n}.weight_q"), &wshape)?) {
+                        let HostData::I8(weight) = d else { return Err(bad(format!("{n}.weight_q must be i8"))) };
+                        let ws = qconfig.weight_spec(&n);
+                        if weight.iter().any(|&v| !(ws.qmin()..=ws.qmax()).contains(&(v as i32))) {
+                            return Err(bad(format!("{n}.weight_q has codes outside [{}, {}]", ws.qmin(), ws.qmax())));
+                        }
+                        let Domain::Codes(_) = in_dom else {
+                            return Err(bad(format!("{n}: an integer layer needs a quantized input")));
+                        };
+                        let weight = weight.clone();
+                        let Some(HostData::F32(sw)) = get(format!("{n}.weight_scale"), &[cout])? else {
+                            return Err(bad(format!("{n}.weight_scale missing or not f32")));
+                        };
+                        if sw.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+                            return Err(bad(format!("{n}.weight_scale must be finite and > 0")));
+                        }
+                        let sw = sw.clone();
+                        let Some(HostData::I32(bias)) = get(format!("{n}.bias_q"), &[cout])? else {
+                            return Err(bad(format!("{n}.bias_q missing or not i32")));
+                        };
+                        Layer {
+                            kind: LayerKind::IntFloat(IntFloatLayer { weight, weight_scale: sw, bias: bias.clone() }),
+                            out,
+                        }
+                    } else if let Some(d) = get(format!("{n}.weight_q"), &wshape)? {
                         let HostData::I8(weight) = d else { return Err(bad(format!("{n}.weight_q must be i8"))) };
                         let ws = qconfig.weight_spec(&n);
                         let (wmin, wmax) = (ws.qmin(), ws.qmax());
@@ -262,12 +334,40 @@ impl Int8Model {
                 }
                 Op::MaxPool { .. } => Layer { kind: LayerKind::MaxPool, out: in_dom },
                 Op::Flatten => Layer { kind: LayerKind::Flatten, out: in_dom },
-                Op::Embedding { .. }
-                | Op::Patchify { .. }
-                | Op::ClsPos { .. }
-                | Op::LayerNorm { .. }
-                | Op::Attention { .. }
-                | Op::TokenPool { .. } => unreachable!("rejected by transformer_unsupported"),
+                Op::Patchify { .. } => Layer { kind: LayerKind::Patchify, out: in_dom },
+                Op::Embedding { vocab, dim, .. } => {
+                    let table = f32_tensor!(weight_name(&n), &[*vocab, *dim]);
+                    Layer {
+                        kind: LayerKind::Seq(SeqLayer::Embedding { table }),
+                        out: act(&format!("{n}.act_quant"), &n, get(format!("{n}.act_quant"), &[4])?)?,
+                    }
+                }
+                Op::ClsPos { cls } => {
+                    let [t, d, _] = r.out_shape;
+                    let cls = if *cls { Some(f32_tensor!(cls_token_name(&n), &[d])) } else { None };
+                    let pos = f32_tensor!(pos_embed_name(&n), &[t, d]);
+                    Layer {
+                        kind: LayerKind::Seq(SeqLayer::ClsPos { cls, pos }),
+                        out: act(&format!("{n}.act_quant"), &n, get(format!("{n}.act_quant"), &[4])?)?,
+                    }
+                }
+                Op::LayerNorm { .. } => {
+                    let d = r.out_shape[1];
+                    let gamma = f32_tensor!(weight_name(&n), &[d]);
+                    let beta = f32_tensor!(bias_name(&n), &[d]);
+                    Layer {
+                        kind: LayerKind::Seq(SeqLayer::LayerNorm { gamma, beta }),
+                        out: act(&format!("{n}.act_quant"), &n, get(format!("{n}.act_quant"), &[4])?)?,
+                    }
+                }
+                Op::Attention { .. } => Layer {
+                    kind: LayerKind::Seq(SeqLayer::Attention),
+                    out: act(&format!("{n}.act_quant"), &n, get(format!("{n}.act_quant"), &[4])?)?,
+                },
+                Op::TokenPool { .. } => Layer {
+                    kind: LayerKind::Seq(SeqLayer::TokenPool),
+                    out: act(&format!("{n}.act_quant"), &n, get(format!("{n}.act_quant"), &[4])?)?,
+                },
                 Op::AvgPool { .. } | Op::GlobalAvgPool => {
                     Layer { kind: LayerKind::AvgPool(in_dom.quant().map(|q| avg_requant(&q))), out: in_dom }
                 }

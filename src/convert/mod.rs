@@ -149,9 +149,46 @@ pub struct FloatLayer {
     pub bias: Vec<f32>,
 }
 
+/// An integer linear layer whose output leaves the integer domain (a transformer's QKV,
+/// attention and MLP projections, patch embedding, the GELU MLP input): int32 accumulators
+/// as in [`IntLayer`], dequantized `acc * s_in * s_w[c]` in f32, the activation (GELU) in
+/// f32, then the output quantizer when the node has one ([`Layer::out`]). The simulation
+/// computes the same sum in f32 (`FQ(x) FQ(w) + b_q`), so the two agree to f32 rounding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IntFloatLayer {
+    /// Int8 weights `[out, in]`.
+    pub weight: Vec<i8>,
+    /// Per-output-channel weight scales.
+    pub weight_scale: Vec<f32>,
+    /// Int32 bias in units of `s_in * s_w[c]`.
+    pub bias: Vec<i32>,
+}
+
+/// A transformer op kept in f32 (the BERT recipe), with its tensors; shapes and settings
+/// (eps, heads, pool mode) are the graph node's.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SeqLayer {
+    /// Rows of a `[vocab, dim]` table by token id.
+    Embedding { table: Vec<f32> },
+    /// Optional CLS token `[D]` prepended, positions `[T', D]` added.
+    ClsPos { cls: Option<Vec<f32>>, pos: Vec<f32> },
+    /// Per-token LayerNorm with scale and shift `[D]`.
+    LayerNorm { gamma: Vec<f32>, beta: Vec<f32> },
+    /// Multi-head self-attention core (padding keys masked).
+    Attention,
+    /// CLS token or mean over the tokens that are not padding.
+    TokenPool,
+}
+
 /// What a node runs as.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LayerKind {
+    /// Integer linear with an f32 epilogue (see [`IntFloatLayer`]).
+    IntFloat(IntFloatLayer),
+    /// Non-overlapping patches (a permutation, on codes or floats).
+    Patchify,
+    /// A transformer op in f32 (see [`SeqLayer`]).
+    Seq(SeqLayer),
     /// Integer conv or linear (the op is the graph node's).
     Int(IntLayer),
     /// F32 conv or linear.
@@ -239,29 +276,29 @@ pub(crate) fn activation(act: Act) -> Activation {
     }
 }
 
-/// The converter handles conv nets; the transformer ops (sequences, GELU) are rejected with
-/// a clear error instead of a silently wrong integer model.
-pub(crate) fn transformer_unsupported(nodes: &[crate::model::ResolvedNode]) -> Result<()> {
-    for r in nodes {
-        let seq = r.out_seq || r.in_seq.iter().any(|&s| s);
-        let gelu = matches!(r.node.op, Op::Linear { act: Act::Gelu, .. });
-        let seq_op = matches!(
-            r.node.op,
-            Op::Embedding { .. }
-                | Op::Patchify { .. }
-                | Op::ClsPos { .. }
-                | Op::LayerNorm { .. }
-                | Op::Attention { .. }
-                | Op::TokenPool { .. }
-        );
-        if seq || gelu || seq_op {
-            return Err(WqatError::invalid(format!(
-                "layer {}: integer conversion of transformer layers (sequences, attention, LayerNorm, GELU, embeddings) is not supported yet",
-                r.node.name
-            )));
-        }
+/// Int8 weight codes of `w_eff` (`[cout, inner]` flat) and the per-output-channel scales:
+/// `clamp(round_ties_even(w * inv_s_w[c]), qmin, qmax)`, the codes the simulation uses.
+fn int8_weights(w_eff: &[f32], cout: usize, wq: &QState) -> (Vec<i8>, Vec<f32>) {
+    let inner = w_eff.len() / cout.max(1);
+    let (wmin, wmax) = (wq.spec.qmin() as f32, wq.spec.qmax() as f32);
+    let sw: Vec<f32> = (0..cout).map(|c| wq.scale[c % wq.channels()]).collect();
+    let isw: Vec<f32> = (0..cout).map(|c| wq.inv_scale[c % wq.channels()]).collect();
+    let weight =
+        w_eff.iter().enumerate().map(|(j, &v)| quantize_code(v, isw[j / inner], 0.0, wmin, wmax) as i8).collect();
+    (weight, sw)
+}
+
+/// An f32 tensor of the checkpoint with the expected shape, finite.
+fn read_param(ckpt: &TensorFile, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+    let t = ckpt.tensors.get(name).ok_or_else(|| WqatError::invalid(format!("checkpoint has no tensor {name}")))?;
+    if t.shape != shape {
+        return Err(WqatError::invalid(format!("tensor {name} has shape {:?}, expected {shape:?}", t.shape)));
     }
-    Ok(())
+    let v = t.as_f32(name)?;
+    if v.len() != shape.iter().product::<usize>() || v.iter().any(|x| !x.is_finite()) {
+        return Err(WqatError::invalid(format!("tensor {name} must hold {shape:?} finite values")));
+    }
+    Ok(v.to_vec())
 }
 
 /// `AvgRequant` of an average pool keeping its input's quantization.
@@ -319,7 +356,6 @@ pub fn convert(graph: &Graph, ckpt: &TensorFile) -> Result<Int8Model> {
             _ => Ok(Domain::Float),
         }
     };
-    transformer_unsupported(&gq.nodes)?;
     let mut layers: Vec<Layer> = Vec::with_capacity(gq.nodes.len());
     for (i, r) in gq.nodes.iter().enumerate() {
         let dom = |j: usize| if j == INPUT { input } else { layers[j].out };
@@ -328,7 +364,17 @@ pub fn convert(graph: &Graph, ckpt: &TensorFile) -> Result<Int8Model> {
             Op::Conv { act, .. } | Op::Linear { act, .. } => {
                 let out = out_quant(i)?;
                 let wq = gq.weight[i].as_ref().filter(|q| q.enabled);
+                // Transformer linears whose output is not requantized (no output quantizer,
+                // or GELU between the GEMM and it) keep their int8 GEMM and leave it in f32.
+                let float_epilogue = matches!(r.node.op, Op::Linear { .. })
+                    && (*act == Act::Gelu || (r.in_seq[0] && out == Domain::Float));
                 match (in_dom, wq, out) {
+                    (Domain::Codes(qi), Some(wq), _) if float_epilogue => {
+                        let (w_eff, b_eff) = crate::reference::graph::folded_params(&gq, ckpt, i)?;
+                        let (weight, sw) = int8_weights(&w_eff, b_eff.len(), wq);
+                        let bias = quantize_bias(&b_eff, qi.scale, &sw)?;
+                        Layer { kind: LayerKind::IntFloat(IntFloatLayer { weight, weight_scale: sw, bias }), out }
+                    }
                     (Domain::Codes(qi), Some(wq), Domain::Codes(qo)) => {
                         let (w_eff, b_eff) = crate::reference::graph::folded_params(&gq, ckpt, i)?;
                         let cout = b_eff.len();
@@ -339,14 +385,7 @@ pub fn convert(graph: &Graph, ckpt: &TensorFile) -> Result<Int8Model> {
                                 r.node.name
                             )));
                         }
-                        let (wmin, wmax) = (wq.spec.qmin() as f32, wq.spec.qmax() as f32);
-                        let sw: Vec<f32> = (0..cout).map(|c| wq.scale[c % wq.channels()]).collect();
-                        let isw: Vec<f32> = (0..cout).map(|c| wq.inv_scale[c % wq.channels()]).collect();
-                        let weight = w_eff
-                            .iter()
-                            .enumerate()
-                            .map(|(j, &v)| quantize_code(v, isw[j / inner], 0.0, wmin, wmax) as i8)
-                            .collect();
+                        let (weight, sw) = int8_weights(&w_eff, cout, wq);
                         let bias = quantize_bias(&b_eff, qi.scale, &sw)?;
                         let requant =
                             Requant::from_scales(qi.scale, &sw, qo.scale, qo.zero, qo.bits, activation(*act))?;
@@ -360,12 +399,29 @@ pub fn convert(graph: &Graph, ckpt: &TensorFile) -> Result<Int8Model> {
             }
             Op::MaxPool { .. } => Layer { kind: LayerKind::MaxPool, out: in_dom },
             Op::Flatten => Layer { kind: LayerKind::Flatten, out: in_dom },
-            Op::Embedding { .. }
-            | Op::Patchify { .. }
-            | Op::ClsPos { .. }
-            | Op::LayerNorm { .. }
-            | Op::Attention { .. }
-            | Op::TokenPool { .. } => unreachable!("rejected by transformer_unsupported"),
+            Op::Patchify { .. } => Layer { kind: LayerKind::Patchify, out: in_dom },
+            Op::Embedding { vocab, dim, .. } => {
+                let table = read_param(ckpt, &crate::model::params::weight_name(&r.node.name), &[*vocab, *dim])?;
+                Layer { kind: LayerKind::Seq(SeqLayer::Embedding { table }), out: out_quant(i)? }
+            }
+            Op::ClsPos { cls } => {
+                let [t, d, _] = r.out_shape;
+                let pos = read_param(ckpt, &crate::model::params::pos_embed_name(&r.node.name), &[t, d])?;
+                let cls = if *cls {
+                    Some(read_param(ckpt, &crate::model::params::cls_token_name(&r.node.name), &[d])?)
+                } else {
+                    None
+                };
+                Layer { kind: LayerKind::Seq(SeqLayer::ClsPos { cls, pos }), out: out_quant(i)? }
+            }
+            Op::LayerNorm { .. } => {
+                let d = r.out_shape[1];
+                let gamma = read_param(ckpt, &crate::model::params::weight_name(&r.node.name), &[d])?;
+                let beta = read_param(ckpt, &crate::model::params::bias_name(&r.node.name), &[d])?;
+                Layer { kind: LayerKind::Seq(SeqLayer::LayerNorm { gamma, beta }), out: out_quant(i)? }
+            }
+            Op::Attention { .. } => Layer { kind: LayerKind::Seq(SeqLayer::Attention), out: out_quant(i)? },
+            Op::TokenPool { .. } => Layer { kind: LayerKind::Seq(SeqLayer::TokenPool), out: out_quant(i)? },
             Op::AvgPool { .. } | Op::GlobalAvgPool => match in_dom {
                 Domain::Codes(q) => Layer { kind: LayerKind::AvgPool(Some(avg_requant(&q))), out: in_dom },
                 Domain::Float => Layer { kind: LayerKind::AvgPool(None), out: Domain::Float },

@@ -54,7 +54,13 @@ impl BenchStep {
         let g = zoo::build(model, input, classes)?;
         let state = ModelState::new(ctx, &g, QConfig::new(8, 8)?, 1)?;
         let opts = CompileOptions { batch, quant, train: true };
-        let step = StepOptions { optimizer: Default::default(), momentum: 0.9, weight_decay: 5e-4, clip_grad_norm: None, skip_nonfinite: true };
+        let step = StepOptions {
+            optimizer: Default::default(),
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            clip_grad_norm: None,
+            skip_nonfinite: true,
+        };
         let compiled = Compiled::new(ctx, &state, &opts, Some(&step))?;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
         let n = batch * input.iter().product::<usize>();

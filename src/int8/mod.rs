@@ -78,6 +78,20 @@ pub fn linear(
     }
 }
 
+/// Int32 accumulators of an int8 linear layer (bias included, no requantization): x `[m, k]`
+/// u8, w `[n, k]` i8, bias `[n]` i32 -> acc `[m, n]`. Integer sums are exact, so every
+/// backend gives the same bits; all of them run the (auto-vectorized) scalar loop today.
+pub fn linear_acc(
+    _backend: CpuBackend,
+    cfg: &LinearConfig,
+    x: &[u8],
+    w: &[i8],
+    bias: &[i32],
+    acc: &mut [i32],
+) -> Result<()> {
+    scalar::linear_acc(cfg, x, w, bias, acc)
+}
+
 /// Int8 NCHW conv2d (stride, zero-point padding, dilation, groups / depthwise).
 pub fn conv2d(
     backend: CpuBackend,

@@ -24,6 +24,28 @@ pub fn linear(cfg: &LinearConfig, x: &[u8], w: &[i8], bias: &[i32], rq: &Requant
     Ok(())
 }
 
+/// `acc[i, c] = sum_k (x[i,k] - x_zero) * w[c,k] + bias[c]` (wrapping int32): the
+/// accumulators of a linear layer whose output leaves the integer domain (a transformer's
+/// QKV, projections and GELU MLP input, dequantized by the caller).
+pub fn linear_acc(cfg: &LinearConfig, x: &[u8], w: &[i8], bias: &[i32], acc: &mut [i32]) -> Result<()> {
+    cfg.validate(x.len(), w.len(), bias.len(), acc.len())?;
+    for i in 0..cfg.m {
+        let row = &x[i * cfg.k..(i + 1) * cfg.k];
+        for c in 0..cfg.n {
+            let wr = &w[c * cfg.k..(c + 1) * cfg.k];
+            // Sum of x*w minus z_x * sum of w: the same int32 value mod 2^32, in a form the
+            // compiler vectorizes.
+            let (mut xw, mut ws) = (0i32, 0i32);
+            for (&xv, &wv) in row.iter().zip(wr) {
+                xw = xw.wrapping_add(xv as i32 * wv as i32);
+                ws = ws.wrapping_add(wv as i32);
+            }
+            acc[i * cfg.n + c] = bias[c].wrapping_add(xw).wrapping_sub(cfg.x_zero.wrapping_mul(ws));
+        }
+    }
+    Ok(())
+}
+
 /// NCHW conv2d with stride, zero-point padding, dilation and groups.
 pub fn conv2d(cfg: &Conv2dConfig, x: &[u8], w: &[i8], bias: &[i32], rq: &Requant, out: &mut [u8]) -> Result<()> {
     cfg.validate(x.len(), w.len(), bias.len(), out.len())?;

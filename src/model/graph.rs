@@ -83,7 +83,9 @@ pub enum Op {
     /// Non-overlapping PxP patches of an image [C, H, W] -> the sequence
     /// [(H/P)(W/P), C*P*P] (features in a conv weight's (c, ky, kx) order); a Linear after
     /// it is the patch embedding. A permutation: it carries its input's quantizer.
-    Patchify { patch: usize },
+    Patchify {
+        patch: usize,
+    },
     /// Learned positions added to a sequence [T, D] (`{name}.pos_embed` [T', D]), after a
     /// learned CLS token is prepended when `cls` (`{name}.cls_token` [D]; T' = T + 1).
     ClsPos {
@@ -99,10 +101,14 @@ pub enum Op {
     /// of D features each, head h owning features h*D/heads..) -> [T, D]: softmax of the
     /// scaled q k^T per head (padding keys masked), times v. The output projection is the
     /// Linear after it.
-    Attention { heads: usize },
+    Attention {
+        heads: usize,
+    },
     /// A sequence [T, D] -> features [D, 1, 1]: the CLS token (the first) or the mean of
     /// the tokens that are not padding.
-    TokenPool { mode: TokenPoolMode },
+    TokenPool {
+        mode: TokenPoolMode,
+    },
 }
 
 /// Which token(s) a [`Op::TokenPool`] keeps.
@@ -213,6 +219,15 @@ impl ResolvedNode {
             h
         } else {
             c * h * w
+        }
+    }
+    /// Output channels of a conv / linear (features of a per-token linear), else the first
+    /// output dimension.
+    pub fn out_channels(&self) -> usize {
+        match self.node.op {
+            Op::Conv { out_channels, .. } => out_channels,
+            Op::Linear { out_features, .. } => out_features,
+            _ => self.out_shape[0],
         }
     }
     /// Rows per sample a Linear computes: the tokens of a sequence input, else 1.
@@ -397,7 +412,9 @@ impl Graph {
                         )));
                     }
                     if *vocab == 0 || *dim == 0 || checked_elements(&[*vocab, *dim]).is_none() {
-                        return Err(err(format!("embedding table [{vocab}, {dim}] must be positive and not too large")));
+                        return Err(err(format!(
+                            "embedding table [{vocab}, {dim}] must be positive and not too large"
+                        )));
                     }
                     if padding_idx.is_some_and(|p| p >= *vocab) {
                         return Err(err(format!("padding_idx {padding_idx:?} is not below vocab {vocab}")));

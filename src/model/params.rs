@@ -143,14 +143,29 @@ pub fn param_specs(graph: &Graph) -> Result<Vec<ParamSpec>> {
                 }
             }
             Op::Embedding { vocab, dim, .. } => {
-                out.push(ParamSpec { name: weight_name(name), shape: vec![*vocab, *dim], kind: ParamKind::Embedding, node: i });
+                out.push(ParamSpec {
+                    name: weight_name(name),
+                    shape: vec![*vocab, *dim],
+                    kind: ParamKind::Embedding,
+                    node: i,
+                });
             }
             Op::ClsPos { cls } => {
                 let [t, d, _] = r.out_shape;
                 if *cls {
-                    out.push(ParamSpec { name: cls_token_name(name), shape: vec![d], kind: ParamKind::Embedding, node: i });
+                    out.push(ParamSpec {
+                        name: cls_token_name(name),
+                        shape: vec![d],
+                        kind: ParamKind::Embedding,
+                        node: i,
+                    });
                 }
-                out.push(ParamSpec { name: pos_embed_name(name), shape: vec![t, d], kind: ParamKind::Embedding, node: i });
+                out.push(ParamSpec {
+                    name: pos_embed_name(name),
+                    shape: vec![t, d],
+                    kind: ParamKind::Embedding,
+                    node: i,
+                });
             }
             Op::LayerNorm { .. } => {
                 let d = r.out_shape[1];
@@ -217,7 +232,10 @@ pub fn has_output_quant(nodes: &[ResolvedNode], i: usize) -> bool {
         if last {
             return !r.node.fp32;
         }
-        return nodes.iter().skip(i + 1).any(|c| has_weights(&c.node.op) && !c.node.fp32 && c.inputs.first() == Some(&i));
+        return nodes
+            .iter()
+            .skip(i + 1)
+            .any(|c| has_weights(&c.node.op) && !c.node.fp32 && c.inputs.first() == Some(&i));
     }
     match r.node.op {
         Op::Conv { .. } | Op::Linear { .. } | Op::Add { .. } => !(r.node.fp32 && last),
@@ -256,7 +274,7 @@ pub fn quantizer_specs(graph: &Graph, weight_per_channel: impl Fn(&str) -> bool)
     }
     for (i, r) in nodes.iter().enumerate() {
         if has_weights(&r.node.op) && !r.node.fp32 {
-            let channels = if weight_per_channel(&r.node.name) { r.out_shape[0] } else { 1 };
+            let channels = if weight_per_channel(&r.node.name) { r.out_channels() } else { 1 };
             out.push(QuantizerSpec { name: weight_quant_name(&r.node.name), role: QuantizerRole::Weight(i), channels });
         }
         if has_output_quant(&nodes, i) {

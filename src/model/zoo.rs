@@ -103,12 +103,21 @@ fn encoder(nodes: &mut Vec<Node>, classes: usize) {
             Op::Linear { out_features: 3 * TINY_DIM, bias: true, act: Act::None },
         ));
         nodes.push(Node::new(&format!("{p}.attn.core"), Op::Attention { heads: TINY_HEADS }));
-        nodes.push(Node::new(&format!("{p}.attn.proj"), Op::Linear { out_features: TINY_DIM, bias: true, act: Act::None }));
+        nodes.push(Node::new(
+            &format!("{p}.attn.proj"),
+            Op::Linear { out_features: TINY_DIM, bias: true, act: Act::None },
+        ));
         let add1 = format!("{p}.add1");
         nodes.push(Node::new(&add1, Op::Add { act: Act::None }).from(&[&format!("{p}.attn.proj"), &prev]));
         nodes.push(Node::new(&format!("{p}.norm2"), Op::LayerNorm { eps: 1e-5 }));
-        nodes.push(Node::new(&format!("{p}.mlp.fc1"), Op::Linear { out_features: TINY_MLP, bias: true, act: Act::Gelu }));
-        nodes.push(Node::new(&format!("{p}.mlp.fc2"), Op::Linear { out_features: TINY_DIM, bias: true, act: Act::None }));
+        nodes.push(Node::new(
+            &format!("{p}.mlp.fc1"),
+            Op::Linear { out_features: TINY_MLP, bias: true, act: Act::Gelu },
+        ));
+        nodes.push(Node::new(
+            &format!("{p}.mlp.fc2"),
+            Op::Linear { out_features: TINY_DIM, bias: true, act: Act::None },
+        ));
         let add2 = format!("{p}.add2");
         nodes.push(Node::new(&add2, Op::Add { act: Act::None }).from(&[&format!("{p}.mlp.fc2"), &add1]));
         prev = add2;

@@ -21,7 +21,7 @@
 //! A quantizer whose `fq_on` flag is 0 passes values through.
 
 use crate::error::{Result, WqatError};
-use crate::model::graph::{Act, Graph, Op, ResolvedNode, INPUT};
+use crate::model::graph::{Act, Graph, Op, ResolvedNode, TokenPoolMode, INPUT};
 use crate::model::params::{self, QuantizerRole, BN_EPS};
 use crate::qconfig::QConfig;
 use crate::quant::{QStateLayout, QuantSpec};
@@ -186,7 +186,7 @@ pub fn folded_params(gq: &GraphQuant, ckpt: &TensorFile, i: usize) -> Result<(Ve
         Op::Conv { out_channels, kernel, groups, bias, bn, .. } => {
             (vec![*out_channels, c_in / groups, *kernel, *kernel], *bias, *bn)
         }
-        Op::Linear { out_features, bias, .. } => (vec![*out_features, c_in * h * w], *bias, false),
+        Op::Linear { out_features, bias, .. } => (vec![*out_features, r.in_features()], *bias, false),
         _ => return Err(WqatError::invalid(format!("node {name} has no weights"))),
     };
     let cout = shape[0];
@@ -380,74 +380,70 @@ fn token_ids(x: &[f32], vocab: usize) -> Result<Vec<usize>> {
         .collect()
 }
 
-/// Plain loops of the sequence ops that only move or sum values.
-mod sequence_ops {
-    use crate::model::TokenPoolMode;
-
-    /// `[batch, C, H, W]` -> `[batch, (H/P)(W/P), C*P*P]`, features in (c, ky, kx) order.
-    pub fn patchify(x: &[f32], batch: usize, [c, h, w]: [usize; 3], p: usize) -> Vec<f32> {
-        let (ph, pw) = (h / p, w / p);
-        let mut out = Vec::with_capacity(x.len());
-        for n in 0..batch {
-            for py in 0..ph {
-                for px in 0..pw {
-                    for ch in 0..c {
-                        for ky in 0..p {
-                            for kx in 0..p {
-                                out.push(x[((n * c + ch) * h + py * p + ky) * w + px * p + kx]);
-                            }
+/// `[batch, C, H, W]` -> `[batch, (H/P)(W/P), C*P*P]`, features in a conv weight's
+/// (c, ky, kx) order; generic so the integer model permutes codes the same way.
+pub fn patchify<T: Copy>(x: &[T], batch: usize, [c, h, w]: [usize; 3], p: usize) -> Vec<T> {
+    let (ph, pw) = (h / p, w / p);
+    let mut out = Vec::with_capacity(x.len());
+    for n in 0..batch {
+        for py in 0..ph {
+            for px in 0..pw {
+                for ch in 0..c {
+                    for ky in 0..p {
+                        for kx in 0..p {
+                            out.push(x[((n * c + ch) * h + py * p + ky) * w + px * p + kx]);
                         }
                     }
                 }
             }
         }
-        out
     }
+    out
+}
 
-    /// `[batch, t, d]` -> `[batch, t', d]`: CLS token first when given, positions added.
-    pub fn cls_pos(x: &[f32], batch: usize, t: usize, d: usize, cls: Option<&[f32]>, pos: &[f32]) -> Vec<f32> {
-        let mut out = Vec::new();
-        for n in 0..batch {
-            if let Some(cls) = cls {
-                out.extend(cls.iter().zip(&pos[..d]).map(|(a, b)| a + b));
-            }
-            let off = cls.is_some() as usize;
-            for k in 0..t {
-                let row = &x[(n * t + k) * d..][..d];
-                out.extend(row.iter().zip(&pos[(k + off) * d..][..d]).map(|(a, b)| a + b));
-            }
+/// Plain loops of the sequence ops that sum values (the CPU integer executor uses them too).
+/// `[batch, t, d]` -> `[batch, t', d]`: CLS token first when given, positions added.
+pub fn cls_pos_f32(x: &[f32], batch: usize, t: usize, d: usize, cls: Option<&[f32]>, pos: &[f32]) -> Vec<f32> {
+    let mut out = Vec::new();
+    for n in 0..batch {
+        if let Some(cls) = cls {
+            out.extend(cls.iter().zip(&pos[..d]).map(|(a, b)| a + b));
         }
-        out
+        let off = cls.is_some() as usize;
+        for k in 0..t {
+            let row = &x[(n * t + k) * d..][..d];
+            out.extend(row.iter().zip(&pos[(k + off) * d..][..d]).map(|(a, b)| a + b));
+        }
     }
+    out
+}
 
-    /// `[batch, t, d]` -> `[batch, d]`: token 0, or the f64 mean of the non-padding tokens.
-    pub fn token_pool(
-        x: &[f32],
-        batch: usize,
-        t: usize,
-        d: usize,
-        mode: TokenPoolMode,
-        pad: Option<&[bool]>,
-    ) -> Vec<f32> {
-        let mut out = vec![0f32; batch * d];
-        for n in 0..batch {
-            for f in 0..d {
-                out[n * d + f] = match mode {
-                    TokenPoolMode::Cls => x[n * t * d + f],
-                    TokenPoolMode::Mean => {
-                        let keep: Vec<usize> = (0..t).filter(|&k| !pad.is_some_and(|p| p[n * t + k])).collect();
-                        if keep.is_empty() {
-                            0.0
-                        } else {
-                            (keep.iter().map(|&k| x[(n * t + k) * d + f] as f64).sum::<f64>() / keep.len() as f64)
-                                as f32
-                        }
+/// `[batch, t, d]` -> `[batch, d]`: token 0, or the f64 mean of the non-padding tokens.
+pub fn token_pool_f32(
+    x: &[f32],
+    batch: usize,
+    t: usize,
+    d: usize,
+    mode: TokenPoolMode,
+    pad: Option<&[bool]>,
+) -> Vec<f32> {
+    let mut out = vec![0f32; batch * d];
+    for n in 0..batch {
+        for f in 0..d {
+            out[n * d + f] = match mode {
+                TokenPoolMode::Cls => x[n * t * d + f],
+                TokenPoolMode::Mean => {
+                    let keep: Vec<usize> = (0..t).filter(|&k| !pad.is_some_and(|p| p[n * t + k])).collect();
+                    if keep.is_empty() {
+                        0.0
+                    } else {
+                        (keep.iter().map(|&k| x[(n * t + k) * d + f] as f64).sum::<f64>() / keep.len() as f64) as f32
                     }
-                };
-            }
+                }
+            };
         }
-        out
     }
+    out
 }
 
 /// Every intermediate of [`fake_quant_forward`]: the (fake-quantized) image and each
@@ -515,12 +511,13 @@ pub fn fake_quant_forward_all(graph: &Graph, ckpt: &TensorFile, images: &[f32], 
                 }
                 ids.iter().flat_map(|&t| table[t * dim..(t + 1) * dim].iter().copied()).collect()
             }
-            Op::Patchify { patch } => sequence_ops::patchify(x, batch, in_shape, *patch),
+            Op::Patchify { patch } => patchify(x, batch, in_shape, *patch),
             Op::ClsPos { cls } => {
                 let [t_out, d, _] = r.out_shape;
                 let pos = read_f32(ckpt, &params::pos_embed_name(&r.node.name), &[t_out, d])?;
-                let cls_t = if *cls { Some(read_f32(ckpt, &params::cls_token_name(&r.node.name), &[d])?) } else { None };
-                sequence_ops::cls_pos(x, batch, c, d, cls_t, pos)
+                let cls_t =
+                    if *cls { Some(read_f32(ckpt, &params::cls_token_name(&r.node.name), &[d])?) } else { None };
+                cls_pos_f32(x, batch, c, d, cls_t, pos)
             }
             Op::LayerNorm { eps } => {
                 let d = h;
@@ -540,7 +537,7 @@ pub fn fake_quant_forward_all(graph: &Graph, ckpt: &TensorFile, images: &[f32], 
                 let none = crate::reference::attention::RefAttentionQuant::default();
                 crate::reference::attention::forward(&cfg, x, mask.as_deref(), &none).1
             }
-            Op::TokenPool { mode } => sequence_ops::token_pool(x, batch, c, h, *mode, key_mask.as_deref()),
+            Op::TokenPool { mode } => token_pool_f32(x, batch, c, h, *mode, key_mask.as_deref()),
             Op::MaxPool { kernel, stride, padding } => {
                 let s = if *stride == 0 { *kernel } else { *stride };
                 pool_f32(x, batch * c, [h, w], *kernel, s, *padding, [oh, ow], false)

@@ -2,18 +2,18 @@
 //! the first contribution, accumulated by the others) and the optimizer step.
 
 use super::{pool_spec, relu_kind, token_pool, view, Builder, StepOptions, Tag};
+use crate::engine::config::Optimizer;
 use crate::error::Result;
 use crate::gpu::{Dispatch, GpuTensor};
 use crate::kernels::activation::{self, Relu};
+use crate::kernels::attention::{self, AttentionQuant};
 use crate::kernels::batchnorm::{self, BnBackward};
 use crate::kernels::conv::{
     self, Conv2dBackwardDataArgs, Conv2dBackwardWeightArgs, Conv2dConfig, QuantOperand, SteMask,
 };
 use crate::kernels::gemm::{self, GemmConfig, GemmExtras};
-use crate::kernels::attention::{self, AttentionQuant};
 use crate::kernels::sequence;
 use crate::kernels::{bn_fold, fake_quant, gelu, layernorm, loss, optim, pool};
-use crate::engine::config::Optimizer;
 use crate::model::params::{self, BN_EPS};
 use crate::model::{Act, Op, TokenPoolMode, INPUT};
 

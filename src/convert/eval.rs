@@ -141,12 +141,10 @@ pub fn layer_report(
     let sim = fake_quant_forward_all(graph, ckpt, images, batch)?;
     let int = model.forward_cpu_traced(images, batch, CpuBackend::Simd)?;
     let acts = int.activations.unwrap_or_default();
+    let key_mask = model.key_mask(&sim.input);
     let mut out = Vec::new();
     for (i, (r, l)) in model.nodes().iter().zip(&model.layers).enumerate() {
-        let own = matches!(
-            r.node.op,
-            Op::Conv { .. } | Op::Linear { .. } | Op::Add { .. } | Op::AvgPool { .. } | Op::GlobalAvgPool
-        );
+        let own = !matches!(r.node.op, Op::MaxPool { .. } | Op::Flatten | Op::Patchify { .. });
         let (true, Domain::Codes(q), Some(NodeValue::Codes(codes))) = (own, l.out, acts.get(i)) else { continue };
         let fq = &sim.nodes[i];
         if fq.len() != codes.len() {
@@ -179,7 +177,7 @@ pub fn layer_report(
             }
         };
         let xs: Vec<NodeValue> = r.inputs.iter().map(|&j| sim_input(j)).collect();
-        let local = model.run_node(i, &xs[0], xs.get(1), batch, CpuBackend::Simd)?;
+        let local = model.run_node(i, &xs[0], xs.get(1), batch, CpuBackend::Simd, key_mask.as_deref())?;
         let (lmax, _, lmism) = match &local {
             NodeValue::Codes(c) => diff(c),
             NodeValue::Float(_) => (0.0, 0.0, 0),

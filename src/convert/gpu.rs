@@ -85,6 +85,14 @@ impl Int8GpuModel {
         if max_batch == 0 {
             return Err(WqatError::invalid("max_batch must be at least 1"));
         }
+        if let Some(r) = model.nodes.iter().zip(&model.layers).find_map(|(r, l)| {
+            matches!(l.kind, LayerKind::IntFloat(_) | LayerKind::Patchify | LayerKind::Seq(_)).then_some(r)
+        }) {
+            return Err(WqatError::invalid(format!(
+                "the GPU integer executor does not run transformer layers yet (layer {}); use the CPU backends (--backend cpu or cpu-scalar)",
+                r.node.name
+            )));
+        }
         let sample: usize = model.graph.input.iter().product();
         let input_f32 = GpuTensor::zeros(ctx, &[max_batch * sample], DType::F32)?;
         let input_codes = match model.input {

@@ -355,6 +355,30 @@ impl QConfig {
                     names.join(", ")
                 )));
             }
+            // A setting named for exactly one transformer node that it cannot apply to is an
+            // error, never a silent fp32 (wildcards like `blocks.*` select the linears).
+            for (i, r) in nodes.iter().enumerate().filter(|(_, r)| r.node.name == l.pattern) {
+                if !crate::model::params::is_sequence_node(r) {
+                    continue;
+                }
+                let sets_weights = l.weight_bits.is_some()
+                    || l.weight_per_channel.is_some()
+                    || l.weight_full_range.is_some()
+                    || l.fp32 == Some(false);
+                if sets_weights && !has_weights(&r.node.op) {
+                    return Err(WqatError::invalid(format!(
+                        "layer qconfig {:?}: layer {} has no quantized weights (the BERT recipe keeps embedding                          tables, positions and LayerNorm in fp32; quantizing them is not supported)",
+                        l.pattern, r.node.name
+                    )));
+                }
+                let sets_act = l.act_bits.is_some() || l.observer.is_some();
+                if sets_act && !crate::model::params::has_output_quant(&nodes, i) {
+                    return Err(WqatError::invalid(format!(
+                        "layer qconfig {:?}: the output of layer {} is not quantized (only tensors a quantized                          linear reads are: residual sums, softmax and GELU stay fp32; quantizing the attention                          matmul inputs is not supported)",
+                        l.pattern, r.node.name
+                    )));
+                }
+            }
         }
         Ok(())
     }

@@ -203,7 +203,7 @@ pub fn input_is_quantized(nodes: &[ResolvedNode]) -> bool {
 
 /// Whether node `i` belongs to the transformer part of a graph: it makes or reads a
 /// sequence, or is one of the sequence ops.
-fn is_sequence_node(r: &ResolvedNode) -> bool {
+pub fn is_sequence_node(r: &ResolvedNode) -> bool {
     r.out_seq
         || r.in_seq.iter().any(|&s| s)
         || matches!(

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use wqat::convert::synthetic::{
     random_images, synthetic_checkpoint, synthetic_checkpoint_bits, synthetic_checkpoint_qconfig,
 };
-use wqat::convert::{self, Int8GpuModel, Int8Model, NodeValue};
+use wqat::convert::{self, synthetic, Int8GpuModel, Int8Model, NodeValue};
 use wqat::gpu::{GpuContext, GpuOptions};
 use wqat::int8::{CpuBackend, SimdKernel};
 use wqat::model::graph::{Graph, Op};
@@ -497,4 +497,59 @@ fn evaluate_on_every_backend() {
     assert_eq!(results[0], results[1]);
     assert_eq!(results[0], results[2]);
     assert_eq!(results[0].total, n);
+}
+
+/// Every node's output equal on CPU scalar and every SIMD kernel (codes bit for bit, f32
+/// values bit for bit: the integer layers' accumulators are exact and the f32 ops are the
+/// same code on every backend).
+fn check_cpu_backends_agree_any_domain(model: &Int8Model, x: &[f32], batch: usize) {
+    let scalar = model.forward_cpu_traced(x, batch, CpuBackend::Scalar).unwrap();
+    let want = scalar.activations.as_ref().unwrap();
+    for k in SimdKernel::available() {
+        let out = model.forward_cpu_traced(x, batch, CpuBackend::Kernel(k)).unwrap();
+        let got = out.activations.as_ref().unwrap();
+        for (i, r) in model.nodes().iter().enumerate() {
+            let what = format!("{} node {} ({k:?})", model.graph.name, r.node.name);
+            match (&got[i], &want[i]) {
+                (NodeValue::Codes(a), NodeValue::Codes(b)) => assert_bit_exact(&what, a, b),
+                (NodeValue::Float(a), NodeValue::Float(b)) => {
+                    assert!(a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits()), "{what}: f32 values differ")
+                }
+                _ => panic!("{what}: codes on one backend, f32 on the other"),
+            }
+        }
+        assert_eq!(out.logits, scalar.logits, "{k:?} logits");
+    }
+}
+
+/// The tiny transformers convert: every Linear an integer GEMM (requantized, or with an
+/// f32 epilogue where LayerNorm, attention, GELU or a residual sum follows), the rest f32;
+/// CPU backends agree bit for bit; predictions agree with the fake-quant simulation; the
+/// file round-trips; the GPU integer executor says it does not run them.
+#[test]
+fn transformers_convert_bit_exact_and_agree_with_simulation() {
+    for (name, input) in [("vit-tiny", [1, 8, 8]), ("text-tiny", [1, 1, 12])] {
+        let g = zoo::build(name, input, 6).unwrap();
+        let ck = checkpoint(&g, 31, false);
+        let model = convert::convert(&g, &ck).unwrap();
+        let ints = model
+            .layers
+            .iter()
+            .filter(|l| matches!(l.kind, convert::LayerKind::Int(_) | convert::LayerKind::IntFloat(_)))
+            .count();
+        let linears = g.nodes.iter().filter(|n| matches!(n.op, Op::Linear { .. })).count();
+        assert_eq!(ints, linears, "{name}: every linear converts to an integer layer");
+        let mut rng = testing::rng(33);
+        let b = 5;
+        check_cpu_backends_agree_any_domain(&model, &synthetic::random_inputs(&g, &mut rng, b, false), b);
+        let n = 200;
+        let x = synthetic::random_inputs(&g, &mut rng, n, false);
+        // f32 ops between the integer layers: the integer model and the simulation agree to
+        // f32 rounding, so an occasional code flips; the logits stay within a few steps.
+        check_against_simulation(&g, &ck, &model, &x, n, 4.0, 2.0);
+        let back = Int8Model::from_tensor_file(std::path::Path::new("m"), &model.to_tensor_file().unwrap()).unwrap();
+        assert_eq!(back, model, "{name}: file round trip");
+        let err = Int8GpuModel::new(&testing::ctx(), &model, 4).err().expect("GPU executor refuses");
+        assert!(err.to_string().contains("transformer"), "{err}");
+    }
 }

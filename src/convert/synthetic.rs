@@ -29,6 +29,33 @@ pub fn random_images(rng: &mut ChaCha8Rng, n: usize, wide: bool) -> Vec<f32> {
         .collect()
 }
 
+/// Random inputs for `samples` samples of `graph`: token ids when its first node embeds
+/// tokens (random ids, then padding from a random length on when it has a padding id),
+/// else [`random_images`].
+pub fn random_inputs(graph: &Graph, rng: &mut ChaCha8Rng, samples: usize, wide: bool) -> Vec<f32> {
+    let len: usize = graph.input.iter().product();
+    match graph.nodes.first().map(|n| &n.op) {
+        Some(crate::model::Op::Embedding { vocab, padding_idx, .. }) => {
+            let mut out = Vec::with_capacity(samples * len);
+            for _ in 0..samples {
+                let used = rng.random_range(1..=len);
+                for k in 0..len {
+                    let mut id = rng.random_range(0..*vocab);
+                    match *padding_idx {
+                        Some(p) if k >= used => id = p,
+                        // Not padding before the padded tail.
+                        Some(p) if id == p && *vocab > 1 => id = (id + 1) % vocab,
+                        _ => {}
+                    }
+                    out.push(id as f32);
+                }
+            }
+            out
+        }
+        _ => random_images(rng, samples * len, wide),
+    }
+}
+
 fn uniform(rng: &mut ChaCha8Rng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(lo..hi)).collect()
 }
@@ -111,7 +138,7 @@ pub fn synthetic_checkpoint_qconfig(graph: &Graph, seed: u64, extreme: bool, qco
         ck.insert(q.name.clone(), HostTensor::f32(&[l.len()], s));
     }
     let calib_n = 8;
-    let x = random_images(&mut rng, calib_n * graph.input.iter().product::<usize>(), false);
+    let x = random_inputs(graph, &mut rng, calib_n, false);
     let fp = fake_quant_forward_all(graph, &ck, &x, calib_n)?;
     let gq = GraphQuant::new(graph, &ck)?;
     let range = |v: &[f32]| v.iter().fold((f32::MAX, f32::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));

@@ -432,10 +432,12 @@ impl Int8Model {
     }
 }
 
-/// `acc * s_in * s_w[c]` in f32 (computed in f64, rounded once) per `[rows, channels]`.
+/// `f32(acc) * f32(s_in * s_w[c])` per `[rows, channels]`: two correctly rounded f32
+/// operations, so a GPU computing the same expression gets the same bits.
 pub fn dequantize_acc(acc: &[i32], s_in: f32, s_w: &[f32]) -> Vec<f32> {
     let n = s_w.len().max(1);
-    acc.iter().enumerate().map(|(j, &a)| (a as f64 * s_in as f64 * s_w[j % n] as f64) as f32).collect()
+    let scale: Vec<f32> = s_w.iter().map(|&w| s_in * w).collect();
+    acc.iter().enumerate().map(|(j, &a)| a as f32 * scale[j % n]).collect()
 }
 
 /// A transformer op in f32 on `batch` samples (the CPU reference functions: the same

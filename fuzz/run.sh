@@ -10,7 +10,7 @@ cd "$(dirname "$0")"
 secs="${1:-600}"; par="${2:-2}"; shift $(( $# > 2 ? 2 : $# ))
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(idx_images idx_labels cifar_batch digits_csv image_decode tensorfile model_json state_dict int8_model)
+  targets=(idx_images idx_labels cifar_batch digits_csv image_decode tensorfile model_json state_dict int8_model text_lines)
 fi
 mkdir -p logs
 # -a: debug assertions (integer overflow checks) on, as in the test profile.

@@ -21,6 +21,7 @@ pub const TARGETS: &[&str] = &[
     "model_json",
     "state_dict",
     "int8_model",
+    "text_lines",
 ];
 
 /// The path parse errors name.
@@ -86,6 +87,19 @@ pub fn int8_model(bytes: &[u8]) -> bool {
     crate::convert::Int8Model::from_bytes(Path::new(FUZZ_PATH), bytes).is_ok()
 }
 
+/// A text data file (one UTF-8 sample per line, raw or gzip); valid input is also encoded
+/// (default `max_len`, and the smallest one) to check that every sample gives exactly
+/// `max_len` ids.
+pub fn text_lines(bytes: &[u8]) -> bool {
+    let Ok(lines) = data::parse_text_lines(bytes) else { return false };
+    for enc in [data::TextEncoding::default(), data::TextEncoding { max_len: 2 }] {
+        for line in &lines {
+            assert_eq!(enc.encode(line).len(), enc.max_len, "encoded length of {line:?}");
+        }
+    }
+    true
+}
+
 /// Runs the target named `name` (one of [`TARGETS`]); None for an unknown name.
 pub fn run(name: &str, bytes: &[u8]) -> Option<bool> {
     Some(match name {
@@ -98,6 +112,7 @@ pub fn run(name: &str, bytes: &[u8]) -> Option<bool> {
         "model_json" => model_json(bytes),
         "state_dict" => state_dict(bytes),
         "int8_model" => int8_model(bytes),
+        "text_lines" => text_lines(bytes),
         _ => return None,
     })
 }

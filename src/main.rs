@@ -38,6 +38,9 @@ enum Command {
         model: PathBuf,
         #[arg(long, default_value = "digits")]
         data: String,
+        /// Tokens per text sequence (as `wqat train --max-len`); text data only.
+        #[arg(long, default_value_t = wqat::data::DEFAULT_MAX_LEN)]
+        max_len: usize,
         /// gpu, cpu (SIMD) or cpu-scalar.
         #[arg(long, default_value = "cpu")]
         backend: String,
@@ -215,6 +218,7 @@ fn convert_cmd(checkpoint: PathBuf, out: PathBuf) -> wqat::Result<()> {
 fn eval_cmd(
     model: PathBuf,
     data: String,
+    max_len: usize,
     backend_name: String,
     layers: bool,
     batch: usize,
@@ -223,7 +227,7 @@ fn eval_cmd(
     adapter: Option<String>,
 ) -> wqat::Result<()> {
     let (m, ckpt) = load_int8(&model)?;
-    let ds = wqat::data::load(&data)?;
+    let ds = wqat::data::load_with(&data, &wqat::data::LoadOptions { max_len })?;
     let test = match limit {
         Some(n) => ds.test.truncated(n),
         None => (*ds.test).clone(),
@@ -362,8 +366,8 @@ fn main() {
         Some(Command::Devices { json }) => devices(json),
         Some(Command::Train(a)) => train(*a),
         Some(Command::Convert { checkpoint, out }) => convert_cmd(checkpoint, out),
-        Some(Command::Eval { model, data, backend, layers, batch, limit, json, adapter }) => {
-            eval_cmd(model, data, backend, layers, batch, limit, json, adapter)
+        Some(Command::Eval { model, data, max_len, backend, layers, batch, limit, json, adapter }) => {
+            eval_cmd(model, data, max_len, backend, layers, batch, limit, json, adapter)
         }
         Some(Command::Infer { model, images, backend, adapter }) => infer_cmd(model, images, backend, adapter),
         Some(Command::Bench { train, kernels, quick, filter, runs, warmup, json, adapter }) => {

@@ -11,9 +11,13 @@ use wqat::gpu::{GpuContext, GpuOptions};
 
 #[derive(Args)]
 pub(crate) struct TrainArgs {
-    /// `digits` (embedded UCI digits), a directory of MNIST-style IDX files, CIFAR-10 binaries, or an image folder.
+    /// `digits` (embedded UCI digits), a directory of MNIST-style IDX files, CIFAR-10 binaries,
+    /// an image folder, or a text folder (train/<class>.txt + test/<class>.txt).
     #[arg(long, default_value = "digits")]
     data: String,
+    /// Tokens per text sequence (a CLS token then up to N-1 UTF-8 bytes, padded); text data only.
+    #[arg(long, default_value_t = wqat::data::DEFAULT_MAX_LEN)]
+    max_len: usize,
     /// Model: mlp, mnist-cnn, resnet20, resnet18, or a JSON spec file.
     #[arg(long, default_value = "mnist-cnn")]
     model: String,
@@ -106,7 +110,8 @@ pub(crate) struct TrainArgs {
     /// Skip steps with a NaN/Inf loss or gradient instead of stopping.
     #[arg(long)]
     skip_nonfinite: bool,
-    /// Random crop (pad 4) and horizontal flip of training images (CIFAR recipe).
+    /// Random crop (pad 4) and horizontal flip of training images (CIFAR recipe; never
+    /// applied to text).
     #[arg(long)]
     augment: bool,
     /// Adapter name substring (see `wqat devices`).
@@ -226,6 +231,7 @@ pub(crate) fn train(a: TrainArgs) -> wqat::Result<()> {
         skip_nonfinite: a.skip_nonfinite,
         augment: a.augment,
         limit_test: a.limit_test,
+        max_len: a.max_len,
     };
     let mut opts = GpuOptions::from_env();
     if a.adapter.is_some() {
@@ -234,14 +240,22 @@ pub(crate) fn train(a: TrainArgs) -> wqat::Result<()> {
     let ctx = GpuContext::new(&opts)?;
     install_interrupt_handler();
     let mut trainer = Trainer::new(ctx, cfg, a.resume.as_deref())?;
+    let ds = &trainer.ds;
+    let unit = if ds.text.is_some() { "sequences" } else { "images" };
     println!(
-        "wqat: {} on {} ({} train / {} test images), adapter {}",
+        "wqat: {} on {} ({} train / {} test {unit}), adapter {}",
         trainer.graph.name,
-        trainer.ds.name,
-        trainer.ds.train.len(),
-        trainer.ds.test.len(),
+        ds.name,
+        ds.train.len(),
+        ds.test.len(),
         trainer.ctx.summary.name
     );
+    if let Some(enc) = &ds.text {
+        println!("text: {} tokens per sequence (CLS + up to {} bytes)", enc.max_len, enc.max_bytes());
+        if trainer.cfg.augment {
+            println!("note: --augment applies to images only; text is not augmented");
+        }
+    }
     let q = &trainer.state.qconfig;
     let per = if q.weight.channel_axis.is_some() { "per-channel" } else { "per-tensor" };
     println!("quantization: W{}A{} ({per} weights, observer {})", q.weight.bits, q.activation.bits, q.observer);

@@ -80,6 +80,41 @@ fn bad_image_folder() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
+/// Text folders: invalid UTF-8 (the error names the file and line), an empty class, a class
+/// missing from the test split; `--max-len` out of range.
+#[test]
+fn bad_text_folder() {
+    let d = tmp("text");
+    let write = |split: &str, file: &str, bytes: &[u8]| {
+        std::fs::create_dir_all(d.join(split)).unwrap();
+        std::fs::write(d.join(split).join(file), bytes).unwrap();
+    };
+    write("train", "english.txt", b"hello\nworld\n");
+    write("train", "german.txt", b"hallo\n\nwelt\nstra\xDFe\n");
+    write("test", "english.txt", b"house\n");
+    write("test", "german.txt", b"haus\n");
+    let out = d.join("out");
+    let train = |extra: &[&str]| {
+        let mut args = vec!["train", "--data", s(&d), "--out", s(&out)];
+        args.extend(extra);
+        args.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let run = |args: &[String], mention: &str| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        expect_clean_error(&args, mention);
+    };
+    run(&train(&[]), "german.txt: line 4");
+    run(&train(&["--max-len", "8"]), "german.txt: line 4");
+    write("train", "german.txt", b"\n\n");
+    run(&train(&[]), "german.txt: class has no samples");
+    write("train", "german.txt", b"hallo\n");
+    std::fs::remove_file(d.join("test").join("german.txt")).unwrap();
+    run(&train(&[]), "no test file");
+    write("test", "german.txt", b"haus\n");
+    run(&train(&["--max-len", "1"]), "--max-len 1");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
 #[test]
 fn bad_model_spec_and_checkpoints() {
     let d = tmp("files");

@@ -499,3 +499,230 @@ fn full_cifar_and_batcher_throughput() {
     let s = t.elapsed().as_secs_f64();
     eprintln!("augmented epoch: {n} images in {s:.2} s ({:.0} images/s)", n as f64 / s);
 }
+
+/// Writes `root/<split>/<file>` (directories created).
+fn write_text(root: &Path, split: &str, file: &str, bytes: &[u8]) {
+    std::fs::create_dir_all(root.join(split)).unwrap();
+    std::fs::write(root.join(split).join(file), bytes).unwrap();
+}
+
+/// Token ids of `bytes` as [`TextEncoding::encode`] should give them: CLS, the bytes cut to
+/// `max_len - 1`, PAD to `max_len`.
+fn ids(bytes: &[u8], max_len: usize) -> Vec<f32> {
+    let k = bytes.len().min(max_len - 1);
+    let mut v = vec![256.0];
+    v.extend(bytes[..k].iter().map(|&b| b as f32));
+    v.resize(max_len, 257.0);
+    v
+}
+
+#[test]
+fn text_encoding_ids() {
+    assert_eq!(
+        (TextEncoding::BYTE_VOCAB, TextEncoding::CLS_ID, TextEncoding::PAD_ID, TextEncoding::VOCAB),
+        (256, 256, 257, 258)
+    );
+    let e = TextEncoding::new(6).unwrap();
+    assert_eq!(e.encode("hi"), vec![256.0, 104.0, 105.0, 257.0, 257.0, 257.0]);
+    assert_eq!(e.encode(""), vec![256.0, 257.0, 257.0, 257.0, 257.0, 257.0]);
+    assert_eq!(e.encode("abcde"), vec![256.0, 97.0, 98.0, 99.0, 100.0, 101.0], "exactly max_len - 1 bytes: no PAD");
+    assert_eq!(e.encode("abcdefgh"), ids(b"abcdefgh", 6), "cut to max_len - 1 bytes");
+    // "straße": 's' 't' 'r' 'a' then ß = C3 9F; the cut after 5 bytes splits the character.
+    assert_eq!(e.encode("straße"), vec![256.0, 115.0, 116.0, 114.0, 97.0, 195.0]);
+    assert_eq!(TextEncoding::new(2).unwrap().encode("xyz"), vec![256.0, 120.0]);
+    assert_eq!(TextEncoding::default().max_len, DEFAULT_MAX_LEN);
+    assert_eq!(DEFAULT_MAX_LEN, 24);
+    for bad in [0, 1, MAX_TEXT_LEN + 1] {
+        assert!(matches!(TextEncoding::new(bad), Err(WqatError::InvalidArgument(_))), "max_len {bad}");
+    }
+    // Hand-built invalid values do not panic.
+    assert_eq!(TextEncoding { max_len: 1 }.encode("abc"), vec![256.0]);
+    assert!(TextEncoding { max_len: 0 }.encode("abc").is_empty());
+    let json = serde_json::to_string(&e).unwrap();
+    assert_eq!(json, r#"{"max_len":6}"#);
+    assert_eq!(serde_json::from_str::<TextEncoding>(&json).unwrap(), e);
+}
+
+#[test]
+fn parse_text_lines_rules() {
+    let lines = parse_text_lines(b"\xEF\xBB\xBFone\r\n\r\n\ntwo words\n  spaced \r\nni\xC3\xB1o\nlast").unwrap();
+    assert_eq!(lines, ["one", "two words", "  spaced ", "niño", "last"]);
+    assert!(parse_text_lines(b"").unwrap().is_empty());
+    assert!(parse_text_lines(b"\n\r\n\n").unwrap().is_empty());
+    assert_eq!(parse_text_lines(&gz(b"a\nb\n")).unwrap(), ["a", "b"]);
+    let r = parse_text_lines(b"good\n\nfine\nbad\xFFbyte\n");
+    expect_format("utf8", r, "line 4");
+    match parse_text_lines(b"ok\n\xC3\n") {
+        Err(e @ WqatError::Format { .. }) => {
+            let m = e.to_string();
+            assert!(m.contains("<bytes>") && m.contains("line 2") && m.contains("UTF-8"), "{m}");
+        }
+        other => panic!("truncated UTF-8: {other:?}"),
+    }
+    expect_format("gz cut", parse_text_lines(&gz(b"hello\nworld\n")[..12]), "gzip");
+}
+
+#[test]
+fn text_folder_round_trip() {
+    let root = tmpdir("text");
+    // Class files are read in name order whatever the directory order; a gzipped class,
+    // CRLF endings, empty lines, a last line without newline, multi-byte UTF-8.
+    write_text(&root, "train", "zeta.txt", b"zz top\nz\n");
+    write_text(&root, "train", "alpha.txt", "hi\r\n\r\n\nstraße\r\nlast".as_bytes());
+    write_text(&root, "train", "mid.txt.gz", &gz("日本\n\nx\n".as_bytes()));
+    write_text(&root, "train", "README.md", b"not a class");
+    write_text(&root, "train", ".hidden.txt", b"not a class either");
+    write_text(&root, "test", "alpha.txt", b"yo\n");
+    write_text(&root, "test", "mid.txt", b"m1\nm2\n");
+    write_text(&root, "test", "zeta.txt", b"\nzulu\n");
+    let spec = root.to_str().unwrap();
+    assert_eq!(detect(spec).unwrap(), DataSource::Text(root.clone()));
+    assert!(is_text_folder(&root));
+
+    let ds = load_with(spec, &LoadOptions { max_len: 6 }).unwrap();
+    assert_eq!(ds.name, root.file_name().unwrap().to_str().unwrap());
+    assert_eq!((ds.shape, ds.num_classes), ((1, 1, 6), 3));
+    assert_eq!(ds.class_names, ["alpha", "mid", "zeta"]);
+    assert_eq!(ds.text, Some(TextEncoding { max_len: 6 }));
+    assert_eq!(ds.norm, Normalization::identity());
+    assert_eq!(ds.norm.apply(0, 257.0), 257.0, "identity normalization");
+    assert_eq!(ds.train.labels(), &[0, 0, 0, 1, 1, 2, 2]);
+    assert_eq!(ds.test.labels(), &[0, 1, 1, 2]);
+    let train: Vec<&[u8]> = vec![b"hi", "straße".as_bytes(), b"last", "日本".as_bytes(), b"x", b"zz top", b"z"];
+    let want: Vec<f32> = train.iter().flat_map(|t| ids(t, 6)).collect();
+    assert_eq!(ds.train.images(), &want[..]);
+    let test: Vec<f32> = [&b"yo"[..], b"m1", b"m2", b"zulu"].iter().flat_map(|t| ids(t, 6)).collect();
+    assert_eq!(ds.test.images(), &test[..]);
+    // "straße" is cut inside ß (5 bytes kept), 日本 (6 bytes) inside 本.
+    assert_eq!(ds.train.image(1).unwrap(), &[256.0, 115.0, 116.0, 114.0, 97.0, 195.0]);
+    assert_eq!(ds.train.image(3).unwrap(), &[256.0, 230.0, 151.0, 165.0, 230.0, 156.0]);
+    assert!(ds.summary().contains("3 classes, 7 train / 4 test sequences of at most 6 tokens"), "{}", ds.summary());
+
+    // The default max_len; `load` = `load_with` defaults.
+    let ds24 = load(spec).unwrap();
+    assert_eq!((ds24.shape, ds24.text), ((1, 1, 24), Some(TextEncoding { max_len: 24 })));
+    assert_eq!(ds24.train.image(1).unwrap(), &ids("straße".as_bytes(), 24)[..]);
+    assert_eq!(load_text_folder(&root, TextEncoding::new(6).unwrap()).unwrap().train.images(), &want[..]);
+
+    // Text is never augmented: the batcher drops the augmentation and hands out the ids.
+    let cfg = BatchConfig::train(7, 3).with_augment(Augment::cifar());
+    let b = Batcher::train(&ds, cfg.clone()).unwrap();
+    assert_eq!(b.config().augment, None);
+    let batch = b.batch(0, 0).unwrap();
+    for (k, &i) in b.order(0).iter().enumerate() {
+        assert_eq!(&batch.images[k * 6..(k + 1) * 6], ds.train.image(i).unwrap(), "sample {i}");
+        assert_eq!(batch.labels[k], ds.train.labels()[i] as u32);
+    }
+    assert_eq!(Batcher::test(&ds, BatchConfig::eval(4).with_augment(Augment::cifar())).unwrap().config().augment, None);
+    // Image sets keep it.
+    let digits = Dataset::digits().unwrap();
+    assert!(digits.text.is_none());
+    assert_eq!(Batcher::train(&digits, cfg).unwrap().config().augment, Some(Augment::cifar()));
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// Asserts a format error on a path ending in `file` whose message contains `needle`.
+fn expect_text_error(what: &str, r: wqat::Result<Dataset>, file: &str, needle: &str) {
+    match r {
+        Err(WqatError::Format { path, message }) => {
+            assert!(path.ends_with(file), "{what}: error names {path:?}, want .../{file}");
+            assert!(message.contains(needle), "{what}: message {message:?} lacks {needle:?}");
+        }
+        other => panic!("{what}: want a format error on {file}, got {other:?}"),
+    }
+}
+
+#[test]
+fn malformed_text_folders_give_errors() {
+    let root = tmpdir("text-bad");
+    let spec = root.to_str().unwrap().to_string();
+    let reset = || {
+        let _ = std::fs::remove_dir_all(&root);
+        write_text(&root, "train", "a.txt", b"one\ntwo\n");
+        write_text(&root, "train", "b.txt", b"three\n");
+        write_text(&root, "test", "a.txt", b"four\n");
+        write_text(&root, "test", "b.txt", b"five\n");
+    };
+    reset();
+    assert_eq!(load(&spec).unwrap().train.len(), 3);
+
+    write_text(&root, "train", "b.txt", b"fine\n\nbad \xC3\x28 here\n");
+    expect_text_error("bad utf-8", load(&spec), "train/b.txt", "line 3");
+    write_text(&root, "train", "b.txt", &gz(b"ok\n\xFF\n"));
+    expect_text_error("bad utf-8 in gzip", load(&spec), "train/b.txt", "line 2");
+    write_text(&root, "train", "b.txt", &gz(b"ok\nok\nok\n")[..15]);
+    expect_text_error("cut gzip", load(&spec), "train/b.txt", "gzip");
+
+    reset();
+    write_text(&root, "test", "b.txt", b"\n\r\n\n");
+    expect_text_error("empty class", load(&spec), "test/b.txt", "no samples");
+    write_text(&root, "test", "b.txt", b"");
+    expect_text_error("empty file", load(&spec), "test/b.txt", "no samples");
+
+    reset();
+    std::fs::remove_file(root.join("test/b.txt")).unwrap();
+    expect_text_error("missing in test", load(&spec), "train/b.txt", "no test file");
+    reset();
+    write_text(&root, "test", "c.txt", b"six\n");
+    expect_text_error("missing in train", load(&spec), "test/c.txt", "no train file");
+    reset();
+    write_text(&root, "train", "a.txt.gz", &gz(b"dup\n"));
+    expect_text_error("two files for a class", load(&spec), "train/a.txt.gz", "two files");
+
+    reset();
+    for f in ["a.txt", "b.txt"] {
+        std::fs::remove_file(root.join("test").join(f)).unwrap();
+    }
+    expect_text_error("no test files", load(&spec), "test", "no <class>.txt");
+    std::fs::remove_dir_all(root.join("test")).unwrap();
+    expect_text_error("no test dir", load(&spec), "test", "missing directory");
+
+    reset();
+    for f in ["a.txt", "b.txt"] {
+        std::fs::remove_file(root.join("train").join(f)).unwrap();
+    }
+    expect_format("no train files", load(&spec), "no data set");
+
+    reset();
+    assert!(matches!(load_with(&spec, &LoadOptions { max_len: 1 }), Err(WqatError::InvalidArgument(_))));
+    // Image sets ignore max_len.
+    assert_eq!(load_with("digits", &LoadOptions { max_len: 1 }).unwrap().shape, (1, 8, 8));
+
+    let _ = std::fs::remove_dir_all(&root);
+    for c in 0..257 {
+        write_text(&root, "train", &format!("c{c:03}.txt"), b"x\n");
+        write_text(&root, "test", &format!("c{c:03}.txt"), b"x\n");
+    }
+    expect_text_error("257 classes", load(&spec), "train", "at most 256");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn words_if_present() {
+    let Some(dir) = shared("words") else {
+        eprintln!("SKIPPED words_if_present: ../shared/data/words is absent");
+        return;
+    };
+    let t = std::time::Instant::now();
+    let ds = load(dir.to_str().unwrap()).unwrap();
+    eprintln!("loaded words in {:.2} s: {}", t.elapsed().as_secs_f64(), ds.summary());
+    assert_eq!(ds.name, "words");
+    assert_eq!(ds.class_names, ["dutch", "english", "french", "german", "italian", "spanish"]);
+    assert_eq!((ds.num_classes, ds.train.len(), ds.test.len()), (6, 120_000, 12_000));
+    assert_eq!(ds.shape, (1, 1, 24));
+    for c in 0..6u8 {
+        assert_eq!(ds.train.labels().iter().filter(|&&l| l == c).count(), 20_000, "train class {c}");
+        assert_eq!(ds.test.labels().iter().filter(|&&l| l == c).count(), 2_000, "test class {c}");
+    }
+    for split in [&ds.train, &ds.test] {
+        for i in 0..split.len() {
+            let s = split.image(i).unwrap();
+            assert_eq!(s[0], 256.0);
+            assert!(s[1] < 256.0, "sample {i} is empty");
+            assert!(s.iter().all(|&v| v.fract() == 0.0 && (0.0..258.0).contains(&v)));
+        }
+    }
+    // The first English training word is "dodson".
+    let first_en = ds.train.labels().iter().position(|&l| l == 1).unwrap();
+    assert_eq!(ds.train.image(first_en).unwrap(), &ids(b"dodson", 24)[..]);
+}

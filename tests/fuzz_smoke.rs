@@ -285,6 +285,10 @@ fn seeds() -> Seeds {
         let v = safetensors::tensor::TensorView::new(safetensors::Dtype::I64, vec![2], &b).unwrap();
         safetensors::serialize([("bn1.num_batches_tracked".to_string(), v)], None).unwrap()
     };
+    // Text lines: ASCII, multi-byte UTF-8 (2, 3 and 4 bytes), spaces, empty lines, a last
+    // line without a newline; then CRLF endings after a byte-order mark.
+    let text = "dodson\nstraße\n\nœuvre d'art\n  spaced  \n日本語のテキスト\n🦀\nlast";
+    let crlf = [b"\xEF\xBB\xBF".as_slice(), b"primero\r\n\r\nsegundo\r\nni\xC3\xB1o\r\n"].concat();
     let spec_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/models");
     let all_ops = r#"{"name":"all","input":[3,9,9],"num_classes":4,"nodes":[
 {"name":"c1","op":"conv","out_channels":6,"kernel":3,"stride":2,"padding":1,"dilation":1,"groups":3,"bias":true,"bn":true,"act":"relu6","fp32":true,"bn_name":"b1"},
@@ -332,5 +336,14 @@ fn seeds() -> Seeds {
             ],
         ),
         ("state_dict", vec![s("f32.safetensors", sd_f32), s("f16.safetensors", sd_f16)]),
+        (
+            "text_lines",
+            vec![
+                s("words.txt", text.as_bytes().to_vec()),
+                s("crlf-bom.txt", crlf.clone()),
+                s("words.txt.gz", gz(text.as_bytes())),
+                s("crlf-bom.txt.gz", gz(&crlf)),
+            ],
+        ),
     ]
 }

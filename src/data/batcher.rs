@@ -102,6 +102,14 @@ pub struct Batcher {
     n: usize,
 }
 
+/// `cfg` as it applies to `ds`: augmentation is for images only.
+fn for_dataset(ds: &Dataset, mut cfg: BatchConfig) -> BatchConfig {
+    if ds.text.is_some() {
+        cfg.augment = None;
+    }
+    cfg
+}
+
 impl Batcher {
     /// Batches of `split` (images of `shape`, normalized by `norm`, which gives the padding
     /// value of augmentation). Errors on a zero batch size or limit, a shape that does not
@@ -134,13 +142,14 @@ impl Batcher {
         let fill = (0..c).map(|ch| norm.zero_value(ch)).collect();
         Ok(Batcher { split, shape, fill, cfg, n })
     }
-    /// Batches of the training split of `ds`.
+    /// Batches of the training split of `ds`. A text data set is never augmented: its
+    /// `cfg.augment` is dropped (a crop or flip would shift or reverse token ids).
     pub fn train(ds: &Dataset, cfg: BatchConfig) -> Result<Self> {
-        Batcher::new(ds.train.clone(), ds.shape, &ds.norm, cfg)
+        Batcher::new(ds.train.clone(), ds.shape, &ds.norm, for_dataset(ds, cfg))
     }
-    /// Batches of the test split of `ds`.
+    /// Batches of the test split of `ds` (text: no augmentation, as [`Batcher::train`]).
     pub fn test(ds: &Dataset, cfg: BatchConfig) -> Result<Self> {
-        Batcher::new(ds.test.clone(), ds.shape, &ds.norm, cfg)
+        Batcher::new(ds.test.clone(), ds.shape, &ds.norm, for_dataset(ds, cfg))
     }
     /// The configuration.
     pub fn config(&self) -> &BatchConfig {

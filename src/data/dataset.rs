@@ -1,6 +1,8 @@
-//! The one interface every data set comes through: normalized f32 NCHW images, u8 labels.
+//! The one interface every data set comes through: normalized f32 NCHW images (or token ids
+//! stored as f32, for text), u8 labels.
 
 use super::bad;
+use super::text::TextEncoding;
 use crate::{Result, WqatError};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -67,6 +69,11 @@ impl Normalization {
     /// CIFAR-10: pixel/255 with the per-channel constants above.
     pub fn cifar10() -> Self {
         Normalization { max_value: 255.0, mean: CIFAR10_MEAN.to_vec(), std: CIFAR10_STD.to_vec() }
+    }
+    /// One channel left as it is (max_value 1, mean 0, std 1): what text data sets carry, whose
+    /// values are token ids that nothing may normalize.
+    pub fn identity() -> Self {
+        Normalization { max_value: 1.0, mean: vec![0.0], std: vec![1.0] }
     }
     /// Number of channels it applies to.
     pub fn channels(&self) -> usize {
@@ -158,23 +165,28 @@ impl Split {
     }
 }
 
-/// A data set: a train and a test split of normalized f32 NCHW images with u8 labels.
+/// A data set: a train and a test split of normalized f32 NCHW images with u8 labels, or, for
+/// text ([`Dataset::text`] is Some), of token-id sequences stored as f32 integers.
 #[derive(Clone, Debug)]
 pub struct Dataset {
-    /// Short name: `digits`, `mnist`, `cifar10`, or the image folder's directory name.
+    /// Short name: `digits`, `mnist`, `cifar10`, or the image or text folder's directory name.
     pub name: String,
-    /// Image shape (channels, height, width).
+    /// Image shape (channels, height, width); `(1, 1, max_len)` for text.
     pub shape: (usize, usize, usize),
     /// Number of classes; every label is below it.
     pub num_classes: usize,
     /// One name per class (digits for the digit sets, CIFAR's class names, folder names).
     pub class_names: Vec<String>,
-    /// The normalization applied to the raw pixels.
+    /// The normalization applied to the raw pixels ([`Normalization::identity`] for text,
+    /// whose ids are never normalized).
     pub norm: Normalization,
     /// Training split (shared with batchers without copying).
     pub train: Arc<Split>,
     /// Test split.
     pub test: Arc<Split>,
+    /// For a text data set, how its samples were encoded into token ids (None for images).
+    /// Text sets are never augmented (see [`super::Batcher::train`]).
+    pub text: Option<TextEncoding>,
 }
 
 /// Raw u8 pixels (NCHW) and labels of one split, before normalization.
@@ -209,14 +221,28 @@ impl Dataset {
         }
         let test = splits.pop().ok_or_else(|| WqatError::shape("missing test split"))?;
         let train = splits.pop().ok_or_else(|| WqatError::shape("missing train split"))?;
-        Ok(Dataset { name: name.to_string(), shape, num_classes, class_names, norm, train, test })
+        Ok(Dataset { name: name.to_string(), shape, num_classes, class_names, norm, train, test, text: None })
     }
     /// Values per image (c*h*w).
     pub fn image_len(&self) -> usize {
         self.shape.0 * self.shape.1 * self.shape.2
     }
+    /// True for a text data set.
+    pub fn is_text(&self) -> bool {
+        self.text.is_some()
+    }
     /// One line: name, shape, classes and split sizes.
     pub fn summary(&self) -> String {
+        if let Some(enc) = &self.text {
+            return format!(
+                "{}: {} classes, {} train / {} test sequences of at most {} tokens",
+                self.name,
+                self.num_classes,
+                self.train.len(),
+                self.test.len(),
+                enc.max_len
+            );
+        }
         let (c, h, w) = self.shape;
         format!(
             "{}: {}x{}x{} images, {} classes, {} train / {} test",

@@ -77,7 +77,7 @@ fn is_image_file(p: &Path) -> bool {
             .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
 }
 
-fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
+pub(super) fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
     let rd = std::fs::read_dir(dir).map_err(|e| WqatError::io(dir, e))?;
     let mut out = Vec::new();
     for entry in rd {

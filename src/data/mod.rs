@@ -5,13 +5,17 @@
 //! - [`load_idx_dir`]: MNIST-style IDX files (`train-images-idx3-ubyte[.gz]`, ...).
 //! - [`load_cifar_dir`]: CIFAR-10 binary batches (`data_batch_1..5.bin[.gz]`, `test_batch.bin[.gz]`).
 //! - [`load_image_folder`]: `root/<class>/*.png|jpg` (or `root/{train,test}/<class>/...`).
-//! - [`load`]: any of the above from the word `digits` or a directory (detected from its files).
+//! - [`load_text_folder`]: `root/{train,test}/<class>.txt`, one UTF-8 sample per line, encoded
+//!   as byte-level token ids stored as f32 ([`TextEncoding`]; never normalized or augmented).
+//! - [`load`] / [`load_with`]: any of the above from the word `digits` or a directory (detected
+//!   from its files).
 //!
 //! Every parser works from bytes (`parse_idx_images(&[u8])`, `parse_cifar_batch`,
-//! `parse_digits_csv`, `decode_image`) so it can be fuzzed: gzip is detected by its magic bytes
-//! (never by extension), sizes claimed by headers are checked against the bytes present before
-//! anything is allocated, and every problem is a [`WqatError::Format`], never a panic. Parsers
-//! report the path `<bytes>`; the file loaders replace it with the file's path.
+//! `parse_digits_csv`, `decode_image`, `parse_text_lines`) so it can be fuzzed: gzip is
+//! detected by its magic bytes (never by extension), sizes claimed by headers are checked
+//! against the bytes present before anything is allocated, and every problem is a
+//! [`WqatError::Format`], never a panic. Parsers report the path `<bytes>`; the file loaders
+//! replace it with the file's path.
 //!
 //! [`Batcher`] turns a split into shuffled, optionally augmented batches prepared on a
 //! background thread ([`BatchIter`]).
@@ -23,6 +27,7 @@ mod dataset;
 mod digits;
 mod folder;
 mod idx;
+mod text;
 
 pub use augment::{augment_image, Augment, AugmentParams};
 pub use batcher::{epoch_order, Batch, BatchConfig, BatchIter, Batcher};
@@ -33,6 +38,7 @@ pub use dataset::{
 pub use digits::{parse_digits_csv, DIGITS_CSV_GZ, DIGITS_SPLIT_SEED};
 pub use folder::{decode_image, is_image_folder, load_image_folder, MAX_IMAGE_DECODE_BYTES, MAX_IMAGE_SIDE};
 pub use idx::{find_idx_files, idx_dataset_from_bytes, load_idx_dir, parse_idx_images, parse_idx_labels, IdxImages};
+pub use text::{is_text_folder, load_text_folder, parse_text_lines, TextEncoding, DEFAULT_MAX_LEN, MAX_TEXT_LEN};
 
 use crate::{Result, WqatError};
 use std::borrow::Cow;
@@ -100,10 +106,12 @@ pub enum DataSource {
     Cifar(PathBuf),
     /// A directory of class folders holding images.
     Folder(PathBuf),
+    /// A directory holding `train/<class>.txt` and `test/<class>.txt`.
+    Text(PathBuf),
 }
 
 /// Reads a `load` argument: the word `digits`, or a directory holding IDX files, CIFAR-10
-/// batches or class folders of images (checked in that order).
+/// batches, class folders of images or `train/<class>.txt` text files (checked in that order).
 pub fn detect(spec: &str) -> Result<DataSource> {
     if spec == "digits" {
         return Ok(DataSource::Digits);
@@ -112,7 +120,7 @@ pub fn detect(spec: &str) -> Result<DataSource> {
     if !dir.exists() {
         return Err(WqatError::invalid(format!(
             "data set {spec:?}: no such directory (give `digits`, or a directory holding MNIST IDX files, \
-             CIFAR-10 .bin batches or <class>/ image folders)"
+             CIFAR-10 .bin batches, <class>/ image folders or train/<class>.txt + test/<class>.txt)"
         )));
     }
     if !dir.is_dir() {
@@ -127,21 +135,46 @@ pub fn detect(spec: &str) -> Result<DataSource> {
     if is_image_folder(&dir) {
         return Ok(DataSource::Folder(dir));
     }
+    if is_text_folder(&dir) {
+        return Ok(DataSource::Text(dir));
+    }
     Err(WqatError::format(
         &dir,
         "no data set found here: expected train-images-idx3-ubyte[.gz] + train-labels-idx1-ubyte[.gz] + \
          t10k-images-idx3-ubyte[.gz] + t10k-labels-idx1-ubyte[.gz], or data_batch_<k>.bin[.gz] + \
-         test_batch.bin[.gz], or <class>/ sub-directories holding .png/.jpg images",
+         test_batch.bin[.gz], or <class>/ sub-directories holding .png/.jpg images, or \
+         train/<class>.txt + test/<class>.txt text files (one sample per line)",
     ))
 }
 
-/// Loads a data set from the word `digits` or a directory (see [`detect`]). Image folders keep
-/// the size and colour of their first image; use [`load_image_folder`] to choose a shape.
+/// Settings of [`load_with`] that only some kinds of data set use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Tokens per text sequence, CLS included (`--max-len`; 2..=[`MAX_TEXT_LEN`]). Image sets
+    /// ignore it.
+    pub max_len: usize,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { max_len: DEFAULT_MAX_LEN }
+    }
+}
+
+/// Loads a data set from the word `digits` or a directory (see [`detect`]) with the default
+/// [`LoadOptions`]. Image folders keep the size and colour of their first image; use
+/// [`load_image_folder`] to choose a shape.
 pub fn load(spec: &str) -> Result<Dataset> {
+    load_with(spec, &LoadOptions::default())
+}
+
+/// [`load`] with options: text folders are encoded with `opts.max_len` tokens per sequence.
+pub fn load_with(spec: &str, opts: &LoadOptions) -> Result<Dataset> {
     match detect(spec)? {
         DataSource::Digits => Dataset::digits(),
         DataSource::Idx(d) => load_idx_dir(&d),
         DataSource::Cifar(d) => load_cifar_dir(&d),
         DataSource::Folder(d) => load_image_folder(&d, None),
+        DataSource::Text(d) => load_text_folder(&d, TextEncoding::new(opts.max_len)?),
     }
 }

@@ -84,6 +84,13 @@ pub struct TrainConfig {
     pub augment: bool,
     /// Limit of test images evaluated (all when None).
     pub limit_test: Option<usize>,
+    /// Tokens per sequence of a text data set, CLS included (`--max-len`); image sets ignore it.
+    #[serde(default = "default_max_len")]
+    pub max_len: usize,
+}
+
+fn default_max_len() -> usize {
+    crate::data::DEFAULT_MAX_LEN
 }
 
 impl Default for TrainConfig {
@@ -120,6 +127,7 @@ impl Default for TrainConfig {
             skip_nonfinite: false,
             augment: false,
             limit_test: None,
+            max_len: crate::data::DEFAULT_MAX_LEN,
         }
     }
 }

@@ -136,7 +136,7 @@ impl Trainer {
             None => (cfg, None),
         };
         validate(&cfg)?;
-        let ds = data::load(&cfg.data)?;
+        let ds = data::load_with(&cfg.data, &data::LoadOptions { max_len: cfg.max_len })?;
         let mut graph = build_graph(&cfg.model, &ds, cfg.fp32_first, cfg.fp32_last)?;
         let qconfig = run_qconfig(&cfg, &graph)?;
         // `fp32` overrides mark graph nodes, like `--fp32-first/--fp32-last`.

@@ -38,9 +38,10 @@ enum Command {
         model: PathBuf,
         #[arg(long, default_value = "digits")]
         data: String,
-        /// Tokens per text sequence (as `wqat train --max-len`); text data only.
-        #[arg(long, default_value_t = wqat::data::DEFAULT_MAX_LEN)]
-        max_len: usize,
+        /// Tokens per text sequence (as `wqat train --max-len`); text data only. Default: the
+        /// model's own encoding (24 for models without one).
+        #[arg(long)]
+        max_len: Option<usize>,
         /// gpu, cpu (SIMD) or cpu-scalar.
         #[arg(long, default_value = "cpu")]
         backend: String,
@@ -83,13 +84,16 @@ enum Command {
         #[arg(long)]
         adapter: Option<String>,
     },
-    /// Classify image files (PNG/JPEG) with an integer model.
+    /// Classify image files (PNG/JPEG), or lines of text with a text model, with an integer model.
     Infer {
         /// An integer model file or a wqat checkpoint.
         model: PathBuf,
         /// Images to classify.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "text")]
         images: Vec<PathBuf>,
+        /// A line of text to classify (repeatable; models trained on a text folder).
+        #[arg(long)]
+        text: Vec<String>,
         #[arg(long, default_value = "cpu")]
         backend: String,
         #[arg(long)]
@@ -218,7 +222,7 @@ fn convert_cmd(checkpoint: PathBuf, out: PathBuf) -> wqat::Result<()> {
 fn eval_cmd(
     model: PathBuf,
     data: String,
-    max_len: usize,
+    max_len: Option<usize>,
     backend_name: String,
     layers: bool,
     batch: usize,
@@ -227,6 +231,7 @@ fn eval_cmd(
     adapter: Option<String>,
 ) -> wqat::Result<()> {
     let (m, ckpt) = load_int8(&model)?;
+    let max_len = max_len.or(m.text.map(|t| t.max_len)).unwrap_or(wqat::data::DEFAULT_MAX_LEN);
     let ds = wqat::data::load_with(&data, &wqat::data::LoadOptions { max_len })?;
     let test = match limit {
         Some(n) => ds.test.truncated(n),
@@ -295,8 +300,36 @@ fn eval_cmd(
     Ok(())
 }
 
-fn infer_cmd(model: PathBuf, images: Vec<PathBuf>, backend_name: String, adapter: Option<String>) -> wqat::Result<()> {
+fn infer_cmd(
+    model: PathBuf,
+    images: Vec<PathBuf>,
+    text: Vec<String>,
+    backend_name: String,
+    adapter: Option<String>,
+) -> wqat::Result<()> {
     let (m, _) = load_int8(&model)?;
+    if !text.is_empty() || m.text.is_some() {
+        let enc = m.text.ok_or_else(|| {
+            wqat::WqatError::invalid(format!("{}: not a text model (it classifies images)", model.display()))
+        })?;
+        if !images.is_empty() {
+            return Err(wqat::WqatError::invalid("a text model classifies --text lines, not image files"));
+        }
+        let backend = match backend_name.as_str() {
+            "cpu-scalar" => wqat::int8::CpuBackend::Scalar,
+            "cpu" => wqat::int8::CpuBackend::Simd,
+            other => {
+                return Err(wqat::WqatError::invalid(format!(
+                    "backend {other:?}: text models run on the CPU backends (cpu, cpu-scalar)"
+                )))
+            }
+        };
+        for line in &text {
+            let out = m.forward_cpu(&enc.encode(line), 1, backend)?;
+            print_prediction(&m, line, &out.logits, out.predictions[0]);
+        }
+        return Ok(());
+    }
     let b = backend(&backend_name, adapter)?;
     let gpu = match &b {
         wqat::convert::eval::Backend::Gpu(ctx) => Some(wqat::convert::Int8GpuModel::new(ctx, &m, 1)?),
@@ -309,14 +342,18 @@ fn infer_cmd(model: PathBuf, images: Vec<PathBuf>, backend_name: String, adapter
             (wqat::convert::eval::Backend::CpuScalar, _) => m.forward_cpu(&x, 1, wqat::int8::CpuBackend::Scalar)?,
             _ => m.forward_cpu(&x, 1, wqat::int8::CpuBackend::Simd)?,
         };
-        let max = out.logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let exps: Vec<f32> = out.logits.iter().map(|l| (l - max).exp()).collect();
-        let sum: f32 = exps.iter().sum();
-        let k = out.predictions[0];
-        let name = m.class_names().get(k).cloned().unwrap_or_else(|| k.to_string());
-        println!("{}: class {k} ({name}), score {:.4}", path.display(), exps[k] / sum);
+        print_prediction(&m, &path.display().to_string(), &out.logits, out.predictions[0]);
     }
     Ok(())
+}
+
+/// One line: what was classified, the class index and name, and its softmax score.
+fn print_prediction(m: &wqat::convert::Int8Model, what: &str, logits: &[f32], k: usize) {
+    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    let name = m.class_names().get(k).cloned().unwrap_or_else(|| k.to_string());
+    println!("{what}: class {k} ({name}), score {:.4}", exps[k] / sum);
 }
 
 fn devices(json: bool) -> wqat::Result<()> {
@@ -369,7 +406,9 @@ fn main() {
         Some(Command::Eval { model, data, max_len, backend, layers, batch, limit, json, adapter }) => {
             eval_cmd(model, data, max_len, backend, layers, batch, limit, json, adapter)
         }
-        Some(Command::Infer { model, images, backend, adapter }) => infer_cmd(model, images, backend, adapter),
+        Some(Command::Infer { model, images, text, backend, adapter }) => {
+            infer_cmd(model, images, text, backend, adapter)
+        }
         Some(Command::Bench { train, kernels, quick, filter, runs, warmup, json, adapter }) => {
             bench_cmd(train, kernels, quick, filter, runs, warmup, json, adapter)
         }

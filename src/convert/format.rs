@@ -65,6 +65,9 @@ impl Int8Model {
         tf.metadata.insert("qconfig".into(), json(&self.qconfig)?);
         tf.metadata.insert("normalization".into(), json(&self.normalization)?);
         tf.metadata.insert("class_names".into(), json(&self.class_names)?);
+        if let Some(t) = &self.text {
+            tf.metadata.insert("text_encoding".into(), json(t)?);
+        }
         if let Domain::Codes(q) = self.input {
             tf.insert("input.act_quant", act_tensor(&q));
         }
@@ -198,6 +201,9 @@ impl Int8Model {
         if !class_names.is_empty() && class_names.len() != graph.num_classes {
             return Err(bad(format!("{} class names for {} classes", class_names.len(), graph.num_classes)));
         }
+        let text: Option<crate::data::TextEncoding> =
+            tf.metadata.get("text_encoding").map(|t| parse(path, "text_encoding", t)).transpose()?;
+        super::check_text_encoding(text.as_ref(), &graph).map_err(|e| bad(e.to_string()))?;
         let mut used = BTreeSet::new();
         let mut get = |name: String, shape: &[usize]| -> Result<Option<&HostData>> {
             match tf.tensors.get(&name) {
@@ -412,7 +418,7 @@ impl Int8Model {
             return Err(bad(format!("unexpected tensor {extra}")));
         }
         let cpu_packs = Default::default();
-        Ok(Int8Model { graph, qconfig, normalization, class_names, input, layers, nodes, cpu_packs })
+        Ok(Int8Model { graph, qconfig, normalization, class_names, text, input, layers, nodes, cpu_packs })
     }
 }
 

@@ -219,6 +219,8 @@ pub struct Int8Model {
     pub qconfig: QConfig,
     pub normalization: Normalization,
     pub class_names: Vec<String>,
+    /// How text becomes token ids (byte-level models trained on a text folder).
+    pub text: Option<crate::data::TextEncoding>,
     /// The image's representation (codes unless the first layer is kept fp32).
     pub input: Domain,
     /// One per graph node, in order.
@@ -230,8 +232,8 @@ pub struct Int8Model {
 
 impl PartialEq for Int8Model {
     fn eq(&self, o: &Self) -> bool {
-        (&self.graph, &self.qconfig, &self.normalization, &self.class_names, &self.input, &self.layers)
-            == (&o.graph, &o.qconfig, &o.normalization, &o.class_names, &o.input, &o.layers)
+        (&self.graph, &self.qconfig, &self.normalization, &self.class_names, &self.text, &self.input, &self.layers)
+            == (&o.graph, &o.qconfig, &o.normalization, &o.class_names, &o.text, &o.input, &o.layers)
     }
 }
 
@@ -274,6 +276,20 @@ pub(crate) fn activation(act: Act) -> Activation {
         // Rejected by `transformer_unsupported` before any layer is converted.
         Act::Gelu => Activation::None,
     }
+}
+
+/// A text encoding must produce exactly the model's input: `[1, 1, max_len]` token ids.
+pub(crate) fn check_text_encoding(t: Option<&crate::data::TextEncoding>, graph: &Graph) -> Result<()> {
+    if let Some(t) = t {
+        t.validate()?;
+        if graph.input != [1, 1, t.max_len] {
+            return Err(WqatError::invalid(format!(
+                "text encoding of {} tokens does not fit the model input {:?}",
+                t.max_len, graph.input
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Int8 weight codes of `w_eff` (`[cout, inner]` flat) and the per-output-channel scales:
@@ -346,6 +362,8 @@ pub fn convert(graph: &Graph, ckpt: &TensorFile) -> Result<Int8Model> {
         )));
     }
     let class_names: Vec<String> = meta_json(ckpt, "class_names")?.unwrap_or_default();
+    let text: Option<crate::data::TextEncoding> = meta_json(ckpt, "text_encoding")?;
+    check_text_encoding(text.as_ref(), graph)?;
     let input = match &gq.input {
         Some(q) if q.enabled => Domain::Codes(ActQuant::from_state(q)?),
         _ => Domain::Float,
@@ -453,6 +471,7 @@ pub fn convert(graph: &Graph, ckpt: &TensorFile) -> Result<Int8Model> {
         qconfig: qc,
         normalization,
         class_names,
+        text,
         input,
         layers,
         nodes: gq.nodes,

@@ -529,6 +529,10 @@ impl Trainer {
         f.metadata.insert("normalization".into(), norm.to_string());
         f.metadata.insert("class_names".into(), serde_json::to_string(&self.ds.class_names).map_err(json)?);
         f.metadata.insert("dataset".into(), self.ds.name.clone());
+        if let Some(t) = &self.ds.text {
+            // How text becomes token ids, so conversion and inference encode alike.
+            f.metadata.insert("text_encoding".into(), serde_json::to_string(t).map_err(json)?);
+        }
         f.metadata.insert("step".into(), self.run.step.to_string());
         f.metadata.insert("phase".into(), serde_json::to_string(&self.run.phase).map_err(json)?);
         Ok(())

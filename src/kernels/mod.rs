@@ -15,3 +15,4 @@ pub mod lsq;
 pub mod observer;
 pub mod optim;
 pub mod pool;
+pub mod sequence;

@@ -7,6 +7,7 @@ pub mod bias_quant;
 pub mod bn_fold;
 pub mod conv;
 pub mod fake_quant;
+pub mod gelu;
 pub mod gemm;
 pub mod histogram;
 pub mod int8;

@@ -11,6 +11,7 @@ pub mod gelu;
 pub mod gemm;
 pub mod histogram;
 pub mod int8;
+pub mod layernorm;
 pub mod loss;
 pub mod lsq;
 pub mod observer;

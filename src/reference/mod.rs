@@ -12,6 +12,7 @@ pub mod gemm;
 pub mod graph;
 pub mod histogram;
 pub mod int8;
+pub mod layernorm;
 pub mod loss;
 pub mod lsq;
 pub mod observer;

@@ -4,3 +4,4 @@
 //! One binary links the crate and compiles shaders once, which keeps CI fast on 2 cores.
 
 mod gelu;
+mod layernorm;

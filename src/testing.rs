@@ -13,6 +13,17 @@ pub const FP32_ELEMENTWISE_RTOL: f32 = 1e-6;
 pub const FP32_REDUCTION_RTOL: f32 = 1e-5;
 /// Relative tolerance of finite-difference gradient checks (central differences in f64).
 pub const FINITE_DIFF_RTOL: f64 = 1e-4;
+/// GELU (erf form, `shaders/common/erf.wgsl`) against the f64 reference: `|got - want| <=
+/// GELU_ATOL + GELU_RTOL * |want|`. The erf/erfc fit itself is good to 5.4e-8 relative, so
+/// what remains is f32 rounding: a few ulp (1.2e-7 each) in the bulk, and for x << 0 the
+/// rounding of x / sqrt 2 and of the exponent -x^2 / 2 (relative ~x^2 * 2^-24, ~3e-6 at
+/// x = -10) plus the adapter's exp (WGSL allows 3 + 2|x| ulp). The relative part covers
+/// the bulk; the absolute part the tails (where |gelu| < 1e-5 by then) and the zero of
+/// gelu' near x = -0.75, where Phi(x) ~ 0.2 and x phi(x) ~ -0.23 cancel with a few ulp
+/// (1.5e-8) each. On lavapipe the worst cases use 31% (forward) and 62% (gradient) of it.
+pub const GELU_RTOL: f32 = 1e-6;
+/// See [`GELU_RTOL`].
+pub const GELU_ATOL: f32 = 2e-7;
 
 static CTX: OnceLock<Arc<GpuContext>> = OnceLock::new();
 

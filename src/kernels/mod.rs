@@ -2,6 +2,7 @@
 //! kernel's `Params` and returns a recorded [`crate::gpu::Dispatch`].
 
 pub mod activation;
+pub mod attention;
 pub mod batchnorm;
 pub mod bias_quant;
 pub mod bn_fold;

@@ -2,6 +2,7 @@
 //! over clever: they define what the kernels must compute.
 
 pub mod activation;
+pub mod attention;
 pub mod batchnorm;
 pub mod bias_quant;
 pub mod bn_fold;

@@ -3,6 +3,7 @@
 //! named tolerance; backward kernels also against finite differences of the reference).
 //! One binary links the crate and compiles shaders once, which keeps CI fast on 2 cores.
 
+mod attention;
 mod gelu;
 mod layernorm;
 mod sequence;

@@ -9,7 +9,7 @@ pub use fast::CpuPacks;
 use super::{Domain, Int8Model, LayerKind, SeqLayer};
 use crate::error::{Result, WqatError};
 use crate::int8::{self, AvgRequant, Conv2dConfig, CpuBackend, LinearConfig, PoolConfig};
-use crate::model::graph::{Act, Op, TokenPoolMode, INPUT};
+use crate::model::graph::{Op, TokenPoolMode, INPUT};
 use crate::reference::graph::{apply_act, conv2d_f32, global_avg_f32, linear_f32, pool_f32};
 
 /// A node's output: u8 codes or f32 values, `[batch, C, H, W]` flat.

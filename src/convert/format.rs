@@ -47,7 +47,7 @@ fn act_tensor(q: &ActQuant) -> HostTensor {
 
 fn weight_shape(model_nodes: &[crate::model::ResolvedNode], i: usize) -> Vec<usize> {
     let r = &model_nodes[i];
-    let [c, h, w] = r.in_shapes[0];
+    let [c, _, _] = r.in_shapes[0];
     match &r.node.op {
         Op::Conv { out_channels, kernel, groups, .. } => vec![*out_channels, c / groups, *kernel, *kernel],
         _ => vec![r.out_channels(), r.in_features()],

@@ -181,7 +181,7 @@ impl GraphQuant {
 pub fn folded_params(gq: &GraphQuant, ckpt: &TensorFile, i: usize) -> Result<(Vec<f32>, Vec<f32>)> {
     let r = &gq.nodes[i];
     let name = &r.node.name;
-    let [c_in, h, w] = r.in_shapes[0];
+    let [c_in, _, _] = r.in_shapes[0];
     let (shape, has_bias, bn) = match &r.node.op {
         Op::Conv { out_channels, kernel, groups, bias, bn, .. } => {
             (vec![*out_channels, c_in / groups, *kernel, *kernel], *bias, *bn)

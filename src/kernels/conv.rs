@@ -213,40 +213,41 @@ impl Conv2dWeightGrad {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n: u32,
-    c_in: u32,
-    h: u32,
-    w: u32,
-    c_out: u32,
-    oh: u32,
-    ow: u32,
-    groups: u32,
-    kh: u32,
-    kw: u32,
-    stride_h: u32,
-    stride_w: u32,
-    pad_h: u32,
-    pad_w: u32,
-    dil_h: u32,
-    dil_w: u32,
-    cin_g: u32,
-    cout_g: u32,
-    gemm_m: u32,
-    gemm_n: u32,
-    gemm_k: u32,
-    k_chunk: u32,
-    splits: u32,
-    flags: u32,
-    x_qmin: f32,
-    x_qmax: f32,
-    w_qmin: f32,
-    w_qmax: f32,
+super::kernel_params! {
+    #[derive(Default)]
+    pub(crate) struct ConvParams for ["conv", "conv_backward", "conv_wgrad", "conv_wgrad_reduce", "conv_bias_grad"] {
+        n: u32,
+        c_in: u32,
+        h: u32,
+        w: u32,
+        c_out: u32,
+        oh: u32,
+        ow: u32,
+        groups: u32,
+        kh: u32,
+        kw: u32,
+        stride_h: u32,
+        stride_w: u32,
+        pad_h: u32,
+        pad_w: u32,
+        dil_h: u32,
+        dil_w: u32,
+        cin_g: u32,
+        cout_g: u32,
+        gemm_m: u32,
+        gemm_n: u32,
+        gemm_k: u32,
+        k_chunk: u32,
+        splits: u32,
+        flags: u32,
+        x_qmin: f32,
+        x_qmax: f32,
+        w_qmin: f32,
+        w_qmax: f32,
+    }
 }
 
-/// Bits of `Params::flags` (uniform branches in the shaders, so one pipeline per tile shape).
+/// Bits of `ConvParams::flags` (the same constants in shaders/common/conv_params.wgsl).
 const FQ_X: u32 = 1;
 const FQ_W: u32 = 2;
 const HAS_BIAS: u32 = 4;
@@ -268,9 +269,9 @@ fn bit(on: bool, b: u32) -> u32 {
 const WG: usize = 256;
 const BK: usize = 8;
 
-fn base_params(cfg: &Conv2dConfig) -> Params {
+fn base_params(cfg: &Conv2dConfig) -> ConvParams {
     let (oh, ow) = cfg.out_size();
-    Params {
+    ConvParams {
         n: cfg.n as u32,
         c_in: cfg.c_in as u32,
         h: cfg.h as u32,

@@ -5,16 +5,16 @@ use crate::error::{Result, WqatError};
 use crate::gpu::{grid_1d, Dispatch, GpuContext, GpuTensor, PipelineKey};
 use crate::quant::{channel_geometry, QStateLayout, QuantSpec};
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n: u32,
-    channels: u32,
-    inner: u32,
-    _pad: u32,
-    qmin: f32,
-    qmax: f32,
-    _pad2: [f32; 2],
+super::kernel_params! {
+    pub(crate) struct Params for ["fake_quant"] {
+        n: u32,
+        channels: u32,
+        inner: u32,
+        _pad: u32,
+        qmin: f32,
+        qmax: f32,
+        _pad2: [f32; 2],
+    }
 }
 
 fn params(x: &GpuTensor, state: &GpuTensor, spec: &QuantSpec) -> Result<(Params, usize)> {

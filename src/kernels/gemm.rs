@@ -225,23 +225,23 @@ pub struct GemmExtras<'a> {
     pub mask_state: Option<&'a GpuTensor>,
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    ca: u32,
-    cb: u32,
-    cm: u32,
-    _p0: [u32; 2],
-    qmin_a: f32,
-    qmax_a: f32,
-    qmin_b: f32,
-    qmax_b: f32,
-    qmin_m: f32,
-    qmax_m: f32,
-    _p1: [f32; 2],
+super::kernel_params! {
+    pub(crate) struct Params for ["gemm"] {
+        m: u32,
+        n: u32,
+        k: u32,
+        ca: u32,
+        cb: u32,
+        cm: u32,
+        _p0: [u32; 2],
+        qmin_a: f32,
+        qmax_a: f32,
+        qmin_b: f32,
+        qmax_b: f32,
+        qmin_m: f32,
+        qmax_m: f32,
+        _p1: [f32; 2],
+    }
 }
 
 fn check_len(what: &str, t: &GpuTensor, want: usize) -> Result<()> {
@@ -417,11 +417,11 @@ pub fn gemm_unfused(
     Ok(out)
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct CopyParams {
-    n: u32,
-    _p: [u32; 3],
+super::kernel_params! {
+    pub(crate) struct CopyParams for ["copy"] {
+        n: u32,
+        _p: [u32; 3],
+    }
 }
 
 /// `out = x` elementwise (f32), the bandwidth yardstick for elementwise kernels.

@@ -1,26 +1,27 @@
 //! Host wrappers for `shaders/pool.wgsl`: max pool (with argmax), average pool
 //! (count_include_pad) and global average pool, forward and backward, NCHW.
 
+use super::expect_shape;
 use crate::error::{Result, WqatError};
 use crate::gpu::{grid_1d, DType, Dispatch, GpuContext, GpuTensor, PipelineKey};
 pub use crate::reference::pool::PoolGeom;
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    planes: u32,
-    h: u32,
-    w: u32,
-    oh: u32,
-    ow: u32,
-    kh: u32,
-    kw: u32,
-    sh: u32,
-    sw: u32,
-    ph: u32,
-    pw: u32,
-    total: u32,
-    _pad: [u32; 4],
+super::kernel_params! {
+    pub(crate) struct Params for ["pool"] {
+        planes: u32,
+        h: u32,
+        w: u32,
+        oh: u32,
+        ow: u32,
+        kh: u32,
+        kw: u32,
+        sh: u32,
+        sw: u32,
+        ph: u32,
+        pw: u32,
+        total: u32,
+        _pad: [u32; 4],
+    }
 }
 
 /// Pooling window: kernel, stride and zero padding (height, width).
@@ -80,17 +81,8 @@ fn params(g: &PoolGeom, total: usize) -> Params {
     }
 }
 
-fn expect_shape(t: &GpuTensor, shape: &[usize], what: &str) -> Result<()> {
-    if t.shape != shape {
-        return Err(WqatError::shape(format!("{what}: expected shape {shape:?}, got {:?}", t.shape)));
-    }
-    Ok(())
-}
-
 fn launch(ctx: &GpuContext, entry: &'static str, p: &Params, bufs: &[&GpuTensor], wg: [u32; 3]) -> Result<Dispatch> {
-    let key = PipelineKey::new("pool", entry);
-    let storage: Vec<&wgpu::Buffer> = bufs.iter().map(|t| &t.buffer).collect();
-    Dispatch::new(ctx, &key, bytemuck::bytes_of(p), &storage, wg)
+    super::launch(ctx, &PipelineKey::new("pool", entry), p, bufs, wg)
 }
 
 /// Max pool: `y [N,C,OH,OW]`, `argmax` (U32, same shape as y, plane-local `iy * W + ix`).

@@ -144,8 +144,7 @@ pub fn uniform_layout(name: &str) -> Result<Option<WgslStruct>> {
         .update(module.to_ctx())
         .map_err(|e| WqatError::Shader { file: format!("{name}.wgsl"), message: format!("layout: {e}") })?;
     let uniform = module.global_variables.iter().map(|(_, g)| g).find(|g| {
-        g.space == naga::AddressSpace::Uniform
-            && g.binding.as_ref().is_some_and(|b| b.group == 0 && b.binding == 0)
+        g.space == naga::AddressSpace::Uniform && g.binding.as_ref().is_some_and(|b| b.group == 0 && b.binding == 0)
     });
     let Some(var) = uniform else { return Ok(None) };
     let ty = &module.types[var.ty];

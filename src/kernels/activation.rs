@@ -1,8 +1,8 @@
 //! Host wrappers for `shaders/activation.wgsl`: ReLU / ReLU6 forward and backward, residual
 //! add, gradient accumulation and fill. Elementwise over the flat buffer; no aliasing.
 
-use crate::error::{Result, WqatError};
 use super::same_shape;
+use crate::error::{Result, WqatError};
 use crate::gpu::{grid_1d, Dispatch, GpuContext, GpuTensor, PipelineKey};
 
 super::kernel_params! {

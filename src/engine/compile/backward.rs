@@ -6,9 +6,7 @@ use crate::error::Result;
 use crate::gpu::{Dispatch, GpuTensor};
 use crate::kernels::activation::{self, Relu};
 use crate::kernels::batchnorm::{self, BnBackward};
-use crate::kernels::conv::{
-    self, Conv2dBackwardDataArgs, Conv2dBackwardWeightArgs, Conv2dConfig, QuantOperand, SteMask,
-};
+use crate::kernels::conv::{self, Conv2dBackwardDataArgs, Conv2dBackwardWeightArgs, Conv2dGeom, QuantOperand, SteMask};
 use crate::kernels::gemm::{self, GemmConfig, GemmExtras};
 use crate::kernels::{bn_fold, fake_quant, loss, optim, pool};
 use crate::model::params::{self, BN_EPS};
@@ -207,7 +205,7 @@ impl Builder<'_> {
                 self.bwd(Tag::Always, gemm::gemm(ctx, &cfg_w, &dz, &x, &dw, &ex)?);
                 if bias {
                     let db = self.grad_of(&params::bias_name(&name))?;
-                    let cfg = Conv2dConfig::new(self.b, inp, 1, 1, out_features, 1);
+                    let cfg = Conv2dGeom::new(self.b, inp, 1, 1, out_features, 1);
                     let dz4 = view(&dz, &cfg.y_shape());
                     self.bwd(Tag::Always, conv::conv2d_bias_grad(ctx, &cfg, &dz4, &db)?);
                 }

@@ -30,8 +30,8 @@ fn expand(dir: &Path, file: &str, text: &str, seen: &mut HashSet<String>, out: &
             if seen.insert(target.to_string()) {
                 let path = dir.join(target);
                 println!("cargo:rerun-if-changed={}", path.display());
-                let inner = fs::read_to_string(&path)
-                    .unwrap_or_else(|e| panic!("shaders/{file}: include {target}: {e}"));
+                let inner =
+                    fs::read_to_string(&path).unwrap_or_else(|e| panic!("shaders/{file}: include {target}: {e}"));
                 out.push_str(&format!("// ---- begin {target}\n"));
                 expand(dir, target, &inner, seen, out, depth + 1);
                 out.push_str(&format!("// ---- end {target}\n"));

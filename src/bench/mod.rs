@@ -504,11 +504,11 @@ pub fn print_table(results: &[KernelResult]) {
 /// A one-line description of the adapter and the timing method, for report headers.
 pub fn describe(ctx: &GpuContext, opts: &BenchOptions) -> String {
     format!(
-        "adapter: {} ({}, {}), subgroups {}, timing: {}, warm-up {} then median of {} runs",
+        "adapter: {} ({}, {}), dot4 {}, timing: {}, warm-up {} then median of {} runs",
         ctx.summary.name,
         ctx.summary.backend,
         ctx.summary.device_type,
-        ctx.use_subgroups,
+        ctx.use_dot4,
         if ctx.has_timestamps { "GPU timestamps" } else { "wall clock" },
         opts.warmup.max(1),
         opts.runs.max(1)

@@ -18,7 +18,7 @@ use wqat::convert::synthetic::{random_images, synthetic_checkpoint};
 use wqat::convert::{self, Int8GpuModel, Int8Model, LayerKind};
 use wqat::gpu::{DType, Dispatch, GpuContext, GpuOptions, GpuTensor};
 use wqat::int8::{CpuBackend, SimdKernel};
-use wqat::kernels::conv::{conv2d_forward, Conv2dConfig, Conv2dForwardArgs};
+use wqat::kernels::conv::{conv2d_forward, Conv2dForwardArgs, Conv2dGeom};
 use wqat::kernels::gemm::{gemm, GemmConfig, GemmExtras};
 use wqat::kernels::pool::{maxpool_forward, PoolSpec};
 use wqat::model::zoo;
@@ -125,7 +125,7 @@ impl Fp32Gpu {
         let a2 = GpuTensor::zeros(ctx, &[b, 32, 7, 7], DType::U32)?;
         let (h, logits) = (t(&[b, 128])?, t(&[b, 10])?);
         let spec = PoolSpec { kernel: (2, 2), stride: (2, 2), padding: (0, 0) };
-        let conv = |cfg: Conv2dConfig, x: &GpuTensor, w: &GpuTensor, bias: &GpuTensor, y: &GpuTensor| {
+        let conv = |cfg: Conv2dGeom, x: &GpuTensor, w: &GpuTensor, bias: &GpuTensor, y: &GpuTensor| {
             conv2d_forward(
                 ctx,
                 &cfg,
@@ -138,9 +138,9 @@ impl Fp32Gpu {
             gemm(ctx, &cfg, x, w, y, &GemmExtras { bias: Some(bias), ..Default::default() })
         };
         let dispatches = vec![
-            conv(Conv2dConfig::new(b, 1, 28, 28, 16, 3).with_padding(1), &x, &w1, &b1, &y1)?,
+            conv(Conv2dGeom::new(b, 1, 28, 28, 16, 3).with_padding(1), &x, &w1, &b1, &y1)?,
             maxpool_forward(ctx, &y1, &p1, &a1, &spec)?,
-            conv(Conv2dConfig::new(b, 16, 14, 14, 32, 3).with_padding(1), &p1, &w2, &b2, &y2)?,
+            conv(Conv2dGeom::new(b, 16, 14, 14, 32, 3).with_padding(1), &p1, &w2, &b2, &y2)?,
             maxpool_forward(ctx, &y2, &p2, &a2, &spec)?,
             lin(1568, 128, true, &flat, &w3, &b3, &h)?,
             lin(128, 10, false, &h, &w4, &b4, &logits)?,

@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-vulkan.sh
+# One run covers every kernel path: tests of a path that an adapter feature or option
+# selects (int8 dot4 / unpack, conv DIRECT / tiled) build one context per path.
 cargo test "$@"
-# The portable fallback paths (no subgroups, no packed int8 dot product) on the same adapter.
-WQAT_NO_SUBGROUPS=1 WQAT_NO_DOT4=1 cargo test --test 'kernel_*' "$@"

@@ -26,14 +26,12 @@ const WG: u32 = 256u;
 @group(0) @binding(3) var<storage, read_write> out3: array<f32>;
 @group(0) @binding(1) var<storage, read_write> fill_buf: array<f32>;
 
-fn linear_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return gid.x + gid.y * nwg.x * WG;
-}
+// #include common/index.wgsl
 
 // Bindings: 1 x, 2 y.
 @compute @workgroup_size(256)
 fn relu_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = linear_index(gid, nwg);
+    let i = flat_index(gid, nwg, WG);
     if (i >= p.n) { return; }
     var v = max(in1[i], 0.0);
     if (RELU6) { v = min(v, 6.0); }
@@ -43,7 +41,7 @@ fn relu_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
 // Bindings: 1 x (forward input), 2 dy, 3 dx.
 @compute @workgroup_size(256)
 fn relu_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = linear_index(gid, nwg);
+    let i = flat_index(gid, nwg, WG);
     if (i >= p.n) { return; }
     let x = in1[i];
     var pass_grad = x > 0.0;
@@ -54,7 +52,7 @@ fn relu_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
 // Bindings: 1 a, 2 b, 3 out.
 @compute @workgroup_size(256)
 fn add_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = linear_index(gid, nwg);
+    let i = flat_index(gid, nwg, WG);
     if (i >= p.n) { return; }
     out3[i] = in1[i] + in2[i];
 }
@@ -62,7 +60,7 @@ fn add_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
 // Bindings: 1 src, 2 dst (read and written).
 @compute @workgroup_size(256)
 fn accumulate(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = linear_index(gid, nwg);
+    let i = flat_index(gid, nwg, WG);
     if (i >= p.n) { return; }
     out2[i] = out2[i] + in1[i];
 }
@@ -70,7 +68,7 @@ fn accumulate(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
 // Bindings: 1 buf.
 @compute @workgroup_size(256)
 fn fill(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = linear_index(gid, nwg);
+    let i = flat_index(gid, nwg, WG);
     if (i >= p.n) { return; }
     fill_buf[i] = p.value;
 }

@@ -25,11 +25,8 @@ const WG: u32 = 256u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 
-var<workgroup> red: array<f32, 256>;
-
-fn linear_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return gid.x + gid.y * nwg.x * WG;
-}
+// #include common/index.wgsl
+// #include common/wg_sum.wgsl
 
 // Index of the k-th element (k < m) of channel c.
 fn chan_index(c: u32, k: u32) -> u32 {
@@ -37,17 +34,6 @@ fn chan_index(c: u32, k: u32) -> u32 {
     return (n * p.c + c) * p.hw + (k - n * p.hw);
 }
 
-// Sums `v` over the workgroup; every thread gets the total.
-fn wg_sum(v: f32, lid: u32) -> f32 {
-    workgroupBarrier();
-    red[lid] = v;
-    workgroupBarrier();
-    for (var step = WG / 2u; step > 0u; step = step / 2u) {
-        if (lid < step) { red[lid] = red[lid] + red[lid + step]; }
-        workgroupBarrier();
-    }
-    return red[0];
-}
 
 // ---- bn_stats: 1 x, 2 saved (written), 3 running_mean, 4 running_var (updated) ----
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -85,7 +71,7 @@ fn bn_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
 
 @compute @workgroup_size(256)
 fn bn_eval_stats(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let c = linear_index(gid, nwg);
+    let c = flat_index(gid, nwg, WG);
     if (c >= p.c) { return; }
     saved_eval[c] = rm_in[c];
     saved_eval[p.c + c] = 1.0 / sqrt(rv_in[c] + p.eps);
@@ -99,7 +85,7 @@ fn bn_eval_stats(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
 
 @compute @workgroup_size(256)
 fn bn_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = linear_index(gid, nwg);
+    let i = flat_index(gid, nwg, WG);
     if (i >= p.total) { return; }
     let c = (i / p.hw) % p.c;
     let xhat = (x[i] - saved[c]) * saved[p.c + c];
@@ -154,7 +140,7 @@ fn bn_backward_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
 
 @compute @workgroup_size(256)
 fn bn_backward_dx(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = linear_index(gid, nwg);
+    let i = flat_index(gid, nwg, WG);
     if (i >= p.total) { return; }
     let c = (i / p.hw) % p.c;
     let invstd = saved[p.c + c];

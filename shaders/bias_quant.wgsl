@@ -34,9 +34,11 @@ struct Params {
 
 const I32_MAX: f32 = 2147483520.0;  // largest f32 below 2^31
 
+// #include common/index.wgsl
+
 @compute @workgroup_size(64)
 fn quantize_bias(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let c = gid.x + gid.y * nwg.x * 64u;
+    let c = flat_index(gid, nwg, 64u);
     if (c >= p.c) { return; }
     let b = bias[c];
     var b_eff = b;

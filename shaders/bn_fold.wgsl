@@ -20,22 +20,8 @@ const WG: u32 = 256u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 
-var<workgroup> red: array<f32, 256>;
-
-fn linear_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return gid.x + gid.y * nwg.x * WG;
-}
-
-fn wg_sum(v: f32, lid: u32) -> f32 {
-    workgroupBarrier();
-    red[lid] = v;
-    workgroupBarrier();
-    for (var step = WG / 2u; step > 0u; step = step / 2u) {
-        if (lid < step) { red[lid] = red[lid] + red[lid + step]; }
-        workgroupBarrier();
-    }
-    return red[0];
-}
+// #include common/index.wgsl
+// #include common/wg_sum.wgsl
 
 // ---- fold_forward: 1 w [Cout, inner], 2 gamma, 3 running_var, 4 sf (written), 5 w_fold ----
 @group(0) @binding(1) var<storage, read> w: array<f32>;
@@ -50,7 +36,7 @@ fn scale_factor(c: u32) -> f32 {
 
 @compute @workgroup_size(256)
 fn fold_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = linear_index(gid, nwg);
+    let i = flat_index(gid, nwg, WG);
     if (i < p.c) { sf_out[i] = scale_factor(i); }
     if (i >= p.n) { return; }
     w_fold[i] = w[i] * scale_factor(i / p.inner);
@@ -64,7 +50,7 @@ fn fold_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
 
 @compute @workgroup_size(256)
 fn channel_div(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = linear_index(gid, nwg);
+    let i = flat_index(gid, nwg, WG);
     if (i >= p.n) { return; }
     dst[i] = src[i] / sf[(i / p.inner) % p.c];
 }

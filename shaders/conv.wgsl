@@ -17,17 +17,10 @@
 // X is per tensor (state channel 0), W per output channel. A state with fq_on == 0 passes
 // values through.
 
-struct Params {
-    n: u32, c_in: u32, h: u32, w: u32,
-    c_out: u32, oh: u32, ow: u32, groups: u32,
-    kh: u32, kw: u32, stride_h: u32, stride_w: u32,
-    pad_h: u32, pad_w: u32, dil_h: u32, dil_w: u32,
-    cin_g: u32, cout_g: u32, gemm_m: u32, gemm_n: u32,
-    gemm_k: u32, k_chunk: u32, splits: u32, flags: u32,
-    x_qmin: f32, x_qmax: f32, w_qmin: f32, w_qmax: f32,
-}
+// #include common/conv_params.wgsl
+// #include common/fake_quant.wgsl
 
-@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(0) var<uniform> p: ConvParams;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> wt: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
@@ -45,12 +38,6 @@ override UNROLL: bool = true;
 // `forward_direct`). TPM is then the number of invocations along M, WG / TPM along N.
 override DIRECT: bool = false;
 
-// Bits of p.flags.
-const FQ_X: u32 = 1u;
-const FQ_W: u32 = 2u;
-const HAS_BIAS: u32 = 4u;
-const RELU: u32 = 8u;
-const W_PER_TENSOR: u32 = 64u;
 const BK: u32 = 8u;
 const TM: u32 = 4u;
 const TN: u32 = 4u;
@@ -79,10 +66,6 @@ fn wparams(co: u32) -> vec3<f32> {
     return vec3<f32>(wq[4u + c], wq[4u + n + c], wq[4u + 2u * n + c]);
 }
 
-fn fq(v: f32, s: f32, inv_s: f32, z: f32, qmin: f32, qmax: f32) -> f32 {
-    return (clamp(round(v * inv_s) + z, qmin, qmax) - z) * s;
-}
-
 fn store_row(g: u32, row: u32, v: vec4<f32>, col0: u32, step: u32) {
     if (row >= p.gemm_m) { return; }
     let co = g * p.gemm_m + row;
@@ -106,10 +89,6 @@ fn gather4(xb: vec4<i32>, ih: vec4<i32>, iw: vec4<i32>, ok: vec4<bool>) -> vec4<
     let idx = select(vec4<i32>(0), xb + ih * i32(p.w) + iw, inside);
     let v = vec4<f32>(x[u32(idx.x)], x[u32(idx.y)], x[u32(idx.z)], x[u32(idx.w)]);
     return select(vec4<f32>(0.0), v, inside);
-}
-
-fn fq4(v: vec4<f32>, s: f32, inv_s: f32, z: f32, qmin: f32, qmax: f32) -> vec4<f32> {
-    return (clamp(round(v * inv_s) + z, vec4<f32>(qmin), vec4<f32>(qmax)) - z) * s;
 }
 
 // Decoded output columns of one vec4 group starting at col0: the input offset of each
@@ -205,8 +184,8 @@ fn forward_direct(lid: u32, wid: vec3<u32>, nwg: vec3<u32>) {
                 var xa = gather4(ca.xb + vec4<i32>(xo), iha, ca.iw0 + vec4<i32>(dw), ca.ok);
                 var xb = gather4(cb.xb + vec4<i32>(xo), ihb, cb.iw0 + vec4<i32>(dw), cb.ok);
                 if (x_on) {
-                    xa = fq4(xa, xp.x, xp.y, xp.z, p.x_qmin, p.x_qmax);
-                    xb = fq4(xb, xp.x, xp.y, xp.z, p.x_qmin, p.x_qmax);
+                    xa = fq4(xa, vec4<f32>(xp.x), vec4<f32>(xp.y), vec4<f32>(xp.z), p.x_qmin, p.x_qmax);
+                    xb = fq4(xb, vec4<f32>(xp.x), vec4<f32>(xp.y), vec4<f32>(xp.z), p.x_qmin, p.x_qmax);
                 }
                 var w0 = wt[r0 * K + k];
                 var w1 = wt[r1 * K + k];

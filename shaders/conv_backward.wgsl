@@ -15,17 +15,10 @@
 // multiplies by STE(x) = [qmin <= round(x * inv_s) + z <= qmax] with x's per-tensor state
 // (pass-through when its fq_on is 0); ACCUM makes it dX += result instead of dX = result.
 
-struct Params {
-    n: u32, c_in: u32, h: u32, w: u32,
-    c_out: u32, oh: u32, ow: u32, groups: u32,
-    kh: u32, kw: u32, stride_h: u32, stride_w: u32,
-    pad_h: u32, pad_w: u32, dil_h: u32, dil_w: u32,
-    cin_g: u32, cout_g: u32, gemm_m: u32, gemm_n: u32,
-    gemm_k: u32, k_chunk: u32, splits: u32, flags: u32,
-    x_qmin: f32, x_qmax: f32, w_qmin: f32, w_qmax: f32,
-}
+// #include common/conv_params.wgsl
+// #include common/fake_quant.wgsl
 
-@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(0) var<uniform> p: ConvParams;
 @group(0) @binding(1) var<storage, read> dy: array<f32>;
 @group(0) @binding(2) var<storage, read> wt: array<f32>;
 @group(0) @binding(3) var<storage, read> wq: array<f32>;
@@ -43,11 +36,6 @@ override UNROLL: bool = true;
 // (see `backward_direct`). WG is then 64 and TPM unused.
 override DIRECT: bool = false;
 
-// Bits of p.flags.
-const FQ_W: u32 = 2u;
-const MASK: u32 = 16u;
-const ACCUM: u32 = 32u;
-const W_PER_TENSOR: u32 = 64u;
 const BK: u32 = 8u;
 const TM: u32 = 4u;
 const TN: u32 = 4u;
@@ -107,10 +95,6 @@ fn wparams(co: u32) -> vec3<f32> {
     return vec3<f32>(wq[4u + c], wq[4u + n + c], wq[4u + 2u * n + c]);
 }
 
-fn fq(v: f32, s: f32, inv_s: f32, z: f32, qmin: f32, qmax: f32) -> f32 {
-    return (clamp(round(v * inv_s) + z, qmin, qmax) - z) * s;
-}
-
 // Index into dX of phase column col.
 fn dx_index(ci: u32, col: u32, ah: Axis, aw: Axis) -> u32 {
     let per = ah.count * aw.count;
@@ -137,8 +121,7 @@ fn store_row(g: u32, row: u32, v: vec4<f32>, col0: u32, step: u32, n_cols: u32, 
             let idx = dx_index(ci, col, ah, aw);
             var o = v[j];
             if (m_on) {
-                let r = round(x[idx] * xinv) + xz;
-                o = select(0.0, o, r >= p.x_qmin && r <= p.x_qmax);
+                o = select(0.0, o, fq_keeps(x[idx], xinv, xz, p.x_qmin, p.x_qmax));
             }
             if ((p.flags & ACCUM) != 0u) { o += dx[idx]; }
             dx[idx] = o;
@@ -185,7 +168,7 @@ fn decode_cols(col0: u32, n_cols: u32, g: u32, ah: Axis, aw: Axis) -> Cols {
 }
 
 fn wfq(v: vec4<f32>, q: vec3<f32>) -> vec4<f32> {
-    return (clamp(round(v * q.y) + q.z, vec4<f32>(p.w_qmin), vec4<f32>(p.w_qmax)) - q.z) * q.x;
+    return fq4(v, vec4<f32>(q.x), vec4<f32>(q.y), vec4<f32>(q.z), p.w_qmin, p.w_qmax);
 }
 
 // The direct backward data (DIRECT): per (group, phase) (workgroup z), invocation item

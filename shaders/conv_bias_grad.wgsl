@@ -2,17 +2,9 @@
 // One workgroup per output channel (workgroup x), a strided sum per invocation, then a
 // tree reduction in workgroup memory (deterministic).
 
-struct Params {
-    n: u32, c_in: u32, h: u32, w: u32,
-    c_out: u32, oh: u32, ow: u32, groups: u32,
-    kh: u32, kw: u32, stride_h: u32, stride_w: u32,
-    pad_h: u32, pad_w: u32, dil_h: u32, dil_w: u32,
-    cin_g: u32, cout_g: u32, gemm_m: u32, gemm_n: u32,
-    gemm_k: u32, k_chunk: u32, splits: u32, flags: u32,
-    x_qmin: f32, x_qmax: f32, w_qmin: f32, w_qmax: f32,
-}
+// #include common/conv_params.wgsl
 
-@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(0) var<uniform> p: ConvParams;
 @group(0) @binding(1) var<storage, read> dy: array<f32>;
 @group(0) @binding(2) var<storage, read_write> db: array<f32>;
 

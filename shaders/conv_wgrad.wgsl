@@ -7,17 +7,10 @@
 // blocks, TPM along M, BK = 8); X is gathered with consecutive invocations on consecutive
 // output pixels so its loads are coalesced.
 
-struct Params {
-    n: u32, c_in: u32, h: u32, w: u32,
-    c_out: u32, oh: u32, ow: u32, groups: u32,
-    kh: u32, kw: u32, stride_h: u32, stride_w: u32,
-    pad_h: u32, pad_w: u32, dil_h: u32, dil_w: u32,
-    cin_g: u32, cout_g: u32, gemm_m: u32, gemm_n: u32,
-    gemm_k: u32, k_chunk: u32, splits: u32, flags: u32,
-    x_qmin: f32, x_qmax: f32, w_qmin: f32, w_qmax: f32,
-}
+// #include common/conv_params.wgsl
+// #include common/fake_quant.wgsl
 
-@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(0) var<uniform> p: ConvParams;
 @group(0) @binding(1) var<storage, read> dy: array<f32>;
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read> xq: array<f32>;
@@ -34,8 +27,6 @@ override UNROLL: bool = true;
 // each.
 override DIRECT: bool = false;
 
-// Bits of p.flags.
-const FQ_X: u32 = 1u;
 const BK: u32 = 8u;
 const TM: u32 = 4u;
 const TN: u32 = 4u;
@@ -60,10 +51,6 @@ fn kdecode(k: u32, kend: u32, g: u32) -> vec4<i32> {
     let iw0 = i32(pp % p.ow * p.stride_w) - i32(p.pad_w);
     let xoff = i32((nb * p.c_in + g * p.cin_g) * p.h * p.w) + ih0 * i32(p.w) + iw0;
     return vec4<i32>(xoff, ih0, iw0, i32(nb * p.c_out * ohw + pp));
-}
-
-fn fq(v: f32, s: f32, inv_s: f32, z: f32, qmin: f32, qmax: f32) -> f32 {
-    return (clamp(round(v * inv_s) + z, qmin, qmax) - z) * s;
 }
 
 fn store_row(base: u32, row: u32, v: vec4<f32>, col0: u32, step: u32) {
@@ -111,7 +98,7 @@ fn gather_x(base: vec4<i32>, row_ok: vec4<bool>, iw: vec4<i32>, x_on: bool, xp: 
     let idx = select(vec4<i32>(0), base, inside);
     var v = vec4<f32>(x[u32(idx.x)], x[u32(idx.y)], x[u32(idx.z)], x[u32(idx.w)]);
     if (x_on) {
-        v = (clamp(round(v * xp.y) + xp.z, vec4<f32>(p.x_qmin), vec4<f32>(p.x_qmax)) - xp.z) * xp.x;
+        v = fq4(v, vec4<f32>(xp.x), vec4<f32>(xp.y), vec4<f32>(xp.z), p.x_qmin, p.x_qmax);
     }
     return select(vec4<f32>(0.0), v, inside);
 }

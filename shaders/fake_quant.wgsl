@@ -29,6 +29,8 @@ const WG: u32 = 256u;
 // `grid_1d(ceil(n / EPT), WG)`.
 override EPT: u32 = 1u;
 
+// #include common/fake_quant.wgsl
+
 // First element of this workgroup's chunk.
 fn chunk_base(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return (wid.x + wid.y * nwg.x) * (WG * EPT);
@@ -121,8 +123,7 @@ fn fake_quant_forward(@builtin(local_invocation_index) lid: u32, @builtin(workgr
         let i = e0 + j * WG;
         if (i < p.n) {
             let q = elem_params(l, j, i);
-            let c = clamp(round(x[i] * q.y) + q.z, p.qmin, p.qmax);
-            out[i] = (c - q.z) * q.x;
+            out[i] = fq(x[i], q.x, q.y, q.z, p.qmin, p.qmax);
         }
     }
 }
@@ -147,8 +148,7 @@ fn ste_backward(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id
         let i = e0 + j * WG;
         if (i < p.n) {
             let q = elem_params(l, j, i);
-            let r = round(x[i] * q.y) + q.z;
-            dx[i] = select(0.0, out[i], r >= p.qmin && r <= p.qmax);
+            dx[i] = select(0.0, out[i], fq_keeps(x[i], q.y, q.z, p.qmin, p.qmax));
         }
     }
 }

@@ -74,16 +74,8 @@ const TILE_MAX: u32 = 1024u;
 var<workgroup> As: array<f32, TILE_MAX>; // [BK][BM]
 var<workgroup> Bs: array<vec4<f32>, TILE_MAX / 4u>; // [BK][BN/4]
 
-// Code then value; (s, inv_s, z) of the element's channel.
-fn fq(v: f32, s: f32, inv_s: f32, z: f32, qmin: f32, qmax: f32) -> f32 {
-    let q = clamp(round(v * inv_s) + z, qmin, qmax);
-    return (q - z) * s;
-}
-
-fn fq4(v: vec4<f32>, s: vec4<f32>, inv_s: vec4<f32>, z: vec4<f32>, qmin: f32, qmax: f32) -> vec4<f32> {
-    let q = clamp(round(v * inv_s) + z, vec4<f32>(qmin), vec4<f32>(qmax));
-    return (q - z) * s;
-}
+// fq / fq4 (code then value) and fq_keeps (the STE mask).
+// #include common/fake_quant.wgsl
 
 fn fq_a(v: f32, row: u32, pt: vec3<f32>) -> f32 {
     if (PC_A) {
@@ -114,8 +106,7 @@ fn store4(gm: u32, gn0: u32, acc: vec4<f32>, on_m: bool, im: vec2<f32>) {
                 v = max(v, 0.0);
             }
             if (on_m) {
-                let r = round(ms[idx] * im.x) + im.y;
-                v = select(0.0, v, r >= p.qmin_m && r <= p.qmax_m);
+                v = select(0.0, v, fq_keeps(ms[idx], im.x, im.y, p.qmin_m, p.qmax_m));
             }
             if (ACCUM) {
                 v += c[idx];

@@ -52,9 +52,7 @@ fn touch() {
     }
 }
 
-fn linear_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return gid.x + gid.y * nwg.x * WG;
-}
+// #include common/index.wgsl
 
 // One workgroup: batch min/max from the partials, the new range, clears the batch counts.
 @compute @workgroup_size(256)
@@ -109,7 +107,7 @@ fn fine_bucket(k: u32, cur_min: f32, fine_w: f32, new_min: f32, new_w: f32) -> i
 @compute @workgroup_size(256)
 fn hist_rebin(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     touch();
-    let j = linear_index(gid, nwg);
+    let j = flat_index(gid, nwg, WG);
     if (j >= p.bins || hs[4] == 0.0) { return; }
     if (hs[5] != 0.0) { tmp[j] = 0.0; return; }
     let cur_min = hs[0];
@@ -144,7 +142,7 @@ fn hist_rebin(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
 @compute @workgroup_size(256)
 fn hist_accumulate(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     touch();
-    let i = linear_index(gid, nwg);
+    let i = flat_index(gid, nwg, WG);
     if (i >= p.n || hs[4] == 0.0) { return; }
     let lo = hs[7];
     let hi = hs[8];
@@ -158,7 +156,7 @@ fn hist_accumulate(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
 @compute @workgroup_size(256)
 fn hist_commit(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     touch();
-    let j = linear_index(gid, nwg);
+    let j = flat_index(gid, nwg, WG);
     if (j >= p.bins || hs[4] == 0.0) { return; }
     hs[H + j] = f32(atomicLoad(&counts[j])) + tmp[j];
     if (j == 0u) {

@@ -41,27 +41,11 @@ struct Params {
 
 const WG: u32 = 64u;
 
-fn linear_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return gid.x + gid.y * nwg.x * WG;
-}
+// #include common/index.wgsl
 
-// ---- fixed-point arithmetic (copy of int8_gemm.wgsl; see src/int8/requant.rs) ----
-
-fn mul_wide(a: u32, b: u32) -> vec2<u32> {
-    let a0 = a & 0xffffu;
-    let a1 = a >> 16u;
-    let b0 = b & 0xffffu;
-    let b1 = b >> 16u;
-    var t = a0 * b0;
-    let w0 = t & 0xffffu;
-    var k = t >> 16u;
-    t = a1 * b0 + k;
-    let w1 = t & 0xffffu;
-    let w2 = t >> 16u;
-    t = a0 * b1 + w1;
-    k = t >> 16u;
-    return vec2<u32>((t << 16u) + w0, a1 * b1 + w2 + k);
-}
+// ---- fixed-point arithmetic (see src/int8/requant.rs): mul_wide and the single-rounding
+// mul_round shared with int8_gemm.wgsl; the TFLite MBQM of add below ----
+// #include common/fixed_point.wgsl
 
 fn srdhm(a: i32, b: i32) -> i32 {
     let min_i32 = bitcast<i32>(0x80000000u);
@@ -98,46 +82,6 @@ fn mbqm(x: i32, m0: i32, shift: i32) -> i32 {
     return rdbpot(srdhm(sat_shl(x, l), m0), r);
 }
 
-// round_half_even(x * m0 * 2^(shift - 31)) from the exact 64-bit product (m0 >= 0), saturated
-// to +-(2^31 - 1): the single rounding of conv / linear / average-pool outputs, the same
-// rounding the fake-quant simulation does (src/int8/requant.rs,
-// `multiply_by_quantized_multiplier_rounded`). Half to even is symmetric, so it rounds the
-// magnitude and puts the sign back.
-fn mul_round(x: i32, m0: i32, shift: i32) -> i32 {
-    let k = u32(clamp(31 - shift, 1, 62));
-    let neg = x < 0;
-    let ux = select(bitcast<u32>(x), 0u - bitcast<u32>(x), neg);
-    let prod = mul_wide(ux, bitcast<u32>(m0));
-    var q_lo = 0u;
-    var q_hi = 0u;
-    var above = false;
-    var tie = false;
-    if (k < 32u) {
-        q_lo = (prod.x >> k) | (prod.y << (32u - k));
-        q_hi = prod.y >> k;
-        let rem = prod.x & ((1u << k) - 1u);
-        let half = 1u << (k - 1u);
-        above = rem > half;
-        tie = rem == half;
-    } else if (k == 32u) {
-        q_lo = prod.y;
-        above = prod.x > 0x80000000u;
-        tie = prod.x == 0x80000000u;
-    } else {
-        let s = k - 32u;
-        q_lo = prod.y >> s;
-        let rem_hi = prod.y & ((1u << s) - 1u);
-        let half_hi = 1u << (s - 1u);
-        above = rem_hi > half_hi || (rem_hi == half_hi && prod.x > 0u);
-        tie = rem_hi == half_hi && prod.x == 0u;
-    }
-    var m = q_lo + select(0u, 1u, above || (tie && (q_lo & 1u) == 1u));
-    if (q_hi != 0u || m < q_lo || m > 0x7fffffffu) {
-        m = 0x7fffffffu;
-    }
-    return select(bitcast<i32>(m), -bitcast<i32>(m), neg);
-}
-
 fn clamp_out(v: i32) -> u32 {
     return u32(clamp(v, p.act_min - p.zero_out, p.act_max - p.zero_out) + p.zero_out);
 }
@@ -153,7 +97,7 @@ fn src2_byte(e: u32) -> u32 {
 // ---- quantize: f32 -> codes, clamp(round(x * inv_s) + z, 0, qmax) (round: ties to even) ----
 @compute @workgroup_size(64)
 fn quantize_f32(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let t = linear_index(gid, nwg);
+    let t = flat_index(gid, nwg, WG);
     if (t * 4u >= p.total) { return; }
     var word = 0u;
     for (var j = 0u; j < 4u; j++) {
@@ -169,7 +113,7 @@ fn quantize_f32(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
 // ---- dequantize: codes -> f32, (q - z) * s (one element per invocation) ----
 @compute @workgroup_size(64)
 fn dequantize_u8(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let e = linear_index(gid, nwg);
+    let e = flat_index(gid, nwg, WG);
     if (e >= p.total) { return; }
     out[e] = bitcast<u32>((f32(src_byte(e)) - f32(p.zero_a)) * p.scale);
 }
@@ -221,7 +165,7 @@ fn row_max(a: i32, x0: i32) -> u32 {
 // ---- max pool on codes (padding ignored) ----
 @compute @workgroup_size(64)
 fn maxpool_u8(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let t = linear_index(gid, nwg);
+    let t = flat_index(gid, nwg, WG);
     if (t * 4u >= p.total) { return; }
     var word = 0u;
     var pos = position(t * 4u);
@@ -252,7 +196,7 @@ fn maxpool_u8(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
 // ---- average pool on codes: z_out + MBQM(sum_inbounds(q) - count * z_in, M), M for 1/(kh*kw) ----
 @compute @workgroup_size(64)
 fn avgpool_u8(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let t = linear_index(gid, nwg);
+    let t = flat_index(gid, nwg, WG);
     if (t * 4u >= p.total) { return; }
     var word = 0u;
     var pos = position(t * 4u);
@@ -281,7 +225,7 @@ fn avgpool_u8(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
 // ---- residual add (TFLite quantized ADD, left shift 20; see src/int8/ops.rs AddConfig) ----
 @compute @workgroup_size(64)
 fn add_u8(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let t = linear_index(gid, nwg);
+    let t = flat_index(gid, nwg, WG);
     if (t * 4u >= p.total) { return; }
     var word = 0u;
     for (var j = 0u; j < 4u; j++) {

@@ -37,6 +37,9 @@ struct Params {
 
 const WG: u32 = 64u;
 const FWG: u32 = 256u;
+
+// #include common/index.wgsl
+
 const NONE: u32 = 0xffffffffu;
 const ST_CORRECT: u32 = 1u;
 const ST_NONFINITE: u32 = 2u;
@@ -211,7 +214,7 @@ fn row_loss_seq(row: u32) -> RowStats {
 
 @compute @workgroup_size(64)
 fn ce_rows_thread(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let row = gid.x + gid.y * nwg.x * WG;
+    let row = flat_index(gid, nwg, WG);
     if (row >= p.rows) { return; }
     let st = row_loss_seq(row);
     let label = labels[row];
@@ -227,7 +230,7 @@ fn ce_rows_thread(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
 
 @compute @workgroup_size(64)
 fn ce_rows_eval_thread(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let row = gid.x + gid.y * nwg.x * WG;
+    let row = flat_index(gid, nwg, WG);
     if (row >= p.rows) { return; }
     _ = row_loss_seq(row);
 }
@@ -237,7 +240,7 @@ fn ce_rows_eval_thread(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(n
 
 @compute @workgroup_size(64)
 fn ce_argmax_thread(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let row = gid.x + gid.y * nwg.x * WG;
+    let row = flat_index(gid, nwg, WG);
     if (row >= p.rows) { return; }
     let base = row * p.classes;
     var mx = logits[base];
@@ -332,7 +335,7 @@ fn metrics_reset(@builtin(local_invocation_index) lid: u32) {
 
 @compute @workgroup_size(256)
 fn nonfinite_check(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = gid.x + gid.y * nwg.x * 256u;
+    let i = flat_index(gid, nwg, FWG);
     if (i >= p.n) { return; }
     // Load first so that an all-NaN tensor does not serialize on one atomic.
     if (nonfinite(logits[i]) && (atomicLoad(&guard_metrics[3]) & FLAG_NONFINITE) == 0u) {

@@ -101,9 +101,7 @@ fn clip_finalize() {
     b1[2] = total;
 }
 
-fn linear_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return gid.x + gid.y * nwg.x * WG;
-}
+// #include common/index.wgsl
 
 // True when the step must leave everything as is (skipping on, non-finite bit 0 set).
 fn skip_step() -> bool {
@@ -122,7 +120,7 @@ fn clipped_grad(i: u32) -> f32 {
 // g' + momentum*buf : buf).
 @compute @workgroup_size(256)
 fn sgd_step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = linear_index(gid, nwg);
+    let i = flat_index(gid, nwg, WG);
     if (i >= p.n) { return; }
     if (skip_step()) { return; }
     let lr = hyper[0];
@@ -184,7 +182,7 @@ fn adamw_bias() {
 // the bias corrections 1 - beta^t from `adamw_bias`.
 @compute @workgroup_size(256)
 fn adamw_step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = linear_index(gid, nwg);
+    let i = flat_index(gid, nwg, WG);
     if (i >= p.n) { return; }
     if (skip_step()) { return; }
     let lr = hyper[0];

@@ -34,9 +34,7 @@ const GWG: u32 = 64u;
 @group(0) @binding(2) var<storage, read_write> dst: array<f32>;
 @group(0) @binding(3) var<storage, read_write> argmax: array<u32>;
 
-fn linear_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return gid.x + gid.y * nwg.x * WG;
-}
+// #include common/index.wgsl
 
 // First and last output row/column whose window contains input coordinate `i`:
 // o * s - pad <= i <= o * s - pad + k - 1. Returns (lo, hi); empty when lo > hi.
@@ -51,7 +49,7 @@ fn out_range(i: u32, k: u32, s: u32, pad: u32, o: u32) -> vec2<i32> {
 // Bindings: 1 x, 2 y, 3 argmax (u32, plane-local index).
 @compute @workgroup_size(256)
 fn maxpool_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = linear_index(gid, nwg);
+    let i = flat_index(gid, nwg, WG);
     if (i >= p.total) { return; }
     let plane = i / (p.oh * p.ow);
     let r = i % (p.oh * p.ow);
@@ -85,7 +83,7 @@ fn maxpool_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
 // Bindings: 1 dy, 2 dx, 3 argmax from the forward. One invocation per input element.
 @compute @workgroup_size(256)
 fn maxpool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = linear_index(gid, nwg);
+    let i = flat_index(gid, nwg, WG);
     if (i >= p.total) { return; }
     let plane = i / (p.h * p.w);
     let idx = i % (p.h * p.w);
@@ -107,7 +105,7 @@ fn maxpool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
 // Bindings: 1 x, 2 y.
 @compute @workgroup_size(256)
 fn avgpool_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = linear_index(gid, nwg);
+    let i = flat_index(gid, nwg, WG);
     if (i >= p.total) { return; }
     let plane = i / (p.oh * p.ow);
     let r = i % (p.oh * p.ow);
@@ -132,7 +130,7 @@ fn avgpool_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
 // Bindings: 1 dy, 2 dx. One invocation per input element.
 @compute @workgroup_size(256)
 fn avgpool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = linear_index(gid, nwg);
+    let i = flat_index(gid, nwg, WG);
     if (i >= p.total) { return; }
     let plane = i / (p.h * p.w);
     let idx = i % (p.h * p.w);
@@ -172,7 +170,7 @@ fn global_avgpool_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wo
 // Bindings: 1 dy [planes], 2 dx [planes, h*w].
 @compute @workgroup_size(256)
 fn global_avgpool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = linear_index(gid, nwg);
+    let i = flat_index(gid, nwg, WG);
     if (i >= p.total) { return; }
     let hw = p.h * p.w;
     dst[i] = src[i / hw] / f32(hw);

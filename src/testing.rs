@@ -28,7 +28,8 @@ pub const GELU_ATOL: f32 = 2e-7;
 static CTX: OnceLock<Arc<GpuContext>> = OnceLock::new();
 
 /// The device shared by every test in this process, built from `GpuOptions::from_env()`
-/// (so `WQAT_NO_SUBGROUPS=1` etc. run the fallback paths). Panics with the adapter error,
+/// (adapter choice). Tests of a path that an option forces (int8 dot4 or unpack, conv
+/// DIRECT or tiled) build a context per path themselves. Panics with the adapter error,
 /// which names the fix, when no adapter exists.
 pub fn ctx() -> Arc<GpuContext> {
     CTX.get_or_init(|| match GpuContext::new(&GpuOptions::from_env()) {

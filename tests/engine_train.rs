@@ -178,7 +178,7 @@ fn conv_bn_fake_quant_eval_equals_folded_conv() {
     let w_fold: Vec<f32> = w.iter().enumerate().map(|(i, v)| v * sf[i / 27]).collect();
     let xq = fq(&x, &qin, 1, x.len(), 0.0, 255.0);
     let wq = fq(&w_fold, &qw, 5, 27, -127.0, 127.0);
-    let cfg = wqat::kernels::conv::Conv2dConfig::new(batch, 3, 7, 7, 5, 3).with_padding(1);
+    let cfg = wqat::kernels::conv::Conv2dGeom::new(batch, 3, 7, 7, 5, 3).with_padding(1);
     let to64 = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
     let (y, _) = conv2d_forward_f64(&cfg, &to64(&xq), &to64(&wq), None);
     // The folded bias, quantized on the s_x * s_w grid as the integer model stores it.

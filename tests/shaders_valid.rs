@@ -31,3 +31,49 @@ fn every_common_module_validates_on_its_own() {
         }
     }
 }
+
+/// Every kernel's Rust `Params` (declared with `kernel_params!`, listed in
+/// `wqat::kernels::KERNEL_PARAMS`) has the layout of the WGSL uniform of each shader it
+/// fills (naga reflection of the assembled source): same size, every named field at the
+/// same offset with the same size.
+#[test]
+fn every_uniform_matches_its_rust_params() {
+    let mut errors = Vec::new();
+    for layout in wqat::kernels::KERNEL_PARAMS {
+        if let Err(e) = layout.check() {
+            errors.extend(e);
+        }
+    }
+    assert!(errors.is_empty(), "uniform layouts disagree:\n{}", errors.join("\n"));
+}
+
+/// Every shader with a uniform at binding 0 is covered by some Rust declaration.
+#[test]
+fn every_uniform_has_a_rust_declaration() {
+    let declared: Vec<&str> = wqat::kernels::KERNEL_PARAMS.iter().flat_map(|l| l.shaders.iter().copied()).collect();
+    let mut missing = Vec::new();
+    for (name, _) in wqat::gpu::SHADER_SOURCES {
+        let uniform = wqat::gpu::uniform_layout(name).unwrap_or_else(|e| panic!("{e}"));
+        if uniform.is_some() && !declared.contains(name) {
+            missing.push(*name);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "shaders whose uniform no kernel_params! declaration mirrors (add one to src/kernels/mod.rs KERNEL_PARAMS): {missing:?}"
+    );
+}
+
+/// The check itself catches a disagreement (a field moved, a size changed).
+#[test]
+fn a_wrong_layout_is_reported() {
+    let good = wqat::kernels::KERNEL_PARAMS.iter().find(|l| l.shaders == ["activation"]).expect("activation params");
+    assert!(good.check().is_ok());
+    let moved: Vec<(&str, usize, usize)> =
+        good.fields.iter().map(|&(n, o, s)| if n == "value" { (n, o - 4, s) } else { (n, o, s) }).collect();
+    let bad = wqat::kernels::ParamsLayout { fields: Box::leak(moved.into_boxed_slice()), ..*good };
+    let err = bad.check().unwrap_err();
+    assert!(err.iter().any(|e| e.contains("`value`")), "{err:?}");
+    let bigger = wqat::kernels::ParamsLayout { size: good.size + 16, ..*good };
+    assert!(bigger.check().unwrap_err().iter().any(|e| e.contains("size")));
+}

@@ -28,7 +28,7 @@ use crate::error::Result;
 use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor};
 use crate::kernels::conv::{
     conv2d_backward_data, conv2d_backward_weight, conv2d_forward, Conv2dBackwardDataArgs, Conv2dBackwardWeightArgs,
-    Conv2dConfig, Conv2dForwardArgs, QuantOperand, SteMask,
+    Conv2dForwardArgs, Conv2dGeom, QuantOperand, SteMask,
 };
 use crate::kernels::fake_quant::{fake_quant_forward, ste_backward};
 use crate::kernels::gemm::{copy_f32, gemm, gemm_unfused, GemmConfig, GemmExtras};
@@ -254,7 +254,7 @@ impl Runner<'_> {
     }
 
     /// A conv layer: forward, data and weight gradients.
-    fn conv(&mut self, layer: &str, cfg: &Conv2dConfig) -> Result<()> {
+    fn conv(&mut self, layer: &str, cfg: &Conv2dGeom) -> Result<()> {
         let shape =
             format!("{layer} {}x{}x{}x{}->{} k{}s{}", cfg.n, cfg.c_in, cfg.h, cfg.w, cfg.c_out, cfg.kh, cfg.stride.0);
         if !["conv_fwd", "conv_dx", "conv_dw"].iter().any(|n| self.opts.wants(n, &shape)) {
@@ -425,21 +425,21 @@ fn timing_name(t: &Timing) -> &'static str {
 }
 
 /// mnist-cnn at batch 64: conv1 1->16 and conv2 16->32 (3x3, pad 1), fc1 1568->128, fc2 128->10.
-fn mnist_convs() -> Vec<(&'static str, Conv2dConfig)> {
+fn mnist_convs() -> Vec<(&'static str, Conv2dGeom)> {
     vec![
-        ("mnist.conv1", Conv2dConfig::new(64, 1, 28, 28, 16, 3).with_padding(1)),
-        ("mnist.conv2", Conv2dConfig::new(64, 16, 14, 14, 32, 3).with_padding(1)),
+        ("mnist.conv1", Conv2dGeom::new(64, 1, 28, 28, 16, 3).with_padding(1)),
+        ("mnist.conv2", Conv2dGeom::new(64, 16, 14, 14, 32, 3).with_padding(1)),
     ]
 }
 
 /// resnet20 at batch 128: the 3x3 convs of each stage and the stride-2 transitions.
-fn resnet_convs() -> Vec<(&'static str, Conv2dConfig)> {
+fn resnet_convs() -> Vec<(&'static str, Conv2dGeom)> {
     vec![
-        ("resnet20.conv16", Conv2dConfig::new(128, 16, 32, 32, 16, 3).with_padding(1)),
-        ("resnet20.down32", Conv2dConfig::new(128, 16, 32, 32, 32, 3).with_padding(1).with_stride(2)),
-        ("resnet20.conv32", Conv2dConfig::new(128, 32, 16, 16, 32, 3).with_padding(1)),
-        ("resnet20.down64", Conv2dConfig::new(128, 32, 16, 16, 64, 3).with_padding(1).with_stride(2)),
-        ("resnet20.conv64", Conv2dConfig::new(128, 64, 8, 8, 64, 3).with_padding(1)),
+        ("resnet20.conv16", Conv2dGeom::new(128, 16, 32, 32, 16, 3).with_padding(1)),
+        ("resnet20.down32", Conv2dGeom::new(128, 16, 32, 32, 32, 3).with_padding(1).with_stride(2)),
+        ("resnet20.conv32", Conv2dGeom::new(128, 32, 16, 16, 32, 3).with_padding(1)),
+        ("resnet20.down64", Conv2dGeom::new(128, 32, 16, 16, 64, 3).with_padding(1).with_stride(2)),
+        ("resnet20.conv64", Conv2dGeom::new(128, 64, 8, 8, 64, 3).with_padding(1)),
     ]
 }
 
@@ -504,11 +504,11 @@ pub fn print_table(results: &[KernelResult]) {
 /// A one-line description of the adapter and the timing method, for report headers.
 pub fn describe(ctx: &GpuContext, opts: &BenchOptions) -> String {
     format!(
-        "adapter: {} ({}, {}), subgroups {}, timing: {}, warm-up {} then median of {} runs",
+        "adapter: {} ({}, {}), dot4 {}, timing: {}, warm-up {} then median of {} runs",
         ctx.summary.name,
         ctx.summary.backend,
         ctx.summary.device_type,
-        ctx.use_subgroups,
+        ctx.use_dot4,
         if ctx.has_timestamps { "GPU timestamps" } else { "wall clock" },
         opts.warmup.max(1),
         opts.runs.max(1)

@@ -12,7 +12,7 @@ use crate::error::{Result, WqatError};
 use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor};
 use crate::int8::{Conv2dConfig, LinearConfig, PoolConfig};
 use crate::kernels::activation::{add_forward, relu_forward, Relu};
-use crate::kernels::conv::{conv2d_forward, Conv2dConfig as FloatConvConfig, Conv2dForwardArgs};
+use crate::kernels::conv::{conv2d_forward, Conv2dForwardArgs, Conv2dGeom};
 use crate::kernels::gemm::{gemm, GemmConfig, GemmExtras};
 use crate::kernels::int8::{int8_conv2d, int8_linear, unpack_u8, Int8Weights};
 use crate::kernels::pool::{avgpool_forward, global_avgpool_forward, maxpool_forward, PoolSpec};
@@ -254,7 +254,7 @@ impl Int8GpuModel {
                     match op {
                         Op::Conv { kernel, stride, padding, dilation, groups, .. } => {
                             let xin = f32_in(0, &[batch, c, h, w])?;
-                            let cfg = FloatConvConfig::new(batch, c, h, w, co, *kernel)
+                            let cfg = Conv2dGeom::new(batch, c, h, w, co, *kernel)
                                 .with_stride(*stride)
                                 .with_padding(*padding)
                                 .with_dilation(*dilation)

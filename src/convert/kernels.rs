@@ -10,34 +10,35 @@ use crate::int8::{AddConfig, AvgRequant, PoolConfig};
 
 const WG: u32 = 64;
 
-#[repr(C)]
-#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    total: u32,
-    h: u32,
-    w: u32,
-    oh: u32,
-    ow: u32,
-    kh: u32,
-    kw: u32,
-    sh: u32,
-    sw: u32,
-    ph: u32,
-    pw: u32,
-    zero_a: i32,
-    zero_b: i32,
-    zero_out: i32,
-    m0_a: i32,
-    shift_a: i32,
-    m0_b: i32,
-    shift_b: i32,
-    m0_out: i32,
-    shift_out: i32,
-    act_min: i32,
-    act_max: i32,
-    inv_s: f32,
-    qmax: f32,
-    scale: f32,
+crate::kernels::kernel_params! {
+    #[derive(Default)]
+    pub(crate) struct Params for ["int8_ops"] {
+        total: u32,
+        h: u32,
+        w: u32,
+        oh: u32,
+        ow: u32,
+        kh: u32,
+        kw: u32,
+        sh: u32,
+        sw: u32,
+        ph: u32,
+        pw: u32,
+        zero_a: i32,
+        zero_b: i32,
+        zero_out: i32,
+        m0_a: i32,
+        shift_a: i32,
+        m0_b: i32,
+        shift_b: i32,
+        m0_out: i32,
+        shift_out: i32,
+        act_min: i32,
+        act_max: i32,
+        inv_s: f32,
+        qmax: f32,
+        scale: f32,
+    }
 }
 
 fn check(t: &GpuTensor, dtype: DType, n: usize, what: &str) -> Result<()> {

@@ -6,20 +6,18 @@
 use crate::error::{Result, WqatError};
 use std::sync::Arc;
 
-/// How to pick an adapter and which optional paths to allow.
+/// How to pick an adapter and which optional kernel paths to take.
 ///
-/// The `disable_*` switches force the portable fallback paths even where the adapter has the
-/// feature, so CI on lavapipe covers what a Metal or DX12 user without that feature runs.
+/// `disable_dot4` and `conv_direct` force a kernel path whatever the adapter offers, so that
+/// tests check every path on one adapter (they build one context per path) and users can
+/// work around a driver. No shader uses subgroups or f16, so there are no switches for them;
+/// `wqat devices` still reports whether an adapter has them.
 #[derive(Debug, Clone, Default)]
 pub struct GpuOptions {
     /// Substring (case-insensitive) of the adapter name; `WGPU_ADAPTER_NAME` is used when unset.
     pub adapter: Option<String>,
-    /// Do not use subgroup operations even if the adapter has them.
-    pub disable_subgroups: bool,
     /// Do not use the packed 4x8 integer dot product; kernels unpack with `unpack4xI8` instead.
     pub disable_dot4: bool,
-    /// Do not request f16 shader support.
-    pub disable_f16: bool,
     /// Force the conv kernels' direct path (`Some(true)`: register blocks straight from
     /// storage, the CPU-adapter path) or their workgroup-tiled path (`Some(false)`); `None`
     /// picks direct on CPU adapters only. `WQAT_CONV_DIRECT=1` / `0`.
@@ -27,16 +25,14 @@ pub struct GpuOptions {
 }
 
 impl GpuOptions {
-    /// Options from the environment: `WQAT_ADAPTER` / `WGPU_ADAPTER_NAME`, and
-    /// `WQAT_NO_SUBGROUPS`, `WQAT_NO_DOT4`, `WQAT_NO_F16` set to anything but `0`, and
-    /// `WQAT_CONV_DIRECT` (`1` or `0`; unset or anything else: by adapter type).
+    /// Options from the environment: `WQAT_ADAPTER` / `WGPU_ADAPTER_NAME`, `WQAT_NO_DOT4`
+    /// set to anything but `0`, and `WQAT_CONV_DIRECT` (`1` or `0`; unset or anything else:
+    /// by adapter type).
     pub fn from_env() -> Self {
         let flag = |name: &str| std::env::var(name).map(|v| v != "0" && !v.is_empty()).unwrap_or(false);
         GpuOptions {
             adapter: std::env::var("WQAT_ADAPTER").ok().filter(|s| !s.is_empty()),
-            disable_subgroups: flag("WQAT_NO_SUBGROUPS"),
             disable_dot4: flag("WQAT_NO_DOT4"),
-            disable_f16: flag("WQAT_NO_F16"),
             conv_direct: match std::env::var("WQAT_CONV_DIRECT").as_deref() {
                 Ok("1") => Some(true),
                 Ok("0") => Some(false),
@@ -125,8 +121,6 @@ pub struct GpuContext {
     pub adapter: wgpu::Adapter,
     pub summary: AdapterSummary,
     pub limits: wgpu::Limits,
-    /// Subgroup operations are enabled on the device and not disabled by options.
-    pub use_subgroups: bool,
     /// `dot4I8Packed` may be used (else kernels take their `unpack4xI8` path).
     pub use_dot4: bool,
     /// Timestamp queries are enabled (benchmarks use them; tests never need them).
@@ -145,7 +139,7 @@ impl std::fmt::Debug for GpuContext {
 
 impl GpuContext {
     /// Picks an adapter (hardware first, then software) and opens a device with the
-    /// adapter's own limits and every optional feature wqat can use.
+    /// adapter's own limits and the optional features wqat uses (timestamp queries).
     pub fn new(opts: &GpuOptions) -> Result<Arc<GpuContext>> {
         let instance = new_instance();
         let dot4 = instance_has_dot4(&instance);
@@ -185,8 +179,6 @@ impl GpuContext {
         let available = adapter.features();
         let mut wanted = wgpu::Features::empty();
         for f in [
-            wgpu::Features::SUBGROUP,
-            wgpu::Features::SHADER_F16,
             wgpu::Features::TIMESTAMP_QUERY,
             wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS,
             wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES,
@@ -194,12 +186,6 @@ impl GpuContext {
             if available.contains(f) {
                 wanted |= f;
             }
-        }
-        if opts.disable_f16 {
-            wanted.remove(wgpu::Features::SHADER_F16);
-        }
-        if opts.disable_subgroups {
-            wanted.remove(wgpu::Features::SUBGROUP);
         }
         let limits = adapter.limits();
         let desc = wgpu::DeviceDescriptor {
@@ -214,7 +200,6 @@ impl GpuContext {
             pollster::block_on(adapter.request_device(&desc)).map_err(|e| WqatError::Device(e.to_string()))?;
         let summary = summarize(&adapter, dot4);
         Ok(Arc::new(GpuContext {
-            use_subgroups: wanted.contains(wgpu::Features::SUBGROUP),
             use_dot4: dot4 && !opts.disable_dot4,
             has_timestamps: wanted.contains(wgpu::Features::TIMESTAMP_QUERY),
             conv_direct: opts.conv_direct.unwrap_or(summary.device_type == "Cpu"),

@@ -8,5 +8,7 @@ pub mod tensor;
 
 pub use context::{list_adapters, AdapterSummary, GpuContext, GpuOptions};
 pub use plan::{grid_1d, Dispatch, Plan};
-pub use registry::{shader_source, validate_wgsl, PipelineKey, SHADER_MODULES, SHADER_SOURCES};
+pub use registry::{
+    shader_source, uniform_layout, validate_wgsl, PipelineKey, WgslStruct, SHADER_MODULES, SHADER_SOURCES,
+};
 pub use tensor::{BufferPool, DType, GpuTensor};

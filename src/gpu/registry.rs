@@ -121,3 +121,45 @@ pub fn validate_wgsl(name: &str, src: &str) -> Result<naga::Module> {
         .map_err(|e| WqatError::Shader { file: format!("{name}.wgsl"), message: e.emit_to_string(src) })?;
     Ok(module)
 }
+
+/// A WGSL struct as naga lays it out (uniform address space rules).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WgslStruct {
+    pub name: String,
+    /// Size in bytes (the struct's span: last member rounded up to the struct's alignment).
+    pub size: usize,
+    /// `(name, byte offset, byte size)` of every member, in order.
+    pub members: Vec<(String, usize, usize)>,
+}
+
+/// The struct of the uniform at group 0, binding 0 of `shaders/<name>.wgsl` (as compiled,
+/// includes expanded), or `None` when the shader has none. Needs no GPU.
+pub fn uniform_layout(name: &str) -> Result<Option<WgslStruct>> {
+    let src = shader_source(name)
+        .ok_or_else(|| WqatError::Shader { file: format!("{name}.wgsl"), message: "no such shader file".into() })?;
+    let module = naga::front::wgsl::parse_str(src)
+        .map_err(|e| WqatError::Shader { file: format!("{name}.wgsl"), message: e.emit_to_string(src) })?;
+    let mut layouter = naga::proc::Layouter::default();
+    layouter
+        .update(module.to_ctx())
+        .map_err(|e| WqatError::Shader { file: format!("{name}.wgsl"), message: format!("layout: {e}") })?;
+    let uniform = module.global_variables.iter().map(|(_, g)| g).find(|g| {
+        g.space == naga::AddressSpace::Uniform && g.binding.as_ref().is_some_and(|b| b.group == 0 && b.binding == 0)
+    });
+    let Some(var) = uniform else { return Ok(None) };
+    let ty = &module.types[var.ty];
+    let naga::TypeInner::Struct { members, span } = &ty.inner else {
+        return Err(WqatError::Shader {
+            file: format!("{name}.wgsl"),
+            message: "the uniform at binding 0 is not a struct".into(),
+        });
+    };
+    Ok(Some(WgslStruct {
+        name: ty.name.clone().unwrap_or_default(),
+        size: *span as usize,
+        members: members
+            .iter()
+            .map(|m| (m.name.clone().unwrap_or_default(), m.offset as usize, layouter[m.ty].size as usize))
+            .collect(),
+    }))
+}

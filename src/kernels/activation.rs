@@ -1,16 +1,16 @@
 //! Host wrappers for `shaders/activation.wgsl`: ReLU / ReLU6 forward and backward, residual
 //! add, gradient accumulation and fill. Elementwise over the flat buffer; no aliasing.
 
+use super::same_shape;
 use crate::error::{Result, WqatError};
 use crate::gpu::{grid_1d, Dispatch, GpuContext, GpuTensor, PipelineKey};
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n: u32,
-    _pad0: u32,
-    _pad1: u32,
-    value: f32,
+super::kernel_params! {
+    pub(crate) struct Params for ["activation"] {
+        n: u32,
+        _pad: [u32; 2],
+        value: f32,
+    }
 }
 
 /// Which clamp the ReLU applies.
@@ -22,13 +22,6 @@ pub enum Relu {
     Relu6,
 }
 
-fn same_shape(a: &GpuTensor, b: &GpuTensor, what: &str) -> Result<()> {
-    if a.shape != b.shape {
-        return Err(WqatError::shape(format!("{what}: shapes {:?} and {:?} differ", a.shape, b.shape)));
-    }
-    Ok(())
-}
-
 fn launch(
     ctx: &GpuContext,
     entry: &'static str,
@@ -37,10 +30,9 @@ fn launch(
     value: f32,
     bufs: &[&GpuTensor],
 ) -> Result<Dispatch> {
-    let p = Params { n: n as u32, _pad0: 0, _pad1: 0, value };
+    let p = Params { n: n as u32, _pad: [0; 2], value };
     let key = PipelineKey::new("activation", entry).with("RELU6", (kind == Relu::Relu6) as u32 as f64);
-    let storage: Vec<&wgpu::Buffer> = bufs.iter().map(|t| &t.buffer).collect();
-    Dispatch::new(ctx, &key, bytemuck::bytes_of(&p), &storage, grid_1d(n, 256))
+    super::launch(ctx, &key, &p, bufs, grid_1d(n, 256))
 }
 
 /// `y = relu(x)` (or ReLU6).

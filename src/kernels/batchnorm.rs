@@ -6,20 +6,21 @@
 //! (training) or [`bn_eval_stats`] (eval/frozen), read by everything else.
 //! Training step: `bn_stats`, `bn_apply`; backward: `bn_backward_reduce`, `bn_backward_dx`.
 
+use super::{expect_len, launch, same_shape};
 use crate::error::{Result, WqatError};
 use crate::gpu::{grid_1d, Dispatch, GpuContext, GpuTensor, PipelineKey};
 pub use crate::reference::batchnorm::Nchw;
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    c: u32,
-    hw: u32,
-    m: u32,
-    total: u32,
-    eps: f32,
-    momentum: f32,
-    _pad: [f32; 2],
+super::kernel_params! {
+    pub(crate) struct Params for ["batchnorm"] {
+        c: u32,
+        hw: u32,
+        m: u32,
+        total: u32,
+        eps: f32,
+        momentum: f32,
+        _pad: [f32; 2],
+    }
 }
 
 /// `(n, c, hw)` of an `[N, C]` or `[N, C, H, W]` activation.
@@ -40,25 +41,6 @@ pub fn bn_geometry(shape: &[usize]) -> Result<Nchw> {
 
 fn params(g: Nchw, eps: f32, momentum: f32) -> Params {
     Params { c: g.c as u32, hw: g.hw as u32, m: g.m() as u32, total: g.len() as u32, eps, momentum, _pad: [0.0; 2] }
-}
-
-fn expect_len(t: &GpuTensor, n: usize, what: &str) -> Result<()> {
-    if t.len() != n {
-        return Err(WqatError::shape(format!("{what}: expected {n} elements, got shape {:?}", t.shape)));
-    }
-    Ok(())
-}
-
-fn same_shape(a: &GpuTensor, b: &GpuTensor, what: &str) -> Result<()> {
-    if a.shape != b.shape {
-        return Err(WqatError::shape(format!("{what}: shapes {:?} and {:?} differ", a.shape, b.shape)));
-    }
-    Ok(())
-}
-
-fn launch(ctx: &GpuContext, key: PipelineKey, p: &Params, bufs: &[&GpuTensor], wg: [u32; 3]) -> Result<Dispatch> {
-    let storage: Vec<&wgpu::Buffer> = bufs.iter().map(|t| &t.buffer).collect();
-    Dispatch::new(ctx, &key, bytemuck::bytes_of(p), &storage, wg)
 }
 
 /// Training statistics of `x`: `saved = [mean, 1/sqrt(var_biased + eps)]`, and
@@ -87,7 +69,7 @@ pub fn bn_stats(
     expect_len(running_mean, g.c, "bn_stats running_mean")?;
     expect_len(running_var, g.c, "bn_stats running_var")?;
     let key = PipelineKey::new("batchnorm", "bn_stats");
-    launch(ctx, key, &params(g, eps, momentum), &[x, saved, running_mean, running_var], grid_1d(g.c, 1))
+    launch(ctx, &key, &params(g, eps, momentum), &[x, saved, running_mean, running_var], grid_1d(g.c, 1))
 }
 
 /// Eval (or frozen) statistics: `saved = [running_mean, 1/sqrt(running_var + eps)]`.
@@ -106,7 +88,7 @@ pub fn bn_eval_stats(
     }
     let g = Nchw { n: 1, c, hw: 1 };
     let key = PipelineKey::new("batchnorm", "bn_eval_stats");
-    launch(ctx, key, &params(g, eps, 0.0), &[running_mean, running_var, saved], grid_1d(c, 256))
+    launch(ctx, &key, &params(g, eps, 0.0), &[running_mean, running_var, saved], grid_1d(c, 256))
 }
 
 /// `y = (x - mean) * invstd * gamma + beta`, then `max(y, 0)` when `relu`.
@@ -125,7 +107,7 @@ pub fn bn_apply(
     expect_len(gamma, g.c, "bn_apply gamma")?;
     expect_len(beta, g.c, "bn_apply beta")?;
     let key = PipelineKey::new("batchnorm", "bn_apply").with("RELU", relu as u32 as f64);
-    launch(ctx, key, &params(g, 1.0, 0.0), &[x, saved, gamma, beta, y], grid_1d(g.len(), 256))
+    launch(ctx, &key, &params(g, 1.0, 0.0), &[x, saved, gamma, beta, y], grid_1d(g.len(), 256))
 }
 
 /// The tensors of the BatchNorm backward.
@@ -169,7 +151,7 @@ pub fn bn_backward_reduce(ctx: &GpuContext, t: &BnBackward<'_>) -> Result<Dispat
     let g = t.check()?;
     let y = t.y_relu.unwrap_or(t.dy);
     let key = PipelineKey::new("batchnorm", "bn_backward_reduce").with("RELU", t.y_relu.is_some() as u32 as f64);
-    launch(ctx, key, &params(g, 1.0, 0.0), &[t.x, t.saved, t.dy, y, t.dgamma, t.dbeta], grid_1d(g.c, 1))
+    launch(ctx, &key, &params(g, 1.0, 0.0), &[t.x, t.saved, t.dy, y, t.dgamma, t.dbeta], grid_1d(g.c, 1))
 }
 
 /// `dx`, after [`bn_backward_reduce`]. `training`: the statistics were the batch's own,
@@ -183,7 +165,7 @@ pub fn bn_backward_dx(ctx: &GpuContext, t: &BnBackward<'_>, training: bool) -> R
         .with("TRAINING", training as u32 as f64);
     launch(
         ctx,
-        key,
+        &key,
         &params(g, 1.0, 0.0),
         &[t.x, t.saved, t.dy, y, t.gamma, t.dgamma, t.dbeta, t.dx],
         grid_1d(g.len(), 256),

@@ -2,19 +2,20 @@
 //! adds (`round(b / (s_x s_w[c]))` codes, see `crate::convert`), instead of the f32 bias.
 //! Recorded once per layer, after the weight observer (it reads the current scales).
 
+use super::expect_len;
 use crate::error::{Result, WqatError};
 use crate::gpu::{grid_1d, Dispatch, GpuContext, GpuTensor, PipelineKey};
 use crate::quant::QStateLayout;
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    c: u32,
-    w_channels: u32,
-    bn: u32,
-    _pad0: u32,
-    eps: f32,
-    _pad: [f32; 3],
+super::kernel_params! {
+    pub(crate) struct Params for ["bias_quant"] {
+        c: u32,
+        w_channels: u32,
+        bn: u32,
+        _pad0: u32,
+        eps: f32,
+        _pad: [f32; 3],
+    }
 }
 
 /// The BN statistics of a conv-BN block (eval mode).
@@ -24,13 +25,6 @@ pub struct BnTerms<'a> {
     pub running_mean: &'a GpuTensor,
     pub running_var: &'a GpuTensor,
     pub eps: f32,
-}
-
-fn expect_len(t: &GpuTensor, n: usize, what: &str) -> Result<()> {
-    if t.len() != n {
-        return Err(WqatError::shape(format!("bias_quant: {what} has shape {:?}, expected {n} values", t.shape)));
-    }
-    Ok(())
 }
 
 /// Channels of a quantizer state tensor.
@@ -57,7 +51,7 @@ pub fn quantize_bias(
     if c == 0 {
         return Err(WqatError::shape("bias_quant: empty bias"));
     }
-    expect_len(out, c, "out")?;
+    expect_len(out, c, "bias_quant: out")?;
     if state_channels(x_state, "x")? != 1 {
         return Err(WqatError::shape("bias_quant: the input quantizer must be per tensor"));
     }
@@ -67,9 +61,9 @@ pub fn quantize_bias(
     }
     let (g, m, v, eps) = match bn {
         Some(t) => {
-            expect_len(t.gamma, c, "gamma")?;
-            expect_len(t.running_mean, c, "running_mean")?;
-            expect_len(t.running_var, c, "running_var")?;
+            expect_len(t.gamma, c, "bias_quant: gamma")?;
+            expect_len(t.running_mean, c, "bias_quant: running_mean")?;
+            expect_len(t.running_var, c, "bias_quant: running_var")?;
             if t.eps.is_nan() || t.eps <= 0.0 {
                 return Err(WqatError::invalid(format!("bias_quant: eps {} must be > 0", t.eps)));
             }
@@ -79,6 +73,5 @@ pub fn quantize_bias(
     };
     let p = Params { c: c as u32, w_channels: wc as u32, bn: bn.is_some() as u32, _pad0: 0, eps, _pad: [0.0; 3] };
     let key = PipelineKey::new("bias_quant", "quantize_bias");
-    let bufs = [&bias.buffer, &g.buffer, &m.buffer, &v.buffer, &x_state.buffer, &w_state.buffer, &out.buffer];
-    Dispatch::new(ctx, &key, bytemuck::bytes_of(&p), &bufs, grid_1d(c, 64))
+    super::launch(ctx, &key, &p, &[bias, g, m, v, x_state, w_state, out], grid_1d(c, 64))
 }

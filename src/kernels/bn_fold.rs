@@ -8,32 +8,19 @@
 //! `fold_gamma_backward` (dsf, dgamma += dsf / sqrt(running_var + eps)).
 //! The conv is assumed bias-free (ResNet style).
 
+use super::{expect_len, same_shape};
 use crate::error::{Result, WqatError};
 use crate::gpu::{grid_1d, Dispatch, GpuContext, GpuTensor, PipelineKey};
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n: u32,
-    c: u32,
-    inner: u32,
-    m: u32,
-    eps: f32,
-    _pad: [f32; 3],
-}
-
-fn expect_len(t: &GpuTensor, n: usize, what: &str) -> Result<()> {
-    if t.len() != n {
-        return Err(WqatError::shape(format!("{what}: expected {n} elements, got shape {:?}", t.shape)));
+super::kernel_params! {
+    pub(crate) struct Params for ["bn_fold"] {
+        n: u32,
+        c: u32,
+        inner: u32,
+        m: u32,
+        eps: f32,
+        _pad: [f32; 3],
     }
-    Ok(())
-}
-
-fn same_shape(a: &GpuTensor, b: &GpuTensor, what: &str) -> Result<()> {
-    if a.shape != b.shape {
-        return Err(WqatError::shape(format!("{what}: shapes {:?} and {:?} differ", a.shape, b.shape)));
-    }
-    Ok(())
 }
 
 /// `(cout, inner)` of a weight `[Cout, ...]`.
@@ -54,9 +41,7 @@ fn act_geom(t: &GpuTensor) -> Result<(usize, usize, usize)> {
 }
 
 fn launch(ctx: &GpuContext, entry: &'static str, p: &Params, bufs: &[&GpuTensor], wg: [u32; 3]) -> Result<Dispatch> {
-    let key = PipelineKey::new("bn_fold", entry);
-    let storage: Vec<&wgpu::Buffer> = bufs.iter().map(|t| &t.buffer).collect();
-    Dispatch::new(ctx, &key, bytemuck::bytes_of(p), &storage, wg)
+    super::launch(ctx, &PipelineKey::new("bn_fold", entry), p, bufs, wg)
 }
 
 /// `sf[c] = gamma[c] / sqrt(running_var[c] + eps)`, `w_fold = w * sf[c]` (per output channel).

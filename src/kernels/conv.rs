@@ -16,7 +16,7 @@ use crate::quant::{QStateLayout, QuantSpec};
 
 /// Geometry of one 2-D convolution. `stride`, `padding`, `dilation` are (h, w).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Conv2dConfig {
+pub struct Conv2dGeom {
     pub n: usize,
     pub c_in: usize,
     pub h: usize,
@@ -30,34 +30,22 @@ pub struct Conv2dConfig {
     pub groups: usize,
 }
 
-impl Conv2dConfig {
+impl Conv2dGeom {
     /// A `k x k` convolution with stride 1, no padding, dilation 1, one group.
     pub fn new(n: usize, c_in: usize, h: usize, w: usize, c_out: usize, k: usize) -> Self {
-        Conv2dConfig {
-            n,
-            c_in,
-            h,
-            w,
-            c_out,
-            kh: k,
-            kw: k,
-            stride: (1, 1),
-            padding: (0, 0),
-            dilation: (1, 1),
-            groups: 1,
-        }
+        Conv2dGeom { n, c_in, h, w, c_out, kh: k, kw: k, stride: (1, 1), padding: (0, 0), dilation: (1, 1), groups: 1 }
     }
     pub fn with_stride(self, s: usize) -> Self {
-        Conv2dConfig { stride: (s, s), ..self }
+        Conv2dGeom { stride: (s, s), ..self }
     }
     pub fn with_padding(self, p: usize) -> Self {
-        Conv2dConfig { padding: (p, p), ..self }
+        Conv2dGeom { padding: (p, p), ..self }
     }
     pub fn with_dilation(self, d: usize) -> Self {
-        Conv2dConfig { dilation: (d, d), ..self }
+        Conv2dGeom { dilation: (d, d), ..self }
     }
     pub fn with_groups(self, g: usize) -> Self {
-        Conv2dConfig { groups: g, ..self }
+        Conv2dGeom { groups: g, ..self }
     }
 
     /// Output (OH, OW) = (H + 2P - D(K-1) - 1) / S + 1; (0, 0) where the kernel does not fit
@@ -213,40 +201,41 @@ impl Conv2dWeightGrad {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n: u32,
-    c_in: u32,
-    h: u32,
-    w: u32,
-    c_out: u32,
-    oh: u32,
-    ow: u32,
-    groups: u32,
-    kh: u32,
-    kw: u32,
-    stride_h: u32,
-    stride_w: u32,
-    pad_h: u32,
-    pad_w: u32,
-    dil_h: u32,
-    dil_w: u32,
-    cin_g: u32,
-    cout_g: u32,
-    gemm_m: u32,
-    gemm_n: u32,
-    gemm_k: u32,
-    k_chunk: u32,
-    splits: u32,
-    flags: u32,
-    x_qmin: f32,
-    x_qmax: f32,
-    w_qmin: f32,
-    w_qmax: f32,
+super::kernel_params! {
+    #[derive(Default)]
+    pub(crate) struct ConvParams for ["conv", "conv_backward", "conv_wgrad", "conv_wgrad_reduce", "conv_bias_grad"] {
+        n: u32,
+        c_in: u32,
+        h: u32,
+        w: u32,
+        c_out: u32,
+        oh: u32,
+        ow: u32,
+        groups: u32,
+        kh: u32,
+        kw: u32,
+        stride_h: u32,
+        stride_w: u32,
+        pad_h: u32,
+        pad_w: u32,
+        dil_h: u32,
+        dil_w: u32,
+        cin_g: u32,
+        cout_g: u32,
+        gemm_m: u32,
+        gemm_n: u32,
+        gemm_k: u32,
+        k_chunk: u32,
+        splits: u32,
+        flags: u32,
+        x_qmin: f32,
+        x_qmax: f32,
+        w_qmin: f32,
+        w_qmax: f32,
+    }
 }
 
-/// Bits of `Params::flags` (uniform branches in the shaders, so one pipeline per tile shape).
+/// Bits of `ConvParams::flags` (the same constants in shaders/common/conv_params.wgsl).
 const FQ_X: u32 = 1;
 const FQ_W: u32 = 2;
 const HAS_BIAS: u32 = 4;
@@ -268,9 +257,9 @@ fn bit(on: bool, b: u32) -> u32 {
 const WG: usize = 256;
 const BK: usize = 8;
 
-fn base_params(cfg: &Conv2dConfig) -> Params {
+fn base_params(cfg: &Conv2dGeom) -> ConvParams {
     let (oh, ow) = cfg.out_size();
-    Params {
+    ConvParams {
         n: cfg.n as u32,
         c_in: cfg.c_in as u32,
         h: cfg.h as u32,
@@ -386,7 +375,7 @@ fn check_quant(state: &GpuTensor, spec: &QuantSpec, weight: bool, what: &str, c_
 /// Records `y = conv(FQ(x), FQ(w)) (+ bias) (then ReLU)`.
 /// Bindings: 1 x, 2 w, 3 bias, 4 x state, 5 w state, 6 y (absent optional operands are bound
 /// to a read-only input and never read).
-pub fn conv2d_forward(ctx: &GpuContext, cfg: &Conv2dConfig, a: &Conv2dForwardArgs) -> Result<Dispatch> {
+pub fn conv2d_forward(ctx: &GpuContext, cfg: &Conv2dGeom, a: &Conv2dForwardArgs) -> Result<Dispatch> {
     cfg.validate()?;
     check_tensor(a.x, &cfg.x_shape(), "x")?;
     check_tensor(a.w, &cfg.w_shape(), "w")?;
@@ -442,7 +431,7 @@ pub fn conv2d_forward(ctx: &GpuContext, cfg: &Conv2dConfig, a: &Conv2dForwardArg
 
 /// Records `dx (+)= conv_transpose(dy, FQ(w)) * STE(x)`.
 /// Bindings: 1 dy, 2 w, 3 w state, 4 x (mask values), 5 x state, 6 dx.
-pub fn conv2d_backward_data(ctx: &GpuContext, cfg: &Conv2dConfig, a: &Conv2dBackwardDataArgs) -> Result<Dispatch> {
+pub fn conv2d_backward_data(ctx: &GpuContext, cfg: &Conv2dGeom, a: &Conv2dBackwardDataArgs) -> Result<Dispatch> {
     cfg.validate()?;
     check_tensor(a.dy, &cfg.y_shape(), "dy")?;
     check_tensor(a.w, &cfg.w_shape(), "w")?;
@@ -519,7 +508,7 @@ fn pick_splits(ctx: &GpuContext, tiles: usize, k: usize, groups: usize) -> usize
 /// (mask values), 3 w state, 4 dw.
 pub fn conv2d_backward_weight(
     ctx: &GpuContext,
-    cfg: &Conv2dConfig,
+    cfg: &Conv2dGeom,
     a: &Conv2dBackwardWeightArgs,
 ) -> Result<Conv2dWeightGrad> {
     cfg.validate()?;
@@ -581,7 +570,7 @@ pub fn conv2d_backward_weight(
 }
 
 /// Records `db[co] = sum over n, oh, ow of dy[n, co, oh, ow]`. Bindings: 1 dy, 2 db.
-pub fn conv2d_bias_grad(ctx: &GpuContext, cfg: &Conv2dConfig, dy: &GpuTensor, db: &GpuTensor) -> Result<Dispatch> {
+pub fn conv2d_bias_grad(ctx: &GpuContext, cfg: &Conv2dGeom, dy: &GpuTensor, db: &GpuTensor) -> Result<Dispatch> {
     cfg.validate()?;
     check_tensor(dy, &cfg.y_shape(), "dy")?;
     check_tensor(db, &[cfg.c_out], "db")?;

@@ -1,20 +1,21 @@
 //! Host wrappers for `shaders/fake_quant.wgsl`: elementwise fake-quant forward and the
 //! straight-through-estimator backward, per tensor or per channel along any axis.
 
+use super::same_shape;
 use crate::error::{Result, WqatError};
 use crate::gpu::{grid_1d, Dispatch, GpuContext, GpuTensor, PipelineKey};
 use crate::quant::{channel_geometry, QStateLayout, QuantSpec};
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n: u32,
-    channels: u32,
-    inner: u32,
-    _pad: u32,
-    qmin: f32,
-    qmax: f32,
-    _pad2: [f32; 2],
+super::kernel_params! {
+    pub(crate) struct Params for ["fake_quant"] {
+        n: u32,
+        channels: u32,
+        inner: u32,
+        _pad: u32,
+        qmin: f32,
+        qmax: f32,
+        _pad2: [f32; 2],
+    }
 }
 
 fn params(x: &GpuTensor, state: &GpuTensor, spec: &QuantSpec) -> Result<(Params, usize)> {
@@ -63,13 +64,6 @@ pub(crate) fn elementwise(
 ) -> (PipelineKey, [u32; 3]) {
     let ept = elements_per_invocation(ctx);
     (PipelineKey::new(shader, entry).with("EPT", ept as f64), grid_1d(n.div_ceil(ept as usize), 256))
-}
-
-fn same_shape(a: &GpuTensor, b: &GpuTensor, what: &str) -> Result<()> {
-    if a.shape != b.shape {
-        return Err(WqatError::shape(format!("{what}: shapes {:?} and {:?} differ", a.shape, b.shape)));
-    }
-    Ok(())
 }
 
 /// `out = fake_quant(x)` with the scales and zero points held in `state`.

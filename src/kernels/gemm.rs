@@ -12,6 +12,7 @@
 //!
 //! The unfused path is `fake_quant_forward` into a scratch tensor, then [`gemm`] with no fq.
 
+use super::expect_len;
 use crate::error::{Result, WqatError};
 use crate::gpu::{Dispatch, GpuContext, GpuTensor, PipelineKey};
 use crate::kernels::fake_quant::fake_quant_forward;
@@ -225,34 +226,23 @@ pub struct GemmExtras<'a> {
     pub mask_state: Option<&'a GpuTensor>,
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    ca: u32,
-    cb: u32,
-    cm: u32,
-    _p0: [u32; 2],
-    qmin_a: f32,
-    qmax_a: f32,
-    qmin_b: f32,
-    qmax_b: f32,
-    qmin_m: f32,
-    qmax_m: f32,
-    _p1: [f32; 2],
-}
-
-fn check_len(what: &str, t: &GpuTensor, want: usize) -> Result<()> {
-    if t.len() != want {
-        return Err(WqatError::shape(format!(
-            "gemm: {what} has shape {:?} ({} elements), needs {want}",
-            t.shape,
-            t.len()
-        )));
+super::kernel_params! {
+    pub(crate) struct Params for ["gemm"] {
+        m: u32,
+        n: u32,
+        k: u32,
+        ca: u32,
+        cb: u32,
+        cm: u32,
+        _p0: [u32; 2],
+        qmin_a: f32,
+        qmax_a: f32,
+        qmin_b: f32,
+        qmax_b: f32,
+        qmin_m: f32,
+        qmax_m: f32,
+        _p1: [f32; 2],
     }
-    Ok(())
 }
 
 /// Validates a quantizer: spec, channel axis (none or rows), state length. Returns
@@ -267,7 +257,7 @@ fn quantizer(what: &str, spec: &QuantSpec, state: Option<&GpuTensor>, rows: usiz
         }
     };
     let state = state.ok_or_else(|| WqatError::invalid(format!("gemm: {what} quantizer state missing")))?;
-    check_len(&format!("{what} quantizer state"), state, QStateLayout::new(channels).len())?;
+    expect_len(state, QStateLayout::new(channels).len(), &format!("gemm: {what} quantizer state"))?;
     Ok((channels as u32, spec.qmin() as f32, spec.qmax() as f32))
 }
 
@@ -299,15 +289,15 @@ pub fn gemm(
     if !(fits(m, n) && fits(m, k) && fits(k, n)) {
         return Err(WqatError::Limit(format!("gemm: m={m} n={n} k={k} exceed 32-bit indexing")));
     }
-    check_len("A", a, m * k)?;
-    check_len("B", b, k * n)?;
-    check_len("C", c, m * n)?;
+    expect_len(a, m * k, "gemm: A")?;
+    expect_len(b, k * n, "gemm: B")?;
+    expect_len(c, m * n, "gemm: C")?;
     flag_matches("bias", cfg.bias, extra.bias.is_some())?;
     flag_matches("fq_a", cfg.fq_a.is_some(), extra.qa.is_some())?;
     flag_matches("fq_b", cfg.fq_b.is_some(), extra.qb.is_some())?;
     flag_matches("mask", cfg.mask.is_some(), extra.mask_src.is_some() && extra.mask_state.is_some())?;
     if let Some(bias) = extra.bias {
-        check_len("bias", bias, n)?;
+        expect_len(bias, n, "gemm: bias")?;
     }
     let mut p = Params {
         m: m as u32,
@@ -333,7 +323,7 @@ pub fn gemm(
     }
     if let Some(spec) = &cfg.mask {
         (p.cm, p.qmin_m, p.qmax_m) = quantizer("mask", spec, extra.mask_state, m)?;
-        check_len("mask source", extra.mask_src.unwrap_or(c), m * n)?;
+        expect_len(extra.mask_src.unwrap_or(c), m * n, "gemm: mask source")?;
     }
     let tile = cfg.tile.unwrap_or_else(|| GemmTile::for_problem(ctx, m, n));
     tile.validate(ctx)?;
@@ -401,7 +391,7 @@ pub fn gemm_unfused(
             (Some(spec), Some(s)) => {
                 let what = if i == 0 { "A" } else { "B" };
                 let state = state.ok_or_else(|| WqatError::invalid(format!("gemm_unfused: {what} state missing")))?;
-                check_len(&format!("{what} scratch"), s, x.len())?;
+                expect_len(s, x.len(), &format!("gemm: {what} scratch"))?;
                 // Per-row quantization of the operand's storage, viewed as [rows, cols].
                 let view = |t: &GpuTensor| GpuTensor { shape: vec![rows, cols], ..t.clone() };
                 let spec = QuantSpec { channel_axis: spec.channel_axis.map(|_| 0), ..spec };
@@ -417,11 +407,11 @@ pub fn gemm_unfused(
     Ok(out)
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct CopyParams {
-    n: u32,
-    _p: [u32; 3],
+super::kernel_params! {
+    pub(crate) struct CopyParams for ["copy"] {
+        n: u32,
+        _p: [u32; 3],
+    }
 }
 
 /// `out = x` elementwise (f32), the bandwidth yardstick for elementwise kernels.

@@ -16,21 +16,21 @@ pub const DEFAULT_UPSAMPLE: usize = 128;
 /// PyTorch's greedy search step.
 pub const SEARCH_STEP: f32 = 1e-5;
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n: u32,
-    bins: u32,
-    up: u32,
-    chunks: u32,
-    dst_nbins: u32,
-    _a: [u32; 3],
-    inv_bins: f32,
-    inv_fine: f32,
-    inv_up: f32,
-    inv_dst: f32,
-    step: f32,
-    _p: [f32; 3],
+super::kernel_params! {
+    pub(crate) struct Params for ["histogram"] {
+        n: u32,
+        bins: u32,
+        up: u32,
+        chunks: u32,
+        dst_nbins: u32,
+        _a: [u32; 3],
+        inv_bins: f32,
+        inv_fine: f32,
+        inv_up: f32,
+        inv_dst: f32,
+        step: f32,
+        _p: [f32; 3],
+    }
 }
 
 /// The dispatches of one histogram observer and the buffers they own.

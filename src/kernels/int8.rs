@@ -19,37 +19,38 @@ use crate::int8::{Conv2dConfig, LinearConfig, Requant};
 
 const WG: u32 = 64;
 
-#[repr(C)]
-#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    total: u32,
-    k: u32,
-    kw4: u32,
-    n: u32,
-    cin: u32,
-    h: u32,
-    w: u32,
-    cout_g: u32,
-    cin_g: u32,
-    oh: u32,
-    ow: u32,
-    kh: u32,
-    kwid: u32,
-    sh: u32,
-    sw: u32,
-    ph: u32,
-    pw: u32,
-    dh: u32,
-    dw: u32,
-    x_zero: i32,
-    out_zero: i32,
-    act_min: i32,
-    act_max: i32,
-    raw: u32,
-    kq: u32,
-    batch: u32,
-    groups: u32,
-    _pad: u32,
+super::kernel_params! {
+    #[derive(Default)]
+    pub(crate) struct Params for ["int8_gemm"] {
+        total: u32,
+        k: u32,
+        kw4: u32,
+        n: u32,
+        cin: u32,
+        h: u32,
+        w: u32,
+        cout_g: u32,
+        cin_g: u32,
+        oh: u32,
+        ow: u32,
+        kh: u32,
+        kwid: u32,
+        sh: u32,
+        sw: u32,
+        ph: u32,
+        pw: u32,
+        dh: u32,
+        dw: u32,
+        x_zero: i32,
+        out_zero: i32,
+        act_min: i32,
+        act_max: i32,
+        raw: u32,
+        kq: u32,
+        batch: u32,
+        groups: u32,
+        _pad: u32,
+    }
 }
 
 /// Packs uint8 codes four per u32, little end first, zero padded.

@@ -104,15 +104,15 @@ pub fn reset_metrics(ctx: &GpuContext, metrics: &GpuTensor) -> Result<()> {
     metrics.write(ctx, &[0u32; MetricsLayout::LEN])
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    rows: u32,
-    classes: u32,
-    n: u32,
-    _pad: u32,
-    scale: f32,
-    _pad1: [f32; 3],
+super::kernel_params! {
+    pub(crate) struct Params for ["loss"] {
+        rows: u32,
+        classes: u32,
+        n: u32,
+        _pad: u32,
+        scale: f32,
+        _pad1: [f32; 3],
+    }
 }
 
 impl Params {

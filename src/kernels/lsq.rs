@@ -10,19 +10,19 @@ use crate::quant::{channel_geometry, QuantSpec};
 /// Elements reduced by one workgroup of `lsq_partial`.
 pub const CHUNK_LEN: usize = 4096;
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    channels: u32,
-    inner: u32,
-    per_channel: u32,
-    chunks: u32,
-    chunk_len: u32,
-    _pad: u32,
-    qmin: f32,
-    qmax: f32,
-    grad_factor: f32,
-    _pad2: [f32; 3],
+super::kernel_params! {
+    pub(crate) struct Params for ["lsq"] {
+        channels: u32,
+        inner: u32,
+        per_channel: u32,
+        chunks: u32,
+        chunk_len: u32,
+        _pad: u32,
+        qmin: f32,
+        qmax: f32,
+        grad_factor: f32,
+        _pad2: [f32; 3],
+    }
 }
 
 /// The LSQ scale/zero-point gradient dispatches of one quantizer.

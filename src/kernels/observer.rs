@@ -17,21 +17,21 @@ pub enum ObserverMode {
 /// Elements reduced by one workgroup of `minmax_partial` (256 threads x 16).
 pub const CHUNK_LEN: usize = 4096;
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-pub(crate) struct Params {
-    pub channels: u32,
-    pub inner: u32,
-    pub per_channel: u32,
-    pub chunks: u32,
-    pub chunk_len: u32,
-    pub mode: u32,
-    pub symmetric: u32,
-    pub signed_codes: u32,
-    pub ema_c: f32,
-    pub qmin: f32,
-    pub qmax: f32,
-    pub inv_den: f32,
+super::kernel_params! {
+    pub(crate) struct Params for ["observer"] {
+        pub channels: u32,
+        pub inner: u32,
+        pub per_channel: u32,
+        pub chunks: u32,
+        pub chunk_len: u32,
+        pub mode: u32,
+        pub symmetric: u32,
+        pub signed_codes: u32,
+        pub ema_c: f32,
+        pub qmin: f32,
+        pub qmax: f32,
+        pub inv_den: f32,
+    }
 }
 
 impl Params {

@@ -79,20 +79,21 @@ pub fn new_norm(ctx: &GpuContext, slots: usize) -> Result<GpuTensor> {
     GpuTensor::zeros(ctx, &[NormLayout::len(slots)], DType::F32)
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n: u32,
-    slot: u32,
-    stride: u32,
-    _pad: u32,
-    wd: f32,
-    momentum: f32,
-    beta1: f32,
-    beta2: f32,
-    eps: f32,
-    max_norm: f32,
-    _pad2: [f32; 2],
+super::kernel_params! {
+    #[derive(Default)]
+    pub(crate) struct Params for ["optim"] {
+        n: u32,
+        slot: u32,
+        stride: u32,
+        _pad: u32,
+        wd: f32,
+        momentum: f32,
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+        max_norm: f32,
+        _pad2: [f32; 2],
+    }
 }
 
 fn check_f32(t: &GpuTensor, len: usize, what: &str) -> Result<()> {

@@ -1,26 +1,27 @@
 //! Host wrappers for `shaders/pool.wgsl`: max pool (with argmax), average pool
 //! (count_include_pad) and global average pool, forward and backward, NCHW.
 
+use super::expect_shape;
 use crate::error::{Result, WqatError};
 use crate::gpu::{grid_1d, DType, Dispatch, GpuContext, GpuTensor, PipelineKey};
-pub use crate::reference::pool::PoolGeom;
+pub use crate::reference::pool::Pool2dGeom;
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    planes: u32,
-    h: u32,
-    w: u32,
-    oh: u32,
-    ow: u32,
-    kh: u32,
-    kw: u32,
-    sh: u32,
-    sw: u32,
-    ph: u32,
-    pw: u32,
-    total: u32,
-    _pad: [u32; 4],
+super::kernel_params! {
+    pub(crate) struct Params for ["pool"] {
+        planes: u32,
+        h: u32,
+        w: u32,
+        oh: u32,
+        ow: u32,
+        kh: u32,
+        kw: u32,
+        sh: u32,
+        sw: u32,
+        ph: u32,
+        pw: u32,
+        total: u32,
+        _pad: [u32; 4],
+    }
 }
 
 /// Pooling window: kernel, stride and zero padding (height, width).
@@ -40,7 +41,7 @@ fn nchw(shape: &[usize], what: &str) -> Result<(usize, usize, usize, usize)> {
 
 /// Checks `x` against `spec` (PyTorch's rules: padding at most half the kernel, the
 /// window fits the padded input) and returns the geometry and output shape.
-pub fn pool_geometry(x_shape: &[usize], spec: &PoolSpec) -> Result<(PoolGeom, [usize; 4])> {
+pub fn pool_geometry(x_shape: &[usize], spec: &PoolSpec) -> Result<(Pool2dGeom, [usize; 4])> {
     let (n, c, h, w) = nchw(x_shape, "pool")?;
     let (kh, kw) = spec.kernel;
     let (sh, sw) = spec.stride;
@@ -54,7 +55,7 @@ pub fn pool_geometry(x_shape: &[usize], spec: &PoolSpec) -> Result<(PoolGeom, [u
     if h + 2 * ph < kh || w + 2 * pw < kw {
         return Err(WqatError::shape(format!("pool window {spec:?} larger than the padded input {x_shape:?}")));
     }
-    let g = PoolGeom { planes: n * c, h, w, kh, kw, sh, sw, ph, pw };
+    let g = Pool2dGeom { planes: n * c, h, w, kh, kw, sh, sw, ph, pw };
     let total = (n * c * h * w).max(n * c * g.oh() * g.ow());
     if total > u32::MAX as usize / 2 {
         return Err(WqatError::Limit(format!("pool input {x_shape:?} too large")));
@@ -62,7 +63,7 @@ pub fn pool_geometry(x_shape: &[usize], spec: &PoolSpec) -> Result<(PoolGeom, [u
     Ok((g, [n, c, g.oh(), g.ow()]))
 }
 
-fn params(g: &PoolGeom, total: usize) -> Params {
+fn params(g: &Pool2dGeom, total: usize) -> Params {
     Params {
         planes: g.planes as u32,
         h: g.h as u32,
@@ -80,17 +81,8 @@ fn params(g: &PoolGeom, total: usize) -> Params {
     }
 }
 
-fn expect_shape(t: &GpuTensor, shape: &[usize], what: &str) -> Result<()> {
-    if t.shape != shape {
-        return Err(WqatError::shape(format!("{what}: expected shape {shape:?}, got {:?}", t.shape)));
-    }
-    Ok(())
-}
-
 fn launch(ctx: &GpuContext, entry: &'static str, p: &Params, bufs: &[&GpuTensor], wg: [u32; 3]) -> Result<Dispatch> {
-    let key = PipelineKey::new("pool", entry);
-    let storage: Vec<&wgpu::Buffer> = bufs.iter().map(|t| &t.buffer).collect();
-    Dispatch::new(ctx, &key, bytemuck::bytes_of(p), &storage, wg)
+    super::launch(ctx, &PipelineKey::new("pool", entry), p, bufs, wg)
 }
 
 /// Max pool: `y [N,C,OH,OW]`, `argmax` (U32, same shape as y, plane-local `iy * W + ix`).
@@ -142,9 +134,9 @@ pub fn avgpool_backward(ctx: &GpuContext, dy: &GpuTensor, dx: &GpuTensor, spec: 
     launch(ctx, "avgpool_backward", &params(&g, n), &[dy, dx], grid_1d(n, 256))
 }
 
-fn global_geom(x_shape: &[usize]) -> Result<(PoolGeom, [usize; 2])> {
+fn global_geom(x_shape: &[usize]) -> Result<(Pool2dGeom, [usize; 2])> {
     let (n, c, h, w) = nchw(x_shape, "global_avgpool")?;
-    Ok((PoolGeom { planes: n * c, h, w, kh: h, kw: w, sh: 1, sw: 1, ph: 0, pw: 0 }, [n, c]))
+    Ok((Pool2dGeom { planes: n * c, h, w, kh: h, kw: w, sh: 1, sw: 1, ph: 0, pw: 0 }, [n, c]))
 }
 
 /// Global average pool `[N,C,H,W] -> [N,C]`, one workgroup of 64 per plane.

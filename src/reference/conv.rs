@@ -4,11 +4,11 @@
 //! `testing::assert_close_scaled`). Fake-quant and STE masks are applied by the caller with
 //! `reference::fake_quant`, so these define the plain convolution only.
 
-use crate::kernels::conv::Conv2dConfig;
+use crate::kernels::conv::Conv2dGeom;
 
 /// Calls `f(kh, kw, ih, iw)` for every tap of output `(oh, ow)` that reads an input
 /// position (taps on padding are skipped).
-fn taps(cfg: &Conv2dConfig, oh: usize, ow: usize, mut f: impl FnMut(usize, usize, usize, usize)) {
+fn taps(cfg: &Conv2dGeom, oh: usize, ow: usize, mut f: impl FnMut(usize, usize, usize, usize)) {
     let (h, w) = (cfg.h as isize, cfg.w as isize);
     for kh in 0..cfg.kh {
         let ih = (oh * cfg.stride.0 + kh * cfg.dilation.0) as isize - cfg.padding.0 as isize;
@@ -27,7 +27,7 @@ fn taps(cfg: &Conv2dConfig, oh: usize, ow: usize, mut f: impl FnMut(usize, usize
 
 /// `y[n, co, oh, ow] = sum_{ci, kh, kw} w[co, ci, kh, kw] * x[n, g*cin_g + ci, ih, iw]`
 /// (+ bias[co]), in f64; returns (y, sum of |terms|). No ReLU.
-pub fn conv2d_forward_f64(cfg: &Conv2dConfig, x: &[f64], w: &[f64], bias: Option<&[f64]>) -> (Vec<f64>, Vec<f64>) {
+pub fn conv2d_forward_f64(cfg: &Conv2dGeom, x: &[f64], w: &[f64], bias: Option<&[f64]>) -> (Vec<f64>, Vec<f64>) {
     let (oh_n, ow_n) = cfg.out_size();
     let (cin_g, cout_g) = (cfg.c_in / cfg.groups, cfg.c_out / cfg.groups);
     let mut y = vec![0.0; cfg.n * cfg.c_out * oh_n * ow_n];
@@ -71,7 +71,7 @@ fn to32(v: &[f64]) -> Vec<f32> {
 
 /// f32 wrapper of [`conv2d_forward_f64`] with the optional ReLU applied to y (not to the scale).
 pub fn conv2d_forward(
-    cfg: &Conv2dConfig,
+    cfg: &Conv2dGeom,
     x: &[f32],
     w: &[f32],
     bias: Option<&[f32]>,
@@ -85,7 +85,7 @@ pub fn conv2d_forward(
 
 /// Backward data: `dx[n, c, ih, iw] = sum over (co, kh, kw) reading (ih, iw) of
 /// dy[n, co, oh, ow] * w[co, ci, kh, kw]`; returns (dx, sum of |terms|).
-pub fn conv2d_backward_data(cfg: &Conv2dConfig, dy: &[f32], w: &[f32]) -> (Vec<f32>, Vec<f32>) {
+pub fn conv2d_backward_data(cfg: &Conv2dGeom, dy: &[f32], w: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let (oh_n, ow_n) = cfg.out_size();
     let (cin_g, cout_g) = (cfg.c_in / cfg.groups, cfg.c_out / cfg.groups);
     let mut dx = vec![0.0f64; cfg.n * cfg.c_in * cfg.h * cfg.w];
@@ -114,7 +114,7 @@ pub fn conv2d_backward_data(cfg: &Conv2dConfig, dy: &[f32], w: &[f32]) -> (Vec<f
 
 /// Backward weight: `dw[co, ci, kh, kw] = sum over (n, oh, ow) of dy[n, co, oh, ow] *
 /// x[n, g*cin_g + ci, ih, iw]`; returns (dw, sum of |terms|).
-pub fn conv2d_backward_weight(cfg: &Conv2dConfig, x: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
+pub fn conv2d_backward_weight(cfg: &Conv2dGeom, x: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let (oh_n, ow_n) = cfg.out_size();
     let (cin_g, cout_g) = (cfg.c_in / cfg.groups, cfg.c_out / cfg.groups);
     let mut dw = vec![0.0f64; cfg.c_out * cin_g * cfg.kh * cfg.kw];
@@ -142,7 +142,7 @@ pub fn conv2d_backward_weight(cfg: &Conv2dConfig, x: &[f32], dy: &[f32]) -> (Vec
 }
 
 /// Bias gradient: `db[co] = sum over (n, oh, ow) of dy[n, co, oh, ow]`; returns (db, sum |dy|).
-pub fn conv2d_bias_grad(cfg: &Conv2dConfig, dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
+pub fn conv2d_bias_grad(cfg: &Conv2dGeom, dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let (oh_n, ow_n) = cfg.out_size();
     let ohw = oh_n * ow_n;
     let mut db = vec![0.0f64; cfg.c_out];

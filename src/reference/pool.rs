@@ -2,7 +2,7 @@
 
 /// Pooling window geometry (ceil_mode off, as PyTorch's default).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PoolGeom {
+pub struct Pool2dGeom {
     pub planes: usize,
     pub h: usize,
     pub w: usize,
@@ -14,7 +14,7 @@ pub struct PoolGeom {
     pub pw: usize,
 }
 
-impl PoolGeom {
+impl Pool2dGeom {
     /// Output height `(h + 2 ph - kh) / sh + 1`.
     pub fn oh(&self) -> usize {
         (self.h + 2 * self.ph - self.kh) / self.sh + 1
@@ -40,7 +40,7 @@ impl PoolGeom {
 }
 
 /// Max pool: (y, argmax) with argmax the plane-local index `iy * w + ix`; first max wins.
-pub fn maxpool_forward(x: &[f64], g: &PoolGeom) -> (Vec<f64>, Vec<u32>) {
+pub fn maxpool_forward(x: &[f64], g: &Pool2dGeom) -> (Vec<f64>, Vec<u32>) {
     let (oh, ow) = (g.oh(), g.ow());
     let mut y = Vec::new();
     let mut idx = Vec::new();
@@ -64,7 +64,7 @@ pub fn maxpool_forward(x: &[f64], g: &PoolGeom) -> (Vec<f64>, Vec<u32>) {
 }
 
 /// Max pool backward: scatters `dy` to the argmax (in output order).
-pub fn maxpool_backward(dy: &[f64], argmax: &[u32], g: &PoolGeom) -> Vec<f64> {
+pub fn maxpool_backward(dy: &[f64], argmax: &[u32], g: &Pool2dGeom) -> Vec<f64> {
     let (oh, ow) = (g.oh(), g.ow());
     let mut dx = vec![0.0; g.planes * g.h * g.w];
     for pl in 0..g.planes {
@@ -76,7 +76,7 @@ pub fn maxpool_backward(dy: &[f64], argmax: &[u32], g: &PoolGeom) -> Vec<f64> {
 }
 
 /// Average pool, count_include_pad: sum of the valid elements / (kh * kw).
-pub fn avgpool_forward(x: &[f64], g: &PoolGeom) -> Vec<f64> {
+pub fn avgpool_forward(x: &[f64], g: &Pool2dGeom) -> Vec<f64> {
     let (oh, ow) = (g.oh(), g.ow());
     let div = (g.kh * g.kw) as f64;
     let mut y = Vec::new();
@@ -92,7 +92,7 @@ pub fn avgpool_forward(x: &[f64], g: &PoolGeom) -> Vec<f64> {
 }
 
 /// Average pool backward: each output spreads `dy / (kh * kw)` over its window.
-pub fn avgpool_backward(dy: &[f64], g: &PoolGeom) -> Vec<f64> {
+pub fn avgpool_backward(dy: &[f64], g: &Pool2dGeom) -> Vec<f64> {
     let (oh, ow) = (g.oh(), g.ow());
     let div = (g.kh * g.kw) as f64;
     let mut dx = vec![0.0; g.planes * g.h * g.w];

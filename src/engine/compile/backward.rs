@@ -8,9 +8,7 @@ use crate::gpu::{Dispatch, GpuTensor};
 use crate::kernels::activation::{self, Relu};
 use crate::kernels::attention::{self, AttentionQuant};
 use crate::kernels::batchnorm::{self, BnBackward};
-use crate::kernels::conv::{
-    self, Conv2dBackwardDataArgs, Conv2dBackwardWeightArgs, Conv2dConfig, QuantOperand, SteMask,
-};
+use crate::kernels::conv::{self, Conv2dBackwardDataArgs, Conv2dBackwardWeightArgs, Conv2dGeom, QuantOperand, SteMask};
 use crate::kernels::gemm::{self, GemmConfig, GemmExtras};
 use crate::kernels::sequence;
 use crate::kernels::{bn_fold, fake_quant, gelu, layernorm, loss, optim, pool};
@@ -244,7 +242,7 @@ impl Builder<'_> {
                 self.bwd(Tag::Always, gemm::gemm(ctx, &cfg_w, &dz, &x, &dw, &ex)?);
                 if bias {
                     let db = self.grad_of(&params::bias_name(&name))?;
-                    let cfg = Conv2dConfig::new(rows, inp, 1, 1, out_features, 1);
+                    let cfg = Conv2dGeom::new(rows, inp, 1, 1, out_features, 1);
                     let dz4 = view(&dz, &cfg.y_shape());
                     self.bwd(Tag::Always, conv::conv2d_bias_grad(ctx, &cfg, &dz4, &db)?);
                 }

@@ -26,7 +26,7 @@ use crate::kernels::activation::{self, Relu};
 use crate::kernels::attention::{self, AttentionConfig, AttentionQuant};
 use crate::kernels::batchnorm;
 use crate::kernels::bias_quant::{self, BnTerms};
-use crate::kernels::conv::{self, Conv2dConfig, Conv2dForwardArgs, QuantOperand};
+use crate::kernels::conv::{self, Conv2dForwardArgs, Conv2dGeom, QuantOperand};
 use crate::kernels::gemm::{self, GemmConfig, GemmExtras};
 use crate::kernels::histogram::HistogramObserver;
 use crate::kernels::sequence::{self, PatchConfig, TokenPool};
@@ -395,12 +395,12 @@ impl<'a> Builder<'a> {
         })
     }
 
-    fn conv_cfg(&self, i: usize) -> Conv2dConfig {
+    fn conv_cfg(&self, i: usize) -> Conv2dGeom {
         let r = &self.m.nodes[i];
         let [c_in, h, w] = r.in_shapes[0];
         match r.node.op {
             Op::Conv { out_channels, kernel, stride, padding, dilation, groups, .. } => {
-                Conv2dConfig::new(self.b, c_in, h, w, out_channels, kernel)
+                Conv2dGeom::new(self.b, c_in, h, w, out_channels, kernel)
                     .with_stride(stride)
                     .with_padding(padding)
                     .with_dilation(dilation)

@@ -7,7 +7,7 @@ use rand::Rng;
 use std::sync::Arc;
 use wqat::error::WqatError;
 use wqat::gpu::{DType, GpuContext, GpuOptions, GpuTensor};
-use wqat::kernels::conv::{self as k, Conv2dConfig, QuantOperand, SteMask};
+use wqat::kernels::conv::{self as k, Conv2dGeom, QuantOperand, SteMask};
 use wqat::quant::{QStateLayout, QuantSpec};
 use wqat::reference::{conv as r, fake_quant as rfq};
 use wqat::testing::{self, assert_close_scaled, FINITE_DIFF_RTOL, FP32_REDUCTION_RTOL};
@@ -39,11 +39,11 @@ fn assert_masked_exact(what: &str, got: &[f32], mask: &[f32], base: &[f32]) {
     }
 }
 
-fn run_case(seed: u64, cfg: &Conv2dConfig, f: Flags) {
+fn run_case(seed: u64, cfg: &Conv2dGeom, f: Flags) {
     run_case_on(testing::ctx(), seed, cfg, f);
 }
 
-fn run_case_on(ctx: Arc<GpuContext>, seed: u64, cfg: &Conv2dConfig, f: Flags) {
+fn run_case_on(ctx: Arc<GpuContext>, seed: u64, cfg: &Conv2dGeom, f: Flags) {
     let mut rng = testing::rng(seed);
     let what = format!("seed {seed} {cfg:?} {f:?}");
     let (xs, ws, ys) = (cfg.x_shape(), cfg.w_shape(), cfg.y_shape());
@@ -160,7 +160,7 @@ fn run_case_on(ctx: Arc<GpuContext>, seed: u64, cfg: &Conv2dConfig, f: Flags) {
 
 /// A random geometry: groups 1, 2 or depthwise; kernels 1, 3, 5; stride 1-2; padding 0-2;
 /// dilation 1-2; channel counts and pixel counts on both sides of the tile sizes.
-fn random_config(rng: &mut rand_chacha::ChaCha8Rng, case: u64) -> Conv2dConfig {
+fn random_config(rng: &mut rand_chacha::ChaCha8Rng, case: u64) -> Conv2dGeom {
     let k = [1, 3, 5][(case % 3) as usize];
     let (groups, cin_g, cout_g) = match case % 4 {
         0 | 1 => (1, testing::size(rng, 1, 9), [3, 17, 33, 65][testing::size(rng, 0, 3)]),
@@ -178,7 +178,7 @@ fn random_config(rng: &mut rand_chacha::ChaCha8Rng, case: u64) -> Conv2dConfig {
     let h = testing::size(rng, lo, lo + 13);
     let w = testing::size(rng, lo, lo + 17);
     let n = testing::size(rng, 1, 3);
-    Conv2dConfig {
+    Conv2dGeom {
         n,
         c_in: groups * cin_g,
         h,
@@ -226,11 +226,11 @@ fn conv_on_model_shapes_with_full_quantization() {
         w_per_tensor: false,
     };
     // mnist-cnn layers (batch cut to 2), resnet20 stride-2 downsampling and a 1x1 shortcut.
-    run_case(1, &Conv2dConfig::new(2, 1, 28, 28, 16, 3).with_padding(1), all);
-    run_case(2, &Conv2dConfig::new(2, 16, 14, 14, 32, 3).with_padding(1), all);
-    run_case(3, &Conv2dConfig::new(2, 16, 16, 16, 32, 3).with_padding(1).with_stride(2), all);
-    run_case(4, &Conv2dConfig::new(2, 32, 8, 8, 64, 1).with_stride(2), Flags { accumulate: true, ..all });
-    run_case(5, &Conv2dConfig::new(2, 16, 14, 14, 32, 3).with_padding(1), Flags { w_per_tensor: true, ..all });
+    run_case(1, &Conv2dGeom::new(2, 1, 28, 28, 16, 3).with_padding(1), all);
+    run_case(2, &Conv2dGeom::new(2, 16, 14, 14, 32, 3).with_padding(1), all);
+    run_case(3, &Conv2dGeom::new(2, 16, 16, 16, 32, 3).with_padding(1).with_stride(2), all);
+    run_case(4, &Conv2dGeom::new(2, 32, 8, 8, 64, 1).with_stride(2), Flags { accumulate: true, ..all });
+    run_case(5, &Conv2dGeom::new(2, 16, 14, 14, 32, 3).with_padding(1), Flags { w_per_tensor: true, ..all });
 }
 
 /// Both conv paths, forced (`GpuOptions::conv_direct`): the direct one (register blocks from
@@ -260,17 +260,17 @@ fn direct_and_tiled_paths_match_reference() {
         w_per_tensor: false,
     };
     let cases = [
-        (Conv2dConfig::new(3, 5, 11, 9, 7, 3).with_stride(2).with_padding(1), all),
-        (Conv2dConfig::new(2, 6, 10, 13, 10, 3).with_dilation(2).with_padding(2), none),
-        (Conv2dConfig::new(2, 6, 9, 9, 9, 3).with_groups(3).with_stride(2), Flags { accumulate: false, ..all }),
-        (Conv2dConfig::new(2, 5, 12, 7, 5, 3).with_groups(5).with_padding(1), Flags { fq_x: false, ..all }),
+        (Conv2dGeom::new(3, 5, 11, 9, 7, 3).with_stride(2).with_padding(1), all),
+        (Conv2dGeom::new(2, 6, 10, 13, 10, 3).with_dilation(2).with_padding(2), none),
+        (Conv2dGeom::new(2, 6, 9, 9, 9, 3).with_groups(3).with_stride(2), Flags { accumulate: false, ..all }),
+        (Conv2dGeom::new(2, 5, 12, 7, 5, 3).with_groups(5).with_padding(1), Flags { fq_x: false, ..all }),
         (
-            Conv2dConfig { padding: (2, 0), stride: (1, 2), dilation: (2, 1), ..Conv2dConfig::new(1, 9, 8, 11, 13, 5) },
+            Conv2dGeom { padding: (2, 0), stride: (1, 2), dilation: (2, 1), ..Conv2dGeom::new(1, 9, 8, 11, 13, 5) },
             Flags { fq_w: false, mask_w: false, ..all },
         ),
-        (Conv2dConfig::new(2, 17, 6, 5, 3, 1).with_stride(2), Flags { mask_x: false, relu: true, ..all }),
-        (Conv2dConfig::new(2, 1, 15, 15, 16, 3).with_padding(1), all),
-        (Conv2dConfig::new(2, 6, 9, 9, 9, 3).with_groups(3).with_stride(2), Flags { w_per_tensor: true, ..all }),
+        (Conv2dGeom::new(2, 17, 6, 5, 3, 1).with_stride(2), Flags { mask_x: false, relu: true, ..all }),
+        (Conv2dGeom::new(2, 1, 15, 15, 16, 3).with_padding(1), all),
+        (Conv2dGeom::new(2, 6, 9, 9, 9, 3).with_groups(3).with_stride(2), Flags { w_per_tensor: true, ..all }),
     ];
     for direct in [true, false] {
         let ctx = GpuContext::new(&GpuOptions { conv_direct: Some(direct), ..GpuOptions::from_env() }).unwrap();
@@ -286,7 +286,7 @@ fn disabled_quantizers_pass_through() {
     // fq_on = 0 in both states: the fused kernels must equal the plain convolution, masks off,
     // although x ranges far outside the quantizers' ranges.
     let ctx = testing::ctx();
-    let cfg = Conv2dConfig::new(2, 3, 9, 7, 5, 3).with_padding(1);
+    let cfg = Conv2dGeom::new(2, 3, 9, 7, 5, 3).with_padding(1);
     let mut rng = testing::rng(11);
     let x = testing::uniform(&mut rng, 2 * 3 * 9 * 7, -3.0, 3.0);
     let w = testing::uniform(&mut rng, 5 * 3 * 9, -1.0, 1.0);
@@ -354,7 +354,7 @@ fn disabled_quantizers_pass_through() {
 
 /// GPU backward passes (FQ off, no masks) against central differences of the f64 reference
 /// forward of `L = sum(r * conv(x, w))`, whose gradients are `backward(dy = r)`.
-fn finite_diff_case(seed: u64, cfg: &Conv2dConfig) {
+fn finite_diff_case(seed: u64, cfg: &Conv2dGeom) {
     let ctx = testing::ctx();
     let mut rng = testing::rng(seed);
     let (xs, ws, ys) = (cfg.x_shape(), cfg.w_shape(), cfg.y_shape());
@@ -402,34 +402,34 @@ fn finite_diff_case(seed: u64, cfg: &Conv2dConfig) {
 
 #[test]
 fn backward_matches_finite_differences() {
-    finite_diff_case(21, &Conv2dConfig::new(2, 3, 7, 6, 4, 3).with_padding(1).with_stride(2));
-    finite_diff_case(22, &Conv2dConfig::new(1, 4, 9, 8, 6, 3).with_dilation(2).with_padding(2).with_groups(2));
+    finite_diff_case(21, &Conv2dGeom::new(2, 3, 7, 6, 4, 3).with_padding(1).with_stride(2));
+    finite_diff_case(22, &Conv2dGeom::new(1, 4, 9, 8, 6, 3).with_dilation(2).with_padding(2).with_groups(2));
     finite_diff_case(
         23,
-        &Conv2dConfig { padding: (0, 2), stride: (2, 1), ..Conv2dConfig::new(2, 3, 5, 4, 3, 1) }.with_groups(3),
+        &Conv2dGeom { padding: (0, 2), stride: (2, 1), ..Conv2dGeom::new(2, 3, 5, 4, 3, 1) }.with_groups(3),
     );
     // Stride 3 with dilation 2: three stride phases, each with its own tap progression.
-    finite_diff_case(25, &Conv2dConfig::new(1, 2, 11, 10, 3, 3).with_stride(3).with_dilation(2).with_padding(2));
-    finite_diff_case(24, &Conv2dConfig { kh: 5, kw: 3, padding: (2, 1), ..Conv2dConfig::new(1, 2, 6, 5, 3, 0) });
+    finite_diff_case(25, &Conv2dGeom::new(1, 2, 11, 10, 3, 3).with_stride(3).with_dilation(2).with_padding(2));
+    finite_diff_case(24, &Conv2dGeom { kh: 5, kw: 3, padding: (2, 1), ..Conv2dGeom::new(1, 2, 6, 5, 3, 0) });
 }
 
 #[test]
 fn bad_geometry_shapes_and_limits_are_errors() {
     let ctx = testing::ctx();
-    let ok = Conv2dConfig::new(1, 4, 6, 6, 4, 3);
+    let ok = Conv2dGeom::new(1, 4, 6, 6, 4, 3);
     assert!(ok.validate().is_ok());
     for bad in [
         ok.with_groups(3),
         ok.with_stride(0),
         ok.with_dilation(0),
-        Conv2dConfig { c_out: 6, ..ok.with_groups(4) },
-        Conv2dConfig::new(1, 4, 2, 6, 4, 3),
+        Conv2dGeom { c_out: 6, ..ok.with_groups(4) },
+        Conv2dGeom::new(1, 4, 2, 6, 4, 3),
         ok.with_dilation(3),
-        Conv2dConfig { n: 0, ..ok },
+        Conv2dGeom { n: 0, ..ok },
     ] {
         assert!(matches!(bad.validate(), Err(WqatError::Shape(_))), "{bad:?} should be a shape error");
     }
-    assert!(matches!(Conv2dConfig::new(1 << 20, 64, 64, 64, 4, 3).validate(), Err(WqatError::Limit(_))));
+    assert!(matches!(Conv2dGeom::new(1 << 20, 64, 64, 64, 4, 3).validate(), Err(WqatError::Limit(_))));
 
     let x = GpuTensor::zeros(&ctx, &ok.x_shape(), DType::F32).unwrap();
     let w = GpuTensor::zeros(&ctx, &ok.w_shape(), DType::F32).unwrap();
@@ -455,7 +455,7 @@ fn bad_geometry_shapes_and_limits_are_errors() {
     assert!(k::conv2d_bias_grad(&ctx, &ok, &y, &y).is_err());
 
     // Depthwise over more channels than workgroups allowed in one grid dimension.
-    let big = Conv2dConfig::new(1, 70000, 1, 1, 70000, 1).with_groups(70000);
+    let big = Conv2dGeom::new(1, 70000, 1, 1, 70000, 1).with_groups(70000);
     let bx = GpuTensor::zeros(&ctx, &big.x_shape(), DType::F32).unwrap();
     let bw = GpuTensor::zeros(&ctx, &big.w_shape(), DType::F32).unwrap();
     let by = GpuTensor::zeros(&ctx, &big.y_shape(), DType::F32).unwrap();

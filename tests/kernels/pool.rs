@@ -2,7 +2,7 @@
 
 use wqat::gpu::{DType, GpuTensor};
 use wqat::kernels::pool::{self as k, PoolSpec};
-use wqat::reference::pool::{self as r, PoolGeom};
+use wqat::reference::pool::{self as r, Pool2dGeom};
 use wqat::testing::{self, assert_bit_exact, assert_close};
 
 /// Pool sums of at most kh * kw (or H * W) terms in another order than the f64 reference.
@@ -88,7 +88,7 @@ fn pool_backward_matches_finite_differences() {
         (5, 6, PoolSpec { kernel: (3, 3), stride: (2, 2), padding: (1, 1) }),
         (4, 7, PoolSpec { kernel: (2, 3), stride: (1, 2), padding: (0, 1) }),
     ] {
-        let g = PoolGeom {
+        let g = Pool2dGeom {
             planes: 2,
             h,
             w,

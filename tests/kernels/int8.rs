@@ -1,9 +1,9 @@
 //! `shaders/int8_gemm.wgsl` against the scalar int8 reference: outputs bit-exact on odd
 //! shapes, extreme codes, long K and wrapping biases; the shader's 32-bit emulation of the
-//! 64-bit fixed-point multiply against the CPU on edge values. Conv and linear run on two
-//! contexts, the default one and one with the other `conv_direct` choice, so that both the
-//! one-word-per-invocation kernels and the register-blocked DIRECT kernels are checked in
-//! every run. Run a second time with `WQAT_NO_DOT4=1` to cover the `unpack4x*` fallback.
+//! 64-bit fixed-point multiply against the CPU on edge values. Conv and linear run on one
+//! context per kernel path of the adapter (see [`contexts`]): the register-blocked DIRECT
+//! kernels, the one-word-per-invocation kernels with `dot4I8Packed`, and their `unpack4x*`
+//! fallback, so every run checks all three.
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -15,17 +15,31 @@ use wqat::kernels::int8 as k;
 use wqat::reference::int8 as r;
 use wqat::testing::{self, assert_bit_exact};
 
-/// The shared test context and one with the other DIRECT choice.
-fn contexts() -> [Arc<GpuContext>; 2] {
-    static FLIPPED: OnceLock<Arc<GpuContext>> = OnceLock::new();
+/// One context per int8_gemm path this adapter has: the shared test context plus, for each
+/// path it does not take, a context forcing it (`GpuOptions::conv_direct`, and
+/// `disable_dot4` for the unpack fallback). A path is (DIRECT, dot4); DIRECT kernels always
+/// unpack, and the dot4 path exists only where the adapter has `dot4I8Packed`.
+pub(crate) fn contexts() -> Vec<Arc<GpuContext>> {
+    static OTHERS: OnceLock<Vec<Arc<GpuContext>>> = OnceLock::new();
     let base = testing::ctx();
-    let flipped = FLIPPED
-        .get_or_init(|| {
-            let opts = GpuOptions { conv_direct: Some(!base.conv_direct), ..GpuOptions::from_env() };
-            GpuContext::new(&opts).unwrap()
-        })
-        .clone();
-    [base, flipped]
+    let path = |c: &GpuContext| (c.conv_direct, c.use_dot4 && !c.conv_direct);
+    let others = OTHERS.get_or_init(|| {
+        let mut wanted = vec![(true, false), (false, false)];
+        if base.summary.dot4_packed {
+            wanted.push((false, true));
+        }
+        wanted
+            .into_iter()
+            .filter(|&p| p != path(&base))
+            .map(|(direct, dot4)| {
+                let opts = GpuOptions { conv_direct: Some(direct), disable_dot4: !dot4, ..GpuOptions::from_env() };
+                let c = GpuContext::new(&opts).unwrap();
+                assert_eq!(path(&c), (direct, dot4), "GpuOptions did not force the int8 path");
+                c
+            })
+            .collect()
+    });
+    std::iter::once(base).chain(others.iter().cloned()).collect()
 }
 
 fn codes(rng: &mut ChaCha8Rng, n: usize, extreme: bool) -> Vec<u8> {
@@ -106,7 +120,7 @@ fn check_linear(seed: u64, cfg: LinearConfig, extreme: bool) {
         let d = k::int8_linear(&ctx, &cfg, &gx, &layer, &gout).unwrap();
         ctx.submit(&[&d]).unwrap();
         let direct = k::linear_takes_direct(&ctx, &cfg);
-        let what = format!("int8_linear seed {seed} direct {direct} {cfg:?}");
+        let what = format!("int8_linear seed {seed} direct {direct} dot4 {} {cfg:?}", ctx.use_dot4);
         assert_bit_exact(&what, &k::read_u8(&ctx, &gout).unwrap(), &want);
     }
 }
@@ -135,7 +149,6 @@ fn linear_matches_reference() {
 #[test]
 fn linear_layers_chain_on_gpu() {
     // The packed output of one layer is the next layer's input, no host round trip.
-    let ctx = testing::ctx();
     let mut rng = testing::rng(3);
     let (m, k0, k1, k2) = (5, 13, 7, 9);
     let x = codes(&mut rng, m * k0, false);
@@ -149,15 +162,21 @@ fn linear_layers_chain_on_gpu() {
     let mut want = vec![0u8; m * k2];
     r::linear(&c1, &x, &w1, &b1, &rq1, &mut h).unwrap();
     r::linear(&c2, &h, &w2, &b2, &rq2, &mut want).unwrap();
-    let l1 = k::Int8Weights::new(&ctx, &w1, k1, k0, &b1, &rq1).unwrap();
-    let l2 = k::Int8Weights::new(&ctx, &w2, k2, k1, &b2, &rq2).unwrap();
-    let gx = k::upload_u8(&ctx, &[m, k0], &x).unwrap();
-    let gh = GpuTensor::zeros(&ctx, &[m, k1], DType::I8x4).unwrap();
-    let gy = GpuTensor::zeros(&ctx, &[m, k2], DType::I8x4).unwrap();
-    let d1 = k::int8_linear(&ctx, &c1, &gx, &l1, &gh).unwrap();
-    let d2 = k::int8_linear(&ctx, &c2, &gh, &l2, &gy).unwrap();
-    ctx.submit(&[&d1, &d2]).unwrap();
-    assert_bit_exact("chained int8 linear", &k::read_u8(&ctx, &gy).unwrap(), &want);
+    for ctx in contexts() {
+        let l1 = k::Int8Weights::new(&ctx, &w1, k1, k0, &b1, &rq1).unwrap();
+        let l2 = k::Int8Weights::new(&ctx, &w2, k2, k1, &b2, &rq2).unwrap();
+        let gx = k::upload_u8(&ctx, &[m, k0], &x).unwrap();
+        let gh = GpuTensor::zeros(&ctx, &[m, k1], DType::I8x4).unwrap();
+        let gy = GpuTensor::zeros(&ctx, &[m, k2], DType::I8x4).unwrap();
+        let d1 = k::int8_linear(&ctx, &c1, &gx, &l1, &gh).unwrap();
+        let d2 = k::int8_linear(&ctx, &c2, &gh, &l2, &gy).unwrap();
+        ctx.submit(&[&d1, &d2]).unwrap();
+        assert_bit_exact(
+            &format!("chained int8 linear dot4 {} direct {}", ctx.use_dot4, ctx.conv_direct),
+            &k::read_u8(&ctx, &gy).unwrap(),
+            &want,
+        );
+    }
 }
 
 fn random_conv(rng: &mut ChaCha8Rng, case: u64) -> Conv2dConfig {
@@ -204,7 +223,7 @@ fn check_conv(rng: &mut ChaCha8Rng, case: u64, cfg: Conv2dConfig) {
         let d = k::int8_conv2d(&ctx, &cfg, &gx, &layer, &gout).unwrap();
         ctx.submit(&[&d]).unwrap();
         let direct = k::conv_takes_direct(&ctx, &cfg);
-        let what = format!("int8_conv2d case {case} direct {direct} {cfg:?}");
+        let what = format!("int8_conv2d case {case} direct {direct} dot4 {} {cfg:?}", ctx.use_dot4);
         assert_bit_exact(&what, &k::read_u8(&ctx, &gout).unwrap(), &want);
     }
 }
@@ -312,7 +331,7 @@ fn bad_shapes_are_errors() {
 }
 
 #[test]
-#[ignore = "manual throughput measurement: cargo test --test kernel_int8 -- --ignored --nocapture"]
+#[ignore = "manual throughput measurement: cargo test --test kernels int8::linear_throughput -- --ignored --nocapture"]
 fn linear_throughput() {
     let ctx = testing::ctx();
     let mut rng = testing::rng(9);

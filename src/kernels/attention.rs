@@ -85,29 +85,30 @@ pub struct AttentionQuant<'a> {
     pub probs: Option<QuantOperand<'a>>,
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    batch: u32,
-    tokens: u32,
-    heads: u32,
-    head_dim: u32,
-    dmodel: u32,
-    rows: u32,
-    flags: u32,
-    _pad0: u32,
-    scale: f32,
-    _pad1: f32,
-    _pad2: f32,
-    _pad3: f32,
-    q_qmin: f32,
-    q_qmax: f32,
-    k_qmin: f32,
-    k_qmax: f32,
-    v_qmin: f32,
-    v_qmax: f32,
-    p_qmin: f32,
-    p_qmax: f32,
+super::kernel_params! {
+    #[derive(Default)]
+    pub(crate) struct Params for ["attention"] {
+        batch: u32,
+        tokens: u32,
+        heads: u32,
+        head_dim: u32,
+        dmodel: u32,
+        rows: u32,
+        flags: u32,
+        _pad0: u32,
+        scale: f32,
+        _pad1: f32,
+        _pad2: f32,
+        _pad3: f32,
+        q_qmin: f32,
+        q_qmax: f32,
+        k_qmin: f32,
+        k_qmax: f32,
+        v_qmin: f32,
+        v_qmax: f32,
+        p_qmin: f32,
+        p_qmax: f32,
+    }
 }
 
 /// Bits of `Params::flags`.

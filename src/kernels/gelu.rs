@@ -8,11 +8,11 @@
 use crate::error::{Result, WqatError};
 use crate::gpu::{grid_1d, DType, Dispatch, GpuContext, GpuTensor, PipelineKey};
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n: u32,
-    _pad: [u32; 3],
+super::kernel_params! {
+    pub(crate) struct Params for ["gelu"] {
+        n: u32,
+        _pad: [u32; 3],
+    }
 }
 
 fn check(what: &str, x: &GpuTensor, others: &[(&str, &GpuTensor)]) -> Result<usize> {

@@ -23,15 +23,15 @@ pub const LAYERNORM_ROW_CHUNK: usize = 32;
 const WG: usize = 64;
 const MAX_GROUPS: usize = 65535;
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    rows: u32,
-    d: u32,
-    chunk: u32,
-    chunks: u32,
-    eps: f32,
-    _pad: [u32; 3],
+super::kernel_params! {
+    pub(crate) struct Params for ["layernorm"] {
+        rows: u32,
+        d: u32,
+        chunk: u32,
+        chunks: u32,
+        eps: f32,
+        _pad: [u32; 3],
+    }
 }
 
 /// How the row kernels (forward, backward dx) map rows to the GPU.

@@ -95,21 +95,25 @@ pub mod sequence;
 /// family adds its line.
 pub const KERNEL_PARAMS: &[ParamsLayout] = &[
     activation::Params::LAYOUT,
+    attention::Params::LAYOUT,
     batchnorm::Params::LAYOUT,
     bias_quant::Params::LAYOUT,
     bn_fold::Params::LAYOUT,
     conv::ConvParams::LAYOUT,
     crate::convert::kernels::Params::LAYOUT,
     fake_quant::Params::LAYOUT,
+    gelu::Params::LAYOUT,
     gemm::CopyParams::LAYOUT,
     gemm::Params::LAYOUT,
     histogram::Params::LAYOUT,
     int8::Params::LAYOUT,
+    layernorm::Params::LAYOUT,
     loss::Params::LAYOUT,
     lsq::Params::LAYOUT,
     observer::Params::LAYOUT,
     optim::Params::LAYOUT,
     pool::Params::LAYOUT,
+    sequence::Params::LAYOUT,
 ];
 
 impl ParamsLayout {

@@ -15,21 +15,22 @@ use crate::gpu::{grid_1d, DType, Dispatch, GpuContext, GpuTensor, PipelineKey};
 /// Largest vocabulary (and pad id): every integer below 2^24 is exact in f32.
 pub const MAX_VOCAB: usize = 1 << 24;
 
-#[repr(C)]
-#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n: u32,
-    batch: u32,
-    tokens: u32,
-    dim: u32,
-    vocab: u32,
-    channels: u32,
-    height: u32,
-    width: u32,
-    psize: u32,
-    out_tokens: u32,
-    _pad0: u32,
-    pad_id: f32,
+super::kernel_params! {
+    #[derive(Default)]
+    pub(crate) struct Params for ["sequence"] {
+        n: u32,
+        batch: u32,
+        tokens: u32,
+        dim: u32,
+        vocab: u32,
+        channels: u32,
+        height: u32,
+        width: u32,
+        psize: u32,
+        out_tokens: u32,
+        _pad0: u32,
+        pad_id: f32,
+    }
 }
 
 /// Non-overlapping `P x P` patches of an NCHW image batch (see [`patchify_forward`]).

@@ -104,7 +104,8 @@ fn run(
     let gqkv = up(ctx, &cfg.qkv_shape(), qkv);
     let gmask = mask.map(|m| up(ctx, &cfg.mask_shape(), m));
     let gdout = up(ctx, &cfg.out_shape(), dout);
-    let (probs, out, dqkv) = (zeros(ctx, &cfg.probs_shape()), zeros(ctx, &cfg.out_shape()), zeros(ctx, &cfg.qkv_shape()));
+    let (probs, out, dqkv) =
+        (zeros(ctx, &cfg.probs_shape()), zeros(ctx, &cfg.out_shape()), zeros(ctx, &cfg.qkv_shape()));
     let mut ds = k::attention_forward(ctx, cfg, &gqkv, gmask.as_ref(), quant, &probs, &out).unwrap();
     assert_eq!(ds.len(), 1, "forward is one dispatch");
     let bwd = k::attention_backward(ctx, cfg, &gqkv, gmask.as_ref(), quant, &probs, &gdout, &dqkv).unwrap();
@@ -251,9 +252,10 @@ fn attention_state_off_is_fp32() {
 fn attention_reference_backward_matches_finite_differences() {
     // L = sum(out * w); fp32 mode, all in f64.
     let mut rng = testing::rng(7004);
-    for (case, cfg) in [AttentionConfig::new(2, 5, 2, 3), AttentionConfig::new(1, 4, 1, 6), AttentionConfig::new(2, 1, 1, 2)]
-        .iter()
-        .enumerate()
+    for (case, cfg) in
+        [AttentionConfig::new(2, 5, 2, 3), AttentionConfig::new(1, 4, 1, 6), AttentionConfig::new(2, 1, 1, 2)]
+            .iter()
+            .enumerate()
     {
         let qkv: Vec<f64> =
             testing::uniform(&mut rng, cfg.qkv_shape().iter().product(), -1.5, 1.5).iter().map(|&x| x as f64).collect();
@@ -275,7 +277,11 @@ fn attention_reference_backward_matches_finite_differences() {
         for i in 0..qkv.len() {
             let fd = testing::finite_diff(&mut loss, &qkv, i, 1e-5);
             let tol = testing::FINITE_DIFF_RTOL * (1.0 + fd.abs());
-            assert!((grad[i] - fd).abs() <= tol, "case {case} {cfg:?}: dqkv[{i}] = {}, finite difference {fd}", grad[i]);
+            assert!(
+                (grad[i] - fd).abs() <= tol,
+                "case {case} {cfg:?}: dqkv[{i}] = {}, finite difference {fd}",
+                grad[i]
+            );
         }
     }
 }
@@ -344,9 +350,12 @@ fn attention_rejects_bad_shapes() {
     let dout = zeros(&ctx, &cfg.out_shape());
     let dqkv = zeros(&ctx, &cfg.qkv_shape());
     let none = AttentionQuant::default();
-    let fwd = |cfg: &AttentionConfig, qkv: &GpuTensor, m: Option<&GpuTensor>, q: &AttentionQuant, p: &GpuTensor, o: &GpuTensor| {
-        k::attention_forward(&ctx, cfg, qkv, m, q, p, o).map(|_| ())
-    };
+    let fwd = |cfg: &AttentionConfig,
+               qkv: &GpuTensor,
+               m: Option<&GpuTensor>,
+               q: &AttentionQuant,
+               p: &GpuTensor,
+               o: &GpuTensor| { k::attention_forward(&ctx, cfg, qkv, m, q, p, o).map(|_| ()) };
     fwd(&cfg, &qkv, None, &none, &probs, &out).unwrap();
     let bad_qkv = zeros(&ctx, &[2, 5, 8]);
     assert!(fwd(&cfg, &bad_qkv, None, &none, &probs, &out).is_err(), "qkv [B, T, D]");
@@ -358,7 +367,10 @@ fn attention_rejects_bad_shapes() {
     assert!(fwd(&AttentionConfig::new(2, 0, 2, 4), &qkv, None, &none, &probs, &out).is_err(), "zero tokens");
     let state = zeros(&ctx, &[QStateLayout::new(1).len()]);
     let per_channel = QuantOperand { state: &state, spec: QuantSpec::weight(8) };
-    assert!(fwd(&cfg, &qkv, None, &AttentionQuant { k: Some(per_channel), ..none }, &probs, &out).is_err(), "per channel");
+    assert!(
+        fwd(&cfg, &qkv, None, &AttentionQuant { k: Some(per_channel), ..none }, &probs, &out).is_err(),
+        "per channel"
+    );
     let short = zeros(&ctx, &[QStateLayout::new(2).len()]);
     let bad_state = QuantOperand { state: &short, spec: QuantSpec::activation(8) };
     assert!(fwd(&cfg, &qkv, None, &AttentionQuant { v: Some(bad_state), ..none }, &probs, &out).is_err(), "state len");
@@ -377,23 +389,31 @@ fn zz_timing_tmp() {
     let ctx = testing::ctx();
     let mut rng = testing::rng(1);
     for cfg in [AttentionConfig::new(64, 25, 4, 16), AttentionConfig::new(64, 17, 4, 16)] {
-    let qkv = up(&ctx, &cfg.qkv_shape(), &testing::uniform(&mut rng, cfg.qkv_shape().iter().product(), -1.5, 1.5));
-    let dout = up(&ctx, &cfg.out_shape(), &testing::uniform(&mut rng, cfg.out_shape().iter().product(), -1.0, 1.0));
-    let mask = up(&ctx, &cfg.mask_shape(), &random_mask(&mut rng, &cfg, None));
-    let (probs, out, dqkv) = (zeros(&ctx, &cfg.probs_shape()), zeros(&ctx, &cfg.out_shape()), zeros(&ctx, &cfg.qkv_shape()));
-    let q = Quantizers::new(&mut rng, cfg.tokens, None);
-    let states = q.gpu(&ctx);
-    for quant in [AttentionQuant::default(), gpu_quant(&states, &q)] {
-        let f = k::attention_forward(&ctx, &cfg, &qkv, Some(&mask), &quant, &probs, &out).unwrap();
-        let b = k::attention_backward(&ctx, &cfg, &qkv, Some(&mask), &quant, &probs, &dout, &dqkv).unwrap();
-        for (name, ds) in [("fwd", &f), ("bwd", &b)] {
-            ctx.submit(&ds.iter().collect::<Vec<_>>()).unwrap(); ctx.wait().unwrap();
-            let n = 20;
-            let t0 = std::time::Instant::now();
-            for _ in 0..n { ctx.submit(&ds.iter().collect::<Vec<_>>()).unwrap(); }
-            ctx.wait().unwrap();
-            eprintln!("{cfg:?} quant {} {name}: {:.1} us", quant.q.is_some(), t0.elapsed().as_secs_f64() * 1e6 / n as f64);
+        let qkv = up(&ctx, &cfg.qkv_shape(), &testing::uniform(&mut rng, cfg.qkv_shape().iter().product(), -1.5, 1.5));
+        let dout = up(&ctx, &cfg.out_shape(), &testing::uniform(&mut rng, cfg.out_shape().iter().product(), -1.0, 1.0));
+        let mask = up(&ctx, &cfg.mask_shape(), &random_mask(&mut rng, &cfg, None));
+        let (probs, out, dqkv) =
+            (zeros(&ctx, &cfg.probs_shape()), zeros(&ctx, &cfg.out_shape()), zeros(&ctx, &cfg.qkv_shape()));
+        let q = Quantizers::new(&mut rng, cfg.tokens, None);
+        let states = q.gpu(&ctx);
+        for quant in [AttentionQuant::default(), gpu_quant(&states, &q)] {
+            let f = k::attention_forward(&ctx, &cfg, &qkv, Some(&mask), &quant, &probs, &out).unwrap();
+            let b = k::attention_backward(&ctx, &cfg, &qkv, Some(&mask), &quant, &probs, &dout, &dqkv).unwrap();
+            for (name, ds) in [("fwd", &f), ("bwd", &b)] {
+                ctx.submit(&ds.iter().collect::<Vec<_>>()).unwrap();
+                ctx.wait().unwrap();
+                let n = 20;
+                let t0 = std::time::Instant::now();
+                for _ in 0..n {
+                    ctx.submit(&ds.iter().collect::<Vec<_>>()).unwrap();
+                }
+                ctx.wait().unwrap();
+                eprintln!(
+                    "{cfg:?} quant {} {name}: {:.1} us",
+                    quant.q.is_some(),
+                    t0.elapsed().as_secs_f64() * 1e6 / n as f64
+                );
+            }
         }
-    }
     }
 }

@@ -88,7 +88,7 @@ fn vit_patch(h: usize, w: usize) -> Option<usize> {
     if h == 32 && w == 32 {
         return Some(4);
     }
-    (1..=h.min(w)).find(|&p| h % p == 0 && w % p == 0 && (h / p) * (w / p) <= 16)
+    (1..=h.min(w)).find(|&p| h.is_multiple_of(p) && w.is_multiple_of(p) && (h / p) * (w / p) <= 16)
 }
 
 /// Pre-LN transformer encoder blocks (timm's ViT names), final LayerNorm, CLS token

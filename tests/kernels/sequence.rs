@@ -6,7 +6,7 @@
 
 use wqat::error::WqatError;
 use wqat::gpu::{DType, GpuContext, GpuTensor};
-use wqat::kernels::conv::Conv2dConfig;
+use wqat::kernels::conv::Conv2dGeom;
 use wqat::kernels::sequence::{self as k, PatchConfig, TokenPool};
 use wqat::reference::conv as rc;
 use wqat::reference::sequence as r;
@@ -194,7 +194,7 @@ fn patchify_then_linear_equals_strided_conv() {
             }
         }
         let conv =
-            Conv2dConfig::new(cfg.batch, cfg.channels, cfg.height, cfg.width, dm, cfg.patch).with_stride(cfg.patch);
+            Conv2dGeom::new(cfg.batch, cfg.channels, cfg.height, cfg.width, dm, cfg.patch).with_stride(cfg.patch);
         let (y, _) = rc::conv2d_forward_f64(&conv, &f64s(&x), &w64, Some(&b64));
         // conv y [B, Dm, H/P, W/P] -> [B, T, Dm] with t = py*(W/P) + px.
         let mut want = vec![0.0; lin.len()];

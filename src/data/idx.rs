@@ -101,7 +101,8 @@ pub fn find_idx_files(dir: &Path) -> Option<[PathBuf; 4]> {
 
 /// Builds the data set from the bytes of the four IDX files (gzipped or not): both splits must
 /// have as many labels as images and the same image size; labels must be 0..9. Normalized with
-/// the MNIST constants ([`super::MNIST_MEAN`], [`super::MNIST_STD`]); named `mnist`.
+/// the MNIST constants ([`super::MNIST_MEAN`], [`super::MNIST_STD`]); named `mnist` here,
+/// by its directory in [`load_idx_dir`].
 /// Errors name the file (`paths`, in the same order as the bytes).
 pub fn idx_dataset_from_bytes(files: [&[u8]; 4], paths: &[PathBuf; 4]) -> Result<Dataset> {
     let mut splits = Vec::with_capacity(2);
@@ -145,5 +146,10 @@ pub fn load_idx_dir(dir: &Path) -> Result<Dataset> {
         )
     })?;
     let bytes = [read_file(&paths[0])?, read_file(&paths[1])?, read_file(&paths[2])?, read_file(&paths[3])?];
-    idx_dataset_from_bytes([&bytes[0], &bytes[1], &bytes[2], &bytes[3]], &paths)
+    let mut ds = idx_dataset_from_bytes([&bytes[0], &bytes[1], &bytes[2], &bytes[3]], &paths)?;
+    // Any IDX folder (Fashion-MNIST, KMNIST, ...) is named by its directory, not assumed MNIST.
+    if let Some(name) = dir.canonicalize().ok().as_deref().unwrap_or(dir).file_name().and_then(|n| n.to_str()) {
+        ds.name = name.to_string();
+    }
+    Ok(ds)
 }

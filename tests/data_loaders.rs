@@ -588,22 +588,29 @@ fn text_folder_round_trip() {
     assert_eq!(ds.text, Some(TextEncoding { max_len: 6 }));
     assert_eq!(ds.norm, Normalization::identity());
     assert_eq!(ds.norm.apply(0, 257.0), 257.0, "identity normalization");
-    assert_eq!(ds.train.labels(), &[0, 0, 0, 1, 1, 2, 2]);
-    assert_eq!(ds.test.labels(), &[0, 1, 1, 2]);
+    // Samples in class then line order, stored in the fixed shuffled order (classes mixed).
+    let stored = |n: usize| wqat::data::epoch_order(n, wqat::data::TEXT_ORDER_SEED, 0);
+    let (tro, teo) = (stored(7), stored(4));
+    let train_labels = [0u8, 0, 0, 1, 1, 2, 2];
+    assert_eq!(ds.train.labels(), tro.iter().map(|&i| train_labels[i]).collect::<Vec<_>>());
+    let test_labels = [0u8, 1, 1, 2];
+    assert_eq!(ds.test.labels(), teo.iter().map(|&i| test_labels[i]).collect::<Vec<_>>());
     let train: Vec<&[u8]> = vec![b"hi", "straße".as_bytes(), b"last", "日本".as_bytes(), b"x", b"zz top", b"z"];
-    let want: Vec<f32> = train.iter().flat_map(|t| ids(t, 6)).collect();
+    let want: Vec<f32> = tro.iter().flat_map(|&i| ids(train[i], 6)).collect();
     assert_eq!(ds.train.images(), &want[..]);
-    let test: Vec<f32> = [&b"yo"[..], b"m1", b"m2", b"zulu"].iter().flat_map(|t| ids(t, 6)).collect();
+    let test_text = [&b"yo"[..], b"m1", b"m2", b"zulu"];
+    let test: Vec<f32> = teo.iter().flat_map(|&i| ids(test_text[i], 6)).collect();
     assert_eq!(ds.test.images(), &test[..]);
     // "straße" is cut inside ß (5 bytes kept), 日本 (6 bytes) inside 本.
-    assert_eq!(ds.train.image(1).unwrap(), &[256.0, 115.0, 116.0, 114.0, 97.0, 195.0]);
-    assert_eq!(ds.train.image(3).unwrap(), &[256.0, 230.0, 151.0, 165.0, 230.0, 156.0]);
+    let at = |k: usize| tro.iter().position(|&i| i == k).unwrap();
+    assert_eq!(ds.train.image(at(1)).unwrap(), &[256.0, 115.0, 116.0, 114.0, 97.0, 195.0]);
+    assert_eq!(ds.train.image(at(3)).unwrap(), &[256.0, 230.0, 151.0, 165.0, 230.0, 156.0]);
     assert!(ds.summary().contains("3 classes, 7 train / 4 test sequences of at most 6 tokens"), "{}", ds.summary());
 
     // The default max_len; `load` = `load_with` defaults.
     let ds24 = load(spec).unwrap();
     assert_eq!((ds24.shape, ds24.text), ((1, 1, 24), Some(TextEncoding { max_len: 24 })));
-    assert_eq!(ds24.train.image(1).unwrap(), &ids("straße".as_bytes(), 24)[..]);
+    assert_eq!(ds24.train.image(at(1)).unwrap(), &ids("straße".as_bytes(), 24)[..]);
     assert_eq!(load_text_folder(&root, TextEncoding::new(6).unwrap()).unwrap().train.images(), &want[..]);
 
     // Text is never augmented: the batcher drops the augmentation and hands out the ids.

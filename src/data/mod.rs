@@ -38,7 +38,9 @@ pub use dataset::{
 pub use digits::{parse_digits_csv, DIGITS_CSV_GZ, DIGITS_SPLIT_SEED};
 pub use folder::{decode_image, is_image_folder, load_image_folder, MAX_IMAGE_DECODE_BYTES, MAX_IMAGE_SIDE};
 pub use idx::{find_idx_files, idx_dataset_from_bytes, load_idx_dir, parse_idx_images, parse_idx_labels, IdxImages};
-pub use text::{is_text_folder, load_text_folder, parse_text_lines, TextEncoding, DEFAULT_MAX_LEN, MAX_TEXT_LEN};
+pub use text::{
+    is_text_folder, load_text_folder, parse_text_lines, TextEncoding, DEFAULT_MAX_LEN, MAX_TEXT_LEN, TEXT_ORDER_SEED,
+};
 
 use crate::{Result, WqatError};
 use std::borrow::Cow;

@@ -160,10 +160,14 @@ pub fn is_text_folder(root: &Path) -> bool {
     sorted_entries(&root.join("train")).is_ok_and(|e| e.iter().any(|p| class_stem(p).is_some()))
 }
 
+/// Seed of the fixed order text samples are stored in (classes mixed).
+pub const TEXT_ORDER_SEED: u64 = 0x7e47;
+
 /// Loads a text classification folder: `root/train/<class>.txt` and `root/test/<class>.txt`
 /// (optionally gzipped, `.txt.gz`), one sample per line (see [`parse_text_lines`]). Classes
 /// are the file stems sorted by name (at most 256); both splits must have the same classes,
-/// each with at least one sample. Samples are kept in class order, then line order, and
+/// each with at least one sample. Samples are stored in a fixed shuffled order
+/// ([`TEXT_ORDER_SEED`]: classes mixed, the same on every load), and
 /// encoded with `enc` into `shape = (1, 1, max_len)` f32 ids; `norm` is the identity (nothing
 /// normalizes token ids) and [`Dataset::text`] is `Some(enc)`.
 pub fn load_text_folder(root: &Path, enc: TextEncoding) -> Result<Dataset> {
@@ -212,6 +216,11 @@ pub fn load_text_folder(root: &Path, enc: TextEncoding) -> Result<Dataset> {
             }
             labels.extend(std::iter::repeat_n(label as u8, lines.len()));
         }
+        // Files hold one class each; a fixed shuffle mixes the classes so that the first N
+        // samples (calibration, --limit-train, --limit-test) are a fair sample of all of them.
+        let order = crate::data::epoch_order(labels.len(), TEXT_ORDER_SEED, 0);
+        let ids = order.iter().flat_map(|&i| ids[i * enc.max_len..(i + 1) * enc.max_len].iter().copied()).collect();
+        let labels = order.iter().map(|&i| labels[i]).collect();
         Split::new(ids, labels, enc.max_len)
     };
     let train = Arc::new(load(&train_files)?);

@@ -1,12 +1,15 @@
 //! Host wrappers for `shaders/attention.wgsl`: the multi-head self-attention core between
 //! the QKV projection and the output projection (both ordinary Linear GEMMs).
 //!
-//! * [`attention_forward`]: one dispatch, one invocation per query row `(b, h, i)`:
-//!   `S = FQ(q) FQ(k)^T / sqrt(dh)`, masked keys excluded, a max-subtracted softmax saved as
-//!   `probs`, then `out = FQ(P) FQ(v)`.
-//! * [`attention_backward`]: one dispatch, one workgroup per `(b, h)`: `dqkv` (overwritten)
-//!   with the STE masks of every fake-quantized operand; deterministic (fixed-order sums, no
-//!   atomics).
+//! * [`attention_forward`]: one dispatch, one invocation per query row `(b, h, i)` (workgroups
+//!   of rows of one `(b, h)`): `S = FQ(q) FQ(k)^T / sqrt(dh)`, masked keys excluded, a
+//!   max-subtracted softmax saved as `probs`, then `out = FQ(P) FQ(v)`.
+//! * [`attention_backward`]: one dispatch, one workgroup per `(b, h)` (three phases with
+//!   workgroup barriers, `dqkv` its own scratch): `dqkv` (overwritten) with the STE masks of
+//!   every fake-quantized operand; deterministic (fixed-order sums, no atomics).
+//!
+//! One pipeline per entry point serves every shape on CPU adapters (the workgroup size is
+//! fixed there; heads past 16 dims stream their tail from memory instead of registers).
 //!
 //! Layouts (f32, row-major): `qkv [B, T, 3D]` (per token q, k, v of D values each, head `h`
 //! owning columns `h*dh..(h+1)*dh` of each: PyTorch's in_proj chunk order), `out [B, T, D]`,
@@ -93,13 +96,13 @@ super::kernel_params! {
         heads: u32,
         head_dim: u32,
         dmodel: u32,
-        rows: u32,
         flags: u32,
         _pad0: u32,
+        _pad1: u32,
         scale: f32,
-        _pad1: f32,
         _pad2: f32,
         _pad3: f32,
+        _pad4: f32,
         q_qmin: f32,
         q_qmax: f32,
         k_qmin: f32,
@@ -118,8 +121,6 @@ const FQ_K: u32 = 4;
 const FQ_V: u32 = 8;
 const FQ_P: u32 = 16;
 
-/// Forward workgroup: 64 query rows.
-const WG_FORWARD: u32 = 64;
 /// Storage bindings of the backward kernel (the forward needs 8).
 const BINDINGS: u32 = 9;
 
@@ -180,7 +181,6 @@ fn prepare<'a>(
         heads: cfg.heads as u32,
         head_dim: cfg.head_dim as u32,
         dmodel: cfg.d_model() as u32,
-        rows: (cfg.batch * cfg.heads * cfg.tokens) as u32,
         scale: cfg.scale(),
         flags: if key_mask.is_some() { HAS_MASK } else { 0 },
         ..Default::default()
@@ -227,20 +227,32 @@ pub fn attention_forward(
     probs: &GpuTensor,
     out: &GpuTensor,
 ) -> Result<Vec<Dispatch>> {
+    attention_forward_wg(ctx, cfg, qkv, key_mask, quant, probs, out, forward_wg(ctx, cfg.tokens))
+}
+
+/// [`attention_forward`] with an explicit workgroup size: `wg` query rows of one `(b, h)` per
+/// workgroup, a power of two in 8..=256 (the default is 8 on CPU adapters, else 32 or 64;
+/// tests run the GPU sizes on lavapipe).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_forward_wg(
+    ctx: &GpuContext,
+    cfg: &AttentionConfig,
+    qkv: &GpuTensor,
+    key_mask: Option<&GpuTensor>,
+    quant: &AttentionQuant,
+    probs: &GpuTensor,
+    out: &GpuTensor,
+    wg: usize,
+) -> Result<Vec<Dispatch>> {
     cfg.validate()?;
+    check_wg(ctx, wg)?;
     check_tensor(probs, &cfg.probs_shape(), "probs")?;
     check_tensor(out, &cfg.out_shape(), "out")?;
     let (p, mut bufs) = prepare(ctx, cfg, qkv, key_mask, quant, &[(probs, "probs"), (out, "out")])?;
     bufs.extend([&probs.buffer, &out.buffer]);
-    let key = PipelineKey::new("attention", "attention_forward").with("WG", WG_FORWARD as f64);
-    let grid = grid_1d(p.rows as usize, WG_FORWARD);
+    let key = key("attention_forward", wg);
+    let grid = grid_1d(cfg.batch * cfg.heads * cfg.tokens.div_ceil(wg), 1);
     Ok(vec![Dispatch::new(ctx, &key, bytemuck::bytes_of(&p), &bufs, grid)?])
-}
-
-/// Workgroup size of the backward: the power of two in 32..=128 that best covers the tokens
-/// (one workgroup per (b, h), invocations over rows / columns).
-fn backward_wg(tokens: usize) -> u32 {
-    tokens.next_power_of_two().clamp(32, 128) as u32
 }
 
 /// Records the attention backward: `dqkv` (overwritten) from `dout`, the saved `probs` and
@@ -258,7 +270,25 @@ pub fn attention_backward(
     dout: &GpuTensor,
     dqkv: &GpuTensor,
 ) -> Result<Vec<Dispatch>> {
+    attention_backward_wg(ctx, cfg, qkv, key_mask, quant, probs, dout, dqkv, backward_wg(ctx, cfg.tokens))
+}
+
+/// [`attention_backward`] with an explicit workgroup size: `wg` invocations per `(b, h)`, a
+/// power of two in 8..=256 (the default is 8 on CPU adapters, else 32..=128 by tokens).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward_wg(
+    ctx: &GpuContext,
+    cfg: &AttentionConfig,
+    qkv: &GpuTensor,
+    key_mask: Option<&GpuTensor>,
+    quant: &AttentionQuant,
+    probs: &GpuTensor,
+    dout: &GpuTensor,
+    dqkv: &GpuTensor,
+    wg: usize,
+) -> Result<Vec<Dispatch>> {
     cfg.validate()?;
+    check_wg(ctx, wg)?;
     check_tensor(probs, &cfg.probs_shape(), "probs")?;
     check_tensor(dout, &cfg.out_shape(), "dout")?;
     check_tensor(dqkv, &cfg.qkv_shape(), "dqkv")?;
@@ -267,8 +297,49 @@ pub fn attention_backward(
         return Err(WqatError::invalid("attention: dqkv aliases another operand"));
     }
     bufs.extend([&probs.buffer, &dout.buffer, &dqkv.buffer]);
-    let wg = backward_wg(cfg.tokens);
-    let key = PipelineKey::new("attention", "attention_backward").with("WG", wg as f64);
+    let key = key("attention_backward", wg);
     let grid = grid_1d(cfg.batch * cfg.heads, 1);
     Ok(vec![Dispatch::new(ctx, &key, bytemuck::bytes_of(&p), &bufs, grid)?])
+}
+
+fn is_cpu(ctx: &GpuContext) -> bool {
+    ctx.summary.device_type == "Cpu"
+}
+
+/// Query rows per forward workgroup (all of one (b, h)): one SIMD vector of 8 on CPU adapters
+/// (lavapipe runs a workgroup as a loop over 8-wide vectors, so 8 wastes no lanes on short
+/// sequences), else 32 or 64.
+fn forward_wg(ctx: &GpuContext, tokens: usize) -> usize {
+    if is_cpu(ctx) {
+        8
+    } else if tokens <= 32 {
+        32
+    } else {
+        64
+    }
+}
+
+/// Invocations of the backward workgroup (one per (b, h), looping over rows / columns): 8 on
+/// CPU adapters, else the power of two in 32..=128 that best covers the tokens.
+fn backward_wg(ctx: &GpuContext, tokens: usize) -> usize {
+    if is_cpu(ctx) {
+        8
+    } else {
+        tokens.next_power_of_two().clamp(32, 128)
+    }
+}
+
+fn check_wg(ctx: &GpuContext, wg: usize) -> Result<()> {
+    let max = ctx.limits.max_compute_invocations_per_workgroup.min(ctx.limits.max_compute_workgroup_size_x) as usize;
+    if !wg.is_power_of_two() || !(8..=256).contains(&wg) || wg > max {
+        return Err(WqatError::invalid(format!(
+            "attention: workgroup size {wg} must be a power of two in 8..=256 (adapter max {max})"
+        )));
+    }
+    Ok(())
+}
+
+/// The pipeline: `WG` invocations (every other size is a uniform).
+fn key(entry: &'static str, wg: usize) -> PipelineKey {
+    PipelineKey::new("attention", entry).with("WG", wg as f64)
 }

@@ -92,7 +92,40 @@ fn gpu_quant<'a>(states: &'a [GpuTensor], q: &Quantizers) -> AttentionQuant<'a> 
     AttentionQuant { q: op(0), k: op(1), v: op(2), probs: op(3) }
 }
 
-/// Runs forward and backward on the GPU in one submit: (probs, out, dqkv).
+/// Runs forward and backward on the GPU in one submit: (probs, out, dqkv). `wg`: the
+/// workgroup size of both kernels (default: the adapter's).
+fn run_wg(
+    ctx: &GpuContext,
+    cfg: &AttentionConfig,
+    qkv: &[f32],
+    mask: Option<&[f32]>,
+    quant: &AttentionQuant,
+    dout: &[f32],
+    wg: Option<usize>,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let gqkv = up(ctx, &cfg.qkv_shape(), qkv);
+    let gmask = mask.map(|m| up(ctx, &cfg.mask_shape(), m));
+    let gdout = up(ctx, &cfg.out_shape(), dout);
+    let (probs, out, dqkv) =
+        (zeros(ctx, &cfg.probs_shape()), zeros(ctx, &cfg.out_shape()), zeros(ctx, &cfg.qkv_shape()));
+    let m = gmask.as_ref();
+    let (mut ds, bwd) = match wg {
+        None => (
+            k::attention_forward(ctx, cfg, &gqkv, m, quant, &probs, &out).unwrap(),
+            k::attention_backward(ctx, cfg, &gqkv, m, quant, &probs, &gdout, &dqkv).unwrap(),
+        ),
+        Some(wg) => (
+            k::attention_forward_wg(ctx, cfg, &gqkv, m, quant, &probs, &out, wg).unwrap(),
+            k::attention_backward_wg(ctx, cfg, &gqkv, m, quant, &probs, &gdout, &dqkv, wg).unwrap(),
+        ),
+    };
+    assert_eq!(ds.len(), 1, "forward is one dispatch");
+    assert!(bwd.len() <= 2, "backward is at most two dispatches");
+    ds.extend(bwd);
+    ctx.submit(&ds.iter().collect::<Vec<_>>()).unwrap();
+    (probs.read_f32(ctx).unwrap(), out.read_f32(ctx).unwrap(), dqkv.read_f32(ctx).unwrap())
+}
+
 fn run(
     ctx: &GpuContext,
     cfg: &AttentionConfig,
@@ -101,18 +134,7 @@ fn run(
     quant: &AttentionQuant,
     dout: &[f32],
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let gqkv = up(ctx, &cfg.qkv_shape(), qkv);
-    let gmask = mask.map(|m| up(ctx, &cfg.mask_shape(), m));
-    let gdout = up(ctx, &cfg.out_shape(), dout);
-    let (probs, out, dqkv) =
-        (zeros(ctx, &cfg.probs_shape()), zeros(ctx, &cfg.out_shape()), zeros(ctx, &cfg.qkv_shape()));
-    let mut ds = k::attention_forward(ctx, cfg, &gqkv, gmask.as_ref(), quant, &probs, &out).unwrap();
-    assert_eq!(ds.len(), 1, "forward is one dispatch");
-    let bwd = k::attention_backward(ctx, cfg, &gqkv, gmask.as_ref(), quant, &probs, &gdout, &dqkv).unwrap();
-    assert!(bwd.len() <= 2, "backward is at most two dispatches");
-    ds.extend(bwd);
-    ctx.submit(&ds.iter().collect::<Vec<_>>()).unwrap();
-    (probs.read_f32(ctx).unwrap(), out.read_f32(ctx).unwrap(), dqkv.read_f32(ctx).unwrap())
+    run_wg(ctx, cfg, qkv, mask, quant, dout, None)
 }
 
 /// Checks that rows whose keys are all masked have probs 0 and out 0 exactly.
@@ -137,6 +159,7 @@ fn check_case(
     quant: Option<&Quantizers>,
     what: &str,
     rng: &mut ChaCha8Rng,
+    wg: Option<usize>,
 ) -> usize {
     let n = cfg.qkv_shape().iter().product();
     let qkv = testing::uniform(rng, n, -1.5, 1.5);
@@ -147,7 +170,7 @@ fn check_case(
         _ => AttentionQuant::default(),
     };
     let rq = quant.map(|q| q.reference()).unwrap_or_default();
-    let (probs, out, dqkv) = run(ctx, cfg, &qkv, mask, &gq, &dout);
+    let (probs, out, dqkv) = run_wg(ctx, cfg, &qkv, mask, &gq, &dout, wg);
     assert!(probs.iter().chain(&out).chain(&dqkv).all(|v| v.is_finite()), "{what}: non-finite output");
 
     let (want_p, want_out) = r::forward(cfg, &qkv, mask, &rq);
@@ -204,7 +227,7 @@ fn attention_fp32_matches_reference_on_random_shapes() {
                 random_mask(&mut rng, cfg, all)
             });
             let what = format!("seed {seed} case {case} {cfg:?} mask {masked}");
-            check_case(&ctx, cfg, mask.as_deref(), None, &what, &mut rng);
+            check_case(&ctx, cfg, mask.as_deref(), None, &what, &mut rng, None);
         }
     }
 }
@@ -222,9 +245,32 @@ fn attention_fake_quant_matches_reference() {
         let q = Quantizers::new(&mut rng, cfg.tokens, off);
         let mask = (case % 2 == 1).then(|| random_mask(&mut rng, &cfg, Some(0)));
         let what = format!("seed {seed} case {case} {cfg:?} quant off {off:?}");
-        clamped += check_case(&ctx, &cfg, mask.as_deref(), Some(&q), &what, &mut rng);
+        clamped += check_case(&ctx, &cfg, mask.as_deref(), Some(&q), &what, &mut rng, None);
     }
     assert!(clamped > 0, "seed {seed}: the probs quantizer clamps some probabilities");
+}
+
+#[test]
+fn attention_gpu_workgroup_size_matches_reference() {
+    // 64 invocations, what real GPUs get: on lavapipe that is eight 8-wide vectors per
+    // workgroup, so the backward's barriers between phases are exercised; T past 64 makes
+    // lanes loop. fp32 and fake-quant, with padding.
+    let ctx = testing::ctx();
+    let seed = 7007;
+    let mut rng = testing::rng(seed);
+    let cfgs = [
+        AttentionConfig::new(2, 70, 2, 20),
+        AttentionConfig::new(3, 25, 4, 16),
+        AttentionConfig::new(2, 1, 1, 3),
+        AttentionConfig::new(1, 64, 1, 33),
+    ];
+    for (case, cfg) in cfgs.iter().enumerate() {
+        let q = Quantizers::new(&mut rng, cfg.tokens, None);
+        let quant = (case % 2 == 1).then_some(&q);
+        let mask = (case != 2).then(|| random_mask(&mut rng, cfg, (cfg.batch > 1).then_some(0)));
+        let what = format!("seed {seed} case {case} {cfg:?} wg 64 quant {}", quant.is_some());
+        check_case(&ctx, cfg, mask.as_deref(), quant, &what, &mut rng, Some(64));
+    }
 }
 
 #[test]
@@ -274,14 +320,10 @@ fn attention_reference_backward_matches_finite_differences() {
             let (_, out) = r::forward_f64(cfg, x, mask.as_deref(), &q);
             out.iter().zip(&w).map(|(o, w)| o * w).sum()
         };
-        for i in 0..qkv.len() {
+        for (i, g) in grad.iter().enumerate() {
             let fd = testing::finite_diff(&mut loss, &qkv, i, 1e-5);
             let tol = testing::FINITE_DIFF_RTOL * (1.0 + fd.abs());
-            assert!(
-                (grad[i] - fd).abs() <= tol,
-                "case {case} {cfg:?}: dqkv[{i}] = {}, finite difference {fd}",
-                grad[i]
-            );
+            assert!((g - fd).abs() <= tol, "case {case} {cfg:?}: dqkv[{i}] = {g}, finite difference {fd}");
         }
     }
 }
@@ -382,38 +424,4 @@ fn attention_rejects_bad_shapes() {
     assert!(k::attention_backward(&ctx, &cfg, &qkv, None, &none, &probs, &dout, &out).is_err(), "dqkv shape");
     assert!(k::attention_backward(&ctx, &cfg, &qkv, None, &none, &probs, &dqkv, &dqkv).is_err(), "dout shape");
     assert!(k::attention_backward(&ctx, &cfg, &qkv, None, &none, &probs, &dout, &qkv).is_err(), "dqkv aliases qkv");
-}
-
-#[test]
-fn zz_timing_tmp() {
-    let ctx = testing::ctx();
-    let mut rng = testing::rng(1);
-    for cfg in [AttentionConfig::new(64, 25, 4, 16), AttentionConfig::new(64, 17, 4, 16)] {
-        let qkv = up(&ctx, &cfg.qkv_shape(), &testing::uniform(&mut rng, cfg.qkv_shape().iter().product(), -1.5, 1.5));
-        let dout = up(&ctx, &cfg.out_shape(), &testing::uniform(&mut rng, cfg.out_shape().iter().product(), -1.0, 1.0));
-        let mask = up(&ctx, &cfg.mask_shape(), &random_mask(&mut rng, &cfg, None));
-        let (probs, out, dqkv) =
-            (zeros(&ctx, &cfg.probs_shape()), zeros(&ctx, &cfg.out_shape()), zeros(&ctx, &cfg.qkv_shape()));
-        let q = Quantizers::new(&mut rng, cfg.tokens, None);
-        let states = q.gpu(&ctx);
-        for quant in [AttentionQuant::default(), gpu_quant(&states, &q)] {
-            let f = k::attention_forward(&ctx, &cfg, &qkv, Some(&mask), &quant, &probs, &out).unwrap();
-            let b = k::attention_backward(&ctx, &cfg, &qkv, Some(&mask), &quant, &probs, &dout, &dqkv).unwrap();
-            for (name, ds) in [("fwd", &f), ("bwd", &b)] {
-                ctx.submit(&ds.iter().collect::<Vec<_>>()).unwrap();
-                ctx.wait().unwrap();
-                let n = 20;
-                let t0 = std::time::Instant::now();
-                for _ in 0..n {
-                    ctx.submit(&ds.iter().collect::<Vec<_>>()).unwrap();
-                }
-                ctx.wait().unwrap();
-                eprintln!(
-                    "{cfg:?} quant {} {name}: {:.1} us",
-                    quant.q.is_some(),
-                    t0.elapsed().as_secs_f64() * 1e6 / n as f64
-                );
-            }
-        }
-    }
 }

@@ -731,7 +731,9 @@ fn words_if_present() {
             assert!(s.iter().all(|&v| v.fract() == 0.0 && (0.0..258.0).contains(&v)));
         }
     }
-    // The first English training word is "dodson".
-    let first_en = ds.train.labels().iter().position(|&l| l == 1).unwrap();
+    // The first line of train/english.txt (sample 20,000 in class order) is "dodson".
+    let order = wqat::data::epoch_order(ds.train.len(), wqat::data::TEXT_ORDER_SEED, 0);
+    let first_en = order.iter().position(|&i| i == 20_000).unwrap();
+    assert_eq!(ds.train.labels()[first_en], 1);
     assert_eq!(ds.train.image(first_en).unwrap(), &ids(b"dodson", 24)[..]);
 }

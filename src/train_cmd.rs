@@ -63,6 +63,10 @@ pub(crate) struct TrainArgs {
     /// Evaluate only the first N test images.
     #[arg(long)]
     limit_test: Option<usize>,
+    /// Hold out this fraction of the training images as a validation split (a fixed seeded
+    /// choice); every stage is also evaluated on it (choose hyper-parameters there, report test).
+    #[arg(long)]
+    val_split: Option<f32>,
     /// Output directory (checkpoints, metrics.json).
     #[arg(long, default_value = "out")]
     out: PathBuf,
@@ -185,11 +189,27 @@ fn print_report(r: &RunReport, out: &std::path::Path) {
         n => format!(" + {n} layer override{}", if n == 1 { "" } else { "s" }),
     };
     println!("{} on {} (W{}A{}{overrides}), adapter {}", r.model, r.dataset, r.weight_bits, r.act_bits, r.adapter);
-    println!("  {:<8} {:>9}", "stage", "accuracy");
-    println!("  {:<8} {:>9}", "fp32", pct(r.fp32_acc));
-    println!("  {:<8} {:>9}", "PTQ", pct(r.ptq_acc));
-    println!("  {:<8} {:>9}", "QAT", pct(r.qat_acc));
-    println!("  {:<8} {:>9}", "int8", pct(r.int8_acc));
+    match &r.val {
+        None => {
+            println!("  {:<8} {:>9}", "stage", "test");
+            for (stage, acc) in [("fp32", r.fp32_acc), ("PTQ", r.ptq_acc), ("QAT", r.qat_acc), ("int8", r.int8_acc)] {
+                println!("  {:<8} {:>9}", stage, pct(acc));
+            }
+        }
+        Some(v) => {
+            println!("  {:<8} {:>11} {:>9}", "stage", "validation", "test");
+            let rows = [
+                ("fp32", v.fp32_acc, r.fp32_acc),
+                ("PTQ", v.ptq_acc, r.ptq_acc),
+                ("QAT", v.qat_acc, r.qat_acc),
+                ("int8", v.int8_acc, r.int8_acc),
+            ];
+            for (stage, val, test) in rows {
+                println!("  {:<8} {:>11} {:>9}", stage, pct(val), pct(test));
+            }
+            println!("  validation: {} images held out of the training split", v.images);
+        }
+    }
     if let Some(a) = r.agreement {
         println!("  fake-quant/int8 agreement {:.2}%", a * 100.0);
     }
@@ -231,6 +251,7 @@ pub(crate) fn train(a: TrainArgs) -> wqat::Result<()> {
         skip_nonfinite: a.skip_nonfinite,
         augment: a.augment,
         limit_test: a.limit_test,
+        val_split: a.val_split,
         max_len: a.max_len,
     };
     let mut opts = GpuOptions::from_env();

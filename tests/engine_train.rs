@@ -301,3 +301,33 @@ fn qat_logits_equal_cpu_reference_vit_tiny() {
 fn qat_logits_equal_cpu_reference_text_tiny() {
     logits_match_reference("text-tiny", [1, 1, 24], 6, 0.2);
 }
+
+/// `--val-split`: a fixed share of the training images is held out, the run trains on the
+/// rest and reports every stage on both splits.
+#[test]
+fn validation_split_is_held_out_and_reported() {
+    let ctx = testing::ctx();
+    let cfg =
+        TrainConfig { epochs: 1, qat_epochs: 1, limit_train: None, val_split: Some(0.25), ..small_config("val-split") };
+    let mut t = Trainer::new(ctx, cfg.clone(), None).unwrap();
+    let report = t.run(&mut Quiet).unwrap();
+    let val = report.val.as_ref().expect("validation report");
+    // The embedded digits: 1438 training images, a quarter held out.
+    assert_eq!(val.images, 360);
+    assert_eq!(report.train_images, 1438 - 360);
+    for (stage, acc) in [("fp32", val.fp32_acc), ("PTQ", val.ptq_acc), ("QAT", val.qat_acc), ("int8", val.int8_acc)] {
+        let a = acc.unwrap_or_else(|| panic!("{stage}: no validation accuracy"));
+        assert!(a > 0.5 && a <= 1.0, "{stage}: validation accuracy {a}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cfg.out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(json["val"]["images"], 360);
+    // The choice is fixed: the same split whatever the seed.
+    let ds = wqat::data::Dataset::digits().unwrap();
+    let a = ds.train.split_off_validation(0.25, wqat::engine::train::VAL_SPLIT_SEED).unwrap();
+    let b = ds.train.split_off_validation(0.25, wqat::engine::train::VAL_SPLIT_SEED).unwrap();
+    assert_eq!(a.1, b.1);
+    assert_eq!(a.0.len() + a.1.len(), ds.train.len());
+    assert!(ds.train.split_off_validation(0.0, 1).is_err() && ds.train.split_off_validation(1.0, 1).is_err());
+    let _ = std::fs::remove_dir_all(&cfg.out);
+}

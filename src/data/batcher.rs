@@ -155,6 +155,10 @@ impl Batcher {
     pub fn config(&self) -> &BatchConfig {
         &self.cfg
     }
+    /// The split it cuts into batches.
+    pub fn split(&self) -> &Arc<Split> {
+        &self.split
+    }
     /// Images used per epoch (the split's size, or the limit).
     pub fn num_images(&self) -> usize {
         self.n

@@ -154,6 +154,27 @@ impl Split {
         let start = i.checked_mul(self.image_len)?;
         self.images.get(start..start.checked_add(self.image_len)?)
     }
+    /// Splits off a validation split of `round(fraction * len)` images chosen by a seeded
+    /// shuffle; returns (the rest, in their stored order; the validation images). Both keep
+    /// at least one image.
+    pub fn split_off_validation(&self, fraction: f32, seed: u64) -> Result<(Split, Split)> {
+        let n = self.len();
+        let k = (fraction as f64 * n as f64).round() as usize;
+        if !(fraction > 0.0 && fraction < 1.0) || k == 0 || k >= n {
+            return Err(WqatError::invalid(format!(
+                "validation fraction {fraction} of {n} training images leaves an empty split"
+            )));
+        }
+        let order = super::epoch_order(n, seed, 0);
+        let mut is_val = vec![false; n];
+        order[..k].iter().for_each(|&i| is_val[i] = true);
+        let pick = |want: bool| -> Result<Split> {
+            let idx: Vec<usize> = (0..n).filter(|&i| is_val[i] == want).collect();
+            let images = idx.iter().flat_map(|&i| self.images[i * self.image_len..][..self.image_len].iter().copied());
+            Split::new(images.collect(), idx.iter().map(|&i| self.labels[i]).collect(), self.image_len)
+        };
+        Ok((pick(false)?, pick(true)?))
+    }
     /// The first `n` images (all of them when `n >= len`).
     pub fn truncated(&self, n: usize) -> Split {
         let n = n.min(self.len());

@@ -84,6 +84,10 @@ pub struct TrainConfig {
     pub augment: bool,
     /// Limit of test images evaluated (all when None).
     pub limit_test: Option<usize>,
+    /// Fraction of the training images held out as a validation split (a fixed seeded
+    /// choice, the same for every `--seed`); every stage is then also evaluated on it.
+    #[serde(default)]
+    pub val_split: Option<f32>,
     /// Tokens per sequence of a text data set, CLS included (`--max-len`); image sets ignore it.
     #[serde(default = "default_max_len")]
     pub max_len: usize,
@@ -127,6 +131,7 @@ impl Default for TrainConfig {
             skip_nonfinite: false,
             augment: false,
             limit_test: None,
+            val_split: None,
             max_len: crate::data::DEFAULT_MAX_LEN,
         }
     }
@@ -163,6 +168,11 @@ pub struct RunState {
     pub phase_step: u64,
     pub fp32_acc: Option<f32>,
     pub ptq_acc: Option<f32>,
+    /// The same on the validation split (`--val-split`).
+    #[serde(default)]
+    pub fp32_val_acc: Option<f32>,
+    #[serde(default)]
+    pub ptq_val_acc: Option<f32>,
     pub train_images_per_s_fp32: Option<f32>,
     pub train_images_per_s_qat: Option<f32>,
     /// Seconds and images of training in the current phase so far (for images/s).
@@ -170,6 +180,16 @@ pub struct RunState {
     pub phase_images: u64,
     pub losses: Vec<LossPoint>,
     pub skipped_nonfinite: u64,
+}
+
+/// Accuracies on the validation split: what hyper-parameters are chosen on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ValReport {
+    pub images: usize,
+    pub fp32_acc: Option<f32>,
+    pub ptq_acc: Option<f32>,
+    pub qat_acc: Option<f32>,
+    pub int8_acc: Option<f32>,
 }
 
 /// What a run reports (`metrics.json`).
@@ -189,6 +209,10 @@ pub struct RunReport {
     pub train_images_per_s_qat: Option<f32>,
     pub train_images: usize,
     pub test_images: usize,
+    /// Accuracy of every stage on the validation split held out of the training images
+    /// (`--val-split`; the `*_acc` fields above are on the test split).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val: Option<ValReport>,
     pub steps: u64,
     pub skipped_nonfinite_windows: u64,
     pub losses: Vec<LossPoint>,
@@ -205,6 +229,9 @@ pub(crate) fn validate(cfg: &TrainConfig) -> Result<()> {
     }
     if !(0.0..1.0).contains(&cfg.momentum) {
         return bad("--momentum must be in [0, 1)");
+    }
+    if cfg.val_split.is_some_and(|f| !(f > 0.0 && f < 1.0)) {
+        return bad("--val-split must be a fraction in (0, 1)");
     }
     if cfg.epochs == 0 && cfg.init.is_none() {
         return bad("--epochs 0 needs --init CHECKPOINT (nothing to quantize otherwise)");

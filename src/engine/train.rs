@@ -10,7 +10,7 @@
 use super::compile::{CompileOptions, Compiled, StepOptions};
 use super::config::{OptimConfig, QConfig};
 use super::run::validate;
-pub use super::run::{run_qconfig, LossPoint, Phase, RunReport, RunState, Schedule, TrainConfig};
+pub use super::run::{run_qconfig, LossPoint, Phase, RunReport, RunState, Schedule, TrainConfig, ValReport};
 use super::state::ModelState;
 use crate::data::{self, BatchConfig, Batcher, Dataset};
 use crate::error::{Result, WqatError};
@@ -105,11 +105,22 @@ pub struct Trainer {
     pub run: RunState,
     train_batches: Batcher,
     test_batches: Batcher,
+    /// The validation split held out of the training images (`--val-split`).
+    val_batches: Option<Batcher>,
     step_opts: StepOptions,
     /// Metrics words of an interrupted window, restored into the first compiled step.
     pending_metrics: Option<Vec<u32>>,
     /// Histogram observer states of a resumed run (`{quantizer}.histogram`).
     pending_histograms: Vec<(String, Vec<f32>)>,
+}
+
+/// Seed of the `--val-split` choice: fixed, so runs with different `--seed`s are compared
+/// on the same validation images.
+pub const VAL_SPLIT_SEED: u64 = 0x5eed_0a1;
+
+/// `" (validation X%)"` when there is a validation accuracy.
+fn val_note(acc: Option<f32>) -> String {
+    acc.map(|a| format!(" (validation {:.2}%)", a * 100.0)).unwrap_or_default()
 }
 
 /// Name of the run checkpoint inside the output directory.
@@ -137,6 +148,14 @@ impl Trainer {
         };
         validate(&cfg)?;
         let ds = data::load_with(&cfg.data, &data::LoadOptions { max_len: cfg.max_len })?;
+        let (ds, val_ds) = match cfg.val_split {
+            Some(f) => {
+                let (train, val) = ds.train.split_off_validation(f, VAL_SPLIT_SEED)?;
+                let val_ds = Dataset { test: Arc::new(val), ..ds.clone() };
+                (Dataset { train: Arc::new(train), ..ds }, Some(val_ds))
+            }
+            None => (ds, None),
+        };
         let mut graph = build_graph(&cfg.model, &ds, cfg.fp32_first, cfg.fp32_last)?;
         let qconfig = run_qconfig(&cfg, &graph)?;
         // `fp32` overrides mark graph nodes, like `--fp32-first/--fp32-last`.
@@ -153,7 +172,8 @@ impl Trainer {
         if let Some(l) = cfg.limit_test {
             test_cfg = test_cfg.with_limit(l);
         }
-        let test_batches = Batcher::test(&ds, test_cfg)?;
+        let test_batches = Batcher::test(&ds, test_cfg.clone())?;
+        let val_batches = val_ds.as_ref().map(|v| Batcher::test(v, BatchConfig::eval(cfg.batch))).transpose()?;
         let fresh_run = RunState {
             phase: if cfg.epochs > 0 { Phase::Fp32 } else { Phase::Qat },
             epoch: 0,
@@ -162,6 +182,8 @@ impl Trainer {
             phase_step: 0,
             fp32_acc: None,
             ptq_acc: None,
+            fp32_val_acc: None,
+            ptq_val_acc: None,
             train_images_per_s_fp32: None,
             train_images_per_s_qat: None,
             phase_seconds: 0.0,
@@ -218,6 +240,7 @@ impl Trainer {
             run,
             train_batches,
             test_batches,
+            val_batches,
             step_opts,
             pending_metrics,
             pending_histograms,
@@ -241,7 +264,8 @@ impl Trainer {
             self.train_phase(&c, Phase::Fp32, sink)?;
             let (acc, _) = self.evaluate(&c)?;
             self.run.fp32_acc = Some(acc);
-            sink.message(&format!("fp32 test accuracy {:.2}%", acc * 100.0));
+            self.run.fp32_val_acc = self.val_accuracy(&c)?;
+            sink.message(&format!("fp32 test accuracy {:.2}%{}", acc * 100.0, val_note(self.run.fp32_val_acc)));
             self.save_model("fp32.safetensors", None)?;
             self.run.phase = Phase::Qat;
             self.run.epoch = 0;
@@ -263,14 +287,17 @@ impl Trainer {
                 let f = self.compile(false)?;
                 self.state.set_quant_flags(&self.ctx, false, false, None)?;
                 self.run.fp32_acc = Some(self.evaluate(&f)?.0);
+                self.run.fp32_val_acc = self.val_accuracy(&f)?;
             }
             let ptq = self.calibrate(&c)?;
             self.run.ptq_acc = Some(ptq);
+            self.run.ptq_val_acc = self.val_accuracy(&c)?;
             sink.message(&format!(
-                "PTQ W{}A{} test accuracy {:.2}% (calibrated on {} images)",
+                "PTQ W{}A{} test accuracy {:.2}%{} (calibrated on {} images)",
                 self.cfg.weight_bits,
                 self.cfg.act_bits,
                 ptq * 100.0,
+                val_note(self.run.ptq_val_acc),
                 self.calib_count()
             ));
             self.save_model("ptq.safetensors", Some(&c))?;
@@ -286,7 +313,8 @@ impl Trainer {
         }
         self.state.set_quant_flags(&self.ctx, true, false, None)?;
         let (qat_acc, qat_preds) = self.evaluate(&c)?;
-        sink.message(&format!("QAT test accuracy {:.2}%", qat_acc * 100.0));
+        let qat_val_acc = self.val_accuracy(&c)?;
+        sink.message(&format!("QAT test accuracy {:.2}%{}", qat_acc * 100.0, val_note(qat_val_acc)));
         let qat_file = self.save_model("qat.safetensors", Some(&c))?;
         self.save_checkpoint(&c, None)?;
         // Conversion to the integer model and its evaluation (CPU SIMD backend).
@@ -294,13 +322,31 @@ impl Trainer {
         int8.save(&self.cfg.out.join(INT8_FILE))?;
         let test = self.ds.test.truncated(self.test_batches.num_images());
         let r = crate::convert::eval::evaluate(&int8, &crate::convert::eval::Backend::Cpu, &test, 256)?;
+        let int8_val_acc = match &self.val_batches {
+            Some(v) => {
+                let split = v.split().truncated(v.num_images());
+                Some(
+                    crate::convert::eval::evaluate(&int8, &crate::convert::eval::Backend::Cpu, &split, 256)?.accuracy
+                        as f32,
+                )
+            }
+            None => None,
+        };
         let agree = r.predictions.iter().zip(&qat_preds).filter(|(a, b)| **a == **b as usize).count();
         let agreement = agree as f32 / qat_preds.len().max(1) as f32;
         sink.message(&format!(
-            "int8 test accuracy {:.2}% (CPU integer backend), agreement with fake-quant {:.2}%",
+            "int8 test accuracy {:.2}%{} (CPU integer backend), agreement with fake-quant {:.2}%",
             r.accuracy * 100.0,
+            val_note(int8_val_acc),
             agreement * 100.0
         ));
+        let val = self.val_batches.as_ref().map(|v| ValReport {
+            images: v.num_images(),
+            fp32_acc: self.run.fp32_val_acc,
+            ptq_acc: self.run.ptq_val_acc,
+            qat_acc: qat_val_acc,
+            int8_acc: int8_val_acc,
+        });
         let report = RunReport {
             dataset: self.ds.name.clone(),
             model: self.graph.name.clone(),
@@ -316,6 +362,7 @@ impl Trainer {
             train_images_per_s_qat: self.run.train_images_per_s_qat,
             train_images: self.train_batches.num_images(),
             test_images: self.test_batches.num_images(),
+            val,
             steps: self.run.step,
             skipped_nonfinite_windows: self.run.skipped_nonfinite,
             losses: self.run.losses.clone(),
@@ -502,13 +549,22 @@ impl Trainer {
 
     /// Accuracy and predictions on the test split with the current flags (no observers).
     pub fn evaluate(&self, c: &Compiled) -> Result<(f32, Vec<u32>)> {
+        self.evaluate_on(c, &self.test_batches)
+    }
+
+    /// Accuracy on the validation split, when the run holds one out.
+    fn val_accuracy(&self, c: &Compiled) -> Result<Option<f32>> {
+        self.val_batches.as_ref().map(|v| Ok(self.evaluate_on(c, v)?.0)).transpose()
+    }
+
+    fn evaluate_on(&self, c: &Compiled, batches: &Batcher) -> Result<(f32, Vec<u32>)> {
         let ctx = &self.ctx;
         let plan = c.eval_plan();
-        let mut preds = Vec::with_capacity(self.test_batches.num_images());
+        let mut preds = Vec::with_capacity(batches.num_images());
         let mut correct = 0usize;
         let per = c.batch * self.ds.image_len();
         let mut padded = vec![0f32; per];
-        for b in self.test_batches.epoch(0) {
+        for b in batches.epoch(0) {
             padded[..b.images.len()].copy_from_slice(&b.images);
             padded[b.images.len()..].fill(0.0);
             c.images.write(ctx, &padded)?;

@@ -54,6 +54,15 @@ fn weight_shape(model_nodes: &[crate::model::ResolvedNode], i: usize) -> Vec<usi
     }
 }
 
+/// `{n}.weight_q` (i8, the weight's shape), `{n}.weight_scale` and `{n}.bias_q` of an
+/// integer conv / linear.
+fn insert_int_weights(tf: &mut TensorFile, n: &str, shape: Vec<usize>, w: &[i8], scale: &[f32], bias: &[i32]) {
+    let cout = scale.len();
+    tf.insert(format!("{n}.weight_q"), HostTensor { shape, data: HostData::I8(w.to_vec()) });
+    tf.insert(format!("{n}.weight_scale"), HostTensor::f32(&[cout], scale.to_vec()));
+    tf.insert(format!("{n}.bias_q"), HostTensor { shape: vec![cout], data: HostData::I32(bias.to_vec()) });
+}
+
 impl Int8Model {
     /// The model as named tensors plus metadata.
     pub fn to_tensor_file(&self) -> Result<TensorFile> {
@@ -84,24 +93,26 @@ impl Int8Model {
             let cout = r.out_channels();
             match &l.kind {
                 LayerKind::Int(il) => {
-                    let shape = weight_shape(&self.nodes, i);
-                    tf.insert(format!("{n}.weight_q"), HostTensor { shape, data: HostData::I8(il.weight.clone()) });
-                    tf.insert(format!("{n}.weight_scale"), HostTensor::f32(&[cout], il.weight_scale.clone()));
-                    tf.insert(
-                        format!("{n}.bias_q"),
-                        HostTensor { shape: vec![cout], data: HostData::I32(il.bias.clone()) },
+                    insert_int_weights(
+                        &mut tf,
+                        n,
+                        weight_shape(&self.nodes, i),
+                        &il.weight,
+                        &il.weight_scale,
+                        &il.bias,
                     );
                     let rq: Vec<i32> =
                         il.requant.multiplier.iter().zip(&il.requant.shift).flat_map(|(&m, &s)| [m, s]).collect();
                     tf.insert(format!("{n}.requant"), HostTensor { shape: vec![cout, 2], data: HostData::I32(rq) });
                 }
                 LayerKind::IntFloat(il) => {
-                    let shape = weight_shape(&self.nodes, i);
-                    tf.insert(format!("{n}.weight_q"), HostTensor { shape, data: HostData::I8(il.weight.clone()) });
-                    tf.insert(format!("{n}.weight_scale"), HostTensor::f32(&[cout], il.weight_scale.clone()));
-                    tf.insert(
-                        format!("{n}.bias_q"),
-                        HostTensor { shape: vec![cout], data: HostData::I32(il.bias.clone()) },
+                    insert_int_weights(
+                        &mut tf,
+                        n,
+                        weight_shape(&self.nodes, i),
+                        &il.weight,
+                        &il.weight_scale,
+                        &il.bias,
                     );
                 }
                 LayerKind::Seq(SeqLayer::Embedding { table }) => {

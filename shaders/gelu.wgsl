@@ -31,8 +31,7 @@ const WG: u32 = 256u;
 fn gelu_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg, WG);
     if (i >= p.n) { return; }
-    let v = x[i];
-    y[i] = v * normal_cdf(v);
+    y[i] = gelu(x[i]);
 }
 
 // Bindings: 1 x (forward input), 2 dy, 3 dx.

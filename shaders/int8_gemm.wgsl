@@ -27,6 +27,13 @@
 // workgroup-uniform addresses (measured faster on lavapipe); the DIRECT linear puts
 // neighbouring channel blocks of the same rows on neighbouring invocations (with few rows,
 // a channel block per workgroup leaves most of each workgroup idle).
+//
+// F32_OUT (linear only; the integer model's IntFloat layers, whose output leaves the integer
+// domain): instead of requantizing, `out` holds one f32 (as u32 bits) per output element,
+// f32(acc) * scale[c] with acc the full int32 sum (bias included) and scale[c] = s_in * s_w[c]
+// rounded to f32 on the host, stored in chan[c].y (M0's slot) as f32 bits. An int-to-float
+// conversion and a multiply, each correctly rounded: the bits of
+// convert::cpu::dequantize_acc.
 
 struct Params {
     total: u32,    // output elements
@@ -69,20 +76,41 @@ override USE_DOT4: bool = true;
 // Register-blocked kernels (CPU adapters). The host takes them only where their layout
 // conditions hold (conv: dilation_w 1 and oh * ow % 4 == 0; linear: n % 4 == 0).
 override DIRECT: bool = false;
+// f32 dequantized output instead of requantized codes (see the header).
+override F32_OUT: bool = false;
 const WG: u32 = 64u;
 
 // ---- fixed-point requantization (mul_wide, mul_round) ----
 // #include common/fixed_point.wgsl
 // #include common/index.wgsl
 
-fn requant(acc_raw: i32, c: u32) -> u32 {
-    let ch = chan[c];
+// The full accumulator sum (x - z_x) w + bias of channel ch from the kernel's raw dot products.
+fn full_acc(acc_raw: i32, ch: vec4<i32>) -> i32 {
     var acc = acc_raw + ch.x - p.x_zero * ch.w;
     if (USE_DOT4) {
         acc += 128 * ch.w;
     }
-    let v = mul_round(acc, ch.y, ch.z);
+    return acc;
+}
+
+fn requant(acc_raw: i32, c: u32) -> u32 {
+    let ch = chan[c];
+    let v = mul_round(full_acc(acc_raw, ch), ch.y, ch.z);
     return u32(clamp(v, p.act_min - p.out_zero, p.act_max - p.out_zero) + p.out_zero);
+}
+
+// F32_OUT: the f32 bits of f32(acc) * scale[c].
+fn dequant(acc_raw: i32, c: u32) -> u32 {
+    let ch = chan[c];
+    return bitcast<u32>(f32(full_acc(acc_raw, ch)) * bitcast<f32>(ch.y));
+}
+
+// F32_OUT: four f32 outputs of channels c .. c + 3 of one row, from element e on.
+fn dequant4c(v: vec4<i32>, e: u32, c: u32) {
+    out[e] = dequant(v.x, c);
+    out[e + 1u] = dequant(v.y, c + 1u);
+    out[e + 2u] = dequant(v.z, c + 2u);
+    out[e + 3u] = dequant(v.w, c + 3u);
 }
 
 // Weight word i.
@@ -134,6 +162,10 @@ fn int8_linear(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
                 dot4(xw, ws((c0 + 2u) * p.kw4 + q)),
                 dot4(xw, ws((c0 + 3u) * p.kw4 + q)));
         }
+        if (F32_OUT) {
+            dequant4c(acc, e0, c0);
+            return;
+        }
         out[t] = requant(acc.x, c0) | (requant(acc.y, c0 + 1u) << 8u) | (requant(acc.z, c0 + 2u) << 16u)
             | (requant(acc.w, c0 + 3u) << 24u);
         return;
@@ -150,9 +182,15 @@ fn int8_linear(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
         for (var q = 0u; q < p.kw4; q++) {
             acc += dot4(x_word(xb + 4u * q), ws(wb + q));
         }
-        word |= requant(acc, c) << (8u * j);
+        if (F32_OUT) {
+            out[e] = dequant(acc, c);
+        } else {
+            word |= requant(acc, c) << (8u * j);
+        }
     }
-    out[t] = word;
+    if (!F32_OUT) {
+        out[t] = word;
+    }
 }
 
 // ---- conv2d NCHW, implicit GEMM: K index = (ci, ky, kx), padding reads z_x ----
@@ -419,7 +457,12 @@ fn linear_direct(t: u32) {
     let acc = array<vec4<i32>, 8>(a0, b0, a1, b1, a2, b2, a3, b3);
     for (var j = 0u; j < 4u; j++) {
         let row = r0 + j;
-        if (row < m) {
+        if (row < m && F32_OUT) {
+            dequant4c(acc[2u * j], row * p.n + c0, c0);
+            if (c0 + 4u < p.n) {
+                dequant4c(acc[2u * j + 1u], row * p.n + c0 + 4u, c0 + 4u);
+            }
+        } else if (row < m) {
             let o = (row * p.n + c0) / 4u;
             out[o] = requant4c(acc[2u * j], c0);
             if (c0 + 4u < p.n) {

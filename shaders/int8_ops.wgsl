@@ -1,6 +1,9 @@
-// Int8 inference ops around the GEMMs of int8_gemm.wgsl: input quantization, max pool,
-// average pool and residual add on uint8 codes packed four per u32 (element e is byte
-// e % 4 of word e / 4). Bit-exact with the CPU paths (src/convert/cpu.rs, src/int8/scalar.rs).
+// Int8 inference ops around the GEMMs of int8_gemm.wgsl: input quantization (optionally
+// after GELU), max pool, average pool, residual add and a transformer's patchify on uint8
+// codes packed four per u32 (element e is byte e % 4 of word e / 4). Bit-exact with the CPU
+// paths (src/convert/cpu.rs, src/int8/scalar.rs), except GELU: common/erf.wgsl's erf is
+// within a few ulp of the CPU's libm, so a GELU output within that of a rounding tie may
+// quantize to the neighbouring code.
 // Each invocation writes one output word = 4 consecutive output codes.
 //
 // Bindings: 0 params, 1 src (u32 words; f32 bits for quantize_f32), 2 out (f32 bits for
@@ -32,6 +35,7 @@ struct Params {
     inv_s: f32,     // quantize_f32
     qmax: f32,      // quantize_f32
     scale: f32,     // dequantize_u8
+    channels: u32,  // patchify_u8 (with h, w and the patch size in kh)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -40,8 +44,11 @@ struct Params {
 @group(0) @binding(3) var<storage, read> src2: array<u32>;
 
 const WG: u32 = 64u;
+// quantize_f32: GELU (erf form) before the quantization (an MLP's fc1 output).
+override GELU: bool = false;
 
 // #include common/index.wgsl
+// #include common/erf.wgsl
 
 // ---- fixed-point arithmetic (see src/int8/requant.rs): mul_wide and the single-rounding
 // mul_round shared with int8_gemm.wgsl; the TFLite MBQM of add below ----
@@ -103,7 +110,10 @@ fn quantize_f32(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     for (var j = 0u; j < 4u; j++) {
         let e = t * 4u + j;
         if (e >= p.total) { break; }
-        let x = bitcast<f32>(src[e]);
+        var x = bitcast<f32>(src[e]);
+        if (GELU) {
+            x = gelu(x);
+        }
         let q = clamp(round(x * p.inv_s) + f32(p.zero_out), 0.0, p.qmax);
         word |= u32(q) << (8u * j);
     }
@@ -236,6 +246,32 @@ fn add_u8(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
         let ra = mbqm(a, p.m0_a, p.shift_a);
         let rb = mbqm(b, p.m0_b, p.shift_b);
         word |= clamp_out(mbqm(ra + rb, p.m0_out, p.shift_out)) << (8u * j);
+    }
+    out[t] = word;
+}
+
+// ---- patchify on codes: [B, C, H, W] -> [B, T, C * P * P] (P = p.kh), T = (H / P) * (W / P),
+// token py * (W / P) + px, feature (c, ky, kx): the permutation of sequence.wgsl's
+// patchify_forward ----
+@compute @workgroup_size(64)
+fn patchify_u8(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let t = flat_index(gid, nwg, WG);
+    if (t * 4u >= p.total) { return; }
+    let pp = p.kh * p.kh;
+    let f_len = p.channels * pp;
+    let tw = p.w / p.kh;
+    let tokens = (p.h / p.kh) * tw;
+    var word = 0u;
+    for (var j = 0u; j < 4u; j++) {
+        let e = t * 4u + j;
+        if (e >= p.total) { break; }
+        let f = e % f_len;
+        let tok = (e / f_len) % tokens;
+        let b = e / (f_len * tokens);
+        let c = f / pp;
+        let y = (tok / tw) * p.kh + (f / p.kh) % p.kh;
+        let x = (tok % tw) * p.kh + f % p.kh;
+        word |= src_byte(((b * p.channels + c) * p.h + y) * p.w + x) << (8u * j);
     }
     out[t] = word;
 }

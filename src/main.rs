@@ -94,6 +94,7 @@ enum Command {
         /// A line of text to classify (repeatable; models trained on a text folder).
         #[arg(long)]
         text: Vec<String>,
+        /// gpu, cpu (SIMD) or cpu-scalar.
         #[arg(long, default_value = "cpu")]
         backend: String,
         #[arg(long)]
@@ -315,36 +316,47 @@ fn infer_cmd(
         if !images.is_empty() {
             return Err(wqat::WqatError::invalid("a text model classifies --text lines, not image files"));
         }
-        let backend = match backend_name.as_str() {
-            "cpu-scalar" => wqat::int8::CpuBackend::Scalar,
-            "cpu" => wqat::int8::CpuBackend::Simd,
-            other => {
-                return Err(wqat::WqatError::invalid(format!(
-                    "backend {other:?}: text models run on the CPU backends (cpu, cpu-scalar)"
-                )))
-            }
-        };
+        let b = backend(&backend_name, adapter)?;
+        let gpu = gpu_model(&b, &m)?;
         for line in &text {
-            let out = m.forward_cpu(&enc.encode(line), 1, backend)?;
+            let out = run_one(&b, gpu.as_ref(), &m, &enc.encode(line))?;
             print_prediction(&m, line, &out.logits, out.predictions[0]);
         }
         return Ok(());
     }
     let b = backend(&backend_name, adapter)?;
-    let gpu = match &b {
-        wqat::convert::eval::Backend::Gpu(ctx) => Some(wqat::convert::Int8GpuModel::new(ctx, &m, 1)?),
-        _ => None,
-    };
+    let gpu = gpu_model(&b, &m)?;
     for path in images {
         let x = wqat::convert::eval::preprocess_image_file(&path, &m)?;
-        let out = match (&b, &gpu) {
-            (_, Some(g)) => g.forward(&x, 1)?,
-            (wqat::convert::eval::Backend::CpuScalar, _) => m.forward_cpu(&x, 1, wqat::int8::CpuBackend::Scalar)?,
-            _ => m.forward_cpu(&x, 1, wqat::int8::CpuBackend::Simd)?,
-        };
+        let out = run_one(&b, gpu.as_ref(), &m, &x)?;
         print_prediction(&m, &path.display().to_string(), &out.logits, out.predictions[0]);
     }
     Ok(())
+}
+
+/// The GPU executor for single samples when the backend is the GPU.
+fn gpu_model(
+    b: &wqat::convert::eval::Backend,
+    m: &wqat::convert::Int8Model,
+) -> wqat::Result<Option<wqat::convert::Int8GpuModel>> {
+    match b {
+        wqat::convert::eval::Backend::Gpu(ctx) => Ok(Some(wqat::convert::Int8GpuModel::new(ctx, m, 1)?)),
+        _ => Ok(None),
+    }
+}
+
+/// One sample (an image or a line's token ids) on the chosen backend.
+fn run_one(
+    b: &wqat::convert::eval::Backend,
+    gpu: Option<&wqat::convert::Int8GpuModel>,
+    m: &wqat::convert::Int8Model,
+    x: &[f32],
+) -> wqat::Result<wqat::convert::Int8Output> {
+    match (b, gpu) {
+        (_, Some(g)) => g.forward(x, 1),
+        (wqat::convert::eval::Backend::CpuScalar, _) => m.forward_cpu(x, 1, wqat::int8::CpuBackend::Scalar),
+        _ => m.forward_cpu(x, 1, wqat::int8::CpuBackend::Simd),
+    }
 }
 
 /// One line: what was classified, the class index and name, and its softmax score.

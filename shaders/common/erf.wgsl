@@ -1,4 +1,4 @@
-// erf, erfc and the standard normal CDF/PDF in f32 (WGSL has no erf).
+// erf, erfc, the standard normal CDF/PDF and GELU in f32 (WGSL has no erf).
 //
 // Why these forms: GELU (erf form) is x * Phi(x) with Phi(x) = erfc(-x / sqrt 2) / 2. Written
 // as 0.5 x (1 + erf(x / sqrt 2)) it cancels in the negative tail (1 + erf(-3.5) keeps about
@@ -91,4 +91,10 @@ fn normal_cdf(x: f32) -> f32 {
 // Standard normal density phi(x) = exp(-x^2 / 2) / sqrt(2 pi) (0 once exp underflows).
 fn normal_pdf(x: f32) -> f32 {
     return FRAC_1_SQRT_2PI * exp(-0.5 * x * x);
+}
+
+// GELU, erf form (PyTorch's nn.GELU()): x * Phi(x). The one definition shared by the training
+// kernel (gelu.wgsl) and the integer model's GELU before quantization (int8_ops.wgsl).
+fn gelu(x: f32) -> f32 {
+    return x * normal_cdf(x);
 }

@@ -1,22 +1,37 @@
 //! GPU executor of an [`Int8Model`]: `int8_gemm.wgsl` for conv / linear (the packed
-//! `dot4I8Packed` path or the unpack fallback, by `ctx.use_dot4`) and `int8_ops.wgsl` for
-//! input quantization, pools, adds and dequantization; layers kept in f32 run the training
-//! engine's fp32 conv / gemm / pool / activation kernels. Buffers are allocated once for `max_batch` images;
-//! the forward of each batch size is recorded once as a fixed list of dispatches and
-//! replayed (one submit per forward, no allocation after the first call of a size).
+//! `dot4I8Packed` path or the unpack fallback, by `ctx.use_dot4`; linear layers on sequences
+//! per token, `m = batch * tokens`) and `int8_ops.wgsl` for input quantization, pools, adds,
+//! dequantization and patchify on codes; layers kept in f32 run the training engine's fp32
+//! conv / gemm / pool / activation kernels. Transformers: an [`IntFloatLayer`](super::IntFloatLayer) is the int8
+//! GEMM with an f32 epilogue (`F32_OUT`: `f32(acc) * (s_in * s_w[c])`, the CPU's bits), then
+//! GELU and the output quantization in one `int8_ops` pass (or `gelu.wgsl` into f32);
+//! embedding, CLS + positions, LayerNorm, attention, token pool and f32 residual adds run the
+//! training kernels (`kernels::{sequence, layernorm, attention, activation}`) on f32 buffers,
+//! with dequantize / quantize passes where a node's input or output is codes; text models
+//! build their key padding mask from the token ids on the GPU. Buffers are allocated once for
+//! `max_batch` samples; the forward of each batch size is recorded once as a fixed list of
+//! dispatches and replayed (one submit per forward, no allocation after the first call of a
+//! size).
 
 use super::cpu::{argmax_rows, Int8Output, NodeValue};
 use super::kernels as k;
-use super::{Domain, Int8Model, LayerKind};
+use super::{Domain, Int8Model, LayerKind, SeqLayer};
 use crate::error::{Result, WqatError};
 use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor};
 use crate::int8::{Conv2dConfig, LinearConfig, PoolConfig};
 use crate::kernels::activation::{add_forward, relu_forward, Relu};
+use crate::kernels::attention::{attention_forward, AttentionConfig, AttentionQuant};
 use crate::kernels::conv::{conv2d_forward, Conv2dForwardArgs, Conv2dGeom};
+use crate::kernels::gelu::gelu_forward;
 use crate::kernels::gemm::{gemm, GemmConfig, GemmExtras};
-use crate::kernels::int8::{int8_conv2d, int8_linear, unpack_u8, Int8Weights};
+use crate::kernels::int8::{int8_conv2d, int8_linear, int8_linear_f32, unpack_u8, Int8Weights};
+use crate::kernels::layernorm::layernorm_forward;
 use crate::kernels::pool::{avgpool_forward, global_avgpool_forward, maxpool_forward, PoolSpec};
-use crate::model::graph::{Act, Op, INPUT};
+use crate::kernels::sequence::{
+    check_token_ids, cls_pos_forward, embedding_forward, key_mask_from_ids, patchify_forward, token_pool_forward,
+    PatchConfig, TokenPool,
+};
+use crate::model::graph::{Act, Op, TokenPoolMode, INPUT};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -25,30 +40,44 @@ use std::sync::{Arc, Mutex};
 struct NodeBufs {
     /// Output: packed codes (`I8x4`) or f32, by the node's domain; flatten aliases its input.
     out: GpuTensor,
-    /// F32 copies of inputs that arrive as codes (f32 layers only).
+    /// F32 copies of inputs that arrive as codes (layers computing in f32).
     deq: Vec<Option<GpuTensor>>,
-    /// Pre-activation / pre-quantization f32 result (f32 conv, linear, add).
+    /// F32 result before the activation / quantization: f32 conv, linear and add; the
+    /// dequantized accumulators of an integer layer with an f32 epilogue (unless they are
+    /// its output); a transformer op whose output is quantized.
     raw: Option<GpuTensor>,
-    /// Post-activation f32 result when it is quantized afterwards.
+    /// Post-activation f32 result when it is quantized afterwards (ReLU / ReLU6).
     act: Option<GpuTensor>,
     /// Max-pool argmax scratch (f32 max pool).
     argmax: Option<GpuTensor>,
     /// Effective weights and bias (f32 conv / linear).
     float_weights: Option<(GpuTensor, GpuTensor)>,
+    /// Tensors of a transformer op: embedding `[table]`, CLS + positions `[pos, cls]`
+    /// (`cls` when present), LayerNorm `[gamma, beta]`.
+    seq: Vec<GpuTensor>,
+    /// Attention probabilities `[B, H, T, T]` or LayerNorm row statistics `[B * T, 2]`.
+    scratch: Option<GpuTensor>,
 }
 
-/// An [`Int8Model`] uploaded to the GPU for batches of up to `max_batch` images.
+/// An [`Int8Model`] uploaded to the GPU for batches of up to `max_batch` samples.
 ///
 /// Integer layers run `int8_gemm.wgsl` / `int8_ops.wgsl` and match the CPU executors bit
-/// for bit. Layers kept in f32 (fp32 nodes, disabled quantizers) run the training engine's
-/// fp32 kernels on dequantized inputs; their f32 sums are ordered differently from the CPU's,
-/// so codes after an f32 layer can differ from the CPU executor's by one step in rare cases.
+/// for bit, given the same input codes; so do the f32 pre-activations of integer layers with
+/// an f32 epilogue ([`Int8GpuModel::read_pre_activation`]). Layers kept in f32 (fp32 nodes,
+/// disabled quantizers, and a transformer's LayerNorm, attention, GELU and mean pool) run
+/// the training engine's fp32 kernels; their sums are ordered differently from the CPU's
+/// (and GELU's erf is an f32 fit, not libm), so codes after such a layer can differ from the
+/// CPU executor's by one step in rare cases. Embedding, CLS + positions, CLS pool, patchify
+/// and f32 residual adds are exact.
 pub struct Int8GpuModel {
     ctx: Arc<GpuContext>,
     model: Int8Model,
     max_batch: usize,
     input_f32: GpuTensor,
     input_codes: Option<GpuTensor>,
+    /// Key padding mask `[batch, T]` of text models (token ids equal to the embedding's
+    /// padding id), computed on the GPU from the ids.
+    key_mask: Option<GpuTensor>,
     nodes: Vec<NodeBufs>,
     weights: Vec<Option<Int8Weights>>,
     /// Recorded forwards by batch size.
@@ -78,20 +107,16 @@ fn dtype_of(d: Domain) -> DType {
     }
 }
 
+fn missing(what: &str) -> WqatError {
+    WqatError::invalid(format!("int8 GPU model: missing {what}"))
+}
+
 impl Int8GpuModel {
     /// Uploads `model` (packed weights, per-node activation buffers for `max_batch`
-    /// images).
+    /// samples).
     pub fn new(ctx: &Arc<GpuContext>, model: &Int8Model, max_batch: usize) -> Result<Int8GpuModel> {
         if max_batch == 0 {
             return Err(WqatError::invalid("max_batch must be at least 1"));
-        }
-        if let Some(r) = model.nodes.iter().zip(&model.layers).find_map(|(r, l)| {
-            matches!(l.kind, LayerKind::IntFloat(_) | LayerKind::Patchify | LayerKind::Seq(_)).then_some(r)
-        }) {
-            return Err(WqatError::invalid(format!(
-                "the GPU integer executor does not run transformer layers yet (layer {}); use the CPU backends (--backend cpu or cpu-scalar)",
-                r.node.name
-            )));
         }
         let sample: usize = model.graph.input.iter().product();
         let input_f32 = GpuTensor::zeros(ctx, &[max_batch * sample], DType::F32)?;
@@ -99,10 +124,17 @@ impl Int8GpuModel {
             Domain::Codes(_) => Some(GpuTensor::zeros(ctx, &[max_batch * sample], DType::I8x4)?),
             Domain::Float => None,
         };
+        let key_mask = match model.nodes.first().map(|r| &r.node.op) {
+            Some(Op::Embedding { padding_idx: Some(_), .. }) => {
+                Some(GpuTensor::zeros(ctx, &[max_batch * sample], DType::F32)?)
+            }
+            _ => None,
+        };
         let mut nodes: Vec<NodeBufs> = Vec::with_capacity(model.layers.len());
         let mut weights = Vec::with_capacity(model.layers.len());
         for (r, l) in model.nodes.iter().zip(&model.layers) {
-            let n_out: usize = r.out_shape.iter().product::<usize>() * max_batch;
+            let per_sample: usize = r.out_shape.iter().product();
+            let n_out = per_sample * max_batch;
             let f32_buf = |n: usize| GpuTensor::zeros(ctx, &[n], DType::F32);
             let out = match l.kind {
                 LayerKind::Flatten => {
@@ -112,9 +144,12 @@ impl Int8GpuModel {
                 }
                 _ => GpuTensor::zeros(ctx, &[n_out], dtype_of(l.out))?,
             };
-            let float = matches!(l.kind, LayerKind::Float(_) | LayerKind::Add(None) | LayerKind::AvgPool(None));
+            let float_in = matches!(
+                l.kind,
+                LayerKind::Float(_) | LayerKind::Add(None) | LayerKind::AvgPool(None) | LayerKind::Seq(_)
+            );
             let mut deq = Vec::new();
-            if float {
+            if float_in {
                 for (t, &j) in r.inputs.iter().enumerate() {
                     let n_in = r.in_shapes[t].iter().product::<usize>() * max_batch;
                     deq.push(match model.domain_of(j) {
@@ -123,9 +158,15 @@ impl Int8GpuModel {
                     });
                 }
             }
-            let has_raw = matches!(l.kind, LayerKind::Float(_) | LayerKind::Add(None));
+            let act_op = node_act(&r.node.op);
+            let has_raw = match l.kind {
+                LayerKind::Float(_) | LayerKind::Add(None) => true,
+                LayerKind::IntFloat(_) => !(act_op == Act::None && l.out == Domain::Float),
+                LayerKind::Seq(_) => l.out != Domain::Float,
+                _ => false,
+            };
             let raw = if has_raw { Some(f32_buf(n_out)?) } else { None };
-            let needs_act = has_raw && l.out != Domain::Float && node_act(&r.node.op) != Act::None;
+            let needs_act = has_raw && l.out != Domain::Float && matches!(act_op, Act::Relu | Act::Relu6);
             let act = if needs_act { Some(f32_buf(n_out)?) } else { None };
             let argmax = match (&l.kind, l.out) {
                 (LayerKind::MaxPool, Domain::Float) => Some(GpuTensor::zeros(ctx, &[n_out], DType::U32)?),
@@ -133,7 +174,7 @@ impl Int8GpuModel {
             };
             let float_weights = match &l.kind {
                 LayerKind::Float(fl) => {
-                    let cout = r.out_shape[0];
+                    let cout = r.out_channels();
                     Some((
                         GpuTensor::from_f32(ctx, &[fl.weight.len()], &fl.weight)?,
                         GpuTensor::from_f32(ctx, &[cout], &fl.bias)?,
@@ -141,16 +182,50 @@ impl Int8GpuModel {
                 }
                 _ => None,
             };
-            nodes.push(NodeBufs { out, deq, raw, act, argmax, float_weights });
+            let t_in = r.in_shapes[0][0];
+            let (seq, scratch) = match (&l.kind, &r.node.op) {
+                (LayerKind::Seq(SeqLayer::Embedding { table }), Op::Embedding { vocab, dim, .. }) => {
+                    (vec![GpuTensor::from_f32(ctx, &[*vocab, *dim], table)?], None)
+                }
+                (LayerKind::Seq(SeqLayer::ClsPos { cls, pos }), _) => {
+                    let [tp, d, _] = r.out_shape;
+                    let mut v = vec![GpuTensor::from_f32(ctx, &[tp, d], pos)?];
+                    if let Some(c) = cls {
+                        v.push(GpuTensor::from_f32(ctx, &[d], c)?);
+                    }
+                    (v, None)
+                }
+                (LayerKind::Seq(SeqLayer::LayerNorm { gamma, beta }), _) => {
+                    let d = gamma.len();
+                    let rows = n_out / d.max(1);
+                    let v = vec![GpuTensor::from_f32(ctx, &[d], gamma)?, GpuTensor::from_f32(ctx, &[d], beta)?];
+                    (v, Some(f32_buf(2 * rows)?))
+                }
+                (LayerKind::Seq(SeqLayer::Attention), Op::Attention { heads }) => {
+                    (Vec::new(), Some(f32_buf(max_batch * heads * t_in * t_in)?))
+                }
+                _ => (Vec::new(), None),
+            };
+            nodes.push(NodeBufs { out, deq, raw, act, argmax, float_weights, seq, scratch });
             weights.push(match &l.kind {
                 LayerKind::Int(il) => {
-                    let cout = r.out_shape[0];
+                    let cout = r.out_channels();
                     let k = il.weight.len() / cout;
                     let kernel = match r.node.op {
                         Op::Conv { kernel, .. } => [k / (kernel * kernel), kernel, kernel],
                         _ => [1, 1, k],
                     };
                     Some(Int8Weights::new_conv(ctx, &il.weight, cout, kernel, &il.bias, &il.requant)?)
+                }
+                LayerKind::IntFloat(fl) => {
+                    let qi = model.domain_of(r.inputs[0]).quant().ok_or_else(|| {
+                        WqatError::invalid(format!("node {}: integer layer fed with f32 values", r.node.name))
+                    })?;
+                    let cout = r.out_channels();
+                    // The scale of `dequantize_acc`: s_in * s_w[c], rounded to f32 once.
+                    let scale: Vec<f32> = fl.weight_scale.iter().map(|&w| qi.scale * w).collect();
+                    let k = fl.weight.len() / cout.max(1);
+                    Some(Int8Weights::new_dequant(ctx, &fl.weight, cout, k, &fl.bias, &scale)?)
                 }
                 _ => None,
             });
@@ -168,6 +243,7 @@ impl Int8GpuModel {
             max_batch,
             input_f32,
             input_codes,
+            key_mask,
             nodes,
             weights,
             plans: Mutex::new(HashMap::new()),
@@ -194,16 +270,32 @@ impl Int8GpuModel {
         }
     }
 
-    /// Records the forward of `batch` images.
+    /// Records the forward of `batch` samples.
     fn record(&self, batch: usize) -> Result<Vec<Dispatch>> {
         let ctx = &*self.ctx;
         let m = &self.model;
-        let [ci, hi, wi] = m.graph.input;
+        let sample: usize = m.graph.input.iter().product();
         let mut ds = Vec::new();
         if let (Domain::Codes(q), Some(codes)) = (m.input, &self.input_codes) {
-            let n = batch * ci * hi * wi;
+            let n = batch * sample;
             ds.push(k::quantize_f32(ctx, &q, &view(&self.input_f32, &[n]), &view(codes, &[n]))?);
         }
+        if let (Some(mask), Some(Op::Embedding { padding_idx: Some(pad), .. })) =
+            (&self.key_mask, m.nodes.first().map(|r| &r.node.op))
+        {
+            let shape = [batch, sample];
+            ds.push(key_mask_from_ids(ctx, &view(&self.input_f32, &shape), *pad as u32, &view(mask, &shape))?);
+        }
+        // The key padding mask as `[batch, t]` (attention, mean pool), if the model has one.
+        let key_mask = |t: usize, name: &str| -> Result<Option<GpuTensor>> {
+            match &self.key_mask {
+                Some(_) if t != sample => Err(WqatError::shape(format!(
+                    "node {name}: {t} tokens, but the key padding mask covers the {sample} input tokens"
+                ))),
+                Some(mk) => Ok(Some(view(mk, &[batch, t]))),
+                None => Ok(None),
+            }
+        };
         for (i, (r, l)) in m.nodes.iter().zip(&m.layers).enumerate() {
             let nb = &self.nodes[i];
             let [c, h, w] = r.in_shapes[0];
@@ -225,6 +317,7 @@ impl Int8GpuModel {
                     _ => Ok(view(self.value(j), shape)),
                 }
             };
+            let weights = || self.weights[i].as_ref().ok_or_else(|| missing("weights"));
             match (&l.kind, &r.node.op) {
                 (LayerKind::Int(_), Op::Conv { kernel, stride, padding, dilation, groups, .. }) => {
                     let cfg = Conv2dConfig {
@@ -240,17 +333,34 @@ impl Int8GpuModel {
                         groups: *groups,
                         x_zero: zero_in,
                     };
-                    let wt = self.weights[i].as_ref().ok_or_else(|| WqatError::invalid("missing weights"))?;
-                    ds.push(int8_conv2d(ctx, &cfg, &x, wt, &out)?);
+                    ds.push(int8_conv2d(ctx, &cfg, &x, weights()?, &out)?);
                 }
-                (LayerKind::Int(_), Op::Linear { .. }) => {
-                    let cfg = LinearConfig { m: batch, k: c * h * w, n: co, x_zero: zero_in };
-                    let wt = self.weights[i].as_ref().ok_or_else(|| WqatError::invalid("missing weights"))?;
-                    ds.push(int8_linear(ctx, &cfg, &x, wt, &out)?);
+                (LayerKind::Int(_), Op::Linear { out_features, .. }) => {
+                    // Per token on sequences: one row per (sample, token).
+                    let cfg = LinearConfig {
+                        m: batch * r.rows_per_sample(),
+                        k: r.in_features(),
+                        n: *out_features,
+                        x_zero: zero_in,
+                    };
+                    ds.push(int8_linear(ctx, &cfg, &x, weights()?, &out)?);
+                }
+                (LayerKind::IntFloat(_), Op::Linear { out_features, .. }) => {
+                    let cfg = LinearConfig {
+                        m: batch * r.rows_per_sample(),
+                        k: r.in_features(),
+                        n: *out_features,
+                        x_zero: zero_in,
+                    };
+                    let dst = view(nb.raw.as_ref().unwrap_or(&nb.out), &[n_out]);
+                    ds.push(int8_linear_f32(ctx, &cfg, &x, weights()?, &dst)?);
+                    if nb.raw.is_some() {
+                        self.epilogue(&mut ds, i, batch)?;
+                    }
                 }
                 (LayerKind::Float(_), op) => {
-                    let (wt, bias) = nb.float_weights.as_ref().ok_or_else(|| WqatError::invalid("missing weights"))?;
-                    let raw = nb.raw.as_ref().ok_or_else(|| WqatError::invalid("missing scratch"))?;
+                    let (wt, bias) = nb.float_weights.as_ref().ok_or_else(|| missing("weights"))?;
+                    let raw = nb.raw.as_ref().ok_or_else(|| missing("scratch"))?;
                     match op {
                         Op::Conv { kernel, stride, padding, dilation, groups, .. } => {
                             let xin = f32_in(0, &[batch, c, h, w])?;
@@ -271,13 +381,84 @@ impl Int8GpuModel {
                             ds.push(conv2d_forward(ctx, &cfg, &args)?);
                         }
                         _ => {
-                            let xin = f32_in(0, &[batch, c * h * w])?;
-                            let cfg = GemmConfig::linear_forward(batch, c * h * w, co, None, None);
+                            let (rows, kf, nf) = (batch * r.rows_per_sample(), r.in_features(), r.out_channels());
+                            let xin = f32_in(0, &[rows, kf])?;
+                            let cfg = GemmConfig::linear_forward(rows, kf, nf, None, None);
                             let extra = GemmExtras { bias: Some(bias), ..Default::default() };
-                            ds.push(gemm(ctx, &cfg, &xin, &view(wt, &[co, c * h * w]), &view(raw, &[n_out]), &extra)?);
+                            ds.push(gemm(ctx, &cfg, &xin, &view(wt, &[nf, kf]), &view(raw, &[n_out]), &extra)?);
                         }
                     }
                     self.epilogue(&mut ds, i, batch)?;
+                }
+                (LayerKind::Patchify, Op::Patchify { patch }) => {
+                    let pc = PatchConfig { batch, channels: c, height: h, width: w, patch: *patch };
+                    match l.out {
+                        Domain::Codes(_) => ds.push(k::patchify_u8(ctx, &pc, &x, &out)?),
+                        Domain::Float => {
+                            ds.push(patchify_forward(ctx, &pc, &view(&x, &pc.x_shape()), &view(&out, &pc.out_shape()))?)
+                        }
+                    }
+                }
+                (LayerKind::Seq(sl), op) => {
+                    // The f32 result: straight into the output, or into `raw` to be quantized.
+                    let dst = view(nb.raw.as_ref().unwrap_or(&nb.out), &[n_out]);
+                    let name = &r.node.name;
+                    let [t, d, _] = r.in_shapes[0];
+                    match (sl, op) {
+                        (SeqLayer::Embedding { .. }, Op::Embedding { dim, .. }) => {
+                            if r.inputs[0] != INPUT || m.input != Domain::Float {
+                                return Err(WqatError::invalid(format!(
+                                    "node {name}: an embedding must read the model's token ids"
+                                )));
+                            }
+                            let table = nb.seq.first().ok_or_else(|| missing("embedding table"))?;
+                            let ids = view(&x, &[batch, sample]);
+                            ds.push(embedding_forward(ctx, &ids, table, &view(&dst, &[batch, sample, *dim]))?);
+                        }
+                        (SeqLayer::ClsPos { .. }, Op::ClsPos { .. }) => {
+                            let xin = f32_in(0, &[batch, t, d])?;
+                            let pos = nb.seq.first().ok_or_else(|| missing("positions"))?;
+                            ds.push(cls_pos_forward(ctx, &xin, nb.seq.get(1), pos, &view(&dst, &[batch, co, d]))?);
+                        }
+                        (SeqLayer::LayerNorm { .. }, Op::LayerNorm { eps }) => {
+                            let xin = f32_in(0, &[n_in])?;
+                            let (gamma, beta) = nb.seq.first().zip(nb.seq.get(1)).ok_or_else(|| missing("gamma"))?;
+                            let stats = nb.scratch.as_ref().ok_or_else(|| missing("statistics"))?;
+                            let rows = n_in / gamma.len().max(1);
+                            ds.push(layernorm_forward(ctx, &xin, gamma, beta, &dst, &view(stats, &[2 * rows]), *eps)?);
+                        }
+                        (SeqLayer::Attention, Op::Attention { heads }) => {
+                            let cfg = AttentionConfig::new(batch, t, *heads, d / 3 / heads.max(&1));
+                            let qkv = f32_in(0, &cfg.qkv_shape())?;
+                            let probs = nb.scratch.as_ref().ok_or_else(|| missing("probabilities"))?;
+                            let mask = key_mask(t, name)?;
+                            ds.extend(attention_forward(
+                                ctx,
+                                &cfg,
+                                &qkv,
+                                mask.as_ref(),
+                                &AttentionQuant::default(),
+                                &view(probs, &cfg.probs_shape()),
+                                &view(&dst, &cfg.out_shape()),
+                            )?);
+                        }
+                        (SeqLayer::TokenPool, Op::TokenPool { mode }) => {
+                            let xin = f32_in(0, &[batch, t, d])?;
+                            let (mode, mask) = match mode {
+                                TokenPoolMode::Cls => (TokenPool::Cls, None),
+                                TokenPoolMode::Mean => (TokenPool::Mean, key_mask(t, name)?),
+                            };
+                            ds.push(token_pool_forward(ctx, mode, &xin, mask.as_ref(), &view(&dst, &[batch, d]))?);
+                        }
+                        _ => {
+                            return Err(WqatError::invalid(format!(
+                                "int8 model: node {name} does not match its converted layer"
+                            )))
+                        }
+                    }
+                    if nb.raw.is_some() {
+                        self.epilogue(&mut ds, i, batch)?;
+                    }
                 }
                 (LayerKind::MaxPool, Op::MaxPool { kernel, stride, padding }) => {
                     let s = if *stride == 0 { *kernel } else { *stride };
@@ -295,7 +476,7 @@ impl Int8GpuModel {
                             ds.push(k::maxpool_u8(ctx, &cfg, &x, &out)?);
                         }
                         Domain::Float => {
-                            let am = nb.argmax.as_ref().ok_or_else(|| WqatError::invalid("missing scratch"))?;
+                            let am = nb.argmax.as_ref().ok_or_else(|| missing("scratch"))?;
                             let spec =
                                 PoolSpec { kernel: (*kernel, *kernel), stride: (s, s), padding: (*padding, *padding) };
                             ds.push(maxpool_forward(
@@ -342,7 +523,7 @@ impl Int8GpuModel {
                 (LayerKind::Add(None), Op::Add { .. }) => {
                     let a = f32_in(0, &[n_in])?;
                     let b = f32_in(1, &[n_in])?;
-                    let raw = nb.raw.as_ref().ok_or_else(|| WqatError::invalid("missing scratch"))?;
+                    let raw = nb.raw.as_ref().ok_or_else(|| missing("scratch"))?;
                     ds.push(add_forward(ctx, &a, &b, &view(raw, &[n_in]))?);
                     self.epilogue(&mut ds, i, batch)?;
                 }
@@ -353,49 +534,46 @@ impl Int8GpuModel {
         Ok(ds)
     }
 
-    /// After an f32 conv / linear / add wrote `raw`: the activation, then quantization into
-    /// the output codes (or the activation straight into the f32 output).
+    /// After a layer wrote its f32 result into `raw`: the activation (ReLU, ReLU6, GELU), then
+    /// quantization into the output codes (GELU fused into it), or the activation straight
+    /// into the f32 output.
     fn epilogue(&self, ds: &mut Vec<Dispatch>, i: usize, batch: usize) -> Result<()> {
         let ctx = &*self.ctx;
         let (r, l, nb) = (&self.model.nodes[i], &self.model.layers[i], &self.nodes[i]);
         let n = batch * r.out_shape.iter().product::<usize>();
-        let raw = view(nb.raw.as_ref().ok_or_else(|| WqatError::invalid("missing scratch"))?, &[n]);
+        let raw = view(nb.raw.as_ref().ok_or_else(|| missing("scratch"))?, &[n]);
+        let out = view(&nb.out, &[n]);
         let act = node_act(&r.node.op);
         let kind = if act == Act::Relu6 { Relu::Relu6 } else { Relu::Relu };
-        match l.out {
-            Domain::Codes(q) => {
-                let src = match &nb.act {
-                    Some(a) => {
-                        let a = view(a, &[n]);
-                        ds.push(relu_forward(ctx, &raw, &a, kind)?);
-                        a
-                    }
-                    None => raw,
-                };
-                ds.push(k::quantize_f32(ctx, &q, &src, &view(&nb.out, &[n]))?);
+        match (l.out, act) {
+            (Domain::Codes(q), Act::None) => ds.push(k::quantize_f32(ctx, &q, &raw, &out)?),
+            (Domain::Codes(q), Act::Gelu) => ds.push(k::gelu_quantize_f32(ctx, &q, &raw, &out)?),
+            (Domain::Codes(q), Act::Relu | Act::Relu6) => {
+                let a = view(nb.act.as_ref().ok_or_else(|| missing("scratch"))?, &[n]);
+                ds.push(relu_forward(ctx, &raw, &a, kind)?);
+                ds.push(k::quantize_f32(ctx, &q, &a, &out)?);
             }
-            Domain::Float => {
-                let out = view(&nb.out, &[n]);
-                if act == Act::None {
-                    ds.push(crate::kernels::gemm::copy_f32(ctx, &raw, &out)?);
-                } else {
-                    ds.push(relu_forward(ctx, &raw, &out, kind)?);
-                }
-            }
+            (Domain::Float, Act::None) => ds.push(crate::kernels::gemm::copy_f32(ctx, &raw, &out)?),
+            (Domain::Float, Act::Gelu) => ds.push(gelu_forward(ctx, &raw, &out)?),
+            (Domain::Float, Act::Relu | Act::Relu6) => ds.push(relu_forward(ctx, &raw, &out, kind)?),
         }
         Ok(())
     }
 
-    /// Uploads the images and runs the recorded forward (returns with the work submitted).
+    /// Uploads the samples and runs the recorded forward (returns with the work submitted).
     fn run(&self, images: &[f32], batch: usize) -> Result<std::sync::MutexGuard<'_, HashMap<usize, Vec<Dispatch>>>> {
         let sample: usize = self.model.graph.input.iter().product();
         if batch == 0 || batch > self.max_batch || images.len() != batch * sample {
             return Err(WqatError::shape(format!(
-                "{} input values for {batch} images of shape {:?} (max batch {})",
+                "{} input values for {batch} samples of shape {:?} (max batch {})",
                 images.len(),
                 self.model.graph.input,
                 self.max_batch
             )));
+        }
+        // Token ids are checked here, as the CPU executor does (the kernel embeds bad ids as zeros).
+        if let Some(Op::Embedding { vocab, .. }) = self.model.nodes.first().map(|r| &r.node.op) {
+            check_token_ids(images, *vocab)?;
         }
         let mut plans = self.plans.lock().map_err(|_| WqatError::invalid("int8 GPU model lock poisoned"))?;
         if let std::collections::hash_map::Entry::Vacant(e) = plans.entry(batch) {
@@ -419,8 +597,9 @@ impl Int8GpuModel {
         Ok(Int8Output { logits, predictions, activations })
     }
 
-    /// Runs `batch` normalized images (`[batch, C, H, W]` f32) and returns dequantized
-    /// logits and predictions (one submit, one readback of the logits).
+    /// Runs `batch` normalized images (`[batch, C, H, W]` f32; token ids of a text model)
+    /// and returns dequantized logits and predictions (one submit, one readback of the
+    /// logits).
     pub fn forward(&self, images: &[f32], batch: usize) -> Result<Int8Output> {
         let _plans = self.run(images, batch)?;
         let n = batch * self.model.num_classes();
@@ -480,6 +659,25 @@ impl Int8GpuModel {
         }
         let last = acts.last().cloned().unwrap_or(NodeValue::Codes(Vec::new()));
         self.finish(&last, batch, Some(acts))
+    }
+
+    /// The f32 pre-activation `f32(acc) * (s_in * s_w[c])` of node `i` from the last forward
+    /// of `batch` samples, when node `i` is an integer layer with an f32 epilogue
+    /// ([`LayerKind::IntFloat`]); `None` for other layers. Bit for bit
+    /// [`crate::convert::cpu::dequantize_acc`] of the same input codes.
+    pub fn read_pre_activation(&self, i: usize, batch: usize) -> Result<Option<Vec<f32>>> {
+        let (r, l, nb) = match (self.model.nodes.get(i), self.model.layers.get(i), self.nodes.get(i)) {
+            (Some(r), Some(l), Some(nb)) => (r, l, nb),
+            _ => return Err(WqatError::invalid(format!("node index {i} out of range"))),
+        };
+        if !matches!(l.kind, LayerKind::IntFloat(_)) {
+            return Ok(None);
+        }
+        if batch == 0 || batch > self.max_batch {
+            return Err(WqatError::shape(format!("batch {batch} outside 1..={}", self.max_batch)));
+        }
+        let n = batch * r.out_shape.iter().product::<usize>();
+        Ok(Some(view(nb.raw.as_ref().unwrap_or(&nb.out), &[n]).read_f32(&self.ctx)?))
     }
 }
 

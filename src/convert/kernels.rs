@@ -1,12 +1,15 @@
-//! Host wrappers for `shaders/int8_ops.wgsl`: input quantization, max pool, average pool
-//! residual add and dequantization on packed uint8 tensors ([`DType::I8x4`], see [`crate::kernels::int8`]).
+//! Host wrappers for `shaders/int8_ops.wgsl`: input quantization (optionally after GELU),
+//! max pool, average pool, residual add, dequantization and patchify on packed uint8 tensors
+//! ([`DType::I8x4`], see [`crate::kernels::int8`]).
 //! CPU references: [`crate::convert::ActQuant::quantize`] / [`crate::convert::ActQuant::dequantize`], [`crate::int8::scalar::max_pool`],
-//! [`crate::convert::cpu::avg_pool_codes`], [`crate::int8::scalar::add`].
+//! [`crate::convert::cpu::avg_pool_codes`], [`crate::int8::scalar::add`],
+//! [`crate::reference::graph::patchify`].
 
 use super::ActQuant;
 use crate::error::{Result, WqatError};
 use crate::gpu::{grid_1d, DType, Dispatch, GpuContext, GpuTensor, PipelineKey};
 use crate::int8::{AddConfig, AvgRequant, PoolConfig};
+use crate::kernels::sequence::PatchConfig;
 
 const WG: u32 = 64;
 
@@ -38,6 +41,7 @@ crate::kernels::kernel_params! {
         inv_s: f32,
         qmax: f32,
         scale: f32,
+        channels: u32,
     }
 }
 
@@ -67,13 +71,48 @@ fn dispatch(ctx: &GpuContext, entry: &'static str, p: &Params, bufs: &[&wgpu::Bu
 
 /// Quantizes f32 `x` into packed codes `out` (same length) with `q`.
 pub fn quantize_f32(ctx: &GpuContext, q: &ActQuant, x: &GpuTensor, out: &GpuTensor) -> Result<Dispatch> {
+    quantize_with(ctx, q, x, out, false)
+}
+
+/// Quantizes `gelu(x)` (erf form, `common/erf.wgsl`, as `shaders/gelu.wgsl`) into packed
+/// codes `out` with `q`: an MLP's fc1 output in the integer model. The CPU's GELU uses libm's
+/// erf, so a value within a few ulp of a rounding tie may get the neighbouring code.
+pub fn gelu_quantize_f32(ctx: &GpuContext, q: &ActQuant, x: &GpuTensor, out: &GpuTensor) -> Result<Dispatch> {
+    quantize_with(ctx, q, x, out, true)
+}
+
+fn quantize_with(ctx: &GpuContext, q: &ActQuant, x: &GpuTensor, out: &GpuTensor, gelu: bool) -> Result<Dispatch> {
     q.validate()?;
     let n = x.len();
     check(x, DType::F32, n, "quantize_f32 x")?;
     check(out, DType::I8x4, n, "quantize_f32 out")?;
     let p =
         Params { total: n as u32, zero_out: q.zero, inv_s: q.inv_scale, qmax: q.qmax() as f32, ..Default::default() };
-    dispatch(ctx, "quantize_f32", &p, &[&x.buffer, &out.buffer])
+    Dispatch::new(
+        ctx,
+        &PipelineKey::new("int8_ops", "quantize_f32").with("GELU", if gelu { 1.0 } else { 0.0 }),
+        bytemuck::bytes_of(&p),
+        &[&x.buffer, &out.buffer],
+        grid_1d(n.div_ceil(4), WG),
+    )
+}
+
+/// Non-overlapping patches of packed codes: x `[B, C, H, W]` -> out `[B, T, C*P*P]` (both
+/// packed, flat), the permutation of [`crate::kernels::sequence::patchify_forward`].
+pub fn patchify_u8(ctx: &GpuContext, cfg: &PatchConfig, x: &GpuTensor, out: &GpuTensor) -> Result<Dispatch> {
+    cfg.validate()?;
+    let n = cfg.x_shape().iter().product::<usize>();
+    check(x, DType::I8x4, n, "patchify_u8 x")?;
+    check(out, DType::I8x4, n, "patchify_u8 out")?;
+    let p = Params {
+        total: n as u32,
+        h: cfg.height as u32,
+        w: cfg.width as u32,
+        kh: cfg.patch as u32,
+        channels: cfg.channels as u32,
+        ..Default::default()
+    };
+    dispatch(ctx, "patchify_u8", &p, &[&x.buffer, &out.buffer])
 }
 
 /// Dequantizes packed codes `x` into f32 `out` (same length): `(q - z) * s`.

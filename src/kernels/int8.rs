@@ -12,6 +12,10 @@
 //! register-blocked `DIRECT` specialization where its layout conditions hold
 //! ([`conv_takes_direct`], [`linear_takes_direct`]); it always unpacks (dot4I8Packed is
 //! emulated on CPU adapters and measured slower there).
+//!
+//! [`int8_linear_f32`] is the same linear GEMM with an f32 epilogue instead of the
+//! requantization (override `F32_OUT`): `f32(acc) * scale[c]` per output, the bits of
+//! [`crate::convert::cpu::dequantize_acc`] (weights packed by [`Int8Weights::new_dequant`]).
 
 use crate::error::{Result, WqatError};
 use crate::gpu::{grid_1d, DType, Dispatch, GpuContext, GpuTensor, PipelineKey};
@@ -126,6 +130,46 @@ impl Int8Weights {
             )));
         }
         rq.validate(n)?;
+        Self::pack(ctx, w, n, kernel, bias, &rq.multiplier, &rq.shift, [rq.out_zero, rq.act_min, rq.act_max])
+    }
+
+    /// Packs linear weights `w` (`[n, k]` int8 row-major) with their int32 `bias` for
+    /// [`int8_linear_f32`]: output `f32(acc) * scale[c]`, with `scale[c] = s_in * s_w[c]`
+    /// rounded to f32 by the caller (as [`crate::convert::cpu::dequantize_acc`] does). The
+    /// scale travels in the multiplier's slot as f32 bits.
+    pub fn new_dequant(ctx: &GpuContext, w: &[i8], n: usize, k: usize, bias: &[i32], scale: &[f32]) -> Result<Self> {
+        if scale.len() != n || scale.iter().any(|s| !s.is_finite()) {
+            return Err(WqatError::shape(format!(
+                "int8 weights: {} finite scales needed for {n} channels, got {}",
+                n,
+                scale.len()
+            )));
+        }
+        let bits: Vec<i32> = scale.iter().map(|s| s.to_bits() as i32).collect();
+        Self::pack(ctx, w, n, [1, 1, k], bias, &bits, &vec![0; n], [0, 0, 0])
+    }
+
+    /// Packs the weights and the per-channel `(bias, m0, shift, sum w)`.
+    #[allow(clippy::too_many_arguments)]
+    fn pack(
+        ctx: &GpuContext,
+        w: &[i8],
+        n: usize,
+        kernel: [usize; 3],
+        bias: &[i32],
+        m0: &[i32],
+        shift: &[i32],
+        [out_zero, act_min, act_max]: [i32; 3],
+    ) -> Result<Self> {
+        let [cin_g, kh, kw] = kernel;
+        let k = cin_g * kh * kw;
+        if n == 0 || k == 0 || w.len() != n * k || bias.len() != n || m0.len() != n || shift.len() != n {
+            return Err(WqatError::shape(format!(
+                "int8 weights: {} values / {} biases for n {n}, kernel {kernel:?}",
+                w.len(),
+                bias.len()
+            )));
+        }
         let kw4 = words_per_channel(kernel);
         let kq = kw.div_ceil(4);
         let mut words = vec![0u32; (n * kw4).div_ceil(4) * 4];
@@ -138,7 +182,7 @@ impl Int8Weights {
                 words[c * kw4 + word] |= (v as u8 as u32) << (8 * (kx % 4));
             }
             let sum = row.iter().map(|&v| v as i32).sum::<i32>();
-            chan[c * 4..c * 4 + 4].copy_from_slice(&[bias[c], rq.multiplier[c], rq.shift[c], sum]);
+            chan[c * 4..c * 4 + 4].copy_from_slice(&[bias[c], m0[c], shift[c], sum]);
         }
         Ok(Int8Weights {
             weights: GpuTensor::from_u32(ctx, &[words.len()], &words)?,
@@ -146,9 +190,9 @@ impl Int8Weights {
             n,
             k,
             kernel,
-            out_zero: rq.out_zero,
-            act_min: rq.act_min,
-            act_max: rq.act_max,
+            out_zero,
+            act_min,
+            act_max,
         })
     }
 
@@ -193,6 +237,47 @@ fn key(ctx: &GpuContext, entry: &'static str, direct: bool) -> PipelineKey {
         .with("DIRECT", if direct { 1.0 } else { 0.0 })
 }
 
+fn linear_dispatch(
+    ctx: &GpuContext,
+    cfg: &LinearConfig,
+    x: &GpuTensor,
+    layer: &Int8Weights,
+    out: &GpuTensor,
+    f32_out: bool,
+) -> Result<Dispatch> {
+    cfg.validate(cfg.m * cfg.k, layer.n * layer.k, layer.n, cfg.m * cfg.n)?;
+    if layer.n != cfg.n || layer.kernel != [1, 1, cfg.k] {
+        return Err(WqatError::shape(format!(
+            "linear {cfg:?} with weights of n {} kernel {:?}",
+            layer.n, layer.kernel
+        )));
+    }
+    let what = if f32_out { "int8_linear_f32" } else { "int8_linear" };
+    check_packed(x, cfg.m * cfg.k, &format!("{what} x"))?;
+    let total = cfg.m * cfg.n;
+    if f32_out {
+        if out.dtype != DType::F32 || out.len() != total {
+            return Err(WqatError::shape(format!(
+                "{what}: expected an f32 output of {total} values, got {:?} of {}",
+                out.dtype,
+                out.len()
+            )));
+        }
+    } else {
+        check_packed(out, total, &format!("{what} out"))?;
+    }
+    let p = layer.params(total, cfg.x_zero);
+    let direct = linear_takes_direct(ctx, cfg);
+    let invocations = if direct { cfg.m.div_ceil(4) * cfg.n.div_ceil(DIRECT_CH) } else { total.div_ceil(4) };
+    Dispatch::new(
+        ctx,
+        &key(ctx, "int8_linear", direct).with("F32_OUT", if f32_out { 1.0 } else { 0.0 }),
+        bytemuck::bytes_of(&p),
+        &[&x.buffer, &layer.weights.buffer, &layer.chan.buffer, &out.buffer],
+        grid_1d(invocations, WG),
+    )
+}
+
 /// Output channels per invocation of the DIRECT kernels.
 const DIRECT_CH: usize = 8;
 
@@ -219,26 +304,20 @@ pub fn int8_linear(
     layer: &Int8Weights,
     out: &GpuTensor,
 ) -> Result<Dispatch> {
-    cfg.validate(cfg.m * cfg.k, layer.n * layer.k, layer.n, cfg.m * cfg.n)?;
-    if layer.n != cfg.n || layer.kernel != [1, 1, cfg.k] {
-        return Err(WqatError::shape(format!(
-            "linear {cfg:?} with weights of n {} kernel {:?}",
-            layer.n, layer.kernel
-        )));
-    }
-    check_packed(x, cfg.m * cfg.k, "int8_linear x")?;
-    check_packed(out, cfg.m * cfg.n, "int8_linear out")?;
-    let total = cfg.m * cfg.n;
-    let p = layer.params(total, cfg.x_zero);
-    let direct = linear_takes_direct(ctx, cfg);
-    let invocations = if direct { cfg.m.div_ceil(4) * cfg.n.div_ceil(DIRECT_CH) } else { total.div_ceil(4) };
-    Dispatch::new(
-        ctx,
-        &key(ctx, "int8_linear", direct),
-        bytemuck::bytes_of(&p),
-        &[&x.buffer, &layer.weights.buffer, &layer.chan.buffer, &out.buffer],
-        grid_1d(invocations, WG),
-    )
+    linear_dispatch(ctx, cfg, x, layer, out, false)
+}
+
+/// `out [m, n] = f32(x [m, k] . w^T + bias) * scale[c]` (f32 output) on a packed u8 `x`,
+/// with weights from [`Int8Weights::new_dequant`]: bit for bit
+/// [`crate::int8::linear_acc`] then [`crate::convert::cpu::dequantize_acc`].
+pub fn int8_linear_f32(
+    ctx: &GpuContext,
+    cfg: &LinearConfig,
+    x: &GpuTensor,
+    layer: &Int8Weights,
+    out: &GpuTensor,
+) -> Result<Dispatch> {
+    linear_dispatch(ctx, cfg, x, layer, out, true)
 }
 
 /// NCHW int8 conv2d (stride, zero-point padding, dilation, groups) on packed u8 tensors.

@@ -146,6 +146,55 @@ fn linear_matches_reference() {
     }
 }
 
+/// `int8_linear_f32` (the f32 epilogue of a transformer's integer linear layers) against
+/// `int8::linear_acc` + `convert::cpu::dequantize_acc`, bit for bit, on every kernel path.
+fn check_linear_f32(seed: u64, cfg: LinearConfig, extreme: bool) {
+    let mut rng = testing::rng(seed);
+    let x = codes(&mut rng, cfg.m * cfg.k, extreme);
+    let w = weights(&mut rng, cfg.n * cfg.k, extreme);
+    let mut bias: Vec<i32> = (0..cfg.n).map(|_| rng.random_range(-100000..100000)).collect();
+    if seed.is_multiple_of(3) {
+        bias[0] = i32::MAX;
+        bias[cfg.n - 1] = i32::MIN;
+    }
+    let s_in: f32 = rng.random_range(0.001..0.1);
+    let s_w: Vec<f32> = (0..cfg.n).map(|_| rng.random_range(1e-4..1e-2)).collect();
+    let mut acc = vec![0i32; cfg.m * cfg.n];
+    wqat::int8::linear_acc(wqat::int8::CpuBackend::Scalar, &cfg, &x, &w, &bias, &mut acc).unwrap();
+    let want: Vec<u32> = wqat::convert::cpu::dequantize_acc(&acc, s_in, &s_w).iter().map(|v| v.to_bits()).collect();
+    let scale: Vec<f32> = s_w.iter().map(|&sw| s_in * sw).collect();
+    for ctx in contexts() {
+        let layer = k::Int8Weights::new_dequant(&ctx, &w, cfg.n, cfg.k, &bias, &scale).unwrap();
+        let gx = k::upload_u8(&ctx, &[cfg.m, cfg.k], &x).unwrap();
+        let gout = GpuTensor::zeros(&ctx, &[cfg.m, cfg.n], DType::F32).unwrap();
+        let d = k::int8_linear_f32(&ctx, &cfg, &gx, &layer, &gout).unwrap();
+        ctx.submit(&[&d]).unwrap();
+        let direct = k::linear_takes_direct(&ctx, &cfg);
+        let what = format!("int8_linear_f32 seed {seed} direct {direct} dot4 {} {cfg:?}", ctx.use_dot4);
+        assert_bit_exact(&what, &gout.read_u32(&ctx).unwrap(), &want);
+    }
+}
+
+#[test]
+fn linear_f32_matches_reference() {
+    let mut rng = testing::rng(4);
+    for case in 0..8u64 {
+        let cfg = LinearConfig {
+            m: testing::size(&mut rng, 1, 19),
+            k: testing::size(&mut rng, 1, 150),
+            n: testing::size(&mut rng, 1, 23),
+            x_zero: if case % 4 == 1 { 255 } else { rng.random_range(0..=255) },
+        };
+        check_linear_f32(60 + case, cfg, case % 2 == 1);
+    }
+    // Accumulators past 2^24 (rounded by the conversion to f32) and DIRECT-eligible shapes:
+    // a transformer's tokens x features.
+    check_linear_f32(70, LinearConfig { m: 3, k: 16411, n: 8, x_zero: 0 }, true);
+    for (i, &(m, k, n)) in [(68, 64, 192), (5, 37, 12), (17, 128, 64)].iter().enumerate() {
+        check_linear_f32(71 + i as u64, LinearConfig { m, k, n, x_zero: 7 + 60 * i as i32 }, i % 2 == 1);
+    }
+}
+
 #[test]
 fn linear_layers_chain_on_gpu() {
     // The packed output of one layer is the next layer's input, no host round trip.
@@ -326,6 +375,12 @@ fn bad_shapes_are_errors() {
     assert!(k::int8_linear(&ctx, &LinearConfig { x_zero: -1, ..cfg }, &x, &layer, &out).is_err());
     let f32_out = GpuTensor::zeros(&ctx, &[4, 3], DType::F32).unwrap();
     assert!(k::int8_linear(&ctx, &cfg, &x, &layer, &f32_out).is_err());
+    let deq = k::Int8Weights::new_dequant(&ctx, &[1i8; 6], 3, 2, &[0; 3], &[0.5; 3]).unwrap();
+    assert!(k::int8_linear_f32(&ctx, &cfg, &x, &deq, &f32_out).is_ok());
+    assert!(k::int8_linear_f32(&ctx, &cfg, &x, &deq, &out).is_err());
+    assert!(k::int8_linear_f32(&ctx, &LinearConfig { m: 3, ..cfg }, &x, &deq, &f32_out).is_err());
+    assert!(k::Int8Weights::new_dequant(&ctx, &[1i8; 6], 3, 2, &[0; 3], &[0.5; 2]).is_err());
+    assert!(k::Int8Weights::new_dequant(&ctx, &[1i8; 6], 3, 2, &[0; 3], &[0.5, f32::NAN, 1.0]).is_err());
     assert!(k::upload_u8(&ctx, &[3], &[1; 4]).is_err());
     assert_eq!(k::unpack_u8(&k::pack_u8(&[1, 2, 3, 4, 5]), 5), vec![1, 2, 3, 4, 5]);
 }

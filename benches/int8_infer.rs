@@ -198,8 +198,15 @@ fn main() -> Result<()> {
     add(&format!("CPU int8 SIMD ({:?})", SimdKernel::best()), &mut |b, x| {
         model.forward_cpu(x, b, CpuBackend::Simd).map(|_| ())
     })?;
-    for (label, c) in [("GPU int8 dot4", &ctx), ("GPU int8 unpack fallback", &ctx_nodot)] {
-        if label.contains("dot4") && !c.use_dot4 {
+    // On CPU adapters (`conv_direct`) the conv / linear layers whose shapes fit take the
+    // register-blocked DIRECT path, which always unpacks: the "dot4" row then uses
+    // dot4I8Packed only in the layers that fall back to the per-word kernel. Say so.
+    let dot4_label = if ctx.conv_direct { "GPU int8 DIRECT (dot4 elsewhere)" } else { "GPU int8 dot4" };
+    if ctx.conv_direct {
+        println!("(CPU adapter: conv/linear layers that fit run the DIRECT unpack path; dot4I8Packed serves only the others)");
+    }
+    for (label, c) in [(dot4_label, &ctx), ("GPU int8 unpack fallback", &ctx_nodot)] {
+        if std::ptr::eq(c, &ctx) && !c.use_dot4 {
             println!("{label:<32} (dot4 not available on this adapter)");
             continue;
         }

@@ -1,5 +1,5 @@
 //! Training-throughput measurement (`wqat bench --train`) and a per-dispatch profile of a
-//! compiled step (`wqat bench --profile`). Random data, the real compiled step, warm-up
+//! compiled step (`cargo run --release --example profile_step -- MODEL BATCH qat|fp32`). Random data, the real compiled step, warm-up
 //! first, medians of several runs.
 
 use super::compile::{CompileOptions, Compiled, StepOptions};

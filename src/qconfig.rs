@@ -96,6 +96,9 @@ pub struct LayerQConfig {
     /// Keep the layer's weights in fp32 (no weight quantizer; see `Node::fp32`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fp32: Option<bool>,
+    /// Attention layers: fake-quantize the matmul inputs (q, k, v, softmax output).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantize_matmul: Option<bool>,
 }
 
 impl LayerQConfig {
@@ -108,7 +111,7 @@ impl LayerQConfig {
         let bad = |why: &str| {
             WqatError::invalid(format!(
                 "layer qconfig {s:?}: {why} (use PATTERN=SETTING,..., settings wN, aN, per-channel, \
-                 per-tensor, full-range, narrow-range, fp32, int, observer=KIND; e.g. conv1=w8,a8)"
+                 per-tensor, full-range, narrow-range, fp32, int, matmul, no-matmul, observer=KIND; e.g. conv1=w8,a8)"
             ))
         };
         let (pattern, rest) = s.split_once('=').ok_or_else(|| bad("missing `=`"))?;
@@ -133,6 +136,8 @@ impl LayerQConfig {
                 "narrow-range" => l.weight_full_range = Some(false),
                 "fp32" => l.fp32 = Some(true),
                 "int" => l.fp32 = Some(false),
+                "matmul" => l.quantize_matmul = Some(true),
+                "no-matmul" => l.quantize_matmul = Some(false),
                 t if t.starts_with("observer=") => l.observer = Some(ObserverKind::parse(&t["observer=".len()..])?),
                 t if t.starts_with('w') => l.weight_bits = Some(bits(&t[1..])?),
                 t if t.starts_with('a') => l.act_bits = Some(bits(&t[1..])?),
@@ -177,6 +182,9 @@ impl std::fmt::Display for LayerQConfig {
         }
         if let Some(fp) = self.fp32 {
             parts.push(if fp { "fp32" } else { "int" }.to_string());
+        }
+        if let Some(m) = self.quantize_matmul {
+            parts.push(if m { "matmul" } else { "no-matmul" }.to_string());
         }
         if let Some(o) = self.observer {
             parts.push(format!("observer={o}"));
@@ -290,7 +298,7 @@ impl QConfig {
     pub fn layer_of(nodes: &[ResolvedNode], role: QuantizerRole) -> &str {
         match role {
             QuantizerRole::Output(INPUT) => "input",
-            QuantizerRole::Weight(i) | QuantizerRole::Output(i) => &nodes[i].node.name,
+            QuantizerRole::Weight(i) | QuantizerRole::Output(i) | QuantizerRole::Probs(i) => &nodes[i].node.name,
         }
     }
 
@@ -299,7 +307,7 @@ impl QConfig {
         let name = Self::layer_of(nodes, role);
         match role {
             QuantizerRole::Weight(_) => self.weight_spec(name),
-            QuantizerRole::Output(_) => self.activation_spec(name),
+            QuantizerRole::Output(_) | QuantizerRole::Probs(_) => self.activation_spec(name),
         }
     }
 
@@ -371,10 +379,17 @@ impl QConfig {
                         l.pattern, r.node.name
                     )));
                 }
+                if l.quantize_matmul.is_some() && !matches!(r.node.op, crate::model::Op::Attention { .. }) {
+                    return Err(WqatError::invalid(format!(
+                        "layer qconfig {:?}: `matmul` applies to attention layers, {} is not one",
+                        l.pattern, r.node.name
+                    )));
+                }
                 let sets_act = l.act_bits.is_some() || l.observer.is_some();
                 if sets_act && !crate::model::params::has_output_quant(&nodes, i) {
                     return Err(WqatError::invalid(format!(
-                        "layer qconfig {:?}: the output of layer {} is not quantized (only tensors a quantized                          linear reads are: residual sums, softmax and GELU stay fp32; quantizing the attention                          matmul inputs is not supported)",
+                        "layer qconfig {:?}: the output of layer {} is not quantized (only tensors a quantized                          linear reads are: residual sums, softmax and GELU stay fp32; the attention matmul inputs with
+                         the `matmul` setting of the attention layer)",
                         l.pattern, r.node.name
                     )));
                 }
@@ -383,11 +398,17 @@ impl QConfig {
         Ok(())
     }
 
-    /// Applies the overrides' `fp32` settings to the graph's conv/linear nodes.
+    /// Applies the overrides' `fp32` settings to the graph's conv/linear nodes and their
+    /// `matmul` settings to its attention nodes (both change where quantizers sit).
     pub fn apply_fp32(&self, graph: &mut Graph) {
         for n in &mut graph.nodes {
             if let Some(f) = self.fp32_for(&n.name) {
                 n.fp32 = f;
+            }
+            if let crate::model::Op::Attention { quantize_matmul, .. } = &mut n.op {
+                if let Some(m) = self.matching(&n.name).filter_map(|l| l.quantize_matmul).last() {
+                    *quantize_matmul = m;
+                }
             }
         }
     }
@@ -471,5 +492,24 @@ mod tests {
         }
         assert!(ObserverKind::parse("ema:0").is_err());
         assert!(ObserverKind::parse("histogram:3").is_err());
+    }
+
+    #[test]
+    fn attention_matmul_setting() {
+        let l = LayerQConfig::parse("blocks.*.attn.core=matmul,a6").unwrap();
+        assert_eq!((l.quantize_matmul, l.act_bits), (Some(true), Some(6)));
+        assert_eq!(LayerQConfig::parse(&l.to_string()).unwrap(), l);
+        let g = zoo::build("text-tiny", [1, 1, 8], 3).unwrap();
+        let q = QConfig::new(8, 8).unwrap().with_layer(l).unwrap();
+        q.check_layers(&g).unwrap();
+        let mut g2 = g.clone();
+        q.apply_fp32(&mut g2);
+        assert!(g2.nodes.iter().any(|n| matches!(n.op, crate::model::Op::Attention { quantize_matmul: true, .. })));
+        // `matmul` named for a layer that is not an attention, weight bits on a LayerNorm and
+        // activation bits on a residual sum are errors.
+        for bad in ["blocks.0.norm1=matmul", "blocks.0.norm1=w4", "blocks.0.add1=a4", "embed_tokens=w8"] {
+            let q = QConfig::new(8, 8).unwrap().with_layer(LayerQConfig::parse(bad).unwrap()).unwrap();
+            assert!(q.check_layers(&g).is_err(), "{bad}");
+        }
     }
 }

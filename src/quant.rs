@@ -149,6 +149,18 @@ impl QStateLayout {
     pub fn is_empty(&self) -> bool {
         false
     }
+    /// A one-channel state holding exactly `scale`, `inv_scale` and `zero_point` (as a
+    /// checkpoint or int8 file stores them), fake-quant on, observer off.
+    pub fn exact(scale: f32, inv_scale: f32, zero_point: f32) -> Vec<f32> {
+        let l = QStateLayout::new(1);
+        let mut v = vec![0.0; l.len()];
+        v[Self::FQ_ENABLED] = 1.0;
+        v[Self::INITIALIZED] = 1.0;
+        v[l.scale()] = scale;
+        v[l.inv_scale()] = inv_scale;
+        v[l.zero_point()] = zero_point;
+        v
+    }
     /// A host-side state with the given per-channel scales and zero points, fake-quant and
     /// observer enabled; `inv_s` is computed here once and then read by every path.
     pub fn build(&self, scales: &[f32], zero_points: &[f32]) -> Vec<f32> {

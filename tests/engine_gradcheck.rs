@@ -63,7 +63,7 @@ fn whole_graph_gradients_match_finite_differences() {
 fn block(nodes: &mut Vec<Node>, prev: &str, p: &str, d: usize, heads: usize) -> String {
     nodes.push(Node::new(&format!("{p}.norm1"), Op::LayerNorm { eps: 1e-5 }).from(&[prev]));
     nodes.push(Node::new(&format!("{p}.qkv"), Op::Linear { out_features: 3 * d, bias: true, act: Act::None }));
-    nodes.push(Node::new(&format!("{p}.attn"), Op::Attention { heads }));
+    nodes.push(Node::new(&format!("{p}.attn"), Op::Attention { heads, quantize_matmul: false }));
     nodes.push(Node::new(&format!("{p}.proj"), Op::Linear { out_features: d, bias: true, act: Act::None }));
     nodes.push(Node::new(&format!("{p}.add1"), Op::Add { act: Act::None }).from(&[&format!("{p}.proj"), prev]));
     nodes.push(Node::new(&format!("{p}.norm2"), Op::LayerNorm { eps: 1e-5 }));

@@ -203,8 +203,10 @@ fn logits_match_reference(model: &str, input: [usize; 3], batch: usize, max_off_
 
 fn logits_match_reference_with(model: &str, input: [usize; 3], batch: usize, max_off_fraction: f32, q: QConfig) {
     let ctx = testing::ctx();
-    let g = zoo::build(model, input, 10).unwrap();
+    let mut g = zoo::build(model, input, 10).unwrap();
     q.check_layers(&g).unwrap();
+    // `fp32` and `matmul` settings mark graph nodes, as `wqat train` does.
+    q.apply_fp32(&mut g);
     let state = ModelState::new(&ctx, &g, q, 21).unwrap();
     let mut rng = testing::rng(8);
     // Non-trivial BN statistics.
@@ -330,4 +332,21 @@ fn validation_split_is_held_out_and_reported() {
     assert_eq!(a.0.len() + a.1.len(), ds.train.len());
     assert!(ds.train.split_off_validation(0.0, 1).is_err() && ds.train.split_off_validation(1.0, 1).is_err());
     let _ = std::fs::remove_dir_all(&cfg.out);
+}
+
+/// Quantized attention matmul inputs (`matmul`): q, k, v through the QKV output quantizer,
+/// the softmax output through its own; GPU = CPU reference, and the quantizers exist.
+#[test]
+fn attention_matmul_quantization_equals_cpu_reference() {
+    let q = QConfig::new(8, 8)
+        .unwrap()
+        .with_layer(wqat::engine::LayerQConfig::parse("blocks.*.attn.core=matmul").unwrap())
+        .unwrap();
+    let mut g = zoo::build("vit-tiny", [1, 28, 28], 10).unwrap();
+    q.apply_fp32(&mut g);
+    let names: Vec<String> = q.quantizer_specs(&g).unwrap().into_iter().map(|s| s.name).collect();
+    assert!(names.contains(&"blocks.0.attn.core.probs_quant".to_string()), "{names:?}");
+    assert!(names.contains(&"blocks.0.attn.qkv.output_quant".to_string()), "{names:?}");
+    logits_match_reference_with("vit-tiny", [1, 28, 28], 5, 0.2, q.clone());
+    logits_match_reference_with("text-tiny", [1, 1, 24], 6, 0.2, q);
 }

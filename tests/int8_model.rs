@@ -583,7 +583,7 @@ fn check_gpu_transformer(model: &Int8Model, x: &[f32], batch: usize) {
             let exact = match (&layer.kind, &r.node.op) {
                 (K::IntFloat(_), Op::Linear { act, .. }) => *act != Act::Gelu,
                 (K::Seq(convert::SeqLayer::TokenPool), Op::TokenPool { mode }) => *mode == TokenPoolMode::Cls,
-                (K::Seq(convert::SeqLayer::LayerNorm { .. } | convert::SeqLayer::Attention), _) => false,
+                (K::Seq(convert::SeqLayer::LayerNorm { .. } | convert::SeqLayer::Attention { .. }), _) => false,
                 // Integer layers, patchify, embedding, CLS + positions, f32 residual adds.
                 _ => true,
             };
@@ -644,8 +644,16 @@ fn check_gpu_transformer(model: &Int8Model, x: &[f32], batch: usize) {
 /// file round-trips; the GPU executor agrees with the CPU ([`check_gpu_transformer`]).
 #[test]
 fn transformers_convert_bit_exact_and_agree_with_simulation() {
-    for (name, input) in [("vit-tiny", [1, 8, 8]), ("text-tiny", [1, 1, 12])] {
-        let g = zoo::build(name, input, 6).unwrap();
+    for (name, input, matmul) in
+        [("vit-tiny", [1, 8, 8], false), ("text-tiny", [1, 1, 12], false), ("text-tiny", [1, 1, 12], true)]
+    {
+        let mut g = zoo::build(name, input, 6).unwrap();
+        // With `matmul`, the attention quantizes q, k, v and its softmax output.
+        for n in &mut g.nodes {
+            if let Op::Attention { quantize_matmul, .. } = &mut n.op {
+                *quantize_matmul = matmul;
+            }
+        }
         let ck = checkpoint(&g, 31, false);
         let model = convert::convert(&g, &ck).unwrap();
         let ints = model

@@ -10,6 +10,7 @@ use super::{Domain, Int8Model, LayerKind, SeqLayer};
 use crate::error::{Result, WqatError};
 use crate::int8::{self, AvgRequant, Conv2dConfig, CpuBackend, LinearConfig, PoolConfig};
 use crate::model::graph::{Op, TokenPoolMode, INPUT};
+use crate::quant::{QStateLayout, QuantSpec};
 use crate::reference::graph::{apply_act, conv2d_f32, global_avg_f32, linear_f32, pool_f32};
 
 /// A node's output: u8 codes or f32 values, `[batch, C, H, W]` flat.
@@ -469,11 +470,15 @@ fn run_seq(
         (SeqLayer::LayerNorm { gamma, beta }, Op::LayerNorm { eps }) => {
             crate::reference::layernorm::forward(x, gamma, beta, *eps).0
         }
-        (SeqLayer::Attention, Op::Attention { heads }) => {
+        (SeqLayer::Attention { probs }, Op::Attention { heads, .. }) => {
             let cfg =
                 crate::kernels::attention::AttentionConfig { batch, tokens: t, heads: *heads, head_dim: d / 3 / heads };
-            let none = crate::reference::attention::RefAttentionQuant::default();
-            crate::reference::attention::forward(&cfg, x, key_mask, &none).1
+            let raw = probs.map(|q| QStateLayout::exact(q.scale, q.inv_scale, q.zero as f32));
+            let quant = crate::reference::attention::RefAttentionQuant {
+                probs: raw.as_deref().zip(probs.map(|q| QuantSpec::activation(q.bits))),
+                ..Default::default()
+            };
+            crate::reference::attention::forward(&cfg, x, key_mask, &quant).1
         }
         (SeqLayer::TokenPool, Op::TokenPool { mode }) => {
             let pad: Option<Vec<bool>> = match mode {

@@ -126,6 +126,9 @@ impl Int8Model {
                     }
                     tf.insert(pos_embed_name(n), HostTensor::f32(&[t, d], pos.clone()));
                 }
+                LayerKind::Seq(SeqLayer::Attention { probs: Some(q) }) => {
+                    tf.insert(format!("{n}.probs_quant"), act_tensor(q));
+                }
                 LayerKind::Seq(SeqLayer::LayerNorm { gamma, beta }) => {
                     tf.insert(weight_name(n), HostTensor::f32(&[gamma.len()], gamma.clone()));
                     tf.insert(bias_name(n), HostTensor::f32(&[beta.len()], beta.clone()));
@@ -377,10 +380,21 @@ impl Int8Model {
                         out: act(&format!("{n}.act_quant"), &n, get(format!("{n}.act_quant"), &[4])?)?,
                     }
                 }
-                Op::Attention { .. } => Layer {
-                    kind: LayerKind::Seq(SeqLayer::Attention),
-                    out: act(&format!("{n}.act_quant"), &n, get(format!("{n}.act_quant"), &[4])?)?,
-                },
+                Op::Attention { quantize_matmul, .. } => {
+                    let probs = match act(&format!("{n}.probs_quant"), &n, get(format!("{n}.probs_quant"), &[4])?)? {
+                        Domain::Codes(q) => Some(q),
+                        Domain::Float if *quantize_matmul => {
+                            return Err(bad(format!(
+                                "{n}.probs_quant missing (the attention quantizes its matmul inputs)"
+                            )))
+                        }
+                        Domain::Float => None,
+                    };
+                    Layer {
+                        kind: LayerKind::Seq(SeqLayer::Attention { probs }),
+                        out: act(&format!("{n}.act_quant"), &n, get(format!("{n}.act_quant"), &[4])?)?,
+                    }
+                }
                 Op::TokenPool { .. } => Layer {
                     kind: LayerKind::Seq(SeqLayer::TokenPool),
                     out: act(&format!("{n}.act_quant"), &n, get(format!("{n}.act_quant"), &[4])?)?,

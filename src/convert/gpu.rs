@@ -21,7 +21,7 @@ use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor};
 use crate::int8::{Conv2dConfig, LinearConfig, PoolConfig};
 use crate::kernels::activation::{add_forward, relu_forward, Relu};
 use crate::kernels::attention::{attention_forward, AttentionConfig, AttentionQuant};
-use crate::kernels::conv::{conv2d_forward, Conv2dForwardArgs, Conv2dGeom};
+use crate::kernels::conv::{conv2d_forward, Conv2dForwardArgs, Conv2dGeom, QuantOperand};
 use crate::kernels::gelu::gelu_forward;
 use crate::kernels::gemm::{gemm, GemmConfig, GemmExtras};
 use crate::kernels::int8::{int8_conv2d, int8_linear, int8_linear_f32, unpack_u8, Int8Weights};
@@ -201,8 +201,15 @@ impl Int8GpuModel {
                     let v = vec![GpuTensor::from_f32(ctx, &[d], gamma)?, GpuTensor::from_f32(ctx, &[d], beta)?];
                     (v, Some(f32_buf(2 * rows)?))
                 }
-                (LayerKind::Seq(SeqLayer::Attention), Op::Attention { heads }) => {
-                    (Vec::new(), Some(f32_buf(max_batch * heads * t_in * t_in)?))
+                (LayerKind::Seq(SeqLayer::Attention { probs }), Op::Attention { heads, .. }) => {
+                    // The softmax-output quantizer as a one-channel state buffer.
+                    let state = probs
+                        .map(|q| {
+                            let raw = crate::quant::QStateLayout::exact(q.scale, q.inv_scale, q.zero as f32);
+                            GpuTensor::from_f32(ctx, &[raw.len()], &raw)
+                        })
+                        .transpose()?;
+                    (state.into_iter().collect(), Some(f32_buf(max_batch * heads * t_in * t_in)?))
                 }
                 _ => (Vec::new(), None),
             };
@@ -427,7 +434,7 @@ impl Int8GpuModel {
                             let rows = n_in / gamma.len().max(1);
                             ds.push(layernorm_forward(ctx, &xin, gamma, beta, &dst, &view(stats, &[2 * rows]), *eps)?);
                         }
-                        (SeqLayer::Attention, Op::Attention { heads }) => {
+                        (SeqLayer::Attention { probs: pq }, Op::Attention { heads, .. }) => {
                             let cfg = AttentionConfig::new(batch, t, *heads, d / 3 / heads.max(&1));
                             let qkv = f32_in(0, &cfg.qkv_shape())?;
                             let probs = nb.scratch.as_ref().ok_or_else(|| missing("probabilities"))?;
@@ -437,7 +444,13 @@ impl Int8GpuModel {
                                 &cfg,
                                 &qkv,
                                 mask.as_ref(),
-                                &AttentionQuant::default(),
+                                &AttentionQuant {
+                                    probs: pq.zip(nb.seq.first()).map(|(q, s)| QuantOperand {
+                                        state: s,
+                                        spec: crate::quant::QuantSpec::activation(q.bits),
+                                    }),
+                                    ..Default::default()
+                                },
                                 &view(probs, &cfg.probs_shape()),
                                 &view(&dst, &cfg.out_shape()),
                             )?);

@@ -174,8 +174,9 @@ pub enum SeqLayer {
     ClsPos { cls: Option<Vec<f32>>, pos: Vec<f32> },
     /// Per-token LayerNorm with scale and shift `[D]`.
     LayerNorm { gamma: Vec<f32>, beta: Vec<f32> },
-    /// Multi-head self-attention core (padding keys masked).
-    Attention,
+    /// Multi-head self-attention core (padding keys masked); `probs` fake-quantizes the
+    /// softmax output when the attention quantizes its matmul inputs.
+    Attention { probs: Option<ActQuant> },
     /// CLS token or mean over the tokens that are not padding.
     TokenPool,
 }
@@ -438,7 +439,10 @@ pub fn convert(graph: &Graph, ckpt: &TensorFile) -> Result<Int8Model> {
                 let beta = read_param(ckpt, &crate::model::params::bias_name(&r.node.name), &[d])?;
                 Layer { kind: LayerKind::Seq(SeqLayer::LayerNorm { gamma, beta }), out: out_quant(i)? }
             }
-            Op::Attention { .. } => Layer { kind: LayerKind::Seq(SeqLayer::Attention), out: out_quant(i)? },
+            Op::Attention { .. } => {
+                let probs = gq.probs[i].as_ref().filter(|q| q.enabled).map(ActQuant::from_state).transpose()?;
+                Layer { kind: LayerKind::Seq(SeqLayer::Attention { probs }), out: out_quant(i)? }
+            }
             Op::TokenPool { .. } => Layer { kind: LayerKind::Seq(SeqLayer::TokenPool), out: out_quant(i)? },
             Op::AvgPool { .. } | Op::GlobalAvgPool => match in_dom {
                 Domain::Codes(q) => Layer { kind: LayerKind::AvgPool(Some(avg_requant(&q))), out: in_dom },

@@ -157,6 +157,11 @@ pub fn synthetic_checkpoint_qconfig(graph: &Graph, seed: u64, extreme: bool, qco
                     })
                     .unzip()
             }
+            // Softmax outputs lie in [0, 1].
+            QuantizerRole::Probs(_) => {
+                let (s, _, z) = spec.qparams(0.0, 1.0);
+                (vec![s], vec![z])
+            }
             QuantizerRole::Output(i) => {
                 let v = if i == INPUT { &fp.input } else { &fp.nodes[i] };
                 let (lo, hi) = range(v);

@@ -100,9 +100,13 @@ pub enum Op {
     /// Multi-head self-attention core: a QKV sequence [T, 3D] (a Linear's output: q, k, v
     /// of D features each, head h owning features h*D/heads..) -> [T, D]: softmax of the
     /// scaled q k^T per head (padding keys masked), times v. The output projection is the
-    /// Linear after it.
+    /// Linear after it. `quantize_matmul` fake-quantizes the matmul inputs as Brevitas does:
+    /// q, k and v through the QKV linear's output quantizer (one per-tensor scale for the
+    /// three) and the softmax output through `{name}.probs_quant`.
     Attention {
         heads: usize,
+        #[serde(default, skip_serializing_if = "is_false")]
+        quantize_matmul: bool,
     },
     /// A sequence [T, D] -> features [D, 1, 1]: the CLS token (the first) or the mean of
     /// the tokens that are not padding.
@@ -121,6 +125,10 @@ pub enum TokenPoolMode {
 
 fn ln_eps() -> f32 {
     1e-5
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn one() -> usize {
@@ -443,7 +451,7 @@ impl Graph {
                     out_seq = true;
                     in_shapes[0]
                 }
-                Op::Attention { heads } => {
+                Op::Attention { heads, .. } => {
                     need_seq("attention")?;
                     if *heads == 0 || h % 3 != 0 || (h / 3) % heads != 0 {
                         return Err(err(format!(

@@ -66,6 +66,9 @@ pub enum QuantizerRole {
     Weight(usize),
     /// Output of node `.0`, or of the image when `.0 == INPUT`.
     Output(usize),
+    /// The softmax output (attention probabilities) of attention node `.0` when it
+    /// quantizes its matmul inputs.
+    Probs(usize),
 }
 
 /// One quantizer (its state is a `QStateLayout` buffer with `channels` channels).
@@ -232,10 +235,12 @@ pub fn has_output_quant(nodes: &[ResolvedNode], i: usize) -> bool {
         if last {
             return !r.node.fp32;
         }
-        return nodes
-            .iter()
-            .skip(i + 1)
-            .any(|c| has_weights(&c.node.op) && !c.node.fp32 && c.inputs.first() == Some(&i));
+        // A quantized linear, or an attention that quantizes its matmul inputs, reads it.
+        return nodes.iter().skip(i + 1).any(|c| {
+            c.inputs.first() == Some(&i)
+                && ((has_weights(&c.node.op) && !c.node.fp32)
+                    || matches!(c.node.op, Op::Attention { quantize_matmul: true, .. }))
+        });
     }
     match r.node.op {
         Op::Conv { .. } | Op::Linear { .. } | Op::Add { .. } => !(r.node.fp32 && last),
@@ -284,8 +289,20 @@ pub fn quantizer_specs(graph: &Graph, weight_per_channel: impl Fn(&str) -> bool)
                 channels: 1,
             });
         }
+        if matches!(r.node.op, Op::Attention { quantize_matmul: true, .. }) {
+            out.push(QuantizerSpec {
+                name: probs_quant_name(&r.node.name),
+                role: QuantizerRole::Probs(i),
+                channels: 1,
+            });
+        }
     }
     Ok(out)
+}
+
+/// Name of the quantizer of an attention node's softmax output.
+pub fn probs_quant_name(node: &str) -> String {
+    format!("{node}.probs_quant")
 }
 
 /// Name of the quantizer in `role`.
@@ -294,6 +311,7 @@ pub fn quantizer_name(nodes: &[ResolvedNode], role: QuantizerRole) -> String {
         QuantizerRole::Weight(i) => weight_quant_name(&nodes[i].node.name),
         QuantizerRole::Output(INPUT) => output_quant_name("input"),
         QuantizerRole::Output(i) => output_quant_name(&nodes[i].node.name),
+        QuantizerRole::Probs(i) => probs_quant_name(&nodes[i].node.name),
     }
 }
 

@@ -102,7 +102,7 @@ fn encoder(nodes: &mut Vec<Node>, classes: usize) {
             &format!("{p}.attn.qkv"),
             Op::Linear { out_features: 3 * TINY_DIM, bias: true, act: Act::None },
         ));
-        nodes.push(Node::new(&format!("{p}.attn.core"), Op::Attention { heads: TINY_HEADS }));
+        nodes.push(Node::new(&format!("{p}.attn.core"), Op::Attention { heads: TINY_HEADS, quantize_matmul: false }));
         nodes.push(Node::new(
             &format!("{p}.attn.proj"),
             Op::Linear { out_features: TINY_DIM, bias: true, act: Act::None },

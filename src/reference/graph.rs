@@ -70,6 +70,13 @@ impl QState {
         }
         Ok(q)
     }
+    /// The `QStateLayout` vector of a one-channel state (fake-quant flag, scale,
+    /// inv_scale, zero point), as kernels and references read it.
+    pub fn to_raw(&self) -> Vec<f32> {
+        let mut v = QStateLayout::exact(self.scale[0], self.inv_scale[0], self.zero_point[0]);
+        v[QStateLayout::FQ_ENABLED] = self.enabled as u32 as f32;
+        v
+    }
     /// Number of channels.
     pub fn channels(&self) -> usize {
         self.scale.len()
@@ -119,6 +126,8 @@ pub struct GraphQuant {
     pub weight: Vec<Option<QState>>,
     /// `{node}.output_quant` per node (1 channel).
     pub output: Vec<Option<QState>>,
+    /// `{node}.probs_quant` per attention node that quantizes its matmul inputs.
+    pub probs: Vec<Option<QState>>,
 }
 
 impl GraphQuant {
@@ -129,6 +138,7 @@ impl GraphQuant {
         let mut input = None;
         let mut weight = vec![None; nodes.len()];
         let mut output = vec![None; nodes.len()];
+        let mut probs = vec![None; nodes.len()];
         for spec in params::quantizer_specs(graph, |_| true)? {
             let q = read_quantizer(ckpt, &spec.name, qconfig.spec(&nodes, spec.role))?;
             // Per tensor or per channel is what the checkpoint stores.
@@ -151,6 +161,12 @@ impl GraphQuant {
                     }
                     weight[i] = Some(q);
                 }
+                QuantizerRole::Probs(i) => {
+                    if q.channels() != 1 {
+                        return Err(ckpt_err(format!("quantizer {} must be per tensor", spec.name)));
+                    }
+                    probs[i] = Some(q);
+                }
                 QuantizerRole::Output(i) => {
                     if q.channels() != 1 {
                         return Err(ckpt_err(format!("activation quantizer {} must be per tensor", spec.name)));
@@ -163,7 +179,7 @@ impl GraphQuant {
                 }
             }
         }
-        Ok(GraphQuant { nodes, qconfig, input, weight, output })
+        Ok(GraphQuant { nodes, qconfig, input, weight, output, probs })
     }
 
     /// The enabled quantizer the first input of node `i` carries, if any.
@@ -171,7 +187,7 @@ impl GraphQuant {
         match params::input_quantizer(&self.nodes, i, 0)? {
             QuantizerRole::Output(INPUT) => self.input.as_ref(),
             QuantizerRole::Output(j) => self.output[j].as_ref(),
-            QuantizerRole::Weight(_) => None,
+            QuantizerRole::Weight(_) | QuantizerRole::Probs(_) => None,
         }
         .filter(|q| q.enabled)
     }
@@ -525,7 +541,7 @@ pub fn fake_quant_forward_all(graph: &Graph, ckpt: &TensorFile, images: &[f32], 
                 let beta = read_f32(ckpt, &params::bias_name(&r.node.name), &[d])?;
                 crate::reference::layernorm::forward(x, gamma, beta, *eps).0
             }
-            Op::Attention { heads } => {
+            Op::Attention { heads, .. } => {
                 let cfg = crate::kernels::attention::AttentionConfig {
                     batch,
                     tokens: c,
@@ -534,8 +550,12 @@ pub fn fake_quant_forward_all(graph: &Graph, ckpt: &TensorFile, images: &[f32], 
                 };
                 let mask: Option<Vec<f32>> =
                     key_mask.as_ref().map(|m| m.iter().map(|&p| if p { 1.0 } else { 0.0 }).collect());
-                let none = crate::reference::attention::RefAttentionQuant::default();
-                crate::reference::attention::forward(&cfg, x, mask.as_deref(), &none).1
+                let raw = gq.probs[i].as_ref().filter(|q| q.enabled).map(|q| q.to_raw());
+                let quant = crate::reference::attention::RefAttentionQuant {
+                    probs: raw.as_deref().zip(gq.probs[i].as_ref().map(|q| q.spec)),
+                    ..Default::default()
+                };
+                crate::reference::attention::forward(&cfg, x, mask.as_deref(), &quant).1
             }
             Op::TokenPool { mode } => token_pool_f32(x, batch, c, h, *mode, key_mask.as_deref()),
             Op::MaxPool { kernel, stride, padding } => {

@@ -323,22 +323,18 @@ impl Builder<'_> {
                     layernorm::layernorm_backward(ctx, &x, &gamma, &stats, &dout, dx, &dgamma, &dbeta)
                 })?;
             }
-            Op::Attention { heads } => {
+            Op::Attention { heads, .. } => {
                 let cfg = self.attention_cfg(i, heads);
                 let qkv = nb.seq_input.clone().expect("saved");
                 let probs = nb.seq_saved.clone().expect("saved");
                 let mask = self.key_mask.clone();
+                let pq = self.probs_q(i);
+                let quant = AttentionQuant {
+                    probs: pq.as_ref().map(|q| QuantOperand { state: &q.state, spec: q.spec }),
+                    ..Default::default()
+                };
                 self.input_grad(r.inputs[0], |dqkv| {
-                    attention::attention_backward(
-                        ctx,
-                        &cfg,
-                        &qkv,
-                        mask.as_ref(),
-                        &AttentionQuant::default(),
-                        &probs,
-                        &dout,
-                        dqkv,
-                    )
+                    attention::attention_backward(ctx, &cfg, &qkv, mask.as_ref(), &quant, &probs, &dout, dqkv)
                 })?;
             }
             Op::TokenPool { mode } => {

@@ -631,22 +631,25 @@ impl<'a> Builder<'a> {
                 self.saved[i].seq_input = Some(x);
                 self.saved[i].seq_saved = Some(stats);
             }
-            Op::Attention { heads } => {
+            Op::Attention { heads, .. } => {
                 let cfg = self.attention_cfg(i, heads);
+                // q, k, v carry the QKV linear's output quantizer when the matmul inputs are
+                // quantized (materialized here); the softmax output is fake-quantized in the
+                // kernel with its own quantizer, whose observer reads the stored (raw) probs.
                 let qkv = self.materialized(r.inputs[0])?;
                 let probs = self.zeros(&[self.b, heads, cfg.tokens, cfg.tokens])?;
                 let mask = self.key_mask.clone();
-                let ds = attention::attention_forward(
-                    ctx,
-                    &cfg,
-                    &qkv,
-                    mask.as_ref(),
-                    &AttentionQuant::default(),
-                    &probs,
-                    &out,
-                )?;
+                let pq = self.probs_q(i);
+                let quant = AttentionQuant {
+                    probs: pq.as_ref().map(|q| QuantOperand { state: &q.state, spec: q.spec }),
+                    ..Default::default()
+                };
+                let ds = attention::attention_forward(ctx, &cfg, &qkv, mask.as_ref(), &quant, &probs, &out)?;
                 for d in ds {
                     self.fwd(Tag::Always, d);
+                }
+                if let Some(q) = &pq {
+                    self.observe(&params::probs_quant_name(&name), q, &probs, false)?;
                 }
                 self.saved[i].seq_input = Some(qkv);
                 self.saved[i].seq_saved = Some(probs);

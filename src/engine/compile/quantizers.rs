@@ -73,6 +73,14 @@ impl Builder<'_> {
         }
     }
 
+    /// The softmax-output quantizer of attention node `i`, in quantized builds.
+    pub(super) fn probs_q(&self, i: usize) -> Option<Q> {
+        if !self.opts.quant {
+            return None;
+        }
+        self.q(QuantizerRole::Probs(i))
+    }
+
     pub(super) fn weight_q(&self, i: usize) -> Option<Q> {
         if !self.opts.quant {
             return None;

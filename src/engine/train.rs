@@ -116,7 +116,7 @@ pub struct Trainer {
 
 /// Seed of the `--val-split` choice: fixed, so runs with different `--seed`s are compared
 /// on the same validation images.
-pub const VAL_SPLIT_SEED: u64 = 0x5eed_0a1;
+pub const VAL_SPLIT_SEED: u64 = 0x05ee_d0a1;
 
 /// `" (validation X%)"` when there is a validation accuracy.
 fn val_note(acc: Option<f32>) -> String {

@@ -373,9 +373,16 @@ impl QConfig {
                     || l.weight_per_channel.is_some()
                     || l.weight_full_range.is_some()
                     || l.fp32 == Some(false);
-                if sets_weights && !has_weights(&r.node.op) {
+                let embedding = matches!(r.node.op, crate::model::Op::Embedding { .. });
+                if sets_weights && embedding && self.fp32_for(&r.node.name) != Some(false) {
                     return Err(WqatError::invalid(format!(
-                        "layer qconfig {:?}: layer {} has no quantized weights (the BERT recipe keeps embedding                          tables, positions and LayerNorm in fp32; quantizing them is not supported)",
+                        "layer qconfig {:?}: embedding {} stays fp32 unless a setting says `int` (e.g. `{}=int,w8`)",
+                        l.pattern, r.node.name, r.node.name
+                    )));
+                }
+                if sets_weights && !has_weights(&r.node.op) && !embedding {
+                    return Err(WqatError::invalid(format!(
+                        "layer qconfig {:?}: layer {} has no quantized weights (the BERT recipe keeps positions and LayerNorm in fp32; an embedding table is quantized with `int`)",
                         l.pattern, r.node.name
                     )));
                 }
@@ -408,6 +415,12 @@ impl QConfig {
             if let crate::model::Op::Attention { quantize_matmul, .. } = &mut n.op {
                 if let Some(m) = self.matching(&n.name).filter_map(|l| l.quantize_matmul).last() {
                     *quantize_matmul = m;
+                }
+            }
+            // Embedding tables stay fp32 unless an override says `int`.
+            if let crate::model::Op::Embedding { quantize_weight, .. } = &mut n.op {
+                if let Some(f) = self.fp32_for(&n.name) {
+                    *quantize_weight = !f;
                 }
             }
         }
@@ -511,5 +524,12 @@ mod tests {
             let q = QConfig::new(8, 8).unwrap().with_layer(LayerQConfig::parse(bad).unwrap()).unwrap();
             assert!(q.check_layers(&g).is_err(), "{bad}");
         }
+        // An embedding table is quantized with `int`.
+        let q = QConfig::new(8, 8).unwrap().with_layer(LayerQConfig::parse("embed_tokens=int,w4").unwrap()).unwrap();
+        q.check_layers(&g).unwrap();
+        let mut g3 = g.clone();
+        q.apply_fp32(&mut g3);
+        assert!(matches!(g3.nodes[0].op, crate::model::Op::Embedding { quantize_weight: true, .. }));
+        assert!(q.quantizer_specs(&g3).unwrap().iter().any(|s| s.name == "embed_tokens.weight_quant"));
     }
 }

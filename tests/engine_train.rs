@@ -348,5 +348,8 @@ fn attention_matmul_quantization_equals_cpu_reference() {
     assert!(names.contains(&"blocks.0.attn.core.probs_quant".to_string()), "{names:?}");
     assert!(names.contains(&"blocks.0.attn.qkv.output_quant".to_string()), "{names:?}");
     logits_match_reference_with("vit-tiny", [1, 28, 28], 5, 0.2, q.clone());
+    logits_match_reference_with("text-tiny", [1, 1, 24], 6, 0.2, q.clone());
+    // And a 4-bit quantized embedding table (`int`).
+    let q = q.with_layer(wqat::engine::LayerQConfig::parse("embed_tokens=int,w4").unwrap()).unwrap();
     logits_match_reference_with("text-tiny", [1, 1, 24], 6, 0.2, q);
 }

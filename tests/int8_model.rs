@@ -648,10 +648,13 @@ fn transformers_convert_bit_exact_and_agree_with_simulation() {
         [("vit-tiny", [1, 8, 8], false), ("text-tiny", [1, 1, 12], false), ("text-tiny", [1, 1, 12], true)]
     {
         let mut g = zoo::build(name, input, 6).unwrap();
-        // With `matmul`, the attention quantizes q, k, v and its softmax output.
+        // With `matmul`, the attention quantizes q, k, v and its softmax output; the same
+        // case quantizes the embedding table (`int`).
         for n in &mut g.nodes {
-            if let Op::Attention { quantize_matmul, .. } = &mut n.op {
-                *quantize_matmul = matmul;
+            match &mut n.op {
+                Op::Attention { quantize_matmul, .. } => *quantize_matmul = matmul,
+                Op::Embedding { quantize_weight, .. } => *quantize_weight = matmul,
+                _ => {}
             }
         }
         let ck = checkpoint(&g, 31, false);

@@ -419,8 +419,9 @@ pub fn convert(graph: &Graph, ckpt: &TensorFile) -> Result<Int8Model> {
             Op::MaxPool { .. } => Layer { kind: LayerKind::MaxPool, out: in_dom },
             Op::Flatten => Layer { kind: LayerKind::Flatten, out: in_dom },
             Op::Patchify { .. } => Layer { kind: LayerKind::Patchify, out: in_dom },
-            Op::Embedding { vocab, dim, .. } => {
-                let table = read_param(ckpt, &crate::model::params::weight_name(&r.node.name), &[*vocab, *dim])?;
+            Op::Embedding { .. } => {
+                // The table the simulation reads: fake-quantized when the embedding is.
+                let (table, _) = effective_params(&gq, ckpt, i)?;
                 Layer { kind: LayerKind::Seq(SeqLayer::Embedding { table }), out: out_quant(i)? }
             }
             Op::ClsPos { cls } => {

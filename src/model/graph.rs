@@ -74,11 +74,15 @@ pub enum Op {
     /// Token ids (the input holds them as integral values, shape [1, 1, L]) -> the sequence
     /// [L, dim] of their rows of a learned `[vocab, dim]` table. `padding_idx` names the id
     /// of padding: those tokens are masked as keys in every attention and in mean pools.
+    /// The table stays fp32 (the BERT recipe) unless `quantize_weight` (per-layer `int`):
+    /// then `{name}.weight_quant` fake-quantizes it (per row or per tensor, symmetric).
     Embedding {
         vocab: usize,
         dim: usize,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         padding_idx: Option<usize>,
+        #[serde(default, skip_serializing_if = "is_false")]
+        quantize_weight: bool,
     },
     /// Non-overlapping PxP patches of an image [C, H, W] -> the sequence
     /// [(H/P)(W/P), C*P*P] (features in a conv weight's (c, ky, kx) order); a Linear after
@@ -235,6 +239,8 @@ impl ResolvedNode {
         match self.node.op {
             Op::Conv { out_channels, .. } => out_channels,
             Op::Linear { out_features, .. } => out_features,
+            // An embedding table's rows.
+            Op::Embedding { vocab, .. } => vocab,
             _ => self.out_shape[0],
         }
     }
@@ -412,7 +418,7 @@ impl Graph {
                     no_seq("flatten")?;
                     [c * h * w, 1, 1]
                 }
-                Op::Embedding { vocab, dim, padding_idx } => {
+                Op::Embedding { vocab, dim, padding_idx, .. } => {
                     if i != 0 || inputs[0] != INPUT || c != 1 || h != 1 {
                         return Err(err(format!(
                             "an embedding reads the token ids of the input (shape [1, 1, tokens]) as the first layer, got {:?}",

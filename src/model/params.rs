@@ -195,6 +195,15 @@ pub fn has_weights(op: &Op) -> bool {
     matches!(op, Op::Conv { .. } | Op::Linear { .. })
 }
 
+/// True for nodes whose weights are fake-quantized: conv and linear unless kept in fp32,
+/// embedding tables only when asked (`quantize_weight`).
+pub fn has_weight_quant(r: &ResolvedNode) -> bool {
+    match r.node.op {
+        Op::Embedding { quantize_weight, .. } => quantize_weight,
+        _ => has_weights(&r.node.op) && !r.node.fp32,
+    }
+}
+
 /// Whether the image gets a quantizer: the first conv/linear is not kept in fp32, and the
 /// input is an image (token ids read by an embedding are never quantized).
 pub fn input_is_quantized(nodes: &[ResolvedNode]) -> bool {
@@ -278,7 +287,7 @@ pub fn quantizer_specs(graph: &Graph, weight_per_channel: impl Fn(&str) -> bool)
         out.push(QuantizerSpec { name: output_quant_name("input"), role: QuantizerRole::Output(INPUT), channels: 1 });
     }
     for (i, r) in nodes.iter().enumerate() {
-        if has_weights(&r.node.op) && !r.node.fp32 {
+        if has_weight_quant(r) {
             let channels = if weight_per_channel(&r.node.name) { r.out_channels() } else { 1 };
             out.push(QuantizerSpec { name: weight_quant_name(&r.node.name), role: QuantizerRole::Weight(i), channels });
         }

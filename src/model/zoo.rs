@@ -62,7 +62,12 @@ pub fn build(name: &str, input: [usize; 3], classes: usize) -> Result<Graph> {
             let mut nodes = vec![
                 Node::new(
                     "embed_tokens",
-                    Op::Embedding { vocab: TEXT_VOCAB, dim: TINY_DIM, padding_idx: Some(TEXT_PAD_ID) },
+                    Op::Embedding {
+                        vocab: TEXT_VOCAB,
+                        dim: TINY_DIM,
+                        padding_idx: Some(TEXT_PAD_ID),
+                        quantize_weight: false,
+                    },
                 ),
                 // The CLS token is id 256 at position 0 of every encoded text.
                 Node::new("embed", Op::ClsPos { cls: false }),

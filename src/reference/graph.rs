@@ -203,6 +203,10 @@ pub fn folded_params(gq: &GraphQuant, ckpt: &TensorFile, i: usize) -> Result<(Ve
             (vec![*out_channels, c_in / groups, *kernel, *kernel], *bias, *bn)
         }
         Op::Linear { out_features, bias, .. } => (vec![*out_features, r.in_features()], *bias, false),
+        // An embedding table: rows are its channels, no bias.
+        Op::Embedding { vocab, dim, .. } => {
+            return Ok((read_f32(ckpt, &params::weight_name(name), &[*vocab, *dim])?.to_vec(), vec![0.0; *vocab]))
+        }
         _ => return Err(WqatError::invalid(format!("node {name} has no weights"))),
     };
     let cout = shape[0];
@@ -519,8 +523,8 @@ pub fn fake_quant_forward_all(graph: &Graph, ckpt: &TensorFile, images: &[f32], 
                 apply_act(&mut y, *act);
                 y
             }
-            Op::Embedding { vocab, dim, padding_idx } => {
-                let table = read_f32(ckpt, &params::weight_name(&r.node.name), &[*vocab, *dim])?;
+            Op::Embedding { vocab, dim, padding_idx, .. } => {
+                let (table, _) = effective_params(&gq, ckpt, i)?;
                 let ids = token_ids(x, *vocab)?;
                 if let Some(pad) = padding_idx {
                     key_mask = Some(ids.iter().map(|&t| t == *pad).collect());

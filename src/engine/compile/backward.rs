@@ -298,7 +298,16 @@ impl Builder<'_> {
             Op::Embedding { .. } => {
                 let ids = view(&self.images, &[self.b, r.in_shapes[0][2]]);
                 let dtable = self.grad_of(&params::weight_name(&name))?;
-                self.bwd(Tag::Always, sequence::embedding_backward(ctx, &ids, &dout, &dtable)?);
+                match self.weight_q(i) {
+                    // Straight-through: the gradient wrt the fake-quantized table, masked.
+                    Some(q) => {
+                        let table = self.param(&params::weight_name(&name))?;
+                        let d = self.zeros(&dtable.shape)?;
+                        self.bwd(Tag::Always, sequence::embedding_backward(ctx, &ids, &dout, &d)?);
+                        self.bwd(Tag::Always, fake_quant::ste_backward(ctx, &table, &q.state, &d, &dtable, &q.spec)?);
+                    }
+                    None => self.bwd(Tag::Always, sequence::embedding_backward(ctx, &ids, &dout, &dtable)?),
+                }
             }
             Op::Patchify { patch } => {
                 let cfg = self.patch_cfg(i, patch);

@@ -607,7 +607,17 @@ impl<'a> Builder<'a> {
             Op::Embedding { .. } => {
                 let ids = view(&self.images, &[self.b, r.in_shapes[0][2]]);
                 let table = self.param(&params::weight_name(&name))?;
-                self.fwd(Tag::Always, sequence::embedding_forward(ctx, &ids, &table, &out)?);
+                // A quantized table (`int`): observed and fake-quantized into a copy per step.
+                let used = match self.weight_q(i) {
+                    Some(q) => {
+                        self.observe(&params::weight_quant_name(&name), &q, &table, true)?;
+                        let fq = self.zeros(&table.shape)?;
+                        self.fwd(Tag::Always, fake_quant::fake_quant_forward(ctx, &table, &q.state, &fq, &q.spec)?);
+                        fq
+                    }
+                    None => table,
+                };
+                self.fwd(Tag::Always, sequence::embedding_forward(ctx, &ids, &used, &out)?);
             }
             Op::Patchify { patch } => {
                 let cfg = self.patch_cfg(i, patch);

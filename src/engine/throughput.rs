@@ -26,6 +26,18 @@ pub struct TrainThroughput {
     pub qat_over_fp32: f64,
     pub dispatches_fp32: usize,
     pub dispatches_qat: usize,
+    /// Dispatches of one training step, fp32 and QAT (what a real GPU pays in launches).
+    pub dispatches_per_step: PerPhase,
+    /// Bytes of the storage buffers every dispatch of a step binds, summed (an upper bound
+    /// of the bytes read and written: a buffer counts once per dispatch that binds it).
+    pub bytes_per_step: PerPhase,
+}
+
+/// One number for each phase of a step.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct PerPhase {
+    pub fp32: u64,
+    pub qat: u64,
 }
 
 /// The input shape and classes the benchmark uses for a zoo model.
@@ -153,6 +165,14 @@ pub fn measure_train(
         qat_over_fp32: sq / sf,
         dispatches_fp32: fp32.plan.dispatches.len(),
         dispatches_qat: qat.plan.dispatches.len(),
+        dispatches_per_step: PerPhase {
+            fp32: fp32.plan.dispatches.len() as u64,
+            qat: qat.plan.dispatches.len() as u64,
+        },
+        bytes_per_step: PerPhase {
+            fp32: fp32.plan.dispatches.iter().map(|d| d.bound_bytes).sum(),
+            qat: qat.plan.dispatches.iter().map(|d| d.bound_bytes).sum(),
+        },
     })
 }
 

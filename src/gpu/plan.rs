@@ -16,6 +16,9 @@ pub struct Dispatch {
     pipeline: Arc<wgpu::ComputePipeline>,
     bind_group: wgpu::BindGroup,
     pub workgroups: [u32; 3],
+    /// Bytes of the storage buffers bound at 1.. (each counted once): an upper bound of what
+    /// the dispatch reads and writes, the memory-traffic yardstick of `wqat bench --train`.
+    pub bound_bytes: u64,
     /// Kept alive for the life of the dispatch (the uniform `Params` buffer).
     _params: Option<wgpu::Buffer>,
 }
@@ -64,6 +67,7 @@ impl Dispatch {
                 pipeline: pipeline.clone(),
                 bind_group,
                 workgroups,
+                bound_bytes: storage.iter().map(|b| b.size()).sum(),
                 _params: Some(pbuf),
             })
         })

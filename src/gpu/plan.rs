@@ -67,7 +67,12 @@ impl Dispatch {
                 pipeline: pipeline.clone(),
                 bind_group,
                 workgroups,
-                bound_bytes: storage.iter().map(|b| b.size()).sum(),
+                bound_bytes: storage
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, b)| !storage[..*i].contains(b))
+                    .map(|(_, b)| b.size())
+                    .sum(),
                 _params: Some(pbuf),
             })
         })

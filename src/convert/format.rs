@@ -91,29 +91,19 @@ impl Int8Model {
                 tf.insert(format!("{n}.act_quant"), act_tensor(&q));
             }
             let cout = r.out_channels();
+            let int_weights = match &l.kind {
+                LayerKind::Int(il) => Some((&il.weight, &il.weight_scale, &il.bias)),
+                LayerKind::IntFloat(il) => Some((&il.weight, &il.weight_scale, &il.bias)),
+                _ => None,
+            };
+            if let Some((w, scale, bias)) = int_weights {
+                insert_int_weights(&mut tf, n, weight_shape(&self.nodes, i), w, scale, bias);
+            }
             match &l.kind {
                 LayerKind::Int(il) => {
-                    insert_int_weights(
-                        &mut tf,
-                        n,
-                        weight_shape(&self.nodes, i),
-                        &il.weight,
-                        &il.weight_scale,
-                        &il.bias,
-                    );
                     let rq: Vec<i32> =
                         il.requant.multiplier.iter().zip(&il.requant.shift).flat_map(|(&m, &s)| [m, s]).collect();
                     tf.insert(format!("{n}.requant"), HostTensor { shape: vec![cout, 2], data: HostData::I32(rq) });
-                }
-                LayerKind::IntFloat(il) => {
-                    insert_int_weights(
-                        &mut tf,
-                        n,
-                        weight_shape(&self.nodes, i),
-                        &il.weight,
-                        &il.weight_scale,
-                        &il.bias,
-                    );
                 }
                 LayerKind::Seq(SeqLayer::Embedding { table }) => {
                     let [_, d, _] = r.out_shape;

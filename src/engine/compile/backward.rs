@@ -1,19 +1,17 @@
 //! The backward half of compilation: gradients of every node in reverse order (written by
 //! the first contribution, accumulated by the others) and the optimizer step.
 
-use super::{pool_spec, relu_kind, token_pool, view, Builder, StepOptions, Tag};
+use super::{pool_spec, relu_kind, view, Builder, StepOptions, Tag};
 use crate::engine::config::Optimizer;
 use crate::error::Result;
 use crate::gpu::{Dispatch, GpuTensor};
 use crate::kernels::activation::{self, Relu};
-use crate::kernels::attention::{self, AttentionQuant};
 use crate::kernels::batchnorm::{self, BnBackward};
 use crate::kernels::conv::{self, Conv2dBackwardDataArgs, Conv2dBackwardWeightArgs, Conv2dGeom, QuantOperand, SteMask};
 use crate::kernels::gemm::{self, GemmConfig, GemmExtras};
-use crate::kernels::sequence;
-use crate::kernels::{bn_fold, fake_quant, gelu, layernorm, loss, optim, pool};
+use crate::kernels::{bn_fold, fake_quant, gelu, loss, optim, pool};
 use crate::model::params::{self, BN_EPS};
-use crate::model::{Act, Op, TokenPoolMode, INPUT};
+use crate::model::{Act, Op, INPUT};
 
 impl Builder<'_> {
     /// Gradient target for tensor `t`: `(buffer, accumulate)`. Returns `None` for the image.
@@ -295,63 +293,12 @@ impl Builder<'_> {
                     self.emit_grad(t, |dst| gemm::copy_f32(ctx, &d, &view(dst, &shape)))?;
                 }
             }
-            Op::Embedding { .. } => {
-                let ids = view(&self.images, &[self.b, r.in_shapes[0][2]]);
-                let dtable = self.grad_of(&params::weight_name(&name))?;
-                match self.weight_q(i) {
-                    // Straight-through: the gradient wrt the fake-quantized table, masked.
-                    Some(q) => {
-                        let table = self.param(&params::weight_name(&name))?;
-                        let d = self.zeros(&dtable.shape)?;
-                        self.bwd(Tag::Always, sequence::embedding_backward(ctx, &ids, &dout, &d)?);
-                        self.bwd(Tag::Always, fake_quant::ste_backward(ctx, &table, &q.state, &d, &dtable, &q.spec)?);
-                    }
-                    None => self.bwd(Tag::Always, sequence::embedding_backward(ctx, &ids, &dout, &dtable)?),
-                }
-            }
-            Op::Patchify { patch } => {
-                let cfg = self.patch_cfg(i, patch);
-                let t = r.inputs[0];
-                if t != INPUT {
-                    let shape = [self.b, cfg.channels, cfg.height, cfg.width];
-                    self.emit_grad(t, |dst| sequence::patchify_backward(ctx, &cfg, &dout, &view(dst, &shape)))?;
-                }
-            }
-            Op::ClsPos { cls } => {
-                let dcls = if cls { Some(self.grad_of(&params::cls_token_name(&name))?) } else { None };
-                let dpos = self.grad_of(&params::pos_embed_name(&name))?;
-                self.input_grad(r.inputs[0], |dx| sequence::cls_pos_backward(ctx, &dout, dx, dcls.as_ref(), &dpos))?;
-            }
-            Op::LayerNorm { .. } => {
-                let x = nb.seq_input.clone().expect("saved");
-                let stats = nb.seq_saved.clone().expect("saved");
-                let gamma = self.param(&params::weight_name(&name))?;
-                let dgamma = self.grad_of(&params::weight_name(&name))?;
-                let dbeta = self.grad_of(&params::bias_name(&name))?;
-                self.input_grad(r.inputs[0], |dx| {
-                    layernorm::layernorm_backward(ctx, &x, &gamma, &stats, &dout, dx, &dgamma, &dbeta)
-                })?;
-            }
-            Op::Attention { heads, .. } => {
-                let cfg = self.attention_cfg(i, heads);
-                let qkv = nb.seq_input.clone().expect("saved");
-                let probs = nb.seq_saved.clone().expect("saved");
-                let mask = self.key_mask.clone();
-                let pq = self.probs_q(i);
-                let quant = AttentionQuant {
-                    probs: pq.as_ref().map(|q| QuantOperand { state: &q.state, spec: q.spec }),
-                    ..Default::default()
-                };
-                self.input_grad(r.inputs[0], |dqkv| {
-                    attention::attention_backward(ctx, &cfg, &qkv, mask.as_ref(), &quant, &probs, &dout, dqkv)
-                })?;
-            }
-            Op::TokenPool { mode } => {
-                let mask = if mode == TokenPoolMode::Mean { self.key_mask.clone() } else { None };
-                self.input_grad(r.inputs[0], |dx| {
-                    Ok(vec![sequence::token_pool_backward(ctx, token_pool(mode), mask.as_ref(), &dout, dx)?])
-                })?;
-            }
+            Op::Embedding { .. }
+            | Op::Patchify { .. }
+            | Op::ClsPos { .. }
+            | Op::LayerNorm { .. }
+            | Op::Attention { .. }
+            | Op::TokenPool { .. } => self.backward_sequence(i, &dout, &nb)?,
             Op::Add { act } => {
                 let ds = match relu_kind(act) {
                     None => dout.clone(),

@@ -17,22 +17,21 @@
 
 mod backward;
 mod quantizers;
+mod sequence_ops;
 
 use super::config::ObserverKind;
 use super::state::ModelState;
 use crate::error::{Result, WqatError};
 use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, Plan};
 use crate::kernels::activation::{self, Relu};
-use crate::kernels::attention::{self, AttentionConfig, AttentionQuant};
 use crate::kernels::batchnorm;
 use crate::kernels::bias_quant::{self, BnTerms};
 use crate::kernels::conv::{self, Conv2dForwardArgs, Conv2dGeom, QuantOperand};
 use crate::kernels::gemm::{self, GemmConfig, GemmExtras};
 use crate::kernels::histogram::HistogramObserver;
-use crate::kernels::sequence::{self, PatchConfig, TokenPool};
-use crate::kernels::{bn_fold, fake_quant, gelu, layernorm, loss, optim, pool};
+use crate::kernels::{bn_fold, fake_quant, gelu, loss, optim, pool};
 use crate::model::params::{self, QuantizerRole, BN_EPS, BN_MOMENTUM};
-use crate::model::{Act, Op, TokenPoolMode, INPUT};
+use crate::model::{Act, Op, INPUT};
 use crate::quant::QuantSpec;
 
 /// When a dispatch runs.
@@ -115,13 +114,6 @@ fn relu_kind(act: Act) -> Option<Relu> {
         Act::None | Act::Gelu => None,
         Act::Relu => Some(Relu::Relu),
         Act::Relu6 => Some(Relu::Relu6),
-    }
-}
-
-fn token_pool(mode: TokenPoolMode) -> TokenPool {
-    match mode {
-        TokenPoolMode::Cls => TokenPool::Cls,
-        TokenPoolMode::Mean => TokenPool::Mean,
     }
 }
 
@@ -262,12 +254,7 @@ impl<'a> Builder<'a> {
             outputs.push(GpuTensor::zeros(ctx, &shape, DType::F32)?);
         }
         let n = m.nodes.len();
-        let key_mask = match m.nodes.first().map(|r| &r.node.op) {
-            Some(Op::Embedding { padding_idx: Some(_), .. }) => {
-                Some(GpuTensor::zeros(ctx, &[b, m.graph.input[2]], DType::F32)?)
-            }
-            _ => None,
-        };
+        let key_mask = sequence_ops::key_mask_buffer(ctx, m, b)?;
         Ok(Builder {
             ctx,
             m,
@@ -319,13 +306,7 @@ impl<'a> Builder<'a> {
     fn build(mut self, step: Option<&StepOptions>) -> Result<Compiled> {
         let ctx = self.ctx;
         let nodes = self.m.nodes.clone();
-        if let (Some(mask), Some(Op::Embedding { padding_idx: Some(pad), .. })) =
-            (self.key_mask.clone(), nodes.first().map(|r| &r.node.op))
-        {
-            let ids = view(&self.images, &mask.shape);
-            self.fwd(Tag::Always, sequence::key_mask_from_ids(ctx, &ids, *pad as u32, &mask)?);
-            self.keep.push(mask);
-        }
+        self.record_key_mask()?;
         if self.opts.quant && params::input_is_quantized(&nodes) {
             let q = self.carried(INPUT).expect("input quantizer exists");
             let img = self.images.clone();
@@ -408,16 +389,6 @@ impl<'a> Builder<'a> {
             }
             _ => unreachable!("conv_cfg of a non-conv node"),
         }
-    }
-
-    fn patch_cfg(&self, i: usize, patch: usize) -> PatchConfig {
-        let [channels, height, width] = self.m.nodes[i].in_shapes[0];
-        PatchConfig { batch: self.b, channels, height, width, patch }
-    }
-
-    fn attention_cfg(&self, i: usize, heads: usize) -> AttentionConfig {
-        let [tokens, d, _] = self.m.nodes[i].out_shape;
-        AttentionConfig { batch: self.b, tokens, heads, head_dim: d / heads }
     }
 
     fn forward_node(&mut self, i: usize) -> Result<()> {
@@ -604,71 +575,12 @@ impl<'a> Builder<'a> {
                 self.fwd(Tag::Always, pool::global_avgpool_forward(ctx, &x, &out)?);
             }
             Op::Flatten => {}
-            Op::Embedding { .. } => {
-                let ids = view(&self.images, &[self.b, r.in_shapes[0][2]]);
-                let table = self.param(&params::weight_name(&name))?;
-                // A quantized table (`int`): observed and fake-quantized into a copy per step.
-                let used = match self.weight_q(i) {
-                    Some(q) => {
-                        self.observe(&params::weight_quant_name(&name), &q, &table, true)?;
-                        let fq = self.zeros(&table.shape)?;
-                        self.fwd(Tag::Always, fake_quant::fake_quant_forward(ctx, &table, &q.state, &fq, &q.spec)?);
-                        fq
-                    }
-                    None => table,
-                };
-                self.fwd(Tag::Always, sequence::embedding_forward(ctx, &ids, &used, &out)?);
-            }
-            Op::Patchify { patch } => {
-                let cfg = self.patch_cfg(i, patch);
-                let x = self.raw(r.inputs[0]).clone();
-                let x = view(&x, &[self.b, cfg.channels, cfg.height, cfg.width]);
-                self.fwd(Tag::Always, sequence::patchify_forward(ctx, &cfg, &x, &out)?);
-            }
-            Op::ClsPos { cls } => {
-                let x = self.materialized(r.inputs[0])?;
-                let cls_t = if cls { Some(self.param(&params::cls_token_name(&name))?) } else { None };
-                let pos = self.param(&params::pos_embed_name(&name))?;
-                self.fwd(Tag::Always, sequence::cls_pos_forward(ctx, &x, cls_t.as_ref(), &pos, &out)?);
-            }
-            Op::LayerNorm { eps } => {
-                let x = self.materialized(r.inputs[0])?;
-                let gamma = self.param(&params::weight_name(&name))?;
-                let beta = self.param(&params::bias_name(&name))?;
-                let [t, _, _] = r.out_shape;
-                let stats = self.zeros(&[self.b * t, 2])?;
-                self.fwd(Tag::Always, layernorm::layernorm_forward(ctx, &x, &gamma, &beta, &out, &stats, eps)?);
-                self.saved[i].seq_input = Some(x);
-                self.saved[i].seq_saved = Some(stats);
-            }
-            Op::Attention { heads, .. } => {
-                let cfg = self.attention_cfg(i, heads);
-                // q, k, v carry the QKV linear's output quantizer when the matmul inputs are
-                // quantized (materialized here); the softmax output is fake-quantized in the
-                // kernel with its own quantizer, whose observer reads the stored (raw) probs.
-                let qkv = self.materialized(r.inputs[0])?;
-                let probs = self.zeros(&[self.b, heads, cfg.tokens, cfg.tokens])?;
-                let mask = self.key_mask.clone();
-                let pq = self.probs_q(i);
-                let quant = AttentionQuant {
-                    probs: pq.as_ref().map(|q| QuantOperand { state: &q.state, spec: q.spec }),
-                    ..Default::default()
-                };
-                let ds = attention::attention_forward(ctx, &cfg, &qkv, mask.as_ref(), &quant, &probs, &out)?;
-                for d in ds {
-                    self.fwd(Tag::Always, d);
-                }
-                if let Some(q) = &pq {
-                    self.observe(&params::probs_quant_name(&name), q, &probs, false)?;
-                }
-                self.saved[i].seq_input = Some(qkv);
-                self.saved[i].seq_saved = Some(probs);
-            }
-            Op::TokenPool { mode } => {
-                let x = self.materialized(r.inputs[0])?;
-                let mask = if mode == TokenPoolMode::Mean { self.key_mask.clone() } else { None };
-                self.fwd(Tag::Always, sequence::token_pool_forward(ctx, token_pool(mode), &x, mask.as_ref(), &out)?);
-            }
+            Op::Embedding { .. }
+            | Op::Patchify { .. }
+            | Op::ClsPos { .. }
+            | Op::LayerNorm { .. }
+            | Op::Attention { .. }
+            | Op::TokenPool { .. } => self.forward_sequence(i)?,
             Op::Add { act } => {
                 let a = self.materialized(r.inputs[0])?;
                 let b = self.materialized(r.inputs[1])?;

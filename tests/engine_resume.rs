@@ -79,14 +79,60 @@ fn params(t: &Trainer) -> Vec<Vec<u32>> {
     v
 }
 
+/// A small text folder (three classes of made-up words) for the transformer resume run.
+fn text_folder() -> std::path::PathBuf {
+    let root = std::env::temp_dir().join(format!("wqat-resume-text-{}", std::process::id()));
+    for split in ["train", "test"] {
+        std::fs::create_dir_all(root.join(split)).unwrap();
+        for (c, stem) in ["ab", "xyz", "mo"].iter().enumerate() {
+            let words: Vec<String> = (0..48).map(|k| format!("{}{}{}", stem, k % 7, "q".repeat(k % (c + 2)))).collect();
+            std::fs::write(root.join(split).join(format!("class{c}.txt")), words.join("\n")).unwrap();
+        }
+    }
+    root
+}
+
+/// text-tiny with AdamW, warm-up and quantized attention matmuls: the optimizer's second
+/// moment and every new quantizer must survive the checkpoint too.
+fn text_config(dir: &str, data: &std::path::Path) -> TrainConfig {
+    TrainConfig {
+        data: data.to_string_lossy().into_owned(),
+        model: "text-tiny".into(),
+        max_len: 8,
+        epochs: 2,
+        qat_epochs: 2,
+        batch: 16,
+        lr: 1e-3,
+        qat_lr: 1e-4,
+        weight_decay: 0.05,
+        optimizer: wqat::engine::config::Optimizer::AdamW,
+        warmup_steps: 3,
+        log_every: 3,
+        calib_images: 32,
+        layer_qconfig: vec![wqat::engine::LayerQConfig::parse("blocks.*.attn.core=matmul").unwrap()],
+        out: std::env::temp_dir().join(format!("wqat-resume-text-{dir}-{}", std::process::id())),
+        ..TrainConfig::default()
+    }
+}
+
 #[test]
 fn resume_after_interrupt_matches_uninterrupted_run() {
+    // One test for both models: the interrupt flag is process-wide.
+    check_resume(&config, true);
+    let data = text_folder();
+    check_resume(&|dir: &str| text_config(dir, &data), false);
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+fn check_resume(config: &dyn Fn(&str) -> TrainConfig, conv_net: bool) {
     let ctx = testing::ctx();
     let full_cfg = config("full");
     let mut full = Trainer::new(ctx.clone(), full_cfg.clone(), None).unwrap();
     let want = full.run(&mut Quiet).unwrap();
     let want_params = params(&full);
-    check_layer_qconfig(&full_cfg.out);
+    if conv_net {
+        check_layer_qconfig(&full_cfg.out);
+    }
 
     // Interrupt mid-epoch in fp32, resume; interrupt again mid-epoch in QAT, resume.
     for (phase, at) in [(Phase::Fp32, 4usize), (Phase::Qat, 5)] {

@@ -47,7 +47,8 @@ pub struct ModelState {
 
 /// Host values of a fresh model, PyTorch's default initialization (uniform in
 /// `±1/sqrt(fan_in)` for conv/linear weights and biases; BN gamma 1, beta 0, running mean
-/// 0, running var 1; LayerNorm weight 1, bias 0), embeddings N(0, 0.02^2), from a seed.
+/// 0, running var 1; LayerNorm weight 1, bias 0; token embeddings N(0, 1)), CLS tokens and
+/// positions N(0, 0.02^2), from a seed.
 pub fn init_params(specs: &[ParamSpec], seed: u64) -> Vec<Vec<f32>> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15);
     let mut fan_in = 1usize;
@@ -67,13 +68,18 @@ pub fn init_params(specs: &[ParamSpec], seed: u64) -> Vec<Vec<f32>> {
                 }
                 ParamKind::BnGamma | ParamKind::BnRunningVar | ParamKind::LnWeight => vec![1.0; n],
                 ParamKind::BnBeta | ParamKind::BnRunningMean | ParamKind::LnBias => vec![0.0; n],
-                // Embedding tables, CLS tokens and positions: N(0, 0.02^2) (BERT, timm's ViT).
-                ParamKind::Embedding => (0..n)
-                    .map(|_| {
-                        let (u1, u2): (f32, f32) = (rng.random_range(f32::EPSILON..1.0), rng.random_range(0.0..1.0));
-                        0.02 * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
-                    })
-                    .collect(),
+                // Token tables: N(0, 1), PyTorch's nn.Embedding default; CLS tokens and
+                // positions (plain parameters in PyTorch): N(0, 0.02^2), timm's ViT.
+                ParamKind::Embedding => {
+                    let std = if s.name.ends_with(".weight") { 1.0 } else { 0.02 };
+                    (0..n)
+                        .map(|_| {
+                            let (u1, u2): (f32, f32) =
+                                (rng.random_range(f32::EPSILON..1.0), rng.random_range(0.0..1.0));
+                            std * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+                        })
+                        .collect()
+                }
             }
         })
         .collect()

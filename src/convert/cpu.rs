@@ -465,7 +465,7 @@ fn run_seq(
             out
         }
         (SeqLayer::ClsPos { cls, pos }, Op::ClsPos { .. }) => {
-            crate::reference::graph::cls_pos_f32(x, batch, t, d, cls.as_deref(), pos)
+            crate::reference::sequence::cls_pos_forward(x, cls.as_deref(), pos, batch, d)
         }
         (SeqLayer::LayerNorm { gamma, beta }, Op::LayerNorm { eps }) => {
             crate::reference::layernorm::forward(x, gamma, beta, *eps).0

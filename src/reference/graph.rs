@@ -421,23 +421,7 @@ pub fn patchify<T: Copy>(x: &[T], batch: usize, [c, h, w]: [usize; 3], p: usize)
     out
 }
 
-/// Plain loops of the sequence ops that sum values (the CPU integer executor uses them too).
-/// `[batch, t, d]` -> `[batch, t', d]`: CLS token first when given, positions added.
-pub fn cls_pos_f32(x: &[f32], batch: usize, t: usize, d: usize, cls: Option<&[f32]>, pos: &[f32]) -> Vec<f32> {
-    let mut out = Vec::new();
-    for n in 0..batch {
-        if let Some(cls) = cls {
-            out.extend(cls.iter().zip(&pos[..d]).map(|(a, b)| a + b));
-        }
-        let off = cls.is_some() as usize;
-        for k in 0..t {
-            let row = &x[(n * t + k) * d..][..d];
-            out.extend(row.iter().zip(&pos[(k + off) * d..][..d]).map(|(a, b)| a + b));
-        }
-    }
-    out
-}
-
+/// Token pool of the reference graph (the CPU integer executor uses it too):
 /// `[batch, t, d]` -> `[batch, d]`: token 0, or the f64 mean of the non-padding tokens.
 pub fn token_pool_f32(
     x: &[f32],
@@ -537,7 +521,7 @@ pub fn fake_quant_forward_all(graph: &Graph, ckpt: &TensorFile, images: &[f32], 
                 let pos = read_f32(ckpt, &params::pos_embed_name(&r.node.name), &[t_out, d])?;
                 let cls_t =
                     if *cls { Some(read_f32(ckpt, &params::cls_token_name(&r.node.name), &[d])?) } else { None };
-                cls_pos_f32(x, batch, c, d, cls_t, pos)
+                crate::reference::sequence::cls_pos_forward(x, cls_t, pos, batch, d)
             }
             Op::LayerNorm { eps } => {
                 let d = h;

@@ -6,7 +6,7 @@
 //! quantization settings), [`int8`] (the CPU
 //! integer backend), [`data`] (data sets), [`model`] (graphs, zoo, parameter names),
 //! [`engine`] (compiled training and the `wqat train` pipeline), [`convert`] (integer models),
-//! [`bench`] (kernel benchmarks).
+//! [`bench`] (kernel benchmarks), [`report`] (`wqat report`: plots and an HTML page of a run).
 
 pub mod bench;
 pub mod convert;
@@ -21,6 +21,7 @@ pub mod model;
 pub mod qconfig;
 pub mod quant;
 pub mod reference;
+pub mod report;
 pub mod tensorfile;
 pub mod testing;
 

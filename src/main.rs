@@ -59,6 +59,11 @@ enum Command {
         #[arg(long)]
         adapter: Option<String>,
     },
+    /// Write RUN_DIR/report.html and its PNGs: accuracy table, curves, activation histograms, SQNR, weight ranges.
+    Report {
+        /// The --out directory of a `wqat train` run.
+        run_dir: PathBuf,
+    },
     /// Benchmarks: fused vs unfused kernels, and fp32 vs QAT training throughput.
     Bench {
         /// Only the training-throughput part.
@@ -368,6 +373,12 @@ fn print_prediction(m: &wqat::convert::Int8Model, what: &str, logits: &[f32], k:
     println!("{what}: class {k} ({name}), score {:.4}", exps[k] / sum);
 }
 
+fn report_cmd(run_dir: PathBuf) -> wqat::Result<()> {
+    let r = wqat::report::render(&run_dir)?;
+    println!("wrote {} ({} figures in {})", r.html.display(), r.images.len(), run_dir.join(wqat::report::REPORT_DIR).display());
+    Ok(())
+}
+
 fn devices(json: bool) -> wqat::Result<()> {
     let list = list_adapters();
     if list.is_empty() {
@@ -421,6 +432,7 @@ fn main() {
         Some(Command::Infer { model, images, text, backend, adapter }) => {
             infer_cmd(model, images, text, backend, adapter)
         }
+        Some(Command::Report { run_dir }) => report_cmd(run_dir),
         Some(Command::Bench { train, kernels, quick, filter, runs, warmup, json, adapter }) => {
             bench_cmd(train, kernels, quick, filter, runs, warmup, json, adapter)
         }

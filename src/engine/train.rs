@@ -300,7 +300,8 @@ impl Trainer {
                 val_note(self.run.ptq_val_acc),
                 self.calib_count()
             ));
-            self.save_model("ptq.safetensors", Some(&c))?;
+            let ptq_file = self.save_model("ptq.safetensors", Some(&c))?;
+            self.record_report(&c, "ptq", &ptq_file)?;
             self.state.reset_momentum(&self.ctx)?;
         }
         if self.run.phase == Phase::Qat {
@@ -316,6 +317,7 @@ impl Trainer {
         let qat_val_acc = self.val_accuracy(&c)?;
         sink.message(&format!("QAT test accuracy {:.2}%{}", qat_acc * 100.0, val_note(qat_val_acc)));
         let qat_file = self.save_model("qat.safetensors", Some(&c))?;
+        self.record_report(&c, "qat", &qat_file)?;
         self.save_checkpoint(&c, None)?;
         // Conversion to the integer model and its evaluation (CPU SIMD backend).
         let int8 = crate::convert::convert(&self.graph, &qat_file)?;
@@ -591,6 +593,17 @@ impl Trainer {
         }
         f.metadata.insert("step".into(), self.run.step.to_string());
         f.metadata.insert("phase".into(), serde_json::to_string(&self.run.phase).map_err(json)?);
+        Ok(())
+    }
+
+    /// Samples activation statistics for `wqat report` (`OUT/report/{stage}.json`) on held-out
+    /// images (validation when held out, else test); leaves fake-quant on, observers off.
+    fn record_report(&self, c: &Compiled, stage: &str, file: &TensorFile) -> Result<()> {
+        let (batches, split) = match &self.val_batches {
+            Some(v) => (v, "validation"),
+            None => (&self.test_batches, "test"),
+        };
+        crate::report::sample::record_stage(&self.ctx, c, &self.state, &self.graph, file, batches, split, stage, &self.cfg.out)?;
         Ok(())
     }
 

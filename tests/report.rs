@@ -88,6 +88,8 @@ fn short_digits_run_renders_a_readable_report() {
         assert!(db > 15.0, "{stage} {}: SQNR {db} dB", conv1.name);
     }
 
+    sqnr_matches_cpu_reference(&out);
+
     let (code, text) = wqat(&["report", out.to_str().unwrap()]);
     assert_eq!(code, 0, "{text}");
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
@@ -149,4 +151,41 @@ fn short_digits_run_renders_a_readable_report() {
     for d in [&out, &empty, &bad, &bad_stage, &bad_ckpt, &old] {
         let _ = std::fs::remove_dir_all(d);
     }
+}
+
+/// The QAT stage's per-layer SQNR, sampled on the GPU, against the CPU reference graph on the
+/// same images: the QAT checkpoint's fake-quant forward vs the same checkpoint with every
+/// quantizer switched off.
+fn sqnr_matches_cpu_reference(out: &Path) {
+    use wqat::reference::graph::fake_quant_forward_all;
+    use wqat::tensorfile::{HostData, TensorFile};
+    let s: StageStats = serde_json::from_str(&std::fs::read_to_string(out.join("report/qat.json")).unwrap()).unwrap();
+    let path = out.join("qat.safetensors");
+    let ckpt = TensorFile::load(&path).unwrap();
+    let graph = wqat::report::weights::checkpoint_graph(&path, &ckpt).unwrap();
+    let mut off = ckpt.clone();
+    for (name, t) in off.tensors.iter_mut() {
+        if let (true, HostData::F32(v)) = (name.ends_with("_quant"), &mut t.data) {
+            v[wqat::quant::QStateLayout::FQ_ENABLED] = 0.0;
+        }
+    }
+    let ds = wqat::data::load("digits").unwrap();
+    let test = ds.test.truncated(s.images);
+    let fq = fake_quant_forward_all(&graph, &ckpt, test.images(), s.images).unwrap();
+    let fp = fake_quant_forward_all(&graph, &off, test.images(), s.images).unwrap();
+    let nodes = graph.resolve().unwrap();
+    let mut compared = 0;
+    for l in &s.layers {
+        let (q, r) = match nodes.iter().position(|n| n.node.name == l.name) {
+            Some(i) => (&fq.nodes[i], &fp.nodes[i]),
+            None => (&fq.input, &fp.input),
+        };
+        let signal: f64 = r.iter().map(|&v| (v as f64).powi(2)).sum();
+        let noise: f64 = q.iter().zip(r).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum();
+        let want = 10.0 * (signal / noise).log10();
+        let got = l.sqnr_db().unwrap();
+        assert!((got - want).abs() < 0.5, "{}: SQNR {got:.2} dB sampled on the GPU, {want:.2} dB on the CPU", l.name);
+        compared += 1;
+    }
+    assert!(compared >= 6, "{compared} layers compared");
 }

@@ -52,10 +52,12 @@ pub fn record_stage(
     let gq = GraphQuant::new(graph, ckpt)?;
     let images = batches.num_images().min(SAMPLE_IMAGES);
     let per_image = c.images.len() / c.batch.max(1);
-    // The quantizer applied to each node's output, as the CPU reference applies it.
+    // The quantizer each node's output carries in the fake-quant model: its own, or for
+    // pools and patches the one of their input (max pool commutes with fake-quant; the
+    // average pools re-quantize with it, as the CPU reference does).
     let applied: Vec<Option<&QState>> = (0..gq.nodes.len())
         .map(|i| match gq.nodes[i].node.op {
-            Op::AvgPool { .. } | Op::GlobalAvgPool => gq.input_quant(i),
+            Op::MaxPool { .. } | Op::AvgPool { .. } | Op::GlobalAvgPool | Op::Patchify { .. } => gq.input_quant(i),
             _ => gq.output[i].as_ref().filter(|q| q.enabled),
         })
         .collect();

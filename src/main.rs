@@ -375,7 +375,12 @@ fn print_prediction(m: &wqat::convert::Int8Model, what: &str, logits: &[f32], k:
 
 fn report_cmd(run_dir: PathBuf) -> wqat::Result<()> {
     let r = wqat::report::render(&run_dir)?;
-    println!("wrote {} ({} figures in {})", r.html.display(), r.images.len(), run_dir.join(wqat::report::REPORT_DIR).display());
+    println!(
+        "wrote {} ({} figures in {})",
+        r.html.display(),
+        r.images.len(),
+        run_dir.join(wqat::report::REPORT_DIR).display()
+    );
     Ok(())
 }
 

@@ -603,7 +603,17 @@ impl Trainer {
             Some(v) => (v, "validation"),
             None => (&self.test_batches, "test"),
         };
-        crate::report::sample::record_stage(&self.ctx, c, &self.state, &self.graph, file, batches, split, stage, &self.cfg.out)?;
+        crate::report::sample::record_stage(
+            &self.ctx,
+            c,
+            &self.state,
+            &self.graph,
+            file,
+            batches,
+            split,
+            stage,
+            &self.cfg.out,
+        )?;
         Ok(())
     }
 

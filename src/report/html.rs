@@ -57,9 +57,9 @@ fn stage_title(stage: &str) -> &'static str {
 }
 
 fn figure(out: &mut String, path: &str, alt: &str, caption: &str) {
-    let _ = write!(
+    let _ = writeln!(
         out,
-        "<figure><img src=\"{}\" alt=\"{}\"><figcaption>{}</figcaption></figure>\n",
+        "<figure><img src=\"{}\" alt=\"{}\"><figcaption>{}</figcaption></figure>",
         escape(path),
         escape(alt),
         caption
@@ -144,9 +144,11 @@ pub fn page(d: &RunData, figs: &Figures) -> String {
     }
 
     // Accuracy table.
-    o.push_str("<h2>Accuracy</h2>\n<p>Top-1 accuracy after each stage: fp32 training, post-training quantization \
+    o.push_str(
+        "<h2>Accuracy</h2>\n<p>Top-1 accuracy after each stage: fp32 training, post-training quantization \
                 (PTQ: the fp32 weights with calibrated ranges), QAT fine-tuning (fake-quant on the GPU) and the \
-                converted integer model (CPU integer backend).</p>\n");
+                converted integer model (CPU integer backend).</p>\n",
+    );
     let val = m.val.as_ref();
     o.push_str("<table><tr><th>stage</th><th>test</th>");
     if let Some(v) = val {

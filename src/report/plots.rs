@@ -125,7 +125,13 @@ pub fn curves(points: &[LossPoint]) -> Result<Vec<u8>> {
             .y_label_area_size(60)
             .build_cartesian_2d(0f64..xmax, 0f64..100.0)
             .map_err(plot_err)?;
-        chart.configure_mesh().x_desc("step").y_desc("accuracy %").label_style((FAMILY, 13)).draw().map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .y_desc("accuracy %")
+            .label_style((FAMILY, 13))
+            .draw()
+            .map_err(plot_err)?;
         for p in phases {
             let (name, color) = phase_style(p);
             let s = series(p, &|q| q.accuracy as f64 * 100.0);

@@ -95,12 +95,7 @@ impl QRange {
     /// The range of a per-tensor activation quantizer (channel 0).
     pub fn of(q: &QState) -> QRange {
         let (s, z) = (q.scale[0], q.zero_point[0]);
-        QRange {
-            bits: q.spec.bits,
-            lo: (q.spec.qmin() as f32 - z) * s,
-            hi: (q.spec.qmax() as f32 - z) * s,
-            step: s,
-        }
+        QRange { bits: q.spec.bits, lo: (q.spec.qmin() as f32 - z) * s, hi: (q.spec.qmax() as f32 - z) * s, step: s }
     }
 }
 

@@ -128,7 +128,7 @@ pub fn page(d: &RunData, figs: &Figures) -> String {
     let _ = writeln!(
         o,
         "<p>Run directory <code>{}</code>; adapter {}; {} training and {} test images; {} steps \
-         ({} fp32 epochs, {} QAT epochs, batch {}, observer <code>{}</code>).</p>",
+         (epochs: {} fp32, {} QAT; batch {}; observer <code>{}</code>).</p>",
         escape(&d.dir.display().to_string()),
         escape(&m.adapter),
         m.train_images,
@@ -137,7 +137,7 @@ pub fn page(d: &RunData, figs: &Figures) -> String {
         c.epochs,
         c.qat_epochs,
         c.batch,
-        escape(&format!("{:?}", c.observer)),
+        escape(&c.observer.to_string()),
     );
     for n in &d.notes {
         let _ = writeln!(o, "<p class=\"note\">{}</p>", escape(n));

@@ -191,9 +191,7 @@ impl LayerQConfig {
                 "int" => l.fp32 = Some(false),
                 "matmul" => l.quantize_matmul = Some(true),
                 "no-matmul" => l.quantize_matmul = Some(false),
-                t if t.starts_with("quantizer=") => {
-                    l.quantizer = Some(QuantizerKind::parse(&t["quantizer=".len()..])?)
-                }
+                t if t.starts_with("quantizer=") => l.quantizer = Some(QuantizerKind::parse(&t["quantizer=".len()..])?),
                 t if t.starts_with("observer=") => l.observer = Some(ObserverKind::parse(&t["observer=".len()..])?),
                 t if t.starts_with('w') => l.weight_bits = Some(bits(&t[1..])?),
                 t if t.starts_with('a') => l.act_bits = Some(bits(&t[1..])?),

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use wqat::engine::config::Optimizer;
 use wqat::engine::train::{install_interrupt_handler, Phase, ProgressSink, RunReport, Schedule, TrainConfig, Trainer};
 use wqat::engine::{LayerQConfig, ObserverKind};
-use wqat::qconfig::QuantizerKind;
 use wqat::gpu::{GpuContext, GpuOptions};
+use wqat::qconfig::QuantizerKind;
 
 #[derive(Args)]
 pub(crate) struct TrainArgs {

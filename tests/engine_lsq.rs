@@ -59,7 +59,14 @@ impl Quant {
     }
     /// Fake-quant of `x` (`inner` values per channel run).
     fn fq(&self, x: &[f32], inner: usize) -> Vec<f32> {
-        rfq::fake_quant_forward(x, &self.state, self.channels(), inner, self.spec.qmin() as f32, self.spec.qmax() as f32)
+        rfq::fake_quant_forward(
+            x,
+            &self.state,
+            self.channels(),
+            inner,
+            self.spec.qmin() as f32,
+            self.spec.qmax() as f32,
+        )
     }
     fn mask(&self, x: &[f32], dy: &[f32], inner: usize) -> Vec<f32> {
         let (q0, q1) = (self.spec.qmin() as f32, self.spec.qmax() as f32);
@@ -152,12 +159,14 @@ fn check_mlp_gradients(kind: QuantizerKind) {
     let mut dhq = vec![0f32; batch * hid];
     for o in 0..out {
         for j in 0..hid {
-            dw2q[o * hid + j] = (0..batch).map(|b| dlogits[b * out + o] as f64 * hq[b * hid + j] as f64).sum::<f64>() as f32;
+            dw2q[o * hid + j] =
+                (0..batch).map(|b| dlogits[b * out + o] as f64 * hq[b * hid + j] as f64).sum::<f64>() as f32;
         }
     }
     for b in 0..batch {
         for j in 0..hid {
-            dhq[b * hid + j] = (0..out).map(|o| dlogits[b * out + o] as f64 * w2f[o * hid + j] as f64).sum::<f64>() as f32;
+            dhq[b * hid + j] =
+                (0..out).map(|o| dlogits[b * out + o] as f64 * w2f[o * hid + j] as f64).sum::<f64>() as f32;
         }
     }
     let dh: Vec<f32> = q1.mask(&h, &dhq, 1).iter().zip(&h).map(|(&d, &v)| if v > 0.0 { d } else { 0.0 }).collect();

@@ -3,9 +3,9 @@
 //! report written to `metrics.json`, and the run's QConfig.
 
 use super::config::{LayerQConfig, ObserverKind, Optimizer, QConfig};
-use crate::qconfig::QuantizerKind;
 use crate::error::{Result, WqatError};
 use crate::model::Graph;
+use crate::qconfig::QuantizerKind;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 

@@ -3,11 +3,11 @@
 //! Converts to and from a checkpoint (`TensorFile`) with every field validated.
 
 use crate::engine::config::QConfig;
-use crate::qconfig::QuantizerKind;
 use crate::error::{Result, WqatError};
 use crate::gpu::{DType, GpuContext, GpuTensor};
 use crate::model::params::{self, ParamKind, ParamSpec, QuantizerRole, QuantizerSpec};
 use crate::model::{Graph, ResolvedNode};
+use crate::qconfig::QuantizerKind;
 use crate::quant::QStateLayout;
 use crate::tensorfile::{HostTensor, TensorFile};
 use rand::{Rng, SeedableRng};

@@ -4,8 +4,8 @@
 
 use crate::error::{Result, WqatError};
 use crate::gpu::{grid_1d, DType, Dispatch, GpuContext, GpuTensor, PipelineKey};
-use crate::kernels::optim::HyperLayout;
 use crate::kernels::observer::check_state;
+use crate::kernels::optim::HyperLayout;
 use crate::quant::{channel_geometry, QuantSpec};
 
 /// Smallest learned scale: `lsq_sync` clamps the parameter to it after every step
@@ -207,5 +207,11 @@ pub fn lsq_hyper(ctx: &GpuContext, hyper: &GpuTensor, out: &GpuTensor, lr_mult: 
         eps: 0.0,
         _pad2: [0.0; 2],
     };
-    Dispatch::new(ctx, &PipelineKey::new("lsq", "lsq_hyper"), bytemuck::bytes_of(&p), &[&hyper.buffer, &out.buffer], [1, 1, 1])
+    Dispatch::new(
+        ctx,
+        &PipelineKey::new("lsq", "lsq_hyper"),
+        bytemuck::bytes_of(&p),
+        &[&hyper.buffer, &out.buffer],
+        [1, 1, 1],
+    )
 }

@@ -5,8 +5,8 @@
 
 use super::{view, Builder, LsqQ, Tag, Q};
 use crate::engine::config::{ObserverKind, QConfig};
-use crate::error::Result;
 use crate::engine::state::{lsq_scale_name, lsq_zero_name};
+use crate::error::Result;
 use crate::gpu::{Dispatch, GpuTensor};
 use crate::kernels::activation;
 use crate::kernels::bias_quant;

@@ -110,11 +110,15 @@ fn mlp() -> Graph {
 /// reference: forward with the reference fake-quant, softmax cross-entropy (mean), backward
 /// with the STE, and every quantizer's LSQ reduction of the gradient wrt its fake-quantized
 /// values (gradient scale `1/sqrt(n qmax)`, `n` = values per channel of one sample).
-fn check_mlp_gradients(kind: QuantizerKind) {
+fn check_mlp_gradients(kind: QuantizerKind, per_tensor_fc1: bool) {
     let ctx = testing::ctx();
     let g = mlp();
     let (batch, inp, hid, out) = (6, 12, 7, 5);
-    let state = ModelState::new(&ctx, &g, qconfig(kind, 4, 4), 7).unwrap();
+    let mut q = qconfig(kind, 4, 4);
+    if per_tensor_fc1 {
+        q = q.with_layer(wqat::engine::LayerQConfig::parse("fc1=per-tensor").unwrap()).unwrap();
+    }
+    let state = ModelState::new(&ctx, &g, q, 7).unwrap();
     let opts = CompileOptions { batch, quant: true, train: true };
     let c = Compiled::new(&ctx, &state, &opts, Some(&step_opts(1.0))).unwrap();
     let mut rng = testing::rng(31);
@@ -186,7 +190,8 @@ fn check_mlp_gradients(kind: QuantizerKind) {
         ("input.output_quant", qx.lsq(&x, &dxq, 1, inp)),
         ("fc1.output_quant", q1.lsq(&h, &dhq, 1, hid)),
         ("fc2.output_quant", q2.lsq(&logits, &dlq, 1, out)),
-        ("fc1.weight_quant", w1q.lsq(&w1, &dw1q, inp, inp)),
+        // Weights: n = values per channel (the whole tensor when per tensor).
+        ("fc1.weight_quant", w1q.lsq(&w1, &dw1q, inp, w1.len() / w1q.channels())),
         ("fc2.weight_quant", w2q.lsq(&w2, &dw2q, hid, hid)),
     ];
     let mut zeros_checked = 0;
@@ -210,12 +215,13 @@ fn check_mlp_gradients(kind: QuantizerKind) {
 
 #[test]
 fn lsq_gradients_match_cpu_reference() {
-    check_mlp_gradients(QuantizerKind::Lsq);
+    check_mlp_gradients(QuantizerKind::Lsq, false);
+    check_mlp_gradients(QuantizerKind::Lsq, true);
 }
 
 #[test]
 fn lsq_plus_gradients_match_cpu_reference() {
-    check_mlp_gradients(QuantizerKind::LsqPlus);
+    check_mlp_gradients(QuantizerKind::LsqPlus, false);
 }
 
 /// A few SGD steps with learned scales on mnist-cnn (conv+BN folding, max pool carrying a

@@ -48,7 +48,7 @@ impl Builder<'_> {
         let raw = self.raw(t).clone();
         let d = view(d, &raw.shape);
         if let Some(q) = self.carried(t) {
-            self.lsq_grad(&q, &raw, &d)?;
+            self.lsq_grad(&q, &raw, &d, false)?;
         }
         if t == INPUT {
             return Ok(());
@@ -213,7 +213,7 @@ impl Builder<'_> {
                     self.bwd(Tag::Always, d.clone());
                 }
                 if let Some(q) = &wq_lsq {
-                    self.lsq_grad(q, &w_used, &dwq)?;
+                    self.lsq_grad(q, &w_used, &dwq, true)?;
                     self.bwd(Tag::Always, fake_quant::ste_backward(ctx, &w_used, &q.state, &dwq, &dw_target, &q.spec)?);
                 }
                 if bias && !bn {
@@ -274,7 +274,7 @@ impl Builder<'_> {
                 };
                 self.bwd(Tag::Always, gemm::gemm(ctx, &cfg_w, &dz, &x, &dwq, &ex)?);
                 if let Some(q) = &wq_lsq {
-                    self.lsq_grad(q, &wt, &dwq)?;
+                    self.lsq_grad(q, &wt, &dwq, true)?;
                     self.bwd(Tag::Always, fake_quant::ste_backward(ctx, &wt, &q.state, &dwq, &dw, &q.spec)?);
                 }
                 if bias {

@@ -372,7 +372,7 @@ impl<'a> Builder<'a> {
                 Some(q) => {
                     let dfq = self.zeros(&[self.b, classes])?;
                     loss_d = loss::softmax_cross_entropy(ctx, &logits, &labels, &dfq, &metrics, 1.0)?;
-                    self.lsq_grad(&q, &logits_raw, &dfq)?;
+                    self.lsq_grad(&q, &logits_raw, &dfq, false)?;
                     self.bwd(Tag::Always, fake_quant::ste_backward(ctx, &logits_raw, &q.state, &dfq, &dlast, &q.spec)?);
                 }
                 None => loss_d = loss::softmax_cross_entropy(ctx, &logits, &labels, &dlast, &metrics, 1.0)?,

@@ -66,11 +66,12 @@ impl Builder<'_> {
     /// (before the STE mask): written by the first contribution, accumulated by the others.
     /// Gradient scale `1/sqrt(n qmax)` with `n` the values per channel of one sample
     /// (activations: per-sample features, Esser et al.'s N_F; weights: per output channel).
-    pub(super) fn lsq_grad(&mut self, q: &Q, x: &GpuTensor, dy: &GpuTensor) -> Result<()> {
+    /// `weight`: `x` is a weight tensor (no batch dimension).
+    pub(super) fn lsq_grad(&mut self, q: &Q, x: &GpuTensor, dy: &GpuTensor, weight: bool) -> Result<()> {
         let Some(l) = &q.lsq else { return Ok(()) };
         let ctx = self.ctx;
         let channels = l.dscale.len();
-        let n = if q.spec.channel_axis.is_some() { x.len() / channels } else { x.len() / self.b.max(1) };
+        let n = if weight { x.len() / channels } else { x.len() / (self.b * channels).max(1) };
         let factor = lsq::grad_scale(n, q.spec.qmax());
         let first = self.lsq_written.insert(l.name.clone());
         let (ds, dz) = if first {

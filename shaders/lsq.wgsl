@@ -9,6 +9,16 @@
 // when the quantizer's fake-quant flag is off.
 // Quantizer state layout (see src/quant.rs): [fq_on, obs_on, initialized, _,
 // scale[C], inv_scale[C], zero_point[C], min[C], max[C]].
+//
+// Learned quantizers (LSQ / LSQ+) also keep their parameters in plain buffers that the
+// optimizer updates (`scale[C]`, and for LSQ+ `zero[C]`, continuous). Three small entry
+// points connect them to the state every fake-quant kernel reads:
+//   lsq_init:  parameters <- state (the calibrated observer's scale and zero point);
+//   lsq_sync:  after the optimizer step: scale = max(scale, eps) (written back), state
+//              scale = scale, inv_scale = 1/scale, zero point = clamp(round(zero), qmin, qmax)
+//              (PyTorch's _LearnableFakeQuantize rounds its float zero point the same way);
+//   lsq_hyper: the learned parameters' hyper buffer = the optimizer's with lr * multiplier.
+// flags bit 0: the zero point is learned (binding c3 holds it).
 
 struct Params {
     channels: u32,
@@ -16,11 +26,11 @@ struct Params {
     per_channel: u32,
     chunks: u32,
     chunk_len: u32,
-    _pad: u32,
+    flags: u32,
     qmin: f32,
     qmax: f32,
     grad_factor: f32,
-    _p0: f32,
+    eps: f32,
     _p1: f32,
     _p2: f32,
 }
@@ -112,4 +122,43 @@ fn lsq_final(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
         b[ch] = p.grad_factor * ss[0];
         c3[ch] = p.grad_factor * sz[0];
     }
+}
+
+// a = scale parameter [C], b = state, c3 = zero-point parameter [C] (when flags bit 0).
+@compute @workgroup_size(64)
+fn lsq_init(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let ch = gid.x;
+    if (ch >= p.channels) {
+        return;
+    }
+    a[ch] = b[4u + ch];
+    if ((p.flags & 1u) != 0u) {
+        c3[ch] = b[4u + 2u * p.channels + ch];
+    }
+}
+
+// a = scale parameter [C], b = state, c3 = zero-point parameter [C] (when flags bit 0).
+@compute @workgroup_size(64)
+fn lsq_sync(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let ch = gid.x;
+    if (ch >= p.channels) {
+        return;
+    }
+    let C = p.channels;
+    let s = max(a[ch], p.eps);
+    a[ch] = s;
+    b[4u + ch] = s;
+    b[4u + C + ch] = 1.0 / s;
+    if ((p.flags & 1u) != 0u) {
+        b[4u + 2u * C + ch] = clamp(round(c3[ch]), p.qmin, p.qmax);
+    }
+}
+
+// a = the optimizer's hyper buffer [4] (lr, step, ...), b = the learned parameters' copy.
+@compute @workgroup_size(1)
+fn lsq_hyper() {
+    b[0] = a[0] * p.grad_factor;
+    b[1] = a[1];
+    b[2] = a[2];
+    b[3] = a[3];
 }

@@ -74,6 +74,54 @@ impl ObserverKind {
     }
 }
 
+/// How a quantizer's scale (and zero point) is found during QAT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum QuantizerKind {
+    /// An observer tracks the range (weights: the current max|w|; activations: the
+    /// `ObserverKind`), and the scale follows it.
+    #[default]
+    #[serde(rename = "observer")]
+    Observer,
+    /// LSQ (Esser et al. 2020): the scale is a learned parameter, initialized from the
+    /// calibrated observer at the end of PTQ; the zero point stays the calibrated one.
+    #[serde(rename = "lsq")]
+    Lsq,
+    /// LSQ+ (Bhalgat et al. 2020): LSQ plus a learned zero point (offset) for affine
+    /// activation quantizers (weights are symmetric: the same as LSQ there).
+    #[serde(rename = "lsq+")]
+    LsqPlus,
+}
+
+impl QuantizerKind {
+    /// Parses `observer`, `lsq` or `lsq+` (`lsq-plus` too).
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "observer" => Ok(QuantizerKind::Observer),
+            "lsq" => Ok(QuantizerKind::Lsq),
+            "lsq+" | "lsq-plus" | "lsqplus" => Ok(QuantizerKind::LsqPlus),
+            _ => Err(WqatError::invalid(format!("quantizer {s:?}: use observer, lsq or lsq+"))),
+        }
+    }
+    /// Whether the scale is learned.
+    pub fn learned(self) -> bool {
+        self != QuantizerKind::Observer
+    }
+    fn is_observer(&self) -> bool {
+        *self == QuantizerKind::Observer
+    }
+}
+
+impl std::fmt::Display for QuantizerKind {
+    /// The `--quantizer` syntax ([`QuantizerKind::parse`] reads it back).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            QuantizerKind::Observer => "observer",
+            QuantizerKind::Lsq => "lsq",
+            QuantizerKind::LsqPlus => "lsq+",
+        })
+    }
+}
+
 /// Settings for the layers whose name matches `pattern`; `None` keeps what applies so far.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct LayerQConfig {
@@ -99,19 +147,24 @@ pub struct LayerQConfig {
     /// Attention layers: fake-quantize the matmul inputs (q, k, v, softmax output).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantize_matmul: Option<bool>,
+    /// Observer or learned (LSQ / LSQ+) scales for the layer's weight and output quantizers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantizer: Option<QuantizerKind>,
 }
 
 impl LayerQConfig {
     /// Parses `PATTERN=SETTING[,SETTING...]` with settings `wN` (weight bits), `aN`
     /// (activation bits), `per-channel`, `per-tensor`, `full-range` / `narrow-range` (weight
-    /// code range, see [`QuantSpec::full_range`]), `fp32`, `int` (undo `fp32`) and
-    /// `observer=KIND` (see [`ObserverKind::parse`]). Example: `conv1=w8,a8`,
-    /// `layer3.*=w4,observer=histogram`.
+    /// code range, see [`QuantSpec::full_range`]), `fp32`, `int` (undo `fp32`),
+    /// `observer=KIND` (see [`ObserverKind::parse`]) and `quantizer=observer|lsq|lsq+` (see
+    /// [`QuantizerKind`]). Example: `conv1=w8,a8`, `layer3.*=w4,observer=histogram`,
+    /// `fc*=quantizer=lsq`.
     pub fn parse(s: &str) -> Result<LayerQConfig> {
         let bad = |why: &str| {
             WqatError::invalid(format!(
                 "layer qconfig {s:?}: {why} (use PATTERN=SETTING,..., settings wN, aN, per-channel, \
-                 per-tensor, full-range, narrow-range, fp32, int, matmul, no-matmul, observer=KIND; e.g. conv1=w8,a8)"
+                 per-tensor, full-range, narrow-range, fp32, int, matmul, no-matmul, observer=KIND, \
+                 quantizer=observer|lsq|lsq+; e.g. conv1=w8,a8)"
             ))
         };
         let (pattern, rest) = s.split_once('=').ok_or_else(|| bad("missing `=`"))?;
@@ -138,6 +191,7 @@ impl LayerQConfig {
                 "int" => l.fp32 = Some(false),
                 "matmul" => l.quantize_matmul = Some(true),
                 "no-matmul" => l.quantize_matmul = Some(false),
+                t if t.starts_with("quantizer=") => l.quantizer = Some(QuantizerKind::parse(&t["quantizer=".len()..])?),
                 t if t.starts_with("observer=") => l.observer = Some(ObserverKind::parse(&t["observer=".len()..])?),
                 t if t.starts_with('w') => l.weight_bits = Some(bits(&t[1..])?),
                 t if t.starts_with('a') => l.act_bits = Some(bits(&t[1..])?),
@@ -189,6 +243,9 @@ impl std::fmt::Display for LayerQConfig {
         if let Some(o) = self.observer {
             parts.push(format!("observer={o}"));
         }
+        if let Some(k) = self.quantizer {
+            parts.push(format!("quantizer={k}"));
+        }
         write!(f, "{}={}", self.pattern, parts.join(","))
     }
 }
@@ -226,6 +283,9 @@ pub struct QConfig {
     /// Activation observer (weights always observe their current range).
     #[serde(default)]
     pub observer: ObserverKind,
+    /// Observer-driven or learned (LSQ / LSQ+) scales (absent in older files: observer).
+    #[serde(default, skip_serializing_if = "QuantizerKind::is_observer")]
+    pub quantizer: QuantizerKind,
     /// Per-layer overrides, applied in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub layers: Vec<LayerQConfig>,
@@ -239,6 +299,7 @@ impl QConfig {
             weight: QuantSpec::weight(weight_bits),
             activation: QuantSpec::activation(act_bits),
             observer: ObserverKind::default(),
+            quantizer: QuantizerKind::Observer,
             layers: Vec::new(),
         };
         q.validate()?;
@@ -287,6 +348,24 @@ impl QConfig {
     /// The observer of layer `name`'s output quantizer.
     pub fn observer_for(&self, name: &str) -> ObserverKind {
         self.matching(name).filter_map(|l| l.observer).last().unwrap_or(self.observer)
+    }
+
+    /// Observer or learned scales for layer `name`'s quantizers.
+    pub fn quantizer_for(&self, name: &str) -> QuantizerKind {
+        self.matching(name).filter_map(|l| l.quantizer).last().unwrap_or(self.quantizer)
+    }
+
+    /// The kind of the quantizer in `role`: LSQ applies to weight and output (activation)
+    /// quantizers; the attention softmax quantizer (fused into the attention kernels) always
+    /// keeps its observer.
+    pub fn quantizer_kind(&self, nodes: &[ResolvedNode], role: QuantizerRole) -> QuantizerKind {
+        match role {
+            QuantizerRole::Probs(_) => QuantizerKind::Observer,
+            QuantizerRole::Weight(i) if matches!(nodes[i].node.op, crate::model::Op::Embedding { .. }) => {
+                QuantizerKind::Observer
+            }
+            _ => self.quantizer_for(Self::layer_of(nodes, role)),
+        }
     }
 
     /// Whether an override keeps layer `name` in fp32 (`None`: no override says).
@@ -496,6 +575,29 @@ mod tests {
         let mut g2 = g.clone();
         q.apply_fp32(&mut g2);
         assert!(g2.nodes.iter().find(|n| n.name == "fc2").unwrap().fp32);
+    }
+
+    #[test]
+    fn quantizer_setting() {
+        let l = LayerQConfig::parse("fc*=w4,quantizer=lsq+").unwrap();
+        assert_eq!(l.quantizer, Some(QuantizerKind::LsqPlus));
+        assert_eq!(l.to_string(), "fc*=w4,quantizer=lsq+");
+        assert_eq!(LayerQConfig::parse(&l.to_string()).unwrap(), l);
+        let mut q = QConfig::new(4, 4).unwrap().with_layer(l).unwrap();
+        q.quantizer = QuantizerKind::Lsq;
+        assert_eq!(q.quantizer_for("conv1"), QuantizerKind::Lsq);
+        assert_eq!(q.quantizer_for("fc1"), QuantizerKind::LsqPlus);
+        let q = q.with_layer(LayerQConfig::parse("fc2=quantizer=observer").unwrap()).unwrap();
+        assert_eq!(q.quantizer_for("fc2"), QuantizerKind::Observer);
+        let text = serde_json::to_string(&q).unwrap();
+        assert!(text.contains(r#""quantizer":"lsq""#) && text.contains(r#""quantizer":"lsq+""#), "{text}");
+        assert_eq!(serde_json::from_str::<QConfig>(&text).unwrap(), q);
+        // Observer runs keep their metadata unchanged.
+        assert!(!serde_json::to_string(&QConfig::new(8, 8).unwrap()).unwrap().contains("quantizer"));
+        for k in [QuantizerKind::Observer, QuantizerKind::Lsq, QuantizerKind::LsqPlus] {
+            assert_eq!(QuantizerKind::parse(&k.to_string()).unwrap(), k);
+        }
+        assert!(LayerQConfig::parse("fc1=quantizer=lsq2").is_err());
     }
 
     #[test]

@@ -8,6 +8,7 @@ use wqat::engine::config::Optimizer;
 use wqat::engine::train::{install_interrupt_handler, Phase, ProgressSink, RunReport, Schedule, TrainConfig, Trainer};
 use wqat::engine::{LayerQConfig, ObserverKind};
 use wqat::gpu::{GpuContext, GpuOptions};
+use wqat::qconfig::QuantizerKind;
 
 #[derive(Args)]
 pub(crate) struct TrainArgs {
@@ -79,6 +80,14 @@ pub(crate) struct TrainArgs {
     /// Activation observer: minmax, ema[:C] (default ema:0.01), histogram[:BINS].
     #[arg(long, default_value = "ema:0.01")]
     observer: String,
+    /// Quantizer scales: `observer` (the observers set them), `lsq` (learned step sizes,
+    /// Esser et al. 2020, initialized from the calibrated observers) or `lsq+` (LSQ plus a
+    /// learned activation zero point, Bhalgat et al. 2020).
+    #[arg(long, default_value = "observer")]
+    quantizer: String,
+    /// Learning-rate multiplier of the learned scales and zero points (`--quantizer lsq|lsq+`).
+    #[arg(long, default_value_t = 1.0)]
+    lsq_lr_mult: f32,
     /// Per-tensor weight scales (default: per output channel).
     #[arg(long)]
     per_tensor_weights: bool,
@@ -89,7 +98,8 @@ pub(crate) struct TrainArgs {
     /// Per-layer quantization settings, `PATTERN=SETTING,...` (repeatable, later ones win):
     /// PATTERN is a layer name (`conv1`, `input` for the image) or has `*` wildcards
     /// (`layer3.*`); settings: `wN` weight bits, `aN` output-activation bits, `per-channel`,
-    /// `per-tensor`, `fp32` (keep the layer's weights in fp32), `int`, `observer=KIND`.
+    /// `per-tensor`, `fp32` (keep the layer's weights in fp32), `int`, `observer=KIND`,
+    /// `quantizer=observer|lsq|lsq+`.
     /// Example: `--layer-qconfig input=a8 --layer-qconfig conv1=w8,a8`.
     #[arg(long = "layer-qconfig", value_name = "PATTERN=SETTINGS")]
     layer_qconfig: Vec<String>,
@@ -253,6 +263,8 @@ pub(crate) fn train(a: TrainArgs) -> wqat::Result<()> {
         limit_test: a.limit_test,
         val_split: a.val_split,
         max_len: a.max_len,
+        quantizer: QuantizerKind::parse(&a.quantizer)?,
+        lsq_lr_mult: a.lsq_lr_mult,
     };
     let mut opts = GpuOptions::from_env();
     if a.adapter.is_some() {
@@ -280,6 +292,9 @@ pub(crate) fn train(a: TrainArgs) -> wqat::Result<()> {
     let q = &trainer.state.qconfig;
     let per = if q.weight.channel_axis.is_some() { "per-channel" } else { "per-tensor" };
     println!("quantization: W{}A{} ({per} weights, observer {})", q.weight.bits, q.activation.bits, q.observer);
+    if q.quantizer.learned() {
+        println!("  learned scales: {} (lr multiplier {})", q.quantizer, trainer.cfg.lsq_lr_mult);
+    }
     for l in &q.layers {
         println!("  layer override {l}");
     }

@@ -130,6 +130,7 @@ fn check_graph(g: &Graph, images: &[f32], min_checked: usize) {
         weight_decay: 0.0,
         clip_grad_norm: None,
         skip_nonfinite: false,
+        lsq_lr_mult: 1.0,
     };
     let c = Compiled::new(&ctx, &state, &opts, Some(&step)).unwrap();
     optim::write_hyper(&ctx, &c.hyper, 0.0, 1).unwrap();

@@ -115,10 +115,35 @@ fn text_config(dir: &str, data: &std::path::Path) -> TrainConfig {
     }
 }
 
+/// Learned scales (LSQ+ with a per-layer LSQ override and its own learning rate) and
+/// AdamW: the scales, zero points and their moments must survive the checkpoint too.
+fn lsq_config(dir: &str) -> TrainConfig {
+    TrainConfig {
+        epochs: 1,
+        qat_epochs: 2,
+        batch: 32,
+        limit_train: Some(256),
+        limit_test: Some(64),
+        log_every: 3,
+        calib_images: 64,
+        lr: 3e-3,
+        qat_lr: 1e-3,
+        weight_bits: 4,
+        act_bits: 4,
+        optimizer: wqat::engine::config::Optimizer::AdamW,
+        quantizer: wqat::engine::QuantizerKind::LsqPlus,
+        lsq_lr_mult: 0.5,
+        layer_qconfig: vec![wqat::engine::LayerQConfig::parse("conv2=quantizer=lsq").unwrap()],
+        out: std::env::temp_dir().join(format!("wqat-resume-lsq-{dir}-{}", std::process::id())),
+        ..TrainConfig::default()
+    }
+}
+
 #[test]
 fn resume_after_interrupt_matches_uninterrupted_run() {
-    // One test for both models: the interrupt flag is process-wide.
+    // One test for every model: the interrupt flag is process-wide.
     check_resume(&config, true);
+    check_resume(&lsq_config, false);
     let data = text_folder();
     check_resume(&|dir: &str| text_config(dir, &data), false);
     let _ = std::fs::remove_dir_all(&data);

@@ -78,6 +78,7 @@ fn step_opts() -> StepOptions {
         weight_decay: 0.0,
         clip_grad_norm: None,
         skip_nonfinite: true,
+        lsq_lr_mult: 1.0,
     }
 }
 

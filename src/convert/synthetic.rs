@@ -111,6 +111,8 @@ pub fn synthetic_checkpoint_qconfig(graph: &Graph, seed: u64, extreme: bool, qco
             ParamKind::LnWeight => uniform(&mut rng, n, 0.5, 1.5),
             ParamKind::LnBias => uniform(&mut rng, n, -0.3, 0.3),
             ParamKind::Embedding => uniform(&mut rng, n, -0.5, 0.5),
+            ParamKind::QuantScale => vec![1.0; n],
+            ParamKind::QuantZeroPoint => vec![0.0; n],
         };
         match p.kind {
             _ if !extreme => {}

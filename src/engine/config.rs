@@ -2,7 +2,7 @@
 //! `crate::qconfig`) and training hyper-parameters. Plain structs with defaults; the CLI
 //! fills them.
 
-pub use crate::qconfig::{LayerQConfig, ObserverKind, QConfig};
+pub use crate::qconfig::{LayerQConfig, ObserverKind, QConfig, QuantizerKind};
 use serde::{Deserialize, Serialize};
 
 /// Which optimizer updates the parameters.

@@ -9,6 +9,6 @@ pub mod throughput;
 pub mod train;
 
 pub use compile::{CompileOptions, Compiled, StepOptions};
-pub use config::{LayerQConfig, ObserverKind, OptimConfig, QConfig};
+pub use config::{LayerQConfig, ObserverKind, OptimConfig, QConfig, QuantizerKind};
 pub use state::ModelState;
 pub use train::{Phase, RunReport, Schedule, TrainConfig, Trainer};

@@ -5,6 +5,7 @@
 use super::config::{LayerQConfig, ObserverKind, Optimizer, QConfig};
 use crate::error::{Result, WqatError};
 use crate::model::Graph;
+use crate::qconfig::QuantizerKind;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -88,9 +89,19 @@ pub struct TrainConfig {
     /// choice, the same for every `--seed`); every stage is then also evaluated on it.
     #[serde(default)]
     pub val_split: Option<f32>,
+    /// Observer-driven or learned (LSQ / LSQ+) quantizer scales (`--quantizer`).
+    #[serde(default)]
+    pub quantizer: QuantizerKind,
+    /// Learning-rate multiplier of learned quantizer scales and zero points (`--lsq-lr-mult`).
+    #[serde(default = "default_lsq_lr_mult")]
+    pub lsq_lr_mult: f32,
     /// Tokens per sequence of a text data set, CLS included (`--max-len`); image sets ignore it.
     #[serde(default = "default_max_len")]
     pub max_len: usize,
+}
+
+fn default_lsq_lr_mult() -> f32 {
+    1.0
 }
 
 fn default_max_len() -> usize {
@@ -133,6 +144,8 @@ impl Default for TrainConfig {
             limit_test: None,
             val_split: None,
             max_len: crate::data::DEFAULT_MAX_LEN,
+            quantizer: QuantizerKind::Observer,
+            lsq_lr_mult: 1.0,
         }
     }
 }
@@ -233,6 +246,9 @@ pub(crate) fn validate(cfg: &TrainConfig) -> Result<()> {
     if cfg.val_split.is_some_and(|f| !(f > 0.0 && f < 1.0)) {
         return bad("--val-split must be a fraction in (0, 1)");
     }
+    if !(cfg.lsq_lr_mult.is_finite() && cfg.lsq_lr_mult >= 0.0) {
+        return bad("--lsq-lr-mult must be finite and non-negative");
+    }
     if cfg.epochs == 0 && cfg.init.is_none() {
         return bad("--epochs 0 needs --init CHECKPOINT (nothing to quantize otherwise)");
     }
@@ -249,6 +265,7 @@ pub fn run_qconfig(cfg: &TrainConfig, graph: &Graph) -> Result<QConfig> {
     }
     qconfig.weight.full_range = cfg.full_range_weights;
     qconfig.observer = cfg.observer;
+    qconfig.quantizer = cfg.quantizer;
     for node in &graph.nodes {
         if let Some(l) = node.layer_qconfig()? {
             qconfig = qconfig.with_layer(l)?;

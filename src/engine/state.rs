@@ -5,8 +5,9 @@
 use crate::engine::config::QConfig;
 use crate::error::{Result, WqatError};
 use crate::gpu::{DType, GpuContext, GpuTensor};
-use crate::model::params::{self, ParamKind, ParamSpec, QuantizerSpec};
+use crate::model::params::{self, ParamKind, ParamSpec, QuantizerRole, QuantizerSpec};
 use crate::model::{Graph, ResolvedNode};
+use crate::qconfig::QuantizerKind;
 use crate::quant::QStateLayout;
 use crate::tensorfile::{HostTensor, TensorFile};
 use rand::{Rng, SeedableRng};
@@ -32,6 +33,15 @@ pub struct Param {
 pub struct Quantizer {
     pub spec: QuantizerSpec,
     pub state: GpuTensor,
+}
+
+/// Name of the learned scale of quantizer `quantizer` (LSQ).
+pub fn lsq_scale_name(quantizer: &str) -> String {
+    format!("{quantizer}.scale")
+}
+/// Name of the learned zero point of quantizer `quantizer` (LSQ+).
+pub fn lsq_zero_name(quantizer: &str) -> String {
+    format!("{quantizer}.zero_point")
 }
 
 /// The whole GPU state of a model.
@@ -66,8 +76,12 @@ pub fn init_params(specs: &[ParamSpec], seed: u64) -> Vec<Vec<f32>> {
                     let b = 1.0 / (fan_in as f32).sqrt();
                     (0..n).map(|_| rng.random_range(-b..b)).collect()
                 }
-                ParamKind::BnGamma | ParamKind::BnRunningVar | ParamKind::LnWeight => vec![1.0; n],
-                ParamKind::BnBeta | ParamKind::BnRunningMean | ParamKind::LnBias => vec![0.0; n],
+                ParamKind::BnGamma | ParamKind::BnRunningVar | ParamKind::LnWeight | ParamKind::QuantScale => {
+                    vec![1.0; n]
+                }
+                ParamKind::BnBeta | ParamKind::BnRunningMean | ParamKind::LnBias | ParamKind::QuantZeroPoint => {
+                    vec![0.0; n]
+                }
                 // Token tables: N(0, 1), PyTorch's nn.Embedding default; CLS tokens and
                 // positions (plain parameters in PyTorch): N(0, 0.02^2), timm's ViT.
                 ParamKind::Embedding => {
@@ -151,6 +165,29 @@ impl ModelState {
             v[QStateLayout::FQ_ENABLED] = 0.0;
             v[QStateLayout::OBS_ENABLED] = 0.0;
             let state = GpuTensor::from_f32(ctx, &[l.len()], &v)?;
+            // Learned quantizers (LSQ / LSQ+): trainable `{name}.scale` (and, for an affine
+            // LSQ+ quantizer, `{name}.zero_point`), set from the calibrated state by
+            // `lsq_init` at the end of PTQ, then updated by the optimizer.
+            let kind = qconfig.quantizer_kind(&nodes, q.role);
+            if kind.learned() {
+                let spec = qconfig.spec_for_state(&nodes, q.role, q.channels);
+                let mut learned = vec![(lsq_scale_name(&q.name), ParamKind::QuantScale, 1.0)];
+                if kind == QuantizerKind::LsqPlus && !spec.symmetric {
+                    learned.push((lsq_zero_name(&q.name), ParamKind::QuantZeroPoint, 0.0));
+                }
+                let node = match q.role {
+                    QuantizerRole::Weight(i) | QuantizerRole::Output(i) | QuantizerRole::Probs(i) => i,
+                };
+                for (name, kind, v0) in learned {
+                    let shape = vec![q.channels];
+                    let z = || GpuTensor::zeros(ctx, &shape, DType::F32);
+                    let (grad, momentum, second_moment) = (Some(z()?), Some(z()?), Some(z()?));
+                    let value = GpuTensor::from_f32(ctx, &shape, &vec![v0; q.channels])?;
+                    index.insert(name.clone(), params.len());
+                    let spec = ParamSpec { name, shape, kind, node };
+                    params.push(Param { spec, value, grad, momentum, second_moment });
+                }
+            }
             qindex.insert(q.name.clone(), quantizers.len());
             quantizers.push(Quantizer { spec: q, state });
         }
@@ -252,6 +289,13 @@ impl ModelState {
             values.push(f.get(path, &s.name, &s.shape)?.as_f32(&s.name)?.to_vec());
         }
         let state = Self::from_values(ctx, &stored, qconfig, specs, values)?;
+        for p in state.params.iter().filter(|p| p.spec.kind.is_quantizer_param()) {
+            let v = f.get(path, &p.spec.name, &p.spec.shape)?.as_f32(&p.spec.name)?;
+            if p.spec.kind == ParamKind::QuantScale && !v.iter().all(|s| s.is_finite() && *s > 0.0) {
+                return Err(bad(format!("learned scale {} must be finite and positive", p.spec.name)));
+            }
+            p.value.write(ctx, v)?;
+        }
         for p in &state.params {
             for (buf, suffix) in [(&p.momentum, "momentum"), (&p.second_moment, "exp_avg_sq")] {
                 let name = format!("{}.{suffix}", p.spec.name);

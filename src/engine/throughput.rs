@@ -72,6 +72,7 @@ impl BenchStep {
             weight_decay: 5e-4,
             clip_grad_norm: None,
             skip_nonfinite: true,
+            lsq_lr_mult: 1.0,
         };
         let compiled = Compiled::new(ctx, &state, &opts, Some(&step))?;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);

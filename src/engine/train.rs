@@ -230,6 +230,7 @@ impl Trainer {
             // Always on: a non-finite step never reaches the parameters, so they stay the
             // last good ones whether the run stops or skips.
             skip_nonfinite: true,
+            lsq_lr_mult: cfg.lsq_lr_mult,
         };
         Ok(Trainer {
             ctx,
@@ -290,6 +291,8 @@ impl Trainer {
                 self.run.fp32_val_acc = self.val_accuracy(&f)?;
             }
             let ptq = self.calibrate(&c)?;
+            // Learned quantizers (LSQ / LSQ+) start from the calibrated scales.
+            self.ctx.submit_plan(&c.lsq_init_plan())?;
             self.run.ptq_acc = Some(ptq);
             self.run.ptq_val_acc = self.val_accuracy(&c)?;
             sink.message(&format!(

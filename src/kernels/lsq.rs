@@ -5,7 +5,18 @@
 use crate::error::{Result, WqatError};
 use crate::gpu::{grid_1d, DType, Dispatch, GpuContext, GpuTensor, PipelineKey};
 use crate::kernels::observer::check_state;
+use crate::kernels::optim::HyperLayout;
 use crate::quant::{channel_geometry, QuantSpec};
+
+/// Smallest learned scale: `lsq_sync` clamps the parameter to it after every step
+/// (PyTorch's `_LearnableFakeQuantize` clamps to `torch.finfo(float32).eps`).
+pub const SCALE_EPS: f32 = f32::EPSILON;
+
+/// LSQ's gradient scale `1 / sqrt(n * qmax)` for a quantizer whose scale sees `n` values
+/// per channel and step (Esser et al. 2020, section 2.2).
+pub fn grad_scale(n: usize, qmax: i32) -> f32 {
+    (1.0 / ((n.max(1) as f64) * (qmax.max(1) as f64)).sqrt()) as f32
+}
 
 /// Elements reduced by one workgroup of `lsq_partial`.
 pub const CHUNK_LEN: usize = 4096;
@@ -17,11 +28,12 @@ super::kernel_params! {
         per_channel: u32,
         chunks: u32,
         chunk_len: u32,
-        _pad: u32,
+        flags: u32,
         qmin: f32,
         qmax: f32,
         grad_factor: f32,
-        _pad2: [f32; 3],
+        eps: f32,
+        _pad2: [f32; 2],
     }
 }
 
@@ -77,11 +89,12 @@ impl LsqGrad {
             per_channel: per_channel as u32,
             chunks: chunks as u32,
             chunk_len: CHUNK_LEN as u32,
-            _pad: 0,
+            flags: 0,
             qmin: spec.qmin() as f32,
             qmax: spec.qmax() as f32,
             grad_factor,
-            _pad2: [0.0; 3],
+            eps: 0.0,
+            _pad2: [0.0; 2],
         };
         let scratch = GpuTensor::zeros(ctx, &[2 * channels * chunks], DType::F32)?;
         let part = Dispatch::new(
@@ -104,4 +117,101 @@ impl LsqGrad {
     pub fn dispatches(&self) -> &[Dispatch] {
         &self.dispatches
     }
+}
+
+/// A learned quantizer's parameters: `scale[C]` and, for a learned zero point (LSQ+),
+/// `zero[C]` (continuous; the state holds it rounded and clamped).
+pub struct LsqParams<'a> {
+    pub scale: &'a GpuTensor,
+    pub zero: Option<&'a GpuTensor>,
+}
+
+fn lsq_params(spec: &QuantSpec, state: &GpuTensor, lp: &LsqParams) -> Result<Params> {
+    spec.validate()?;
+    let channels = lp.scale.len();
+    if channels == 0 || lp.scale.dtype != DType::F32 {
+        return Err(WqatError::shape(format!("lsq: scale parameter {:?} must be non-empty f32", lp.scale.shape)));
+    }
+    check_state(state, channels)?;
+    if let Some(z) = lp.zero {
+        if z.len() != channels || z.dtype != DType::F32 {
+            return Err(WqatError::shape(format!("lsq: zero point has {} elements, want {channels} f32", z.len())));
+        }
+    }
+    Ok(Params {
+        channels: channels as u32,
+        inner: 1,
+        per_channel: 1,
+        chunks: 1,
+        chunk_len: 1,
+        flags: lp.zero.is_some() as u32,
+        qmin: spec.qmin() as f32,
+        qmax: spec.qmax() as f32,
+        grad_factor: 1.0,
+        eps: SCALE_EPS,
+        _pad2: [0.0; 2],
+    })
+}
+
+fn lsq_param_dispatch(
+    ctx: &GpuContext,
+    entry: &'static str,
+    spec: &QuantSpec,
+    state: &GpuTensor,
+    lp: &LsqParams,
+) -> Result<Dispatch> {
+    let p = lsq_params(spec, state, lp)?;
+    let zero = lp.zero.unwrap_or(lp.scale);
+    Dispatch::new(
+        ctx,
+        &PipelineKey::new("lsq", entry),
+        bytemuck::bytes_of(&p),
+        &[&lp.scale.buffer, &state.buffer, &zero.buffer],
+        [(lp.scale.len() as u32).div_ceil(64), 1, 1],
+    )
+}
+
+/// `scale <- state.scale` (and `zero <- state.zero_point`): a learned quantizer starts
+/// from its calibrated observer.
+pub fn lsq_init(ctx: &GpuContext, spec: &QuantSpec, state: &GpuTensor, lp: &LsqParams) -> Result<Dispatch> {
+    lsq_param_dispatch(ctx, "lsq_init", spec, state, lp)
+}
+
+/// After the optimizer step: `scale = max(scale, SCALE_EPS)` (written back), the state's
+/// scale, `inv_scale = 1/scale` and zero point `clamp(round(zero), qmin, qmax)`.
+pub fn lsq_sync(ctx: &GpuContext, spec: &QuantSpec, state: &GpuTensor, lp: &LsqParams) -> Result<Dispatch> {
+    lsq_param_dispatch(ctx, "lsq_sync", spec, state, lp)
+}
+
+/// `out = hyper` with the learning rate times `lr_mult` (the learned quantizer
+/// parameters' own hyper buffer, derived on the GPU every step).
+pub fn lsq_hyper(ctx: &GpuContext, hyper: &GpuTensor, out: &GpuTensor, lr_mult: f32) -> Result<Dispatch> {
+    for (t, what) in [(hyper, "hyper"), (out, "LSQ hyper")] {
+        if t.dtype != DType::F32 || t.len() != HyperLayout::LEN {
+            return Err(WqatError::shape(format!("lsq_hyper: {what} buffer must be f32 [{}]", HyperLayout::LEN)));
+        }
+    }
+    if !(lr_mult.is_finite() && lr_mult >= 0.0) {
+        return Err(WqatError::invalid(format!("LSQ learning-rate multiplier {lr_mult} must be finite and >= 0")));
+    }
+    let p = Params {
+        channels: 1,
+        inner: 1,
+        per_channel: 1,
+        chunks: 1,
+        chunk_len: 1,
+        flags: 0,
+        qmin: 0.0,
+        qmax: 0.0,
+        grad_factor: lr_mult,
+        eps: 0.0,
+        _pad2: [0.0; 2],
+    };
+    Dispatch::new(
+        ctx,
+        &PipelineKey::new("lsq", "lsq_hyper"),
+        bytemuck::bytes_of(&p),
+        &[&hyper.buffer, &out.buffer],
+        [1, 1, 1],
+    )
 }

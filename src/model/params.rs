@@ -35,6 +35,11 @@ pub enum ParamKind {
     LnBias,
     /// An embedding table, a CLS token or positional embeddings.
     Embedding,
+    /// A learned quantizer scale (LSQ), `{quantizer}.scale` `[C]`.
+    QuantScale,
+    /// A learned quantizer zero point (LSQ+), `{quantizer}.zero_point` `[C]` (continuous;
+    /// the quantizer state holds it rounded).
+    QuantZeroPoint,
 }
 
 impl ParamKind {
@@ -43,9 +48,15 @@ impl ParamKind {
         !matches!(self, ParamKind::BnRunningMean | ParamKind::BnRunningVar)
     }
     /// Weight decay applies to conv/linear weights only (not biases, BN or LayerNorm
-    /// affine, embeddings, CLS tokens or positions: the usual transformer recipe).
+    /// affine, embeddings, CLS tokens or positions: the usual transformer recipe; nor
+    /// learned quantizer scales and zero points).
     pub fn decays(self) -> bool {
         matches!(self, ParamKind::Weight)
+    }
+    /// A learned quantizer parameter (LSQ scale, LSQ+ zero point): not a model tensor of
+    /// `param_specs`, created with the quantizers.
+    pub fn is_quantizer_param(self) -> bool {
+        matches!(self, ParamKind::QuantScale | ParamKind::QuantZeroPoint)
     }
 }
 

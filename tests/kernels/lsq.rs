@@ -163,3 +163,53 @@ fn lsq_disabled_and_bad_inputs() {
     assert!(LsqGrad::new(&ctx, &QuantSpec::weight(8), &gx, &gx, &gs, &one, &one, 1.0).is_err());
     assert!(LsqGrad::new(&ctx, &spec, &gx, &gx, &gs, &one, &one, 1.0).is_ok());
 }
+
+/// `lsq_init` copies the calibrated state into the parameters; `lsq_sync` clamps the scale
+/// to `SCALE_EPS` (written back), writes scale, 1/scale and the rounded, clamped zero point
+/// into the state; `lsq_hyper` scales the learning rate and keeps the step.
+#[test]
+fn lsq_parameter_kernels() {
+    use wqat::kernels::lsq::{lsq_hyper, lsq_init, lsq_sync, LsqParams, SCALE_EPS};
+    let ctx = testing::ctx();
+    let spec = QuantSpec::activation(4);
+    let c = 5;
+    let l = QStateLayout::new(c);
+    let state0 = l.build(&[0.5, 0.25, 2.0, 1.0, 0.125], &[0.0, 3.0, 7.0, 15.0, 1.0]);
+    let st = GpuTensor::from_f32(&ctx, &[l.len()], &state0).unwrap();
+    let s = GpuTensor::zeros(&ctx, &[c], DType::F32).unwrap();
+    let z = GpuTensor::zeros(&ctx, &[c], DType::F32).unwrap();
+    let lp = LsqParams { scale: &s, zero: Some(&z) };
+    ctx.submit(&[&lsq_init(&ctx, &spec, &st, &lp).unwrap()]).unwrap();
+    assert_eq!(s.read_f32(&ctx).unwrap(), state0[l.scale()..l.scale() + c]);
+    assert_eq!(z.read_f32(&ctx).unwrap(), state0[l.zero_point()..l.zero_point() + c]);
+    s.write(&ctx, &[0.3f32, -1.0, 0.0, 3.0, 1e-9]).unwrap();
+    z.write(&ctx, &[2.5f32, 3.5, -4.0, 16.2, 0.49]).unwrap();
+    ctx.submit(&[&lsq_sync(&ctx, &spec, &st, &lp).unwrap()]).unwrap();
+    let want_s = [0.3, SCALE_EPS, SCALE_EPS, 3.0, SCALE_EPS];
+    assert_eq!(s.read_f32(&ctx).unwrap(), want_s);
+    let v = st.read_f32(&ctx).unwrap();
+    assert_eq!(&v[l.scale()..l.scale() + c], &want_s);
+    for k in 0..c {
+        let inv = v[l.inv_scale() + k];
+        assert!((inv * want_s[k] - 1.0).abs() < 1e-6, "inv_scale {k}: {inv}");
+    }
+    // Ties to even, clamped to [0, 15].
+    assert_eq!(&v[l.zero_point()..l.zero_point() + c], &[2.0, 4.0, 0.0, 15.0, 0.0]);
+    // Without a learned zero point the state's stays.
+    let lp = LsqParams { scale: &s, zero: None };
+    st.write(&ctx, &state0).unwrap();
+    ctx.submit(&[&lsq_sync(&ctx, &spec, &st, &lp).unwrap()]).unwrap();
+    let v = st.read_f32(&ctx).unwrap();
+    assert_eq!(&v[l.zero_point()..l.zero_point() + c], &state0[l.zero_point()..l.zero_point() + c]);
+    // Learning rate times the multiplier.
+    let h = GpuTensor::from_f32(&ctx, &[4], &[0.01, 7.0, 0.0, 0.0]).unwrap();
+    let h2 = GpuTensor::zeros(&ctx, &[4], DType::F32).unwrap();
+    ctx.submit(&[&lsq_hyper(&ctx, &h, &h2, 0.5).unwrap()]).unwrap();
+    assert_eq!(h2.read_f32(&ctx).unwrap(), [0.005, 7.0, 0.0, 0.0]);
+    // Shape errors.
+    let short = GpuTensor::zeros(&ctx, &[c - 1], DType::F32).unwrap();
+    assert!(lsq_sync(&ctx, &spec, &st, &LsqParams { scale: &short, zero: None }).is_err());
+    assert!(lsq_init(&ctx, &spec, &st, &LsqParams { scale: &s, zero: Some(&short) }).is_err());
+    assert!(lsq_hyper(&ctx, &h, &GpuTensor::zeros(&ctx, &[3], DType::F32).unwrap(), 1.0).is_err());
+    assert!(lsq_hyper(&ctx, &h, &h2, f32::NAN).is_err());
+}

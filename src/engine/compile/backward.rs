@@ -9,7 +9,7 @@ use crate::kernels::activation::{self, Relu};
 use crate::kernels::batchnorm::{self, BnBackward};
 use crate::kernels::conv::{self, Conv2dBackwardDataArgs, Conv2dBackwardWeightArgs, Conv2dGeom, QuantOperand, SteMask};
 use crate::kernels::gemm::{self, GemmConfig, GemmExtras};
-use crate::kernels::{bn_fold, fake_quant, gelu, loss, optim, pool};
+use crate::kernels::{bn_fold, fake_quant, gelu, loss, lsq, optim, pool};
 use crate::model::params::{self, BN_EPS};
 use crate::model::{Act, Op, INPUT};
 
@@ -42,13 +42,17 @@ impl Builder<'_> {
     }
 
     /// Gradient wrt a tensor given the gradient `d` wrt its materialized fake-quant.
+    /// A learned (LSQ) quantizer also gets its scale gradient here (the image's too).
     pub(super) fn grad_through_fq(&mut self, t: usize, d: &GpuTensor) -> Result<()> {
-        if t == INPUT {
-            return Ok(());
-        }
         let ctx = self.ctx;
         let raw = self.raw(t).clone();
         let d = view(d, &raw.shape);
+        if let Some(q) = self.carried(t) {
+            self.lsq_grad(&q, &raw, &d, false)?;
+        }
+        if t == INPUT {
+            return Ok(());
+        }
         match self.carried(t) {
             Some(q) => self
                 .emit_grad(t, |dst| fake_quant::ste_backward(ctx, &raw, &q.state, &d, &view(dst, &raw.shape), &q.spec)),
@@ -160,8 +164,23 @@ impl Builder<'_> {
                 };
                 let dy_conv = view(&dy_conv, &cfg.y_shape());
                 let w_used = nb.w_fold.clone().unwrap_or_else(|| w.clone());
-                // Data gradient (the conv kernel accumulates in place).
-                if let Some((g, acc)) = self.grad_target(r.inputs[0]) {
+                // Data gradient (the conv kernel accumulates in place). A learned input
+                // quantizer needs the gradient wrt its fake-quantized values unmasked: into a
+                // scratch, then the STE and the LSQ reduction (the image's scale too).
+                if let Some(q) = xq.as_ref().filter(|q| q.lsq.is_some()) {
+                    let tmp = self.zeros(&cfg.x_shape())?;
+                    let args = Conv2dBackwardDataArgs {
+                        dy: &dy_conv,
+                        w: &w_used,
+                        w_quant: wq.as_ref().map(|q| QuantOperand { state: &q.state, spec: q.spec }),
+                        x_mask: None,
+                        accumulate: false,
+                        dx: &tmp,
+                    };
+                    let _ = q;
+                    self.bwd(Tag::Always, conv::conv2d_backward_data(ctx, &cfg, &args)?);
+                    self.grad_through_fq(r.inputs[0], &tmp)?;
+                } else if let Some((g, acc)) = self.grad_target(r.inputs[0]) {
                     let g = view(&g, &cfg.x_shape());
                     let args = Conv2dBackwardDataArgs {
                         dy: &dy_conv,
@@ -174,17 +193,28 @@ impl Builder<'_> {
                     self.bwd(Tag::Always, conv::conv2d_backward_data(ctx, &cfg, &args)?);
                 }
                 let dw_target = if fold { self.zeros(&w.shape)? } else { dw.clone() };
+                // A learned weight quantizer: the unmasked gradient wrt FQ(w) first, then the
+                // STE mask and the LSQ reduction.
+                let wq_lsq = wq.clone().filter(|q| q.lsq.is_some());
+                let dwq = if wq_lsq.is_some() { self.zeros(&w.shape)? } else { dw_target.clone() };
                 let args = Conv2dBackwardWeightArgs {
                     x: &x,
                     x_quant: xq.as_ref().map(|q| QuantOperand { state: &q.state, spec: q.spec }),
                     dy: &dy_conv,
-                    w_mask: wq.as_ref().map(|q| SteMask { values: &w_used, state: &q.state, spec: q.spec }),
-                    dw: &dw_target,
+                    w_mask: match &wq_lsq {
+                        Some(_) => None,
+                        None => wq.as_ref().map(|q| SteMask { values: &w_used, state: &q.state, spec: q.spec }),
+                    },
+                    dw: &dwq,
                 };
                 let wg = conv::conv2d_backward_weight(ctx, &cfg, &args)?;
                 self.keep.push(wg.partials.clone());
                 for d in wg.dispatches() {
                     self.bwd(Tag::Always, d.clone());
+                }
+                if let Some(q) = &wq_lsq {
+                    self.lsq_grad(q, &w_used, &dwq, true)?;
+                    self.bwd(Tag::Always, fake_quant::ste_backward(ctx, &w_used, &q.state, &dwq, &dw_target, &q.spec)?);
                 }
                 if bias && !bn {
                     let db = self.grad_of(&params::bias_name(&name))?;
@@ -230,21 +260,36 @@ impl Builder<'_> {
                 };
                 let dz = view(&dz, &[rows, out_features]);
                 let (xs, ws) = (xq.as_ref().map(|q| q.spec), wq.as_ref().map(|q| q.spec));
-                let cfg_w = GemmConfig::linear_backward_weight(rows, inp, out_features, xs, ws);
+                // Learned quantizers take the unmasked gradient (scratch, then STE + LSQ).
+                let wq_lsq = wq.clone().filter(|q| q.lsq.is_some());
+                let xq_lsq = xq.clone().filter(|q| q.lsq.is_some());
+                let wmask = if wq_lsq.is_some() { None } else { wq.as_ref() };
+                let cfg_w = GemmConfig::linear_backward_weight(rows, inp, out_features, xs, wmask.map(|q| q.spec));
+                let dwq = if wq_lsq.is_some() { self.zeros(&wt.shape)? } else { dw.clone() };
                 let ex = GemmExtras {
                     qb: xq.as_ref().map(|q| &q.state),
-                    mask_src: wq.as_ref().map(|_| &wt),
-                    mask_state: wq.as_ref().map(|q| &q.state),
+                    mask_src: wmask.map(|_| &wt),
+                    mask_state: wmask.map(|q| &q.state),
                     ..Default::default()
                 };
-                self.bwd(Tag::Always, gemm::gemm(ctx, &cfg_w, &dz, &x, &dw, &ex)?);
+                self.bwd(Tag::Always, gemm::gemm(ctx, &cfg_w, &dz, &x, &dwq, &ex)?);
+                if let Some(q) = &wq_lsq {
+                    self.lsq_grad(q, &wt, &dwq, true)?;
+                    self.bwd(Tag::Always, fake_quant::ste_backward(ctx, &wt, &q.state, &dwq, &dw, &q.spec)?);
+                }
                 if bias {
                     let db = self.grad_of(&params::bias_name(&name))?;
                     let cfg = Conv2dGeom::new(rows, inp, 1, 1, out_features, 1);
                     let dz4 = view(&dz, &cfg.y_shape());
                     self.bwd(Tag::Always, conv::conv2d_bias_grad(ctx, &cfg, &dz4, &db)?);
                 }
-                if let Some((g, acc)) = self.grad_target(r.inputs[0]) {
+                if xq_lsq.is_some() {
+                    let tmp = self.zeros(&[rows, inp])?;
+                    let cfg_x = GemmConfig::linear_backward_input(rows, inp, out_features, None, ws);
+                    let ex = GemmExtras { qb: wq.as_ref().map(|q| &q.state), ..Default::default() };
+                    self.bwd(Tag::Always, gemm::gemm(ctx, &cfg_x, &dz, &wt, &tmp, &ex)?);
+                    self.grad_through_fq(r.inputs[0], &tmp)?;
+                } else if let Some((g, acc)) = self.grad_target(r.inputs[0]) {
                     let g = view(&g, &[rows, inp]);
                     let mut cfg_x = GemmConfig::linear_backward_input(rows, inp, out_features, xs, ws);
                     cfg_x.accumulate = acc;
@@ -340,8 +385,21 @@ impl Builder<'_> {
         for p in &trainable {
             out.push(loss::nonfinite_check(ctx, p.grad.as_ref().expect("trainable"), metrics)?);
         }
+        // Learned quantizer parameters step with their own learning rate (lr * multiplier,
+        // derived on the GPU from the hyper buffer) and no weight decay.
+        let lsq_hyper = if trainable.iter().any(|p| p.spec.kind.is_quantizer_param()) {
+            let h = optim::new_hyper(ctx)?;
+            out.push(lsq::lsq_hyper(ctx, hyper, &h, step.lsq_lr_mult)?);
+            Some(h)
+        } else {
+            None
+        };
         for p in &trainable {
             let weight_decay = if p.spec.kind.decays() { step.weight_decay } else { 0.0 };
+            let hyper = match &lsq_hyper {
+                Some(h) if p.spec.kind.is_quantizer_param() => h,
+                _ => hyper,
+            };
             let inputs = optim::StepInputs { hyper, metrics, clip: norm.as_ref(), skip_nonfinite: step.skip_nonfinite };
             if step.optimizer == Optimizer::AdamW {
                 let cfg = optim::AdamWConfig { weight_decay, ..Default::default() };
@@ -368,6 +426,12 @@ impl Builder<'_> {
         }
         if let Some(n) = norm {
             self.keep.push(n);
+        }
+        if self.opts.quant {
+            out.extend(self.lsq_sync_dispatches()?);
+        }
+        if let Some(h) = lsq_hyper {
+            self.keep.push(h);
         }
         Ok(out)
     }

@@ -67,6 +67,9 @@ pub struct StepOptions {
     pub clip_grad_norm: Option<f32>,
     /// Skip (rather than apply) updates while the non-finite flag is set.
     pub skip_nonfinite: bool,
+    /// Learning-rate multiplier of learned quantizer parameters (LSQ scales, LSQ+ zero
+    /// points), `--lsq-lr-mult`.
+    pub lsq_lr_mult: f32,
 }
 
 /// A quantizer as seen by a kernel.
@@ -76,6 +79,18 @@ struct Q {
     spec: QuantSpec,
     /// The observer of an activation quantizer (weights always track their current range).
     observer: ObserverKind,
+    /// Learned scale (and zero point) gradients of an LSQ / LSQ+ quantizer.
+    lsq: Option<LsqQ>,
+}
+
+/// Where a learned quantizer's gradients go.
+#[derive(Clone)]
+struct LsqQ {
+    /// The quantizer's name (gradient contributions after the first accumulate).
+    name: String,
+    dscale: GpuTensor,
+    /// LSQ+ on an affine quantizer.
+    dzero: Option<GpuTensor>,
 }
 
 /// The compiled passes of one model at one batch size.
@@ -101,6 +116,8 @@ pub struct Compiled {
     backward: Vec<(Tag, Dispatch)>,
     optim: Vec<Dispatch>,
     eval_tail: Vec<Dispatch>,
+    /// Learned quantizer parameters <- their calibrated states (end of PTQ).
+    lsq_init: Vec<Dispatch>,
     histograms: Vec<(String, HistogramObserver)>,
     _keep: Vec<GpuTensor>,
 }
@@ -176,6 +193,14 @@ impl Compiled {
         plan
     }
 
+    /// Sets every learned quantizer's parameters (LSQ scale, LSQ+ zero point) from its
+    /// state: run once after calibration, before QAT.
+    pub fn lsq_init_plan(&self) -> Plan {
+        let mut plan = Plan::new();
+        plan.dispatches.extend(self.lsq_init.iter().cloned());
+        plan
+    }
+
     /// Histogram observer states by checkpoint name (`{quantizer}.histogram`).
     pub fn histograms(&self) -> Vec<(String, &GpuTensor)> {
         self.histograms.iter().map(|(n, h)| (format!("{n}.histogram"), h.state())).collect()
@@ -204,6 +229,8 @@ struct Builder<'a> {
     saved: Vec<NodeBuffers>,
     /// Key padding mask `[B, T]` (1 = padding) of a token-id input with a padding id.
     key_mask: Option<GpuTensor>,
+    /// Learned quantizers whose gradients have been written in backward.
+    lsq_written: std::collections::HashSet<String>,
 }
 
 #[derive(Default, Clone)]
@@ -271,6 +298,7 @@ impl<'a> Builder<'a> {
             histograms: Vec::new(),
             saved: vec![NodeBuffers::default(); n],
             key_mask,
+            lsq_written: Default::default(),
         })
     }
 
@@ -344,6 +372,7 @@ impl<'a> Builder<'a> {
                 Some(q) => {
                     let dfq = self.zeros(&[self.b, classes])?;
                     loss_d = loss::softmax_cross_entropy(ctx, &logits, &labels, &dfq, &metrics, 1.0)?;
+                    self.lsq_grad(&q, &logits_raw, &dfq, false)?;
                     self.bwd(Tag::Always, fake_quant::ste_backward(ctx, &logits_raw, &q.state, &dfq, &dlast, &q.spec)?);
                 }
                 None => loss_d = loss::softmax_cross_entropy(ctx, &logits, &labels, &dlast, &metrics, 1.0)?,
@@ -354,6 +383,7 @@ impl<'a> Builder<'a> {
             }
             optim_d = self.optimizer(step, &hyper, &metrics)?;
         }
+        let lsq_init = if self.opts.quant { self.lsq_init_dispatches()? } else { Vec::new() };
         let quant = self.opts.quant;
         let Builder { b, outputs, forward, backward, keep, histograms, images, .. } = self;
         Ok(Compiled {
@@ -371,6 +401,7 @@ impl<'a> Builder<'a> {
             backward,
             optim: optim_d,
             eval_tail,
+            lsq_init,
             histograms,
             _keep: keep,
         })

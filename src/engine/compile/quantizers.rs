@@ -3,13 +3,16 @@
 //! observer dispatches (QAT and calibration), the simulated bias on the integer grid, and
 //! materialized fake-quant copies where a consumer cannot fuse it.
 
-use super::{Builder, Tag, Q};
+use super::{view, Builder, LsqQ, Tag, Q};
 use crate::engine::config::{ObserverKind, QConfig};
+use crate::engine::state::{lsq_scale_name, lsq_zero_name};
 use crate::error::Result;
-use crate::gpu::GpuTensor;
+use crate::gpu::{Dispatch, GpuTensor};
+use crate::kernels::activation;
 use crate::kernels::bias_quant;
 use crate::kernels::fake_quant;
 use crate::kernels::histogram::HistogramObserver;
+use crate::kernels::lsq::{self, LsqGrad, LsqParams};
 use crate::kernels::observer::{Observer, ObserverMode};
 use crate::model::params::{self, QuantizerRole};
 use crate::model::{Op, INPUT};
@@ -49,7 +52,85 @@ impl Builder<'_> {
         let q = self.m.quantizer(&name)?;
         let spec = self.m.qconfig.spec_for_state(&self.m.nodes, role, q.spec.channels);
         let observer = self.m.qconfig.observer_for(QConfig::layer_of(&self.m.nodes, role));
-        Some(Q { state: q.state.clone(), spec, observer })
+        // Learned (LSQ) exactly when the model state holds its scale parameter.
+        let lsq = self.m.param(&lsq_scale_name(&name)).ok().map(|p| LsqQ {
+            name: name.clone(),
+            dscale: p.grad.clone().expect("learned scales are trainable"),
+            dzero: self.m.param(&lsq_zero_name(&name)).ok().and_then(|z| z.grad.clone()),
+        });
+        Some(Q { state: q.state.clone(), spec, observer, lsq })
+    }
+
+    /// The LSQ gradients of a learned quantizer `q` (nothing for an observer one) from the
+    /// raw values `x` it fake-quantizes and the gradient `dy` wrt its fake-quantized output
+    /// (before the STE mask): written by the first contribution, accumulated by the others.
+    /// Gradient scale `1/sqrt(n qmax)` with `n` the values per channel of one sample
+    /// (activations: per-sample features, Esser et al.'s N_F; weights: per output channel).
+    /// `weight`: `x` is a weight tensor (no batch dimension).
+    pub(super) fn lsq_grad(&mut self, q: &Q, x: &GpuTensor, dy: &GpuTensor, weight: bool) -> Result<()> {
+        let Some(l) = &q.lsq else { return Ok(()) };
+        let ctx = self.ctx;
+        let channels = l.dscale.len();
+        let n = if weight { x.len() / channels } else { x.len() / (self.b * channels).max(1) };
+        let factor = lsq::grad_scale(n, q.spec.qmax());
+        let first = self.lsq_written.insert(l.name.clone());
+        let (ds, dz) = if first {
+            let dz = match &l.dzero {
+                Some(z) => z.clone(),
+                None => self.zeros(&[channels])?,
+            };
+            (l.dscale.clone(), dz)
+        } else {
+            (self.zeros(&[channels])?, self.zeros(&[channels])?)
+        };
+        let dy = view(dy, &x.shape);
+        let g = LsqGrad::new(ctx, &q.spec, x, &dy, &q.state, &ds, &dz, factor)?;
+        for d in g.dispatches() {
+            self.bwd(Tag::Always, d.clone());
+        }
+        if !first {
+            self.bwd(Tag::Always, activation::accumulate(ctx, &ds, &l.dscale)?);
+            if let Some(z) = &l.dzero {
+                self.bwd(Tag::Always, activation::accumulate(ctx, &dz, z)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Every learned quantizer's `lsq_init` (parameters <- calibrated state).
+    pub(super) fn lsq_init_dispatches(&self) -> Result<Vec<Dispatch>> {
+        let mut out = Vec::new();
+        for qz in &self.m.quantizers {
+            if let Some((spec, lp)) = self.lsq_params_of(&qz.spec)? {
+                let zero = lp.1.as_ref().map(|z| &z.value);
+                out.push(lsq::lsq_init(self.ctx, &spec, &qz.state, &LsqParams { scale: &lp.0.value, zero })?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every learned quantizer's `lsq_sync` (state <- clamped parameters), after the step.
+    pub(super) fn lsq_sync_dispatches(&self) -> Result<Vec<Dispatch>> {
+        let mut out = Vec::new();
+        for qz in &self.m.quantizers {
+            if let Some((spec, lp)) = self.lsq_params_of(&qz.spec)? {
+                let zero = lp.1.as_ref().map(|z| &z.value);
+                out.push(lsq::lsq_sync(self.ctx, &spec, &qz.state, &LsqParams { scale: &lp.0.value, zero })?);
+            }
+        }
+        Ok(out)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn lsq_params_of(
+        &self,
+        qs: &params::QuantizerSpec,
+    ) -> Result<Option<(crate::quant::QuantSpec, (&crate::engine::state::Param, Option<&crate::engine::state::Param>))>>
+    {
+        let Ok(scale) = self.m.param(&lsq_scale_name(&qs.name)) else { return Ok(None) };
+        let zero = self.m.param(&lsq_zero_name(&qs.name)).ok();
+        let spec = self.m.qconfig.spec_for_state(&self.m.nodes, qs.role, qs.channels);
+        Ok(Some((spec, (scale, zero))))
     }
 
     /// The bias a quantized conv/linear adds: `round(b / (s_x s_w[c])) * s_x s_w[c]`, the
@@ -90,8 +171,29 @@ impl Builder<'_> {
 
     /// Observer dispatches for quantizer `q` observing `x`: the QAT observer (tag Observe)
     /// and the calibration observer (tag Calibrate).
+    /// A learned (LSQ) quantizer gets only the calibration observer: during QAT its scale
+    /// is a parameter.
     pub(super) fn observe(&mut self, name: &str, q: &Q, x: &GpuTensor, weight: bool) -> Result<()> {
         let ctx = self.ctx;
+        if q.lsq.is_some() {
+            let mode = match (weight, q.observer) {
+                (true, _) => ObserverMode::MovingAverage { c: 1.0 },
+                (false, ObserverKind::Histogram { bins }) => {
+                    let hc = HistogramObserver::new(ctx, q.spec, x, &q.state, bins as usize, 128)?;
+                    for d in hc.dispatches() {
+                        self.fwd(Tag::Calibrate, d.clone());
+                    }
+                    self.keep.push(hc.state().clone());
+                    return Ok(());
+                }
+                (false, _) => ObserverMode::MinMax,
+            };
+            let o = Observer::new(ctx, q.spec, mode, x, &q.state)?;
+            for d in o.dispatches() {
+                self.fwd(Tag::Calibrate, d.clone());
+            }
+            return Ok(());
+        }
         if weight {
             // Weights: the exact current range (EMA with c = 1), for QAT and calibration.
             let o = Observer::new(ctx, q.spec, ObserverMode::MovingAverage { c: 1.0 }, x, &q.state)?;

@@ -15,9 +15,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wqat::convert::synthetic::{random_images, synthetic_checkpoint};
-use wqat::convert::{self, Int8GpuModel, Int8Model, LayerKind};
+use wqat::convert::{self, Int8Model, LayerKind};
 use wqat::gpu::{DType, Dispatch, GpuContext, GpuOptions, GpuTensor};
-use wqat::int8::{CpuBackend, SimdKernel};
+use wqat::infer::{self, Int8GpuModel};
+use wqat::infer::{CpuBackend, SimdKernel};
 use wqat::kernels::conv::{conv2d_forward, Conv2dForwardArgs, Conv2dGeom};
 use wqat::kernels::gemm::{gemm, GemmConfig, GemmExtras};
 use wqat::kernels::pool::{maxpool_forward, PoolSpec};
@@ -234,9 +235,9 @@ fn main() -> Result<()> {
     // Sanity: the fp32 GPU network predicts like the fake-quant simulation on most images.
     let sim = fake_quant_forward(&g, &ck, &images[1], 64)?;
     let gpu32 = fp[1].forward(&ctx, &images[1])?;
-    let agree = convert::cpu::argmax_rows(&sim, 10)
+    let agree = infer::cpu::argmax_rows(&sim, 10)
         .iter()
-        .zip(convert::cpu::argmax_rows(&gpu32, 10))
+        .zip(infer::cpu::argmax_rows(&gpu32, 10))
         .filter(|(a, b)| **a == *b)
         .count();
     println!("(fp32 GPU vs fake-quant predictions agree on {agree}/64 images)");

@@ -9,11 +9,12 @@
 //! the predictions or logits, as `wqat eval` pays them.
 
 use std::time::{Duration, Instant};
+use wqat::convert;
 use wqat::convert::synthetic::{random_inputs, synthetic_checkpoint};
-use wqat::convert::{self, Int8GpuModel};
 use wqat::engine::{CompileOptions, Compiled, ModelState, QConfig};
 use wqat::gpu::{GpuContext, GpuOptions};
-use wqat::int8::CpuBackend;
+use wqat::infer::CpuBackend;
+use wqat::infer::Int8GpuModel;
 use wqat::model::zoo;
 use wqat::Result;
 

@@ -15,7 +15,7 @@ pub mod engine;
 pub mod error;
 pub mod fuzzing;
 pub mod gpu;
-pub mod int8;
+pub mod infer;
 pub mod kernels;
 pub mod model;
 pub mod qconfig;

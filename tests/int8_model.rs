@@ -11,9 +11,10 @@ use std::sync::Arc;
 use wqat::convert::synthetic::{
     random_images, synthetic_checkpoint, synthetic_checkpoint_bits, synthetic_checkpoint_qconfig,
 };
-use wqat::convert::{self, synthetic, Int8GpuModel, Int8Model, NodeValue};
+use wqat::convert::{self, synthetic, Int8Model};
 use wqat::gpu::{GpuContext, GpuOptions};
-use wqat::int8::{CpuBackend, SimdKernel};
+use wqat::infer::{self, Int8GpuModel, NodeValue};
+use wqat::infer::{CpuBackend, SimdKernel};
 use wqat::model::graph::{Graph, Op};
 use wqat::model::zoo;
 use wqat::quant::QStateLayout;
@@ -75,7 +76,7 @@ fn nodot4_ctx() -> Arc<GpuContext> {
 fn check_backends_agree(model: &Int8Model, x: &[f32], batch: usize, gpu: bool) {
     let scalar = model.forward_cpu_traced(x, batch, CpuBackend::Scalar).unwrap();
     let want = scalar.activations.as_ref().unwrap();
-    let mut runs: Vec<(String, wqat::convert::Int8Output)> = Vec::new();
+    let mut runs: Vec<(String, wqat::infer::Int8Output)> = Vec::new();
     for k in SimdKernel::available() {
         runs.push((format!("{k:?}"), model.forward_cpu_traced(x, batch, CpuBackend::Kernel(k)).unwrap()));
     }
@@ -114,7 +115,7 @@ fn check_against_simulation(
     let sim = fake_quant_forward(graph, ck, x, batch).unwrap();
     let out = model.forward_cpu(x, batch, CpuBackend::Simd).unwrap();
     let classes = graph.num_classes;
-    let sim_pred = wqat::convert::cpu::argmax_rows(&sim, classes);
+    let sim_pred = wqat::infer::cpu::argmax_rows(&sim, classes);
     let q = model.layers.last().unwrap().out.quant().unwrap();
     // Images whose simulated top-1 logit leads the runner-up by more than `min_margin_lsb`
     // steps (all images when 0): at low bit widths many logits tie on the coarse grid, and
@@ -131,7 +132,7 @@ fn check_against_simulation(
     eprintln!("{}: {} of {batch} images have a margin >= {min_margin_lsb} LSB", graph.name, counted.len());
     let batch_counted = counted.len();
     let max_lsb = sim.iter().zip(&out.logits).map(|(a, b)| ((a - b) / q.scale).abs() as f64).fold(0.0, f64::max);
-    let report = convert::layer_report(graph, ck, model, x, batch).unwrap();
+    let report = infer::layer_report(graph, ck, model, x, batch).unwrap();
     for d in &report {
         eprintln!(
             "{:>24}: max {:.3} LSB, mean {:.5} LSB, {} / {} codes differ; local: max {:.3} LSB, {} differ",
@@ -310,7 +311,7 @@ fn fp32_first_and_last_layers_run_on_cpu_and_gpu() {
     let b = model.forward_cpu(&x, n, CpuBackend::Simd).unwrap();
     assert_eq!(a, b);
     let sim = fake_quant_forward(&g, &ck, &x, n).unwrap();
-    let sim_pred = convert::cpu::argmax_rows(&sim, 10);
+    let sim_pred = infer::cpu::argmax_rows(&sim, 10);
     let agree = sim_pred.iter().zip(&a.predictions).filter(|(p, q)| p == q).count();
     assert!(agree as f64 >= MIN_AGREEMENT * n as f64, "agreement {agree}/{n}");
     check_gpu_close_to_cpu(&model, &x[..9 * 784], 9);
@@ -336,7 +337,7 @@ fn disabled_quantizer_runs_that_layer_in_f32() {
     let x = images(&mut rng, n * 64, false);
     let out = model.forward_cpu(&x, n, CpuBackend::Simd).unwrap();
     let sim = fake_quant_forward(&g, &ck, &x, n).unwrap();
-    let sim_pred = convert::cpu::argmax_rows(&sim, 10);
+    let sim_pred = infer::cpu::argmax_rows(&sim, 10);
     let agree = sim_pred.iter().zip(&out.predictions).filter(|(p, q)| p == q).count();
     assert!(agree as f64 >= MIN_AGREEMENT * n as f64, "agreement {agree}/{n}");
     check_gpu_close_to_cpu(&model, &x[..11 * 64], 11);
@@ -393,7 +394,7 @@ fn resnet20_with_f32_add_and_pool() {
     check_gpu_close_to_cpu(&model, &x, n);
     let sim = fake_quant_forward(&g, &ck, &x, n).unwrap();
     let out = model.forward_cpu(&x, n, CpuBackend::Simd).unwrap();
-    assert_eq!(convert::cpu::argmax_rows(&sim, 10), out.predictions);
+    assert_eq!(infer::cpu::argmax_rows(&sim, 10), out.predictions);
 }
 
 #[test]
@@ -469,7 +470,7 @@ fn preprocess_image_file_resizes_and_normalizes() {
     let path = dir.join("digit.png");
     let img = image::RgbImage::from_fn(56, 40, |x, _| image::Rgb([if x < 28 { 255 } else { 0 }, 0, 0]));
     img.save(&path).unwrap();
-    let x = convert::preprocess_image_file(&path, &model).unwrap();
+    let x = infer::preprocess_image_file(&path, &model).unwrap();
     assert_eq!(x.len(), 784);
     let n = model.normalization();
     let black = (0.0 - n.mean[0]) / n.std[0];
@@ -477,9 +478,9 @@ fn preprocess_image_file_resizes_and_normalizes() {
     assert!(x[0] > black, "left half is red, brighter than black in luma");
     let out = model.forward_cpu(&x, 1, CpuBackend::Simd).unwrap();
     assert_eq!(out.predictions.len(), 1);
-    assert!(convert::preprocess_image_file(&dir.join("missing.png"), &model).is_err());
+    assert!(infer::preprocess_image_file(&dir.join("missing.png"), &model).is_err());
     std::fs::write(dir.join("bad.png"), b"not an image").unwrap();
-    assert!(convert::preprocess_image_file(&dir.join("bad.png"), &model).is_err());
+    assert!(infer::preprocess_image_file(&dir.join("bad.png"), &model).is_err());
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -492,8 +493,8 @@ fn evaluate_on_every_backend() {
     let x = images(&mut rng, n * 64, false);
     let labels: Vec<u8> = (0..n).map(|_| rng.random_range(0..10)).collect();
     let split = wqat::data::Split::new(x, labels, 64).unwrap();
-    let backends = [convert::Backend::CpuScalar, convert::Backend::Cpu, convert::Backend::Gpu(testing::ctx())];
-    let results: Vec<_> = backends.iter().map(|b| convert::evaluate(&model, b, &split, 8).unwrap()).collect();
+    let backends = [infer::Backend::CpuScalar, infer::Backend::Cpu, infer::Backend::Gpu(testing::ctx())];
+    let results: Vec<_> = backends.iter().map(|b| infer::evaluate(&model, b, &split, 8).unwrap()).collect();
     assert_eq!(results[0], results[1]);
     assert_eq!(results[0], results[2]);
     assert_eq!(results[0].total, n);
@@ -573,10 +574,11 @@ fn check_gpu_transformer(model: &Int8Model, x: &[f32], batch: usize) {
                 let pre = g.read_pre_activation(i, batch).unwrap().unwrap();
                 let qi = model.domain_of(r.inputs[0]).quant().unwrap();
                 let (m, n) = (batch * r.rows_per_sample(), r.out_channels());
-                let cfg = wqat::int8::LinearConfig { m, k: r.in_features(), n, x_zero: qi.zero };
+                let cfg = wqat::infer::LinearConfig { m, k: r.in_features(), n, x_zero: qi.zero };
                 let mut acc = vec![0i32; m * n];
-                wqat::int8::linear_acc(CpuBackend::Scalar, &cfg, codes(a), &l.weight, &l.bias, &mut acc).unwrap();
-                let want = convert::cpu::dequantize_acc(&acc, qi.scale, &l.weight_scale);
+                wqat::infer::cpu::kernels::linear_acc(CpuBackend::Scalar, &cfg, codes(a), &l.weight, &l.bias, &mut acc)
+                    .unwrap();
+                let want = infer::cpu::dequantize_acc(&acc, qi.scale, &l.weight_scale);
                 let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
                 assert_bit_exact(&format!("{what} pre-activation"), &bits(&pre), &bits(&want));
             }

@@ -6,8 +6,9 @@
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use wqat::convert::synthetic::{random_images, synthetic_checkpoint};
-use wqat::int8::simd::hwc_to_nchw;
-use wqat::int8::{self, *};
+use wqat::infer::cpu::kernels::simd::hwc_to_nchw;
+use wqat::infer::cpu::kernels::{self as int8, *};
+use wqat::infer::*;
 use wqat::testing::{self, assert_bit_exact};
 
 /// The kernels that run the packed pair GEMM on this CPU.

@@ -10,7 +10,7 @@
 //!   simulation uses); int32 bias `round_ties_even(b_eff / (s_in * s_w[c]))` in f64;
 //!   `acc = sum (x - z_in) * w + bias`; output `z_out + R(acc, M0[c], shift[c])` with
 //!   `M = s_in * s_w[c] / s_out` and `R` = round half to even of the exact product `acc * M0 *
-//!   2^(shift - 31)`, rounded ONCE ([`crate::int8::requant`]), clamped to the activation range
+//!   2^(shift - 31)`, rounded ONCE ([`crate::infer::requant`]), clamped to the activation range
 //!   (ReLU / ReLU6 are clamps);
 //! * max pool on codes; average pools: `z + R(sum(q - z), M(s_in / (s_out * kh * kw)))`
 //!   ([`AvgRequant`], divisor `kh * kw`: padding counts as zeros like the fp32 engine);
@@ -43,20 +43,11 @@
 //!   (2^20 s_out)` with MBQM; the simulation rounds `(a + b) * inv_s_out` in f32. Differences
 //!   appear only within about `2^-20` relative of a tie.
 
-pub mod cpu;
-pub mod eval;
-pub mod format;
-pub mod gpu;
-pub mod kernels;
 pub mod synthetic;
-
-pub use cpu::{Int8Output, NodeValue};
-pub use eval::{evaluate, layer_report, preprocess_image_file, Backend, EvalResult, LayerDiff};
-pub use gpu::Int8GpuModel;
 
 use crate::data::Normalization;
 use crate::error::{Result, WqatError};
-use crate::int8::{quantize_bias, Activation, AddConfig, AvgRequant, Requant};
+use crate::infer::{quantize_bias, Activation, AddConfig, AvgRequant, Requant};
 use crate::model::graph::{Act, Graph, Op, ResolvedNode, INPUT};
 use crate::qconfig::QConfig;
 use crate::reference::fake_quant::quantize_code;
@@ -228,7 +219,7 @@ pub struct Int8Model {
     pub layers: Vec<Layer>,
     pub(crate) nodes: Vec<ResolvedNode>,
     /// Weights packed for the CPU SIMD kernels (built on the first CPU forward).
-    pub(crate) cpu_packs: cpu::CpuPacks,
+    pub(crate) cpu_packs: crate::infer::cpu::CpuPacks,
 }
 
 impl PartialEq for Int8Model {
@@ -398,7 +389,7 @@ pub fn convert(graph: &Graph, ckpt: &TensorFile) -> Result<Int8Model> {
                         let (w_eff, b_eff) = crate::reference::graph::folded_params(&gq, ckpt, i)?;
                         let cout = b_eff.len();
                         let inner = w_eff.len() / cout;
-                        if inner as i64 * crate::int8::ops::MAX_PRODUCT > i32::MAX as i64 {
+                        if inner as i64 * crate::infer::ops::MAX_PRODUCT > i32::MAX as i64 {
                             return Err(WqatError::invalid(format!(
                                 "node {}: reduction length {inner} could overflow the int32 accumulator",
                                 r.node.name

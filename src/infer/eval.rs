@@ -1,11 +1,12 @@
 //! Evaluation, single-image preprocessing and the per-layer simulation-vs-integer report.
 
 use super::cpu::NodeValue;
-use super::{Domain, Int8GpuModel, Int8Model};
+use super::Int8GpuModel;
+use crate::convert::{Domain, Int8Model};
 use crate::data::Split;
 use crate::error::{Result, WqatError};
 use crate::gpu::GpuContext;
-use crate::int8::CpuBackend;
+use crate::infer::CpuBackend;
 use crate::model::graph::{Graph, Op, INPUT};
 use crate::reference::graph::fake_quant_forward_all;
 use crate::tensorfile::TensorFile;

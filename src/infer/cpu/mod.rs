@@ -3,12 +3,14 @@
 //! computed by one thread, so results do not depend on the thread count).
 
 mod fast;
+pub mod kernels;
 
 pub use fast::CpuPacks;
 
-use super::{Domain, Int8Model, LayerKind, SeqLayer};
+use crate::convert::{Domain, Int8Model, LayerKind, SeqLayer};
 use crate::error::{Result, WqatError};
-use crate::int8::{self, AvgRequant, Conv2dConfig, CpuBackend, LinearConfig, PoolConfig};
+use crate::infer::cpu::kernels::{self as int8, CpuBackend};
+use crate::infer::{AvgRequant, Conv2dConfig, LinearConfig, PoolConfig};
 use crate::model::graph::{Op, TokenPoolMode, INPUT};
 use crate::quant::{QStateLayout, QuantSpec};
 use crate::reference::graph::{apply_act, conv2d_f32, global_avg_f32, linear_f32, pool_f32};

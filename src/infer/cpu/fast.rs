@@ -6,12 +6,13 @@
 //! own (the caller splits the batch, or the rows of a layer for a single image). Node
 //! outputs are converted to NCHW only when traced.
 
-use super::super::{Domain, Int8Model, LayerKind};
 use super::NodeValue;
+use crate::convert::{Domain, Int8Model, LayerKind};
 use crate::error::{Result, WqatError};
-use crate::int8::nhwc::{self, PoolGeom};
-use crate::int8::simd::{hwc_to_nchw, par_rows};
-use crate::int8::{Conv2dConfig, PackedConv, PackedLinear, SimdKernel};
+use crate::infer::cpu::kernels::nhwc::{self, PoolGeom};
+use crate::infer::cpu::kernels::simd::{hwc_to_nchw, par_rows};
+use crate::infer::cpu::kernels::{PackedConv, PackedLinear, SimdKernel};
+use crate::infer::Conv2dConfig;
 use crate::model::graph::{Op, INPUT};
 use std::sync::{Mutex, OnceLock};
 
@@ -255,7 +256,7 @@ impl Int8Model {
                 }
                 (_, LayerKind::Add(Some(cfg)), _) => {
                     let b = get(r.inputs[1])?;
-                    crate::int8::scalar::add(cfg, x, b, &mut out)?;
+                    crate::infer::cpu::kernels::scalar::add(cfg, x, b, &mut out)?;
                 }
                 (_, LayerKind::Flatten, _) if out.len() == x.len() => out.copy_from_slice(x),
                 _ => return Err(WqatError::invalid(format!("int8 model: node {} not on the fast path", r.node.name))),
@@ -311,12 +312,14 @@ fn par_rows_n(
 }
 
 /// The input codes (`ActQuant::quantize` of every value; vectorized on AVX2).
-fn quantize(kernel: SimdKernel, x: &[f32], q: super::super::ActQuant) -> Vec<u8> {
+fn quantize(kernel: SimdKernel, x: &[f32], q: crate::convert::ActQuant) -> Vec<u8> {
     #[cfg(target_arch = "x86_64")]
     if kernel == SimdKernel::Avx2 && kernel.is_available() {
         let mut out = vec![0u8; x.len()];
         // SAFETY: AVX2 checked just above.
-        unsafe { crate::int8::x86::quantize_f32(x, q.inv_scale, q.zero as f32, q.qmax() as f32, &mut out) };
+        unsafe {
+            crate::infer::cpu::kernels::x86::quantize_f32(x, q.inv_scale, q.zero as f32, q.qmax() as f32, &mut out)
+        };
         return out;
     }
     let _ = kernel;

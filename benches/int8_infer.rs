@@ -14,10 +14,10 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use wqat::convert;
 use wqat::convert::synthetic::{random_images, synthetic_checkpoint};
-use wqat::convert::{self, Int8Model, LayerKind};
 use wqat::gpu::{DType, Dispatch, GpuContext, GpuOptions, GpuTensor};
-use wqat::infer::{self, Int8GpuModel};
+use wqat::infer::{self, Int8GpuModel, Int8Model, LayerKind};
 use wqat::infer::{CpuBackend, SimdKernel};
 use wqat::kernels::conv::{conv2d_forward, Conv2dForwardArgs, Conv2dGeom};
 use wqat::kernels::gemm::{gemm, GemmConfig, GemmExtras};

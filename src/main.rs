@@ -103,14 +103,14 @@ enum Command {
 }
 
 /// Loads an integer model file, or converts a checkpoint; returns the checkpoint too when there is one.
-fn load_int8(path: &std::path::Path) -> wqat::Result<(wqat::convert::Int8Model, Option<wqat::tensorfile::TensorFile>)> {
+fn load_int8(path: &std::path::Path) -> wqat::Result<(wqat::infer::Int8Model, Option<wqat::tensorfile::TensorFile>)> {
     let f = wqat::tensorfile::TensorFile::load(path)?;
     if f.metadata.get("format").map(String::as_str) == Some(wqat::engine::state::CHECKPOINT_FORMAT) {
         let graph = checkpoint_graph(path, &f)?;
         let m = wqat::convert::convert(&graph, &f)?;
         return Ok((m, Some(f)));
     }
-    Ok((wqat::convert::Int8Model::from_tensor_file(path, &f)?, None))
+    Ok((wqat::infer::Int8Model::from_tensor_file(path, &f)?, None))
 }
 
 fn checkpoint_graph(path: &std::path::Path, f: &wqat::tensorfile::TensorFile) -> wqat::Result<wqat::model::Graph> {
@@ -337,7 +337,7 @@ fn infer_cmd(
 /// The GPU executor for single samples when the backend is the GPU.
 fn gpu_model(
     b: &wqat::infer::eval::Backend,
-    m: &wqat::convert::Int8Model,
+    m: &wqat::infer::Int8Model,
 ) -> wqat::Result<Option<wqat::infer::Int8GpuModel>> {
     match b {
         wqat::infer::eval::Backend::Gpu(ctx) => Ok(Some(wqat::infer::Int8GpuModel::new(ctx, m, 1)?)),
@@ -349,7 +349,7 @@ fn gpu_model(
 fn run_one(
     b: &wqat::infer::eval::Backend,
     gpu: Option<&wqat::infer::Int8GpuModel>,
-    m: &wqat::convert::Int8Model,
+    m: &wqat::infer::Int8Model,
     x: &[f32],
 ) -> wqat::Result<wqat::infer::Int8Output> {
     match (b, gpu) {
@@ -360,7 +360,7 @@ fn run_one(
 }
 
 /// One line: what was classified, the class index and name, and its softmax score.
-fn print_prediction(m: &wqat::convert::Int8Model, what: &str, logits: &[f32], k: usize) {
+fn print_prediction(m: &wqat::infer::Int8Model, what: &str, logits: &[f32], k: usize) {
     let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
     let exps: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
     let sum: f32 = exps.iter().sum();

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use wqat::convert::synthetic::{
     random_images, synthetic_checkpoint, synthetic_checkpoint_bits, synthetic_checkpoint_qconfig,
 };
-use wqat::convert::{self, synthetic, Int8Model};
+use wqat::convert::{self, synthetic};
 use wqat::gpu::{GpuContext, GpuOptions};
-use wqat::infer::{self, Int8GpuModel, NodeValue};
+use wqat::infer::{self, Int8GpuModel, Int8Model, NodeValue};
 use wqat::infer::{CpuBackend, SimdKernel};
 use wqat::model::graph::{Graph, Op};
 use wqat::model::zoo;
@@ -160,7 +160,7 @@ fn mnist_cnn_bit_exact_and_agrees_with_simulation() {
     let g = zoo::build("mnist-cnn", [1, 28, 28], 10).unwrap();
     let ck = random_checkpoint(&g, 11);
     let model = convert::convert(&g, &ck).unwrap();
-    assert!(model.layers.iter().all(|l| !matches!(l.kind, convert::LayerKind::Float(_))));
+    assert!(model.layers.iter().all(|l| !matches!(l.kind, infer::LayerKind::Float(_))));
     let mut rng = testing::rng(12);
     let b = 7;
     check_backends_agree(&model, &images(&mut rng, b * 784, true), b, true);
@@ -175,7 +175,7 @@ fn low_bit_widths_bit_exact_and_agree_with_simulation() {
         let ck = synthetic_checkpoint_bits(&g, 15 + wb as u64, true, wb, ab).unwrap();
         let model = convert::convert(&g, &ck).unwrap();
         for l in &model.layers {
-            if let convert::LayerKind::Int(il) = &l.kind {
+            if let infer::LayerKind::Int(il) = &l.kind {
                 let qmax = (1i32 << (wb - 1)) - 1;
                 assert!(il.weight.iter().all(|&w| (w as i32).abs() <= qmax));
                 assert!(il.requant.act_max < (1 << ab));
@@ -204,7 +204,7 @@ fn per_layer_qconfig_converts_bit_exact() {
     for (name, wmax, abits) in want {
         let i = g.nodes.iter().position(|n| n.name == name).unwrap();
         let l = &model.layers[i];
-        let convert::LayerKind::Int(il) = &l.kind else { panic!("{name} not integer") };
+        let infer::LayerKind::Int(il) = &l.kind else { panic!("{name} not integer") };
         assert!(il.weight.iter().all(|&w| (w as i32).abs() <= wmax), "{name} weights beyond {wmax}");
         assert_eq!(l.out.quant().unwrap().bits, abits, "{name}");
         assert!(il.requant.act_max < (1 << abits), "{name} clamp");
@@ -245,7 +245,7 @@ fn full_range_weights_convert_bit_exact() {
         let qmin = -(1i32 << (bits - 1));
         let mut seen_min = false;
         for l in &model.layers {
-            if let convert::LayerKind::Int(il) = &l.kind {
+            if let infer::LayerKind::Int(il) = &l.kind {
                 assert!(il.weight.iter().all(|&w| (qmin..=-qmin - 1).contains(&(w as i32))), "{bits} bits");
                 seen_min |= il.weight.iter().any(|&w| w as i32 == qmin);
             }
@@ -301,9 +301,9 @@ fn fp32_first_and_last_layers_run_on_cpu_and_gpu() {
     g.nodes[last].fp32 = true;
     let ck = random_checkpoint(&g, 41);
     let model = convert::convert(&g, &ck).unwrap();
-    assert!(matches!(model.layers[0].kind, convert::LayerKind::Float(_)));
-    assert!(matches!(model.layers[last].kind, convert::LayerKind::Float(_)));
-    assert!(matches!(model.layers[2].kind, convert::LayerKind::Int(_)));
+    assert!(matches!(model.layers[0].kind, infer::LayerKind::Float(_)));
+    assert!(matches!(model.layers[last].kind, infer::LayerKind::Float(_)));
+    assert!(matches!(model.layers[2].kind, infer::LayerKind::Int(_)));
     let mut rng = testing::rng(42);
     let n = 100;
     let x = images(&mut rng, n * 784, false);
@@ -330,8 +330,8 @@ fn disabled_quantizer_runs_that_layer_in_f32() {
         v[QStateLayout::FQ_ENABLED] = 0.0;
     }
     let model = convert::convert(&g, &ck).unwrap();
-    assert!(matches!(model.layers[1].kind, convert::LayerKind::Float(_)));
-    assert!(matches!(model.layers[2].kind, convert::LayerKind::Float(_)));
+    assert!(matches!(model.layers[1].kind, infer::LayerKind::Float(_)));
+    assert!(matches!(model.layers[2].kind, infer::LayerKind::Float(_)));
     let mut rng = testing::rng(52);
     let n = 200;
     let x = images(&mut rng, n * 64, false);
@@ -382,12 +382,12 @@ fn resnet20_with_f32_add_and_pool() {
     }
     let model = convert::convert(&g, &ck).unwrap();
     let kind = |n: &str| &model.layers[model.nodes().iter().position(|r| r.node.name == n).unwrap()].kind;
-    assert!(matches!(kind("layer1.0.add"), convert::LayerKind::Add(None)));
-    assert!(matches!(kind("layer1.1.conv1"), convert::LayerKind::Float(_)));
-    assert!(matches!(kind("layer1.1.add"), convert::LayerKind::Add(None)));
-    assert!(matches!(kind("layer1.1.conv2"), convert::LayerKind::Int(_)));
-    assert!(matches!(kind("avgpool"), convert::LayerKind::AvgPool(None)));
-    assert!(matches!(kind("fc"), convert::LayerKind::Float(_)));
+    assert!(matches!(kind("layer1.0.add"), infer::LayerKind::Add(None)));
+    assert!(matches!(kind("layer1.1.conv1"), infer::LayerKind::Float(_)));
+    assert!(matches!(kind("layer1.1.add"), infer::LayerKind::Add(None)));
+    assert!(matches!(kind("layer1.1.conv2"), infer::LayerKind::Int(_)));
+    assert!(matches!(kind("avgpool"), infer::LayerKind::AvgPool(None)));
+    assert!(matches!(kind("fc"), infer::LayerKind::Float(_)));
     let mut rng = testing::rng(92);
     let n = 4;
     let x = images(&mut rng, n * 3072, false);
@@ -548,15 +548,15 @@ const MAX_GPU_CODE_FRACTION_END_TO_END: f64 = 5e-2;
 /// GELU within one step on at most [`MAX_F32_OP_CODE_FRACTION`] of their codes; end to end,
 /// predictions agree on >= [`MIN_AGREEMENT`] of the samples.
 fn check_gpu_transformer(model: &Int8Model, x: &[f32], batch: usize) {
-    use convert::LayerKind as K;
+    use infer::LayerKind as K;
     use wqat::model::graph::{Act, TokenPoolMode, INPUT};
     let name = &model.graph.name;
     let cpu = model.forward_cpu_traced(x, batch, CpuBackend::Scalar).unwrap();
     let cpu_acts = cpu.activations.as_ref().unwrap();
     let key_mask = model.key_mask(x);
     let input = match model.input {
-        convert::Domain::Codes(q) => NodeValue::Codes(x.iter().map(|&v| q.quantize(v)).collect()),
-        convert::Domain::Float => NodeValue::Float(x.to_vec()),
+        infer::Domain::Codes(q) => NodeValue::Codes(x.iter().map(|&v| q.quantize(v)).collect()),
+        infer::Domain::Float => NodeValue::Float(x.to_vec()),
     };
     for ctx in [testing::ctx(), nodot4_ctx()] {
         let tag = format!("{name} gpu dot4={}", ctx.use_dot4);
@@ -584,8 +584,8 @@ fn check_gpu_transformer(model: &Int8Model, x: &[f32], batch: usize) {
             }
             let exact = match (&layer.kind, &r.node.op) {
                 (K::IntFloat(_), Op::Linear { act, .. }) => *act != Act::Gelu,
-                (K::Seq(convert::SeqLayer::TokenPool), Op::TokenPool { mode }) => *mode == TokenPoolMode::Cls,
-                (K::Seq(convert::SeqLayer::LayerNorm { .. } | convert::SeqLayer::Attention { .. }), _) => false,
+                (K::Seq(infer::SeqLayer::TokenPool), Op::TokenPool { mode }) => *mode == TokenPoolMode::Cls,
+                (K::Seq(infer::SeqLayer::LayerNorm { .. } | infer::SeqLayer::Attention { .. }), _) => false,
                 // Integer layers, patchify, embedding, CLS + positions, f32 residual adds.
                 _ => true,
             };
@@ -664,7 +664,7 @@ fn transformers_convert_bit_exact_and_agree_with_simulation() {
         let ints = model
             .layers
             .iter()
-            .filter(|l| matches!(l.kind, convert::LayerKind::Int(_) | convert::LayerKind::IntFloat(_)))
+            .filter(|l| matches!(l.kind, infer::LayerKind::Int(_) | infer::LayerKind::IntFloat(_)))
             .count();
         let linears = g.nodes.iter().filter(|n| matches!(n.op, Op::Linear { .. })).count();
         assert_eq!(ints, linears, "{name}: every linear converts to an integer layer");

@@ -2,11 +2,11 @@
 
 use super::cpu::NodeValue;
 use super::Int8GpuModel;
-use crate::convert::{Domain, Int8Model};
 use crate::data::Split;
 use crate::error::{Result, WqatError};
 use crate::gpu::GpuContext;
 use crate::infer::CpuBackend;
+use crate::infer::{Domain, Int8Model};
 use crate::model::graph::{Graph, Op, INPUT};
 use crate::reference::graph::fake_quant_forward_all;
 use crate::tensorfile::TensorFile;

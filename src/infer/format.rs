@@ -21,10 +21,8 @@
 //! Loading checks every field (shapes, ranges, consistency with the graph) and returns
 //! [`WqatError::Format`] for anything else; unknown tensors are rejected.
 
-use crate::convert::{
-    activation, avg_requant, ActQuant, Domain, FloatLayer, Int8Model, IntFloatLayer, IntLayer, Layer, LayerKind,
-    SeqLayer,
-};
+use super::model::{activation, avg_requant};
+use super::{ActQuant, Domain, FloatLayer, Int8Model, IntFloatLayer, IntLayer, Layer, LayerKind, SeqLayer};
 use crate::data::Normalization;
 use crate::error::{Result, WqatError};
 use crate::infer::requant::activation_range;
@@ -207,7 +205,7 @@ impl Int8Model {
         }
         let text: Option<crate::data::TextEncoding> =
             tf.metadata.get("text_encoding").map(|t| parse(path, "text_encoding", t)).transpose()?;
-        crate::convert::check_text_encoding(text.as_ref(), &graph).map_err(|e| bad(e.to_string()))?;
+        super::model::check_text_encoding(text.as_ref(), &graph).map_err(|e| bad(e.to_string()))?;
         let mut used = BTreeSet::new();
         let mut get = |name: String, shape: &[usize]| -> Result<Option<&HostData>> {
             match tf.tensors.get(&name) {

@@ -7,12 +7,12 @@
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use wqat::convert::ActQuant;
 use wqat::gpu::{DType, GpuTensor};
 use wqat::infer::cpu::avg_pool_codes;
 use wqat::infer::cpu::kernels::scalar;
 use wqat::infer::gpu::gemm::{read_u8, upload_u8};
 use wqat::infer::gpu::ops as k;
+use wqat::infer::ActQuant;
 use wqat::infer::{Activation, AddConfig, AvgRequant, PoolConfig};
 use wqat::testing::{self, assert_bit_exact};
 

@@ -7,12 +7,12 @@
 //! outputs are converted to NCHW only when traced.
 
 use super::NodeValue;
-use crate::convert::{Domain, Int8Model, LayerKind};
 use crate::error::{Result, WqatError};
 use crate::infer::cpu::kernels::nhwc::{self, PoolGeom};
 use crate::infer::cpu::kernels::simd::{hwc_to_nchw, par_rows};
 use crate::infer::cpu::kernels::{PackedConv, PackedLinear, SimdKernel};
 use crate::infer::Conv2dConfig;
+use crate::infer::{Domain, Int8Model, LayerKind};
 use crate::model::graph::{Op, INPUT};
 use std::sync::{Mutex, OnceLock};
 
@@ -312,7 +312,7 @@ fn par_rows_n(
 }
 
 /// The input codes (`ActQuant::quantize` of every value; vectorized on AVX2).
-fn quantize(kernel: SimdKernel, x: &[f32], q: crate::convert::ActQuant) -> Vec<u8> {
+fn quantize(kernel: SimdKernel, x: &[f32], q: crate::infer::ActQuant) -> Vec<u8> {
     #[cfg(target_arch = "x86_64")]
     if kernel == SimdKernel::Avx2 && kernel.is_available() {
         let mut out = vec![0u8; x.len()];

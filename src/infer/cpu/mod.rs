@@ -7,10 +7,10 @@ pub mod kernels;
 
 pub use fast::CpuPacks;
 
-use crate::convert::{Domain, Int8Model, LayerKind, SeqLayer};
 use crate::error::{Result, WqatError};
 use crate::infer::cpu::kernels::{self as int8, CpuBackend};
 use crate::infer::{AvgRequant, Conv2dConfig, LinearConfig, PoolConfig};
+use crate::infer::{Domain, Int8Model, LayerKind, SeqLayer};
 use crate::model::graph::{Op, TokenPoolMode, INPUT};
 use crate::quant::{QStateLayout, QuantSpec};
 use crate::reference::graph::{apply_act, conv2d_f32, global_avg_f32, linear_f32, pool_f32};

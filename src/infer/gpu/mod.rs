@@ -17,11 +17,11 @@ pub mod gemm;
 pub mod ops;
 
 use super::cpu::{argmax_rows, Int8Output, NodeValue};
-use crate::convert::{Domain, Int8Model, LayerKind, SeqLayer};
 use crate::error::{Result, WqatError};
 use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor};
 use crate::infer::gpu::gemm::{int8_conv2d, int8_linear, int8_linear_f32, unpack_u8, Int8Weights};
 use crate::infer::{Conv2dConfig, LinearConfig, PoolConfig};
+use crate::infer::{Domain, Int8Model, LayerKind, SeqLayer};
 use crate::kernels::activation::{add_forward, relu_forward, Relu};
 use crate::kernels::attention::{attention_forward, AttentionConfig, AttentionQuant};
 use crate::kernels::conv::{conv2d_forward, Conv2dForwardArgs, Conv2dGeom, QuantOperand};

@@ -1,13 +1,13 @@
 //! Host wrappers for `shaders/int8_ops.wgsl`: input quantization (optionally after GELU),
 //! max pool, average pool, residual add, dequantization and patchify on packed uint8 tensors
 //! ([`DType::I8x4`], see [`crate::infer::gpu::gemm`]).
-//! CPU references: [`crate::convert::ActQuant::quantize`] / [`crate::convert::ActQuant::dequantize`], [`crate::infer::cpu::kernels::scalar::max_pool`],
+//! CPU references: [`crate::infer::ActQuant::quantize`] / [`crate::infer::ActQuant::dequantize`], [`crate::infer::cpu::kernels::scalar::max_pool`],
 //! [`crate::infer::cpu::avg_pool_codes`], [`crate::infer::cpu::kernels::scalar::add`],
 //! [`crate::reference::graph::patchify`].
 
-use crate::convert::ActQuant;
 use crate::error::{Result, WqatError};
 use crate::gpu::{grid_1d, DType, Dispatch, GpuContext, GpuTensor, PipelineKey};
+use crate::infer::ActQuant;
 use crate::infer::{AddConfig, AvgRequant, PoolConfig};
 use crate::kernels::sequence::PatchConfig;
 

@@ -162,6 +162,7 @@ fn main() -> Result<()> {
     let g = zoo::build("mnist-cnn", [1, 28, 28], 10)?;
     let ck = synthetic_checkpoint(&g, 7, false)?;
     let model: Int8Model = convert::convert(&g, &ck)?;
+    let cpu = infer::Int8CpuModel::new(&model);
     assert!(model.layers.iter().all(|l| !matches!(l.kind, LayerKind::Float(_))));
     let ctx = GpuContext::new(&GpuOptions::from_env())?;
     let ctx_nodot: Arc<GpuContext> = GpuContext::new(&GpuOptions { disable_dot4: true, ..GpuOptions::from_env() })?;
@@ -195,9 +196,9 @@ fn main() -> Result<()> {
     };
     println!("{:<32} {:>19}  {:>19}", "images/s: median (best)", "batch 1", "batch 64");
     println!("(CPU int8 rows also give images per CPU-second of all threads, batch 1 / 64: the rate the cores deliver when other processes compete for them)");
-    add("CPU int8 scalar", &mut |b, x| model.forward_cpu(x, b, CpuBackend::Scalar).map(|_| ()))?;
+    add("CPU int8 scalar", &mut |b, x| cpu.forward(x, b, CpuBackend::Scalar).map(|_| ()))?;
     add(&format!("CPU int8 SIMD ({:?})", SimdKernel::best()), &mut |b, x| {
-        model.forward_cpu(x, b, CpuBackend::Simd).map(|_| ())
+        cpu.forward(x, b, CpuBackend::Simd).map(|_| ())
     })?;
     // On CPU adapters (`conv_direct`) the conv / linear layers whose shapes fit take the
     // register-blocked DIRECT path, which always unpacks: the "dot4" row then uses

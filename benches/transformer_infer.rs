@@ -52,6 +52,7 @@ fn main() -> Result<()> {
             .map(|&b| Compiled::new(&ctx, &state, &CompileOptions { batch: b, quant: false, train: false }, None))
             .collect::<Result<_>>()?;
         let gpu = Int8GpuModel::new(&ctx, &model, 64)?;
+        let cpu = wqat::infer::Int8CpuModel::new(&model);
         let row = |label: &str, f: &mut dyn FnMut(usize) -> Result<()>| -> Result<()> {
             let mut cells = Vec::new();
             for (k, &b) in batches.iter().enumerate() {
@@ -68,8 +69,8 @@ fn main() -> Result<()> {
             c.preds.read_u32(&ctx).map(|_| ())
         })?;
         row("GPU int8", &mut |k| gpu.forward(&inputs[k], batches[k]).map(|_| ()))?;
-        row("CPU int8 SIMD", &mut |k| model.forward_cpu(&inputs[k], batches[k], CpuBackend::Simd).map(|_| ()))?;
-        row("CPU int8 scalar", &mut |k| model.forward_cpu(&inputs[k], batches[k], CpuBackend::Scalar).map(|_| ()))?;
+        row("CPU int8 SIMD", &mut |k| cpu.forward(&inputs[k], batches[k], CpuBackend::Simd).map(|_| ()))?;
+        row("CPU int8 scalar", &mut |k| cpu.forward(&inputs[k], batches[k], CpuBackend::Scalar).map(|_| ()))?;
     }
     Ok(())
 }

@@ -354,8 +354,10 @@ fn run_one(
 ) -> wqat::Result<wqat::infer::Int8Output> {
     match (b, gpu) {
         (_, Some(g)) => g.forward(x, 1),
-        (wqat::infer::eval::Backend::CpuScalar, _) => m.forward_cpu(x, 1, wqat::infer::CpuBackend::Scalar),
-        _ => m.forward_cpu(x, 1, wqat::infer::CpuBackend::Simd),
+        (wqat::infer::eval::Backend::CpuScalar, _) => {
+            wqat::infer::Int8CpuModel::new(m).forward(x, 1, wqat::infer::CpuBackend::Scalar)
+        }
+        _ => wqat::infer::Int8CpuModel::new(m).forward(x, 1, wqat::infer::CpuBackend::Simd),
     }
 }
 

@@ -13,7 +13,7 @@ use wqat::convert::synthetic::{
 };
 use wqat::convert::{self, synthetic};
 use wqat::gpu::{GpuContext, GpuOptions};
-use wqat::infer::{self, Int8GpuModel, Int8Model, NodeValue};
+use wqat::infer::{self, Int8CpuModel, Int8GpuModel, Int8Model, NodeValue};
 use wqat::infer::{CpuBackend, SimdKernel};
 use wqat::model::graph::{Graph, Op};
 use wqat::model::zoo;
@@ -74,11 +74,14 @@ fn nodot4_ctx() -> Arc<GpuContext> {
 
 /// Every node's codes equal on CPU scalar, every SIMD kernel, GPU (dot4 and fallback).
 fn check_backends_agree(model: &Int8Model, x: &[f32], batch: usize, gpu: bool) {
-    let scalar = model.forward_cpu_traced(x, batch, CpuBackend::Scalar).unwrap();
+    let scalar = Int8CpuModel::new(&model).forward_traced(x, batch, CpuBackend::Scalar).unwrap();
     let want = scalar.activations.as_ref().unwrap();
     let mut runs: Vec<(String, wqat::infer::Int8Output)> = Vec::new();
     for k in SimdKernel::available() {
-        runs.push((format!("{k:?}"), model.forward_cpu_traced(x, batch, CpuBackend::Kernel(k)).unwrap()));
+        runs.push((
+            format!("{k:?}"),
+            Int8CpuModel::new(&model).forward_traced(x, batch, CpuBackend::Kernel(k)).unwrap(),
+        ));
     }
     if gpu {
         for ctx in [testing::ctx(), nodot4_ctx()] {
@@ -113,7 +116,7 @@ fn check_against_simulation(
     min_margin_lsb: f64,
 ) {
     let sim = fake_quant_forward(graph, ck, x, batch).unwrap();
-    let out = model.forward_cpu(x, batch, CpuBackend::Simd).unwrap();
+    let out = Int8CpuModel::new(&model).forward(x, batch, CpuBackend::Simd).unwrap();
     let classes = graph.num_classes;
     let sim_pred = wqat::infer::cpu::argmax_rows(&sim, classes);
     let q = model.layers.last().unwrap().out.quant().unwrap();
@@ -307,8 +310,8 @@ fn fp32_first_and_last_layers_run_on_cpu_and_gpu() {
     let mut rng = testing::rng(42);
     let n = 100;
     let x = images(&mut rng, n * 784, false);
-    let a = model.forward_cpu(&x, n, CpuBackend::Scalar).unwrap();
-    let b = model.forward_cpu(&x, n, CpuBackend::Simd).unwrap();
+    let a = Int8CpuModel::new(&model).forward(&x, n, CpuBackend::Scalar).unwrap();
+    let b = Int8CpuModel::new(&model).forward(&x, n, CpuBackend::Simd).unwrap();
     assert_eq!(a, b);
     let sim = fake_quant_forward(&g, &ck, &x, n).unwrap();
     let sim_pred = infer::cpu::argmax_rows(&sim, 10);
@@ -335,7 +338,7 @@ fn disabled_quantizer_runs_that_layer_in_f32() {
     let mut rng = testing::rng(52);
     let n = 200;
     let x = images(&mut rng, n * 64, false);
-    let out = model.forward_cpu(&x, n, CpuBackend::Simd).unwrap();
+    let out = Int8CpuModel::new(&model).forward(&x, n, CpuBackend::Simd).unwrap();
     let sim = fake_quant_forward(&g, &ck, &x, n).unwrap();
     let sim_pred = infer::cpu::argmax_rows(&sim, 10);
     let agree = sim_pred.iter().zip(&out.predictions).filter(|(p, q)| p == q).count();
@@ -348,7 +351,7 @@ fn disabled_quantizer_runs_that_layer_in_f32() {
 /// [`MAX_F32_LAYER_LSB`] here) and f32 values by float rounding.
 fn check_gpu_close_to_cpu(model: &Int8Model, x: &[f32], batch: usize) {
     const MAX_F32_LAYER_LSB: i32 = 1;
-    let cpu = model.forward_cpu_traced(x, batch, CpuBackend::Simd).unwrap();
+    let cpu = Int8CpuModel::new(&model).forward_traced(x, batch, CpuBackend::Simd).unwrap();
     for ctx in [testing::ctx(), nodot4_ctx()] {
         let g = Int8GpuModel::new(&ctx, model, batch).unwrap();
         let gpu = g.forward_traced(x, batch).unwrap();
@@ -393,7 +396,7 @@ fn resnet20_with_f32_add_and_pool() {
     let x = images(&mut rng, n * 3072, false);
     check_gpu_close_to_cpu(&model, &x, n);
     let sim = fake_quant_forward(&g, &ck, &x, n).unwrap();
-    let out = model.forward_cpu(&x, n, CpuBackend::Simd).unwrap();
+    let out = Int8CpuModel::new(&model).forward(&x, n, CpuBackend::Simd).unwrap();
     assert_eq!(infer::cpu::argmax_rows(&sim, 10), out.predictions);
 }
 
@@ -412,7 +415,10 @@ fn save_load_round_trip_and_garbage_never_panics() {
     assert_eq!(back.num_classes(), 10);
     let mut rng = testing::rng(62);
     let x = images(&mut rng, 5 * 784, false);
-    assert_eq!(back.forward_cpu(&x, 5, CpuBackend::Simd).unwrap(), model.forward_cpu(&x, 5, CpuBackend::Simd).unwrap());
+    assert_eq!(
+        Int8CpuModel::new(&back).forward(&x, 5, CpuBackend::Simd).unwrap(),
+        Int8CpuModel::new(&model).forward(&x, 5, CpuBackend::Simd).unwrap()
+    );
 
     let bytes = std::fs::read(&path).unwrap();
     let header = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize + 8;
@@ -434,7 +440,7 @@ fn save_load_round_trip_and_garbage_never_panics() {
             _ => b"0123456789-e.,{}[]\":"[rng.random_range(0..20)],
         };
         if let Ok(m) = Int8Model::from_bytes(p, &b) {
-            let _ = m.forward_cpu(&x[..784], 1, CpuBackend::Scalar);
+            let _ = Int8CpuModel::new(&m).forward(&x[..784], 1, CpuBackend::Scalar);
             if at < header {
                 header_ok += 1;
             }
@@ -476,7 +482,7 @@ fn preprocess_image_file_resizes_and_normalizes() {
     let black = (0.0 - n.mean[0]) / n.std[0];
     assert!((x[27] - black).abs() < 1e-6, "right half is black: {}", x[27]);
     assert!(x[0] > black, "left half is red, brighter than black in luma");
-    let out = model.forward_cpu(&x, 1, CpuBackend::Simd).unwrap();
+    let out = Int8CpuModel::new(&model).forward(&x, 1, CpuBackend::Simd).unwrap();
     assert_eq!(out.predictions.len(), 1);
     assert!(infer::preprocess_image_file(&dir.join("missing.png"), &model).is_err());
     std::fs::write(dir.join("bad.png"), b"not an image").unwrap();
@@ -504,10 +510,10 @@ fn evaluate_on_every_backend() {
 /// values bit for bit: the integer layers' accumulators are exact and the f32 ops are the
 /// same code on every backend).
 fn check_cpu_backends_agree_any_domain(model: &Int8Model, x: &[f32], batch: usize) {
-    let scalar = model.forward_cpu_traced(x, batch, CpuBackend::Scalar).unwrap();
+    let scalar = Int8CpuModel::new(&model).forward_traced(x, batch, CpuBackend::Scalar).unwrap();
     let want = scalar.activations.as_ref().unwrap();
     for k in SimdKernel::available() {
-        let out = model.forward_cpu_traced(x, batch, CpuBackend::Kernel(k)).unwrap();
+        let out = Int8CpuModel::new(&model).forward_traced(x, batch, CpuBackend::Kernel(k)).unwrap();
         let got = out.activations.as_ref().unwrap();
         for (i, r) in model.nodes().iter().enumerate() {
             let what = format!("{} node {} ({k:?})", model.graph.name, r.node.name);
@@ -551,7 +557,7 @@ fn check_gpu_transformer(model: &Int8Model, x: &[f32], batch: usize) {
     use infer::LayerKind as K;
     use wqat::model::graph::{Act, TokenPoolMode, INPUT};
     let name = &model.graph.name;
-    let cpu = model.forward_cpu_traced(x, batch, CpuBackend::Scalar).unwrap();
+    let cpu = Int8CpuModel::new(&model).forward_traced(x, batch, CpuBackend::Scalar).unwrap();
     let cpu_acts = cpu.activations.as_ref().unwrap();
     let key_mask = model.key_mask(x);
     let input = match model.input {
@@ -685,7 +691,7 @@ fn transformers_convert_bit_exact_and_agree_with_simulation() {
             let mut bad = synthetic::random_inputs(&g, &mut rng, 1, false);
             bad[0] = 1e6;
             assert!(Int8GpuModel::new(&testing::ctx(), &model, 1).unwrap().forward(&bad, 1).is_err());
-            assert!(model.forward_cpu(&bad, 1, CpuBackend::Scalar).is_err());
+            assert!(Int8CpuModel::new(&model).forward(&bad, 1, CpuBackend::Scalar).is_err());
         }
     }
 }

@@ -246,6 +246,5 @@ pub fn convert(graph: &Graph, ckpt: &TensorFile) -> Result<Int8Model> {
         input,
         layers,
         nodes: gq.nodes,
-        cpu_packs: Default::default(),
     })
 }

@@ -430,8 +430,7 @@ impl Int8Model {
         if let Some(extra) = tf.tensors.keys().find(|k| !used.contains(*k)) {
             return Err(bad(format!("unexpected tensor {extra}")));
         }
-        let cpu_packs = Default::default();
-        Ok(Int8Model { graph, qconfig, normalization, class_names, text, input, layers, nodes, cpu_packs })
+        Ok(Int8Model { graph, qconfig, normalization, class_names, text, input, layers, nodes })
     }
 }
 

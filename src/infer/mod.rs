@@ -10,7 +10,7 @@ pub mod ops;
 pub mod requant;
 
 pub use cpu::kernels::{CpuBackend, SimdKernel};
-pub use cpu::{Int8Output, NodeValue};
+pub use cpu::{Int8CpuModel, Int8Output, NodeValue};
 pub use eval::{evaluate, layer_report, preprocess_image_file, Backend, EvalResult, LayerDiff};
 pub use gpu::Int8GpuModel;
 pub use model::{ActQuant, Domain, FloatLayer, Int8Model, IntFloatLayer, IntLayer, Layer, LayerKind, SeqLayer};

@@ -168,8 +168,6 @@ pub struct Int8Model {
     /// One per graph node, in order.
     pub layers: Vec<Layer>,
     pub(crate) nodes: Vec<ResolvedNode>,
-    /// Weights packed for the CPU SIMD kernels (built on the first CPU forward).
-    pub(crate) cpu_packs: super::cpu::CpuPacks,
 }
 
 impl PartialEq for Int8Model {
@@ -188,7 +186,7 @@ impl Int8Model {
     pub fn input_shape(&self) -> [usize; 3] {
         self.graph.input
     }
-    /// How raw pixels are normalized before [`Int8Model::forward_cpu`].
+    /// How raw pixels are normalized before a forward ([`super::Int8CpuModel::forward`]).
     pub fn normalization(&self) -> &Normalization {
         &self.normalization
     }

@@ -22,8 +22,9 @@ use wqat::infer::{CpuBackend, SimdKernel};
 use wqat::kernels::conv::{conv2d_forward, Conv2dForwardArgs, Conv2dGeom};
 use wqat::kernels::gemm::{gemm, GemmConfig, GemmExtras};
 use wqat::kernels::pool::{maxpool_forward, PoolSpec};
+use wqat::model::checkpoint::{effective_params, GraphQuant};
 use wqat::model::zoo;
-use wqat::reference::graph::{effective_params, fake_quant_forward, GraphQuant};
+use wqat::reference::graph::fake_quant_forward;
 use wqat::Result;
 
 /// User + system CPU seconds of this process, threads that exited included (Linux

@@ -4,7 +4,8 @@
 //! * the image is normalized with the model's [`Normalization`] and quantized with
 //!   `input.output_quant`: `q = clamp(round_ties_even(x * inv_s) + z, 0, qmax)` (the same
 //!   expression as fake-quant, so input codes equal the simulation's bit for bit);
-//! * conv / linear: BN folded in f32 exactly as [`crate::reference::graph::folded_params`];
+//! * conv / linear: BN folded in f32 ([`crate::model::checkpoint::folded_params`], the
+//!   arithmetic of the engine and, written separately, of [`crate::reference::graph`]);
 //!   int8 weights `clamp(round_ties_even(w_eff * inv_s_w[c]), -qmax_w, qmax_w)` (the codes the
 //!   simulation uses); int32 bias `round_ties_even(b_eff / (s_in * s_w[c]))` in f64;
 //!   `acc = sum (x - z_in) * w + bias`; output `z_out + R(acc, M0[c], shift[c])` with
@@ -51,9 +52,9 @@ use crate::infer::{
     quantize_bias, ActQuant, AddConfig, Domain, FloatLayer, Int8Model, IntFloatLayer, IntLayer, Layer, LayerKind,
     Requant, SeqLayer,
 };
+use crate::model::checkpoint::{effective_params, folded_params, read_param, GraphQuant, QState};
 use crate::model::graph::{Act, Graph, Op, INPUT};
 use crate::reference::fake_quant::quantize_code;
-use crate::reference::graph::{effective_params, QState};
 use crate::tensorfile::TensorFile;
 
 /// The activation quantization of an (enabled, per-tensor) quantizer state.
@@ -76,19 +77,6 @@ fn int8_weights(w_eff: &[f32], cout: usize, wq: &QState) -> (Vec<i8>, Vec<f32>) 
     (weight, sw)
 }
 
-/// An f32 tensor of the checkpoint with the expected shape, finite.
-fn read_param(ckpt: &TensorFile, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-    let t = ckpt.tensors.get(name).ok_or_else(|| WqatError::invalid(format!("checkpoint has no tensor {name}")))?;
-    if t.shape != shape {
-        return Err(WqatError::invalid(format!("tensor {name} has shape {:?}, expected {shape:?}", t.shape)));
-    }
-    let v = t.as_f32(name)?;
-    if v.len() != shape.iter().product::<usize>() || v.iter().any(|x| !x.is_finite()) {
-        return Err(WqatError::invalid(format!("tensor {name} must hold {shape:?} finite values")));
-    }
-    Ok(v.to_vec())
-}
-
 fn meta_json<T: serde::de::DeserializeOwned>(ckpt: &TensorFile, key: &str) -> Result<Option<T>> {
     match ckpt.metadata.get(key) {
         None => Ok(None),
@@ -102,7 +90,7 @@ fn meta_json<T: serde::de::DeserializeOwned>(ckpt: &TensorFile, key: &str) -> Re
 /// semantics) into an integer model. The checkpoint's `normalization` and `class_names`
 /// metadata are kept (normalization defaults to identity, mean 0 std 1, when absent).
 pub fn convert(graph: &Graph, ckpt: &TensorFile) -> Result<Int8Model> {
-    let gq = crate::reference::graph::GraphQuant::new(graph, ckpt)?;
+    let gq = GraphQuant::new(graph, ckpt)?;
     let qc = gq.qconfig.clone();
     // Every quantizer (per-layer settings included) must fit the integer kernels.
     for q in gq.input.iter().chain(gq.output.iter().flatten()) {
@@ -155,13 +143,13 @@ pub fn convert(graph: &Graph, ckpt: &TensorFile) -> Result<Int8Model> {
                     && (*act == Act::Gelu || (r.in_seq[0] && out == Domain::Float));
                 match (in_dom, wq, out) {
                     (Domain::Codes(qi), Some(wq), _) if float_epilogue => {
-                        let (w_eff, b_eff) = crate::reference::graph::folded_params(&gq, ckpt, i)?;
+                        let (w_eff, b_eff) = folded_params(&gq, ckpt, i)?;
                         let (weight, sw) = int8_weights(&w_eff, b_eff.len(), wq);
                         let bias = quantize_bias(&b_eff, qi.scale, &sw)?;
                         Layer { kind: LayerKind::IntFloat(IntFloatLayer { weight, weight_scale: sw, bias }), out }
                     }
                     (Domain::Codes(qi), Some(wq), Domain::Codes(qo)) => {
-                        let (w_eff, b_eff) = crate::reference::graph::folded_params(&gq, ckpt, i)?;
+                        let (w_eff, b_eff) = folded_params(&gq, ckpt, i)?;
                         let cout = b_eff.len();
                         let inner = w_eff.len() / cout;
                         if inner as i64 * crate::infer::ops::MAX_PRODUCT > i32::MAX as i64 {

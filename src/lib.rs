@@ -3,10 +3,10 @@
 //! Layout: [`gpu`] (device, tensors, shader registry, recorded dispatches), [`kernels`]
 //! (host wrappers of the WGSL entry points), [`reference`] (CPU references of every
 //! kernel), [`quant`] (quantization semantics shared by all paths), [`qconfig`] (per-layer
-//! quantization settings), [`int8`] (the CPU
-//! integer backend), [`data`] (data sets), [`model`] (graphs, zoo, parameter names),
-//! [`engine`] (compiled training and the `wqat train` pipeline), [`convert`] (integer models),
-//! [`bench`] (kernel benchmarks).
+//! quantization settings), [`data`] (data sets), [`model`] (graphs, zoo, parameter names,
+//! checkpoint reading), [`engine`] (compiled training and the `wqat train` pipeline),
+//! [`convert`] (QAT checkpoint -> integer model), [`infer`] (the integer model, its file
+//! format, CPU and GPU executors and kernels, evaluation), [`bench`] (kernel benchmarks).
 
 pub mod bench;
 pub mod convert;

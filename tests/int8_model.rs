@@ -74,13 +74,13 @@ fn nodot4_ctx() -> Arc<GpuContext> {
 
 /// Every node's codes equal on CPU scalar, every SIMD kernel, GPU (dot4 and fallback).
 fn check_backends_agree(model: &Int8Model, x: &[f32], batch: usize, gpu: bool) {
-    let scalar = Int8CpuModel::new(&model).forward_traced(x, batch, CpuBackend::Scalar).unwrap();
+    let scalar = Int8CpuModel::new(model).forward_traced(x, batch, CpuBackend::Scalar).unwrap();
     let want = scalar.activations.as_ref().unwrap();
     let mut runs: Vec<(String, wqat::infer::Int8Output)> = Vec::new();
     for k in SimdKernel::available() {
         runs.push((
             format!("{k:?}"),
-            Int8CpuModel::new(&model).forward_traced(x, batch, CpuBackend::Kernel(k)).unwrap(),
+            Int8CpuModel::new(model).forward_traced(x, batch, CpuBackend::Kernel(k)).unwrap(),
         ));
     }
     if gpu {
@@ -116,7 +116,7 @@ fn check_against_simulation(
     min_margin_lsb: f64,
 ) {
     let sim = fake_quant_forward(graph, ck, x, batch).unwrap();
-    let out = Int8CpuModel::new(&model).forward(x, batch, CpuBackend::Simd).unwrap();
+    let out = Int8CpuModel::new(model).forward(x, batch, CpuBackend::Simd).unwrap();
     let classes = graph.num_classes;
     let sim_pred = wqat::infer::cpu::argmax_rows(&sim, classes);
     let q = model.layers.last().unwrap().out.quant().unwrap();
@@ -351,7 +351,7 @@ fn disabled_quantizer_runs_that_layer_in_f32() {
 /// [`MAX_F32_LAYER_LSB`] here) and f32 values by float rounding.
 fn check_gpu_close_to_cpu(model: &Int8Model, x: &[f32], batch: usize) {
     const MAX_F32_LAYER_LSB: i32 = 1;
-    let cpu = Int8CpuModel::new(&model).forward_traced(x, batch, CpuBackend::Simd).unwrap();
+    let cpu = Int8CpuModel::new(model).forward_traced(x, batch, CpuBackend::Simd).unwrap();
     for ctx in [testing::ctx(), nodot4_ctx()] {
         let g = Int8GpuModel::new(&ctx, model, batch).unwrap();
         let gpu = g.forward_traced(x, batch).unwrap();
@@ -510,10 +510,10 @@ fn evaluate_on_every_backend() {
 /// values bit for bit: the integer layers' accumulators are exact and the f32 ops are the
 /// same code on every backend).
 fn check_cpu_backends_agree_any_domain(model: &Int8Model, x: &[f32], batch: usize) {
-    let scalar = Int8CpuModel::new(&model).forward_traced(x, batch, CpuBackend::Scalar).unwrap();
+    let scalar = Int8CpuModel::new(model).forward_traced(x, batch, CpuBackend::Scalar).unwrap();
     let want = scalar.activations.as_ref().unwrap();
     for k in SimdKernel::available() {
-        let out = Int8CpuModel::new(&model).forward_traced(x, batch, CpuBackend::Kernel(k)).unwrap();
+        let out = Int8CpuModel::new(model).forward_traced(x, batch, CpuBackend::Kernel(k)).unwrap();
         let got = out.activations.as_ref().unwrap();
         for (i, r) in model.nodes().iter().enumerate() {
             let what = format!("{} node {} ({k:?})", model.graph.name, r.node.name);
@@ -557,7 +557,7 @@ fn check_gpu_transformer(model: &Int8Model, x: &[f32], batch: usize) {
     use infer::LayerKind as K;
     use wqat::model::graph::{Act, TokenPoolMode, INPUT};
     let name = &model.graph.name;
-    let cpu = Int8CpuModel::new(&model).forward_traced(x, batch, CpuBackend::Scalar).unwrap();
+    let cpu = Int8CpuModel::new(model).forward_traced(x, batch, CpuBackend::Scalar).unwrap();
     let cpu_acts = cpu.activations.as_ref().unwrap();
     let key_mask = model.key_mask(x);
     let input = match model.input {

@@ -1,5 +1,9 @@
-//! Integer inference: the converted model ([`Int8Model`]), its file format,
-//! the CPU (scalar / SIMD) and GPU executors with their kernels, and evaluation.
+//! Integer inference: the converted model ([`Int8Model`], built by [`crate::convert`]), its
+//! file format ([`format`]), the CPU executor ([`Int8CpuModel`], scalar / SIMD kernels in
+//! [`cpu::kernels`]) and the GPU executor ([`Int8GpuModel`], host wrappers of the int8
+//! shaders in [`gpu`]), the arithmetic they share ([`requant`], [`ops`]) and evaluation
+//! ([`eval`]). The model holds data only; each executor owns its backend state (packed
+//! weights, buffers, recorded dispatches).
 
 pub mod cpu;
 pub mod eval;

@@ -1,4 +1,4 @@
-//! CPU executor of an [`Int8Model`]: integer ops from [`crate::int8`] (scalar or SIMD),
+//! CPU executor of an [`Int8Model`]: integer ops from [`kernels`] (scalar or SIMD),
 //! the batch split into contiguous chunks over `std::thread::scope` threads (each image is
 //! computed by one thread, so results do not depend on the thread count).
 

@@ -14,15 +14,17 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use wqat::convert;
 use wqat::convert::synthetic::{random_images, synthetic_checkpoint};
-use wqat::convert::{self, Int8GpuModel, Int8Model, LayerKind};
 use wqat::gpu::{DType, Dispatch, GpuContext, GpuOptions, GpuTensor};
-use wqat::int8::{CpuBackend, SimdKernel};
+use wqat::infer::{self, Int8GpuModel, Int8Model, LayerKind};
+use wqat::infer::{CpuBackend, SimdKernel};
 use wqat::kernels::conv::{conv2d_forward, Conv2dForwardArgs, Conv2dGeom};
 use wqat::kernels::gemm::{gemm, GemmConfig, GemmExtras};
 use wqat::kernels::pool::{maxpool_forward, PoolSpec};
+use wqat::model::checkpoint::{effective_params, GraphQuant};
 use wqat::model::zoo;
-use wqat::reference::graph::{effective_params, fake_quant_forward, GraphQuant};
+use wqat::reference::graph::fake_quant_forward;
 use wqat::Result;
 
 /// User + system CPU seconds of this process, threads that exited included (Linux
@@ -161,6 +163,7 @@ fn main() -> Result<()> {
     let g = zoo::build("mnist-cnn", [1, 28, 28], 10)?;
     let ck = synthetic_checkpoint(&g, 7, false)?;
     let model: Int8Model = convert::convert(&g, &ck)?;
+    let cpu = infer::Int8CpuModel::new(&model);
     assert!(model.layers.iter().all(|l| !matches!(l.kind, LayerKind::Float(_))));
     let ctx = GpuContext::new(&GpuOptions::from_env())?;
     let ctx_nodot: Arc<GpuContext> = GpuContext::new(&GpuOptions { disable_dot4: true, ..GpuOptions::from_env() })?;
@@ -194,9 +197,9 @@ fn main() -> Result<()> {
     };
     println!("{:<32} {:>19}  {:>19}", "images/s: median (best)", "batch 1", "batch 64");
     println!("(CPU int8 rows also give images per CPU-second of all threads, batch 1 / 64: the rate the cores deliver when other processes compete for them)");
-    add("CPU int8 scalar", &mut |b, x| model.forward_cpu(x, b, CpuBackend::Scalar).map(|_| ()))?;
+    add("CPU int8 scalar", &mut |b, x| cpu.forward(x, b, CpuBackend::Scalar).map(|_| ()))?;
     add(&format!("CPU int8 SIMD ({:?})", SimdKernel::best()), &mut |b, x| {
-        model.forward_cpu(x, b, CpuBackend::Simd).map(|_| ())
+        cpu.forward(x, b, CpuBackend::Simd).map(|_| ())
     })?;
     // On CPU adapters (`conv_direct`) the conv / linear layers whose shapes fit take the
     // register-blocked DIRECT path, which always unpacks: the "dot4" row then uses
@@ -234,9 +237,9 @@ fn main() -> Result<()> {
     // Sanity: the fp32 GPU network predicts like the fake-quant simulation on most images.
     let sim = fake_quant_forward(&g, &ck, &images[1], 64)?;
     let gpu32 = fp[1].forward(&ctx, &images[1])?;
-    let agree = convert::cpu::argmax_rows(&sim, 10)
+    let agree = infer::cpu::argmax_rows(&sim, 10)
         .iter()
-        .zip(convert::cpu::argmax_rows(&gpu32, 10))
+        .zip(infer::cpu::argmax_rows(&gpu32, 10))
         .filter(|(a, b)| **a == *b)
         .count();
     println!("(fp32 GPU vs fake-quant predictions agree on {agree}/64 images)");

@@ -9,11 +9,12 @@
 //! the predictions or logits, as `wqat eval` pays them.
 
 use std::time::{Duration, Instant};
+use wqat::convert;
 use wqat::convert::synthetic::{random_inputs, synthetic_checkpoint};
-use wqat::convert::{self, Int8GpuModel};
 use wqat::engine::{CompileOptions, Compiled, ModelState, QConfig};
 use wqat::gpu::{GpuContext, GpuOptions};
-use wqat::int8::CpuBackend;
+use wqat::infer::CpuBackend;
+use wqat::infer::Int8GpuModel;
 use wqat::model::zoo;
 use wqat::Result;
 
@@ -51,6 +52,7 @@ fn main() -> Result<()> {
             .map(|&b| Compiled::new(&ctx, &state, &CompileOptions { batch: b, quant: false, train: false }, None))
             .collect::<Result<_>>()?;
         let gpu = Int8GpuModel::new(&ctx, &model, 64)?;
+        let cpu = wqat::infer::Int8CpuModel::new(&model);
         let row = |label: &str, f: &mut dyn FnMut(usize) -> Result<()>| -> Result<()> {
             let mut cells = Vec::new();
             for (k, &b) in batches.iter().enumerate() {
@@ -67,8 +69,8 @@ fn main() -> Result<()> {
             c.preds.read_u32(&ctx).map(|_| ())
         })?;
         row("GPU int8", &mut |k| gpu.forward(&inputs[k], batches[k]).map(|_| ()))?;
-        row("CPU int8 SIMD", &mut |k| model.forward_cpu(&inputs[k], batches[k], CpuBackend::Simd).map(|_| ()))?;
-        row("CPU int8 scalar", &mut |k| model.forward_cpu(&inputs[k], batches[k], CpuBackend::Scalar).map(|_| ()))?;
+        row("CPU int8 SIMD", &mut |k| cpu.forward(&inputs[k], batches[k], CpuBackend::Simd).map(|_| ()))?;
+        row("CPU int8 scalar", &mut |k| cpu.forward(&inputs[k], batches[k], CpuBackend::Scalar).map(|_| ()))?;
     }
     Ok(())
 }

@@ -1,4 +1,4 @@
-// Int8 inference GEMM: linear and conv2d (implicit GEMM), bit-exact with src/int8/scalar.rs.
+// Int8 inference GEMM: linear and conv2d (implicit GEMM), bit-exact with src/infer/cpu/kernels/scalar.rs.
 //
 // Data: activations are uint8 codes packed four per u32, flat, little end first (element e
 // is byte e % 4 of word e / 4). Weights are int8 packed four per u32, `kw4` words per
@@ -33,7 +33,7 @@
 // f32(acc) * scale[c] with acc the full int32 sum (bias included) and scale[c] = s_in * s_w[c]
 // rounded to f32 on the host, stored in chan[c].y (M0's slot) as f32 bits. An int-to-float
 // conversion and a multiply, each correctly rounded: the bits of
-// convert::cpu::dequantize_acc.
+// infer::cpu::dequantize_acc.
 
 struct Params {
     total: u32,    // output elements

@@ -1,7 +1,7 @@
 // Int8 inference ops around the GEMMs of int8_gemm.wgsl: input quantization (optionally
 // after GELU), max pool, average pool, residual add and a transformer's patchify on uint8
 // codes packed four per u32 (element e is byte e % 4 of word e / 4). Bit-exact with the CPU
-// paths (src/convert/cpu.rs, src/int8/scalar.rs), except GELU: common/erf.wgsl's erf is
+// paths (src/infer/cpu/mod.rs, src/infer/cpu/kernels/scalar.rs), except GELU: common/erf.wgsl's erf is
 // within a few ulp of the CPU's libm, so a GELU output within that of a rounding tie may
 // quantize to the neighbouring code.
 // Each invocation writes one output word = 4 consecutive output codes.
@@ -50,7 +50,7 @@ override GELU: bool = false;
 // #include common/index.wgsl
 // #include common/erf.wgsl
 
-// ---- fixed-point arithmetic (see src/int8/requant.rs): mul_wide and the single-rounding
+// ---- fixed-point arithmetic (see src/infer/requant.rs): mul_wide and the single-rounding
 // mul_round shared with int8_gemm.wgsl; the TFLite MBQM of add below ----
 // #include common/fixed_point.wgsl
 
@@ -232,7 +232,7 @@ fn avgpool_u8(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     out[t] = word;
 }
 
-// ---- residual add (TFLite quantized ADD, left shift 20; see src/int8/ops.rs AddConfig) ----
+// ---- residual add (TFLite quantized ADD, left shift 20; see src/infer/ops.rs AddConfig) ----
 @compute @workgroup_size(64)
 fn add_u8(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let t = flat_index(gid, nwg, WG);

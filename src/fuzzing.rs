@@ -84,7 +84,7 @@ pub fn state_dict(bytes: &[u8]) -> bool {
 
 /// An int8 model file (`Int8Model::from_bytes`: safetensors, metadata, every field validated).
 pub fn int8_model(bytes: &[u8]) -> bool {
-    crate::convert::Int8Model::from_bytes(Path::new(FUZZ_PATH), bytes).is_ok()
+    crate::infer::Int8Model::from_bytes(Path::new(FUZZ_PATH), bytes).is_ok()
 }
 
 /// A text data file (one UTF-8 sample per line, raw or gzip); valid input is also encoded

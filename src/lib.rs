@@ -3,10 +3,11 @@
 //! Layout: [`gpu`] (device, tensors, shader registry, recorded dispatches), [`kernels`]
 //! (host wrappers of the WGSL entry points), [`reference`] (CPU references of every
 //! kernel), [`quant`] (quantization semantics shared by all paths), [`qconfig`] (per-layer
-//! quantization settings), [`int8`] (the CPU
-//! integer backend), [`data`] (data sets), [`model`] (graphs, zoo, parameter names),
-//! [`engine`] (compiled training and the `wqat train` pipeline), [`convert`] (integer models),
-//! [`bench`] (kernel benchmarks), [`report`] (`wqat report`: plots and an HTML page of a run).
+//! quantization settings), [`data`] (data sets), [`model`] (graphs, zoo, parameter names,
+//! checkpoint reading), [`engine`] (compiled training and the `wqat train` pipeline),
+//! [`convert`] (QAT checkpoint -> integer model), [`infer`] (the integer model, its file
+//! format, CPU and GPU executors and kernels, evaluation), [`bench`] (kernel benchmarks),
+//! [`report`] (`wqat report`: plots and an HTML page of a run).
 
 pub mod bench;
 pub mod convert;
@@ -15,7 +16,7 @@ pub mod engine;
 pub mod error;
 pub mod fuzzing;
 pub mod gpu;
-pub mod int8;
+pub mod infer;
 pub mod kernels;
 pub mod model;
 pub mod qconfig;

@@ -108,14 +108,14 @@ enum Command {
 }
 
 /// Loads an integer model file, or converts a checkpoint; returns the checkpoint too when there is one.
-fn load_int8(path: &std::path::Path) -> wqat::Result<(wqat::convert::Int8Model, Option<wqat::tensorfile::TensorFile>)> {
+fn load_int8(path: &std::path::Path) -> wqat::Result<(wqat::infer::Int8Model, Option<wqat::tensorfile::TensorFile>)> {
     let f = wqat::tensorfile::TensorFile::load(path)?;
     if f.metadata.get("format").map(String::as_str) == Some(wqat::engine::state::CHECKPOINT_FORMAT) {
         let graph = checkpoint_graph(path, &f)?;
         let m = wqat::convert::convert(&graph, &f)?;
         return Ok((m, Some(f)));
     }
-    Ok((wqat::convert::Int8Model::from_tensor_file(path, &f)?, None))
+    Ok((wqat::infer::Int8Model::from_tensor_file(path, &f)?, None))
 }
 
 fn checkpoint_graph(path: &std::path::Path, f: &wqat::tensorfile::TensorFile) -> wqat::Result<wqat::model::Graph> {
@@ -126,8 +126,8 @@ fn checkpoint_graph(path: &std::path::Path, f: &wqat::tensorfile::TensorFile) ->
     Ok(g)
 }
 
-fn backend(name: &str, adapter: Option<String>) -> wqat::Result<wqat::convert::eval::Backend> {
-    use wqat::convert::eval::Backend;
+fn backend(name: &str, adapter: Option<String>) -> wqat::Result<wqat::infer::eval::Backend> {
+    use wqat::infer::eval::Backend;
     match name {
         "cpu" => Ok(Backend::Cpu),
         "cpu-scalar" => Ok(Backend::CpuScalar),
@@ -245,7 +245,7 @@ fn eval_cmd(
     };
     let b = backend(&backend_name, adapter)?;
     let t = std::time::Instant::now();
-    let r = wqat::convert::eval::evaluate(&m, &b, &test, batch)?;
+    let r = wqat::infer::eval::evaluate(&m, &b, &test, batch)?;
     let secs = t.elapsed().as_secs_f64();
     let mut report = serde_json::json!({
         "model": model.display().to_string(),
@@ -267,7 +267,7 @@ fn eval_cmd(
         let graph = checkpoint_graph(&model, &ckpt)?;
         let n = test.len().min(batch.max(1));
         let images = &test.images()[..n * test.image_len()];
-        let diffs = wqat::convert::eval::layer_report(&graph, &ckpt, &m, images, n)?;
+        let diffs = wqat::infer::eval::layer_report(&graph, &ckpt, &m, images, n)?;
         let rows: Vec<serde_json::Value> = diffs
             .iter()
             .map(|d| {
@@ -332,7 +332,7 @@ fn infer_cmd(
     let b = backend(&backend_name, adapter)?;
     let gpu = gpu_model(&b, &m)?;
     for path in images {
-        let x = wqat::convert::eval::preprocess_image_file(&path, &m)?;
+        let x = wqat::infer::eval::preprocess_image_file(&path, &m)?;
         let out = run_one(&b, gpu.as_ref(), &m, &x)?;
         print_prediction(&m, &path.display().to_string(), &out.logits, out.predictions[0]);
     }
@@ -341,31 +341,33 @@ fn infer_cmd(
 
 /// The GPU executor for single samples when the backend is the GPU.
 fn gpu_model(
-    b: &wqat::convert::eval::Backend,
-    m: &wqat::convert::Int8Model,
-) -> wqat::Result<Option<wqat::convert::Int8GpuModel>> {
+    b: &wqat::infer::eval::Backend,
+    m: &wqat::infer::Int8Model,
+) -> wqat::Result<Option<wqat::infer::Int8GpuModel>> {
     match b {
-        wqat::convert::eval::Backend::Gpu(ctx) => Ok(Some(wqat::convert::Int8GpuModel::new(ctx, m, 1)?)),
+        wqat::infer::eval::Backend::Gpu(ctx) => Ok(Some(wqat::infer::Int8GpuModel::new(ctx, m, 1)?)),
         _ => Ok(None),
     }
 }
 
 /// One sample (an image or a line's token ids) on the chosen backend.
 fn run_one(
-    b: &wqat::convert::eval::Backend,
-    gpu: Option<&wqat::convert::Int8GpuModel>,
-    m: &wqat::convert::Int8Model,
+    b: &wqat::infer::eval::Backend,
+    gpu: Option<&wqat::infer::Int8GpuModel>,
+    m: &wqat::infer::Int8Model,
     x: &[f32],
-) -> wqat::Result<wqat::convert::Int8Output> {
+) -> wqat::Result<wqat::infer::Int8Output> {
     match (b, gpu) {
         (_, Some(g)) => g.forward(x, 1),
-        (wqat::convert::eval::Backend::CpuScalar, _) => m.forward_cpu(x, 1, wqat::int8::CpuBackend::Scalar),
-        _ => m.forward_cpu(x, 1, wqat::int8::CpuBackend::Simd),
+        (wqat::infer::eval::Backend::CpuScalar, _) => {
+            wqat::infer::Int8CpuModel::new(m).forward(x, 1, wqat::infer::CpuBackend::Scalar)
+        }
+        _ => wqat::infer::Int8CpuModel::new(m).forward(x, 1, wqat::infer::CpuBackend::Simd),
     }
 }
 
 /// One line: what was classified, the class index and name, and its softmax score.
-fn print_prediction(m: &wqat::convert::Int8Model, what: &str, logits: &[f32], k: usize) {
+fn print_prediction(m: &wqat::infer::Int8Model, what: &str, logits: &[f32], k: usize) {
     let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
     let exps: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
     let sum: f32 = exps.iter().sum();

@@ -349,9 +349,9 @@ fn lsq_run_converts_with_learned_scales() {
     assert!(qat.tensors.contains_key("fc1.output_quant.zero_point"));
     assert!(!qat.tensors.contains_key("fc2.weight_quant.scale"));
     // The int8 model's weight scales are the learned ones.
-    let m = wqat::convert::Int8Model::load(&cfg.out.join(wqat::engine::train::INT8_FILE)).unwrap();
+    let m = wqat::infer::Int8Model::load(&cfg.out.join(wqat::engine::train::INT8_FILE)).unwrap();
     let k = m.graph.nodes.iter().position(|n| n.name == "fc1").unwrap();
-    let wqat::convert::LayerKind::Int(il) = &m.layers[k].kind else { panic!("fc1 is not an integer layer") };
+    let wqat::infer::LayerKind::Int(il) = &m.layers[k].kind else { panic!("fc1 is not an integer layer") };
     assert_eq!(il.weight_scale, f32s(&qat, "fc1.weight_quant.scale"));
     let _ = std::fs::remove_dir_all(&cfg.out);
 }

@@ -47,7 +47,7 @@ fn config(dir: &str) -> TrainConfig {
 
 /// The per-layer settings reached the quantizer states and the converted int8 model.
 fn check_layer_qconfig(out: &std::path::Path) {
-    use wqat::convert::{Domain, Int8Model, LayerKind};
+    use wqat::infer::{Domain, Int8Model, LayerKind};
     let m = Int8Model::load(&out.join(wqat::engine::train::INT8_FILE)).unwrap();
     assert_eq!(m.qconfig.layers.len(), 3);
     let layer = |n: &str| &m.layers[m.graph.nodes.iter().position(|x| x.name == n).unwrap()];

@@ -3,11 +3,12 @@
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use wqat::int8::requant::{
+use wqat::infer::cpu::kernels::{self as int8, *};
+use wqat::infer::requant::{
     activation_range, multiply_by_quantized_multiplier, multiply_by_quantized_multiplier_rounded,
     rounding_divide_by_pot, saturating_rounding_doubling_high_mul,
 };
-use wqat::int8::{self, *};
+use wqat::infer::*;
 use wqat::testing::{self, assert_bit_exact};
 
 /// Relative error of `M0 * 2^(shift-31)` against `M` (M0 has 31 significant bits).

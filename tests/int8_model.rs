@@ -11,9 +11,10 @@ use std::sync::Arc;
 use wqat::convert::synthetic::{
     random_images, synthetic_checkpoint, synthetic_checkpoint_bits, synthetic_checkpoint_qconfig,
 };
-use wqat::convert::{self, synthetic, Int8GpuModel, Int8Model, NodeValue};
+use wqat::convert::{self, synthetic};
 use wqat::gpu::{GpuContext, GpuOptions};
-use wqat::int8::{CpuBackend, SimdKernel};
+use wqat::infer::{self, Int8CpuModel, Int8GpuModel, Int8Model, NodeValue};
+use wqat::infer::{CpuBackend, SimdKernel};
 use wqat::model::graph::{Graph, Op};
 use wqat::model::zoo;
 use wqat::quant::QStateLayout;
@@ -73,11 +74,14 @@ fn nodot4_ctx() -> Arc<GpuContext> {
 
 /// Every node's codes equal on CPU scalar, every SIMD kernel, GPU (dot4 and fallback).
 fn check_backends_agree(model: &Int8Model, x: &[f32], batch: usize, gpu: bool) {
-    let scalar = model.forward_cpu_traced(x, batch, CpuBackend::Scalar).unwrap();
+    let scalar = Int8CpuModel::new(model).forward_traced(x, batch, CpuBackend::Scalar).unwrap();
     let want = scalar.activations.as_ref().unwrap();
-    let mut runs: Vec<(String, wqat::convert::Int8Output)> = Vec::new();
+    let mut runs: Vec<(String, wqat::infer::Int8Output)> = Vec::new();
     for k in SimdKernel::available() {
-        runs.push((format!("{k:?}"), model.forward_cpu_traced(x, batch, CpuBackend::Kernel(k)).unwrap()));
+        runs.push((
+            format!("{k:?}"),
+            Int8CpuModel::new(model).forward_traced(x, batch, CpuBackend::Kernel(k)).unwrap(),
+        ));
     }
     if gpu {
         for ctx in [testing::ctx(), nodot4_ctx()] {
@@ -112,9 +116,9 @@ fn check_against_simulation(
     min_margin_lsb: f64,
 ) {
     let sim = fake_quant_forward(graph, ck, x, batch).unwrap();
-    let out = model.forward_cpu(x, batch, CpuBackend::Simd).unwrap();
+    let out = Int8CpuModel::new(model).forward(x, batch, CpuBackend::Simd).unwrap();
     let classes = graph.num_classes;
-    let sim_pred = wqat::convert::cpu::argmax_rows(&sim, classes);
+    let sim_pred = wqat::infer::cpu::argmax_rows(&sim, classes);
     let q = model.layers.last().unwrap().out.quant().unwrap();
     // Images whose simulated top-1 logit leads the runner-up by more than `min_margin_lsb`
     // steps (all images when 0): at low bit widths many logits tie on the coarse grid, and
@@ -131,7 +135,7 @@ fn check_against_simulation(
     eprintln!("{}: {} of {batch} images have a margin >= {min_margin_lsb} LSB", graph.name, counted.len());
     let batch_counted = counted.len();
     let max_lsb = sim.iter().zip(&out.logits).map(|(a, b)| ((a - b) / q.scale).abs() as f64).fold(0.0, f64::max);
-    let report = convert::layer_report(graph, ck, model, x, batch).unwrap();
+    let report = infer::layer_report(graph, ck, model, x, batch).unwrap();
     for d in &report {
         eprintln!(
             "{:>24}: max {:.3} LSB, mean {:.5} LSB, {} / {} codes differ; local: max {:.3} LSB, {} differ",
@@ -159,7 +163,7 @@ fn mnist_cnn_bit_exact_and_agrees_with_simulation() {
     let g = zoo::build("mnist-cnn", [1, 28, 28], 10).unwrap();
     let ck = random_checkpoint(&g, 11);
     let model = convert::convert(&g, &ck).unwrap();
-    assert!(model.layers.iter().all(|l| !matches!(l.kind, convert::LayerKind::Float(_))));
+    assert!(model.layers.iter().all(|l| !matches!(l.kind, infer::LayerKind::Float(_))));
     let mut rng = testing::rng(12);
     let b = 7;
     check_backends_agree(&model, &images(&mut rng, b * 784, true), b, true);
@@ -174,7 +178,7 @@ fn low_bit_widths_bit_exact_and_agree_with_simulation() {
         let ck = synthetic_checkpoint_bits(&g, 15 + wb as u64, true, wb, ab).unwrap();
         let model = convert::convert(&g, &ck).unwrap();
         for l in &model.layers {
-            if let convert::LayerKind::Int(il) = &l.kind {
+            if let infer::LayerKind::Int(il) = &l.kind {
                 let qmax = (1i32 << (wb - 1)) - 1;
                 assert!(il.weight.iter().all(|&w| (w as i32).abs() <= qmax));
                 assert!(il.requant.act_max < (1 << ab));
@@ -203,7 +207,7 @@ fn per_layer_qconfig_converts_bit_exact() {
     for (name, wmax, abits) in want {
         let i = g.nodes.iter().position(|n| n.name == name).unwrap();
         let l = &model.layers[i];
-        let convert::LayerKind::Int(il) = &l.kind else { panic!("{name} not integer") };
+        let infer::LayerKind::Int(il) = &l.kind else { panic!("{name} not integer") };
         assert!(il.weight.iter().all(|&w| (w as i32).abs() <= wmax), "{name} weights beyond {wmax}");
         assert_eq!(l.out.quant().unwrap().bits, abits, "{name}");
         assert!(il.requant.act_max < (1 << abits), "{name} clamp");
@@ -244,7 +248,7 @@ fn full_range_weights_convert_bit_exact() {
         let qmin = -(1i32 << (bits - 1));
         let mut seen_min = false;
         for l in &model.layers {
-            if let convert::LayerKind::Int(il) = &l.kind {
+            if let infer::LayerKind::Int(il) = &l.kind {
                 assert!(il.weight.iter().all(|&w| (qmin..=-qmin - 1).contains(&(w as i32))), "{bits} bits");
                 seen_min |= il.weight.iter().any(|&w| w as i32 == qmin);
             }
@@ -300,17 +304,17 @@ fn fp32_first_and_last_layers_run_on_cpu_and_gpu() {
     g.nodes[last].fp32 = true;
     let ck = random_checkpoint(&g, 41);
     let model = convert::convert(&g, &ck).unwrap();
-    assert!(matches!(model.layers[0].kind, convert::LayerKind::Float(_)));
-    assert!(matches!(model.layers[last].kind, convert::LayerKind::Float(_)));
-    assert!(matches!(model.layers[2].kind, convert::LayerKind::Int(_)));
+    assert!(matches!(model.layers[0].kind, infer::LayerKind::Float(_)));
+    assert!(matches!(model.layers[last].kind, infer::LayerKind::Float(_)));
+    assert!(matches!(model.layers[2].kind, infer::LayerKind::Int(_)));
     let mut rng = testing::rng(42);
     let n = 100;
     let x = images(&mut rng, n * 784, false);
-    let a = model.forward_cpu(&x, n, CpuBackend::Scalar).unwrap();
-    let b = model.forward_cpu(&x, n, CpuBackend::Simd).unwrap();
+    let a = Int8CpuModel::new(&model).forward(&x, n, CpuBackend::Scalar).unwrap();
+    let b = Int8CpuModel::new(&model).forward(&x, n, CpuBackend::Simd).unwrap();
     assert_eq!(a, b);
     let sim = fake_quant_forward(&g, &ck, &x, n).unwrap();
-    let sim_pred = convert::cpu::argmax_rows(&sim, 10);
+    let sim_pred = infer::cpu::argmax_rows(&sim, 10);
     let agree = sim_pred.iter().zip(&a.predictions).filter(|(p, q)| p == q).count();
     assert!(agree as f64 >= MIN_AGREEMENT * n as f64, "agreement {agree}/{n}");
     check_gpu_close_to_cpu(&model, &x[..9 * 784], 9);
@@ -329,14 +333,14 @@ fn disabled_quantizer_runs_that_layer_in_f32() {
         v[QStateLayout::FQ_ENABLED] = 0.0;
     }
     let model = convert::convert(&g, &ck).unwrap();
-    assert!(matches!(model.layers[1].kind, convert::LayerKind::Float(_)));
-    assert!(matches!(model.layers[2].kind, convert::LayerKind::Float(_)));
+    assert!(matches!(model.layers[1].kind, infer::LayerKind::Float(_)));
+    assert!(matches!(model.layers[2].kind, infer::LayerKind::Float(_)));
     let mut rng = testing::rng(52);
     let n = 200;
     let x = images(&mut rng, n * 64, false);
-    let out = model.forward_cpu(&x, n, CpuBackend::Simd).unwrap();
+    let out = Int8CpuModel::new(&model).forward(&x, n, CpuBackend::Simd).unwrap();
     let sim = fake_quant_forward(&g, &ck, &x, n).unwrap();
-    let sim_pred = convert::cpu::argmax_rows(&sim, 10);
+    let sim_pred = infer::cpu::argmax_rows(&sim, 10);
     let agree = sim_pred.iter().zip(&out.predictions).filter(|(p, q)| p == q).count();
     assert!(agree as f64 >= MIN_AGREEMENT * n as f64, "agreement {agree}/{n}");
     check_gpu_close_to_cpu(&model, &x[..11 * 64], 11);
@@ -347,7 +351,7 @@ fn disabled_quantizer_runs_that_layer_in_f32() {
 /// [`MAX_F32_LAYER_LSB`] here) and f32 values by float rounding.
 fn check_gpu_close_to_cpu(model: &Int8Model, x: &[f32], batch: usize) {
     const MAX_F32_LAYER_LSB: i32 = 1;
-    let cpu = model.forward_cpu_traced(x, batch, CpuBackend::Simd).unwrap();
+    let cpu = Int8CpuModel::new(model).forward_traced(x, batch, CpuBackend::Simd).unwrap();
     for ctx in [testing::ctx(), nodot4_ctx()] {
         let g = Int8GpuModel::new(&ctx, model, batch).unwrap();
         let gpu = g.forward_traced(x, batch).unwrap();
@@ -381,19 +385,19 @@ fn resnet20_with_f32_add_and_pool() {
     }
     let model = convert::convert(&g, &ck).unwrap();
     let kind = |n: &str| &model.layers[model.nodes().iter().position(|r| r.node.name == n).unwrap()].kind;
-    assert!(matches!(kind("layer1.0.add"), convert::LayerKind::Add(None)));
-    assert!(matches!(kind("layer1.1.conv1"), convert::LayerKind::Float(_)));
-    assert!(matches!(kind("layer1.1.add"), convert::LayerKind::Add(None)));
-    assert!(matches!(kind("layer1.1.conv2"), convert::LayerKind::Int(_)));
-    assert!(matches!(kind("avgpool"), convert::LayerKind::AvgPool(None)));
-    assert!(matches!(kind("fc"), convert::LayerKind::Float(_)));
+    assert!(matches!(kind("layer1.0.add"), infer::LayerKind::Add(None)));
+    assert!(matches!(kind("layer1.1.conv1"), infer::LayerKind::Float(_)));
+    assert!(matches!(kind("layer1.1.add"), infer::LayerKind::Add(None)));
+    assert!(matches!(kind("layer1.1.conv2"), infer::LayerKind::Int(_)));
+    assert!(matches!(kind("avgpool"), infer::LayerKind::AvgPool(None)));
+    assert!(matches!(kind("fc"), infer::LayerKind::Float(_)));
     let mut rng = testing::rng(92);
     let n = 4;
     let x = images(&mut rng, n * 3072, false);
     check_gpu_close_to_cpu(&model, &x, n);
     let sim = fake_quant_forward(&g, &ck, &x, n).unwrap();
-    let out = model.forward_cpu(&x, n, CpuBackend::Simd).unwrap();
-    assert_eq!(convert::cpu::argmax_rows(&sim, 10), out.predictions);
+    let out = Int8CpuModel::new(&model).forward(&x, n, CpuBackend::Simd).unwrap();
+    assert_eq!(infer::cpu::argmax_rows(&sim, 10), out.predictions);
 }
 
 #[test]
@@ -411,7 +415,10 @@ fn save_load_round_trip_and_garbage_never_panics() {
     assert_eq!(back.num_classes(), 10);
     let mut rng = testing::rng(62);
     let x = images(&mut rng, 5 * 784, false);
-    assert_eq!(back.forward_cpu(&x, 5, CpuBackend::Simd).unwrap(), model.forward_cpu(&x, 5, CpuBackend::Simd).unwrap());
+    assert_eq!(
+        Int8CpuModel::new(&back).forward(&x, 5, CpuBackend::Simd).unwrap(),
+        Int8CpuModel::new(&model).forward(&x, 5, CpuBackend::Simd).unwrap()
+    );
 
     let bytes = std::fs::read(&path).unwrap();
     let header = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize + 8;
@@ -433,7 +440,7 @@ fn save_load_round_trip_and_garbage_never_panics() {
             _ => b"0123456789-e.,{}[]\":"[rng.random_range(0..20)],
         };
         if let Ok(m) = Int8Model::from_bytes(p, &b) {
-            let _ = m.forward_cpu(&x[..784], 1, CpuBackend::Scalar);
+            let _ = Int8CpuModel::new(&m).forward(&x[..784], 1, CpuBackend::Scalar);
             if at < header {
                 header_ok += 1;
             }
@@ -469,17 +476,17 @@ fn preprocess_image_file_resizes_and_normalizes() {
     let path = dir.join("digit.png");
     let img = image::RgbImage::from_fn(56, 40, |x, _| image::Rgb([if x < 28 { 255 } else { 0 }, 0, 0]));
     img.save(&path).unwrap();
-    let x = convert::preprocess_image_file(&path, &model).unwrap();
+    let x = infer::preprocess_image_file(&path, &model).unwrap();
     assert_eq!(x.len(), 784);
     let n = model.normalization();
     let black = (0.0 - n.mean[0]) / n.std[0];
     assert!((x[27] - black).abs() < 1e-6, "right half is black: {}", x[27]);
     assert!(x[0] > black, "left half is red, brighter than black in luma");
-    let out = model.forward_cpu(&x, 1, CpuBackend::Simd).unwrap();
+    let out = Int8CpuModel::new(&model).forward(&x, 1, CpuBackend::Simd).unwrap();
     assert_eq!(out.predictions.len(), 1);
-    assert!(convert::preprocess_image_file(&dir.join("missing.png"), &model).is_err());
+    assert!(infer::preprocess_image_file(&dir.join("missing.png"), &model).is_err());
     std::fs::write(dir.join("bad.png"), b"not an image").unwrap();
-    assert!(convert::preprocess_image_file(&dir.join("bad.png"), &model).is_err());
+    assert!(infer::preprocess_image_file(&dir.join("bad.png"), &model).is_err());
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -492,8 +499,8 @@ fn evaluate_on_every_backend() {
     let x = images(&mut rng, n * 64, false);
     let labels: Vec<u8> = (0..n).map(|_| rng.random_range(0..10)).collect();
     let split = wqat::data::Split::new(x, labels, 64).unwrap();
-    let backends = [convert::Backend::CpuScalar, convert::Backend::Cpu, convert::Backend::Gpu(testing::ctx())];
-    let results: Vec<_> = backends.iter().map(|b| convert::evaluate(&model, b, &split, 8).unwrap()).collect();
+    let backends = [infer::Backend::CpuScalar, infer::Backend::Cpu, infer::Backend::Gpu(testing::ctx())];
+    let results: Vec<_> = backends.iter().map(|b| infer::evaluate(&model, b, &split, 8).unwrap()).collect();
     assert_eq!(results[0], results[1]);
     assert_eq!(results[0], results[2]);
     assert_eq!(results[0].total, n);
@@ -503,10 +510,10 @@ fn evaluate_on_every_backend() {
 /// values bit for bit: the integer layers' accumulators are exact and the f32 ops are the
 /// same code on every backend).
 fn check_cpu_backends_agree_any_domain(model: &Int8Model, x: &[f32], batch: usize) {
-    let scalar = model.forward_cpu_traced(x, batch, CpuBackend::Scalar).unwrap();
+    let scalar = Int8CpuModel::new(model).forward_traced(x, batch, CpuBackend::Scalar).unwrap();
     let want = scalar.activations.as_ref().unwrap();
     for k in SimdKernel::available() {
-        let out = model.forward_cpu_traced(x, batch, CpuBackend::Kernel(k)).unwrap();
+        let out = Int8CpuModel::new(model).forward_traced(x, batch, CpuBackend::Kernel(k)).unwrap();
         let got = out.activations.as_ref().unwrap();
         for (i, r) in model.nodes().iter().enumerate() {
             let what = format!("{} node {} ({k:?})", model.graph.name, r.node.name);
@@ -547,15 +554,15 @@ const MAX_GPU_CODE_FRACTION_END_TO_END: f64 = 5e-2;
 /// GELU within one step on at most [`MAX_F32_OP_CODE_FRACTION`] of their codes; end to end,
 /// predictions agree on >= [`MIN_AGREEMENT`] of the samples.
 fn check_gpu_transformer(model: &Int8Model, x: &[f32], batch: usize) {
-    use convert::LayerKind as K;
+    use infer::LayerKind as K;
     use wqat::model::graph::{Act, TokenPoolMode, INPUT};
     let name = &model.graph.name;
-    let cpu = model.forward_cpu_traced(x, batch, CpuBackend::Scalar).unwrap();
+    let cpu = Int8CpuModel::new(model).forward_traced(x, batch, CpuBackend::Scalar).unwrap();
     let cpu_acts = cpu.activations.as_ref().unwrap();
     let key_mask = model.key_mask(x);
     let input = match model.input {
-        convert::Domain::Codes(q) => NodeValue::Codes(x.iter().map(|&v| q.quantize(v)).collect()),
-        convert::Domain::Float => NodeValue::Float(x.to_vec()),
+        infer::Domain::Codes(q) => NodeValue::Codes(x.iter().map(|&v| q.quantize(v)).collect()),
+        infer::Domain::Float => NodeValue::Float(x.to_vec()),
     };
     for ctx in [testing::ctx(), nodot4_ctx()] {
         let tag = format!("{name} gpu dot4={}", ctx.use_dot4);
@@ -573,17 +580,18 @@ fn check_gpu_transformer(model: &Int8Model, x: &[f32], batch: usize) {
                 let pre = g.read_pre_activation(i, batch).unwrap().unwrap();
                 let qi = model.domain_of(r.inputs[0]).quant().unwrap();
                 let (m, n) = (batch * r.rows_per_sample(), r.out_channels());
-                let cfg = wqat::int8::LinearConfig { m, k: r.in_features(), n, x_zero: qi.zero };
+                let cfg = wqat::infer::LinearConfig { m, k: r.in_features(), n, x_zero: qi.zero };
                 let mut acc = vec![0i32; m * n];
-                wqat::int8::linear_acc(CpuBackend::Scalar, &cfg, codes(a), &l.weight, &l.bias, &mut acc).unwrap();
-                let want = convert::cpu::dequantize_acc(&acc, qi.scale, &l.weight_scale);
+                wqat::infer::cpu::kernels::linear_acc(CpuBackend::Scalar, &cfg, codes(a), &l.weight, &l.bias, &mut acc)
+                    .unwrap();
+                let want = infer::cpu::dequantize_acc(&acc, qi.scale, &l.weight_scale);
                 let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
                 assert_bit_exact(&format!("{what} pre-activation"), &bits(&pre), &bits(&want));
             }
             let exact = match (&layer.kind, &r.node.op) {
                 (K::IntFloat(_), Op::Linear { act, .. }) => *act != Act::Gelu,
-                (K::Seq(convert::SeqLayer::TokenPool), Op::TokenPool { mode }) => *mode == TokenPoolMode::Cls,
-                (K::Seq(convert::SeqLayer::LayerNorm { .. } | convert::SeqLayer::Attention { .. }), _) => false,
+                (K::Seq(infer::SeqLayer::TokenPool), Op::TokenPool { mode }) => *mode == TokenPoolMode::Cls,
+                (K::Seq(infer::SeqLayer::LayerNorm { .. } | infer::SeqLayer::Attention { .. }), _) => false,
                 // Integer layers, patchify, embedding, CLS + positions, f32 residual adds.
                 _ => true,
             };
@@ -662,7 +670,7 @@ fn transformers_convert_bit_exact_and_agree_with_simulation() {
         let ints = model
             .layers
             .iter()
-            .filter(|l| matches!(l.kind, convert::LayerKind::Int(_) | convert::LayerKind::IntFloat(_)))
+            .filter(|l| matches!(l.kind, infer::LayerKind::Int(_) | infer::LayerKind::IntFloat(_)))
             .count();
         let linears = g.nodes.iter().filter(|n| matches!(n.op, Op::Linear { .. })).count();
         assert_eq!(ints, linears, "{name}: every linear converts to an integer layer");
@@ -683,7 +691,7 @@ fn transformers_convert_bit_exact_and_agree_with_simulation() {
             let mut bad = synthetic::random_inputs(&g, &mut rng, 1, false);
             bad[0] = 1e6;
             assert!(Int8GpuModel::new(&testing::ctx(), &model, 1).unwrap().forward(&bad, 1).is_err());
-            assert!(model.forward_cpu(&bad, 1, CpuBackend::Scalar).is_err());
+            assert!(Int8CpuModel::new(&model).forward(&bad, 1, CpuBackend::Scalar).is_err());
         }
     }
 }

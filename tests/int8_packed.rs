@@ -6,8 +6,9 @@
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use wqat::convert::synthetic::{random_images, synthetic_checkpoint};
-use wqat::int8::simd::hwc_to_nchw;
-use wqat::int8::{self, *};
+use wqat::infer::cpu::kernels::simd::hwc_to_nchw;
+use wqat::infer::cpu::kernels::{self as int8, *};
+use wqat::infer::*;
 use wqat::testing::{self, assert_bit_exact};
 
 /// The kernels that run the packed pair GEMM on this CPU.
@@ -221,21 +222,22 @@ fn whole_models_fast_path_equals_scalar_at_every_batch() {
         let mut rng = testing::rng(14);
         let big = if name == "resnet20" { 9 } else { 67 };
         let x = random_images(&mut rng, big * sample, true);
-        let want = model.forward_cpu(&x, big, CpuBackend::Scalar).unwrap();
+        let cpu = Int8CpuModel::new(&model);
+        let want = cpu.forward(&x, big, CpuBackend::Scalar).unwrap();
         for kern in pair_kernels() {
             let be = CpuBackend::Kernel(kern);
             // Twice (packed cache and scratch reused), a batch of one in between.
             for _ in 0..2 {
-                let got = model.forward_cpu(&x, big, be).unwrap();
+                let got = cpu.forward(&x, big, be).unwrap();
                 assert_eq!(got.logits, want.logits, "{name} {kern:?} batch {big}");
-                let one = model.forward_cpu(&x[sample..2 * sample], 1, be).unwrap();
+                let one = cpu.forward(&x[sample..2 * sample], 1, be).unwrap();
                 assert_eq!(one.logits, want.logits[10..20], "{name} {kern:?} batch 1");
             }
-            let three = model.forward_cpu(&x[..3 * sample], 3, be).unwrap();
+            let three = cpu.forward(&x[..3 * sample], 3, be).unwrap();
             assert_eq!(three.logits, want.logits[..30], "{name} {kern:?} batch 3");
             // Traced (unfused) nodes equal the scalar's.
-            let t = model.forward_cpu_traced(&x[..2 * sample], 2, be).unwrap();
-            let s = model.forward_cpu_traced(&x[..2 * sample], 2, CpuBackend::Scalar).unwrap();
+            let t = cpu.forward_traced(&x[..2 * sample], 2, be).unwrap();
+            let s = cpu.forward_traced(&x[..2 * sample], 2, CpuBackend::Scalar).unwrap();
             assert_eq!(t.activations, s.activations, "{name} {kern:?} traced");
         }
     }
@@ -249,10 +251,11 @@ fn mnist_forward_loop() {
     let secs: f64 = std::env::var("WQAT_PROFILE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(2.0);
     let batch: usize = std::env::var("WQAT_PROFILE_BATCH").ok().and_then(|s| s.parse().ok()).unwrap_or(64);
     let x = random_images(&mut testing::rng(1), batch * 784, false);
+    let cpu = Int8CpuModel::new(&model);
     let start = std::time::Instant::now();
     let mut n = 0usize;
     while start.elapsed().as_secs_f64() < secs {
-        model.forward_cpu(&x, batch, CpuBackend::Simd).unwrap();
+        cpu.forward(&x, batch, CpuBackend::Simd).unwrap();
         n += batch;
     }
     eprintln!("{:.0} images/s (batch {batch})", n as f64 / start.elapsed().as_secs_f64());

@@ -1,5 +1,5 @@
 // Bit-exact fixed-point requantization of the integer model: the heart of the GPU = CPU
-// integer promise (src/int8/requant.rs is the CPU side; tests/kernels/int8*.rs check both
+// integer promise (src/infer/requant.rs is the CPU side; tests/kernels/int8*.rs check both
 // against each other bit for bit).
 
 // Full 64-bit product of two u32 as (lo, hi).
@@ -21,7 +21,7 @@ fn mul_wide(a: u32, b: u32) -> vec2<u32> {
 
 // round_half_even(x * m0 * 2^(shift - 31)) from the exact 64-bit product (m0 >= 0), saturated
 // to +-(2^31 - 1): the single rounding of conv / linear / average-pool outputs, the same
-// rounding the fake-quant simulation does (src/int8/requant.rs,
+// rounding the fake-quant simulation does (src/infer/requant.rs,
 // `multiply_by_quantized_multiplier_rounded`). Half to even is symmetric, so it rounds the
 // magnitude and puts the sign back.
 fn mul_round(x: i32, m0: i32, shift: i32) -> i32 {

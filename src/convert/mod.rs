@@ -1,16 +1,16 @@
-//! Conversion of a QAT checkpoint into a true integer model, its file format, and the
-//! executors that run it (CPU scalar / SIMD, GPU).
+//! The converter: a QAT checkpoint becomes an integer model ([`crate::infer::Int8Model`]).
 //!
-//! Arithmetic (gemmlowp / TFLite, see [`crate::int8`]):
+//! Arithmetic (gemmlowp / TFLite, see [`crate::infer`]):
 //! * the image is normalized with the model's [`Normalization`] and quantized with
 //!   `input.output_quant`: `q = clamp(round_ties_even(x * inv_s) + z, 0, qmax)` (the same
 //!   expression as fake-quant, so input codes equal the simulation's bit for bit);
-//! * conv / linear: BN folded in f32 exactly as [`crate::reference::graph::folded_params`];
+//! * conv / linear: BN folded in f32 ([`crate::model::checkpoint::folded_params`], the
+//!   arithmetic of the engine and, written separately, of [`crate::reference::graph`]);
 //!   int8 weights `clamp(round_ties_even(w_eff * inv_s_w[c]), -qmax_w, qmax_w)` (the codes the
 //!   simulation uses); int32 bias `round_ties_even(b_eff / (s_in * s_w[c]))` in f64;
 //!   `acc = sum (x - z_in) * w + bias`; output `z_out + R(acc, M0[c], shift[c])` with
 //!   `M = s_in * s_w[c] / s_out` and `R` = round half to even of the exact product `acc * M0 *
-//!   2^(shift - 31)`, rounded ONCE ([`crate::int8::requant`]), clamped to the activation range
+//!   2^(shift - 31)`, rounded ONCE ([`crate::infer::requant`]), clamped to the activation range
 //!   (ReLU / ReLU6 are clamps);
 //! * max pool on codes; average pools: `z + R(sum(q - z), M(s_in / (s_out * kh * kw)))`
 //!   ([`AvgRequant`], divisor `kh * kw`: padding counts as zeros like the fp32 engine);
@@ -43,254 +43,26 @@
 //!   (2^20 s_out)` with MBQM; the simulation rounds `(a + b) * inv_s_out` in f32. Differences
 //!   appear only within about `2^-20` relative of a tie.
 
-pub mod cpu;
-pub mod eval;
-pub mod format;
-pub mod gpu;
-pub mod kernels;
 pub mod synthetic;
-
-pub use cpu::{Int8Output, NodeValue};
-pub use eval::{evaluate, layer_report, preprocess_image_file, Backend, EvalResult, LayerDiff};
-pub use gpu::Int8GpuModel;
 
 use crate::data::Normalization;
 use crate::error::{Result, WqatError};
-use crate::int8::{quantize_bias, Activation, AddConfig, AvgRequant, Requant};
-use crate::model::graph::{Act, Graph, Op, ResolvedNode, INPUT};
-use crate::qconfig::QConfig;
+use crate::infer::model::{activation, avg_requant, check_text_encoding};
+use crate::infer::{
+    quantize_bias, ActQuant, AddConfig, Domain, FloatLayer, Int8Model, IntFloatLayer, IntLayer, Layer, LayerKind,
+    Requant, SeqLayer,
+};
+use crate::model::checkpoint::{effective_params, folded_params, read_param, GraphQuant, QState};
+use crate::model::graph::{Act, Graph, Op, INPUT};
 use crate::reference::fake_quant::quantize_code;
-use crate::reference::graph::{effective_params, QState};
 use crate::tensorfile::TensorFile;
 
-/// How an activation tensor is quantized: u8 codes `q` of value `(q - zero) * scale`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ActQuant {
-    pub scale: f32,
-    /// The stored `1 / scale` the quantizer multiplies by.
-    pub inv_scale: f32,
-    pub zero: i32,
-    /// 2..=8; codes lie in `[0, 2^bits - 1]`.
-    pub bits: u32,
-}
-
-impl ActQuant {
-    /// Largest code.
-    pub fn qmax(&self) -> i32 {
-        (1 << self.bits) - 1
-    }
-    /// The code of a real value (fake-quant's expression).
-    #[inline]
-    pub fn quantize(&self, x: f32) -> u8 {
-        quantize_code(x, self.inv_scale, self.zero as f32, 0.0, self.qmax() as f32) as u8
-    }
-    /// The real value of a code.
-    #[inline]
-    pub fn dequantize(&self, q: u8) -> f32 {
-        (q as f32 - self.zero as f32) * self.scale
-    }
-    /// Checks ranges.
-    pub fn validate(&self) -> Result<()> {
-        let ok = (2..=8).contains(&self.bits)
-            && self.scale.is_finite()
-            && self.scale > 0.0
-            && self.inv_scale.is_finite()
-            && self.inv_scale > 0.0
-            && (0..=self.qmax()).contains(&self.zero);
-        if !ok {
-            return Err(WqatError::invalid(format!("activation quantization out of range: {self:?}")));
-        }
-        Ok(())
-    }
-    fn from_state(q: &QState) -> Result<ActQuant> {
-        let bits = q.spec.bits;
-        let a = ActQuant { scale: q.scale[0], inv_scale: q.inv_scale[0], zero: q.zero_point[0] as i32, bits };
-        a.validate()?;
-        Ok(a)
-    }
-}
-
-/// The representation of a node's output.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Domain {
-    /// u8 codes with this quantization.
-    Codes(ActQuant),
-    /// f32 values.
-    Float,
-}
-
-impl Domain {
-    /// The quantization, if codes.
-    pub fn quant(&self) -> Option<ActQuant> {
-        match self {
-            Domain::Codes(q) => Some(*q),
-            Domain::Float => None,
-        }
-    }
-}
-
-/// An integer conv / linear layer.
-#[derive(Debug, Clone, PartialEq)]
-pub struct IntLayer {
-    /// Int8 weights, `[cout, cin/g, k, k]` or `[out, in]` row-major.
-    pub weight: Vec<i8>,
-    /// Per-output-channel weight scales.
-    pub weight_scale: Vec<f32>,
-    /// Int32 bias in units of `s_in * s_w[c]`.
-    pub bias: Vec<i32>,
-    /// Fixed-point requantization (activation folded into its clamp).
-    pub requant: Requant,
-}
-
-/// A conv / linear layer kept in f32 (effective weights: BN folded, weight fake-quant applied).
-#[derive(Debug, Clone, PartialEq)]
-pub struct FloatLayer {
-    pub weight: Vec<f32>,
-    pub bias: Vec<f32>,
-}
-
-/// An integer linear layer whose output leaves the integer domain (a transformer's QKV,
-/// attention and MLP projections, patch embedding, the GELU MLP input): int32 accumulators
-/// as in [`IntLayer`], dequantized `acc * s_in * s_w[c]` in f32, the activation (GELU) in
-/// f32, then the output quantizer when the node has one ([`Layer::out`]). The simulation
-/// computes the same sum in f32 (`FQ(x) FQ(w) + b_q`), so the two agree to f32 rounding.
-#[derive(Debug, Clone, PartialEq)]
-pub struct IntFloatLayer {
-    /// Int8 weights `[out, in]`.
-    pub weight: Vec<i8>,
-    /// Per-output-channel weight scales.
-    pub weight_scale: Vec<f32>,
-    /// Int32 bias in units of `s_in * s_w[c]`.
-    pub bias: Vec<i32>,
-}
-
-/// A transformer op kept in f32 (the BERT recipe), with its tensors; shapes and settings
-/// (eps, heads, pool mode) are the graph node's.
-#[derive(Debug, Clone, PartialEq)]
-pub enum SeqLayer {
-    /// Rows of a `[vocab, dim]` table by token id.
-    Embedding { table: Vec<f32> },
-    /// Optional CLS token `[D]` prepended, positions `[T', D]` added.
-    ClsPos { cls: Option<Vec<f32>>, pos: Vec<f32> },
-    /// Per-token LayerNorm with scale and shift `[D]`.
-    LayerNorm { gamma: Vec<f32>, beta: Vec<f32> },
-    /// Multi-head self-attention core (padding keys masked); `probs` fake-quantizes the
-    /// softmax output when the attention quantizes its matmul inputs.
-    Attention { probs: Option<ActQuant> },
-    /// CLS token or mean over the tokens that are not padding.
-    TokenPool,
-}
-
-/// What a node runs as.
-#[derive(Debug, Clone, PartialEq)]
-pub enum LayerKind {
-    /// Integer linear with an f32 epilogue (see [`IntFloatLayer`]).
-    IntFloat(IntFloatLayer),
-    /// Non-overlapping patches (a permutation, on codes or floats).
-    Patchify,
-    /// A transformer op in f32 (see [`SeqLayer`]).
-    Seq(SeqLayer),
-    /// Integer conv or linear (the op is the graph node's).
-    Int(IntLayer),
-    /// F32 conv or linear.
-    Float(FloatLayer),
-    /// Max pool (on codes or floats, by the input's domain).
-    MaxPool,
-    /// Average pool or global average pool; `Some` on codes.
-    AvgPool(Option<AvgRequant>),
-    /// Residual add; `Some` on codes.
-    Add(Option<AddConfig>),
-    /// Reshape (no data movement).
-    Flatten,
-}
-
-/// One converted node.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Layer {
-    pub kind: LayerKind,
-    /// The representation of its output.
-    pub out: Domain,
-}
-
-/// A converted integer model: the graph, per-node integer (or f32) layers, the input
-/// quantization, the data normalization and the class names.
-#[derive(Debug, Clone)]
-pub struct Int8Model {
-    pub graph: Graph,
-    pub qconfig: QConfig,
-    pub normalization: Normalization,
-    pub class_names: Vec<String>,
-    /// How text becomes token ids (byte-level models trained on a text folder).
-    pub text: Option<crate::data::TextEncoding>,
-    /// The image's representation (codes unless the first layer is kept fp32).
-    pub input: Domain,
-    /// One per graph node, in order.
-    pub layers: Vec<Layer>,
-    pub(crate) nodes: Vec<ResolvedNode>,
-    /// Weights packed for the CPU SIMD kernels (built on the first CPU forward).
-    pub(crate) cpu_packs: cpu::CpuPacks,
-}
-
-impl PartialEq for Int8Model {
-    fn eq(&self, o: &Self) -> bool {
-        (&self.graph, &self.qconfig, &self.normalization, &self.class_names, &self.text, &self.input, &self.layers)
-            == (&o.graph, &o.qconfig, &o.normalization, &o.class_names, &o.text, &o.input, &o.layers)
-    }
-}
-
-impl Int8Model {
-    /// Number of output classes.
-    pub fn num_classes(&self) -> usize {
-        self.graph.num_classes
-    }
-    /// Input shape `(C, H, W)`.
-    pub fn input_shape(&self) -> [usize; 3] {
-        self.graph.input
-    }
-    /// How raw pixels are normalized before [`Int8Model::forward_cpu`].
-    pub fn normalization(&self) -> &Normalization {
-        &self.normalization
-    }
-    /// Class names (may be empty when the checkpoint had none).
-    pub fn class_names(&self) -> &[String] {
-        &self.class_names
-    }
-    /// The resolved graph nodes (shapes, inputs).
-    pub fn nodes(&self) -> &[ResolvedNode] {
-        &self.nodes
-    }
-    /// The representation of node `j`'s output (`INPUT`: the image).
-    pub fn domain_of(&self, j: usize) -> Domain {
-        if j == INPUT {
-            self.input
-        } else {
-            self.layers[j].out
-        }
-    }
-}
-
-pub(crate) fn activation(act: Act) -> Activation {
-    match act {
-        Act::None => Activation::None,
-        Act::Relu => Activation::Relu,
-        Act::Relu6 => Activation::Relu6,
-        // Rejected by `transformer_unsupported` before any layer is converted.
-        Act::Gelu => Activation::None,
-    }
-}
-
-/// A text encoding must produce exactly the model's input: `[1, 1, max_len]` token ids.
-pub(crate) fn check_text_encoding(t: Option<&crate::data::TextEncoding>, graph: &Graph) -> Result<()> {
-    if let Some(t) = t {
-        t.validate()?;
-        if graph.input != [1, 1, t.max_len] {
-            return Err(WqatError::invalid(format!(
-                "text encoding of {} tokens does not fit the model input {:?}",
-                t.max_len, graph.input
-            )));
-        }
-    }
-    Ok(())
+/// The activation quantization of an (enabled, per-tensor) quantizer state.
+fn act_quant(q: &QState) -> Result<ActQuant> {
+    let bits = q.spec.bits;
+    let a = ActQuant { scale: q.scale[0], inv_scale: q.inv_scale[0], zero: q.zero_point[0] as i32, bits };
+    a.validate()?;
+    Ok(a)
 }
 
 /// Int8 weight codes of `w_eff` (`[cout, inner]` flat) and the per-output-channel scales:
@@ -303,24 +75,6 @@ fn int8_weights(w_eff: &[f32], cout: usize, wq: &QState) -> (Vec<i8>, Vec<f32>) 
     let weight =
         w_eff.iter().enumerate().map(|(j, &v)| quantize_code(v, isw[j / inner], 0.0, wmin, wmax) as i8).collect();
     (weight, sw)
-}
-
-/// An f32 tensor of the checkpoint with the expected shape, finite.
-fn read_param(ckpt: &TensorFile, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-    let t = ckpt.tensors.get(name).ok_or_else(|| WqatError::invalid(format!("checkpoint has no tensor {name}")))?;
-    if t.shape != shape {
-        return Err(WqatError::invalid(format!("tensor {name} has shape {:?}, expected {shape:?}", t.shape)));
-    }
-    let v = t.as_f32(name)?;
-    if v.len() != shape.iter().product::<usize>() || v.iter().any(|x| !x.is_finite()) {
-        return Err(WqatError::invalid(format!("tensor {name} must hold {shape:?} finite values")));
-    }
-    Ok(v.to_vec())
-}
-
-/// `AvgRequant` of an average pool keeping its input's quantization.
-pub(crate) fn avg_requant(q: &ActQuant) -> AvgRequant {
-    AvgRequant { in_zero: q.zero, out_zero: q.zero, scale_ratio: 1.0, act_min: 0, act_max: q.qmax() }
 }
 
 fn meta_json<T: serde::de::DeserializeOwned>(ckpt: &TensorFile, key: &str) -> Result<Option<T>> {
@@ -336,7 +90,7 @@ fn meta_json<T: serde::de::DeserializeOwned>(ckpt: &TensorFile, key: &str) -> Re
 /// semantics) into an integer model. The checkpoint's `normalization` and `class_names`
 /// metadata are kept (normalization defaults to identity, mean 0 std 1, when absent).
 pub fn convert(graph: &Graph, ckpt: &TensorFile) -> Result<Int8Model> {
-    let gq = crate::reference::graph::GraphQuant::new(graph, ckpt)?;
+    let gq = GraphQuant::new(graph, ckpt)?;
     let qc = gq.qconfig.clone();
     // Every quantizer (per-layer settings included) must fit the integer kernels.
     for q in gq.input.iter().chain(gq.output.iter().flatten()) {
@@ -366,12 +120,12 @@ pub fn convert(graph: &Graph, ckpt: &TensorFile) -> Result<Int8Model> {
     let text: Option<crate::data::TextEncoding> = meta_json(ckpt, "text_encoding")?;
     check_text_encoding(text.as_ref(), graph)?;
     let input = match &gq.input {
-        Some(q) if q.enabled => Domain::Codes(ActQuant::from_state(q)?),
+        Some(q) if q.enabled => Domain::Codes(act_quant(q)?),
         _ => Domain::Float,
     };
     let out_quant = |i: usize| -> Result<Domain> {
         match &gq.output[i] {
-            Some(q) if q.enabled => Ok(Domain::Codes(ActQuant::from_state(q)?)),
+            Some(q) if q.enabled => Ok(Domain::Codes(act_quant(q)?)),
             _ => Ok(Domain::Float),
         }
     };
@@ -389,16 +143,16 @@ pub fn convert(graph: &Graph, ckpt: &TensorFile) -> Result<Int8Model> {
                     && (*act == Act::Gelu || (r.in_seq[0] && out == Domain::Float));
                 match (in_dom, wq, out) {
                     (Domain::Codes(qi), Some(wq), _) if float_epilogue => {
-                        let (w_eff, b_eff) = crate::reference::graph::folded_params(&gq, ckpt, i)?;
+                        let (w_eff, b_eff) = folded_params(&gq, ckpt, i)?;
                         let (weight, sw) = int8_weights(&w_eff, b_eff.len(), wq);
                         let bias = quantize_bias(&b_eff, qi.scale, &sw)?;
                         Layer { kind: LayerKind::IntFloat(IntFloatLayer { weight, weight_scale: sw, bias }), out }
                     }
                     (Domain::Codes(qi), Some(wq), Domain::Codes(qo)) => {
-                        let (w_eff, b_eff) = crate::reference::graph::folded_params(&gq, ckpt, i)?;
+                        let (w_eff, b_eff) = folded_params(&gq, ckpt, i)?;
                         let cout = b_eff.len();
                         let inner = w_eff.len() / cout;
-                        if inner as i64 * crate::int8::ops::MAX_PRODUCT > i32::MAX as i64 {
+                        if inner as i64 * crate::infer::ops::MAX_PRODUCT > i32::MAX as i64 {
                             return Err(WqatError::invalid(format!(
                                 "node {}: reduction length {inner} could overflow the int32 accumulator",
                                 r.node.name
@@ -441,7 +195,7 @@ pub fn convert(graph: &Graph, ckpt: &TensorFile) -> Result<Int8Model> {
                 Layer { kind: LayerKind::Seq(SeqLayer::LayerNorm { gamma, beta }), out: out_quant(i)? }
             }
             Op::Attention { .. } => {
-                let probs = gq.probs[i].as_ref().filter(|q| q.enabled).map(ActQuant::from_state).transpose()?;
+                let probs = gq.probs[i].as_ref().filter(|q| q.enabled).map(act_quant).transpose()?;
                 Layer { kind: LayerKind::Seq(SeqLayer::Attention { probs }), out: out_quant(i)? }
             }
             Op::TokenPool { .. } => Layer { kind: LayerKind::Seq(SeqLayer::TokenPool), out: out_quant(i)? },
@@ -480,6 +234,5 @@ pub fn convert(graph: &Graph, ckpt: &TensorFile) -> Result<Int8Model> {
         input,
         layers,
         nodes: gq.nodes,
-        cpu_packs: Default::default(),
     })
 }

@@ -5,11 +5,12 @@
 
 use crate::data::Normalization;
 use crate::error::Result;
+use crate::model::checkpoint::{folded_params, GraphQuant};
 use crate::model::graph::{Graph, INPUT};
 use crate::model::params::{self, ParamKind, QuantizerRole};
 use crate::qconfig::QConfig;
 use crate::quant::QStateLayout;
-use crate::reference::graph::{fake_quant_forward_all, folded_params, GraphQuant};
+use crate::reference::graph::fake_quant_forward_all;
 use crate::tensorfile::{HostTensor, TensorFile};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

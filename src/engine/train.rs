@@ -326,12 +326,12 @@ impl Trainer {
         let int8 = crate::convert::convert(&self.graph, &qat_file)?;
         int8.save(&self.cfg.out.join(INT8_FILE))?;
         let test = self.ds.test.truncated(self.test_batches.num_images());
-        let r = crate::convert::eval::evaluate(&int8, &crate::convert::eval::Backend::Cpu, &test, 256)?;
+        let r = crate::infer::eval::evaluate(&int8, &crate::infer::eval::Backend::Cpu, &test, 256)?;
         let int8_val_acc = match &self.val_batches {
             Some(v) => {
                 let split = v.split().truncated(v.num_images());
                 Some(
-                    crate::convert::eval::evaluate(&int8, &crate::convert::eval::Backend::Cpu, &split, 256)?.accuracy
+                    crate::infer::eval::evaluate(&int8, &crate::infer::eval::Backend::Cpu, &split, 256)?.accuracy
                         as f32,
                 )
             }

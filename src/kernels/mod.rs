@@ -81,7 +81,6 @@ pub mod fake_quant;
 pub mod gelu;
 pub mod gemm;
 pub mod histogram;
-pub mod int8;
 pub mod layernorm;
 pub mod loss;
 pub mod lsq;
@@ -100,13 +99,13 @@ pub const KERNEL_PARAMS: &[ParamsLayout] = &[
     bias_quant::Params::LAYOUT,
     bn_fold::Params::LAYOUT,
     conv::ConvParams::LAYOUT,
-    crate::convert::kernels::Params::LAYOUT,
     fake_quant::Params::LAYOUT,
     gelu::Params::LAYOUT,
     gemm::CopyParams::LAYOUT,
     gemm::Params::LAYOUT,
     histogram::Params::LAYOUT,
-    int8::Params::LAYOUT,
+    crate::infer::gpu::gemm::Params::LAYOUT,
+    crate::infer::gpu::ops::Params::LAYOUT,
     layernorm::Params::LAYOUT,
     loss::Params::LAYOUT,
     lsq::Params::LAYOUT,

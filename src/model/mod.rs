@@ -1,5 +1,7 @@
-//! Model description: the graph of layers ([`graph`]) and the zoo ([`zoo`]).
+//! Model description: the graph of layers ([`graph`]), the zoo ([`zoo`]), parameter names
+//! ([`params`]) and checkpoint reading with BN folding ([`checkpoint`]).
 
+pub mod checkpoint;
 pub mod graph;
 pub mod import;
 pub mod params;

@@ -11,7 +11,7 @@ use crate::engine::{Compiled, ModelState};
 use crate::error::{Result, WqatError};
 use crate::gpu::GpuContext;
 use crate::model::{Graph, Op};
-use crate::reference::graph::{GraphQuant, QState};
+use crate::model::checkpoint::{GraphQuant, QState};
 use crate::tensorfile::TensorFile;
 use std::path::Path;
 

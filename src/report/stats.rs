@@ -7,7 +7,7 @@
 //! subsample (at most [`MAX_SAMPLES`] values) the histogram is drawn from; the clipped
 //! counts, extremes and energies are exact.
 
-use crate::reference::graph::QState;
+use crate::model::checkpoint::QState;
 use serde::{Deserialize, Serialize};
 
 /// Sub-folder of the run directory with the report data and the PNGs.

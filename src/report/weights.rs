@@ -5,7 +5,7 @@
 
 use crate::error::{Result, WqatError};
 use crate::model::Graph;
-use crate::reference::graph::{folded_params, GraphQuant};
+use crate::model::checkpoint::{folded_params, GraphQuant};
 use crate::tensorfile::TensorFile;
 use std::path::Path;
 

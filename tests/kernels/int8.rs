@@ -9,9 +9,9 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use std::sync::{Arc, OnceLock};
 use wqat::gpu::{DType, GpuContext, GpuOptions, GpuTensor};
-use wqat::int8::requant::{multiply_by_quantized_multiplier_rounded, requantize};
-use wqat::int8::{Activation, Conv2dConfig, LinearConfig, Requant};
-use wqat::kernels::int8 as k;
+use wqat::infer::gpu::gemm as k;
+use wqat::infer::requant::{multiply_by_quantized_multiplier_rounded, requantize};
+use wqat::infer::{Activation, Conv2dConfig, LinearConfig, Requant};
 use wqat::reference::int8 as r;
 use wqat::testing::{self, assert_bit_exact};
 
@@ -147,7 +147,7 @@ fn linear_matches_reference() {
 }
 
 /// `int8_linear_f32` (the f32 epilogue of a transformer's integer linear layers) against
-/// `int8::linear_acc` + `convert::cpu::dequantize_acc`, bit for bit, on every kernel path.
+/// `int8::linear_acc` + `infer::cpu::dequantize_acc`, bit for bit, on every kernel path.
 fn check_linear_f32(seed: u64, cfg: LinearConfig, extreme: bool) {
     let mut rng = testing::rng(seed);
     let x = codes(&mut rng, cfg.m * cfg.k, extreme);
@@ -160,8 +160,8 @@ fn check_linear_f32(seed: u64, cfg: LinearConfig, extreme: bool) {
     let s_in: f32 = rng.random_range(0.001..0.1);
     let s_w: Vec<f32> = (0..cfg.n).map(|_| rng.random_range(1e-4..1e-2)).collect();
     let mut acc = vec![0i32; cfg.m * cfg.n];
-    wqat::int8::linear_acc(wqat::int8::CpuBackend::Scalar, &cfg, &x, &w, &bias, &mut acc).unwrap();
-    let want: Vec<u32> = wqat::convert::cpu::dequantize_acc(&acc, s_in, &s_w).iter().map(|v| v.to_bits()).collect();
+    wqat::infer::cpu::kernels::linear_acc(wqat::infer::CpuBackend::Scalar, &cfg, &x, &w, &bias, &mut acc).unwrap();
+    let want: Vec<u32> = wqat::infer::cpu::dequantize_acc(&acc, s_in, &s_w).iter().map(|v| v.to_bits()).collect();
     let scale: Vec<f32> = s_w.iter().map(|&sw| s_in * sw).collect();
     for ctx in contexts() {
         let layer = k::Int8Weights::new_dequant(&ctx, &w, cfg.n, cfg.k, &bias, &scale).unwrap();

@@ -2,17 +2,18 @@
 //! extreme codes: input quantization ([`ActQuant::quantize`]; after GELU within one code
 //! of the CPU's libm GELU), dequantization ([`ActQuant::dequantize`]), patchify
 //! (`reference::graph::patchify`), max pool
-//! (`int8::scalar::max_pool`), average pool (`convert::cpu::avg_pool_codes`, and
+//! (`int8::scalar::max_pool`), average pool (`infer::cpu::avg_pool_codes`, and
 //! `int8::scalar::avg_pool` where padding is 0) and residual add (`int8::scalar::add`).
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use wqat::convert::cpu::avg_pool_codes;
-use wqat::convert::kernels as k;
-use wqat::convert::ActQuant;
 use wqat::gpu::{DType, GpuTensor};
-use wqat::int8::{scalar, Activation, AddConfig, AvgRequant, PoolConfig};
-use wqat::kernels::int8::{read_u8, upload_u8};
+use wqat::infer::cpu::avg_pool_codes;
+use wqat::infer::cpu::kernels::scalar;
+use wqat::infer::gpu::gemm::{read_u8, upload_u8};
+use wqat::infer::gpu::ops as k;
+use wqat::infer::ActQuant;
+use wqat::infer::{Activation, AddConfig, AvgRequant, PoolConfig};
 use wqat::testing::{self, assert_bit_exact};
 
 fn codes(rng: &mut ChaCha8Rng, n: usize) -> Vec<u8> {

@@ -1,6 +1,6 @@
 //! Host wrappers for `shaders/int8_gemm.wgsl`: int8 linear and conv2d (implicit GEMM) with
 //! int32 accumulation and fixed-point requantization, bit-exact with
-//! [`crate::int8::scalar`] (see the shader header for the arithmetic).
+//! [`crate::infer::cpu::kernels::scalar`] (see the shader header for the arithmetic).
 //!
 //! GPU layouts: activations are uint8 codes packed four per u32, flat (a [`DType::I8x4`]
 //! tensor whose `len` counts codes; [`upload_u8`] / [`read_u8`]). A layer's weights are
@@ -15,15 +15,15 @@
 //!
 //! [`int8_linear_f32`] is the same linear GEMM with an f32 epilogue instead of the
 //! requantization (override `F32_OUT`): `f32(acc) * scale[c]` per output, the bits of
-//! [`crate::convert::cpu::dequantize_acc`] (weights packed by [`Int8Weights::new_dequant`]).
+//! [`crate::infer::cpu::dequantize_acc`] (weights packed by [`Int8Weights::new_dequant`]).
 
 use crate::error::{Result, WqatError};
 use crate::gpu::{grid_1d, DType, Dispatch, GpuContext, GpuTensor, PipelineKey};
-use crate::int8::{Conv2dConfig, LinearConfig, Requant};
+use crate::infer::{Conv2dConfig, LinearConfig, Requant};
 
 const WG: u32 = 64;
 
-super::kernel_params! {
+crate::kernels::kernel_params! {
     #[derive(Default)]
     pub(crate) struct Params for ["int8_gemm"] {
         total: u32,
@@ -135,7 +135,7 @@ impl Int8Weights {
 
     /// Packs linear weights `w` (`[n, k]` int8 row-major) with their int32 `bias` for
     /// [`int8_linear_f32`]: output `f32(acc) * scale[c]`, with `scale[c] = s_in * s_w[c]`
-    /// rounded to f32 by the caller (as [`crate::convert::cpu::dequantize_acc`] does). The
+    /// rounded to f32 by the caller (as [`crate::infer::cpu::dequantize_acc`] does). The
     /// scale travels in the multiplier's slot as f32 bits.
     pub fn new_dequant(ctx: &GpuContext, w: &[i8], n: usize, k: usize, bias: &[i32], scale: &[f32]) -> Result<Self> {
         if scale.len() != n || scale.iter().any(|s| !s.is_finite()) {
@@ -309,7 +309,7 @@ pub fn int8_linear(
 
 /// `out [m, n] = f32(x [m, k] . w^T + bias) * scale[c]` (f32 output) on a packed u8 `x`,
 /// with weights from [`Int8Weights::new_dequant`]: bit for bit
-/// [`crate::int8::linear_acc`] then [`crate::convert::cpu::dequantize_acc`].
+/// [`crate::infer::cpu::kernels::linear_acc`] then [`crate::infer::cpu::dequantize_acc`].
 pub fn int8_linear_f32(
     ctx: &GpuContext,
     cfg: &LinearConfig,

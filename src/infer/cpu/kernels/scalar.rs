@@ -3,9 +3,9 @@
 //! that sums the same products in another order (or as `sum x*w - z_x * sum w`) matches bit
 //! for bit even where a huge bias would wrap.
 
-use super::ops::{AddConfig, AvgRequant, Conv2dConfig, LinearConfig, PoolConfig};
-use super::requant::Requant;
 use crate::error::{Result, WqatError};
+use crate::infer::ops::{AddConfig, AvgRequant, Conv2dConfig, LinearConfig, PoolConfig};
+use crate::infer::requant::Requant;
 
 /// `out[i, c] = requant_c(sum_k (x[i,k] - x_zero) * w[c,k] + bias[c])`.
 pub fn linear(cfg: &LinearConfig, x: &[u8], w: &[i8], bias: &[i32], rq: &Requant, out: &mut [u8]) -> Result<()> {

@@ -1,11 +1,12 @@
 //! Evaluation, single-image preprocessing and the per-layer simulation-vs-integer report.
 
 use super::cpu::NodeValue;
-use super::{Domain, Int8GpuModel, Int8Model};
+use super::{Int8CpuModel, Int8GpuModel};
 use crate::data::Split;
 use crate::error::{Result, WqatError};
 use crate::gpu::GpuContext;
-use crate::int8::CpuBackend;
+use crate::infer::CpuBackend;
+use crate::infer::{Domain, Int8Model};
 use crate::model::graph::{Graph, Op, INPUT};
 use crate::reference::graph::fake_quant_forward_all;
 use crate::tensorfile::TensorFile;
@@ -49,6 +50,7 @@ pub fn evaluate(model: &Int8Model, backend: &Backend, split: &Split, batch: usiz
         Backend::Gpu(ctx) => Some(Int8GpuModel::new(ctx, model, batch.min(split.len().max(1)))?),
         _ => None,
     };
+    let cpu = Int8CpuModel::new(model);
     let mut predictions = Vec::with_capacity(split.len());
     let images = split.images();
     let mut start = 0;
@@ -57,8 +59,8 @@ pub fn evaluate(model: &Int8Model, backend: &Backend, split: &Split, batch: usiz
         let x = &images[start * sample..(start + n) * sample];
         let out = match (backend, &gpu) {
             (Backend::Gpu(_), Some(g)) => g.forward(x, n)?,
-            (Backend::CpuScalar, _) => model.forward_cpu(x, n, CpuBackend::Scalar)?,
-            _ => model.forward_cpu(x, n, CpuBackend::Simd)?,
+            (Backend::CpuScalar, _) => cpu.forward(x, n, CpuBackend::Scalar)?,
+            _ => cpu.forward(x, n, CpuBackend::Simd)?,
         };
         predictions.extend(out.predictions);
         start += n;
@@ -139,7 +141,7 @@ pub fn layer_report(
         return Err(WqatError::invalid("layer_report: the graph is not the one the model was converted from"));
     }
     let sim = fake_quant_forward_all(graph, ckpt, images, batch)?;
-    let int = model.forward_cpu_traced(images, batch, CpuBackend::Simd)?;
+    let int = Int8CpuModel::new(model).forward_traced(images, batch, CpuBackend::Simd)?;
     let acts = int.activations.unwrap_or_default();
     let key_mask = model.key_mask(&sim.input);
     let mut out = Vec::new();

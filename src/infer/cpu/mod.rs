@@ -1,14 +1,16 @@
-//! CPU executor of an [`Int8Model`]: integer ops from [`crate::int8`] (scalar or SIMD),
+//! CPU executor of an [`Int8Model`]: integer ops from [`kernels`] (scalar or SIMD),
 //! the batch split into contiguous chunks over `std::thread::scope` threads (each image is
 //! computed by one thread, so results do not depend on the thread count).
 
 mod fast;
+pub mod kernels;
 
-pub use fast::CpuPacks;
+use fast::CpuPacks;
 
-use super::{Domain, Int8Model, LayerKind, SeqLayer};
 use crate::error::{Result, WqatError};
-use crate::int8::{self, AvgRequant, Conv2dConfig, CpuBackend, LinearConfig, PoolConfig};
+use crate::infer::cpu::kernels::{self as int8, CpuBackend};
+use crate::infer::{AvgRequant, Conv2dConfig, LinearConfig, PoolConfig};
+use crate::infer::{Domain, Int8Model, LayerKind, SeqLayer};
 use crate::model::graph::{Op, TokenPoolMode, INPUT};
 use crate::quant::{QStateLayout, QuantSpec};
 use crate::reference::graph::{apply_act, conv2d_f32, global_avg_f32, linear_f32, pool_f32};
@@ -62,7 +64,7 @@ pub struct Int8Output {
     pub logits: Vec<f32>,
     /// Argmax per image (the first maximum on ties).
     pub predictions: Vec<usize>,
-    /// Every node's output when asked for (`forward_cpu_traced`, GPU `forward_traced`).
+    /// Every node's output when asked for (`forward_traced` of the CPU and GPU executors).
     pub activations: Option<Vec<NodeValue>>,
 }
 
@@ -120,25 +122,44 @@ pub fn avg_pool_codes(
     Ok(out)
 }
 
-impl Int8Model {
+/// The CPU executor of an [`Int8Model`]: borrows the model and keeps the cache of the fast
+/// path (weights packed for the pair kernels, scratch buffers), built on the first forward
+/// that needs it. Reuse one executor across batches; the model itself holds no backend state.
+#[derive(Debug)]
+pub struct Int8CpuModel<'m> {
+    model: &'m Int8Model,
+    packs: CpuPacks,
+}
+
+impl<'m> Int8CpuModel<'m> {
+    /// An executor of `model` (nothing is packed until the first forward).
+    pub fn new(model: &'m Int8Model) -> Int8CpuModel<'m> {
+        Int8CpuModel { model, packs: CpuPacks::default() }
+    }
+
+    /// The model it runs.
+    pub fn model(&self) -> &'m Int8Model {
+        self.model
+    }
+
     /// Runs `batch` normalized images (`[batch, C, H, W]` f32, see
     /// [`Int8Model::normalization`]) through the integer model on the CPU.
-    pub fn forward_cpu(&self, images: &[f32], batch: usize, backend: CpuBackend) -> Result<Int8Output> {
-        self.forward_cpu_with(images, batch, backend, false)
+    pub fn forward(&self, images: &[f32], batch: usize, backend: CpuBackend) -> Result<Int8Output> {
+        self.forward_with(images, batch, backend, false)
     }
 
-    /// [`Int8Model::forward_cpu`] that also returns every node's output.
-    pub fn forward_cpu_traced(&self, images: &[f32], batch: usize, backend: CpuBackend) -> Result<Int8Output> {
-        self.forward_cpu_with(images, batch, backend, true)
+    /// [`Int8CpuModel::forward`] that also returns every node's output.
+    pub fn forward_traced(&self, images: &[f32], batch: usize, backend: CpuBackend) -> Result<Int8Output> {
+        self.forward_with(images, batch, backend, true)
     }
 
-    fn forward_cpu_with(&self, images: &[f32], batch: usize, backend: CpuBackend, keep: bool) -> Result<Int8Output> {
-        let sample: usize = self.graph.input.iter().product();
+    fn forward_with(&self, images: &[f32], batch: usize, backend: CpuBackend, keep: bool) -> Result<Int8Output> {
+        let sample: usize = self.model.graph.input.iter().product();
         if batch == 0 || images.len() != batch * sample {
             return Err(WqatError::shape(format!(
                 "{} input values for {batch} images of shape {:?}",
                 images.len(),
-                self.graph.input
+                self.model.graph.input
             )));
         }
         let cpus = int8::simd::cpu_count();
@@ -191,9 +212,9 @@ impl Int8Model {
             }
         }
         let vals = merged.unwrap_or_default();
-        let last = self.layers.len() - 1;
-        let logits = vals[vals.len() - 1].to_f32(self.layers[last].out);
-        let predictions = argmax_rows(&logits, self.num_classes());
+        let last = self.model.layers.len() - 1;
+        let logits = vals[vals.len() - 1].to_f32(self.model.layers[last].out);
+        let predictions = argmax_rows(&logits, self.model.num_classes());
         Ok(Int8Output { logits, predictions, activations: keep.then_some(vals) })
     }
 
@@ -203,12 +224,12 @@ impl Int8Model {
         if let Some(k) = backend.kernel().filter(|&k| self.fast_path(Some(k))) {
             return self.run_fast(images, batch, k, keep, 1);
         }
-        let input = NodeValue::from_f32(images.to_vec(), self.input);
-        let key_mask = self.key_mask(images);
-        let n = self.layers.len();
+        let input = NodeValue::from_f32(images.to_vec(), self.model.input);
+        let key_mask = self.model.key_mask(images);
+        let n = self.model.layers.len();
         // Last consumer of every node, to free outputs early when not keeping them.
         let mut last_use = vec![0usize; n];
-        for (i, r) in self.nodes.iter().enumerate() {
+        for (i, r) in self.model.nodes.iter().enumerate() {
             for &j in &r.inputs {
                 if j != INPUT {
                     last_use[j] = i;
@@ -216,7 +237,7 @@ impl Int8Model {
             }
         }
         let mut vals: Vec<Option<NodeValue>> = vec![None; n];
-        for (i, r) in self.nodes.iter().enumerate() {
+        for (i, r) in self.model.nodes.iter().enumerate() {
             let get = |j: usize| -> Result<&NodeValue> {
                 if j == INPUT {
                     Ok(&input)
@@ -229,7 +250,7 @@ impl Int8Model {
                 Some(&j) => Some(get(j)?),
                 None => None,
             };
-            let y = self.run_node(i, x, b, batch, backend, key_mask.as_deref())?;
+            let y = self.model.run_node(i, x, b, batch, backend, key_mask.as_deref())?;
             vals[i] = Some(y);
             if !keep {
                 for &j in &r.inputs {
@@ -241,7 +262,9 @@ impl Int8Model {
         }
         Ok(vals.into_iter().map(|v| v.unwrap_or(NodeValue::Codes(Vec::new()))).collect())
     }
+}
 
+impl Int8Model {
     /// The key padding mask `[batch, T]` (1 = padding) of token-id inputs when the model
     /// embeds them with a padding id; `None` for images.
     pub fn key_mask(&self, inputs: &[f32]) -> Option<Vec<f32>> {

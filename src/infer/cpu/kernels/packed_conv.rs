@@ -8,10 +8,10 @@
 //! `[batch][oh][ow][c_out]`.
 
 use super::gemm::{widen_sub, PackedGemm, Step};
-use super::ops::Conv2dConfig;
-use super::requant::Requant;
 use super::simd::SimdKernel;
 use crate::error::{Result, WqatError};
+use crate::infer::ops::Conv2dConfig;
+use crate::infer::requant::Requant;
 
 /// A conv layer packed for the pair kernels (geometry without the batch size).
 #[derive(Debug, Clone)]

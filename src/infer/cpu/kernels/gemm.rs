@@ -13,9 +13,9 @@
 //! Rows are computed 4 at a time against 16 channels (8 ymm accumulators), bias added,
 //! and requantized in registers ([`super::x86`]), bit-exact with [`Requant::apply`].
 
-use super::requant::{requantize, Requant};
 use super::simd::SimdKernel;
 use crate::error::{Result, WqatError};
+use crate::infer::requant::{requantize, Requant};
 
 /// One reduction step: the two i16 at `off`, `off + 1` of a row times weights of reduction
 /// indices `k[0]`, `k[1]` (`None`: zero weight).
@@ -232,7 +232,7 @@ pub struct PackedLinear {
 
 impl PackedLinear {
     /// `perm(m)`: the weight column of input element `m` (identity for plain rows; a
-    /// permutation of `0..k`). Sizes are checked as for [`super::ops::LinearConfig`].
+    /// permutation of `0..k`). Sizes are checked as for [`crate::infer::ops::LinearConfig`].
     pub fn new(
         k: usize,
         n: usize,
@@ -242,7 +242,7 @@ impl PackedLinear {
         rq: &Requant,
         perm: impl Fn(usize) -> usize,
     ) -> Result<Self> {
-        super::ops::LinearConfig { m: 1, k, n, x_zero }.validate(k, w.len(), bias.len(), n)?;
+        crate::infer::ops::LinearConfig { m: 1, k, n, x_zero }.validate(k, w.len(), bias.len(), n)?;
         rq.validate(n)?;
         if (0..k).any(|m| perm(m) >= k) {
             return Err(WqatError::invalid("packed linear column permutation out of range"));

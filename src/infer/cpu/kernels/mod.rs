@@ -10,7 +10,7 @@
 //! [`scalar`] is the definition (plain loops); [`simd`] runs the same arithmetic with
 //! AVX2 / NEON / NEON sdot micro-kernels chosen at runtime (AVX-512 VNNI on request, see
 //! [`SimdKernel::best`]), multithreaded, and bit-exact with the scalar code. The GPU kernels (`shaders/int8_gemm.wgsl`,
-//! [`crate::kernels::int8`]) match both. AVX2 (and the portable fallback) use layers packed
+//! [`crate::infer::gpu::gemm`]) match both. AVX2 (and the portable fallback) use layers packed
 //! once ([`PackedConv`], [`PackedLinear`]: [`gemm`], [`packed_conv`]) on channels-last
 //! activations ([`nhwc`]), which the CPU executor of converted models keeps per model.
 //!
@@ -20,9 +20,7 @@
 
 pub mod gemm;
 pub mod nhwc;
-pub mod ops;
 pub mod packed_conv;
-pub mod requant;
 pub mod scalar;
 pub mod simd;
 
@@ -32,12 +30,11 @@ pub mod neon;
 pub mod x86;
 
 pub use gemm::PackedLinear;
-pub use ops::{AddConfig, AvgRequant, Conv2dConfig, LinearConfig, PoolConfig};
 pub use packed_conv::PackedConv;
-pub use requant::{quantize_bias, quantize_multiplier, Activation, Requant};
 pub use simd::SimdKernel;
 
 use crate::error::Result;
+use crate::infer::{AddConfig, AvgRequant, Conv2dConfig, LinearConfig, PoolConfig, Requant};
 
 /// Which CPU implementation runs an op.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -1,14 +1,14 @@
 //! Host wrappers for `shaders/int8_ops.wgsl`: input quantization (optionally after GELU),
 //! max pool, average pool, residual add, dequantization and patchify on packed uint8 tensors
-//! ([`DType::I8x4`], see [`crate::kernels::int8`]).
-//! CPU references: [`crate::convert::ActQuant::quantize`] / [`crate::convert::ActQuant::dequantize`], [`crate::int8::scalar::max_pool`],
-//! [`crate::convert::cpu::avg_pool_codes`], [`crate::int8::scalar::add`],
+//! ([`DType::I8x4`], see [`crate::infer::gpu::gemm`]).
+//! CPU references: [`crate::infer::ActQuant::quantize`] / [`crate::infer::ActQuant::dequantize`], [`crate::infer::cpu::kernels::scalar::max_pool`],
+//! [`crate::infer::cpu::avg_pool_codes`], [`crate::infer::cpu::kernels::scalar::add`],
 //! [`crate::reference::graph::patchify`].
 
-use super::ActQuant;
 use crate::error::{Result, WqatError};
 use crate::gpu::{grid_1d, DType, Dispatch, GpuContext, GpuTensor, PipelineKey};
-use crate::int8::{AddConfig, AvgRequant, PoolConfig};
+use crate::infer::ActQuant;
+use crate::infer::{AddConfig, AvgRequant, PoolConfig};
 use crate::kernels::sequence::PatchConfig;
 
 const WG: u32 = 64;
@@ -160,7 +160,7 @@ pub fn maxpool_u8(ctx: &GpuContext, cfg: &PoolConfig, x: &GpuTensor, out: &GpuTe
 }
 
 /// Average pool on packed codes, divisor `kh * kw` (padding counts as zero-valued), as
-/// [`crate::convert::cpu::avg_pool_codes`].
+/// [`crate::infer::cpu::avg_pool_codes`].
 pub fn avgpool_u8(
     ctx: &GpuContext,
     cfg: &PoolConfig,

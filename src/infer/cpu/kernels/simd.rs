@@ -3,7 +3,7 @@
 //! * `Avx2` and `Portable` ([`SimdKernel::uses_pairs`]) run the pre-packed pair GEMM of
 //!   [`super::gemm`] / [`super::packed_conv`] (i16 pairs, `vpmaddwd`, 4 rows x 16 channels,
 //!   im2col-free convs, requantization in registers). These entry points pack per call (the
-//!   CPU executor of converted models packs once per model, see `convert::cpu`) and split
+//!   CPU executor of converted models packs once per model, see `infer::cpu`) and split
 //!   rows over threads ([`par_rows`]).
 //! * `Neon`, `NeonDot` and `Avx512Vnni` run the dot-product micro-kernels of this file:
 //!   weights packed per call, each output row's K inputs gathered (linear: a copy; conv:
@@ -15,9 +15,9 @@
 //! threads (none inside [`single_threaded`]); each output is computed by exactly one
 //! thread in a fixed order, so results do not depend on the thread count.
 
-use super::ops::{Conv2dConfig, LinearConfig};
-use super::requant::Requant;
 use crate::error::{Result, WqatError};
+use crate::infer::ops::{Conv2dConfig, LinearConfig};
+use crate::infer::requant::Requant;
 
 /// A micro-kernel implementation of the int8 dot products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

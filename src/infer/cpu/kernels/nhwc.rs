@@ -1,10 +1,10 @@
 //! Channels-last (`[batch][h][w][c]`) u8 helpers of the fast CPU executor: layout
 //! transposes and pooling with the semantics of [`super::scalar`] (max pool ignores
-//! padding; average pool as `crate::convert::cpu::avg_pool_codes`: divisor `kh * kw`,
+//! padding; average pool as `crate::infer::cpu::avg_pool_codes`: divisor `kh * kw`,
 //! in-bounds sum). Channels are contiguous, so the inner loops vectorize.
 
-use super::ops::AvgRequant;
 use crate::error::{Result, WqatError};
+use crate::infer::ops::AvgRequant;
 
 /// `[batch][c][hw]` -> `[batch][hw][c]`.
 pub fn nchw_to_hwc(x: &[u8], batch: usize, c: usize, hw: usize, out: &mut [u8]) {

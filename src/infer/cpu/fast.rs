@@ -1,17 +1,18 @@
 //! The fast CPU executor of fully integer models on the pair kernels ([`SimdKernel::Avx2`],
-//! [`SimdKernel::Portable`]): weights packed once per model ([`CpuPacks`], built on the
-//! first forward), activations kept channels-last between layers (no im2col, no
+//! [`SimdKernel::Portable`]): weights packed once per model ([`CpuPacks`], kept by the
+//! [`Int8CpuModel`] and built on its first forward), activations kept channels-last between layers (no im2col, no
 //! transposes; a linear layer after a flatten reads the channels-last order through a
 //! permutation of its packed weight columns), convs and linears without threads of their
 //! own (the caller splits the batch, or the rows of a layer for a single image). Node
 //! outputs are converted to NCHW only when traced.
 
-use super::super::{Domain, Int8Model, LayerKind};
-use super::NodeValue;
+use super::{Int8CpuModel, NodeValue};
 use crate::error::{Result, WqatError};
-use crate::int8::nhwc::{self, PoolGeom};
-use crate::int8::simd::{hwc_to_nchw, par_rows};
-use crate::int8::{Conv2dConfig, PackedConv, PackedLinear, SimdKernel};
+use crate::infer::cpu::kernels::nhwc::{self, PoolGeom};
+use crate::infer::cpu::kernels::simd::{hwc_to_nchw, par_rows};
+use crate::infer::cpu::kernels::{PackedConv, PackedLinear, SimdKernel};
+use crate::infer::Conv2dConfig;
+use crate::infer::{Domain, Int8Model, LayerKind};
 use crate::model::graph::{Op, INPUT};
 use std::sync::{Mutex, OnceLock};
 
@@ -34,13 +35,12 @@ struct Plan {
     fuse_pool: Vec<bool>,
 }
 
-/// Per-model cache of the fast CPU path: packed weights (built once, on the first forward
-/// that needs them; `None` when the model has layers the fast path does not run) and
-/// reusable scratch buffers. Cloning a model starts an empty cache, so a clone whose
-/// layers are then edited is packed afresh; do not edit `layers` of a model that has
-/// already run on the CPU.
+/// The cache of the fast CPU path an [`Int8CpuModel`] keeps for its model: packed weights
+/// (built once, on the first forward that needs them; `None` when the model has layers the
+/// fast path does not run) and reusable scratch buffers. The executor borrows the model, so
+/// its layers cannot change under the cache.
 #[derive(Default)]
-pub struct CpuPacks {
+pub(crate) struct CpuPacks {
     plan: OnceLock<Option<Plan>>,
     scratch: Mutex<Vec<Scratch>>,
 }
@@ -51,12 +51,6 @@ pub struct CpuPacks {
 struct Scratch {
     xp: Vec<Vec<i16>>,
     outs: Vec<Vec<u8>>,
-}
-
-impl Clone for CpuPacks {
-    fn clone(&self) -> Self {
-        CpuPacks::default()
-    }
 }
 
 impl std::fmt::Debug for CpuPacks {
@@ -143,9 +137,11 @@ impl Int8Model {
             .collect();
         Ok(Some(Plan { packs, mem, fuse_pool }))
     }
+}
 
+impl Int8CpuModel<'_> {
     fn plan(&self) -> Option<&Plan> {
-        self.cpu_packs.plan.get_or_init(|| self.build_plan().ok().flatten()).as_ref()
+        self.packs.plan.get_or_init(|| self.model.build_plan().ok().flatten()).as_ref()
     }
 
     /// Whether `kernel` runs this model on the fast path.
@@ -165,8 +161,8 @@ impl Int8Model {
         threads: usize,
     ) -> Result<Vec<NodeValue>> {
         let plan = self.plan().ok_or_else(|| WqatError::invalid("int8 model: no fast CPU plan"))?;
-        let q = self.input.quant().ok_or_else(|| WqatError::invalid("int8 model: f32 input on the fast path"))?;
-        let [ic, ih, iw] = self.graph.input;
+        let q = self.model.input.quant().ok_or_else(|| WqatError::invalid("int8 model: f32 input on the fast path"))?;
+        let [ic, ih, iw] = self.model.graph.input;
         let codes = quantize(kernel, images, q);
         let input = if ic == 1 {
             codes
@@ -175,12 +171,12 @@ impl Int8Model {
             nhwc::nchw_to_hwc(&codes, batch, ic, ih * iw, &mut t);
             t
         };
-        let mut ws = self.cpu_packs.scratch.lock().map(|mut v| v.pop()).ok().flatten().unwrap_or_default();
-        let n = self.nodes.len();
+        let mut ws = self.packs.scratch.lock().map(|mut v| v.pop()).ok().flatten().unwrap_or_default();
+        let n = self.model.nodes.len();
         ws.xp.resize_with(n, Vec::new);
         ws.outs.resize_with(n, Vec::new);
         let mut last_use = vec![0usize; n];
-        for (i, r) in self.nodes.iter().enumerate() {
+        for (i, r) in self.model.nodes.iter().enumerate() {
             for &j in &r.inputs {
                 if j != INPUT {
                     last_use[j] = i;
@@ -188,7 +184,7 @@ impl Int8Model {
             }
         }
         let mut vals: Vec<Option<Vec<u8>>> = vec![None; n];
-        for (i, r) in self.nodes.iter().enumerate() {
+        for (i, r) in self.model.nodes.iter().enumerate() {
             let get = |j: usize| -> Result<&[u8]> {
                 if j == INPUT {
                     Ok(&input)
@@ -205,7 +201,7 @@ impl Int8Model {
             let mut out = std::mem::take(&mut ws.outs[i]);
             out.resize(batch * co * oh * ow, 0);
             let xp = &mut ws.xp[i];
-            match (&plan.packs[i], &self.layers[i].kind, &r.node.op) {
+            match (&plan.packs[i], &self.model.layers[i].kind, &r.node.op) {
                 (NodePack::Conv(p), _, _) if plan.fuse_pool[i] && !keep => {
                     let mut pooled = std::mem::take(&mut ws.outs[i + 1]);
                     pooled.resize(p.pooled_rows(batch) * co, 0);
@@ -255,7 +251,7 @@ impl Int8Model {
                 }
                 (_, LayerKind::Add(Some(cfg)), _) => {
                     let b = get(r.inputs[1])?;
-                    crate::int8::scalar::add(cfg, x, b, &mut out)?;
+                    crate::infer::cpu::kernels::scalar::add(cfg, x, b, &mut out)?;
                 }
                 (_, LayerKind::Flatten, _) if out.len() == x.len() => out.copy_from_slice(x),
                 _ => return Err(WqatError::invalid(format!("int8 model: node {} not on the fast path", r.node.name))),
@@ -273,7 +269,7 @@ impl Int8Model {
                 }
             }
         }
-        if let Ok(mut v) = self.cpu_packs.scratch.lock() {
+        if let Ok(mut v) = self.packs.scratch.lock() {
             v.push(ws);
         }
         Ok(vals
@@ -311,12 +307,14 @@ fn par_rows_n(
 }
 
 /// The input codes (`ActQuant::quantize` of every value; vectorized on AVX2).
-fn quantize(kernel: SimdKernel, x: &[f32], q: super::super::ActQuant) -> Vec<u8> {
+fn quantize(kernel: SimdKernel, x: &[f32], q: crate::infer::ActQuant) -> Vec<u8> {
     #[cfg(target_arch = "x86_64")]
     if kernel == SimdKernel::Avx2 && kernel.is_available() {
         let mut out = vec![0u8; x.len()];
         // SAFETY: AVX2 checked just above.
-        unsafe { crate::int8::x86::quantize_f32(x, q.inv_scale, q.zero as f32, q.qmax() as f32, &mut out) };
+        unsafe {
+            crate::infer::cpu::kernels::x86::quantize_f32(x, q.inv_scale, q.zero as f32, q.qmax() as f32, &mut out)
+        };
         return out;
     }
     let _ = kernel;

@@ -300,7 +300,7 @@ impl Rq8 {
     }
 
     /// `requantize(x)` (`x`: accumulator plus bias) of 8 lanes as u8 codes in the low 8
-    /// bytes, bit-exact with [`super::requant::requantize`] (`M0 >= 0`): the exact 64-bit
+    /// bytes, bit-exact with [`crate::infer::requant::requantize`] (`M0 >= 0`): the exact 64-bit
     /// products `x * M0` of the even and odd lanes rounded once, half to even, by `2^k`
     /// ([`Rq8::round64`]), clamped to `[act_min - z, act_max - z]` (which also stands in for
     /// the reference's saturation at `±(2^31 - 1)`), `z` added, packed to u8.

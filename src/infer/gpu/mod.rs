@@ -13,18 +13,20 @@
 //! dispatches and replayed (one submit per forward, no allocation after the first call of a
 //! size).
 
+pub mod gemm;
+pub mod ops;
+
 use super::cpu::{argmax_rows, Int8Output, NodeValue};
-use super::kernels as k;
-use super::{Domain, Int8Model, LayerKind, SeqLayer};
 use crate::error::{Result, WqatError};
 use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor};
-use crate::int8::{Conv2dConfig, LinearConfig, PoolConfig};
+use crate::infer::gpu::gemm::{int8_conv2d, int8_linear, int8_linear_f32, unpack_u8, Int8Weights};
+use crate::infer::{Conv2dConfig, LinearConfig, PoolConfig};
+use crate::infer::{Domain, Int8Model, LayerKind, SeqLayer};
 use crate::kernels::activation::{add_forward, relu_forward, Relu};
 use crate::kernels::attention::{attention_forward, AttentionConfig, AttentionQuant};
 use crate::kernels::conv::{conv2d_forward, Conv2dForwardArgs, Conv2dGeom, QuantOperand};
 use crate::kernels::gelu::gelu_forward;
 use crate::kernels::gemm::{gemm, GemmConfig, GemmExtras};
-use crate::kernels::int8::{int8_conv2d, int8_linear, int8_linear_f32, unpack_u8, Int8Weights};
 use crate::kernels::layernorm::layernorm_forward;
 use crate::kernels::pool::{avgpool_forward, global_avgpool_forward, maxpool_forward, PoolSpec};
 use crate::kernels::sequence::{
@@ -32,6 +34,7 @@ use crate::kernels::sequence::{
     PatchConfig, TokenPool,
 };
 use crate::model::graph::{Act, Op, TokenPoolMode, INPUT};
+use ops as k;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -663,7 +666,9 @@ impl Int8GpuModel {
         for ((r, l), nb) in self.model.nodes.iter().zip(&self.model.layers).zip(&self.nodes) {
             let n = batch * r.out_shape.iter().product::<usize>();
             acts.push(match l.out {
-                Domain::Codes(_) => NodeValue::Codes(crate::kernels::int8::read_u8(&self.ctx, &view(&nb.out, &[n]))?),
+                Domain::Codes(_) => {
+                    NodeValue::Codes(crate::infer::gpu::gemm::read_u8(&self.ctx, &view(&nb.out, &[n]))?)
+                }
                 Domain::Float => {
                     let f = view(&nb.out, &[n]).read_f32(&self.ctx)?;
                     NodeValue::Float(f)
@@ -677,7 +682,7 @@ impl Int8GpuModel {
     /// The f32 pre-activation `f32(acc) * (s_in * s_w[c])` of node `i` from the last forward
     /// of `batch` samples, when node `i` is an integer layer with an f32 epilogue
     /// ([`LayerKind::IntFloat`]); `None` for other layers. Bit for bit
-    /// [`crate::convert::cpu::dequantize_acc`] of the same input codes.
+    /// [`crate::infer::cpu::dequantize_acc`] of the same input codes.
     pub fn read_pre_activation(&self, i: usize, batch: usize) -> Result<Option<Vec<f32>>> {
         let (r, l, nb) = match (self.model.nodes.get(i), self.model.layers.get(i), self.nodes.get(i)) {
             (Some(r), Some(l), Some(nb)) => (r, l, nb),

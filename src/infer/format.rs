@@ -21,14 +21,12 @@
 //! Loading checks every field (shapes, ranges, consistency with the graph) and returns
 //! [`WqatError::Format`] for anything else; unknown tensors are rejected.
 
-use super::{
-    activation, avg_requant, ActQuant, Domain, FloatLayer, Int8Model, IntFloatLayer, IntLayer, Layer, LayerKind,
-    SeqLayer,
-};
+use super::model::{activation, avg_requant};
+use super::{ActQuant, Domain, FloatLayer, Int8Model, IntFloatLayer, IntLayer, Layer, LayerKind, SeqLayer};
 use crate::data::Normalization;
 use crate::error::{Result, WqatError};
-use crate::int8::requant::activation_range;
-use crate::int8::{AddConfig, Requant};
+use crate::infer::requant::activation_range;
+use crate::infer::{AddConfig, Requant};
 use crate::model::graph::{Graph, Op, INPUT};
 use crate::model::params::{bias_name, cls_token_name, pos_embed_name, weight_name};
 use crate::qconfig::QConfig;
@@ -207,7 +205,7 @@ impl Int8Model {
         }
         let text: Option<crate::data::TextEncoding> =
             tf.metadata.get("text_encoding").map(|t| parse(path, "text_encoding", t)).transpose()?;
-        super::check_text_encoding(text.as_ref(), &graph).map_err(|e| bad(e.to_string()))?;
+        super::model::check_text_encoding(text.as_ref(), &graph).map_err(|e| bad(e.to_string()))?;
         let mut used = BTreeSet::new();
         let mut get = |name: String, shape: &[usize]| -> Result<Option<&HostData>> {
             match tf.tensors.get(&name) {
@@ -432,8 +430,7 @@ impl Int8Model {
         if let Some(extra) = tf.tensors.keys().find(|k| !used.contains(*k)) {
             return Err(bad(format!("unexpected tensor {extra}")));
         }
-        let cpu_packs = Default::default();
-        Ok(Int8Model { graph, qconfig, normalization, class_names, text, input, layers, nodes, cpu_packs })
+        Ok(Int8Model { graph, qconfig, normalization, class_names, text, input, layers, nodes })
     }
 }
 

@@ -13,6 +13,7 @@ pub mod convert;
 pub mod data;
 pub mod engine;
 pub mod error;
+pub mod export;
 pub mod fuzzing;
 pub mod gpu;
 pub mod int8;

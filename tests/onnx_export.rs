@@ -12,7 +12,7 @@
 //! `WQAT_REQUIRE_PYTHON=1` (set by `.ci/run`, whose `scripts/setup-python.sh` installs them)
 //! makes that a failure.
 //!
-//! `mnist_full_agreement` (ignored by default) measures the same on a whole test set:
+//! `full_test_set_agreement` (ignored by default) measures the same on a whole test set:
 //! `WQAT_ONNX_MODEL=out/mnist/model.int8.safetensors [WQAT_ONNX_DATA=../shared/data/mnist]
 //! cargo test --release --test onnx_export -- --ignored --nocapture`.
 
@@ -327,37 +327,44 @@ fn load_model(path: &Path) -> Int8Model {
     Int8Model::from_tensor_file(path, &f).unwrap()
 }
 
-/// The whole test set of `$WQAT_ONNX_DATA` (default `../shared/data/mnist`) through the
-/// model `$WQAT_ONNX_MODEL` in wqat (CPU int8) and in onnxruntime: agreement, accuracies.
+/// The whole test set of `$WQAT_ONNX_DATA` (default `../shared/data/mnist`; a text folder
+/// for a text model) through the model `$WQAT_ONNX_MODEL` in wqat (CPU int8) and in
+/// onnxruntime: agreement, accuracies, logit differences.
 #[test]
 #[ignore = "needs a trained model (WQAT_ONNX_MODEL) and a data set; minutes"]
-fn mnist_full_agreement() {
+fn full_test_set_agreement() {
     let Some(py) = python() else { return };
     let model_path = PathBuf::from(std::env::var("WQAT_ONNX_MODEL").expect("set WQAT_ONNX_MODEL"));
     let data = std::env::var("WQAT_ONNX_DATA").unwrap_or_else(|_| "../shared/data/mnist".into());
     let m = load_model(&model_path);
-    let ds = wqat::data::load(&data).unwrap();
+    let text = matches!(m.nodes()[0].node.op, Op::Embedding { .. });
+    let max_len = m.text.map(|t| t.max_len).unwrap_or(wqat::data::DEFAULT_MAX_LEN);
+    let ds = wqat::data::load_with(&data, &wqat::data::LoadOptions { max_len }).unwrap();
     let test = &ds.test;
     let n = test.len();
     let [c, h, w] = m.input_shape();
     assert_eq!((c, h, w), ds.shape, "model input vs data set");
-    // Raw pixels back from the normalized images (the normalization of 8-bit pixels is one
-    // of 256 values per channel).
-    let norm = m.normalization();
-    let lut: Vec<HashMap<u32, f32>> = (0..c)
-        .map(|ch| (0..=norm.max_value as u32).map(|p| (norm.apply(ch, p as f32).to_bits(), p as f32)).collect())
-        .collect();
     let x = test.images();
-    let raw: Vec<f32> = x
-        .iter()
-        .enumerate()
-        .map(|(i, v)| *lut[(i / (h * w)) % c].get(&v.to_bits()).expect("a pixel value outside the LUT"))
-        .collect();
+    let raw: Vec<u8> = if text {
+        x.iter().flat_map(|&v| (v as i64).to_le_bytes()).collect()
+    } else {
+        // Raw pixels back from the normalized images (the normalization of 8-bit pixels is
+        // one of 256 values per channel).
+        let norm = m.normalization();
+        let lut: Vec<HashMap<u32, f32>> = (0..c)
+            .map(|ch| (0..=norm.max_value as u32).map(|p| (norm.apply(ch, p as f32).to_bits(), p as f32)).collect())
+            .collect();
+        x.iter()
+            .enumerate()
+            .map(|(i, v)| *lut[(i / (h * w)) % c].get(&v.to_bits()).expect("a pixel value outside the LUT"))
+            .flat_map(|v| v.to_le_bytes())
+            .collect()
+    };
     let dir = tmpdir("mnist");
     let path = dir.join("model.onnx");
     wqat::export::export(&m, wqat::export::ExportFormat::Onnx, &path).unwrap();
     let input = dir.join("test.in");
-    std::fs::write(&input, raw.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+    std::fs::write(&input, raw).unwrap();
     let t = std::time::Instant::now();
     let mut logits = Vec::with_capacity(n * m.num_classes());
     for k in (0..n).step_by(1000) {

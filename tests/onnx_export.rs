@@ -171,7 +171,7 @@ fn make_case(dir: &Path, name: &str, g: &Graph, ck: &TensorFile, n: usize, seed:
     if trace_layers() {
         entry["trace"] = serde_json::json!(tensors);
         let traced = model.forward_cpu_traced(&x, n, CpuBackend::Scalar).unwrap();
-        for (k, (v, r)) in traced.activations.unwrap().iter().zip(model.nodes()).enumerate() {
+        for (k, v) in traced.activations.unwrap().iter().enumerate() {
             let _ = std::fs::write(
                 dir.join(format!("{name}.wqat{k}")),
                 match v {
@@ -179,7 +179,6 @@ fn make_case(dir: &Path, name: &str, g: &Graph, ck: &TensorFile, n: usize, seed:
                     wqat::convert::NodeValue::Float(f) => f.iter().flat_map(|x| x.to_le_bytes()).collect(),
                 },
             );
-            let _ = r;
         }
     }
     let deep = g.nodes.len() > 8;
@@ -401,5 +400,49 @@ fn full_test_set_agreement() {
         );
         assert!(agree as f64 >= MIN_AGREEMENT * n as f64, "{level}: agreement {agree}/{n}");
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `wqat export` from a QAT checkpoint (converted on the fly) and from the integer model file
+/// write the same protobuf (opset 17, `pixels` in, `logits` out, the class names in the
+/// metadata); a bad format or a garbage file is one `error:` line. No Python needed.
+#[test]
+fn cli_export_from_checkpoint_and_int8_file() {
+    use prost::Message;
+    let dir = tmpdir("cli");
+    let g = zoo::build("mnist-cnn", [1, 8, 8], 10).unwrap();
+    let ck = synthetic::synthetic_checkpoint(&g, 11, false).unwrap();
+    let ckpt = dir.join("qat.safetensors");
+    ck.save(&ckpt).unwrap();
+    let int8 = dir.join("model.int8.safetensors");
+    convert::convert(&g, &ck).unwrap().save(&int8).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_wqat")).args(args).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    };
+    let mut bytes = Vec::new();
+    for (src, out) in [(&ckpt, "a.onnx"), (&int8, "b.onnx")] {
+        let out = dir.join(out);
+        let (ok, text) = run(&["export", src.to_str().unwrap(), "--format", "onnx", "-o", out.to_str().unwrap()]);
+        assert!(ok, "wqat export {}: {text}", src.display());
+        bytes.push(std::fs::read(&out).unwrap());
+    }
+    assert_eq!(bytes[0], bytes[1], "checkpoint and integer file export the same model");
+    let m = wqat::export::onnx_proto::ModelProto::decode(&bytes[0][..]).unwrap();
+    assert_eq!(m.opset_import[0].version, Some(wqat::export::onnx::OPSET));
+    let graph = m.graph.unwrap();
+    assert_eq!(graph.input[0].name.as_deref(), Some("pixels"));
+    assert_eq!(graph.output[0].name.as_deref(), Some("logits"));
+    let meta: HashMap<String, String> =
+        m.metadata_props.into_iter().map(|e| (e.key.unwrap_or_default(), e.value.unwrap_or_default())).collect();
+    let names: Vec<String> = serde_json::from_str(&meta["wqat.class_names"]).unwrap();
+    assert_eq!(names.len(), 10);
+    assert!(graph.node.iter().any(|n| n.op_type.as_deref() == Some("QuantizeLinear")));
+    let (ok, text) = run(&["export", int8.to_str().unwrap(), "--format", "tflite", "-o", "x.tflite"]);
+    assert!(!ok && text.lines().filter(|l| l.starts_with("error:")).count() == 1, "{text}");
+    std::fs::write(dir.join("junk"), b"not a model").unwrap();
+    let (ok, text) = run(&["export", dir.join("junk").to_str().unwrap(), "-o", "x.onnx"]);
+    assert!(!ok && !text.contains("panicked"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }

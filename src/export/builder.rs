@@ -45,7 +45,7 @@ impl GraphBuilder {
     /// Adds a node with one output named after `out` (made unique) and returns that name.
     pub fn node(&mut self, op: &str, out: &str, inputs: &[&str], attrs: Vec<(&str, Attr)>) -> String {
         let o = self.fresh(out);
-        self.node_outputs(op, &[o.clone()], inputs, attrs);
+        self.node_outputs(op, std::slice::from_ref(&o), inputs, attrs);
         o
     }
 

@@ -27,7 +27,9 @@
 //!
 //! Inputs: images arrive as raw pixels, float32 `[batch, C, H, W]` in `[0, max_value]`
 //! (`pixels`), normalized by the first nodes (`Div max_value`, `Sub mean`, `Div std`: the
-//! f32 operations of [`crate::data::Normalization::apply`]); text models take `tokens`, int64
+//! f32 operations of [`crate::data::Normalization::apply`]) and quantized (the
+//! `QuantizeLinear` scale may sit a few ulps off the model's so that every integral pixel
+//! value gets wqat's code, see [`input_q_scale`]); text models take `tokens`, int64
 //! `[batch, max_len]` ids of wqat's byte encoding (CLS 256, UTF-8 bytes, PAD 257). The
 //! output `logits` is float32 `[batch, classes]` (dequantized codes when the logits are
 //! quantized). The metadata (`wqat.*` keys) repeats all of it as JSON.
@@ -218,7 +220,21 @@ impl<'a> Exporter<'a> {
     /// `QuantizeLinear(x, s, z)` with the codes clamped to `[lo, hi]` (a uint8 `Clip` when
     /// that is narrower than what the quantizer and the preceding float activation give).
     fn quantize(&mut self, x: &str, q: ActQuant, range: (i32, i32), implied_lo: i32, out: &str) -> String {
-        let (s, z) = self.qp(q.scale, q.zero);
+        self.quantize_scaled(x, q, q.scale, range, implied_lo, out)
+    }
+
+    /// [`Exporter::quantize`] with `q_scale` as the `QuantizeLinear` scale (the input's, see
+    /// [`input_q_scale`]); the `DequantizeLinear`s keep `q.scale`.
+    fn quantize_scaled(
+        &mut self,
+        x: &str,
+        q: ActQuant,
+        q_scale: f32,
+        range: (i32, i32),
+        implied_lo: i32,
+        out: &str,
+    ) -> String {
+        let (s, z) = self.qp(q_scale, q.zero);
         let codes = self.b.node("QuantizeLinear", &format!("{out}.q"), &[x, &s, &z], vec![]);
         let (lo, hi) = range;
         if lo > implied_lo || hi < 255 {
@@ -746,7 +762,14 @@ pub fn to_onnx_traced(m: &Int8Model) -> Result<(ModelProto, Vec<String>)> {
         let a = e.b.node("Div", "input.scaled", &[PIXELS, &mx], vec![]);
         let s = e.b.node("Sub", "input.centered", &[&a, &mean], vec![]);
         let x = e.b.node("Div", "input.normalized", &[&s, &std], vec![]);
-        e.finish_float(x, dims_i64(&[c, h, w]), m.input, 0, "input")
+        match m.input {
+            Domain::Codes(q) => {
+                let qs = input_q_scale(norm, q);
+                let name = e.quantize_scaled(&x, q, qs, (0, q.qmax()), 0, "input");
+                Val::Codes { name, q, dims: dims_i64(&[c, h, w]) }
+            }
+            Domain::Float => Val::Float { name: x, dims: dims_i64(&[c, h, w]) },
+        }
     };
     let mut vals: Vec<Val> = Vec::with_capacity(m.layers.len());
     for i in 0..m.layers.len() {
@@ -784,6 +807,43 @@ pub fn to_onnx_traced(m: &Int8Model) -> Result<(ModelProto, Vec<String>)> {
             .collect(),
     };
     Ok((model, names))
+}
+
+/// The scale of the input's `QuantizeLinear`. ONNX quantizes `round(x / s)`; wqat (as its
+/// fake-quant) `round(x * (1 / s))` with the stored `1 / s`, which differ for about one value
+/// in 200,000 near a tie. Raw pixels are integers in `[0, max_value]`, so the exporter checks
+/// every one per channel and, if one would get another code, takes the nearest f32 to `s`
+/// (within 64 ulps) that gives every pixel wqat's code; the `DequantizeLinear`s keep `s`.
+fn input_q_scale(norm: &crate::data::Normalization, q: ActQuant) -> f32 {
+    let max = norm.max_value;
+    if !(max.fract() == 0.0 && (1.0..=65535.0).contains(&max)) {
+        return q.scale;
+    }
+    let z = q.zero as f32;
+    let qmax = q.qmax() as f32;
+    let fits = |s: f32| {
+        (0..norm.channels()).all(|ch| {
+            (0..=max as u32).all(|p| {
+                let x = norm.apply(ch, p as f32);
+                let ours = crate::reference::fake_quant::quantize_code(x, q.inv_scale, z, 0.0, qmax);
+                ((x / s).round_ties_even() + z).clamp(0.0, qmax) == ours
+            })
+        })
+    };
+    let (mut up, mut down) = (q.scale, q.scale);
+    if fits(q.scale) {
+        return q.scale;
+    }
+    for _ in 0..64 {
+        up = up.next_up();
+        down = down.next_down();
+        for s in [down, up] {
+            if s > 0.0 && fits(s) {
+                return s;
+            }
+        }
+    }
+    q.scale
 }
 
 fn last_quant(v: &Val) -> Option<ActQuant> {

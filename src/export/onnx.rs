@@ -326,18 +326,14 @@ impl<'a> Exporter<'a> {
                 .ok_or_else(|| WqatError::invalid(format!("node {}: integer layer fed with f32", r.node.name)))
         };
         match &self.m.layers[i].kind {
-            LayerKind::Int(l) => {
+            LayerKind::Int(crate::convert::IntLayer { weight, weight_scale, bias, .. })
+            | LayerKind::IntFloat(crate::convert::IntFloatLayer { weight, weight_scale, bias }) => {
                 let s = s_in()?;
-                let w = if transpose { t(&l.weight) } else { l.weight.clone() };
-                let (weight, bias) = (w, l.bias.clone());
-                let sw = l.weight_scale.clone();
-                Ok((self.weight_dq(base, &weight, &stored_dims, &sw, axis), self.bias_dq(base, &bias, s, &sw)))
-            }
-            LayerKind::IntFloat(l) => {
-                let s = s_in()?;
-                let w = if transpose { t(&l.weight) } else { l.weight.clone() };
-                let (bias, sw) = (l.bias.clone(), l.weight_scale.clone());
-                Ok((self.weight_dq(base, &w, &stored_dims, &sw, axis), self.bias_dq(base, &bias, s, &sw)))
+                let w = if transpose { t(weight) } else { weight.clone() };
+                Ok((
+                    self.weight_dq(base, &w, &stored_dims, weight_scale, axis),
+                    self.bias_dq(base, bias, s, weight_scale),
+                ))
             }
             LayerKind::Float(l) => {
                 let w = if transpose { tf(&l.weight) } else { l.weight.clone() };
@@ -367,9 +363,10 @@ impl<'a> Exporter<'a> {
         self.mask.as_ref().expect("mask just built")
     }
 
-    fn tokens_name(input: &Val) -> Option<String> {
-        match input {
-            Val::Tokens { name, .. } => Some(name.clone()),
+    /// The token-id tensor and the padding id, when the model masks padding keys.
+    fn padding(&self, input: &Val) -> Option<(String, usize)> {
+        match (&self.m.nodes()[0].node.op, input) {
+            (Op::Embedding { padding_idx: Some(p), .. }, Val::Tokens { name, .. }) => Some((name.clone(), *p)),
             _ => None,
         }
     }
@@ -645,11 +642,7 @@ impl<'a> Exporter<'a> {
                 let scale = (1.0 / (dh as f64).sqrt()) as f32;
                 let sn = self.b.init_f32(&format!("{base}.scale"), &[], &[scale]);
                 let mut scores = self.b.node("Mul", &format!("{base}.scores"), &[&sc, &sn], vec![]);
-                let tokens = Self::tokens_name(input);
-                let pad = match (&m.nodes()[0].node.op, tokens) {
-                    (Op::Embedding { padding_idx: Some(p), .. }, Some(tok)) => Some((tok, *p)),
-                    _ => None,
-                };
+                let pad = self.padding(input);
                 let mut keep4 = None;
                 if let Some((tok, p)) = pad {
                     let mk = self.key_mask(&tok, p);
@@ -682,11 +675,7 @@ impl<'a> Exporter<'a> {
                 let [t, d, _] = r.in_shapes[0];
                 let x = self.reshape(x, &[t as i64, d as i64]);
                 let xf = self.float(&x)?;
-                let tokens = Self::tokens_name(input);
-                let pad = match (&m.nodes()[0].node.op, tokens) {
-                    (Op::Embedding { padding_idx: Some(p), .. }, Some(tok)) => Some((tok, *p)),
-                    _ => None,
-                };
+                let pad = self.padding(input);
                 match (mode, pad) {
                     (TokenPoolMode::Cls, _) => {
                         let idx = self.scalar_i64("index_0", 0);

@@ -312,8 +312,8 @@ fn onnxruntime_reproduces_int8_models() {
             }
         }
     }
-    assert!(failures.is_empty(), "onnxruntime vs wqat int8: {failures:?}");
     let _ = std::fs::remove_dir_all(&dir);
+    assert!(failures.is_empty(), "onnxruntime vs wqat int8: {failures:?}");
 }
 
 /// An integer model file or a checkpoint (converted), as `wqat export` reads it.
@@ -359,7 +359,7 @@ fn full_test_set_agreement() {
             .flat_map(|v| v.to_le_bytes())
             .collect()
     };
-    let dir = tmpdir("mnist");
+    let dir = tmpdir("full");
     let path = dir.join("model.onnx");
     wqat::export::export(&m, wqat::export::ExportFormat::Onnx, &path).unwrap();
     let input = dir.join("test.in");
@@ -386,7 +386,24 @@ fn full_test_set_agreement() {
     };
     let labels = test.labels();
     let acc = |p: &[usize]| p.iter().zip(labels).filter(|(a, &b)| **a == b as usize).count() as f64 / n as f64;
-    eprintln!("wqat int8 accuracy {:.2} %", 100.0 * acc(&case.wqat_pred));
+    // Near-tied logits: where wqat's top two are within two output steps, one flipped code
+    // anywhere upstream can change the top-1 (an undertrained model has many).
+    let classes = case.model.num_classes();
+    let step = case.model.layers.last().and_then(|l| l.out.quant()).map(|q| q.scale).unwrap_or(0.0);
+    let close = case
+        .wqat_logits
+        .chunks(classes)
+        .filter(|row| {
+            let mut v = row.to_vec();
+            v.sort_by(|a, b| b.total_cmp(a));
+            v.len() > 1 && v[0] - v[1] <= 2.0 * step
+        })
+        .count();
+    eprintln!(
+        "wqat int8 accuracy {:.2} %; {close} of {n} samples have their top two logits within two steps",
+        100.0 * acc(&case.wqat_pred)
+    );
+    let mut low = Vec::new();
     for level in ["plain", "all"] {
         let (agree, steps, differ) = compare(&case, level);
         let ort = read_f32(&PathBuf::from(format!("{}.{level}.out", case.path.display())));
@@ -398,9 +415,12 @@ fn full_test_set_agreement() {
             100.0 * agree as f64 / n as f64,
             case.wqat_logits.len()
         );
-        assert!(agree as f64 >= MIN_AGREEMENT * n as f64, "{level}: agreement {agree}/{n}");
+        if (agree as f64) < MIN_AGREEMENT * n as f64 {
+            low.push(format!("{level}: agreement {agree}/{n}"));
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
+    assert!(low.is_empty(), "{low:?}");
 }
 
 /// `wqat export` from a QAT checkpoint (converted on the fly) and from the integer model file

@@ -14,6 +14,7 @@ pub mod convert;
 pub mod data;
 pub mod engine;
 pub mod error;
+pub mod export;
 pub mod fuzzing;
 pub mod gpu;
 pub mod infer;

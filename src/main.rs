@@ -64,6 +64,17 @@ enum Command {
         /// The --out directory of a `wqat train` run.
         run_dir: PathBuf,
     },
+    /// Export an integer model (or a checkpoint, converted on the fly) to ONNX (QDQ form).
+    Export {
+        /// An integer model file or a wqat checkpoint.
+        model: PathBuf,
+        /// The output format (onnx).
+        #[arg(long, default_value = "onnx")]
+        format: String,
+        /// The file to write.
+        #[arg(short, long)]
+        out: PathBuf,
+    },
     /// Benchmarks: fused vs unfused kernels, and fp32 vs QAT training throughput.
     Bench {
         /// Only the training-throughput part.
@@ -306,6 +317,20 @@ fn eval_cmd(
     Ok(())
 }
 
+fn export_cmd(model: PathBuf, format: String, out: PathBuf) -> wqat::Result<()> {
+    let format: wqat::export::ExportFormat = format.parse()?;
+    let (m, _) = load_int8(&model)?;
+    wqat::export::export(&m, format, &out)?;
+    println!(
+        "wrote {} (ONNX opset {}, QDQ, {} layers, {} classes)",
+        out.display(),
+        wqat::export::onnx::OPSET,
+        m.nodes().len(),
+        m.num_classes()
+    );
+    Ok(())
+}
+
 fn infer_cmd(
     model: PathBuf,
     images: Vec<PathBuf>,
@@ -440,6 +465,7 @@ fn main() {
             infer_cmd(model, images, text, backend, adapter)
         }
         Some(Command::Report { run_dir }) => report_cmd(run_dir),
+        Some(Command::Export { model, format, out }) => export_cmd(model, format, out),
         Some(Command::Bench { train, kernels, quick, filter, runs, warmup, json, adapter }) => {
             bench_cmd(train, kernels, quick, filter, runs, warmup, json, adapter)
         }

@@ -71,10 +71,7 @@ impl ObserverKind {
                 ObserverKind::Histogram { bins: arg.map(|a| a.parse().map_err(|_| bad())).transpose()?.unwrap_or(2048) }
             }
             "percentile" => ObserverKind::Percentile {
-                percentile: arg
-                    .map(|a| a.parse().map_err(|_| bad()))
-                    .transpose()?
-                    .unwrap_or(Self::DEFAULT_PERCENTILE),
+                percentile: arg.map(|a| a.parse().map_err(|_| bad())).transpose()?.unwrap_or(Self::DEFAULT_PERCENTILE),
             },
             "mse" if arg.is_none() => ObserverKind::Mse,
             _ => return Err(bad()),
@@ -570,7 +567,10 @@ mod tests {
         assert_eq!(q.observer_for("conv1"), ObserverKind::Mse);
         // The checkpoint metadata (JSON) round trip.
         let text = serde_json::to_string(&q).unwrap();
-        assert!(text.contains(r#""kind":"percentile","percentile":99.9"#) && text.contains(r#""kind":"mse""#), "{text}");
+        assert!(
+            text.contains(r#""kind":"percentile","percentile":99.9"#) && text.contains(r#""kind":"mse""#),
+            "{text}"
+        );
         let back: QConfig = serde_json::from_str(&text).unwrap();
         assert_eq!(back, q);
         back.validate().unwrap();

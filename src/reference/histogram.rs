@@ -339,7 +339,11 @@ mod tests {
             let h = 7.0f32;
             let got = mse_bin_error(a, bw, h, s, z, qmin as f32, qmax as f32) as f64;
             let want = num * h as f64 / bw as f64;
-            assert!((got - want).abs() <= 1e-4 * want.max(1e-6), "bin [{a}, {}] in [{lo}, {hi}]: {got} vs {want}", a + bw);
+            assert!(
+                (got - want).abs() <= 1e-4 * want.max(1e-6),
+                "bin [{a}, {}] in [{lo}, {hi}]: {got} vs {want}",
+                a + bw
+            );
         }
     }
 

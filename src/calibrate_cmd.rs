@@ -18,6 +18,9 @@ pub(crate) struct CalibrateArgs {
     /// Output directory: ptq.safetensors (for `wqat convert`), metrics.json.
     #[arg(long, short = 'o')]
     out: PathBuf,
+    /// Skip the fp32 evaluation (metrics.json then has no fp32_acc).
+    #[arg(long)]
+    skip_fp32_eval: bool,
     /// Also convert to OUT/model.int8.safetensors and evaluate it on the CPU integer backend.
     #[arg(long)]
     convert: bool,
@@ -82,7 +85,7 @@ pub(crate) fn calibrate(a: CalibrateArgs) -> wqat::Result<()> {
     for l in &q.layers {
         println!("  layer override {l}");
     }
-    let (r, times) = trainer.calibrate_only(a.convert, &mut Lines)?;
+    let (r, times) = trainer.calibrate_only(!a.skip_fp32_eval, a.convert, &mut Lines)?;
     println!();
     match &r.val {
         None => {

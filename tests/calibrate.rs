@@ -93,6 +93,12 @@ fn calibrate_convert_and_agree() {
     assert_eq!(code, 0, "{text}");
     let m2 = metrics(&out2);
     assert_eq!(m2["fp32_acc"], m["fp32_acc"], "{m2}");
+    // Without the fp32 evaluation the PTQ result is the same.
+    args.push("--skip-fp32-eval");
+    let (code, text) = wqat(&args);
+    assert_eq!(code, 0, "{text}");
+    let m3 = metrics(&out2);
+    assert!(m3["fp32_acc"].is_null() && m3["ptq_acc"] == m2["ptq_acc"], "{m3}");
     assert!(out2.join("ptq.safetensors").is_file() && !out2.join("model.int8.safetensors").exists());
     let _ = std::fs::remove_dir_all(&d);
 }

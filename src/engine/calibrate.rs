@@ -29,9 +29,11 @@ pub struct CalibrateTimes {
 
 impl Trainer {
     /// Runs post-training calibration on a trainer built with `epochs = 0` and `init` set
-    /// (see the module doc). `convert` also writes and evaluates the integer model.
+    /// (see the module doc). `fp32_eval` evaluates the fp32 model first (`fp32_acc`);
+    /// `convert` also writes and evaluates the integer model.
     pub fn calibrate_only(
         &mut self,
+        fp32_eval: bool,
         convert: bool,
         sink: &mut dyn ProgressSink,
     ) -> Result<(RunReport, CalibrateTimes)> {
@@ -41,15 +43,19 @@ impl Trainer {
         std::fs::create_dir_all(&self.cfg.out).map_err(|e| WqatError::io(&self.cfg.out, e))?;
         let mut times = CalibrateTimes::default();
         let opts = |quant| CompileOptions { batch: self.cfg.batch, quant, train: false };
-        let t0 = Instant::now();
-        let fp32 = Compiled::new(&self.ctx, &self.state, &opts(false), None)?;
-        self.state.set_quant_flags(&self.ctx, false, false, None)?;
-        let (fp32_acc, _) = self.evaluate(&fp32)?;
-        let fp32_val_acc = self.val_accuracy(&fp32)?;
-        drop(fp32);
-        times.fp32_eval = t0.elapsed().as_secs_f64();
-        sink.message(&format!("fp32 test accuracy {:.2}%{}", fp32_acc * 100.0, val_note(fp32_val_acc)));
-        self.run.fp32_acc = Some(fp32_acc);
+        let (mut fp32_acc, mut fp32_val_acc) = (None, None);
+        if fp32_eval {
+            let t0 = Instant::now();
+            let fp32 = Compiled::new(&self.ctx, &self.state, &opts(false), None)?;
+            self.state.set_quant_flags(&self.ctx, false, false, None)?;
+            let acc = self.evaluate(&fp32)?.0;
+            fp32_val_acc = self.val_accuracy(&fp32)?;
+            drop(fp32);
+            times.fp32_eval = t0.elapsed().as_secs_f64();
+            sink.message(&format!("fp32 test accuracy {:.2}%{}", acc * 100.0, val_note(fp32_val_acc)));
+            fp32_acc = Some(acc);
+        }
+        self.run.fp32_acc = fp32_acc;
         self.run.fp32_val_acc = fp32_val_acc;
 
         let t0 = Instant::now();
@@ -106,7 +112,7 @@ impl Trainer {
             adapter: format!("{} ({})", self.ctx.summary.name, self.ctx.summary.backend),
             weight_bits: self.cfg.weight_bits,
             act_bits: self.cfg.act_bits,
-            fp32_acc: Some(fp32_acc),
+            fp32_acc,
             ptq_acc: Some(ptq_acc),
             qat_acc: None,
             int8_acc,

@@ -2,6 +2,9 @@
 // the existing histogram when the range grows (_combine_histograms / _upscale_histogram),
 // batch accumulation, and the L2-minimizing range search (_non_linear_param_search) run by
 // one workgroup, writing the chosen range into the quantizer state's min/max (channel 0).
+// Instead of the L2 search, `hist_percentile` (central percentile of the counts) or
+// `hist_mse` (least expected quantization MSE on a grid of clipping thresholds) may choose
+// the range from the same bins; see reference/histogram.rs for both definitions.
 //
 // Histogram state `hs` (f32): [cur_min, cur_max, new_min, new_max, live, reset,
 // initialized, edge_lo, edge_hi, _ x7, hist[bins]]. Scratch: `tmp[bins]` (re-binned old
@@ -15,14 +18,18 @@ struct Params {
     up: u32,          // upsample rate of the re-binning
     chunks: u32,      // (min, max) pairs in `partials`
     dst_nbins: u32,   // qmax - qmin + 1
-    _a: u32,
-    _b: u32,
-    _c: u32,
+    grid: u32,        // MSE search: candidates k = 1..=grid
+    symmetric: u32,   // the spec (MSE search: qparams of each candidate)
+    signed_codes: u32,
     inv_bins: f32,    // 1 / bins
     inv_fine: f32,    // 1 / (bins * up)
     inv_up: f32,      // 1 / up
     inv_dst: f32,     // 1 / dst_nbins
     step: f32,        // greedy search step (PyTorch: 1e-5)
+    fraction: f32,    // percentile / 100
+    qmin: f32,
+    qmax: f32,
+    inv_den: f32,     // QuantSpec::inv_scale_denominator
     _p0: f32,
     _p1: f32,
     _p2: f32,
@@ -277,5 +284,130 @@ fn hist_search(@builtin(local_invocation_index) lid: u32) {
     if (lid == 0u) {
         qs[4u + 3u] = mn + bw * f32(start);
         qs[4u + 4u] = mn + bw * f32(end + 1u);
+    }
+}
+
+// One invocation: the central `fraction` of the counts (reference::histogram::percentile_range).
+@compute @workgroup_size(1)
+fn hist_percentile() {
+    touch();
+    if (hs[4] == 0.0) { return; }
+    let mn = hs[0];
+    let mx = hs[1];
+    if (mn == mx) {
+        qs[4u + 3u] = mn;
+        qs[4u + 4u] = mx;
+        return;
+    }
+    var total = 0.0;
+    for (var i = 0u; i < p.bins; i = i + 1u) { total = total + hs[H + i]; }
+    let thr = p.fraction * total;
+    var c = 0.0;
+    var end = p.bins - 1u;
+    for (var i = 0u; i < p.bins; i = i + 1u) {
+        c = c + hs[H + i];
+        if (c >= thr) { end = i; break; }
+    }
+    c = 0.0;
+    var start = 0u;
+    for (var j = 0u; j < p.bins; j = j + 1u) {
+        let i = p.bins - 1u - j;
+        c = c + hs[H + i];
+        if (c >= thr) { start = i; break; }
+    }
+    let bw = (mx - mn) * p.inv_bins;
+    qs[4u + 3u] = mn + bw * f32(start);
+    qs[4u + 4u] = mn + bw * f32(end + 1u);
+}
+
+// Expected squared error of one bin [a, a + bw] with h values spread uniformly, quantized
+// with scale s and zero point z (reference::histogram::mse_bin_error).
+fn mse_bin_error(a: f32, bw: f32, h: f32, s: f32, z: f32) -> f32 {
+    let b = a + bw;
+    let lo = (p.qmin - z) * s;
+    let hi = (p.qmax - z) * s;
+    var e = 0.0;
+    if (a < lo) {
+        let u = min(b, lo) - lo;
+        let v = a - lo;
+        e = e + (u * u * u - v * v * v) / 3.0;
+    }
+    if (b > hi) {
+        let u = b - hi;
+        let v = max(a, hi) - hi;
+        e = e + (u * u * u - v * v * v) / 3.0;
+    }
+    let u = max(a, lo);
+    let v = min(b, hi);
+    if (u < v) {
+        let tu = u / s;
+        let tv = v / s;
+        let nu = floor(tu + 0.5);
+        let nv = floor(tv + 0.5);
+        let fu = tu - nu;
+        let fv = tv - nv;
+        e = e + s * s * s * ((nv - nu) / 12.0 + (fv * fv * fv - fu * fu * fu) / 3.0);
+    }
+    return e * (h / bw);
+}
+
+// One workgroup: for k = grid..1 the range [min(mn, 0), max(mx, 0)] * k / grid, its qparams
+// (as the `qparams` kernel), the error summed over the bins in wg_sum order; the first
+// least error wins (reference::histogram::mse_range).
+@compute @workgroup_size(256)
+fn hist_mse(@builtin(local_invocation_index) lid: u32) {
+    touch();
+    let live = hs[4] != 0.0;
+    let mn = hs[0];
+    let mx = hs[1];
+    if (lid == 0u) {
+        if (live && mn == mx) {
+            qs[4u + 3u] = mn;
+            qs[4u + 4u] = mx;
+        }
+        wl = select(0u, 1u, live && mn != mx);
+    }
+    if (workgroupUniformLoad(&wl) == 0u) { return; }
+    let bw = (mx - mn) * p.inv_bins;
+    let cmn = min(mn, 0.0);
+    let cmx = max(mx, 0.0);
+    var best = bitcast<f32>(0x7f800000u);
+    var best_k = p.grid;
+    for (var k = p.grid; k >= 1u; k = k - 1u) {
+        let t = f32(k) / f32(p.grid);
+        let lo = cmn * t;
+        let hi = cmx * t;
+        var s: f32;
+        var z: f32;
+        if (p.symmetric != 0u) {
+            s = max(hi, -lo) * p.inv_den;
+            if (!(s > 1.17549435e-38)) { s = 1.0; }
+            z = select(p.qmin, 0.0, p.signed_codes != 0u);
+        } else {
+            s = (hi - lo) * p.inv_den;
+            if (!(s > 1.17549435e-38)) { s = 1.0; }
+            z = clamp(p.qmin - round(lo / s), p.qmin, p.qmax);
+        }
+        var part = 0.0;
+        for (var i = lid; i < p.bins; i = i + WG) {
+            let h = hs[H + i];
+            if (h != 0.0) { part = part + mse_bin_error(mn + bw * f32(i), bw, h, s, z); }
+        }
+        rf0[lid] = part;
+        workgroupBarrier();
+        for (var st = WG / 2u; st > 0u; st = st / 2u) {
+            if (lid < st) { rf0[lid] = rf0[lid] + rf0[lid + st]; }
+            workgroupBarrier();
+        }
+        if (lid == 0u && rf0[0] < best) {
+            best = rf0[0];
+            best_k = k;
+        }
+        workgroupBarrier();
+    }
+    if (lid == 0u) {
+        let t = f32(best_k) / f32(p.grid);
+        qs[4u + 3u] = cmn * t;
+        qs[4u + 4u] = cmx * t;
     }
 }

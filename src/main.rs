@@ -1,5 +1,6 @@
 //! The `wqat` command line. Errors print as one line (no backtrace) and exit non-zero.
 
+mod calibrate_cmd;
 mod train_cmd;
 
 use clap::{Parser, Subcommand};
@@ -24,6 +25,9 @@ enum Command {
     },
     /// The whole pipeline: fp32 training, PTQ calibration, QAT fine-tuning, conversion, evaluation.
     Train(Box<TrainArgs>),
+    /// Post-training quantization of a trained model (wqat checkpoint or PyTorch state_dict):
+    /// observers on calibration images, fp32 and fake-quant accuracy, a checkpoint for `convert`.
+    Calibrate(Box<calibrate_cmd::CalibrateArgs>),
     /// Convert a QAT (or PTQ) checkpoint into an integer model file.
     Convert {
         /// A wqat checkpoint (e.g. out/qat.safetensors).
@@ -430,6 +434,7 @@ fn main() {
     let result = match cli.command {
         Some(Command::Devices { json }) => devices(json),
         Some(Command::Train(a)) => train(*a),
+        Some(Command::Calibrate(a)) => calibrate_cmd::calibrate(*a),
         Some(Command::Convert { checkpoint, out }) => convert_cmd(checkpoint, out),
         Some(Command::Eval { model, data, max_len, backend, layers, batch, limit, json, adapter }) => {
             eval_cmd(model, data, max_len, backend, layers, batch, limit, json, adapter)

@@ -31,6 +31,15 @@ pub enum ObserverKind {
     MovingAverage { c: f32 },
     /// PyTorch-style histogram observer (L2-minimizing range).
     Histogram { bins: u32 },
+    /// Histogram observer (2048 bins) whose range keeps the central `percentile` % of the
+    /// observed values: the upper end is the upper edge of the first bin where the cumulative
+    /// count reaches `percentile` % of the total, the lower end the lower edge of the last bin
+    /// where the count from the top does (see `reference::histogram::percentile_range`).
+    Percentile { percentile: f32 },
+    /// Histogram observer (2048 bins) whose range minimizes the expected quantization MSE
+    /// over the histogram, searched on a grid of clipping thresholds (the observed range
+    /// scaled toward 0 by `k / 128`, k = 1..=128; see `reference::histogram::mse_range`).
+    Mse,
 }
 
 impl Default for ObserverKind {
@@ -41,10 +50,18 @@ impl Default for ObserverKind {
 }
 
 impl ObserverKind {
-    /// Parses `minmax`, `ema` / `ema:0.01`, `histogram` / `histogram:2048`.
+    /// Default percentile of `percentile` without an argument.
+    pub const DEFAULT_PERCENTILE: f32 = 99.99;
+
+    /// Parses `minmax`, `ema` / `ema:0.01`, `histogram` / `histogram:2048`, `percentile` /
+    /// `percentile:99.99`, `mse`.
     pub fn parse(s: &str) -> Result<Self> {
         let (name, arg) = s.split_once(':').map(|(a, b)| (a, Some(b))).unwrap_or((s, None));
-        let bad = || WqatError::invalid(format!("observer {s:?}: use minmax, ema[:C] or histogram[:BINS]"));
+        let bad = || {
+            WqatError::invalid(format!(
+                "observer {s:?}: use minmax, ema[:C], histogram[:BINS], percentile[:P] (50 < P <= 100) or mse"
+            ))
+        };
         let k = match name {
             "minmax" => ObserverKind::MinMax,
             "ema" => ObserverKind::MovingAverage {
@@ -53,15 +70,24 @@ impl ObserverKind {
             "histogram" => {
                 ObserverKind::Histogram { bins: arg.map(|a| a.parse().map_err(|_| bad())).transpose()?.unwrap_or(2048) }
             }
+            "percentile" => ObserverKind::Percentile {
+                percentile: arg.map(|a| a.parse().map_err(|_| bad())).transpose()?.unwrap_or(Self::DEFAULT_PERCENTILE),
+            },
+            "mse" if arg.is_none() => ObserverKind::Mse,
             _ => return Err(bad()),
         };
         k.validate()?;
         Ok(k)
     }
-    /// Checks the averaging constant (0 < c <= 1) and the bin count (16..=65536).
+    /// Checks the averaging constant (0 < c <= 1), the bin count (16..=65536) and the
+    /// percentile (50 < p <= 100).
     pub fn validate(&self) -> Result<()> {
         match *self {
-            ObserverKind::MinMax => Ok(()),
+            ObserverKind::MinMax | ObserverKind::Mse => Ok(()),
+            ObserverKind::Percentile { percentile } if percentile > 50.0 && percentile <= 100.0 => Ok(()),
+            ObserverKind::Percentile { percentile } => Err(WqatError::invalid(format!(
+                "percentile observer: {percentile} must be in (50, 100] (the percent of values kept, e.g. 99.99)"
+            ))),
             ObserverKind::MovingAverage { c } if c > 0.0 && c <= 1.0 => Ok(()),
             ObserverKind::MovingAverage { c } => {
                 Err(WqatError::invalid(format!("EMA observer constant {c} must be in (0, 1]")))
@@ -160,6 +186,8 @@ impl std::fmt::Display for ObserverKind {
             ObserverKind::MinMax => write!(f, "minmax"),
             ObserverKind::MovingAverage { c } => write!(f, "ema:{c}"),
             ObserverKind::Histogram { bins } => write!(f, "histogram:{bins}"),
+            ObserverKind::Percentile { percentile } => write!(f, "percentile:{percentile}"),
+            ObserverKind::Mse => write!(f, "mse"),
         }
     }
 }
@@ -505,6 +533,51 @@ mod tests {
         }
         assert!(ObserverKind::parse("ema:0").is_err());
         assert!(ObserverKind::parse("histogram:3").is_err());
+        for bad in ["percentile:120", "percentile:50", "percentile:0", "percentile:x", "percentile:nan", "mse:3"] {
+            let e = ObserverKind::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("percentile") || e.contains("mse"), "{bad}: {e}");
+        }
+        assert!(LayerQConfig::parse("conv1=observer=percentile:120").is_err());
+    }
+
+    #[test]
+    fn percentile_and_mse_round_trip() {
+        for (text, kind) in [
+            ("percentile:99.99", ObserverKind::Percentile { percentile: 99.99 }),
+            ("percentile", ObserverKind::Percentile { percentile: 99.99 }),
+            ("percentile:100", ObserverKind::Percentile { percentile: 100.0 }),
+            ("percentile:99.9", ObserverKind::Percentile { percentile: 99.9 }),
+            ("mse", ObserverKind::Mse),
+        ] {
+            let k = ObserverKind::parse(text).unwrap();
+            assert_eq!(k, kind, "{text}");
+            assert_eq!(ObserverKind::parse(&k.to_string()).unwrap(), k, "{k}");
+        }
+        let l = LayerQConfig::parse("layer3.*=a4,observer=percentile:99.9").unwrap();
+        assert_eq!(l.observer, Some(ObserverKind::Percentile { percentile: 99.9 }));
+        assert_eq!(LayerQConfig::parse(&l.to_string()).unwrap(), l);
+        let mut q = QConfig::new(8, 8)
+            .unwrap()
+            .with_layer(l)
+            .unwrap()
+            .with_layer(LayerQConfig::parse("conv1=observer=mse").unwrap())
+            .unwrap();
+        q.observer = ObserverKind::Mse;
+        assert_eq!(q.observer_for("layer3.0.conv1"), ObserverKind::Percentile { percentile: 99.9 });
+        assert_eq!(q.observer_for("conv1"), ObserverKind::Mse);
+        // The checkpoint metadata (JSON) round trip.
+        let text = serde_json::to_string(&q).unwrap();
+        assert!(
+            text.contains(r#""kind":"percentile","percentile":99.9"#) && text.contains(r#""kind":"mse""#),
+            "{text}"
+        );
+        let back: QConfig = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, q);
+        back.validate().unwrap();
+        // A stored out-of-range percentile is rejected on load.
+        let bad = text.replace("99.9", "120");
+        let q2: QConfig = serde_json::from_str(&bad).unwrap();
+        assert!(q2.validate().is_err());
     }
 
     #[test]

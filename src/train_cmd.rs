@@ -11,28 +11,16 @@ use wqat::gpu::{GpuContext, GpuOptions};
 
 #[derive(Args)]
 pub(crate) struct TrainArgs {
-    /// `digits` (embedded UCI digits), a directory of MNIST-style IDX files, CIFAR-10 binaries,
-    /// an image folder, or a text folder (train/<class>.txt + test/<class>.txt).
-    #[arg(long, default_value = "digits")]
-    data: String,
-    /// Tokens per text sequence (a CLS token then up to N-1 UTF-8 bytes, padded); text data only.
-    #[arg(long, default_value_t = wqat::data::DEFAULT_MAX_LEN)]
-    max_len: usize,
-    /// Model: mlp, mnist-cnn, resnet20, resnet18, or a JSON spec file.
-    #[arg(long, default_value = "mnist-cnn")]
-    model: String,
+    #[command(flatten)]
+    pub(crate) data: DataArgs,
+    #[command(flatten)]
+    pub(crate) quant: QuantArgs,
     /// fp32 training epochs (0 with --init: quantize the given weights).
     #[arg(long, default_value_t = 12)]
     epochs: usize,
     /// QAT fine-tuning epochs.
     #[arg(long, default_value_t = 3)]
     qat_epochs: usize,
-    #[arg(long, default_value_t = 8)]
-    weight_bits: u32,
-    #[arg(long, default_value_t = 8)]
-    act_bits: u32,
-    #[arg(long, default_value_t = 32)]
-    batch: usize,
     /// Peak learning rate of the fp32 phase (cosine schedule to 0).
     #[arg(long, default_value_t = 0.05)]
     lr: f32,
@@ -60,13 +48,6 @@ pub(crate) struct TrainArgs {
     /// Use only the first N training images.
     #[arg(long)]
     limit_train: Option<usize>,
-    /// Evaluate only the first N test images.
-    #[arg(long)]
-    limit_test: Option<usize>,
-    /// Hold out this fraction of the training images as a validation split (a fixed seeded
-    /// choice); every stage is also evaluated on it (choose hyper-parameters there, report test).
-    #[arg(long)]
-    val_split: Option<f32>,
     /// Output directory (checkpoints, metrics.json).
     #[arg(long, default_value = "out")]
     out: PathBuf,
@@ -76,38 +57,12 @@ pub(crate) struct TrainArgs {
     /// Continue the run whose checkpoint is in this directory.
     #[arg(long)]
     resume: Option<PathBuf>,
-    /// Activation observer: minmax, ema[:C] (default ema:0.01), histogram[:BINS].
-    #[arg(long, default_value = "ema:0.01")]
-    observer: String,
-    /// Per-tensor weight scales (default: per output channel).
-    #[arg(long)]
-    per_tensor_weights: bool,
-    /// Weights in the full signed range [-2^(b-1), 2^(b-1)-1] with scale max|w|/((qmax-qmin)/2),
-    /// as PyTorch's symmetric qint8 observers (default: [-(2^(b-1)-1), 2^(b-1)-1], max|w|/qmax).
-    #[arg(long)]
-    full_range_weights: bool,
-    /// Per-layer quantization settings, `PATTERN=SETTING,...` (repeatable, later ones win):
-    /// PATTERN is a layer name (`conv1`, `input` for the image) or has `*` wildcards
-    /// (`layer3.*`); settings: `wN` weight bits, `aN` output-activation bits, `per-channel`,
-    /// `per-tensor`, `fp32` (keep the layer's weights in fp32), `int`, `observer=KIND`.
-    /// Example: `--layer-qconfig input=a8 --layer-qconfig conv1=w8,a8`.
-    #[arg(long = "layer-qconfig", value_name = "PATTERN=SETTINGS")]
-    layer_qconfig: Vec<String>,
     /// Freeze observers after N QAT steps, or after E QAT epochs with `Eep`.
     #[arg(long)]
     freeze_observers_after: Option<String>,
     /// Freeze BN statistics after N QAT steps, or after E QAT epochs with `Eep`.
     #[arg(long)]
     freeze_bn_after: Option<String>,
-    /// Keep the first conv/linear layer in fp32.
-    #[arg(long)]
-    fp32_first: bool,
-    /// Keep the last layer in fp32.
-    #[arg(long)]
-    fp32_last: bool,
-    /// Training images used for PTQ calibration.
-    #[arg(long, default_value_t = 2048)]
-    calib_images: usize,
     /// Read loss/accuracy every N steps (the only GPU-to-CPU sync of training).
     #[arg(long, default_value_t = 50)]
     log_every: usize,
@@ -118,9 +73,79 @@ pub(crate) struct TrainArgs {
     /// applied to text).
     #[arg(long)]
     augment: bool,
+}
+
+/// Data, model and evaluation flags shared by `wqat train` and `wqat calibrate`.
+#[derive(Args)]
+pub(crate) struct DataArgs {
+    /// `digits` (embedded UCI digits), a directory of MNIST-style IDX files, CIFAR-10 binaries,
+    /// an image folder, or a text folder (train/<class>.txt + test/<class>.txt).
+    #[arg(long, default_value = "digits")]
+    pub(crate) data: String,
+    /// Tokens per text sequence (a CLS token then up to N-1 UTF-8 bytes, padded); text data only.
+    #[arg(long, default_value_t = wqat::data::DEFAULT_MAX_LEN)]
+    pub(crate) max_len: usize,
+    /// Model: mlp, mnist-cnn, resnet20, resnet18, or a JSON spec file.
+    #[arg(long, default_value = "mnist-cnn")]
+    pub(crate) model: String,
+    #[arg(long, default_value_t = 32)]
+    pub(crate) batch: usize,
+    /// Evaluate only the first N test images.
+    #[arg(long)]
+    pub(crate) limit_test: Option<usize>,
+    /// Hold out this fraction of the training images as a validation split (a fixed seeded
+    /// choice); every stage is also evaluated on it (choose hyper-parameters there, report test).
+    #[arg(long)]
+    pub(crate) val_split: Option<f32>,
     /// Adapter name substring (see `wqat devices`).
     #[arg(long)]
-    adapter: Option<String>,
+    pub(crate) adapter: Option<String>,
+}
+
+/// Quantization flags shared by `wqat train` and `wqat calibrate`.
+#[derive(Args)]
+pub(crate) struct QuantArgs {
+    #[arg(long, default_value_t = 8)]
+    pub(crate) weight_bits: u32,
+    #[arg(long, default_value_t = 8)]
+    pub(crate) act_bits: u32,
+    /// Activation observer: minmax, ema[:C] (default ema:0.01; calibration takes the running
+    /// min/max), histogram[:BINS], percentile[:P] (keep the central P %, default 99.99) or mse
+    /// (least expected quantization MSE over 128 clipping thresholds).
+    #[arg(long, default_value = "ema:0.01")]
+    pub(crate) observer: String,
+    /// Per-tensor weight scales (default: per output channel).
+    #[arg(long)]
+    pub(crate) per_tensor_weights: bool,
+    /// Weights in the full signed range [-2^(b-1), 2^(b-1)-1] with scale max|w|/((qmax-qmin)/2),
+    /// as PyTorch's symmetric qint8 observers (default: [-(2^(b-1)-1), 2^(b-1)-1], max|w|/qmax).
+    #[arg(long)]
+    pub(crate) full_range_weights: bool,
+    /// Per-layer quantization settings, `PATTERN=SETTING,...` (repeatable, later ones win):
+    /// PATTERN is a layer name (`conv1`, `input` for the image) or has `*` wildcards
+    /// (`layer3.*`); settings: `wN` weight bits, `aN` output-activation bits, `per-channel`,
+    /// `per-tensor`, `fp32` (keep the layer's weights in fp32), `int`, `observer=KIND`
+    /// (`observer=percentile:99.99`, `observer=mse`, ...).
+    /// Example: `--layer-qconfig input=a8 --layer-qconfig conv1=w8,a8`.
+    #[arg(long = "layer-qconfig", value_name = "PATTERN=SETTINGS")]
+    pub(crate) layer_qconfig: Vec<String>,
+    /// Keep the first conv/linear layer in fp32.
+    #[arg(long)]
+    pub(crate) fp32_first: bool,
+    /// Keep the last layer in fp32.
+    #[arg(long)]
+    pub(crate) fp32_last: bool,
+    /// Training images used for PTQ calibration.
+    #[arg(long, default_value_t = 2048)]
+    pub(crate) calib_images: usize,
+}
+
+impl QuantArgs {
+    /// Parses the observer and the per-layer overrides.
+    pub(crate) fn parsed(&self) -> wqat::Result<(ObserverKind, Vec<LayerQConfig>)> {
+        let layers = self.layer_qconfig.iter().map(|s| LayerQConfig::parse(s)).collect::<wqat::Result<_>>()?;
+        Ok((ObserverKind::parse(&self.observer)?, layers))
+    }
 }
 
 /// Progress bars on a terminal, one line per epoch otherwise.
@@ -218,15 +243,43 @@ fn print_report(r: &RunReport, out: &std::path::Path) {
     println!("  wrote {}", out.join("metrics.json").display());
 }
 
+/// A TrainConfig with the shared data and quantization flags, the rest at defaults.
+pub(crate) fn base_config(d: &DataArgs, q: &QuantArgs) -> wqat::Result<TrainConfig> {
+    let (observer, layer_qconfig) = q.parsed()?;
+    Ok(TrainConfig {
+        data: d.data.clone(),
+        model: d.model.clone(),
+        weight_bits: q.weight_bits,
+        act_bits: q.act_bits,
+        batch: d.batch,
+        observer,
+        per_tensor_weights: q.per_tensor_weights,
+        full_range_weights: q.full_range_weights,
+        fp32_first: q.fp32_first,
+        fp32_last: q.fp32_last,
+        layer_qconfig,
+        calib_images: q.calib_images,
+        limit_test: d.limit_test,
+        val_split: d.val_split,
+        max_len: d.max_len,
+        ..TrainConfig::default()
+    })
+}
+
+/// The GPU context of `--adapter` (or the environment's choice).
+pub(crate) fn gpu_context(adapter: Option<String>) -> wqat::Result<std::sync::Arc<GpuContext>> {
+    let mut opts = GpuOptions::from_env();
+    if adapter.is_some() {
+        opts.adapter = adapter;
+    }
+    GpuContext::new(&opts)
+}
+
 pub(crate) fn train(a: TrainArgs) -> wqat::Result<()> {
+    let base = base_config(&a.data, &a.quant)?;
     let cfg = TrainConfig {
-        data: a.data,
-        model: a.model,
         epochs: a.epochs,
         qat_epochs: a.qat_epochs,
-        weight_bits: a.weight_bits,
-        act_bits: a.act_bits,
-        batch: a.batch,
         lr: a.lr,
         qat_lr: a.qat_lr,
         momentum: a.momentum,
@@ -238,27 +291,14 @@ pub(crate) fn train(a: TrainArgs) -> wqat::Result<()> {
         limit_train: a.limit_train,
         out: a.out,
         init: a.init,
-        observer: ObserverKind::parse(&a.observer)?,
-        per_tensor_weights: a.per_tensor_weights,
-        full_range_weights: a.full_range_weights,
         freeze_observers_after: a.freeze_observers_after.as_deref().map(Schedule::parse).transpose()?,
         freeze_bn_after: a.freeze_bn_after.as_deref().map(Schedule::parse).transpose()?,
-        fp32_first: a.fp32_first,
-        fp32_last: a.fp32_last,
-        layer_qconfig: a.layer_qconfig.iter().map(|s| LayerQConfig::parse(s)).collect::<wqat::Result<_>>()?,
-        calib_images: a.calib_images,
         log_every: a.log_every,
         skip_nonfinite: a.skip_nonfinite,
         augment: a.augment,
-        limit_test: a.limit_test,
-        val_split: a.val_split,
-        max_len: a.max_len,
+        ..base
     };
-    let mut opts = GpuOptions::from_env();
-    if a.adapter.is_some() {
-        opts.adapter = a.adapter;
-    }
-    let ctx = GpuContext::new(&opts)?;
+    let ctx = gpu_context(a.data.adapter)?;
     install_interrupt_handler();
     let mut trainer = Trainer::new(ctx, cfg, a.resume.as_deref())?;
     let ds = &trainer.ds;

@@ -36,10 +36,15 @@ fn config(dir: &str) -> TrainConfig {
         observer: wqat::engine::ObserverKind::Histogram { bins: 256 },
         freeze_bn_after: Some(wqat::engine::Schedule::Steps(10)),
         // Per-layer settings on top of the W8A8 defaults: they must survive the checkpoint.
-        layer_qconfig: ["conv2=w4,a6,per-tensor", "fc*=w6,observer=minmax", "input=a7"]
-            .iter()
-            .map(|s| wqat::engine::LayerQConfig::parse(s).unwrap())
-            .collect(),
+        // The percentile and MSE observers (histograms in the checkpoint) resume bit for bit too.
+        layer_qconfig: [
+            "conv2=w4,a6,per-tensor,observer=mse",
+            "fc*=w6,observer=minmax",
+            "input=a7,observer=percentile:99.9",
+        ]
+        .iter()
+        .map(|s| wqat::engine::LayerQConfig::parse(s).unwrap())
+        .collect(),
         out: std::env::temp_dir().join(format!("wqat-resume-{dir}-{}", std::process::id())),
         ..TrainConfig::default()
     }

@@ -103,10 +103,10 @@ pub struct Trainer {
     pub graph: Graph,
     pub state: ModelState,
     pub run: RunState,
-    train_batches: Batcher,
-    test_batches: Batcher,
+    pub(super) train_batches: Batcher,
+    pub(super) test_batches: Batcher,
     /// The validation split held out of the training images (`--val-split`).
-    val_batches: Option<Batcher>,
+    pub(super) val_batches: Option<Batcher>,
     step_opts: StepOptions,
     /// Metrics words of an interrupted window, restored into the first compiled step.
     pending_metrics: Option<Vec<u32>>,
@@ -384,14 +384,21 @@ impl Trainer {
         self.run.phase == Phase::Qat && self.cfg.freeze_bn_after.is_some_and(|s| s.fired(self.run.phase_step, spe))
     }
 
-    fn calib_count(&self) -> usize {
+    pub(super) fn calib_count(&self) -> usize {
         let per = self.cfg.batch;
         (self.cfg.calib_images.div_ceil(per).max(1) * per).min(self.train_batches.batches_per_epoch() * per)
     }
 
     /// PTQ: observers on the fp32 model (fake-quant off) over the calibration images, then
     /// the fake-quant accuracy with the ranges frozen.
-    fn calibrate(&mut self, c: &Compiled) -> Result<f32> {
+    pub(super) fn calibrate(&mut self, c: &Compiled) -> Result<f32> {
+        self.run_observers(c)?;
+        Ok(self.evaluate(c)?.0)
+    }
+
+    /// The calibration half of [`Trainer::calibrate`]: observers over the calibration
+    /// images, then fake-quant on with the ranges frozen.
+    pub(super) fn run_observers(&mut self, c: &Compiled) -> Result<()> {
         let ctx = &self.ctx;
         self.state.set_quant_flags(ctx, false, true, Some(true))?;
         let plan = c.calibrate_plan();
@@ -408,7 +415,7 @@ impl Trainer {
             ctx.submit_plan(&plan)?;
         }
         self.state.set_quant_flags(ctx, true, false, None)?;
-        Ok(self.evaluate(c)?.0)
+        Ok(())
     }
 
     /// Trains the current phase's remaining epochs.
@@ -555,7 +562,7 @@ impl Trainer {
     }
 
     /// Accuracy on the validation split, when the run holds one out.
-    fn val_accuracy(&self, c: &Compiled) -> Result<Option<f32>> {
+    pub(super) fn val_accuracy(&self, c: &Compiled) -> Result<Option<f32>> {
         self.val_batches.as_ref().map(|v| Ok(self.evaluate_on(c, v)?.0)).transpose()
     }
 
@@ -618,7 +625,7 @@ impl Trainer {
     }
 
     /// Writes a model file (parameters and quantizer states) into the output directory.
-    fn save_model(&self, name: &str, c: Option<&Compiled>) -> Result<TensorFile> {
+    pub(super) fn save_model(&self, name: &str, c: Option<&Compiled>) -> Result<TensorFile> {
         let extra = c.map(|c| c.histograms()).unwrap_or_default();
         let mut f = self.state.to_checkpoint(&self.ctx, &extra)?;
         self.metadata(&mut f)?;

@@ -172,3 +172,210 @@ pub fn search(hist: &[f32], min: f32, max: f32, spec: &QuantSpec) -> (f32, f32) 
     }
     (min + bw * start as f32, min + bw * (end + 1) as f32)
 }
+
+/// The chosen range of a percentile observer over the histogram on `[min, max]`, keeping
+/// `fraction` (= percentile / 100) of the mass on each side: the upper end is the upper edge
+/// of the first bin whose cumulative count reaches `fraction * total`, the lower end the
+/// lower edge of the last bin whose count from the top reaches it. `fraction = 1` gives the
+/// histogram's occupied range. (The kernel `hist_percentile` does the same in f32, serially.)
+pub fn percentile_range(hist: &[f32], min: f32, max: f32, fraction: f32) -> (f32, f32) {
+    if min == max {
+        return (min, max);
+    }
+    let bins = hist.len();
+    let total: f32 = hist.iter().fold(0.0, |a, &h| a + h);
+    let thr = fraction * total;
+    let mut c = 0f32;
+    let mut end = bins - 1;
+    for (i, &h) in hist.iter().enumerate() {
+        c += h;
+        if c >= thr {
+            end = i;
+            break;
+        }
+    }
+    let mut c = 0f32;
+    let mut start = 0;
+    for i in (0..bins).rev() {
+        c += hist[i];
+        if c >= thr {
+            start = i;
+            break;
+        }
+    }
+    let bw = (max - min) * (1.0 / bins as f32);
+    (min + bw * start as f32, min + bw * (end + 1) as f32)
+}
+
+/// Clipping thresholds of the MSE search: candidate `k` (1..=MSE_GRID) is the observed range
+/// (widened to include 0) scaled toward 0 by `k / MSE_GRID`.
+pub const MSE_GRID: u32 = 128;
+
+/// The candidate range `k` of the MSE search over a histogram on `[min, max]`.
+pub fn mse_candidate(min: f32, max: f32, k: u32) -> (f32, f32) {
+    let t = k as f32 / MSE_GRID as f32;
+    (min.min(0.0) * t, max.max(0.0) * t)
+}
+
+/// `∫ (x - Q(x))^2` over one bin `[a, a + bw]` holding `h` values spread uniformly, where
+/// `Q` rounds to the grid `{(k - z) s : qmin <= k <= qmax}` (values outside clip to its ends).
+/// In-range part in grid units `t = x / s`: with `n = floor(t + 1/2)`, `f = t - n`, the
+/// primitive of `(t - round t)^2` is `n / 12 + (f^3 + 1/8) / 3` (the constant cancels).
+#[allow(clippy::too_many_arguments)]
+pub fn mse_bin_error(a: f32, bw: f32, h: f32, s: f32, z: f32, qmin: f32, qmax: f32) -> f32 {
+    let b = a + bw;
+    let lo = (qmin - z) * s;
+    let hi = (qmax - z) * s;
+    let mut e = 0f32;
+    if a < lo {
+        let u = b.min(lo) - lo;
+        let v = a - lo;
+        e += (u * u * u - v * v * v) / 3.0;
+    }
+    if b > hi {
+        let u = b - hi;
+        let v = a.max(hi) - hi;
+        e += (u * u * u - v * v * v) / 3.0;
+    }
+    let u = a.max(lo);
+    let v = b.min(hi);
+    if u < v {
+        let tu = u / s;
+        let tv = v / s;
+        let nu = (tu + 0.5).floor();
+        let nv = (tv + 0.5).floor();
+        let fu = tu - nu;
+        let fv = tv - nv;
+        e += s * s * s * ((nv - nu) / 12.0 + (fv * fv * fv - fu * fu * fu) / 3.0);
+    }
+    e * (h / bw)
+}
+
+/// The expected squared quantization error (summed over the histogram's values) of
+/// quantizing with the range `[lo, hi]` under `spec` (scale and zero point as `qparams`).
+pub fn mse_error(hist: &[f32], min: f32, max: f32, lo: f32, hi: f32, spec: &QuantSpec) -> f32 {
+    let bins = hist.len();
+    let bw = (max - min) * (1.0 / bins as f32);
+    let (s, _, z) = spec.qparams(lo, hi);
+    let (qmin, qmax) = (spec.qmin() as f32, spec.qmax() as f32);
+    let errs: Vec<f32> = (0..bins)
+        .map(|i| if hist[i] == 0.0 { 0.0 } else { mse_bin_error(min + bw * i as f32, bw, hist[i], s, z, qmin, qmax) })
+        .collect();
+    wg_sum(&errs)
+}
+
+/// The MSE observer's range: the candidate of [`mse_candidate`] with the least
+/// [`mse_error`], scanning k from MSE_GRID down to 1 and keeping the first minimum (ties keep
+/// the wider range). Returns the range and its candidate index.
+pub fn mse_range(hist: &[f32], min: f32, max: f32, spec: &QuantSpec) -> ((f32, f32), u32) {
+    if min == max {
+        return ((min, max), MSE_GRID);
+    }
+    let mut best = (f32::INFINITY, MSE_GRID);
+    for k in (1..=MSE_GRID).rev() {
+        let (lo, hi) = mse_candidate(min, max, k);
+        let e = mse_error(hist, min, max, lo, hi, spec);
+        if e < best.0 {
+            best = (e, k);
+        }
+    }
+    (mse_candidate(min, max, best.1), best.1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 100 bins of width 1 on [0, 100]: 1000 values in each of bins 0..10, one outlier in bin 99.
+    fn uniform_plus_outlier() -> Vec<f32> {
+        let mut h = vec![0f32; 100];
+        h[..10].fill(1000.0);
+        h[99] = 1.0;
+        h
+    }
+
+    #[test]
+    fn percentile_clips_the_outlier() {
+        let h = uniform_plus_outlier();
+        // 99.99 % of 10001 = 9999.9999: reached at bin 9 from below, at bin 0 from above.
+        assert_eq!(percentile_range(&h, 0.0, 100.0, 0.9999), (0.0, 10.0));
+        // 100 %: the whole occupied range, the outlier's bin included.
+        assert_eq!(percentile_range(&h, 0.0, 100.0, 1.0), (0.0, 100.0));
+        // 99.9 % = 9991.0 counts: bin 9 from below; from above bin 0 (10001), bin 1 has 9001.
+        assert_eq!(percentile_range(&h, 0.0, 100.0, 0.999), (0.0, 10.0));
+        // Two-sided: on [-50, 50], outliers in the first and last bins; 1000 values in each of
+        // bins 45..55 ([-5, 5)). 99.99 % of 10002 = 10001.0 is reached at bin 54 from below,
+        // at bin 45 from above: the range [-5, 5] drops both outliers.
+        let mut h2 = vec![0f32; 100];
+        h2[45..55].fill(1000.0);
+        h2[0] = 1.0;
+        h2[99] = 1.0;
+        assert_eq!(percentile_range(&h2, -50.0, 50.0, 0.9999), (-5.0, 5.0));
+        assert_eq!(percentile_range(&h2, -50.0, 50.0, 1.0), (-50.0, 50.0));
+        assert_eq!(percentile_range(&h2, 3.0, 3.0, 0.9), (3.0, 3.0));
+    }
+
+    /// `mse_bin_error` against an f64 midpoint-rule integral of `(x - fq(x))^2`.
+    #[test]
+    fn mse_bin_error_matches_numeric_integral() {
+        let spec = QuantSpec::activation(4);
+        for &(lo, hi, a, bw) in &[
+            (-1.0f32, 3.0f32, -2.0f32, 0.7f32),
+            (-1.0, 3.0, 0.13, 0.05),
+            (-1.0, 3.0, 0.1, 1.3),
+            (-1.0, 3.0, 2.9, 1.0),
+            (0.0, 2.0, -0.5, 3.0),
+        ] {
+            let (s, _, z) = spec.qparams(lo, hi);
+            let (qmin, qmax) = (spec.qmin() as f64, spec.qmax() as f64);
+            let n = 200_000;
+            let mut num = 0f64;
+            for j in 0..n {
+                let x = a as f64 + (j as f64 + 0.5) * bw as f64 / n as f64;
+                let q = ((x / s as f64).round() + z as f64).clamp(qmin, qmax);
+                let d = x - (q - z as f64) * s as f64;
+                num += d * d * (bw as f64 / n as f64);
+            }
+            let h = 7.0f32;
+            let got = mse_bin_error(a, bw, h, s, z, qmin as f32, qmax as f32) as f64;
+            let want = num * h as f64 / bw as f64;
+            assert!(
+                (got - want).abs() <= 1e-4 * want.max(1e-6),
+                "bin [{a}, {}] in [{lo}, {hi}]: {got} vs {want}",
+                a + bw
+            );
+        }
+    }
+
+    #[test]
+    fn mse_search_takes_the_grid_minimum() {
+        // A uniform histogram on [0, 1] at 8 bits, no clipping: N s^2 / 12 (half cells at both
+        // ends make up one cell), s = 1/255.
+        let h = vec![10.0f32; 256];
+        let spec = QuantSpec::activation(8);
+        let e = mse_error(&h, 0.0, 1.0, 0.0, 1.0, &spec) as f64;
+        let want = 2560.0 / (12.0 * 255.0 * 255.0);
+        assert!((e - want).abs() < 1e-3 * want, "{e} vs {want}");
+        // Uniform [0, 10) plus one far outlier at 4 bits: clipping near the bulk wins.
+        for (hist, max, bits) in [(uniform_plus_outlier(), 100.0f32, 4u32), (uniform_plus_outlier(), 100.0, 8)] {
+            let spec = QuantSpec::activation(bits);
+            let ((lo, hi), k) = mse_range(&hist, 0.0, max, &spec);
+            let chosen = mse_error(&hist, 0.0, max, lo, hi, &spec);
+            for j in 1..=MSE_GRID {
+                let (l, u) = mse_candidate(0.0, max, j);
+                let ej = mse_error(&hist, 0.0, max, l, u, &spec);
+                assert!(chosen <= ej, "{bits} bits: k {k} error {chosen} > k {j} error {ej}");
+            }
+            assert_eq!((lo, hi), mse_candidate(0.0, max, k));
+            if bits == 4 {
+                // Range [0, c]: noise ~ 10000 (c/15)^2/12 plus the outlier's (99.5 - c)^2, least
+                // at c = 99.5 / (1 + 10000/2700) = 21.2: the grid point 20.3 (k = 26).
+                assert!((15.0..25.0).contains(&hi), "4 bits: chosen range [{lo}, {hi}]");
+            } else {
+                // 8 bits: 10000 (c/255)^2/12 + (99.5 - c)^2 is least at c = 98.2: the outlier
+                // (spread over its bin [99, 100]) is nearly kept.
+                assert!((95.0..100.0).contains(&hi), "8 bits: chosen range [{lo}, {hi}] (k {k})");
+            }
+        }
+    }
+}

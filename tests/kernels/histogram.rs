@@ -1,11 +1,13 @@
 //! `shaders/histogram.wgsl` against `reference::histogram`: counts exact, searched range
-//! within RANGE_TOL_BINS bin widths, range growth re-binning, and the outlier behaviour.
+//! within RANGE_TOL_BINS bin widths, range growth re-binning, and the outlier behaviour;
+//! the percentile and MSE range choices (`hist_percentile`, `hist_mse`) against
+//! `reference::histogram::{percentile_range, mse_range}` on the GPU's own bins.
 
 use wqat::gpu::{DType, Dispatch, GpuTensor};
-use wqat::kernels::histogram::{HistogramObserver, HEADER};
+use wqat::kernels::histogram::{HistogramObserver, RangeChoice, HEADER};
 use wqat::quant::{QStateLayout, QuantSpec};
 use wqat::reference::fake_quant::quantize_code;
-use wqat::reference::histogram::{search, HistState};
+use wqat::reference::histogram::{mse_candidate, mse_error, mse_range, percentile_range, search, HistState, MSE_GRID};
 use wqat::testing;
 
 /// The search's error estimate is summed in the same order on both sides, but a driver may
@@ -129,4 +131,107 @@ fn constant_batch_then_growth() {
     let spec = QuantSpec::activation(8);
     let batches = vec![vec![0.5f32; 300], (0..300).map(|i| i as f32 * 0.01 - 1.0).collect()];
     check(77, &batches, 128, 8, spec);
+}
+
+/// Batches through the percentile or MSE observer; after each, the GPU's range against the
+/// reference choice on the GPU's own histogram (the bins themselves are checked above).
+fn check_choice(seed: u64, batches: &[Vec<f32>], bins: usize, spec: QuantSpec, choice: RangeChoice) -> Vec<f32> {
+    let ctx = testing::ctx();
+    let n = batches[0].len();
+    let gx = GpuTensor::from_f32(&ctx, &[n], &batches[0]).unwrap();
+    let qs = qstate();
+    let gq = GpuTensor::from_f32(&ctx, &[qs.len()], &qs).unwrap();
+    let obs = HistogramObserver::with_range(&ctx, spec, &gx, &gq, bins, 16, choice).unwrap();
+    let l = QStateLayout::new(1);
+    let mut got_q = qs;
+    for (step, x) in batches.iter().enumerate() {
+        gx.write(&ctx, x).unwrap();
+        run(&ctx, obs.dispatches());
+        let h = obs.state().read_f32(&ctx).unwrap();
+        got_q = gq.read_f32(&ctx).unwrap();
+        let (mn, mx, hist) = (h[0], h[1], &h[HEADER..]);
+        let (glo, ghi) = (got_q[l.min()], got_q[l.max()]);
+        let what = format!("seed {seed} step {step} bins {bins} {choice:?}");
+        match choice {
+            RangeChoice::Percentile { fraction } => {
+                // Same serial f32 sums on both sides: the same bins.
+                let (lo, hi) = percentile_range(hist, mn, mx, fraction);
+                assert_eq!((glo, ghi), (lo, hi), "{what}");
+            }
+            RangeChoice::Mse => {
+                // The GPU's choice is a grid candidate whose reference error is the least one
+                // (a driver's fma contraction may flip a near-tie: 1e-5 relative).
+                let ((lo, hi), k) = mse_range(hist, mn, mx, &spec);
+                let kg = (1..=MSE_GRID).find(|&j| mse_candidate(mn, mx, j) == (glo, ghi));
+                let Some(kg) = kg else { panic!("{what}: GPU range [{glo}, {ghi}] is no grid candidate") };
+                let (eg, er) = (mse_error(hist, mn, mx, glo, ghi, &spec), mse_error(hist, mn, mx, lo, hi, &spec));
+                assert!(eg <= er * (1.0 + 1e-5), "{what}: GPU k {kg} error {eg} vs reference k {k} error {er}");
+            }
+            RangeChoice::L2 => unreachable!(),
+        }
+        let (s, _, z) = spec.qparams(glo, ghi);
+        assert_eq!((got_q[l.scale()], got_q[l.zero_point()]), (s, z), "{what}: qparams");
+    }
+    got_q
+}
+
+#[test]
+fn percentile_matches_reference_and_clips_outliers() {
+    let mut rng = testing::rng(31);
+    for (case, &bins) in [2048usize, 300, 77].iter().enumerate() {
+        let n = testing::size(&mut rng, 700, 3000);
+        let batches: Vec<Vec<f32>> = (0..3)
+            .map(|b| {
+                let mut x = testing::uniform(&mut rng, n, -1.0 - b as f32, 2.0 + b as f32);
+                x[3] = 40.0 + b as f32; // far outliers on both sides
+                x[5] = -30.0;
+                x
+            })
+            .collect();
+        let spec = QuantSpec::activation(if case == 1 { 4 } else { 8 });
+        let q = check_choice(40 + case as u64, &batches, bins, spec, RangeChoice::Percentile { fraction: 0.999 });
+        let l = QStateLayout::new(1);
+        assert!(q[l.max()] < 10.0 && q[l.min()] > -10.0, "case {case}: outliers kept: {:?}", &q[l.min()..]);
+        check_choice(50 + case as u64, &batches, bins, spec, RangeChoice::Percentile { fraction: 1.0 });
+    }
+}
+
+#[test]
+fn mse_matches_reference() {
+    let mut rng = testing::rng(32);
+    for (case, &(bins, bits)) in [(2048usize, 8u32), (300, 4), (77, 8)].iter().enumerate() {
+        let n = testing::size(&mut rng, 700, 3000);
+        let batches: Vec<Vec<f32>> = (0..2)
+            .map(|b| {
+                // ReLU-like: a third exact zeros, a decaying bulk, one far outlier.
+                let u = testing::uniform(&mut rng, n, 0.0, 1.0);
+                let mut x: Vec<f32> = u.iter().map(|&v| if v < 0.33 { 0.0 } else { -(1.0 - v).ln() }).collect();
+                x[1] = 20.0 + 5.0 * b as f32;
+                x
+            })
+            .collect();
+        check_choice(60 + case as u64, &batches, bins, QuantSpec::activation(bits), RangeChoice::Mse);
+    }
+    // Signed symmetric codes take the same path (a per-layer spec may ask for them).
+    let x = testing::uniform(&mut rng, 1000, -3.0, 1.0);
+    check_choice(70, &[x], 256, QuantSpec { channel_axis: None, ..QuantSpec::weight(4) }, RangeChoice::Mse);
+}
+
+#[test]
+fn bad_percentile_is_an_error() {
+    let ctx = testing::ctx();
+    let gx = GpuTensor::from_f32(&ctx, &[3], &[1.0, 2.0, 3.0]).unwrap();
+    let gq = GpuTensor::from_f32(&ctx, &[qstate().len()], &qstate()).unwrap();
+    for f in [1.2f32, 0.5, f32::NAN] {
+        let r = HistogramObserver::with_range(
+            &ctx,
+            QuantSpec::activation(8),
+            &gx,
+            &gq,
+            64,
+            4,
+            RangeChoice::Percentile { fraction: f },
+        );
+        assert!(r.is_err(), "{f}");
+    }
 }

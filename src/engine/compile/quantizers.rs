@@ -9,7 +9,7 @@ use crate::error::Result;
 use crate::gpu::GpuTensor;
 use crate::kernels::bias_quant;
 use crate::kernels::fake_quant;
-use crate::kernels::histogram::HistogramObserver;
+use crate::kernels::histogram::{HistogramObserver, RangeChoice, DEFAULT_BINS};
 use crate::kernels::observer::{Observer, ObserverMode};
 use crate::model::params::{self, QuantizerRole};
 use crate::model::{Op, INPUT};
@@ -101,35 +101,43 @@ impl Builder<'_> {
             }
             return Ok(());
         }
+        let histogram = match q.observer {
+            ObserverKind::Histogram { bins } => Some((bins as usize, RangeChoice::L2)),
+            ObserverKind::Percentile { percentile } => {
+                Some((DEFAULT_BINS, RangeChoice::Percentile { fraction: percentile / 100.0 }))
+            }
+            ObserverKind::Mse => Some((DEFAULT_BINS, RangeChoice::Mse)),
+            _ => None,
+        };
+        if let Some((bins, choice)) = histogram {
+            let h = HistogramObserver::with_range(ctx, q.spec, x, &q.state, bins, 128, choice)?;
+            for d in h.dispatches() {
+                self.fwd(Tag::Observe, d.clone());
+            }
+            self.histograms.push((name.to_string(), h));
+            let hc = HistogramObserver::with_range(ctx, q.spec, x, &q.state, bins, 128, choice)?;
+            for d in hc.dispatches() {
+                self.fwd(Tag::Calibrate, d.clone());
+            }
+            self.keep.push(hc.state().clone());
+            // The calibration histogram's scratch lives in its dispatches' bind groups.
+            return Ok(());
+        }
+        // Calibration always takes the running min/max; QAT the observer's own statistic.
+        let o = Observer::new(ctx, q.spec, ObserverMode::MinMax, x, &q.state)?;
+        for d in o.dispatches() {
+            self.fwd(Tag::Calibrate, d.clone());
+        }
         match q.observer {
-            ObserverKind::Histogram { bins } => {
-                let h = HistogramObserver::new(ctx, q.spec, x, &q.state, bins as usize, 128)?;
-                for d in h.dispatches() {
-                    self.fwd(Tag::Observe, d.clone());
-                }
-                self.histograms.push((name.to_string(), h));
-                let hc = HistogramObserver::new(ctx, q.spec, x, &q.state, bins as usize, 128)?;
-                for d in hc.dispatches() {
-                    self.fwd(Tag::Calibrate, d.clone());
-                }
-                self.keep.push(hc.state().clone());
-                // The calibration histogram's scratch lives in its dispatches' bind groups.
-            }
-            ObserverKind::MinMax => {
-                let o = Observer::new(ctx, q.spec, ObserverMode::MinMax, x, &q.state)?;
-                for d in o.dispatches() {
-                    self.fwd(Tag::Observe, d.clone());
-                    self.fwd(Tag::Calibrate, d.clone());
-                }
-            }
             ObserverKind::MovingAverage { c } => {
-                let o = Observer::new(ctx, q.spec, ObserverMode::MovingAverage { c }, x, &q.state)?;
-                for d in o.dispatches() {
+                let oq = Observer::new(ctx, q.spec, ObserverMode::MovingAverage { c }, x, &q.state)?;
+                for d in oq.dispatches() {
                     self.fwd(Tag::Observe, d.clone());
                 }
-                let oc = Observer::new(ctx, q.spec, ObserverMode::MinMax, x, &q.state)?;
-                for d in oc.dispatches() {
-                    self.fwd(Tag::Calibrate, d.clone());
+            }
+            _ => {
+                for d in o.dispatches() {
+                    self.fwd(Tag::Observe, d.clone());
                 }
             }
         }

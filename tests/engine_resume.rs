@@ -158,7 +158,9 @@ fn check_bit_schedule_resume() {
         ]
     );
     let want_params = params(&full);
-    for at in [5usize, 7] {
+    // The flag raised after `at` steps stops the run after step at + 1: checkpoints after
+    // QAT step 5 (the boundary comes next) and after step 8 (inside stage 1).
+    for at in [4usize, 7] {
         let cfg = config(&format!("at{at}"));
         INTERRUPTED.store(false, Ordering::SeqCst);
         let mut t = Trainer::new(ctx.clone(), cfg.clone(), None).unwrap();
@@ -167,7 +169,7 @@ fn check_bit_schedule_resume() {
         INTERRUPTED.store(false, Ordering::SeqCst);
         let mut resumed = Trainer::new(ctx.clone(), TrainConfig::default(), Some(&cfg.out)).unwrap();
         // The checkpoint holds the stage's bits: W8 before the boundary, W6 inside stage 1.
-        assert_eq!(resumed.state.qconfig.weight.bits, if at == 5 { 8 } else { 6 });
+        assert_eq!(resumed.state.qconfig.weight.bits, if at == 4 { 8 } else { 6 });
         let got = resumed.run(&mut Quiet).unwrap();
         assert_eq!(got.bit_stages, want.bit_stages);
         assert_eq!(got.losses.len(), want.losses.len());

@@ -247,8 +247,11 @@ fn print_report(r: &RunReport, out: &std::path::Path) {
         println!("  fake-quant/int8 agreement {:.2}%", a * 100.0);
     }
     if !r.bit_stages.is_empty() {
-        let stages: Vec<String> =
-            r.bit_stages.iter().map(|s| format!("W{}A{} from QAT step {}", s.weight_bits, s.act_bits, s.qat_step)).collect();
+        let stages: Vec<String> = r
+            .bit_stages
+            .iter()
+            .map(|s| format!("W{}A{} from QAT step {}", s.weight_bits, s.act_bits, s.qat_step))
+            .collect();
         println!("  bit schedule: {}", stages.join(", "));
     }
     let ips = |x: Option<f32>| x.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into());

@@ -151,11 +151,7 @@ fn check_bit_schedule_resume() {
         want.bit_stages.iter().map(|s| (s.weight_bits, s.act_bits, s.qat_step, s.ranges)).collect();
     assert_eq!(
         stages,
-        [
-            (8, 8, 0, StageRanges::Recalibrated),
-            (6, 6, 5, StageRanges::Recalibrated),
-            (4, 4, 10, StageRanges::Rescaled)
-        ]
+        [(8, 8, 0, StageRanges::Recalibrated), (6, 6, 5, StageRanges::Recalibrated), (4, 4, 10, StageRanges::Rescaled)]
     );
     let want_params = params(&full);
     // The flag raised after `at` steps stops the run after step at + 1: checkpoints after

@@ -253,7 +253,14 @@ impl Trainer {
         self.state.set_quant_flags(&ctx, true, !frozen, None)?;
         *c = next;
         let (w, a) = sched.bits(k, self.cfg.act_bits);
-        let start = StageStart { stage: k, weight_bits: w, act_bits: a, qat_step: self.run.phase_step, step: self.run.step, ranges };
+        let start = StageStart {
+            stage: k,
+            weight_bits: w,
+            act_bits: a,
+            qat_step: self.run.phase_step,
+            step: self.run.step,
+            ranges,
+        };
         self.run.bit_stages.push(start);
         let how = match ranges {
             StageRanges::Recalibrated => format!("observers re-calibrated on {} images", self.calib_count()),
@@ -342,10 +349,8 @@ mod tests {
 
     #[test]
     fn stage_qconfig_keeps_pinned_layers() {
-        let base = QConfig::new(4, 4)
-            .unwrap()
-            .with_layer(crate::qconfig::LayerQConfig::parse("conv1=w8").unwrap())
-            .unwrap();
+        let base =
+            QConfig::new(4, 4).unwrap().with_layer(crate::qconfig::LayerQConfig::parse("conv1=w8").unwrap()).unwrap();
         let s = BitSchedule::parse("w8a8,w6a6,w4a4").unwrap();
         let q = s.qconfig(1, &base);
         assert_eq!((q.weight_spec("conv2").bits, q.activation_spec("conv2").bits), (6, 6));

@@ -4,6 +4,7 @@
 use clap::Args;
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use wqat::engine::bit_schedule::BitSchedule;
 use wqat::engine::config::Optimizer;
 use wqat::engine::train::{install_interrupt_handler, Phase, ProgressSink, RunReport, Schedule, TrainConfig, Trainer};
 use wqat::engine::{LayerQConfig, ObserverKind};
@@ -82,6 +83,11 @@ pub(crate) struct TrainArgs {
     /// applied to text).
     #[arg(long)]
     augment: bool,
+    /// Gradual bit width over the QAT phase: stages `8,6,4` (weight bits) or `w8a8,w6a6,w4a4`,
+    /// never increasing, the last being the model's bits; stage k starts at QAT step
+    /// floor(k T / n) of T, and the observers are re-calibrated at each stage's bits.
+    #[arg(long, value_name = "STAGES")]
+    bit_schedule: Option<String>,
 }
 
 /// Data, model and evaluation flags shared by `wqat train` and `wqat calibrate`.
@@ -114,10 +120,12 @@ pub(crate) struct DataArgs {
 /// Quantization flags shared by `wqat train` and `wqat calibrate`.
 #[derive(Args)]
 pub(crate) struct QuantArgs {
-    #[arg(long, default_value_t = 8)]
-    pub(crate) weight_bits: u32,
-    #[arg(long, default_value_t = 8)]
-    pub(crate) act_bits: u32,
+    /// Weight bits [default: 8; with --bit-schedule, its last stage's].
+    #[arg(long)]
+    pub(crate) weight_bits: Option<u32>,
+    /// Activation bits [default: 8; with a wNaM --bit-schedule, its last stage's].
+    #[arg(long)]
+    pub(crate) act_bits: Option<u32>,
     /// Activation observer: minmax, ema[:C] (default ema:0.01; calibration takes the running
     /// min/max), histogram[:BINS], percentile[:P] (keep the central P %, default 99.99) or mse
     /// (least expected quantization MSE over 128 clipping thresholds).
@@ -247,6 +255,14 @@ fn print_report(r: &RunReport, out: &std::path::Path) {
     if let Some(a) = r.agreement {
         println!("  fake-quant/int8 agreement {:.2}%", a * 100.0);
     }
+    if !r.bit_stages.is_empty() {
+        let stages: Vec<String> = r
+            .bit_stages
+            .iter()
+            .map(|s| format!("W{}A{} from QAT step {}", s.weight_bits, s.act_bits, s.qat_step))
+            .collect();
+        println!("  bit schedule: {}", stages.join(", "));
+    }
     let ips = |x: Option<f32>| x.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into());
     println!("  training images/s: fp32 {}, QAT {}", ips(r.train_images_per_s_fp32), ips(r.train_images_per_s_qat));
     println!("  wrote {}", out.join("metrics.json").display());
@@ -258,8 +274,8 @@ pub(crate) fn base_config(d: &DataArgs, q: &QuantArgs) -> wqat::Result<TrainConf
     Ok(TrainConfig {
         data: d.data.clone(),
         model: d.model.clone(),
-        weight_bits: q.weight_bits,
-        act_bits: q.act_bits,
+        weight_bits: q.weight_bits.unwrap_or(8),
+        act_bits: q.act_bits.unwrap_or(8),
         batch: d.batch,
         observer,
         per_tensor_weights: q.per_tensor_weights,
@@ -282,6 +298,19 @@ pub(crate) fn gpu_context(adapter: Option<String>) -> wqat::Result<std::sync::Ar
         opts.adapter = adapter;
     }
     GpuContext::new(&opts)
+}
+
+/// `--bit-schedule`: parsed into the config; its last stage gives the bits not set by
+/// `--weight-bits/--act-bits` (those given must agree; `Trainer::new` checks).
+fn with_bit_schedule(mut cfg: TrainConfig, s: Option<&str>, q: &QuantArgs) -> wqat::Result<TrainConfig> {
+    if let Some(s) = s {
+        let sched = BitSchedule::parse(s)?;
+        let last = sched.stages[sched.stages.len() - 1];
+        cfg.weight_bits = q.weight_bits.unwrap_or(last.weight_bits);
+        cfg.act_bits = q.act_bits.or(last.act_bits).unwrap_or(8);
+        cfg.bit_schedule = Some(sched);
+    }
+    Ok(cfg)
 }
 
 pub(crate) fn train(a: TrainArgs) -> wqat::Result<()> {
@@ -309,6 +338,7 @@ pub(crate) fn train(a: TrainArgs) -> wqat::Result<()> {
         lsq_lr_mult: a.lsq_lr_mult,
         ..base
     };
+    let cfg = with_bit_schedule(cfg, a.bit_schedule.as_deref(), &a.quant)?;
     let ctx = gpu_context(a.data.adapter)?;
     install_interrupt_handler();
     let mut trainer = Trainer::new(ctx, cfg, a.resume.as_deref())?;
@@ -336,6 +366,9 @@ pub(crate) fn train(a: TrainArgs) -> wqat::Result<()> {
     }
     for l in &q.layers {
         println!("  layer override {l}");
+    }
+    if let Some(s) = &trainer.cfg.bit_schedule {
+        println!("bit schedule {s} over the QAT phase (per-layer bit overrides are not stepped)");
     }
     let mut bars = Bars { bar: None, tty: std::io::stdout().is_terminal(), last: None };
     let report = trainer.run(&mut bars)?;

@@ -147,6 +147,12 @@ fn bad_arguments_and_resources() {
     expect_clean_error(&["train", "--layer-qconfig", "conv9=w4"], "conv9");
     expect_clean_error(&["train", "--layer-qconfig", "conv1=w4,b3"], "b3");
     expect_clean_error(&["train", "--layer-qconfig", "conv1"], "missing `=`");
+    // Bit schedules: a width past 8, an increasing step, garbage, a last stage other than the run's bits.
+    expect_clean_error(&["train", "--bit-schedule", "8,9"], "outside 2..=8");
+    expect_clean_error(&["train", "--bit-schedule", "4,8"], "only steps precision down");
+    expect_clean_error(&["train", "--bit-schedule", "x"], "not N or wNaM");
+    expect_clean_error(&["train", "--weight-bits", "8", "--bit-schedule", "8,4"], "ends at W4A8");
+    expect_clean_error(&["train", "--qat-epochs", "0", "--bit-schedule", "8,4"], "--qat-epochs");
     // An output path below a regular file cannot be created.
     let d = tmp("out");
     let file = d.join("file");

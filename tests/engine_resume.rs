@@ -152,6 +152,59 @@ fn resume_after_interrupt_matches_uninterrupted_run() {
     let data = text_folder();
     check_resume(&|dir: &str| text_config(dir, &data), false);
     let _ = std::fs::remove_dir_all(&data);
+    check_bit_schedule_resume();
+}
+
+/// `--bit-schedule w8a8,w6a6,w4a4` over 2 QAT epochs of 8 steps: stages at QAT steps 0, 5, 10
+/// (observers frozen after 8: stage 2 is rescaled). Interrupted right before the first
+/// boundary and inside stage 1 (W6A6), each resume reproduces the uninterrupted run.
+fn check_bit_schedule_resume() {
+    use wqat::engine::bit_schedule::{BitSchedule, StageRanges};
+    let config = |dir: &str| TrainConfig {
+        epochs: 1,
+        weight_bits: 4,
+        act_bits: 4,
+        bit_schedule: Some(BitSchedule::parse("w8a8,w6a6,w4a4").unwrap()),
+        freeze_observers_after: Some(wqat::engine::Schedule::Steps(8)),
+        ..config(&format!("bits-{dir}"))
+    };
+    let ctx = testing::ctx();
+    let full_cfg = config("full");
+    let mut full = Trainer::new(ctx.clone(), full_cfg.clone(), None).unwrap();
+    let want = full.run(&mut Quiet).unwrap();
+    let stages: Vec<(u32, u32, u64, StageRanges)> =
+        want.bit_stages.iter().map(|s| (s.weight_bits, s.act_bits, s.qat_step, s.ranges)).collect();
+    assert_eq!(
+        stages,
+        [(8, 8, 0, StageRanges::Recalibrated), (6, 6, 5, StageRanges::Recalibrated), (4, 4, 10, StageRanges::Rescaled)]
+    );
+    let want_params = params(&full);
+    // The flag raised after `at` steps stops the run after step at + 1: checkpoints after
+    // QAT step 5 (the boundary comes next) and after step 8 (inside stage 1).
+    for at in [4usize, 7] {
+        let cfg = config(&format!("at{at}"));
+        INTERRUPTED.store(false, Ordering::SeqCst);
+        let mut t = Trainer::new(ctx.clone(), cfg.clone(), None).unwrap();
+        let err = t.run(&mut InterruptAt { phase: Phase::Qat, at, current: None }).expect_err("interrupted");
+        assert!(matches!(err, WqatError::Interrupted(_)), "{err}");
+        INTERRUPTED.store(false, Ordering::SeqCst);
+        let mut resumed = Trainer::new(ctx.clone(), TrainConfig::default(), Some(&cfg.out)).unwrap();
+        // The checkpoint holds the stage's bits: W8 before the boundary, W6 inside stage 1.
+        assert_eq!(resumed.state.qconfig.weight.bits, if at == 4 { 8 } else { 6 });
+        let got = resumed.run(&mut Quiet).unwrap();
+        assert_eq!(got.bit_stages, want.bit_stages);
+        assert_eq!(got.losses.len(), want.losses.len());
+        for (g, w) in got.losses.iter().zip(&want.losses) {
+            assert_eq!(
+                (g.step, g.loss.to_bits(), g.accuracy.to_bits()),
+                (w.step, w.loss.to_bits(), w.accuracy.to_bits())
+            );
+        }
+        assert_eq!(got.qat_acc, want.qat_acc);
+        assert!(params(&resumed) == want_params, "parameters differ after resume at QAT step {at}");
+        let _ = std::fs::remove_dir_all(&cfg.out);
+    }
+    let _ = std::fs::remove_dir_all(&full_cfg.out);
 }
 
 fn check_resume(config: &dyn Fn(&str) -> TrainConfig, conv_net: bool) {

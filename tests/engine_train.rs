@@ -354,3 +354,56 @@ fn attention_matmul_quantization_equals_cpu_reference() {
     let q = q.with_layer(wqat::engine::LayerQConfig::parse("embed_tokens=int,w4").unwrap()).unwrap();
     logits_match_reference_with("text-tiny", [1, 1, 24], 6, 0.2, q);
 }
+
+/// `--bit-schedule 8,4` (conv1 pinned at 8 bits): the stage boundary falls at the documented
+/// step, the final model is 4-bit (codes within ±7, scales max|w|/7), conv1 is not stepped,
+/// and the int8 model agrees with fake-quant.
+#[test]
+fn bit_schedule_steps_down_to_the_final_bits() {
+    use wqat::engine::bit_schedule::{BitSchedule, StageRanges};
+    let ctx = testing::ctx();
+    let cfg = TrainConfig {
+        weight_bits: 4,
+        bit_schedule: Some(BitSchedule::parse("8,4").unwrap()),
+        layer_qconfig: vec![wqat::engine::LayerQConfig::parse("conv1=w8").unwrap()],
+        ..small_config("bit-schedule")
+    };
+    let mut t = Trainer::new(ctx.clone(), cfg.clone(), None).unwrap();
+    let r = t.run(&mut Quiet).unwrap();
+    // 320 images / 32 = 10 steps per epoch, 2 fp32 epochs, 10 QAT steps: stage 1 at QAT step
+    // floor(1 * 10 / 2) = 5 (global step 25).
+    let got: Vec<(usize, u32, u32, u64, u64, StageRanges)> =
+        r.bit_stages.iter().map(|s| (s.stage, s.weight_bits, s.act_bits, s.qat_step, s.step, s.ranges)).collect();
+    assert_eq!(got, [(0, 8, 8, 0, 20, StageRanges::Recalibrated), (1, 4, 8, 5, 25, StageRanges::Recalibrated)]);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cfg.out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(json["bit_stages"][1]["qat_step"], 5, "{json}");
+    assert_eq!(t.state.qconfig.weight.bits, 4);
+    assert!(r.agreement.unwrap() >= 0.99, "int8 agreement {:?}", r.agreement);
+    assert!(r.qat_acc.unwrap() > 0.8, "QAT accuracy {:?}", r.qat_acc);
+
+    let m = wqat::infer::Int8Model::load(&cfg.out.join(wqat::engine::train::INT8_FILE)).unwrap();
+    let qat = wqat::tensorfile::TensorFile::load(&cfg.out.join("qat.safetensors")).unwrap();
+    for (name, wmax) in [("conv1", 127i32), ("conv2", 7), ("fc1", 7), ("fc2", 7)] {
+        let i = m.graph.nodes.iter().position(|x| x.name == name).unwrap();
+        let wqat::infer::LayerKind::Int(il) = &m.layers[i].kind else { panic!("{name} is not an integer layer") };
+        // The weight quantizer's stored range (of the BN-folded weights where BN follows).
+        let qname = wqat::model::params::weight_quant_name(name);
+        let st = qat.tensors[&qname].as_f32(&qname).unwrap();
+        let l = QStateLayout::new(il.weight_scale.len());
+        let per = il.weight.len() / il.weight_scale.len();
+        for (c, codes) in il.weight.chunks(per).enumerate() {
+            let distinct = codes.iter().collect::<std::collections::BTreeSet<_>>().len();
+            assert!(codes.iter().all(|&q| (q as i32).abs() <= wmax), "{name}[{c}]: codes outside ±{wmax}");
+            assert!(distinct <= (2 * wmax + 1) as usize, "{name}[{c}]: {distinct} codes");
+            // The scale is the final bits': max|w| / qmax of the observed range.
+            let amax = st[l.min() + c].abs().max(st[l.max() + c].abs());
+            let ratio = il.weight_scale[c] * wmax as f32 / amax;
+            assert!((ratio - 1.0).abs() < 1e-5, "{name}[{c}]: scale {} for max|w| {amax}", il.weight_scale[c]);
+        }
+        if name == "conv1" {
+            assert!(il.weight.iter().any(|&q| (q as i32).abs() > 7), "conv1 was stepped down");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&cfg.out);
+}

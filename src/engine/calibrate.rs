@@ -125,6 +125,7 @@ impl Trainer {
             steps: 0,
             skipped_nonfinite_windows: 0,
             losses: Vec::new(),
+            bit_stages: Vec::new(),
             config: self.cfg.clone(),
         };
         write_report(&self.cfg.out, &report)?;

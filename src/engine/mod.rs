@@ -1,6 +1,7 @@
 //! The QAT engine: model state on the GPU ([`state`]), compilation of a model into fixed
 //! dispatch lists ([`compile`]), and the training pipeline ([`train`]).
 
+pub mod bit_schedule;
 pub mod calibrate;
 pub mod compile;
 pub mod config;

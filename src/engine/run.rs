@@ -2,6 +2,7 @@
 //! schedules, the run state stored in checkpoints (so `--resume` continues exactly), the
 //! report written to `metrics.json`, and the run's QConfig.
 
+use super::bit_schedule::{BitSchedule, StageStart};
 use super::config::{LayerQConfig, ObserverKind, Optimizer, QConfig};
 use crate::error::{Result, WqatError};
 use crate::model::Graph;
@@ -98,6 +99,9 @@ pub struct TrainConfig {
     /// Tokens per sequence of a text data set, CLS included (`--max-len`); image sets ignore it.
     #[serde(default = "default_max_len")]
     pub max_len: usize,
+    /// Gradual bit width over the QAT phase (`--bit-schedule`, see `engine::bit_schedule`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bit_schedule: Option<BitSchedule>,
 }
 
 fn default_lsq_lr_mult() -> f32 {
@@ -146,6 +150,7 @@ impl Default for TrainConfig {
             max_len: crate::data::DEFAULT_MAX_LEN,
             quantizer: QuantizerKind::Observer,
             lsq_lr_mult: 1.0,
+            bit_schedule: None,
         }
     }
 }
@@ -193,6 +198,9 @@ pub struct RunState {
     pub phase_images: u64,
     pub losses: Vec<LossPoint>,
     pub skipped_nonfinite: u64,
+    /// The `--bit-schedule` stages entered so far (the last is the current one).
+    #[serde(default)]
+    pub bit_stages: Vec<StageStart>,
 }
 
 /// Accuracies on the validation split: what hyper-parameters are chosen on.
@@ -229,6 +237,9 @@ pub struct RunReport {
     pub steps: u64,
     pub skipped_nonfinite_windows: u64,
     pub losses: Vec<LossPoint>,
+    /// `--bit-schedule` runs: each stage's bits and the step it began at.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bit_stages: Vec<StageStart>,
     pub config: TrainConfig,
 }
 
@@ -251,6 +262,9 @@ pub(crate) fn validate(cfg: &TrainConfig) -> Result<()> {
     }
     if cfg.epochs == 0 && cfg.init.is_none() {
         return bad("--epochs 0 needs --init CHECKPOINT (nothing to quantize otherwise)");
+    }
+    if let Some(s) = &cfg.bit_schedule {
+        s.validate(cfg.weight_bits, cfg.act_bits, cfg.qat_epochs)?;
     }
     Ok(())
 }

@@ -190,6 +190,7 @@ impl Trainer {
             phase_images: 0,
             losses: Vec::new(),
             skipped_nonfinite: 0,
+            bit_stages: Vec::new(),
         };
         let mut pending_metrics = None;
         let mut pending_histograms = Vec::new();
@@ -248,7 +249,7 @@ impl Trainer {
         })
     }
 
-    fn compile(&self, quant: bool) -> Result<Compiled> {
+    pub(super) fn compile(&self, quant: bool) -> Result<Compiled> {
         let opts = CompileOptions { batch: self.cfg.batch, quant, train: true };
         Compiled::new(&self.ctx, &self.state, &opts, Some(&self.step_opts))
     }
@@ -258,11 +259,11 @@ impl Trainer {
         std::fs::create_dir_all(&self.cfg.out).map_err(|e| WqatError::io(&self.cfg.out, e))?;
         if self.run.phase == Phase::Fp32 {
             self.state.set_quant_flags(&self.ctx, false, false, None)?;
-            let c = self.compile(false)?;
+            let mut c = self.compile(false)?;
             if let Some(m) = self.pending_metrics.take() {
                 c.metrics.write(&self.ctx, &m)?;
             }
-            self.train_phase(&c, Phase::Fp32, sink)?;
+            self.train_phase(&mut c, Phase::Fp32, sink)?;
             let (acc, _) = self.evaluate(&c)?;
             self.run.fp32_acc = Some(acc);
             self.run.fp32_val_acc = self.val_accuracy(&c)?;
@@ -275,7 +276,7 @@ impl Trainer {
             self.run.phase_seconds = 0.0;
             self.run.phase_images = 0;
         }
-        let c = self.compile(true)?;
+        let mut c = self.compile(true)?;
         for (name, v) in std::mem::take(&mut self.pending_histograms) {
             match c.histograms().into_iter().find(|(n, _)| *n == name) {
                 Some((_, t)) if t.len() == v.len() => t.write(&self.ctx, &v)?,
@@ -305,6 +306,7 @@ impl Trainer {
             ));
             let ptq_file = self.save_model("ptq.safetensors", Some(&c))?;
             self.record_report(&c, "ptq", &ptq_file)?;
+            self.start_bit_schedule(&mut c, sink)?;
             self.state.reset_momentum(&self.ctx)?;
         }
         if self.run.phase == Phase::Qat {
@@ -312,7 +314,7 @@ impl Trainer {
                 c.metrics.write(&self.ctx, &m)?;
             }
             self.state.set_quant_flags(&self.ctx, true, !self.observers_frozen(), None)?;
-            self.train_phase(&c, Phase::Qat, sink)?;
+            self.train_phase(&mut c, Phase::Qat, sink)?;
             self.run.phase = Phase::Done;
         }
         self.state.set_quant_flags(&self.ctx, true, false, None)?;
@@ -371,13 +373,14 @@ impl Trainer {
             steps: self.run.step,
             skipped_nonfinite_windows: self.run.skipped_nonfinite,
             losses: self.run.losses.clone(),
+            bit_stages: self.run.bit_stages.clone(),
             config: self.cfg.clone(),
         };
         write_report(&self.cfg.out, &report)?;
         Ok(report)
     }
 
-    fn observers_frozen(&self) -> bool {
+    pub(super) fn observers_frozen(&self) -> bool {
         let spe = self.train_batches.batches_per_epoch() as u64;
         self.run.phase == Phase::Qat
             && self.cfg.freeze_observers_after.is_some_and(|s| s.fired(self.run.phase_step, spe))
@@ -422,7 +425,7 @@ impl Trainer {
     }
 
     /// Trains the current phase's remaining epochs.
-    fn train_phase(&mut self, c: &Compiled, phase: Phase, sink: &mut dyn ProgressSink) -> Result<()> {
+    fn train_phase(&mut self, c: &mut Compiled, phase: Phase, sink: &mut dyn ProgressSink) -> Result<()> {
         let ctx = self.ctx.clone();
         let (epochs, lr) = match phase {
             Phase::Fp32 => (self.cfg.epochs, self.cfg.lr),
@@ -450,7 +453,8 @@ impl Trainer {
             let start = self.run.next_batch;
             for b in self.train_batches.epoch(epoch as u64).skip(start) {
                 let frozen = (self.observers_frozen(), self.bn_frozen());
-                if frozen != plan_key {
+                let restaged = phase == Phase::Qat && self.next_bit_stage(c, sink)?;
+                if frozen != plan_key || restaged {
                     if frozen.0 && !plan_key.0 {
                         self.state.set_quant_flags(&ctx, true, false, None)?;
                         sink.message(&format!("observers frozen at QAT step {}", self.run.phase_step));

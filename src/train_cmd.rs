@@ -5,6 +5,8 @@ use clap::Args;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use wqat::engine::config::Optimizer;
+use wqat::engine::run::AutoBits;
+use wqat::engine::sensitivity::{parse_bits, Budget};
 use wqat::engine::train::{install_interrupt_handler, Phase, ProgressSink, RunReport, Schedule, TrainConfig, Trainer};
 use wqat::engine::{LayerQConfig, ObserverKind};
 use wqat::gpu::{GpuContext, GpuOptions};
@@ -73,6 +75,17 @@ pub(crate) struct TrainArgs {
     /// applied to text).
     #[arg(long)]
     augment: bool,
+    /// Automatic mixed precision: per-layer weight bits within this budget, average weight
+    /// bits (`5`) or packed weight size (`40KiB`), chosen from a sensitivity scan of the fp32
+    /// model on the validation split (needs --val-split) before PTQ.
+    #[arg(long)]
+    auto_bits: Option<String>,
+    /// Bit widths --auto-bits may give a layer.
+    #[arg(long, default_value = "8,7,6,5,4,3,2")]
+    auto_bits_candidates: String,
+    /// Validation images each --auto-bits scan point is evaluated on.
+    #[arg(long, default_value_t = 2000)]
+    scan_images: usize,
 }
 
 /// Data, model and evaluation flags shared by `wqat train` and `wqat calibrate`.
@@ -296,6 +309,15 @@ pub(crate) fn train(a: TrainArgs) -> wqat::Result<()> {
         log_every: a.log_every,
         skip_nonfinite: a.skip_nonfinite,
         augment: a.augment,
+        auto_bits: match &a.auto_bits {
+            Some(b) => Some(AutoBits {
+                budget: Budget::parse(b)?,
+                candidates: parse_bits(&a.auto_bits_candidates)?,
+                scan_images: a.scan_images,
+                choice: None,
+            }),
+            None => None,
+        },
         ..base
     };
     let ctx = gpu_context(a.data.adapter)?;

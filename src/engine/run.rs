@@ -91,6 +91,24 @@ pub struct TrainConfig {
     /// Tokens per sequence of a text data set, CLS included (`--max-len`); image sets ignore it.
     #[serde(default = "default_max_len")]
     pub max_len: usize,
+    /// Automatic mixed precision (`--auto-bits`): a weight-bit budget; the run scans each
+    /// layer's sensitivity on the validation split before PTQ and picks per-layer bits.
+    #[serde(default)]
+    pub auto_bits: Option<AutoBits>,
+}
+
+/// `--auto-bits` settings and, once made, the choice (kept in checkpoints, so a resumed
+/// run does not scan again).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AutoBits {
+    pub budget: super::sensitivity::Budget,
+    /// Bit widths a layer may get.
+    pub candidates: Vec<u32>,
+    /// Validation images each scan point is evaluated on.
+    pub scan_images: usize,
+    /// The choice, written into `layer_qconfig` too.
+    #[serde(default)]
+    pub choice: Option<super::sensitivity::BitChoice>,
 }
 
 fn default_max_len() -> usize {
@@ -133,6 +151,7 @@ impl Default for TrainConfig {
             limit_test: None,
             val_split: None,
             max_len: crate::data::DEFAULT_MAX_LEN,
+            auto_bits: None,
         }
     }
 }
@@ -232,6 +251,9 @@ pub(crate) fn validate(cfg: &TrainConfig) -> Result<()> {
     }
     if cfg.val_split.is_some_and(|f| !(f > 0.0 && f < 1.0)) {
         return bad("--val-split must be a fraction in (0, 1)");
+    }
+    if cfg.auto_bits.is_some() && cfg.val_split.is_none() {
+        return bad("--auto-bits chooses bit widths on a validation split: add --val-split (e.g. 0.1)");
     }
     if cfg.epochs == 0 && cfg.init.is_none() {
         return bad("--epochs 0 needs --init CHECKPOINT (nothing to quantize otherwise)");

@@ -38,27 +38,7 @@ fn pct(x: Option<f32>) -> String {
 }
 
 pub(crate) fn calibrate(a: CalibrateArgs) -> wqat::Result<()> {
-    if !a.checkpoint.is_file() {
-        return Err(wqat::WqatError::invalid(format!("checkpoint {} does not exist", a.checkpoint.display())));
-    }
-    // A wqat checkpoint names its model: a different --model is a clear error, not a list of
-    // mis-shaped tensors.
-    let f = wqat::tensorfile::TensorFile::load(&a.checkpoint)?;
-    if f.metadata.get("format").map(String::as_str) == Some(wqat::engine::state::CHECKPOINT_FORMAT) {
-        let name = f
-            .metadata
-            .get("graph")
-            .and_then(|g| serde_json::from_str::<serde_json::Value>(g).ok())
-            .and_then(|g| g["name"].as_str().map(str::to_string));
-        if let Some(name) = name.filter(|n| *n != a.data.model && !a.data.model.ends_with(".json")) {
-            return Err(wqat::WqatError::invalid(format!(
-                "{} holds a {name} model, not --model {} (pass --model {name})",
-                a.checkpoint.display(),
-                a.data.model
-            )));
-        }
-    }
-    drop(f);
+    check_checkpoint(&a.checkpoint, &a.data.model)?;
     let cfg = TrainConfig {
         epochs: 0,
         qat_epochs: 0,
@@ -121,5 +101,28 @@ pub(crate) fn calibrate(a: CalibrateArgs) -> wqat::Result<()> {
         a.out.join(wqat::engine::calibrate::PTQ_FILE).display(),
         a.out.join("metrics.json").display()
     );
+    Ok(())
+}
+
+/// A trained model file for `--model`: it exists, and a wqat checkpoint names the same model
+/// (a different `--model` is a clear error, not a list of mis-shaped tensors).
+pub(crate) fn check_checkpoint(path: &std::path::Path, model: &str) -> wqat::Result<()> {
+    if !path.is_file() {
+        return Err(wqat::WqatError::invalid(format!("checkpoint {} does not exist", path.display())));
+    }
+    let f = wqat::tensorfile::TensorFile::load(path)?;
+    if f.metadata.get("format").map(String::as_str) == Some(wqat::engine::state::CHECKPOINT_FORMAT) {
+        let name = f
+            .metadata
+            .get("graph")
+            .and_then(|g| serde_json::from_str::<serde_json::Value>(g).ok())
+            .and_then(|g| g["name"].as_str().map(str::to_string));
+        if let Some(name) = name.filter(|n| n != model && !model.ends_with(".json")) {
+            return Err(wqat::WqatError::invalid(format!(
+                "{} holds a {name} model, not --model {model} (pass --model {name})",
+                path.display()
+            )));
+        }
+    }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! The `wqat` command line. Errors print as one line (no backtrace) and exit non-zero.
 
 mod calibrate_cmd;
+mod sensitivity_cmd;
 mod train_cmd;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +29,9 @@ enum Command {
     /// Post-training quantization of a trained model (wqat checkpoint or PyTorch state_dict):
     /// observers on calibration images, fp32 and fake-quant accuracy, a checkpoint for `convert`.
     Calibrate(Box<calibrate_cmd::CalibrateArgs>),
+    /// Per-layer sensitivity: accuracy and logit SQNR with one layer's weights at N bits, the
+    /// rest 8-bit or fp32; with --auto-bits, per-layer bits for a budget.
+    Sensitivity(Box<sensitivity_cmd::SensitivityArgs>),
     /// Convert a QAT (or PTQ) checkpoint into an integer model file.
     Convert {
         /// A wqat checkpoint (e.g. out/qat.safetensors).
@@ -462,6 +466,7 @@ fn main() {
         Some(Command::Devices { json }) => devices(json),
         Some(Command::Train(a)) => train(*a),
         Some(Command::Calibrate(a)) => calibrate_cmd::calibrate(*a),
+        Some(Command::Sensitivity(a)) => sensitivity_cmd::sensitivity(*a),
         Some(Command::Convert { checkpoint, out }) => convert_cmd(checkpoint, out),
         Some(Command::Eval { model, data, max_len, backend, layers, batch, limit, json, adapter }) => {
             eval_cmd(model, data, max_len, backend, layers, batch, limit, json, adapter)

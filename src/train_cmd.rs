@@ -6,6 +6,8 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use wqat::engine::bit_schedule::BitSchedule;
 use wqat::engine::config::Optimizer;
+use wqat::engine::run::AutoBits;
+use wqat::engine::sensitivity::{parse_bits, Budget};
 use wqat::engine::train::{install_interrupt_handler, Phase, ProgressSink, RunReport, Schedule, TrainConfig, Trainer};
 use wqat::engine::{LayerQConfig, ObserverKind};
 use wqat::gpu::{GpuContext, GpuOptions};
@@ -88,6 +90,17 @@ pub(crate) struct TrainArgs {
     /// floor(k T / n) of T, and the observers are re-calibrated at each stage's bits.
     #[arg(long, value_name = "STAGES")]
     bit_schedule: Option<String>,
+    /// Automatic mixed precision: per-layer weight bits within this budget, average weight
+    /// bits (`5`) or packed weight size (`40KiB`), chosen from a sensitivity scan of the fp32
+    /// model on the validation split (needs --val-split) before PTQ.
+    #[arg(long)]
+    auto_bits: Option<String>,
+    /// Bit widths --auto-bits may give a layer.
+    #[arg(long, default_value = "8,7,6,5,4,3,2")]
+    auto_bits_candidates: String,
+    /// Validation images each --auto-bits scan point is evaluated on.
+    #[arg(long, default_value_t = 2000)]
+    scan_images: usize,
 }
 
 /// Data, model and evaluation flags shared by `wqat train` and `wqat calibrate`.
@@ -336,6 +349,15 @@ pub(crate) fn train(a: TrainArgs) -> wqat::Result<()> {
         augment: a.augment,
         quantizer: QuantizerKind::parse(&a.quantizer)?,
         lsq_lr_mult: a.lsq_lr_mult,
+        auto_bits: match &a.auto_bits {
+            Some(b) => Some(AutoBits {
+                budget: Budget::parse(b)?,
+                candidates: parse_bits(&a.auto_bits_candidates)?,
+                scan_images: a.scan_images,
+                choice: None,
+            }),
+            None => None,
+        },
         ..base
     };
     let cfg = with_bit_schedule(cfg, a.bit_schedule.as_deref(), &a.quant)?;

@@ -407,3 +407,55 @@ fn bit_schedule_steps_down_to_the_final_bits() {
     }
     let _ = std::fs::remove_dir_all(&cfg.out);
 }
+
+/// `--auto-bits`: the run scans each layer of its fp32 model on the validation split, picks
+/// per-layer weight bits within the budget, trains and converts with them, and records the
+/// choice in the run config, `metrics.json`, the checkpoints' QConfig and `auto_bits.json`.
+#[test]
+fn auto_bits_scans_chooses_and_trains_with_the_choice() {
+    use wqat::engine::run::AutoBits;
+    use wqat::engine::sensitivity::{Budget, Rest, ScanOptions};
+    let ctx = testing::ctx();
+    let auto = AutoBits { budget: Budget::AvgBits(5.0), candidates: vec![8, 4, 2], scan_images: 200, choice: None };
+    let cfg = TrainConfig {
+        epochs: 1,
+        qat_epochs: 1,
+        val_split: Some(0.2),
+        auto_bits: Some(auto),
+        ..small_config("auto-bits")
+    };
+    let mut t = Trainer::new(ctx.clone(), cfg.clone(), None).unwrap();
+    let report = t.run(&mut Quiet).unwrap();
+    let choice = report.config.auto_bits.as_ref().and_then(|a| a.choice.clone()).expect("a choice");
+    assert!(choice.average_bits <= 5.0 + 1e-9, "average {}", choice.average_bits);
+    assert_eq!(choice.bits.len(), 4, "mnist-cnn has four quantized layers: {:?}", choice.bits);
+    assert!(choice.bits.iter().any(|(_, b)| *b < 8), "{:?}", choice.bits);
+    // The trained model carries the chosen bits.
+    let path = cfg.out.join("qat.safetensors");
+    let f = wqat::tensorfile::TensorFile::load(&path).unwrap();
+    let q = QConfig::from_metadata(&f, &path).unwrap();
+    for (layer, bits) in &choice.bits {
+        assert_eq!(q.weight_spec(layer).bits, *bits, "{layer}");
+    }
+    assert!(report.agreement.unwrap() >= 0.99, "agreement {:?}", report.agreement);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cfg.out.join("auto_bits.json")).unwrap()).unwrap();
+    assert_eq!(json["scan"]["split"], "validation");
+    assert_eq!(json["scan"]["points"].as_array().unwrap().len(), 4 * 3);
+
+    // The scan itself: every layer is hurt more at 2 bits than at 8 (it would not be if the
+    // per-layer override were ignored), and --auto-bits without --val-split is refused.
+    let fp32 = cfg.out.join("fp32.safetensors");
+    let scan_cfg = TrainConfig { epochs: 0, qat_epochs: 0, init: Some(fp32), auto_bits: None, ..cfg.clone() };
+    let mut s = Trainer::new(ctx.clone(), scan_cfg, None).unwrap();
+    let r = s.sensitivity(&ScanOptions { bits: vec![8, 2], rest: Rest::Fp32, images: 200 }, &mut |_| {}).unwrap();
+    assert_eq!(r.images, 200);
+    for l in &r.layers {
+        let at = |b: u32| r.points.iter().find(|p| p.layer == l.name && p.bits == b).unwrap();
+        assert!(at(2).logit_noise > at(8).logit_noise, "{}: w2 {:?} vs w8 {:?}", l.name, at(2), at(8));
+    }
+    let bad = TrainConfig { val_split: None, ..cfg.clone() };
+    let e = Trainer::new(ctx, bad, None).err().expect("needs a validation split").to_string();
+    assert!(e.contains("--val-split"), "{e}");
+    let _ = std::fs::remove_dir_all(&cfg.out);
+}

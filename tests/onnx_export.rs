@@ -19,10 +19,10 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use wqat::infer::cpu::argmax_rows;
 use wqat::convert::{self, synthetic};
-use wqat::infer::{Int8CpuModel, Int8Model};
+use wqat::infer::cpu::argmax_rows;
 use wqat::infer::CpuBackend;
+use wqat::infer::{Int8CpuModel, Int8Model};
 use wqat::model::graph::{Act, Graph, Node, Op, TokenPoolMode};
 use wqat::model::zoo;
 use wqat::qconfig::QConfig;

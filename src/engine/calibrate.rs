@@ -11,8 +11,8 @@
 use super::compile::{CompileOptions, Compiled};
 use super::run::{RunReport, ValReport};
 use super::train::{write_report, ProgressSink, Trainer, INT8_FILE};
-use crate::infer::{evaluate, Backend};
 use crate::error::{Result, WqatError};
+use crate::infer::{evaluate, Backend};
 use std::time::Instant;
 
 /// Name of the calibrated checkpoint inside the output directory.

@@ -6,6 +6,7 @@ pub mod calibrate;
 pub mod compile;
 pub mod config;
 pub mod run;
+pub mod sensitivity;
 pub mod state;
 pub mod throughput;
 pub mod train;

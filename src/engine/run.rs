@@ -102,6 +102,24 @@ pub struct TrainConfig {
     /// Gradual bit width over the QAT phase (`--bit-schedule`, see `engine::bit_schedule`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bit_schedule: Option<BitSchedule>,
+    /// Automatic mixed precision (`--auto-bits`): a weight-bit budget; the run scans each
+    /// layer's sensitivity on the validation split before PTQ and picks per-layer bits.
+    #[serde(default)]
+    pub auto_bits: Option<AutoBits>,
+}
+
+/// `--auto-bits` settings and, once made, the choice (kept in checkpoints, so a resumed
+/// run does not scan again).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AutoBits {
+    pub budget: super::sensitivity::Budget,
+    /// Bit widths a layer may get.
+    pub candidates: Vec<u32>,
+    /// Validation images each scan point is evaluated on.
+    pub scan_images: usize,
+    /// The choice, written into `layer_qconfig` too.
+    #[serde(default)]
+    pub choice: Option<super::sensitivity::BitChoice>,
 }
 
 fn default_lsq_lr_mult() -> f32 {
@@ -151,6 +169,7 @@ impl Default for TrainConfig {
             quantizer: QuantizerKind::Observer,
             lsq_lr_mult: 1.0,
             bit_schedule: None,
+            auto_bits: None,
         }
     }
 }
@@ -259,6 +278,9 @@ pub(crate) fn validate(cfg: &TrainConfig) -> Result<()> {
     }
     if !(cfg.lsq_lr_mult.is_finite() && cfg.lsq_lr_mult >= 0.0) {
         return bad("--lsq-lr-mult must be finite and non-negative");
+    }
+    if cfg.auto_bits.is_some() && cfg.val_split.is_none() {
+        return bad("--auto-bits chooses bit widths on a validation split: add --val-split (e.g. 0.1)");
     }
     if cfg.epochs == 0 && cfg.init.is_none() {
         return bad("--epochs 0 needs --init CHECKPOINT (nothing to quantize otherwise)");

@@ -276,6 +276,10 @@ impl Trainer {
             self.run.phase_seconds = 0.0;
             self.run.phase_images = 0;
         }
+        if self.run.phase == Phase::Qat && self.run.phase_step == 0 && self.run.next_batch == 0 && self.run.epoch == 0 {
+            // `--auto-bits`: per-layer weight bits from a sensitivity scan of the fp32 model.
+            self.choose_auto_bits(sink)?;
+        }
         let mut c = self.compile(true)?;
         for (name, v) in std::mem::take(&mut self.pending_histograms) {
             match c.histograms().into_iter().find(|(n, _)| *n == name) {

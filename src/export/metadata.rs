@@ -3,9 +3,9 @@
 //! names, the output's quantization step), as JSON strings under `wqat.*` keys.
 
 use super::onnx::{LOGITS, OPSET, PIXELS, TOKENS};
-use crate::infer::{ActQuant, Int8Model};
 use crate::data::TextEncoding;
 use crate::error::Result;
+use crate::infer::{ActQuant, Int8Model};
 use crate::model::graph::Op;
 use serde_json::json;
 

@@ -8,8 +8,8 @@ pub mod metadata;
 pub mod onnx;
 pub mod onnx_proto;
 
-use crate::infer::Int8Model;
 use crate::error::{Result, WqatError};
+use crate::infer::Int8Model;
 use std::path::Path;
 
 /// Formats `wqat export` writes.

@@ -36,8 +36,8 @@
 
 use super::builder::{Attr, GraphBuilder};
 use super::onnx_proto::{data_type, ModelProto, OperatorSetIdProto, StringStringEntryProto};
-use crate::infer::{ActQuant, Domain, Int8Model, LayerKind, SeqLayer};
 use crate::error::{Result, WqatError};
+use crate::infer::{ActQuant, Domain, Int8Model, LayerKind, SeqLayer};
 use crate::model::graph::{Act, Op, ResolvedNode, TokenPoolMode, INPUT};
 use std::collections::HashMap;
 

@@ -10,8 +10,8 @@ use crate::data::Batcher;
 use crate::engine::{Compiled, ModelState};
 use crate::error::{Result, WqatError};
 use crate::gpu::GpuContext;
-use crate::model::{Graph, Op};
 use crate::model::checkpoint::{GraphQuant, QState};
+use crate::model::{Graph, Op};
 use crate::tensorfile::TensorFile;
 use std::path::Path;
 

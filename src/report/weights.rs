@@ -4,8 +4,8 @@
 //! representable range `[qmin s_c, qmax s_c]` of each channel's scale.
 
 use crate::error::{Result, WqatError};
-use crate::model::Graph;
 use crate::model::checkpoint::{folded_params, GraphQuant};
+use crate::model::Graph;
 use crate::tensorfile::TensorFile;
 use std::path::Path;
 

@@ -36,10 +36,10 @@ pub(crate) struct SensitivityArgs {
 }
 
 pub(crate) fn sensitivity(a: SensitivityArgs) -> wqat::Result<()> {
-    check_checkpoint(&a.checkpoint, &a.data.model)?;
     let bits = parse_bits(&a.bits)?;
     let rest = Rest::parse(&a.rest)?;
     let budget = a.auto_bits.as_deref().map(Budget::parse).transpose()?;
+    check_checkpoint(&a.checkpoint, &a.data.model)?;
     let base = base_config(&a.data, &a.quant)?;
     let cfg = TrainConfig {
         epochs: 0,

@@ -153,6 +153,13 @@ fn bad_arguments_and_resources() {
     expect_clean_error(&["train", "--bit-schedule", "x"], "not N or wNaM");
     expect_clean_error(&["train", "--weight-bits", "8", "--bit-schedule", "8,4"], "ends at W4A8");
     expect_clean_error(&["train", "--qat-epochs", "0", "--bit-schedule", "8,4"], "--qat-epochs");
+    // Mixed precision: a budget that is no budget, no validation split, candidates past 8.
+    expect_clean_error(&["train", "--auto-bits", "9"], "within 1..8");
+    expect_clean_error(&["train", "--auto-bits", "lots"], "--auto-bits");
+    expect_clean_error(&["train", "--auto-bits", "5"], "--val-split");
+    expect_clean_error(&["train", "--auto-bits", "5", "--auto-bits-candidates", "8,12"], "expected 2..8");
+    expect_clean_error(&["sensitivity", "/nonexistent/wqat.safetensors"], "does not exist");
+    expect_clean_error(&["sensitivity", "/nonexistent/wqat.safetensors", "--rest", "16"], "--rest");
     // An output path below a regular file cannot be created.
     let d = tmp("out");
     let file = d.join("file");

@@ -309,7 +309,7 @@ impl Trainer {
                 self.calib_count()
             ));
             let ptq_file = self.save_model("ptq.safetensors", Some(&c))?;
-            self.record_report(&c, "ptq", &ptq_file)?;
+            self.record_report(&c, "ptq", &ptq_file, sink);
             self.start_bit_schedule(&mut c, sink)?;
             self.state.reset_momentum(&self.ctx)?;
         }
@@ -326,7 +326,7 @@ impl Trainer {
         let qat_val_acc = self.val_accuracy(&c)?;
         sink.message(&format!("QAT test accuracy {:.2}%{}", qat_acc * 100.0, val_note(qat_val_acc)));
         let qat_file = self.save_model("qat.safetensors", Some(&c))?;
-        self.record_report(&c, "qat", &qat_file)?;
+        self.record_report(&c, "qat", &qat_file, sink);
         self.save_checkpoint(&c, None)?;
         // Conversion to the integer model and its evaluation (CPU SIMD backend).
         let int8 = crate::convert::convert(&self.graph, &qat_file)?;
@@ -616,12 +616,15 @@ impl Trainer {
 
     /// Samples activation statistics for `wqat report` (`OUT/report/{stage}.json`) on held-out
     /// images (validation when held out, else test); leaves fake-quant on, observers off.
-    fn record_report(&self, c: &Compiled, stage: &str, file: &TensorFile) -> Result<()> {
+    /// The report is an extra: when sampling fails (e.g. a diverged model whose ranges are
+    /// not finite, under `--skip-nonfinite`) the run says so and goes on.
+    fn record_report(&self, c: &Compiled, stage: &str, file: &TensorFile, sink: &mut dyn ProgressSink) {
         let (batches, split) = match &self.val_batches {
             Some(v) => (v, "validation"),
             None => (&self.test_batches, "test"),
         };
-        crate::report::sample::record_stage(
+        let out = &self.cfg.out;
+        let r = crate::report::sample::record_stage(
             &self.ctx,
             c,
             &self.state,
@@ -630,9 +633,11 @@ impl Trainer {
             batches,
             split,
             stage,
-            &self.cfg.out,
-        )?;
-        Ok(())
+            out,
+        );
+        if let Err(e) = r {
+            sink.message(&format!("report data of the {stage} stage not recorded: {e}"));
+        }
     }
 
     /// Writes a model file (parameters and quantizer states) into the output directory.

@@ -301,9 +301,10 @@ impl Trainer {
             self.run.ptq_acc = Some(ptq);
             self.run.ptq_val_acc = self.val_accuracy(&c)?;
             sink.message(&format!(
-                "PTQ W{}A{} test accuracy {:.2}%{} (calibrated on {} images)",
+                "PTQ W{}A{}{} test accuracy {:.2}%{} (calibrated on {} images)",
                 self.cfg.weight_bits,
                 self.cfg.act_bits,
+                if self.state.qconfig.layers.is_empty() { "" } else { " with per-layer overrides" },
                 ptq * 100.0,
                 val_note(self.run.ptq_val_acc),
                 self.calib_count()

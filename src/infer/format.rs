@@ -65,9 +65,17 @@ fn weight_shape(model_nodes: &[crate::model::ResolvedNode], i: usize) -> Vec<usi
 
 /// `{n}.weight_q` (i8, the weight's shape) or `{n}.weight_packed` (u8), `{n}.weight_scale` and `{n}.bias_q` of an
 /// integer conv / linear.
-fn insert_int_weights(tf: &mut TensorFile, n: &str, shape: Vec<usize>, w: &PackedWeights, scale: &[f32], bias: &[i32]) {
+fn insert_int_weights(
+    tf: &mut TensorFile,
+    n: &str,
+    shape: Vec<usize>,
+    w: &PackedWeights,
+    scale: &[f32],
+    bias: &[i32],
+    pack: bool,
+) {
     let cout = scale.len();
-    if w.is_packed() {
+    if pack && w.is_packed() {
         let len = w.data().len();
         tf.insert(format!("{n}.weight_packed"), HostTensor { shape: vec![len], data: HostData::U8(w.data().to_vec()) });
     } else {
@@ -80,15 +88,31 @@ fn insert_int_weights(tf: &mut TensorFile, n: &str, shape: Vec<usize>, w: &Packe
 impl Int8Model {
     /// The model as named tensors plus metadata.
     pub fn to_tensor_file(&self) -> Result<TensorFile> {
+        self.tensor_file(true)
+    }
+
+    /// The model with every weight stored one code per byte (`weight_q`, version 1: what
+    /// builds without packed weights read, and the baseline of [`Int8Model::file_sizes`]).
+    pub fn to_tensor_file_int8(&self) -> Result<TensorFile> {
+        self.tensor_file(false)
+    }
+
+    /// File sizes in bytes: `(as saved, with one weight code per byte)`.
+    pub fn file_sizes(&self) -> Result<(usize, usize)> {
+        Ok((self.to_tensor_file()?.to_bytes()?.len(), self.to_tensor_file_int8()?.to_bytes()?.len()))
+    }
+
+    fn tensor_file(&self, pack: bool) -> Result<TensorFile> {
         let mut tf = TensorFile::new();
         let json = |v: &dyn erased::Json| v.json();
         tf.metadata.insert("format".into(), FORMAT.into());
         // Version 1 readers cannot read packed weights; files without any stay version 1.
-        let packed = self.layers.iter().any(|l| match &l.kind {
-            LayerKind::Int(il) => il.weight.is_packed(),
-            LayerKind::IntFloat(il) => il.weight.is_packed(),
-            _ => false,
-        });
+        let packed = pack
+            && self.layers.iter().any(|l| match &l.kind {
+                LayerKind::Int(il) => il.weight.is_packed(),
+                LayerKind::IntFloat(il) => il.weight.is_packed(),
+                _ => false,
+            });
         tf.metadata.insert("version".into(), if packed { VERSION } else { VERSION_UNPACKED }.into());
         tf.metadata.insert("graph".into(), json(&self.graph)?);
         tf.metadata.insert("qconfig".into(), json(&self.qconfig)?);
@@ -117,7 +141,7 @@ impl Int8Model {
                 _ => None,
             };
             if let Some((w, scale, bias)) = int_weights {
-                insert_int_weights(&mut tf, n, weight_shape(&self.nodes, i), w, scale, bias);
+                insert_int_weights(&mut tf, n, weight_shape(&self.nodes, i), w, scale, bias, pack);
             }
             match &l.kind {
                 LayerKind::Int(il) => {

@@ -535,9 +535,12 @@ fn packed_sub8bit_weights_round_trip_and_run_bit_exact() {
             *shape = vec![d.len()];
             Int8Model::from_bytes(p, &t.to_bytes().unwrap()).unwrap_err().to_string()
         };
-        for e in [corrupt(&|d| {
-            d.pop();
-        }), corrupt(&|d| d.push(0))] {
+        for e in [
+            corrupt(&|d| {
+                d.pop();
+            }),
+            corrupt(&|d| d.push(0)),
+        ] {
             assert!(e.contains("conv2.weight_packed") && e.contains("expected"), "{e}");
         }
         if wb == 3 {
@@ -696,8 +699,15 @@ fn check_gpu_transformer(model: &Int8Model, x: &[f32], batch: usize) {
                 let (m, n) = (batch * r.rows_per_sample(), r.out_channels());
                 let cfg = wqat::infer::LinearConfig { m, k: r.in_features(), n, x_zero: qi.zero };
                 let mut acc = vec![0i32; m * n];
-                wqat::infer::cpu::kernels::linear_acc(CpuBackend::Scalar, &cfg, codes(a), &l.weight.codes(), &l.bias, &mut acc)
-                    .unwrap();
+                wqat::infer::cpu::kernels::linear_acc(
+                    CpuBackend::Scalar,
+                    &cfg,
+                    codes(a),
+                    &l.weight.codes(),
+                    &l.bias,
+                    &mut acc,
+                )
+                .unwrap();
                 let want = infer::cpu::dequantize_acc(&acc, qi.scale, &l.weight_scale);
                 let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
                 assert_bit_exact(&format!("{what} pre-activation"), &bits(&pre), &bits(&want));

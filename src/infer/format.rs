@@ -321,7 +321,10 @@ impl Int8Model {
                     let numel: usize = wshape.iter().product();
                     let weight = if tf.tensors.contains_key(&format!("{n}.weight_packed")) {
                         if field_bits(ws.bits) == 8 {
-                            return Err(bad(format!("{n}.weight_packed for {}-bit weights (packing is for 2..=4)", ws.bits)));
+                            return Err(bad(format!(
+                                "{n}.weight_packed for {}-bit weights (packing is for 2..=4)",
+                                ws.bits
+                            )));
                         }
                         let Some(HostData::U8(d)) = get(format!("{n}.weight_packed"), &[packed_len(ws.bits, numel)])?
                         else {
@@ -385,8 +388,7 @@ impl Int8Model {
                         check_multipliers(&requant.multiplier).map_err(|m| bad(format!("{n}.requant: {m}")))?;
                         requant.validate(cout).map_err(|e| bad(format!("{n}.requant: {e}")))?;
                         let _ = qi;
-                        let il =
-                            IntLayer { weight, weight_scale: sw.clone(), bias: bias.clone(), requant };
+                        let il = IntLayer { weight, weight_scale: sw.clone(), bias: bias.clone(), requant };
                         Layer { kind: LayerKind::Int(il), out }
                     } else {
                         let Some(HostData::F32(w)) = get(format!("{n}.weight"), &wshape)? else {

@@ -120,7 +120,16 @@ impl PackedWeights {
     /// All codes as int8 (borrowed when stored one per byte).
     pub fn codes(&self) -> Cow<'_, [i8]> {
         if self.is_packed() {
-            Cow::Owned(self.iter().collect())
+            let f = self.field_bits();
+            let per = (8 / f) as usize;
+            let mut out = Vec::with_capacity(self.data.len() * per);
+            for &b in &self.data {
+                for j in 0..per as u32 {
+                    out.push(((b << (8 - f - j * f)) as i8) >> (8 - f));
+                }
+            }
+            out.truncate(self.len);
+            Cow::Owned(out)
         } else {
             Cow::Borrowed(bytemuck::cast_slice(&self.data))
         }

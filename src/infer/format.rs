@@ -343,7 +343,8 @@ impl Int8Model {
                     } else {
                         None
                     };
-                    if let (true, Some(weight)) = (float_epilogue, weight.clone()) {
+                    let (float_weight, weight) = if float_epilogue { (weight, None) } else { (None, weight) };
+                    if let Some(weight) = float_weight {
                         let Domain::Codes(_) = in_dom else {
                             return Err(bad(format!("{n}: an integer layer needs a quantized input")));
                         };

@@ -240,6 +240,27 @@ fn convert_cmd(checkpoint: PathBuf, out: PathBuf) -> wqat::Result<()> {
     let m = wqat::convert::convert(&graph, &f)?;
     m.save(&out)?;
     println!("wrote {} ({} layers, {} classes)", out.display(), m.nodes().len(), m.num_classes());
+    print_model_size(&m, &out)?;
+    Ok(())
+}
+
+/// `wqat convert`'s size line: the file, the integer weights (packed and one code per
+/// byte), the other parameters, and the file with every weight code in a byte.
+fn print_model_size(m: &wqat::infer::Int8Model, out: &std::path::Path) -> wqat::Result<()> {
+    let disk = std::fs::metadata(out).map_err(|e| wqat::WqatError::io(out, e))?.len() as usize;
+    let (_, int8_file) = m.file_sizes()?;
+    let (packed, int8, other) = m.weight_bytes();
+    let kib = |b: usize| b as f64 / 1024.0;
+    println!(
+        "model size: {:.1} KiB on disk ({disk} bytes); integer weights {:.1} KiB ({:.1} KiB at one code per byte), \
+         other parameters {:.1} KiB; an all-int8 file: {:.1} KiB ({:.2}x)",
+        kib(disk),
+        kib(packed),
+        kib(int8),
+        kib(other),
+        kib(int8_file),
+        int8_file as f64 / disk.max(1) as f64
+    );
     Ok(())
 }
 

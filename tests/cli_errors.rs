@@ -137,6 +137,25 @@ fn bad_model_spec_and_checkpoints() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
+/// A packed (W2) int8 model whose packed weight tensor lost a byte: one error line naming
+/// the tensor, from `eval` and `infer`.
+#[test]
+fn short_packed_weights() {
+    use wqat::tensorfile::{HostData, TensorFile};
+    let d = tmp("packed");
+    let seed = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/int8_model/seed-mlp-digits-w2-packed");
+    let mut tf = TensorFile::from_bytes(&seed, &std::fs::read(&seed).unwrap()).unwrap();
+    let t = tf.tensors.get_mut("fc1.weight_packed").unwrap();
+    let HostData::U8(v) = &mut t.data else { panic!("fc1.weight_packed is not u8") };
+    v.pop();
+    t.shape = vec![v.len()];
+    let m = d.join("short.int8.safetensors");
+    std::fs::write(&m, tf.to_bytes().unwrap()).unwrap();
+    expect_clean_error(&["eval", s(&m), "--data", "digits"], "fc1.weight_packed");
+    expect_clean_error(&["infer", s(&m), s(&d.join("missing.png"))], "fc1.weight_packed");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
 #[test]
 fn bad_arguments_and_resources() {
     expect_clean_error(&["train", "--weight-bits", "9", "--out", "/nonexistent-wqat/x"], "bit width");

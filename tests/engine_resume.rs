@@ -64,8 +64,8 @@ fn check_layer_qconfig(out: &std::path::Path) {
         let l = layer(n);
         assert_eq!(bits(l.out), abits, "{n} output bits");
         let LayerKind::Int(il) = &l.kind else { panic!("{n} is not an integer layer") };
-        assert!(il.weight.iter().all(|&w| (w as i32).abs() <= wmax), "{n}: weights outside ±{wmax}");
-        assert!(il.weight.iter().any(|&w| (w as i32).abs() == wmax), "{n}: no weight reaches ±{wmax}");
+        assert!(il.weight.iter().all(|w| (w as i32).abs() <= wmax), "{n}: weights outside ±{wmax}");
+        assert!(il.weight.iter().any(|w| (w as i32).abs() == wmax), "{n}: no weight reaches ±{wmax}");
         let distinct = il.weight_scale.iter().map(|s| s.to_bits()).collect::<std::collections::BTreeSet<_>>().len();
         assert_eq!(distinct == 1, per_tensor, "{n}: {distinct} distinct weight scales");
     }

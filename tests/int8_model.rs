@@ -180,7 +180,7 @@ fn low_bit_widths_bit_exact_and_agree_with_simulation() {
         for l in &model.layers {
             if let infer::LayerKind::Int(il) = &l.kind {
                 let qmax = (1i32 << (wb - 1)) - 1;
-                assert!(il.weight.iter().all(|&w| (w as i32).abs() <= qmax));
+                assert!(il.weight.iter().all(|w| (w as i32).abs() <= qmax));
                 assert!(il.requant.act_max < (1 << ab));
             }
         }
@@ -208,7 +208,7 @@ fn per_layer_qconfig_converts_bit_exact() {
         let i = g.nodes.iter().position(|n| n.name == name).unwrap();
         let l = &model.layers[i];
         let infer::LayerKind::Int(il) = &l.kind else { panic!("{name} not integer") };
-        assert!(il.weight.iter().all(|&w| (w as i32).abs() <= wmax), "{name} weights beyond {wmax}");
+        assert!(il.weight.iter().all(|w| (w as i32).abs() <= wmax), "{name} weights beyond {wmax}");
         assert_eq!(l.out.quant().unwrap().bits, abits, "{name}");
         assert!(il.requant.act_max < (1 << abits), "{name} clamp");
         let scales: std::collections::BTreeSet<u32> = il.weight_scale.iter().map(|s| s.to_bits()).collect();
@@ -249,8 +249,8 @@ fn full_range_weights_convert_bit_exact() {
         let mut seen_min = false;
         for l in &model.layers {
             if let infer::LayerKind::Int(il) = &l.kind {
-                assert!(il.weight.iter().all(|&w| (qmin..=-qmin - 1).contains(&(w as i32))), "{bits} bits");
-                seen_min |= il.weight.iter().any(|&w| w as i32 == qmin);
+                assert!(il.weight.iter().all(|w| (qmin..=-qmin - 1).contains(&(w as i32))), "{bits} bits");
+                seen_min |= il.weight.iter().any(|w| w as i32 == qmin);
             }
         }
         assert!(seen_min, "no weight reaches {qmin}");
@@ -450,7 +450,7 @@ fn save_load_round_trip_and_garbage_never_panics() {
     eprintln!("garbled headers that still loaded: {header_ok}/{tries}");
     // Wrong format / version.
     let mut tf = model.to_tensor_file().unwrap();
-    tf.metadata.insert("version".into(), "2".into());
+    tf.metadata.insert("version".into(), "3".into());
     assert!(Int8Model::from_bytes(p, &tf.to_bytes().unwrap()).is_err());
     let mut tf = model.to_tensor_file().unwrap();
     tf.metadata.insert("format".into(), "wqat-checkpoint".into());
@@ -465,6 +465,123 @@ fn save_load_round_trip_and_garbage_never_panics() {
     tf.insert("junk", HostTensor::f32(&[1], vec![0.0]));
     assert!(Int8Model::from_bytes(p, &tf.to_bytes().unwrap()).is_err());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Packed sub-8-bit weights: W2 / W3 / W4 models store 4 / 2 / 2 codes per byte in memory
+/// and on disk (version 2, `weight_packed`), round-trip through the file, run bit-exact on
+/// every backend (CPU scalar, every SIMD kernel, GPU dot4 and fallback); a version-1 file
+/// (one i8 code per byte) loads into the same packed model; short, long, badly padded or
+/// out-of-range packed tensors are format errors naming the tensor.
+#[test]
+fn packed_sub8bit_weights_round_trip_and_run_bit_exact() {
+    use wqat::infer::weights::packed_len;
+    use wqat::tensorfile::HostData;
+    let g = zoo::build("mnist-cnn", [1, 28, 28], 10).unwrap();
+    let dir = std::env::temp_dir().join(format!("wqat-int8-packed-{}", std::process::id()));
+    let p = std::path::Path::new("packed");
+    for wb in [2u32, 3, 4] {
+        let ck = synthetic_checkpoint_bits(&g, 70 + wb as u64, true, wb, 6).unwrap();
+        let model = convert::convert(&g, &ck).unwrap();
+        let (packed, int8, _) = model.weight_bytes();
+        let per = if wb == 2 { 4 } else { 2 };
+        assert!(packed * per >= int8 && packed * per < int8 + 4 * per, "W{wb}: {packed} bytes for {int8} codes");
+        for l in &model.layers {
+            if let infer::LayerKind::Int(il) = &l.kind {
+                assert!(il.weight.is_packed() && il.weight.bits() == wb);
+                assert_eq!(il.weight.data().len(), packed_len(wb, il.weight.len()));
+            }
+        }
+        let path = dir.join(format!("w{wb}.int8.safetensors"));
+        model.save(&path).unwrap();
+        let back = Int8Model::load(&path).unwrap();
+        assert_eq!(back, model, "W{wb} file round trip");
+        let tf = model.to_tensor_file().unwrap();
+        assert_eq!(tf.metadata["version"], "2");
+        assert!(!tf.tensors.contains_key("conv1.weight_q") && tf.tensors.contains_key("conv1.weight_packed"));
+        // The same model as a version-1 file (one code per byte) is larger and loads packed.
+        let mut v1 = tf.clone();
+        v1.metadata.insert("version".into(), "1".into());
+        for (i, r) in model.nodes().iter().enumerate() {
+            if let infer::LayerKind::Int(il) = &model.layers[i].kind {
+                let n = &r.node.name;
+                assert!(v1.tensors.remove(&format!("{n}.weight_packed")).is_some());
+                let wshape = match r.node.op {
+                    Op::Conv { out_channels, kernel, groups, .. } => {
+                        vec![out_channels, r.in_shapes[0][0] / groups, kernel, kernel]
+                    }
+                    _ => vec![r.out_channels(), r.in_features()],
+                };
+                v1.insert(
+                    format!("{n}.weight_q"),
+                    HostTensor { shape: wshape, data: HostData::I8(il.weight.codes().into_owned()) },
+                );
+            }
+        }
+        let v1_bytes = v1.to_bytes().unwrap();
+        let file_len = std::fs::metadata(&path).unwrap().len() as usize;
+        assert!(file_len + int8 - packed <= v1_bytes.len() + 64, "W{wb}: {file_len} vs v1 {}", v1_bytes.len());
+        assert_eq!(Int8Model::from_bytes(p, &v1_bytes).unwrap(), model, "W{wb}: version-1 file");
+        // Every backend, bit for bit, on the loaded model.
+        let mut rng = testing::rng(71);
+        let b = 4;
+        check_backends_agree(&back, &images(&mut rng, b * 784, true), b, true);
+        // Corrupt packed tensors.
+        let corrupt = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut t = tf.clone();
+            let HostTensor { data: HostData::U8(d), shape } = t.tensors.get_mut("conv2.weight_packed").unwrap() else {
+                panic!("u8")
+            };
+            f(d);
+            *shape = vec![d.len()];
+            Int8Model::from_bytes(p, &t.to_bytes().unwrap()).unwrap_err().to_string()
+        };
+        for e in [
+            corrupt(&|d| {
+                d.pop();
+            }),
+            corrupt(&|d| d.push(0)),
+        ] {
+            assert!(e.contains("conv2.weight_packed") && e.contains("expected"), "{e}");
+        }
+        if wb == 3 {
+            // 7 is a valid nibble but not a 3-bit code.
+            let e = corrupt(&|d| d[0] = 0x77);
+            assert!(e.contains("conv2.weight_packed") && e.contains("outside"), "{e}");
+        }
+        let mut t = tf.clone();
+        let HostTensor { data: HostData::U8(d), .. } = t.tensors.remove("conv2.weight_packed").unwrap() else {
+            panic!("u8")
+        };
+        t.insert("conv2.weight_packed", HostTensor { shape: vec![d.len()], data: HostData::I8(vec![0; d.len()]) });
+        assert!(Int8Model::from_bytes(p, &t.to_bytes().unwrap()).is_err(), "i8 packed tensor");
+    }
+    // 8-bit weights stay one code per byte and version 1.
+    let model = convert::convert(&g, &random_checkpoint(&g, 72)).unwrap();
+    let tf = model.to_tensor_file().unwrap();
+    assert_eq!(tf.metadata["version"], "1");
+    assert!(tf.tensors.contains_key("conv1.weight_q"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A W4 transformer (integer linears with an f32 epilogue): packed, round trip, CPU backends
+/// bit for bit, GPU against the CPU as in the unpacked case.
+#[test]
+fn packed_w4_transformer_runs_on_every_backend() {
+    let g = zoo::build("text-tiny", [1, 1, 12], 6).unwrap();
+    let ck = synthetic_checkpoint_bits(&g, 81, false, 4, 8).unwrap();
+    let model = convert::convert(&g, &ck).unwrap();
+    let packed = model
+        .layers
+        .iter()
+        .filter(|l| matches!(&l.kind, infer::LayerKind::IntFloat(il) if il.weight.is_packed()))
+        .count();
+    assert!(packed > 0, "no packed f32-epilogue linear");
+    let back = Int8Model::from_tensor_file(std::path::Path::new("m"), &model.to_tensor_file().unwrap()).unwrap();
+    assert_eq!(back, model);
+    let mut rng = testing::rng(82);
+    check_cpu_backends_agree_any_domain(&back, &synthetic::random_inputs(&g, &mut rng, 4, false), 4);
+    let n = 200;
+    check_gpu_transformer(&back, &synthetic::random_inputs(&g, &mut rng, n, false), n);
 }
 
 #[test]
@@ -582,8 +699,15 @@ fn check_gpu_transformer(model: &Int8Model, x: &[f32], batch: usize) {
                 let (m, n) = (batch * r.rows_per_sample(), r.out_channels());
                 let cfg = wqat::infer::LinearConfig { m, k: r.in_features(), n, x_zero: qi.zero };
                 let mut acc = vec![0i32; m * n];
-                wqat::infer::cpu::kernels::linear_acc(CpuBackend::Scalar, &cfg, codes(a), &l.weight, &l.bias, &mut acc)
-                    .unwrap();
+                wqat::infer::cpu::kernels::linear_acc(
+                    CpuBackend::Scalar,
+                    &cfg,
+                    codes(a),
+                    &l.weight.codes(),
+                    &l.bias,
+                    &mut acc,
+                )
+                .unwrap();
                 let want = infer::cpu::dequantize_acc(&acc, qi.scale, &l.weight_scale);
                 let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
                 assert_bit_exact(&format!("{what} pre-activation"), &bits(&pre), &bits(&want));

@@ -66,15 +66,16 @@ fn act_quant(q: &QState) -> Result<ActQuant> {
 }
 
 /// Int8 weight codes of `w_eff` (`[cout, inner]` flat) and the per-output-channel scales:
-/// `clamp(round_ties_even(w * inv_s_w[c]), qmin, qmax)`, the codes the simulation uses.
-fn int8_weights(w_eff: &[f32], cout: usize, wq: &QState) -> (Vec<i8>, Vec<f32>) {
+/// `clamp(round_ties_even(w * inv_s_w[c]), qmin, qmax)`, the codes the simulation uses,
+/// packed at the quantizer's bit width (several codes per byte below 5 bits).
+fn int8_weights(w_eff: &[f32], cout: usize, wq: &QState) -> Result<(crate::infer::PackedWeights, Vec<f32>)> {
     let inner = w_eff.len() / cout.max(1);
     let (wmin, wmax) = (wq.spec.qmin() as f32, wq.spec.qmax() as f32);
     let sw: Vec<f32> = (0..cout).map(|c| wq.scale[c % wq.channels()]).collect();
     let isw: Vec<f32> = (0..cout).map(|c| wq.inv_scale[c % wq.channels()]).collect();
-    let weight =
+    let weight: Vec<i8> =
         w_eff.iter().enumerate().map(|(j, &v)| quantize_code(v, isw[j / inner], 0.0, wmin, wmax) as i8).collect();
-    (weight, sw)
+    Ok((crate::infer::PackedWeights::pack(&weight, wq.spec.bits)?, sw))
 }
 
 fn meta_json<T: serde::de::DeserializeOwned>(ckpt: &TensorFile, key: &str) -> Result<Option<T>> {
@@ -144,7 +145,7 @@ pub fn convert(graph: &Graph, ckpt: &TensorFile) -> Result<Int8Model> {
                 match (in_dom, wq, out) {
                     (Domain::Codes(qi), Some(wq), _) if float_epilogue => {
                         let (w_eff, b_eff) = folded_params(&gq, ckpt, i)?;
-                        let (weight, sw) = int8_weights(&w_eff, b_eff.len(), wq);
+                        let (weight, sw) = int8_weights(&w_eff, b_eff.len(), wq)?;
                         let bias = quantize_bias(&b_eff, qi.scale, &sw)?;
                         Layer { kind: LayerKind::IntFloat(IntFloatLayer { weight, weight_scale: sw, bias }), out }
                     }
@@ -158,7 +159,7 @@ pub fn convert(graph: &Graph, ckpt: &TensorFile) -> Result<Int8Model> {
                                 r.node.name
                             )));
                         }
-                        let (weight, sw) = int8_weights(&w_eff, cout, wq);
+                        let (weight, sw) = int8_weights(&w_eff, cout, wq)?;
                         let bias = quantize_bias(&b_eff, qi.scale, &sw)?;
                         let requant =
                             Requant::from_scales(qi.scale, &sw, qo.scale, qo.zero, qo.bits, activation(*act))?;

@@ -329,7 +329,9 @@ impl<'a> Exporter<'a> {
             LayerKind::Int(crate::infer::IntLayer { weight, weight_scale, bias, .. })
             | LayerKind::IntFloat(crate::infer::IntFloatLayer { weight, weight_scale, bias }) => {
                 let s = s_in()?;
-                let w = if transpose { t(weight) } else { weight.clone() };
+                // ONNX gets int8 initializers (one code per byte) at every weight bit width.
+                let codes = weight.codes();
+                let w = if transpose { t(&codes) } else { codes.into_owned() };
                 Ok((
                     self.weight_dq(base, &w, &stored_dims, weight_scale, axis),
                     self.bias_dq(base, bias, s, weight_scale),

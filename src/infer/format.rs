@@ -1,4 +1,6 @@
-//! The int8 model file: safetensors with `format = "wqat-int8"`, `version = "1"`.
+//! The int8 model file: safetensors with `format = "wqat-int8"`, `version = "2"` when some
+//! layer has packed sub-8-bit weights, else `"1"` (version 1 files load unchanged; their
+//! 2..=4-bit weights are packed in memory on load).
 //!
 //! Metadata (strings): `graph` (Graph JSON), `qconfig` (the [`QConfig`] JSON: defaults and
 //! per-layer overrides, which give each `act_quant` its bit width), `normalization` (Normalization JSON), `class_names` (JSON list).
@@ -9,6 +11,12 @@
 //!   flatten keep their input's representation);
 //! * integer conv / linear: `{n}.weight_q` i8 (the weight's shape), `{n}.weight_scale` f32
 //!   `[cout]`, `{n}.bias_q` i32 `[cout]`, `{n}.requant` i32 `[cout, 2]` = `(M0, shift)`;
+//! * weights of 2..=4 bits (version 2): `{n}.weight_packed` u8 `[bytes]` instead of
+//!   `weight_q`: the codes in the weight's row-major order, four 2-bit fields per byte for
+//!   2-bit weights, two 4-bit fields (nibbles) per byte for 3- and 4-bit weights, lowest bits
+//!   first, two's complement, unused fields of the last byte zero (see
+//!   [`super::weights`]); the bit width is the layer's weight bits in `qconfig`, and
+//!   `bytes` must equal `ceil(numel / codes_per_byte)`;
 //! * f32 conv / linear: `{n}.weight` f32, `{n}.bias` f32 `[cout]` (effective weights);
 //! * integer add: `{n}.add` i32 `[11]` = `a_zero, b_zero, out_zero, a_M0, a_shift, b_M0,
 //!   b_shift, out_M0, out_shift, act_min, act_max`;
@@ -26,7 +34,8 @@ use super::{ActQuant, Domain, FloatLayer, Int8Model, IntFloatLayer, IntLayer, La
 use crate::data::Normalization;
 use crate::error::{Result, WqatError};
 use crate::infer::requant::activation_range;
-use crate::infer::{AddConfig, Requant};
+use crate::infer::weights::{field_bits, packed_len};
+use crate::infer::{AddConfig, PackedWeights, Requant};
 use crate::model::graph::{Graph, Op, INPUT};
 use crate::model::params::{bias_name, cls_token_name, pos_embed_name, weight_name};
 use crate::qconfig::QConfig;
@@ -36,8 +45,10 @@ use std::path::Path;
 
 /// The `format` metadata value.
 pub const FORMAT: &str = "wqat-int8";
-/// The `version` metadata value this build reads and writes.
-pub const VERSION: &str = "1";
+/// The `version` metadata value of files with packed weights (this build reads 1 and 2).
+pub const VERSION: &str = "2";
+/// The `version` written when no layer has packed weights (readable by version-1 builds).
+pub const VERSION_UNPACKED: &str = "1";
 
 fn act_tensor(q: &ActQuant) -> HostTensor {
     HostTensor::f32(&[4], vec![q.scale, q.inv_scale, q.zero as f32, q.bits as f32])
@@ -52,11 +63,24 @@ fn weight_shape(model_nodes: &[crate::model::ResolvedNode], i: usize) -> Vec<usi
     }
 }
 
-/// `{n}.weight_q` (i8, the weight's shape), `{n}.weight_scale` and `{n}.bias_q` of an
+/// `{n}.weight_q` (i8, the weight's shape) or `{n}.weight_packed` (u8), `{n}.weight_scale` and `{n}.bias_q` of an
 /// integer conv / linear.
-fn insert_int_weights(tf: &mut TensorFile, n: &str, shape: Vec<usize>, w: &[i8], scale: &[f32], bias: &[i32]) {
+fn insert_int_weights(
+    tf: &mut TensorFile,
+    n: &str,
+    shape: Vec<usize>,
+    w: &PackedWeights,
+    scale: &[f32],
+    bias: &[i32],
+    pack: bool,
+) {
     let cout = scale.len();
-    tf.insert(format!("{n}.weight_q"), HostTensor { shape, data: HostData::I8(w.to_vec()) });
+    if pack && w.is_packed() {
+        let len = w.data().len();
+        tf.insert(format!("{n}.weight_packed"), HostTensor { shape: vec![len], data: HostData::U8(w.data().to_vec()) });
+    } else {
+        tf.insert(format!("{n}.weight_q"), HostTensor { shape, data: HostData::I8(w.codes().into_owned()) });
+    }
     tf.insert(format!("{n}.weight_scale"), HostTensor::f32(&[cout], scale.to_vec()));
     tf.insert(format!("{n}.bias_q"), HostTensor { shape: vec![cout], data: HostData::I32(bias.to_vec()) });
 }
@@ -64,10 +88,32 @@ fn insert_int_weights(tf: &mut TensorFile, n: &str, shape: Vec<usize>, w: &[i8],
 impl Int8Model {
     /// The model as named tensors plus metadata.
     pub fn to_tensor_file(&self) -> Result<TensorFile> {
+        self.tensor_file(true)
+    }
+
+    /// The model with every weight stored one code per byte (`weight_q`, version 1: what
+    /// builds without packed weights read, and the baseline of [`Int8Model::file_sizes`]).
+    pub fn to_tensor_file_int8(&self) -> Result<TensorFile> {
+        self.tensor_file(false)
+    }
+
+    /// File sizes in bytes: `(as saved, with one weight code per byte)`.
+    pub fn file_sizes(&self) -> Result<(usize, usize)> {
+        Ok((self.to_tensor_file()?.to_bytes()?.len(), self.to_tensor_file_int8()?.to_bytes()?.len()))
+    }
+
+    fn tensor_file(&self, pack: bool) -> Result<TensorFile> {
         let mut tf = TensorFile::new();
         let json = |v: &dyn erased::Json| v.json();
         tf.metadata.insert("format".into(), FORMAT.into());
-        tf.metadata.insert("version".into(), VERSION.into());
+        // Version 1 readers cannot read packed weights; files without any stay version 1.
+        let packed = pack
+            && self.layers.iter().any(|l| match &l.kind {
+                LayerKind::Int(il) => il.weight.is_packed(),
+                LayerKind::IntFloat(il) => il.weight.is_packed(),
+                _ => false,
+            });
+        tf.metadata.insert("version".into(), if packed { VERSION } else { VERSION_UNPACKED }.into());
         tf.metadata.insert("graph".into(), json(&self.graph)?);
         tf.metadata.insert("qconfig".into(), json(&self.qconfig)?);
         tf.metadata.insert("normalization".into(), json(&self.normalization)?);
@@ -95,7 +141,7 @@ impl Int8Model {
                 _ => None,
             };
             if let Some((w, scale, bias)) = int_weights {
-                insert_int_weights(&mut tf, n, weight_shape(&self.nodes, i), w, scale, bias);
+                insert_int_weights(&mut tf, n, weight_shape(&self.nodes, i), w, scale, bias, pack);
             }
             match &l.kind {
                 LayerKind::Int(il) => {
@@ -174,9 +220,9 @@ impl Int8Model {
         if meta("format")? != FORMAT {
             return Err(bad(format!("not a wqat int8 model (format {:?}, expected {FORMAT:?})", meta("format")?)));
         }
-        if meta("version")? != VERSION {
+        if ![VERSION, VERSION_UNPACKED].contains(&meta("version")?.as_str()) {
             return Err(bad(format!(
-                "int8 model version {:?} is not supported (this build reads {VERSION})",
+                "int8 model version {:?} is not supported (this build reads {VERSION_UNPACKED} and {VERSION})",
                 meta("version")?
             )));
         }
@@ -267,16 +313,41 @@ impl Int8Model {
                     let wshape = weight_shape(&nodes, i);
                     let float_epilogue =
                         matches!(r.node.op, Op::Linear { .. }) && !tf.tensors.contains_key(&format!("{n}.requant"));
-                    if let (true, Some(d)) = (float_epilogue, get(format!("{n}.weight_q"), &wshape)?) {
-                        let HostData::I8(weight) = d else { return Err(bad(format!("{n}.weight_q must be i8"))) };
-                        let ws = qconfig.weight_spec(&n);
-                        if weight.iter().any(|&v| !(ws.qmin()..=ws.qmax()).contains(&(v as i32))) {
-                            return Err(bad(format!("{n}.weight_q has codes outside [{}, {}]", ws.qmin(), ws.qmax())));
+                    // Weight codes: `weight_packed` (u8, several codes per byte) for 2..=4-bit
+                    // weights (version 2), else `weight_q` (i8, one per byte; version 1 files
+                    // hold every bit width this way and are packed on load).
+                    let ws = qconfig.weight_spec(&n);
+                    let (wmin, wmax) = (ws.qmin(), ws.qmax());
+                    let numel: usize = wshape.iter().product();
+                    let weight = if tf.tensors.contains_key(&format!("{n}.weight_packed")) {
+                        if field_bits(ws.bits) == 8 {
+                            return Err(bad(format!(
+                                "{n}.weight_packed for {}-bit weights (packing is for 2..=4)",
+                                ws.bits
+                            )));
                         }
+                        let Some(HostData::U8(d)) = get(format!("{n}.weight_packed"), &[packed_len(ws.bits, numel)])?
+                        else {
+                            return Err(bad(format!("{n}.weight_packed must be u8")));
+                        };
+                        Some(
+                            PackedWeights::from_packed(ws.bits, numel, d.clone(), wmin, wmax)
+                                .map_err(|e| bad(format!("{n}.weight_packed: {e}")))?,
+                        )
+                    } else if let Some(d) = get(format!("{n}.weight_q"), &wshape)? {
+                        let HostData::I8(w) = d else { return Err(bad(format!("{n}.weight_q must be i8"))) };
+                        if w.iter().any(|&v| !(wmin..=wmax).contains(&(v as i32))) {
+                            return Err(bad(format!("{n}.weight_q has codes outside [{wmin}, {wmax}]")));
+                        }
+                        Some(PackedWeights::pack(w, ws.bits).map_err(|e| bad(format!("{n}.weight_q: {e}")))?)
+                    } else {
+                        None
+                    };
+                    let (float_weight, weight) = if float_epilogue { (weight, None) } else { (None, weight) };
+                    if let Some(weight) = float_weight {
                         let Domain::Codes(_) = in_dom else {
                             return Err(bad(format!("{n}: an integer layer needs a quantized input")));
                         };
-                        let weight = weight.clone();
                         let Some(HostData::F32(sw)) = get(format!("{n}.weight_scale"), &[cout])? else {
                             return Err(bad(format!("{n}.weight_scale missing or not f32")));
                         };
@@ -291,13 +362,7 @@ impl Int8Model {
                             kind: LayerKind::IntFloat(IntFloatLayer { weight, weight_scale: sw, bias: bias.clone() }),
                             out,
                         }
-                    } else if let Some(d) = get(format!("{n}.weight_q"), &wshape)? {
-                        let HostData::I8(weight) = d else { return Err(bad(format!("{n}.weight_q must be i8"))) };
-                        let ws = qconfig.weight_spec(&n);
-                        let (wmin, wmax) = (ws.qmin(), ws.qmax());
-                        if weight.iter().any(|&v| !(wmin..=wmax).contains(&(v as i32))) {
-                            return Err(bad(format!("{n}.weight_q has codes outside [{wmin}, {wmax}]")));
-                        }
+                    } else if let Some(weight) = weight {
                         let (Domain::Codes(qi), Domain::Codes(qo)) = (in_dom, out) else {
                             return Err(bad(format!("{n}: an integer layer needs quantized input and output")));
                         };
@@ -324,8 +389,7 @@ impl Int8Model {
                         check_multipliers(&requant.multiplier).map_err(|m| bad(format!("{n}.requant: {m}")))?;
                         requant.validate(cout).map_err(|e| bad(format!("{n}.requant: {e}")))?;
                         let _ = qi;
-                        let il =
-                            IntLayer { weight: weight.clone(), weight_scale: sw.clone(), bias: bias.clone(), requant };
+                        let il = IntLayer { weight, weight_scale: sw.clone(), bias: bias.clone(), requant };
                         Layer { kind: LayerKind::Int(il), out }
                     } else {
                         let Some(HostData::F32(w)) = get(format!("{n}.weight"), &wshape)? else {

@@ -12,6 +12,7 @@ pub mod gpu;
 pub mod model;
 pub mod ops;
 pub mod requant;
+pub mod weights;
 
 pub use cpu::kernels::{CpuBackend, SimdKernel};
 pub use cpu::{Int8CpuModel, Int8Output, NodeValue};
@@ -20,3 +21,4 @@ pub use gpu::Int8GpuModel;
 pub use model::{ActQuant, Domain, FloatLayer, Int8Model, IntFloatLayer, IntLayer, Layer, LayerKind, SeqLayer};
 pub use ops::{AddConfig, AvgRequant, Conv2dConfig, LinearConfig, PoolConfig};
 pub use requant::{quantize_bias, quantize_multiplier, Activation, Requant};
+pub use weights::PackedWeights;

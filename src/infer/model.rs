@@ -3,7 +3,7 @@
 //! [`crate::convert::convert`], stored by [`super::format`], run by [`super::cpu`] and
 //! [`super::gpu`].
 
-use super::{Activation, AddConfig, AvgRequant, Requant};
+use super::{Activation, AddConfig, AvgRequant, PackedWeights, Requant};
 use crate::data::Normalization;
 use crate::error::{Result, WqatError};
 use crate::model::graph::{Act, Graph, ResolvedNode, INPUT};
@@ -73,8 +73,8 @@ impl Domain {
 /// An integer conv / linear layer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IntLayer {
-    /// Int8 weights, `[cout, cin/g, k, k]` or `[out, in]` row-major.
-    pub weight: Vec<i8>,
+    /// Weight codes, `[cout, cin/g, k, k]` or `[out, in]` row-major (packed below 5 bits).
+    pub weight: PackedWeights,
     /// Per-output-channel weight scales.
     pub weight_scale: Vec<f32>,
     /// Int32 bias in units of `s_in * s_w[c]`.
@@ -97,8 +97,8 @@ pub struct FloatLayer {
 /// computes the same sum in f32 (`FQ(x) FQ(w) + b_q`), so the two agree to f32 rounding.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IntFloatLayer {
-    /// Int8 weights `[out, in]`.
-    pub weight: Vec<i8>,
+    /// Weight codes `[out, in]` (packed below 5 bits).
+    pub weight: PackedWeights,
     /// Per-output-channel weight scales.
     pub weight_scale: Vec<f32>,
     /// Int32 bias in units of `s_in * s_w[c]`.
@@ -197,6 +197,34 @@ impl Int8Model {
     /// The resolved graph nodes (shapes, inputs).
     pub fn nodes(&self) -> &[ResolvedNode] {
         &self.nodes
+    }
+    /// Weight storage: `(bytes as stored, bytes with one code per byte)` over the integer
+    /// layers' weight codes, and the f32 bytes of everything else (f32 layers' weights and
+    /// biases, transformer tables, int32 biases and requantization).
+    pub fn weight_bytes(&self) -> (usize, usize, usize) {
+        let (mut packed, mut int8, mut other) = (0, 0, 0);
+        for l in &self.layers {
+            match &l.kind {
+                LayerKind::Int(il) => {
+                    packed += il.weight.data().len();
+                    int8 += il.weight.len();
+                    other += 4 * (il.weight_scale.len() + il.bias.len() + 2 * il.requant.multiplier.len());
+                }
+                LayerKind::IntFloat(il) => {
+                    packed += il.weight.data().len();
+                    int8 += il.weight.len();
+                    other += 4 * (il.weight_scale.len() + il.bias.len());
+                }
+                LayerKind::Float(fl) => other += 4 * (fl.weight.len() + fl.bias.len()),
+                LayerKind::Seq(SeqLayer::Embedding { table }) => other += 4 * table.len(),
+                LayerKind::Seq(SeqLayer::ClsPos { cls, pos }) => {
+                    other += 4 * (pos.len() + cls.as_ref().map_or(0, |c| c.len()))
+                }
+                LayerKind::Seq(SeqLayer::LayerNorm { gamma, beta }) => other += 4 * (gamma.len() + beta.len()),
+                _ => {}
+            }
+        }
+        (packed, int8, other)
     }
     /// The representation of node `j`'s output (`INPUT`: the image).
     pub fn domain_of(&self, j: usize) -> Domain {

@@ -93,7 +93,7 @@ impl Int8Model {
                         groups: *groups,
                         x_zero: zx,
                     };
-                    (NodePack::Conv(PackedConv::new(&cfg, &il.weight, &il.bias, &il.requant)?), r.out_shape)
+                    (NodePack::Conv(PackedConv::new(&cfg, &il.weight.codes(), &il.bias, &il.requant)?), r.out_shape)
                 }
                 (LayerKind::Int(il), Op::Linear { .. }) => {
                     let [mc, mh, mw] = mem_of(r.inputs[0]);
@@ -109,7 +109,7 @@ impl Int8Model {
                         return Ok(None);
                     }
                     (
-                        NodePack::Linear(PackedLinear::new(k, n, zx, &il.weight, &il.bias, &il.requant, perm)?),
+                        NodePack::Linear(PackedLinear::new(k, n, zx, &il.weight.codes(), &il.bias, &il.requant, perm)?),
                         r.out_shape,
                     )
                 }

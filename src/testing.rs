@@ -93,3 +93,24 @@ pub fn finite_diff(f: &mut dyn FnMut(&[f64]) -> f64, x: &[f64], i: usize, h: f64
     let fm = f(&xp);
     (fp - fm) / (2.0 * h)
 }
+
+/// A Python interpreter whose `import {imports}` works (`WQAT_PYTHON`, then `python3`, then
+/// `/usr/bin/python3`), or None after printing why the caller is skipped (`hint`: how to get
+/// the modules). With `WQAT_REQUIRE_PYTHON=1` (CI) a missing interpreter is a failure.
+pub fn python_with(imports: &str, who: &str, hint: &str) -> Option<String> {
+    let mut candidates: Vec<String> = std::env::var("WQAT_PYTHON").into_iter().collect();
+    candidates.extend(["python3".to_string(), "/usr/bin/python3".to_string()]);
+    let code = format!("import {imports}");
+    for py in &candidates {
+        let ok = std::process::Command::new(py).args(["-c", &code]).output().is_ok_and(|o| o.status.success());
+        if ok {
+            return Some(py.clone());
+        }
+    }
+    let msg = format!("{who}: SKIPPED: none of {candidates:?} can `import {imports}` ({hint})");
+    if std::env::var("WQAT_REQUIRE_PYTHON").is_ok_and(|v| v == "1") {
+        panic!("{msg}; WQAT_REQUIRE_PYTHON=1 makes this a failure");
+    }
+    eprintln!("{msg}");
+    None
+}

@@ -52,24 +52,11 @@ fn tmpdir(name: &str) -> PathBuf {
 
 /// A Python with numpy, onnx and onnxruntime, or None (after saying why).
 fn python() -> Option<String> {
-    let mut candidates: Vec<String> = std::env::var("WQAT_PYTHON").into_iter().collect();
-    candidates.extend(["python3".to_string(), "/usr/bin/python3".to_string()]);
-    for py in &candidates {
-        let ok =
-            Command::new(py).args(["-c", "import numpy, onnx, onnxruntime"]).output().is_ok_and(|o| o.status.success());
-        if ok {
-            return Some(py.clone());
-        }
-    }
-    let msg = format!(
-        "onnx export: SKIPPED: none of {candidates:?} imports numpy, onnx and onnxruntime \
-         (run scripts/setup-python.sh, or pip install onnx onnxruntime)"
-    );
-    if std::env::var("WQAT_REQUIRE_PYTHON").is_ok_and(|v| v == "1") {
-        panic!("{msg}; WQAT_REQUIRE_PYTHON=1 makes this a failure");
-    }
-    eprintln!("{msg}");
-    None
+    wqat::testing::python_with(
+        "numpy, onnx, onnxruntime",
+        "onnx export",
+        "run scripts/setup-python.sh, or pip install onnx onnxruntime",
+    )
 }
 
 /// Checks every model with onnx.checker and runs it in onnxruntime at both optimization

@@ -23,24 +23,11 @@ fn tmpdir(name: &str) -> PathBuf {
 
 /// A Python with numpy and safetensors.numpy, or None (after saying why).
 fn python() -> Option<String> {
-    let mut candidates: Vec<String> = std::env::var("WQAT_PYTHON").into_iter().collect();
-    candidates.extend(["python3".to_string(), "/usr/bin/python3".to_string()]);
-    for py in &candidates {
-        let ok =
-            Command::new(py).args(["-c", "import numpy, safetensors.numpy"]).output().is_ok_and(|o| o.status.success());
-        if ok {
-            return Some(py.clone());
-        }
-    }
-    let msg = format!(
-        "python interop: SKIPPED: none of {candidates:?} imports numpy and safetensors.numpy \
-         (Debian: apt-get install python3-numpy python3-pip && pip install --break-system-packages safetensors)"
-    );
-    if std::env::var("WQAT_REQUIRE_PYTHON").is_ok_and(|v| v == "1") {
-        panic!("{msg}; WQAT_REQUIRE_PYTHON=1 makes this a failure");
-    }
-    eprintln!("{msg}");
-    None
+    wqat::testing::python_with(
+        "numpy, safetensors.numpy",
+        "python interop",
+        "Debian: apt-get install python3-numpy python3-pip && pip install --break-system-packages safetensors",
+    )
 }
 
 /// Shortest repr of an f32 that Python's `numpy.float32(...)` reads back exactly.

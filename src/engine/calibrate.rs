@@ -10,9 +10,8 @@
 
 use super::compile::{CompileOptions, Compiled};
 use super::run::{RunReport, ValReport};
-use super::train::{write_report, ProgressSink, Trainer, INT8_FILE};
+use super::train::{val_note, write_report, ProgressSink, Trainer};
 use crate::error::{Result, WqatError};
-use crate::infer::{evaluate, Backend};
 use std::time::Instant;
 
 /// Name of the calibrated checkpoint inside the output directory.
@@ -80,24 +79,9 @@ impl Trainer {
         let (mut int8_acc, mut int8_val_acc, mut agreement) = (None, None, None);
         if convert {
             let t0 = Instant::now();
-            let int8 = crate::convert::convert(&self.graph, &file)?;
-            int8.save(&self.cfg.out.join(INT8_FILE))?;
-            let test = self.ds.test.truncated(self.test_batches.num_images());
-            let r = evaluate(&int8, &Backend::Cpu, &test, 256)?;
-            if let Some(v) = &self.val_batches {
-                let split = v.split().truncated(v.num_images());
-                int8_val_acc = Some(evaluate(&int8, &Backend::Cpu, &split, 256)?.accuracy as f32);
-            }
-            let agree = r.predictions.iter().zip(&ptq_preds).filter(|(a, b)| **a == **b as usize).count();
-            agreement = Some(agree as f32 / ptq_preds.len().max(1) as f32);
-            int8_acc = Some(r.accuracy as f32);
+            let r = self.convert_and_evaluate(&file, &ptq_preds, sink)?;
+            (int8_acc, int8_val_acc, agreement) = (Some(r.acc), r.val_acc, Some(r.agreement));
             times.convert_and_int8_eval = t0.elapsed().as_secs_f64();
-            sink.message(&format!(
-                "int8 test accuracy {:.2}%{} (CPU integer backend), agreement with fake-quant {:.2}%",
-                r.accuracy * 100.0,
-                val_note(int8_val_acc),
-                agreement.unwrap_or(0.0) * 100.0
-            ));
         }
         let val = self.val_batches.as_ref().map(|v| ValReport {
             images: v.num_images(),
@@ -131,8 +115,4 @@ impl Trainer {
         write_report(&self.cfg.out, &report)?;
         Ok((report, times))
     }
-}
-
-fn val_note(acc: Option<f32>) -> String {
-    acc.map(|a| format!(" (validation {:.2}%)", a * 100.0)).unwrap_or_default()
 }

@@ -20,7 +20,7 @@
 use super::compile::{CompileOptions, Compiled};
 use super::config::{LayerQConfig, QConfig};
 use super::state::ModelState;
-use super::train::{ProgressSink, Trainer};
+use super::train::{EvalPass, ProgressSink, Trainer};
 use crate::data::{BatchConfig, Batcher};
 use crate::error::{Result, WqatError};
 use crate::model::params::QuantizerRole;
@@ -273,12 +273,6 @@ pub struct ScanOptions {
     pub images: usize,
 }
 
-/// Logits and predictions of one evaluation.
-struct EvalOut {
-    logits: Vec<f32>,
-    accuracy: f32,
-}
-
 impl Trainer {
     /// The layers with a weight quantizer under the run's QConfig, in graph order.
     pub fn scan_layers(&self) -> Vec<ScanLayer> {
@@ -327,7 +321,7 @@ impl Trainer {
         self.state.set_quant_flags(&self.ctx, false, false, None)?;
         let fp32 = {
             let c = Compiled::new(&self.ctx, &self.state, &self.eval_options(false), None)?;
-            self.eval_logits(&c, &batches)?
+            self.eval_pass(&c, &batches, true)?
         };
         let base = self.state.qconfig.clone();
         let candidate = |l: Option<(&str, u32)>| -> Result<QConfig> {
@@ -343,8 +337,7 @@ impl Trainer {
             Ok(q)
         };
         let baseline = self.measure(&weights, here, candidate(None)?, &batches)?;
-        let (baseline_noise, baseline_sqnr) = noise(&fp32.logits, &baseline.logits);
-        let _ = baseline_noise;
+        let (_, baseline_sqnr) = noise(&fp32.logits, &baseline.logits);
         let mut points = Vec::new();
         for l in &layers {
             for &b in &opts.bits {
@@ -421,7 +414,7 @@ impl Trainer {
         path: &Path,
         qconfig: QConfig,
         batches: &Batcher,
-    ) -> Result<EvalOut> {
+    ) -> Result<EvalPass> {
         let mut graph = self.graph.clone();
         qconfig.apply_fp32(&mut graph);
         let state = ModelState::from_params(&self.ctx, path, weights, &graph, qconfig)?;
@@ -429,34 +422,10 @@ impl Trainer {
         let result = (|| {
             let c = Compiled::new(&self.ctx, &self.state, &self.eval_options(true), None)?;
             self.run_observers(&c)?;
-            self.eval_logits(&c, batches)
+            self.eval_pass(&c, batches, true)
         })();
         self.state = own;
         result
-    }
-
-    /// Logits `[images, classes]` and accuracy with the current quantizer flags.
-    fn eval_logits(&self, c: &Compiled, batches: &Batcher) -> Result<EvalOut> {
-        let ctx = &self.ctx;
-        let plan = c.eval_plan();
-        let classes = self.graph.num_classes;
-        let per = c.batch * self.ds.image_len();
-        let mut padded = vec![0f32; per];
-        let mut logits = Vec::with_capacity(batches.num_images() * classes);
-        let (mut correct, mut seen) = (0usize, 0usize);
-        for b in batches.epoch(0) {
-            padded[..b.images.len()].copy_from_slice(&b.images);
-            padded[b.images.len()..].fill(0.0);
-            c.images.write(ctx, &padded)?;
-            ctx.submit_plan(&plan)?;
-            let z = c.logits.read_f32(ctx)?;
-            let p = c.preds.read_u32(ctx)?;
-            let n = b.labels.len();
-            logits.extend_from_slice(&z[..n * classes]);
-            correct += b.labels.iter().zip(&p).filter(|(l, p)| *l == *p).count();
-            seen += n;
-        }
-        Ok(EvalOut { logits, accuracy: correct as f32 / seen.max(1) as f32 })
     }
 }
 
@@ -545,12 +514,11 @@ mod tests {
             for code in 0..cands.len().pow(4) {
                 let mut c = code;
                 let (mut bits, mut noise) = (0f64, 0f64);
-                for (li, &(n, w)) in layers.iter().enumerate() {
+                for &(n, w) in &layers {
                     let b = cands[c % cands.len()];
                     c /= cands.len();
                     bits += (w * b as usize) as f64;
                     noise += pts.iter().find(|p| p.0 == n && p.1 == b).unwrap().2;
-                    let _ = li;
                 }
                 if bits <= avg * total as f64 - slack {
                     best = best.min(noise);

@@ -95,6 +95,21 @@ pub trait ProgressSink {
 pub struct Quiet;
 impl ProgressSink for Quiet {}
 
+/// What [`Trainer::eval_pass`] measured.
+pub(super) struct EvalPass {
+    pub accuracy: f32,
+    pub preds: Vec<u32>,
+    /// `[images, classes]`, empty unless asked for.
+    pub logits: Vec<f32>,
+}
+
+/// Accuracy of the converted integer model and its agreement with fake-quant.
+pub(super) struct Int8Eval {
+    pub acc: f32,
+    pub val_acc: Option<f32>,
+    pub agreement: f32,
+}
+
 /// The training pipeline.
 pub struct Trainer {
     pub ctx: Arc<GpuContext>,
@@ -119,7 +134,7 @@ pub struct Trainer {
 pub const VAL_SPLIT_SEED: u64 = 0x05ee_d0a1;
 
 /// `" (validation X%)"` when there is a validation accuracy.
-fn val_note(acc: Option<f32>) -> String {
+pub(super) fn val_note(acc: Option<f32>) -> String {
     acc.map(|a| format!(" (validation {:.2}%)", a * 100.0)).unwrap_or_default()
 }
 
@@ -329,29 +344,8 @@ impl Trainer {
         let qat_file = self.save_model("qat.safetensors", Some(&c))?;
         self.record_report(&c, "qat", &qat_file, sink);
         self.save_checkpoint(&c, None)?;
-        // Conversion to the integer model and its evaluation (CPU SIMD backend).
-        let int8 = crate::convert::convert(&self.graph, &qat_file)?;
-        int8.save(&self.cfg.out.join(INT8_FILE))?;
-        let test = self.ds.test.truncated(self.test_batches.num_images());
-        let r = crate::infer::eval::evaluate(&int8, &crate::infer::eval::Backend::Cpu, &test, 256)?;
-        let int8_val_acc = match &self.val_batches {
-            Some(v) => {
-                let split = v.split().truncated(v.num_images());
-                Some(
-                    crate::infer::eval::evaluate(&int8, &crate::infer::eval::Backend::Cpu, &split, 256)?.accuracy
-                        as f32,
-                )
-            }
-            None => None,
-        };
-        let agree = r.predictions.iter().zip(&qat_preds).filter(|(a, b)| **a == **b as usize).count();
-        let agreement = agree as f32 / qat_preds.len().max(1) as f32;
-        sink.message(&format!(
-            "int8 test accuracy {:.2}%{} (CPU integer backend), agreement with fake-quant {:.2}%",
-            r.accuracy * 100.0,
-            val_note(int8_val_acc),
-            agreement * 100.0
-        ));
+        let int8 = self.convert_and_evaluate(&qat_file, &qat_preds, sink)?;
+        let (int8_val_acc, agreement) = (int8.val_acc, int8.agreement);
         let val = self.val_batches.as_ref().map(|v| ValReport {
             images: v.num_images(),
             fp32_acc: self.run.fp32_val_acc,
@@ -368,7 +362,7 @@ impl Trainer {
             fp32_acc: self.run.fp32_acc,
             ptq_acc: self.run.ptq_acc,
             qat_acc: Some(qat_acc),
-            int8_acc: Some(r.accuracy as f32),
+            int8_acc: Some(int8.acc),
             agreement: Some(agreement),
             train_images_per_s_fp32: self.run.train_images_per_s_fp32,
             train_images_per_s_qat: self.run.train_images_per_s_qat,
@@ -579,9 +573,19 @@ impl Trainer {
     }
 
     fn evaluate_on(&self, c: &Compiled, batches: &Batcher) -> Result<(f32, Vec<u32>)> {
+        let r = self.eval_pass(c, batches, false)?;
+        Ok((r.accuracy, r.preds))
+    }
+
+    /// One evaluation pass over `batches` with the current quantizer flags: accuracy and
+    /// predictions, and the logits `[images, classes]` when `with_logits` (one more readback
+    /// per batch).
+    pub(super) fn eval_pass(&self, c: &Compiled, batches: &Batcher, with_logits: bool) -> Result<EvalPass> {
         let ctx = &self.ctx;
         let plan = c.eval_plan();
+        let classes = self.graph.num_classes;
         let mut preds = Vec::with_capacity(batches.num_images());
+        let mut logits = Vec::new();
         let mut correct = 0usize;
         let per = c.batch * self.ds.image_len();
         let mut padded = vec![0f32; per];
@@ -595,8 +599,11 @@ impl Trainer {
                 correct += (p[k] == l) as usize;
                 preds.push(p[k]);
             }
+            if with_logits {
+                logits.extend_from_slice(&c.logits.read_f32(ctx)?[..b.labels.len() * classes]);
+            }
         }
-        Ok((correct as f32 / preds.len().max(1) as f32, preds))
+        Ok(EvalPass { accuracy: correct as f32 / preds.len().max(1) as f32, preds, logits })
     }
 
     /// Metadata shared by every file this run writes.
@@ -613,6 +620,38 @@ impl Trainer {
         f.metadata.insert("step".into(), self.run.step.to_string());
         f.metadata.insert("phase".into(), serde_json::to_string(&self.run.phase).map_err(json)?);
         Ok(())
+    }
+
+    /// Converts `file` (a QAT or PTQ checkpoint) into `OUT/model.int8.safetensors`, evaluates
+    /// it on the CPU integer backend on the test split (and the validation split when held
+    /// out) and measures its top-1 agreement with the fake-quant predictions `fake_preds`.
+    pub(super) fn convert_and_evaluate(
+        &self,
+        file: &TensorFile,
+        fake_preds: &[u32],
+        sink: &mut dyn ProgressSink,
+    ) -> Result<Int8Eval> {
+        use crate::infer::{evaluate, Backend};
+        let int8 = crate::convert::convert(&self.graph, file)?;
+        int8.save(&self.cfg.out.join(INT8_FILE))?;
+        let test = self.ds.test.truncated(self.test_batches.num_images());
+        let r = evaluate(&int8, &Backend::Cpu, &test, 256)?;
+        let val_acc = match &self.val_batches {
+            Some(v) => {
+                let split = v.split().truncated(v.num_images());
+                Some(evaluate(&int8, &Backend::Cpu, &split, 256)?.accuracy as f32)
+            }
+            None => None,
+        };
+        let agree = r.predictions.iter().zip(fake_preds).filter(|(a, b)| **a == **b as usize).count();
+        let agreement = agree as f32 / fake_preds.len().max(1) as f32;
+        sink.message(&format!(
+            "int8 test accuracy {:.2}%{} (CPU integer backend), agreement with fake-quant {:.2}%",
+            r.accuracy * 100.0,
+            val_note(val_acc),
+            agreement * 100.0
+        ));
+        Ok(Int8Eval { acc: r.accuracy as f32, val_acc, agreement })
     }
 
     /// Samples activation statistics for `wqat report` (`OUT/report/{stage}.json`) on held-out

@@ -5,6 +5,7 @@ pub mod bit_schedule;
 pub mod calibrate;
 pub mod compile;
 pub mod config;
+pub mod evaluate;
 pub mod run;
 pub mod sensitivity;
 pub mod state;

@@ -19,8 +19,9 @@
 
 use super::compile::{CompileOptions, Compiled};
 use super::config::{LayerQConfig, QConfig};
+use super::evaluate::EvalPass;
 use super::state::ModelState;
-use super::train::{EvalPass, ProgressSink, Trainer};
+use super::train::{ProgressSink, Trainer};
 use crate::data::{BatchConfig, Batcher};
 use crate::error::{Result, WqatError};
 use crate::model::params::QuantizerRole;

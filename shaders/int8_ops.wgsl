@@ -24,9 +24,9 @@ struct Params {
     zero_a: i32,    // input zero point (add: a)
     zero_b: i32,    // add: b
     zero_out: i32,
-    m0_a: i32,      // avg pool: the multiplier of 1 / (kh * kw); add: a
+    m0_a: i32,      // avg pool: kh * kw (m0_b = 1) or the multiplier of s_in / (s_out kh kw); add: a
     shift_a: i32,
-    m0_b: i32,
+    m0_b: i32,      // avg pool: 1 = divide exactly by m0_a (same scale in and out); add: b
     shift_b: i32,
     m0_out: i32,
     shift_out: i32,
@@ -203,7 +203,20 @@ fn maxpool_u8(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     out[t] = word;
 }
 
-// ---- average pool on codes: z_out + MBQM(sum_inbounds(q) - count * z_in, M), M for 1/(kh*kw) ----
+// `t / n` rounded half to even, exactly (n > 0): floor division, then the remainder decides.
+fn div_round_half_even(t: i32, n: i32) -> i32 {
+    var q = t / n; // truncates toward zero
+    var r = t - q * n;
+    if (r < 0) {
+        q -= 1;
+        r += n;
+    }
+    if (2 * r > n || (2 * r == n && (q & 1) == 1)) { q += 1; }
+    return q;
+}
+
+// ---- average pool on codes: with t = sum_inbounds(q) - count * z_in, z_out + round(t / (kh*kw))
+// exactly (m0_b = 1, same scale) or z_out + MBQM(t, M) with M for s_in / (s_out kh kw) ----
 @compute @workgroup_size(64)
 fn avgpool_u8(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let t = flat_index(gid, nwg, WG);
@@ -227,7 +240,10 @@ fn avgpool_u8(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
                 count += 1;
             }
         }
-        word |= clamp_out(mul_round(sum - count * p.zero_a, p.m0_a, p.shift_a)) << (8u * j);
+        let t_sum = sum - count * p.zero_a;
+        var v = 0;
+        if (p.m0_b == 1) { v = div_round_half_even(t_sum, p.m0_a); } else { v = mul_round(t_sum, p.m0_a, p.shift_a); }
+        word |= clamp_out(v) << (8u * j);
     }
     out[t] = word;
 }

@@ -175,3 +175,72 @@ fn global_avgpool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @built
     let hw = p.h * p.w;
     dst[i] = src[i / hw] / f32(hw);
 }
+
+// ---- average pools of fake-quantized values, as the integer model computes them ----
+// With the input's (per-tensor) quantizer on, the input holds values (q - z) * s. The pool
+// sums the code offsets round(x / s) = q - z exactly, divides by the window size (kh * kw,
+// padding counts as zero-valued) and rounds half to even: the integer model's exact
+// `z + round(sum / n)` (src/infer/ops.rs AvgRequant). The output (k * s) is already a
+// fake-quantized value, so the consumer's fake-quant keeps it. A float mean followed by the
+// consumer's fake-quant would round ties (sum = n/2 mod n) either way through float error.
+// With the quantizer off, the plain float mean. Binding 3: the quantizer state
+// [fq_on, obs_on, initialized, _, scale, inv_scale, zero, min, max] (one channel).
+@group(0) @binding(3) var<storage, read> pool_q: array<f32>;
+
+fn pool_q_on() -> bool { return pool_q[0] != 0.0; }
+
+// The fake-quantized mean of a window from its sum (of codes when quantizing, else values).
+fn pool_q_mean(sum: f32, n: u32) -> f32 {
+    if (pool_q_on()) { return round(sum / f32(n)) * pool_q[4]; }
+    return sum / f32(n);
+}
+
+// One summand: the code offset when quantizing, else the value.
+fn pool_q_term(v: f32) -> f32 {
+    if (pool_q_on()) { return round(v * pool_q[5]); }
+    return v;
+}
+
+// Bindings: 1 x, 2 y, 3 quantizer state.
+@compute @workgroup_size(256)
+fn avgpool_forward_q(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg, WG);
+    if (i >= p.total) { return; }
+    let plane = i / (p.oh * p.ow);
+    let r = i % (p.oh * p.ow);
+    let hs = i32((r / p.ow) * p.sh) - i32(p.ph);
+    let ws = i32((r % p.ow) * p.sw) - i32(p.pw);
+    let base = plane * p.h * p.w;
+    var s = 0.0;
+    for (var ky = 0u; ky < p.kh; ky++) {
+        let iy = hs + i32(ky);
+        if (iy < 0 || iy >= i32(p.h)) { continue; }
+        for (var kx = 0u; kx < p.kw; kx++) {
+            let ix = ws + i32(kx);
+            if (ix < 0 || ix >= i32(p.w)) { continue; }
+            s += pool_q_term(src[base + u32(iy) * p.w + u32(ix)]);
+        }
+    }
+    dst[i] = pool_q_mean(s, p.kh * p.kw);
+}
+
+var<workgroup> red_q: array<f32, 64>;
+
+// Bindings: 1 x [planes, h*w], 2 y [planes], 3 quantizer state. Workgroup = plane.
+@compute @workgroup_size(64)
+fn global_avgpool_forward_q(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                            @builtin(local_invocation_index) lid: u32) {
+    let plane = wid.x + wid.y * nwg.x;
+    let hw = p.h * p.w;
+    var s = 0.0;
+    if (plane < p.planes) {
+        for (var k = lid; k < hw; k += GWG) { s += pool_q_term(src[plane * hw + k]); }
+    }
+    red_q[lid] = s;
+    workgroupBarrier();
+    for (var step = GWG / 2u; step > 0u; step = step / 2u) {
+        if (lid < step) { red_q[lid] = red_q[lid] + red_q[lid + step]; }
+        workgroupBarrier();
+    }
+    if (lid == 0u && plane < p.planes) { dst[plane] = pool_q_mean(red_q[0], hw); }
+}

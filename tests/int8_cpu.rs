@@ -371,9 +371,11 @@ fn pools_and_add() {
                     }
                     let o = (bc * oh + oy) * ow + ox;
                     assert_eq!(mx[o], best, "max pool case {case} at {o}");
-                    let mean = rq.out_zero + ((sum - cnt * rq.in_zero as i64) as f64 / cnt as f64).round() as i32;
-                    let tol = FIXED_POINT_ATOL_CODES; // double rounding (SRDHM then RDBPOT)
-                    assert!((avg[o] as i32 - mean).abs() <= tol, "avg pool case {case} at {o}: {} vs {mean}", avg[o]);
+                    // Divisor kh * kw (padding counts as zero-valued), the exact mean rounded
+                    // half to even: what the simulation computes.
+                    let window = (kernel[0] * kernel[1]) as f64;
+                    let mean = rq.out_zero + ((sum - cnt * rq.in_zero as i64) as f64 / window).round_ties_even() as i32;
+                    assert_eq!(avg[o] as i32, mean.clamp(0, 255), "avg pool case {case} at {o}");
                 }
             }
         }
@@ -383,8 +385,8 @@ fn pools_and_add() {
         let hw = cfg.h * cfg.w;
         for (bc, &v) in g.iter().enumerate() {
             let sum = x[bc * hw..(bc + 1) * hw].iter().map(|&v| v as i64 - rq.in_zero as i64).sum::<i64>();
-            let mean = rq.out_zero + (sum as f64 / hw as f64).round() as i32;
-            assert!((v as i32 - mean).abs() <= FIXED_POINT_ATOL_CODES, "gap {bc}: {v} vs {mean}");
+            let mean = rq.out_zero + (sum as f64 / hw as f64).round_ties_even() as i32;
+            assert_eq!(v as i32, mean, "global pool plane {bc}");
         }
     }
     // Residual add against real arithmetic.
@@ -477,4 +479,44 @@ fn gemm_throughput() {
         let s = t.elapsed().as_secs_f64() / reps as f64;
         eprintln!("{b:?}: {:.2} ms per {m}x{k}x{n} GEMM, {:.1} GOP/s", s * 1e3, 2.0 * (m * k * n) as f64 / s / 1e9);
     }
+}
+
+/// The simulation's average pool of fake-quantized values (`reference::graph::pool_codes`,
+/// which the GPU training kernels mirror) equals the integer global pool bit for bit at 4-bit
+/// codes, where exact ties (a sum of 64 codes = 32 mod 64) are frequent. The float mean
+/// followed by fake-quant, which the simulation used before, rounds some of those ties the
+/// other way: the test shows it would fail.
+#[test]
+fn simulated_avg_pool_rounds_ties_like_the_integer_pool() {
+    use wqat::model::checkpoint::QState;
+    use wqat::quant::{QStateLayout, QuantSpec};
+    use wqat::reference::graph::{global_avg_f32, pool_codes};
+    let mut rng = testing::rng(41);
+    let (planes, hw) = (4000, 64);
+    let (mut ties, mut float_wrong) = (0, 0);
+    for case in 0..4 {
+        let scale = rng.random_range(0.01f32..0.5);
+        let zero = [0, 3, 8, 15][case];
+        let raw = QStateLayout::exact(scale, 1.0 / scale, zero as f32);
+        let q = QState::from_raw("pool input", &raw, QuantSpec::activation(4)).unwrap();
+        let codes: Vec<u8> = (0..planes * hw).map(|_| rng.random_range(0..16u8)).collect();
+        let x: Vec<f32> = codes.iter().map(|&c| (c as f32 - zero as f32) * scale).collect();
+        let sim = pool_codes(&q, &x, |v| global_avg_f32(v, planes, hw));
+        let cfg =
+            PoolConfig { batch: 1, channels: planes, h: 8, w: 8, kernel: [8, 8], stride: [1, 1], padding: [0, 0] };
+        let mut out = vec![0u8; planes];
+        int8::global_avg_pool(CpuBackend::Scalar, &cfg, &AvgRequant::same_scale(zero), &codes, &mut out).unwrap();
+        let int: Vec<f32> = out.iter().map(|&c| (c as f32 - zero as f32) * scale).collect();
+        assert_bit_exact(&format!("pool case {case} scale {scale}"), &sim, &int);
+        let mut old = global_avg_f32(&x, planes, hw);
+        q.fake_quant(&mut old, 1);
+        for p in 0..planes {
+            let t: i32 = codes[p * hw..][..hw].iter().map(|&c| c as i32 - zero).sum();
+            ties += usize::from(t.rem_euclid(64) == 32);
+            float_wrong += usize::from(old[p] != int[p]);
+        }
+    }
+    assert!(ties > 100, "{ties} ties");
+    assert!(float_wrong > 0, "the float mean + fake-quant agreed on all {ties} ties: this test shows nothing");
+    eprintln!("{ties} ties; the float mean + fake-quant rounds {float_wrong} of them the other way");
 }

@@ -12,8 +12,9 @@
 //!   `M = s_in * s_w[c] / s_out` and `R` = round half to even of the exact product `acc * M0 *
 //!   2^(shift - 31)`, rounded ONCE ([`crate::infer::requant`]), clamped to the activation range
 //!   (ReLU / ReLU6 are clamps);
-//! * max pool on codes; average pools: `z + R(sum(q - z), M(s_in / (s_out * kh * kw)))`
-//!   ([`AvgRequant`], divisor `kh * kw`: padding counts as zeros like the fp32 engine);
+//! * max pool on codes; average pools: `z + round(sum(q - z) / (kh * kw))`, the exact mean
+//!   rounded half to even ([`AvgRequant`]; padding counts as zeros like the fp32 engine),
+//!   which the simulation computes on the same codes;
 //! * add: TFLite's quantized add ([`AddConfig`]);
 //! * a node that is not fully quantized (kept fp32, or a quantizer with its flag off) runs
 //!   in f32 on dequantized inputs with the (fake-quantized) effective weights, and its

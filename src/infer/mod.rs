@@ -19,6 +19,6 @@ pub use cpu::{Int8CpuModel, Int8Output, NodeValue};
 pub use eval::{evaluate, layer_report, preprocess_image_file, Backend, EvalResult, LayerDiff};
 pub use gpu::Int8GpuModel;
 pub use model::{ActQuant, Domain, FloatLayer, Int8Model, IntFloatLayer, IntLayer, Layer, LayerKind, SeqLayer};
-pub use ops::{AddConfig, AvgRequant, Conv2dConfig, LinearConfig, PoolConfig};
+pub use ops::{div_round_half_even, AddConfig, AvgDivisor, AvgRequant, Conv2dConfig, LinearConfig, PoolConfig};
 pub use requant::{quantize_bias, quantize_multiplier, Activation, Requant};
 pub use weights::PackedWeights;

@@ -165,10 +165,14 @@ impl PoolConfig {
     }
 }
 
-/// Average-pool rescaling: `out = clamp(z_out + R(sum - count * z_in, M(count)))` (`R`: the
-/// single-rounding `multiply_by_quantized_multiplier_rounded`) with
-/// `M(count) = quantize_multiplier(s_in / (s_out * count))` (one fixed-point multiply by
-/// `1 / count`, rounded once, half to even).
+/// Average-pool rescaling of a window sum of `q - z_in` over a window of `kh * kw` positions
+/// (padding counts as zero-valued, i.e. as `z_in`):
+/// * same scale in and out (every pool the converter makes): `out = z + round(sum / (kh*kw))`,
+///   the exact rational mean rounded half to even ([`AvgDivisor::Exact`]). The simulation
+///   rounds the same exact mean of codes, so the two agree bit for bit; a fixed-point `1/n`
+///   would round ties of even non-power-of-two windows (6, 10, 12, ...) either way;
+/// * rescaling pools: `out = clamp(z_out + R(sum, M))`, `M = quantize_multiplier(s_in /
+///   (s_out * kh * kw))` rounded once, half to even ([`AvgDivisor::Fixed`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AvgRequant {
     pub in_zero: i32,
@@ -197,15 +201,47 @@ impl AvgRequant {
         }
         Ok(())
     }
-    /// `(M0, shift)` for a window of `count` elements.
-    pub fn multiplier(&self, count: usize) -> Result<(i32, i32)> {
-        quantize_multiplier(self.scale_ratio / count as f64)
+    /// How a window of `window` positions (`kh * kw`) divides its sum.
+    pub fn divisor(&self, window: usize) -> Result<AvgDivisor> {
+        if window == 0 || window > (1 << 23) {
+            return Err(WqatError::Limit(format!("avg-pool window of {window} elements (1 to 2^23)")));
+        }
+        if self.scale_ratio == 1.0 {
+            return Ok(AvgDivisor::Exact(window as i32));
+        }
+        let (m0, shift) = quantize_multiplier(self.scale_ratio / window as f64)?;
+        Ok(AvgDivisor::Fixed(m0, shift))
     }
-    /// Output code of a window sum.
+    /// Output code of the sum of `count` in-bounds codes of a window.
     #[inline]
-    pub fn apply(&self, sum: i32, count: i32, m: (i32, i32)) -> u8 {
-        let v = multiply_by_quantized_multiplier_rounded(sum - count * self.in_zero, m.0, m.1);
+    pub fn apply(&self, sum: i32, count: i32, d: AvgDivisor) -> u8 {
+        let t = sum - count * self.in_zero;
+        let v = match d {
+            AvgDivisor::Exact(n) => div_round_half_even(t, n),
+            AvgDivisor::Fixed(m0, shift) => multiply_by_quantized_multiplier_rounded(t, m0, shift),
+        };
         (v.clamp(self.act_min - self.out_zero, self.act_max - self.out_zero) + self.out_zero) as u8
+    }
+}
+
+/// The division of an average pool's window sum (see [`AvgRequant`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AvgDivisor {
+    /// `round_half_even(sum / n)`, exact.
+    Exact(i32),
+    /// `R(sum, M0, shift)`: one fixed-point multiply, rounded once.
+    Fixed(i32, i32),
+}
+
+/// `t / n` rounded to the nearest integer, ties to even, exactly (`n > 0`).
+#[inline]
+pub fn div_round_half_even(t: i32, n: i32) -> i32 {
+    let q = t.div_euclid(n);
+    let r = t.rem_euclid(n);
+    match (2 * r).cmp(&n) {
+        std::cmp::Ordering::Greater => q + 1,
+        std::cmp::Ordering::Equal => q + (q & 1),
+        std::cmp::Ordering::Less => q,
     }
 }
 
@@ -269,5 +305,31 @@ impl AddConfig {
         let rb = multiply_by_quantized_multiplier(sb, self.b_mult.0, self.b_mult.1);
         let v = multiply_by_quantized_multiplier(ra.wrapping_add(rb), self.out_mult.0, self.out_mult.1);
         (v.clamp(self.act_min - self.out_zero, self.act_max - self.out_zero) + self.out_zero) as u8
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Exact half-to-even division against f64 (exact for these magnitudes), and the case
+    /// it exists for: a fixed-point `1/6` rounds some exact ties of a 6-element window up.
+    #[test]
+    fn exact_pool_division_rounds_ties_to_even() {
+        for n in 1..=70 {
+            for t in -255 * n..=255 * n {
+                let want = (t as f64 / n as f64).round_ties_even() as i32;
+                assert_eq!(div_round_half_even(t, n), want, "{t} / {n}");
+            }
+        }
+        let rq = AvgRequant::same_scale(0);
+        assert_eq!(rq.divisor(6).unwrap(), AvgDivisor::Exact(6));
+        let (m0, shift) = quantize_multiplier(1.0 / 6.0).unwrap();
+        let fixed_differs =
+            (-1530..=1530).any(|t| multiply_by_quantized_multiplier_rounded(t, m0, shift) != div_round_half_even(t, 6));
+        assert!(fixed_differs, "the fixed-point 1/6 is exact here: the exact path would not be needed");
+        let rescale = AvgRequant { scale_ratio: 0.5, ..rq };
+        assert!(matches!(rescale.divisor(4).unwrap(), AvgDivisor::Fixed(..)));
+        assert!(rq.divisor(0).is_err());
     }
 }

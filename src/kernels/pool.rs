@@ -153,3 +153,40 @@ pub fn global_avgpool_backward(ctx: &GpuContext, dy: &GpuTensor, dx: &GpuTensor)
     let n = dx.len();
     launch(ctx, "global_avgpool_backward", &params(&g, n), &[dy, dx], grid_1d(n, 256))
 }
+
+/// The quantizer state of a pool's input: one channel (activations are per tensor).
+fn check_pool_quant(q: &GpuTensor, what: &str) -> Result<()> {
+    if q.dtype != DType::F32 || q.len() != crate::quant::QStateLayout::new(1).len() {
+        return Err(WqatError::shape(format!(
+            "{what}: expected a per-tensor quantizer state of {} values, got {:?}",
+            crate::quant::QStateLayout::new(1).len(),
+            q.shape
+        )));
+    }
+    Ok(())
+}
+
+/// Average pool of a fake-quantized input as the integer model computes it: with the
+/// quantizer `q` on, `round(sum of code offsets / (kh * kw)) * s` (exact, ties to even); off,
+/// the float mean (see `shaders/pool.wgsl`).
+pub fn avgpool_forward_q(
+    ctx: &GpuContext,
+    x: &GpuTensor,
+    y: &GpuTensor,
+    spec: &PoolSpec,
+    q: &GpuTensor,
+) -> Result<Dispatch> {
+    let (g, os) = pool_geometry(&x.shape, spec)?;
+    expect_shape(y, &os, "avgpool_forward_q y")?;
+    check_pool_quant(q, "avgpool_forward_q")?;
+    let n = y.len();
+    launch(ctx, "avgpool_forward_q", &params(&g, n), &[x, y, q], grid_1d(n, 256))
+}
+
+/// Global average pool of a fake-quantized input, as [`avgpool_forward_q`].
+pub fn global_avgpool_forward_q(ctx: &GpuContext, x: &GpuTensor, y: &GpuTensor, q: &GpuTensor) -> Result<Dispatch> {
+    let (g, os) = global_geom(&x.shape)?;
+    expect_shape(y, &os, "global_avgpool_forward_q y")?;
+    check_pool_quant(q, "global_avgpool_forward_q")?;
+    launch(ctx, "global_avgpool_forward_q", &params(&g, g.planes), &[x, y, q], grid_1d(g.planes, 1))
+}

@@ -21,7 +21,7 @@
 //! A quantizer whose `fq_on` flag is 0 passes values through.
 
 use crate::error::{Result, WqatError};
-use crate::model::checkpoint::{read_f32, GraphQuant};
+use crate::model::checkpoint::{read_f32, GraphQuant, QState};
 use crate::model::graph::{Act, Graph, Op, TokenPoolMode, INPUT};
 use crate::model::params::{self, BN_EPS};
 use crate::tensorfile::TensorFile;
@@ -213,6 +213,17 @@ pub fn pool_f32(
     out
 }
 
+/// An average pool of fake-quantized values `x` (per-tensor quantizer `q`) as the integer
+/// model computes it: the exact mean of the code offsets `round(x / s) = q - z`, rounded half
+/// to even, times the scale (see `AvgRequant`). `pool` averages a plane set of values.
+pub fn pool_codes(q: &QState, x: &[f32], pool: impl Fn(&[f32]) -> Vec<f32>) -> Vec<f32> {
+    let (s, inv_s) = (q.scale[0], q.inv_scale[0]);
+    let codes: Vec<f32> = x.iter().map(|&v| (v * inv_s).round_ties_even()).collect();
+    let mut y: Vec<f32> = pool(&codes).into_iter().map(|m| m.round_ties_even() * s).collect();
+    q.fake_quant(&mut y, 1);
+    y
+}
+
 /// Global average pool over planes of `hw` values (f64 sum, one rounding).
 pub fn global_avg_f32(x: &[f32], planes: usize, hw: usize) -> Vec<f32> {
     (0..planes).map(|p| (x[p * hw..][..hw].iter().map(|&v| v as f64).sum::<f64>() / hw as f64) as f32).collect()
@@ -383,11 +394,22 @@ pub fn fake_quant_forward_all(graph: &Graph, ckpt: &TensorFile, images: &[f32], 
                 let s = if *stride == 0 { *kernel } else { *stride };
                 pool_f32(x, batch * c, [h, w], *kernel, s, *padding, [oh, ow], false)
             }
+            // A quantized input is pooled on its codes, rounded as the integer model rounds.
             Op::AvgPool { kernel, stride, padding } => {
                 let s = if *stride == 0 { *kernel } else { *stride };
-                pool_f32(x, batch * c, [h, w], *kernel, s, *padding, [oh, ow], true)
+                let pool = |v: &[f32]| pool_f32(v, batch * c, [h, w], *kernel, s, *padding, [oh, ow], true);
+                match gq.input_quant(i) {
+                    Some(q) => pool_codes(q, x, pool),
+                    None => pool(x),
+                }
             }
-            Op::GlobalAvgPool => global_avg_f32(x, batch * c, h * w),
+            Op::GlobalAvgPool => {
+                let pool = |v: &[f32]| global_avg_f32(v, batch * c, h * w);
+                match gq.input_quant(i) {
+                    Some(q) => pool_codes(q, x, pool),
+                    None => pool(x),
+                }
+            }
             Op::Add { act } => {
                 let b = src(r.inputs[1]);
                 let mut y: Vec<f32> = x.iter().zip(b.iter()).map(|(a, b)| a + b).collect();

@@ -140,3 +140,89 @@ fn shape_errors_are_reported() {
     assert!(k::global_avgpool_forward(&ctx, &flat, &y).is_err());
     assert!(k::global_avgpool_forward(&ctx, &x, &flat).is_err());
 }
+
+/// Average pools of fake-quantized input (`*_forward_q`): with the quantizer on, the exact
+/// mean of the code offsets rounded half to even, times the scale (the integer model's
+/// rule); ties are frequent here (4-bit codes, 2x2 and 4x4 windows). With the quantizer off,
+/// the same bits as the float pools.
+#[test]
+fn quantized_avg_pools_round_the_exact_code_mean() {
+    use wqat::quant::QStateLayout;
+    let ctx = testing::ctx();
+    let mut rng = testing::rng(23);
+    let mut ties = 0usize;
+    for case in 0..10u64 {
+        let (n, c) = (testing::size(&mut rng, 1, 3), testing::size(&mut rng, 1, 5));
+        let (h, w) = (testing::size(&mut rng, 2, 17), testing::size(&mut rng, 2, 17));
+        let kh = testing::size(&mut rng, 1, h.min(4));
+        let kw = testing::size(&mut rng, 1, w.min(4));
+        let spec = PoolSpec {
+            kernel: (kh, kw),
+            stride: (testing::size(&mut rng, 1, 3), testing::size(&mut rng, 1, 3)),
+            padding: (testing::size(&mut rng, 0, kh / 2), testing::size(&mut rng, 0, kw / 2)),
+        };
+        let (g, os) = k::pool_geometry(&[n, c, h, w], &spec).unwrap();
+        let (scale, zero) = (rand::Rng::random_range(&mut rng, 0.005f32..0.3), (case % 16) as f32);
+        let inv = 1.0 / scale;
+        // Fake-quantized values (q - z) * s of 4-bit codes q.
+        let offsets: Vec<i32> =
+            (0..n * c * h * w).map(|_| rand::Rng::random_range(&mut rng, 0..16) - zero as i32).collect();
+        let x: Vec<f32> = offsets.iter().map(|&k| k as f32 * scale).collect();
+        let gx = GpuTensor::from_f32(&ctx, &[n, c, h, w], &x).unwrap();
+        for fq_on in [true, false] {
+            let mut state = QStateLayout::exact(scale, inv, zero);
+            state[QStateLayout::FQ_ENABLED] = if fq_on { 1.0 } else { 0.0 };
+            let gq = GpuTensor::from_f32(&ctx, &[state.len()], &state).unwrap();
+            let (ya, yb) =
+                (GpuTensor::zeros(&ctx, &os, DType::F32).unwrap(), GpuTensor::zeros(&ctx, &os, DType::F32).unwrap());
+            let (ga, gb) = (
+                GpuTensor::zeros(&ctx, &[n, c], DType::F32).unwrap(),
+                GpuTensor::zeros(&ctx, &[n, c], DType::F32).unwrap(),
+            );
+            let ds = [
+                k::avgpool_forward_q(&ctx, &gx, &ya, &spec, &gq).unwrap(),
+                k::avgpool_forward(&ctx, &gx, &yb, &spec).unwrap(),
+                k::global_avgpool_forward_q(&ctx, &gx, &ga, &gq).unwrap(),
+                k::global_avgpool_forward(&ctx, &gx, &gb).unwrap(),
+            ];
+            ctx.submit(&ds.iter().collect::<Vec<_>>()).unwrap();
+            let what = |s: &str| format!("{s} case {case} fq {fq_on} x {:?} {spec:?}", [n, c, h, w]);
+            let (got, got_g) = (ya.read_f32(&ctx).unwrap(), ga.read_f32(&ctx).unwrap());
+            if !fq_on {
+                assert_bit_exact(&what("avg q off"), &got, &yb.read_f32(&ctx).unwrap());
+                assert_bit_exact(&what("global q off"), &got_g, &gb.read_f32(&ctx).unwrap());
+                continue;
+            }
+            // Expected: integer window sums of the offsets, divided exactly.
+            let mut want = vec![0f32; got.len()];
+            for p in 0..n * c {
+                for oy in 0..g.oh() {
+                    for ox in 0..g.ow() {
+                        let mut t = 0i32;
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let iy = (oy * spec.stride.0 + ky) as isize - spec.padding.0 as isize;
+                                let ix = (ox * spec.stride.1 + kx) as isize - spec.padding.1 as isize;
+                                if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                                    t += offsets[p * h * w + iy as usize * w + ix as usize];
+                                }
+                            }
+                        }
+                        let win = (kh * kw) as i32;
+                        ties += usize::from((2 * t.rem_euclid(win)) == win);
+                        want[(p * g.oh() + oy) * g.ow() + ox] = wqat::infer::div_round_half_even(t, win) as f32 * scale;
+                    }
+                }
+            }
+            assert_bit_exact(&what("avg q"), &got, &want);
+            let want_g: Vec<f32> = (0..n * c)
+                .map(|p| {
+                    let t: i32 = offsets[p * h * w..][..h * w].iter().sum();
+                    wqat::infer::div_round_half_even(t, (h * w) as i32) as f32 * scale
+                })
+                .collect();
+            assert_bit_exact(&what("global q"), &got_g, &want_g);
+        }
+    }
+    assert!(ties > 20, "only {ties} rounding ties exercised");
+}

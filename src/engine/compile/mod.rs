@@ -596,14 +596,23 @@ impl<'a> Builder<'a> {
                 self.fwd(Tag::Always, pool::maxpool_forward(ctx, &x, &out, &argmax, &spec)?);
                 self.saved[i].pre_act = Some(argmax);
             }
+            // A quantized input is pooled on its codes, rounded as the integer model rounds.
             Op::AvgPool { kernel, stride, padding } => {
                 let spec = pool_spec(kernel, stride, padding);
                 let x = self.materialized(r.inputs[0])?;
-                self.fwd(Tag::Always, pool::avgpool_forward(ctx, &x, &out, &spec)?);
+                let d = match self.carried(r.inputs[0]) {
+                    Some(q) => pool::avgpool_forward_q(ctx, &x, &out, &spec, &q.state)?,
+                    None => pool::avgpool_forward(ctx, &x, &out, &spec)?,
+                };
+                self.fwd(Tag::Always, d);
             }
             Op::GlobalAvgPool => {
                 let x = self.materialized(r.inputs[0])?;
-                self.fwd(Tag::Always, pool::global_avgpool_forward(ctx, &x, &out)?);
+                let d = match self.carried(r.inputs[0]) {
+                    Some(q) => pool::global_avgpool_forward_q(ctx, &x, &out, &q.state)?,
+                    None => pool::global_avgpool_forward(ctx, &x, &out)?,
+                };
+                self.fwd(Tag::Always, d);
             }
             Op::Flatten => {}
             Op::Embedding { .. }

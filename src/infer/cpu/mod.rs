@@ -77,7 +77,7 @@ pub fn argmax_rows(logits: &[f32], classes: usize) -> Vec<usize> {
 }
 
 /// Average pool of codes with divisor `kh * kw` (padding counts as zero-valued):
-/// `out = z + R(sum_inbounds(q - z), M(1 / (kh * kw)))` (rounded once), clamped.
+/// `out = z + round(sum_inbounds(q - z) / (kh * kw))` ([`AvgRequant`]), clamped.
 #[allow(clippy::too_many_arguments)]
 pub fn avg_pool_codes(
     x: &[u8],
@@ -95,7 +95,7 @@ pub fn avg_pool_codes(
     if x.len() != planes * h * w {
         return Err(WqatError::shape(format!("avg pool input of {} codes for {planes}x{h}x{w}", x.len())));
     }
-    let m = rq.multiplier(kernel[0] * kernel[1])?;
+    let m = rq.divisor(kernel[0] * kernel[1])?;
     let mut out = vec![0u8; planes * oh * ow];
     for p in 0..planes {
         let plane = &x[p * h * w..][..h * w];

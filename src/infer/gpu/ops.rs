@@ -8,7 +8,7 @@
 use crate::error::{Result, WqatError};
 use crate::gpu::{grid_1d, DType, Dispatch, GpuContext, GpuTensor, PipelineKey};
 use crate::infer::ActQuant;
-use crate::infer::{AddConfig, AvgRequant, PoolConfig};
+use crate::infer::{AddConfig, AvgDivisor, AvgRequant, PoolConfig};
 use crate::kernels::sequence::PatchConfig;
 
 const WG: u32 = 64;
@@ -159,7 +159,8 @@ pub fn maxpool_u8(ctx: &GpuContext, cfg: &PoolConfig, x: &GpuTensor, out: &GpuTe
     dispatch(ctx, "maxpool_u8", &p, &[&x.buffer, &out.buffer])
 }
 
-/// Average pool on packed codes, divisor `kh * kw` (padding counts as zero-valued), as
+/// Average pool on packed codes, divisor `kh * kw` (padding counts as zero-valued; exact
+/// half-to-even division when the scale is kept, see [`AvgRequant`]), as
 /// [`crate::infer::cpu::avg_pool_codes`].
 pub fn avgpool_u8(
     ctx: &GpuContext,
@@ -169,12 +170,17 @@ pub fn avgpool_u8(
     out: &GpuTensor,
 ) -> Result<Dispatch> {
     rq.validate()?;
-    let (m0, shift) = rq.multiplier(cfg.kernel[0] * cfg.kernel[1])?;
+    // m0_b = 1: m0_a is an exact divisor; else (m0_a, shift_a) a fixed-point multiplier.
+    let (m0, shift, exact) = match rq.divisor(cfg.kernel[0] * cfg.kernel[1])? {
+        AvgDivisor::Exact(n) => (n, 0, 1),
+        AvgDivisor::Fixed(m0, shift) => (m0, shift, 0),
+    };
     let p = Params {
         zero_a: rq.in_zero,
         zero_out: rq.out_zero,
         m0_a: m0,
         shift_a: shift,
+        m0_b: exact,
         act_min: rq.act_min,
         act_max: rq.act_max,
         ..pool_params(cfg)?

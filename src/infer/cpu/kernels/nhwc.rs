@@ -96,12 +96,12 @@ pub fn max_pool_hwc(g: &PoolGeom, x: &[u8], out: &mut [u8]) -> Result<()> {
     Ok(())
 }
 
-/// Average pool of channels-last codes: per channel `rq.apply(sum, count, M(kh * kw))`
+/// Average pool of channels-last codes: per channel `rq.apply(sum, count, divisor(kh * kw))`
 /// over the in-bounds window (the divisor is always `kh * kw`).
 pub fn avg_pool_hwc(g: &PoolGeom, rq: &AvgRequant, x: &[u8], out: &mut [u8]) -> Result<()> {
     g.check(x.len(), out.len())?;
     rq.validate()?;
-    let m = rq.multiplier(g.kernel[0] * g.kernel[1])?;
+    let m = rq.divisor(g.kernel[0] * g.kernel[1])?;
     let [c, h, w] = g.chw;
     let [oh, ow] = g.out_hw;
     let mut sum = vec![0i32; c];

@@ -109,29 +109,20 @@ pub fn max_pool(cfg: &PoolConfig, x: &[u8], out: &mut [u8]) -> Result<()> {
     for_windows(cfg, x, |o, it| out[o] = it.max().unwrap_or(0))
 }
 
-/// Average pool: integer window sum, then one fixed-point multiply by `1 / count`
-/// (see [`AvgRequant`]); `count` is the number of in-bounds elements.
+/// Average pool: integer sum of the in-bounds window, divided by `kh * kw` (padding counts
+/// as zero-valued, as in the simulation; see [`AvgRequant`]).
 pub fn avg_pool(cfg: &PoolConfig, rq: &AvgRequant, x: &[u8], out: &mut [u8]) -> Result<()> {
     cfg.validate(x.len(), out.len())?;
     rq.validate()?;
-    let table = avg_multipliers(cfg, rq)?;
+    let d = rq.divisor(cfg.kernel[0] * cfg.kernel[1])?;
     for_windows(cfg, x, |o, it| {
         let (mut sum, mut count) = (0i32, 0usize);
         for v in it {
             sum += v as i32;
             count += 1;
         }
-        out[o] = rq.apply(sum, count as i32, table[count]);
+        out[o] = rq.apply(sum, count as i32, d);
     })
-}
-
-/// `(M0, shift)` for every possible window count `0..=kh*kw` (entry 0 unused).
-pub(crate) fn avg_multipliers(cfg: &PoolConfig, rq: &AvgRequant) -> Result<Vec<(i32, i32)>> {
-    let max = cfg.kernel[0] * cfg.kernel[1];
-    if max > (1 << 23) {
-        return Err(WqatError::Limit(format!("avg-pool window of {max} elements (at most 2^23)")));
-    }
-    (0..=max).map(|c| if c == 0 { Ok((0, 0)) } else { rq.multiplier(c) }).collect()
 }
 
 /// Global average pool over `h x w` per (batch, channel): out `[batch, channels]`.

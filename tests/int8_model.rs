@@ -563,6 +563,47 @@ fn packed_sub8bit_weights_round_trip_and_run_bit_exact() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Whole W4A4 / W3A3 / W2A2 mnist-cnn models, their weights packed on the GPU too, on every
+/// int8 GEMM path of the adapter (the default context: DIRECT on CPU adapters; and forced
+/// one-word kernels with dot4I8Packed and with the unpack fallback): codes of every node and
+/// logits equal to the CPU scalar ones; the GPU weight buffers of the W4 model half the
+/// W8 model's (W2 a quarter), up to the vec4 padding of each layer.
+#[test]
+fn packed_models_on_every_gpu_path_equal_scalar() {
+    let g = zoo::build("mnist-cnn", [1, 28, 28], 10).unwrap();
+    let mut ctxs = vec![testing::ctx()];
+    for disable_dot4 in [false, true] {
+        let opts = GpuOptions { conv_direct: Some(false), disable_dot4, ..GpuOptions::from_env() };
+        ctxs.push(GpuContext::new(&opts).unwrap());
+    }
+    let layers = g.nodes.iter().filter(|n| matches!(n.op, Op::Conv { .. } | Op::Linear { .. })).count();
+    let w8 = convert::convert(&g, &synthetic_checkpoint_bits(&g, 90, true, 8, 8).unwrap()).unwrap();
+    let w8_bytes = Int8GpuModel::new(&testing::ctx(), &w8, 1).unwrap().weight_bytes();
+    for (wb, ab) in [(4u32, 4u32), (3, 3), (2, 2)] {
+        let ck = synthetic_checkpoint_bits(&g, 90 + wb as u64, true, wb, ab).unwrap();
+        let model = convert::convert(&g, &ck).unwrap();
+        let mut rng = testing::rng(91);
+        let b = 3;
+        let x = images(&mut rng, b * 784, true);
+        let scalar = Int8CpuModel::new(&model).forward_traced(&x, b, CpuBackend::Scalar).unwrap();
+        let want = scalar.activations.as_ref().unwrap();
+        for ctx in &ctxs {
+            let gm = Int8GpuModel::new(ctx, &model, b).unwrap();
+            let what = format!("W{wb}A{ab} direct {} dot4 {}", ctx.conv_direct, ctx.use_dot4);
+            let per = if wb == 2 { 4 } else { 2 };
+            let bytes = gm.weight_bytes();
+            eprintln!("{what}: GPU weights {bytes} bytes (W8: {w8_bytes})");
+            assert!(bytes * per >= w8_bytes && bytes <= w8_bytes / per + 16 * layers, "{what}: {bytes} vs W8 {w8_bytes}");
+            assert_eq!(gm.forward(&x, b).unwrap().logits, scalar.logits, "{what} logits");
+            let got = gm.forward_traced(&x, b).unwrap();
+            for (i, r) in model.nodes().iter().enumerate() {
+                let got = got.activations.as_ref().unwrap();
+                assert_bit_exact(&format!("{what} node {}", r.node.name), codes(&got[i]), codes(&want[i]));
+            }
+        }
+    }
+}
+
 /// A W4 transformer (integer linears with an f32 epilogue): packed, round trip, CPU backends
 /// bit for bit, GPU against the CPU as in the unpacked case.
 #[test]

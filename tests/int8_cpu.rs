@@ -315,11 +315,14 @@ fn packed_weights_match_int8_on_every_backend() {
         let lo = -(1i32 << (bits - 1));
         let wcodes = |rng: &mut ChaCha8Rng, n: usize, extreme: bool| -> Vec<i8> {
             let hi = -lo - 1;
-            (0..n).map(|_| if extreme { [lo, hi][rng.random_range(0..2)] } else { rng.random_range(lo..=hi) } as i8).collect()
+            (0..n)
+                .map(|_| if extreme { [lo, hi][rng.random_range(0..2)] } else { rng.random_range(lo..=hi) } as i8)
+                .collect()
         };
         for case in 0..8u64 {
             let extreme = case % 2 == 1;
-            let (m, k, n) = (testing::size(&mut rng, 1, 9), testing::size(&mut rng, 1, 77), testing::size(&mut rng, 1, 21));
+            let (m, k, n) =
+                (testing::size(&mut rng, 1, 9), testing::size(&mut rng, 1, 77), testing::size(&mut rng, 1, 21));
             let cfg = LinearConfig { m, k, n, x_zero: rng.random_range(0..=255) };
             let x = codes(&mut rng, m * k, extreme, 255);
             let w = wcodes(&mut rng, n * k, extreme);

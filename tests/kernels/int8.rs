@@ -200,7 +200,12 @@ fn packed_linear_matches_reference() {
             check_linear_bits(200 + 10 * bits as u64 + case, cfg, case % 2 == 1, bits);
         }
         for (i, &(m, k, n)) in [(5, 37, 12), (9, 129, 20), (66, 9, 36), (3, 1, 5), (2, 16411, 3)].iter().enumerate() {
-            check_linear_bits(250 + 10 * bits as u64 + i as u64, LinearConfig { m, k, n, x_zero: 3 + 50 * i as i32 }, i % 2 == 1, bits);
+            check_linear_bits(
+                250 + 10 * bits as u64 + i as u64,
+                LinearConfig { m, k, n, x_zero: 3 + 50 * i as i32 },
+                i % 2 == 1,
+                bits,
+            );
         }
     }
 }

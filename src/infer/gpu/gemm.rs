@@ -179,7 +179,16 @@ impl Int8Weights {
         rq: &Requant,
     ) -> Result<Self> {
         rq.validate(n)?;
-        Self::pack(ctx, Codes::Packed(w), n, kernel, bias, &rq.multiplier, &rq.shift, [rq.out_zero, rq.act_min, rq.act_max])
+        Self::pack(
+            ctx,
+            Codes::Packed(w),
+            n,
+            kernel,
+            bias,
+            &rq.multiplier,
+            &rq.shift,
+            [rq.out_zero, rq.act_min, rq.act_max],
+        )
     }
 
     /// [`Int8Weights::new_dequant`] of packed codes, kept packed on the GPU.

@@ -8,6 +8,13 @@
 // with ci fastest: word (ci, ky, qq) is at (ky * kq + qq) * cin_g + ci, so that with
 // cin_g % 4 == 0 four input channels' words are one aligned vec4. Padding is zero; the
 // buffer is bound as vec4<u32> (its length a multiple of four words).
+// Sub-8-bit weights stay packed on the GPU (override WBITS, the field width of
+// src/infer/weights.rs): the *logical* word i above (four codes) is stored as four 4-bit
+// two's-complement fields in half i % 2 of u32 i / 2 (WBITS 4: 3- and 4-bit weights), or
+// as four 2-bit fields in byte i % 4 of u32 i / 4 (WBITS 2), low field first; so a W4
+// layer takes half the words of a W8 one and the index math is unchanged. `ws` returns
+// the stored fields of a logical word, `wunpack` sign-extends them to vec4<i32> (two
+// shifts), `wpack` spreads them into a packed-4xi8 word for dot4I8Packed (see there).
 // chan[c] = (bias, M0, shift, sum_k w[c, k]).
 //
 // acc = sum_k (x - z_x) * w + bias in wrapping i32 arithmetic:
@@ -78,6 +85,8 @@ override USE_DOT4: bool = true;
 override DIRECT: bool = false;
 // f32 dequantized output instead of requantized codes (see the header).
 override F32_OUT: bool = false;
+// Weight field width: 8 (int8), 4 (nibbles) or 2 (see the header).
+override WBITS: u32 = 8u;
 const WG: u32 = 64u;
 
 // ---- fixed-point requantization (mul_wide, mul_round) ----
@@ -113,16 +122,61 @@ fn dequant4c(v: vec4<i32>, e: u32, c: u32) {
     out[e + 3u] = dequant(v.w, c + 3u);
 }
 
-// Weight word i.
-fn ws(i: u32) -> u32 {
+// Stored u32 i of the weight buffer.
+fn wraw(i: u32) -> u32 {
     return wt[i >> 2u][i & 3u];
 }
 
-fn dot4(xw: u32, ww: u32) -> i32 {
-    if (USE_DOT4) {
-        return dot4I8Packed(xw ^ 0x80808080u, ww);
+// Logical weight word i as stored: WBITS 8 the int8 word; 4 its nibbles in the low 16 bits;
+// 2 its 2-bit fields in the low byte (higher bits belong to other words: `wunpack` and
+// `wpack` ignore them).
+fn ws(i: u32) -> u32 {
+    if (WBITS == 4u) {
+        return wraw(i >> 1u) >> ((i & 1u) * 16u);
     }
-    return dot(bitcast<vec4<i32>>(unpack4xU8(xw)), unpack4xI8(ww));
+    if (WBITS == 2u) {
+        return wraw(i >> 2u) >> ((i & 3u) * 8u);
+    }
+    return wraw(i);
+}
+
+// The four codes of a stored word, sign-extended: field j shifted to the top, then an
+// arithmetic shift down.
+fn wunpack(r: u32) -> vec4<i32> {
+    if (WBITS == 4u) {
+        return bitcast<vec4<i32>>(vec4<u32>(r) << vec4<u32>(28u, 24u, 20u, 16u)) >> vec4<u32>(28u);
+    }
+    if (WBITS == 2u) {
+        return bitcast<vec4<i32>>(vec4<u32>(r) << vec4<u32>(30u, 28u, 26u, 24u)) >> vec4<u32>(30u);
+    }
+    return unpack4xI8(r);
+}
+
+// The four codes of a stored word as a packed-4xi8 word: the fields spread to the low bits
+// of the four bytes by two shift-or-mask steps, then each byte's sign bit smeared over the
+// bits above it by one multiply (0x08 * 30 = 0xf0, 0x02 * 127 = 0xfe: no carry leaves a byte).
+fn wpack(r: u32) -> u32 {
+    if (WBITS == 4u) {
+        let h = r & 0xffffu;
+        var t = (h | (h << 8u)) & 0x00ff00ffu;
+        t = (t | (t << 4u)) & 0x0f0f0f0fu;
+        return t | ((t & 0x08080808u) * 30u);
+    }
+    if (WBITS == 2u) {
+        let h = r & 0xffu;
+        var t = (h | (h << 12u)) & 0x000f000fu;
+        t = (t | (t << 6u)) & 0x03030303u;
+        return t | ((t & 0x02020202u) * 127u);
+    }
+    return r;
+}
+
+// x word . stored weight word (see `ws`).
+fn dot4(xw: u32, wr: u32) -> i32 {
+    if (USE_DOT4) {
+        return dot4I8Packed(xw ^ 0x80808080u, wpack(wr));
+    }
+    return dot(bitcast<vec4<i32>>(unpack4xU8(xw)), wunpack(wr));
 }
 
 // Four bytes of x starting at byte b (any alignment).
@@ -260,10 +314,10 @@ const DC: u32 = 8u; // output channels per invocation
 // once per block (the unpacks are shared across the block by the compiler) is faster.
 fn dot4v(xw: u32, w: vec4<u32>) -> vec4<i32> {
     let xv = bitcast<vec4<i32>>(unpack4xU8(xw));
-    return vec4<i32>(dot(xv, unpack4xI8(w.x)), dot(xv, unpack4xI8(w.y)), dot(xv, unpack4xI8(w.z)), dot(xv, unpack4xI8(w.w)));
+    return vec4<i32>(dot(xv, wunpack(w.x)), dot(xv, wunpack(w.y)), dot(xv, wunpack(w.z)), dot(xv, wunpack(w.w)));
 }
 
-// The weight words at offset `wi` of eight channel rows (bases `wa`, `wb`).
+// The stored weight words at offset `wi` of four channel rows (bases `wa`).
 fn w8a(wa: vec4<u32>, wi: u32) -> vec4<u32> {
     return vec4<u32>(ws(wa.x + wi), ws(wa.y + wi), ws(wa.z + wi), ws(wa.w + wi));
 }
@@ -472,13 +526,13 @@ fn linear_direct(t: u32) {
     }
 }
 
-// ---- requant probe: out[i] = requant(bitcast<i32>(x[i]), ws(i)) for testing ----
+// ---- requant probe: out[i] = requant(bitcast<i32>(x[i]), wraw(i)) for testing ----
 // (x_zero = 0 and no dot-product correction: the probe feeds the accumulator directly.)
 @compute @workgroup_size(64)
 fn int8_requant_probe(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg, WG);
     if (i >= p.total) { return; }
-    let ch = chan[ws(i)];
+    let ch = chan[wraw(i)];
     let v = mul_round(bitcast<i32>(x[i]) + ch.x, ch.y, ch.z);
     if (p.raw != 0u) {
         out[i] = bitcast<u32>(v);

@@ -8,6 +8,7 @@ use wqat::infer::requant::{
     activation_range, multiply_by_quantized_multiplier, multiply_by_quantized_multiplier_rounded,
     rounding_divide_by_pot, saturating_rounding_doubling_high_mul,
 };
+use wqat::infer::weights::PackedWeights;
 use wqat::infer::*;
 use wqat::testing::{self, assert_bit_exact};
 
@@ -300,6 +301,67 @@ fn conv_simd_matches_scalar_on_random_layers() {
         let cfg = random_conv(&mut rng, case);
         check_conv(200 + case, cfg, case % 3 == 2);
     }
+}
+
+/// Packed W2 / W3 / W4 weights through the `_packed` entry points (the scalar kernels read
+/// them packed, one channel row unpacked at a time; SIMD from a transient int8 copy) equal
+/// the int8 scalar kernels on the same codes: odd k (rows start mid-byte), conv groups,
+/// depthwise, dilation, the full two's-complement range (-8 at 4 bits).
+#[test]
+fn packed_weights_match_int8_on_every_backend() {
+    let mut rng = testing::rng(9);
+    let all = || std::iter::once(CpuBackend::Scalar).chain(backends());
+    for bits in [2u32, 3, 4] {
+        let lo = -(1i32 << (bits - 1));
+        let wcodes = |rng: &mut ChaCha8Rng, n: usize, extreme: bool| -> Vec<i8> {
+            let hi = -lo - 1;
+            (0..n)
+                .map(|_| if extreme { [lo, hi][rng.random_range(0..2)] } else { rng.random_range(lo..=hi) } as i8)
+                .collect()
+        };
+        for case in 0..8u64 {
+            let extreme = case % 2 == 1;
+            let (m, k, n) =
+                (testing::size(&mut rng, 1, 9), testing::size(&mut rng, 1, 77), testing::size(&mut rng, 1, 21));
+            let cfg = LinearConfig { m, k, n, x_zero: rng.random_range(0..=255) };
+            let x = codes(&mut rng, m * k, extreme, 255);
+            let w = wcodes(&mut rng, n * k, extreme);
+            let p = PackedWeights::pack(&w, bits).unwrap();
+            let bias: Vec<i32> = (0..n).map(|_| rng.random_range(-100000..100000)).collect();
+            let rq = requant(&mut rng, n, (k as f64).sqrt() * 300.0, Activation::None);
+            let mut want = vec![0u8; m * n];
+            int8::linear(CpuBackend::Scalar, &cfg, &x, &w, &bias, &rq, &mut want).unwrap();
+            let mut want_acc = vec![0i32; m * n];
+            int8::linear_acc(CpuBackend::Scalar, &cfg, &x, &w, &bias, &mut want_acc).unwrap();
+            for b in all() {
+                let mut got = vec![0u8; m * n];
+                int8::linear_packed(b, &cfg, &x, &p, &bias, &rq, &mut got).unwrap();
+                assert_bit_exact(&format!("packed W{bits} linear {b:?} case {case} {cfg:?}"), &got, &want);
+                let mut acc = vec![0i32; m * n];
+                int8::linear_acc_packed(b, &cfg, &x, &p, &bias, &mut acc).unwrap();
+                assert_bit_exact(&format!("packed W{bits} linear_acc {b:?} case {case}"), &acc, &want_acc);
+            }
+            let cfg = random_conv(&mut rng, case);
+            let x = codes(&mut rng, cfg.batch * cfg.c_in * cfg.h * cfg.w, extreme, 255);
+            let w = wcodes(&mut rng, cfg.c_out * cfg.k(), extreme);
+            let p = PackedWeights::pack(&w, bits).unwrap();
+            let bias: Vec<i32> = (0..cfg.c_out).map(|_| rng.random_range(-50000..50000)).collect();
+            let rq = requant(&mut rng, cfg.c_out, (cfg.k() as f64).sqrt() * 300.0, Activation::Relu);
+            let n = cfg.out_len().unwrap();
+            let mut want = vec![0u8; n];
+            int8::conv2d(CpuBackend::Scalar, &cfg, &x, &w, &bias, &rq, &mut want).unwrap();
+            for b in all() {
+                let mut got = vec![0u8; n];
+                int8::conv2d_packed(b, &cfg, &x, &p, &bias, &rq, &mut got).unwrap();
+                assert_bit_exact(&format!("packed W{bits} conv {b:?} case {case} {cfg:?}"), &got, &want);
+            }
+        }
+    }
+    // A packed layer of the wrong length is a shape error, not a panic.
+    let p = PackedWeights::pack(&[1, -2, 3], 4).unwrap();
+    let cfg = LinearConfig { m: 1, k: 2, n: 2, x_zero: 0 };
+    let rq = Requant { multiplier: vec![1 << 30; 2], shift: vec![0; 2], out_zero: 0, act_min: 0, act_max: 255 };
+    assert!(int8::linear_packed(CpuBackend::Scalar, &cfg, &[1, 2], &p, &[0, 0], &rq, &mut [0; 2]).is_err());
 }
 
 #[test]

@@ -581,6 +581,50 @@ fn packed_sub8bit_weights_round_trip_and_run_bit_exact() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Whole W4A4 / W3A3 / W2A2 mnist-cnn models, their weights packed on the GPU too, on every
+/// int8 GEMM path of the adapter (the default context: DIRECT on CPU adapters; and forced
+/// one-word kernels with dot4I8Packed and with the unpack fallback): codes of every node and
+/// logits equal to the CPU scalar ones; the GPU weight buffers of the W4 model half the
+/// W8 model's (W2 a quarter), up to the vec4 padding of each layer.
+#[test]
+fn packed_models_on_every_gpu_path_equal_scalar() {
+    let g = zoo::build("mnist-cnn", [1, 28, 28], 10).unwrap();
+    let mut ctxs = vec![testing::ctx()];
+    for disable_dot4 in [false, true] {
+        let opts = GpuOptions { conv_direct: Some(false), disable_dot4, ..GpuOptions::from_env() };
+        ctxs.push(GpuContext::new(&opts).unwrap());
+    }
+    let layers = g.nodes.iter().filter(|n| matches!(n.op, Op::Conv { .. } | Op::Linear { .. })).count();
+    let w8 = convert::convert(&g, &synthetic_checkpoint_bits(&g, 90, true, 8, 8).unwrap()).unwrap();
+    let w8_bytes = Int8GpuModel::new(&testing::ctx(), &w8, 1).unwrap().weight_bytes();
+    for (wb, ab) in [(4u32, 4u32), (3, 3), (2, 2)] {
+        let ck = synthetic_checkpoint_bits(&g, 90 + wb as u64, true, wb, ab).unwrap();
+        let model = convert::convert(&g, &ck).unwrap();
+        let mut rng = testing::rng(91);
+        let b = 3;
+        let x = images(&mut rng, b * 784, true);
+        let scalar = Int8CpuModel::new(&model).forward_traced(&x, b, CpuBackend::Scalar).unwrap();
+        let want = scalar.activations.as_ref().unwrap();
+        for ctx in &ctxs {
+            let gm = Int8GpuModel::new(ctx, &model, b).unwrap();
+            let what = format!("W{wb}A{ab} direct {} dot4 {}", ctx.conv_direct, ctx.use_dot4);
+            let per = if wb == 2 { 4 } else { 2 };
+            let bytes = gm.weight_bytes();
+            eprintln!("{what}: GPU weights {bytes} bytes (W8: {w8_bytes})");
+            assert!(
+                bytes * per >= w8_bytes && bytes <= w8_bytes / per + 16 * layers,
+                "{what}: {bytes} vs W8 {w8_bytes}"
+            );
+            assert_eq!(gm.forward(&x, b).unwrap().logits, scalar.logits, "{what} logits");
+            let got = gm.forward_traced(&x, b).unwrap();
+            for (i, r) in model.nodes().iter().enumerate() {
+                let got = got.activations.as_ref().unwrap();
+                assert_bit_exact(&format!("{what} node {}", r.node.name), codes(&got[i]), codes(&want[i]));
+            }
+        }
+    }
+}
+
 /// A W4 transformer (integer linears with an f32 epilogue): packed, round trip, CPU backends
 /// bit for bit, GPU against the CPU as in the unpacked case.
 #[test]
@@ -836,4 +880,71 @@ fn transformers_convert_bit_exact_and_agree_with_simulation() {
             assert!(Int8CpuModel::new(&model).forward(&bad, 1, CpuBackend::Scalar).is_err());
         }
     }
+}
+
+/// Manual measurement of a W4A4 mnist-cnn: weight memory per backend and forward times
+/// (batch 64, median of interleaved runs; CPU seconds of the process alongside, robust to
+/// other load). `cargo test --test int8_model packed_w4_memory_and_speed -- --ignored --nocapture`
+#[test]
+#[ignore = "manual measurement: cargo test --test int8_model packed_w4_memory_and_speed -- --ignored --nocapture"]
+fn packed_w4_memory_and_speed() {
+    let g = zoo::build("mnist-cnn", [1, 28, 28], 10).unwrap();
+    let model = convert::convert(&g, &synthetic_checkpoint_bits(&g, 94, false, 4, 4).unwrap()).unwrap();
+    let b = 64;
+    let x = images(&mut testing::rng(95), b * 784, false);
+    let mut ctxs = vec![testing::ctx()];
+    for disable_dot4 in [false, true] {
+        let opts = GpuOptions { conv_direct: Some(false), disable_dot4, ..GpuOptions::from_env() };
+        ctxs.push(GpuContext::new(&opts).unwrap());
+    }
+    let gpus: Vec<(String, Int8GpuModel)> = ctxs
+        .iter()
+        .map(|c| {
+            (format!("gpu direct {} dot4 {}", c.conv_direct, c.use_dot4), Int8GpuModel::new(c, &model, b).unwrap())
+        })
+        .collect();
+    let cpu = Int8CpuModel::new(&model);
+    let want = cpu.forward(&x, b, CpuBackend::Scalar).unwrap().logits;
+    type Run<'a> = (String, Box<dyn Fn() -> Vec<f32> + 'a>);
+    let mut runs: Vec<Run<'_>> = Vec::new();
+    runs.push(("cpu scalar".into(), Box::new(|| cpu.forward(&x, b, CpuBackend::Scalar).unwrap().logits)));
+    runs.push(("cpu simd".into(), Box::new(|| cpu.forward(&x, b, CpuBackend::Simd).unwrap().logits)));
+    for (name, gm) in &gpus {
+        runs.push((name.clone(), Box::new(|| gm.forward(&x, b).unwrap().logits)));
+    }
+    let cpu_s = || {
+        let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let f: Vec<f64> =
+            s.rsplit(')').next().unwrap_or("").split_whitespace().map(|v| v.parse().unwrap_or(0.0)).collect();
+        (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
+    };
+    let mut wall: Vec<Vec<f64>> = vec![Vec::new(); runs.len()];
+    let mut cpu_t = vec![0.0; runs.len()];
+    for (name, f) in &runs {
+        assert_eq!(f(), want, "{name}");
+    }
+    let reps = 7;
+    for _ in 0..reps {
+        for (i, (_, f)) in runs.iter().enumerate() {
+            let (t, c) = (std::time::Instant::now(), cpu_s());
+            f();
+            wall[i].push(t.elapsed().as_secs_f64());
+            cpu_t[i] += cpu_s() - c;
+        }
+    }
+    for (i, (name, _)) in runs.iter().enumerate() {
+        wall[i].sort_by(f64::total_cmp);
+        eprintln!(
+            "{name:>28}: median {:8.2} ms / batch {b} ({:7.0} img/s), CPU {:6.1} ms per forward",
+            wall[i][reps / 2] * 1e3,
+            b as f64 / wall[i][reps / 2],
+            cpu_t[i] / reps as f64 * 1e3
+        );
+    }
+    let (packed, int8, _) = model.weight_bytes();
+    eprintln!("model (host): packed weights {packed} bytes, {int8} codes"); // MEM
+    for (name, gm) in &gpus {
+        eprintln!("{name}: GPU weight buffers {} bytes", gm.weight_bytes()); // MEM
+    }
+    eprintln!("cpu fast path panels: {:?} bytes", cpu.fast_weight_bytes()); // MEM
 }

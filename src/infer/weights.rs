@@ -113,6 +113,21 @@ impl PackedWeights {
         let b = self.data[i / per] << (8 - f - (i % per) as u32 * f);
         (b as i8) >> (8 - f)
     }
+    /// Codes `start .. start + out.len()` into `out` (sign-extended; one output channel's row
+    /// at a time in the scalar kernels). Panics past the end, like slice indexing.
+    pub fn unpack_into(&self, start: usize, out: &mut [i8]) {
+        assert!(start + out.len() <= self.len, "packed weights: codes {start}+{} of {}", out.len(), self.len);
+        if !self.is_packed() {
+            out.copy_from_slice(bytemuck::cast_slice(&self.data[start..start + out.len()]));
+            return;
+        }
+        let f = self.field_bits();
+        let per = (8 / f) as usize;
+        for (j, o) in out.iter_mut().enumerate() {
+            let i = start + j;
+            *o = ((self.data[i / per] << (8 - f - (i % per) as u32 * f)) as i8) >> (8 - f);
+        }
+    }
     /// The codes in order.
     pub fn iter(&self) -> impl Iterator<Item = i8> + '_ {
         (0..self.len).map(|i| self.get(i))
@@ -164,6 +179,20 @@ mod tests {
         // Nibbles, low first.
         assert_eq!(PackedWeights::pack(&[1, -1, -8], 4).unwrap().data(), &[0xF1, 0x08]);
         assert_eq!(PackedWeights::pack(&[1, -1, -2, 0, 1], 2).unwrap().data(), &[0b00_10_11_01, 0b01]);
+    }
+
+    #[test]
+    fn unpack_rows() {
+        for bits in [2u32, 3, 4, 8] {
+            let lo = -(1i32 << (bits - 1));
+            let codes: Vec<i8> = (0..37).map(|i| (lo + (i * 5 % (1 << bits))) as i8).collect();
+            let p = PackedWeights::pack(&codes, bits).unwrap();
+            for (start, len) in [(0, 37), (1, 5), (3, 9), (36, 1), (37, 0), (7, 30)] {
+                let mut out = vec![0i8; len];
+                p.unpack_into(start, &mut out);
+                assert_eq!(out, &codes[start..start + len], "{bits} bits, {start}+{len}");
+            }
+        }
     }
 
     #[test]

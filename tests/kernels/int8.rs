@@ -11,6 +11,7 @@ use std::sync::{Arc, OnceLock};
 use wqat::gpu::{DType, GpuContext, GpuOptions, GpuTensor};
 use wqat::infer::gpu::gemm as k;
 use wqat::infer::requant::{multiply_by_quantized_multiplier_rounded, requantize};
+use wqat::infer::weights::PackedWeights;
 use wqat::infer::{Activation, Conv2dConfig, LinearConfig, Requant};
 use wqat::reference::int8 as r;
 use wqat::testing::{self, assert_bit_exact};
@@ -46,7 +47,40 @@ fn codes(rng: &mut ChaCha8Rng, n: usize, extreme: bool) -> Vec<u8> {
     (0..n).map(|_| if extreme { [0u8, 255][rng.random_range(0..2)] } else { rng.random() }).collect()
 }
 fn weights(rng: &mut ChaCha8Rng, n: usize, extreme: bool) -> Vec<i8> {
-    (0..n).map(|_| if extreme { [-127i8, 127][rng.random_range(0..2)] } else { rng.random_range(-127..=127) }).collect()
+    weights_bits(rng, n, extreme, 8)
+}
+/// Codes of `bits`-bit weights: `[-127, 127]` at 8 bits, the full two's-complement range
+/// below (the packed fields' extremes, -8 and 7 at 4 bits, included).
+fn weights_bits(rng: &mut ChaCha8Rng, n: usize, extreme: bool, bits: u32) -> Vec<i8> {
+    let (lo, hi) = if bits >= 8 { (-127, 127) } else { (-(1i32 << (bits - 1)), (1i32 << (bits - 1)) - 1) };
+    (0..n).map(|_| if extreme { [lo, hi][rng.random_range(0..2)] } else { rng.random_range(lo..=hi) } as i8).collect()
+}
+/// The GPU layer of codes `w` of `bits` bits: 8 through the int8 constructor, below through
+/// [`PackedWeights`] (kept packed on the GPU; its buffer size is checked).
+fn gpu_layer(
+    ctx: &GpuContext,
+    w: &[i8],
+    bits: u32,
+    n: usize,
+    kernel: [usize; 3],
+    bias: &[i32],
+    rq: &Requant,
+) -> k::Int8Weights {
+    if bits == 8 {
+        return k::Int8Weights::new_conv(ctx, w, n, kernel, bias, rq).unwrap();
+    }
+    let p = PackedWeights::pack(w, bits).unwrap();
+    let layer = k::Int8Weights::new_packed(ctx, &p, n, kernel, bias, rq).unwrap();
+    check_packed_size(&layer, bits, n, kernel);
+    layer
+}
+/// A packed layer's buffer: `n * words per channel` logical words, 2 (W3 / W4) or 4 (W2) to a
+/// u32, padded to whole vec4s.
+fn check_packed_size(layer: &k::Int8Weights, bits: u32, n: usize, [cin_g, kh, kw]: [usize; 3]) {
+    let per = if bits <= 2 { 4 } else { 2 };
+    let logical = n * cin_g * kh * kw.div_ceil(4);
+    assert_eq!(layer.field_bits, 8 / per as u32, "{bits} bits");
+    assert_eq!(layer.weight_bytes(), 4 * logical.div_ceil(per).div_ceil(4) * 4, "{bits} bits, n {n} {kw}");
 }
 fn requant(rng: &mut ChaCha8Rng, n: usize, typ: f64, act: Activation) -> Requant {
     let s_w: Vec<f32> = (0..n).map(|_| rng.random_range(0.5..2.0) as f32).collect();
@@ -101,9 +135,13 @@ fn requant_emulation_matches_cpu_on_edges() {
 }
 
 fn check_linear(seed: u64, cfg: LinearConfig, extreme: bool) {
+    check_linear_bits(seed, cfg, extreme, 8)
+}
+
+fn check_linear_bits(seed: u64, cfg: LinearConfig, extreme: bool, bits: u32) {
     let mut rng = testing::rng(seed);
     let x = codes(&mut rng, cfg.m * cfg.k, extreme);
-    let w = weights(&mut rng, cfg.n * cfg.k, extreme);
+    let w = weights_bits(&mut rng, cfg.n * cfg.k, extreme, bits);
     let mut bias: Vec<i32> = (0..cfg.n).map(|_| rng.random_range(-100000..100000)).collect();
     if seed.is_multiple_of(3) {
         bias[0] = i32::MAX;
@@ -114,13 +152,13 @@ fn check_linear(seed: u64, cfg: LinearConfig, extreme: bool) {
     let mut want = vec![0u8; cfg.m * cfg.n];
     r::linear(&cfg, &x, &w, &bias, &rq, &mut want).unwrap();
     for ctx in contexts() {
-        let layer = k::Int8Weights::new(&ctx, &w, cfg.n, cfg.k, &bias, &rq).unwrap();
+        let layer = gpu_layer(&ctx, &w, bits, cfg.n, [1, 1, cfg.k], &bias, &rq);
         let gx = k::upload_u8(&ctx, &[cfg.m, cfg.k], &x).unwrap();
         let gout = GpuTensor::zeros(&ctx, &[cfg.m, cfg.n], DType::I8x4).unwrap();
         let d = k::int8_linear(&ctx, &cfg, &gx, &layer, &gout).unwrap();
         ctx.submit(&[&d]).unwrap();
         let direct = k::linear_takes_direct(&ctx, &cfg);
-        let what = format!("int8_linear seed {seed} direct {direct} dot4 {} {cfg:?}", ctx.use_dot4);
+        let what = format!("int8_linear W{bits} seed {seed} direct {direct} dot4 {} {cfg:?}", ctx.use_dot4);
         assert_bit_exact(&what, &k::read_u8(&ctx, &gout).unwrap(), &want);
     }
 }
@@ -146,12 +184,42 @@ fn linear_matches_reference() {
     }
 }
 
+/// Packed W2 / W3 / W4 weights (read packed by the shader) on every kernel path: odd k (a
+/// stored u32 holds words of two channel rows), partial channel blocks, DIRECT-eligible n.
+#[test]
+fn packed_linear_matches_reference() {
+    let mut rng = testing::rng(6);
+    for bits in [2, 3, 4] {
+        for case in 0..6u64 {
+            let cfg = LinearConfig {
+                m: testing::size(&mut rng, 1, 19),
+                k: testing::size(&mut rng, 1, 150),
+                n: testing::size(&mut rng, 1, 23),
+                x_zero: if case % 4 == 1 { 255 } else { rng.random_range(0..=255) },
+            };
+            check_linear_bits(200 + 10 * bits as u64 + case, cfg, case % 2 == 1, bits);
+        }
+        for (i, &(m, k, n)) in [(5, 37, 12), (9, 129, 20), (66, 9, 36), (3, 1, 5), (2, 16411, 3)].iter().enumerate() {
+            check_linear_bits(
+                250 + 10 * bits as u64 + i as u64,
+                LinearConfig { m, k, n, x_zero: 3 + 50 * i as i32 },
+                i % 2 == 1,
+                bits,
+            );
+        }
+    }
+}
+
 /// `int8_linear_f32` (the f32 epilogue of a transformer's integer linear layers) against
 /// `int8::linear_acc` + `infer::cpu::dequantize_acc`, bit for bit, on every kernel path.
 fn check_linear_f32(seed: u64, cfg: LinearConfig, extreme: bool) {
+    check_linear_f32_bits(seed, cfg, extreme, 8)
+}
+
+fn check_linear_f32_bits(seed: u64, cfg: LinearConfig, extreme: bool, bits: u32) {
     let mut rng = testing::rng(seed);
     let x = codes(&mut rng, cfg.m * cfg.k, extreme);
-    let w = weights(&mut rng, cfg.n * cfg.k, extreme);
+    let w = weights_bits(&mut rng, cfg.n * cfg.k, extreme, bits);
     let mut bias: Vec<i32> = (0..cfg.n).map(|_| rng.random_range(-100000..100000)).collect();
     if seed.is_multiple_of(3) {
         bias[0] = i32::MAX;
@@ -164,13 +232,20 @@ fn check_linear_f32(seed: u64, cfg: LinearConfig, extreme: bool) {
     let want: Vec<u32> = wqat::infer::cpu::dequantize_acc(&acc, s_in, &s_w).iter().map(|v| v.to_bits()).collect();
     let scale: Vec<f32> = s_w.iter().map(|&sw| s_in * sw).collect();
     for ctx in contexts() {
-        let layer = k::Int8Weights::new_dequant(&ctx, &w, cfg.n, cfg.k, &bias, &scale).unwrap();
+        let layer = if bits == 8 {
+            k::Int8Weights::new_dequant(&ctx, &w, cfg.n, cfg.k, &bias, &scale).unwrap()
+        } else {
+            let p = PackedWeights::pack(&w, bits).unwrap();
+            let layer = k::Int8Weights::new_dequant_packed(&ctx, &p, cfg.n, cfg.k, &bias, &scale).unwrap();
+            check_packed_size(&layer, bits, cfg.n, [1, 1, cfg.k]);
+            layer
+        };
         let gx = k::upload_u8(&ctx, &[cfg.m, cfg.k], &x).unwrap();
         let gout = GpuTensor::zeros(&ctx, &[cfg.m, cfg.n], DType::F32).unwrap();
         let d = k::int8_linear_f32(&ctx, &cfg, &gx, &layer, &gout).unwrap();
         ctx.submit(&[&d]).unwrap();
         let direct = k::linear_takes_direct(&ctx, &cfg);
-        let what = format!("int8_linear_f32 seed {seed} direct {direct} dot4 {} {cfg:?}", ctx.use_dot4);
+        let what = format!("int8_linear_f32 W{bits} seed {seed} direct {direct} dot4 {} {cfg:?}", ctx.use_dot4);
         assert_bit_exact(&what, &gout.read_u32(&ctx).unwrap(), &want);
     }
 }
@@ -192,6 +267,16 @@ fn linear_f32_matches_reference() {
     check_linear_f32(70, LinearConfig { m: 3, k: 16411, n: 8, x_zero: 0 }, true);
     for (i, &(m, k, n)) in [(68, 64, 192), (5, 37, 12), (17, 128, 64)].iter().enumerate() {
         check_linear_f32(71 + i as u64, LinearConfig { m, k, n, x_zero: 7 + 60 * i as i32 }, i % 2 == 1);
+    }
+}
+
+#[test]
+fn packed_linear_f32_matches_reference() {
+    for (i, bits) in [2u32, 3, 4].into_iter().enumerate() {
+        for (j, &(m, k, n)) in [(7, 37, 12), (3, 65, 9), (17, 128, 64)].iter().enumerate() {
+            let seed = 300 + 10 * i as u64 + j as u64;
+            check_linear_f32_bits(seed, LinearConfig { m, k, n, x_zero: 11 + 70 * j as i32 }, j == 1, bits);
+        }
     }
 }
 
@@ -255,9 +340,13 @@ fn random_conv(rng: &mut ChaCha8Rng, case: u64) -> Conv2dConfig {
 }
 
 fn check_conv(rng: &mut ChaCha8Rng, case: u64, cfg: Conv2dConfig) {
+    check_conv_bits(rng, case, cfg, 8)
+}
+
+fn check_conv_bits(rng: &mut ChaCha8Rng, case: u64, cfg: Conv2dConfig, bits: u32) {
     let extreme = case % 3 == 2;
     let x = codes(rng, cfg.batch * cfg.c_in * cfg.h * cfg.w, extreme);
-    let w = weights(rng, cfg.c_out * cfg.k(), extreme);
+    let w = weights_bits(rng, cfg.c_out * cfg.k(), extreme, bits);
     let bias: Vec<i32> = (0..cfg.c_out).map(|_| rng.random_range(-50000..50000)).collect();
     let act = [Activation::None, Activation::Relu, Activation::Relu6][(case % 3) as usize];
     let rq = requant(rng, cfg.c_out, (cfg.k() as f64).sqrt() * 10000.0, act);
@@ -266,13 +355,13 @@ fn check_conv(rng: &mut ChaCha8Rng, case: u64, cfg: Conv2dConfig) {
     r::conv2d(&cfg, &x, &w, &bias, &rq, &mut want).unwrap();
     for ctx in contexts() {
         let kernel = [cfg.cin_g(), cfg.kernel[0], cfg.kernel[1]];
-        let layer = k::Int8Weights::new_conv(&ctx, &w, cfg.c_out, kernel, &bias, &rq).unwrap();
+        let layer = gpu_layer(&ctx, &w, bits, cfg.c_out, kernel, &bias, &rq);
         let gx = k::upload_u8(&ctx, &[cfg.batch, cfg.c_in, cfg.h, cfg.w], &x).unwrap();
         let gout = GpuTensor::zeros(&ctx, &[n], DType::I8x4).unwrap();
         let d = k::int8_conv2d(&ctx, &cfg, &gx, &layer, &gout).unwrap();
         ctx.submit(&[&d]).unwrap();
         let direct = k::conv_takes_direct(&ctx, &cfg);
-        let what = format!("int8_conv2d case {case} direct {direct} dot4 {} {cfg:?}", ctx.use_dot4);
+        let what = format!("int8_conv2d W{bits} case {case} direct {direct} dot4 {} {cfg:?}", ctx.use_dot4);
         assert_bit_exact(&what, &k::read_u8(&ctx, &gout).unwrap(), &want);
     }
 }
@@ -284,6 +373,65 @@ fn conv2d_matches_reference() {
         let cfg = random_conv(&mut rng, case);
         check_conv(&mut rng, case, cfg);
     }
+}
+
+/// Packed W2 / W3 / W4 conv weights on every kernel path: random shapes (groups,
+/// depthwise, dilation, kernel rows of one word) and DIRECT-eligible ones (kernel rows of
+/// two words, partial channel blocks, odd word counts per channel so a stored u32 holds
+/// words of two channels).
+#[test]
+fn packed_conv2d_matches_reference() {
+    let mut rng = testing::rng(7);
+    let base = Conv2dConfig {
+        batch: 2,
+        c_in: 3,
+        h: 6,
+        w: 6,
+        c_out: 5,
+        kernel: [3, 3],
+        stride: [1, 1],
+        padding: [1, 1],
+        dilation: [1, 1],
+        groups: 1,
+        x_zero: 77,
+    };
+    let direct = [
+        base,
+        Conv2dConfig { c_in: 2, c_out: 13, kernel: [3, 6], dilation: [2, 1], padding: [2, 3], h: 6, w: 5, ..base },
+        Conv2dConfig { c_in: 6, c_out: 9, groups: 3, stride: [2, 1], h: 9, w: 12, ..base },
+        Conv2dConfig { c_in: 8, c_out: 6, groups: 2, h: 5, w: 4, x_zero: 255, ..base },
+        Conv2dConfig { batch: 1, c_in: 1, h: 28, w: 28, c_out: 16, x_zero: 0, ..base },
+    ];
+    for bits in [2u32, 3, 4] {
+        for case in 0..8u64 {
+            let cfg = random_conv(&mut rng, case);
+            check_conv_bits(&mut rng, 400 + 10 * bits as u64 + case, cfg, bits);
+        }
+        for (i, cfg) in direct.into_iter().enumerate() {
+            check_conv_bits(&mut rng, 500 + 10 * bits as u64 + i as u64, cfg, bits);
+        }
+    }
+}
+
+/// A W4 layer's GPU weights take half the bytes of the same layer at W8, W2 a quarter.
+#[test]
+fn packed_weights_memory() {
+    let ctx = testing::ctx();
+    let mut rng = testing::rng(8);
+    let (n, kernel) = (32, [16, 5, 5]);
+    let w = weights_bits(&mut rng, n * 400, false, 2);
+    let rq = requant(&mut rng, n, 1000.0, Activation::None);
+    let bias = vec![0; n];
+    let w8 = k::Int8Weights::new_conv(&ctx, &w, n, kernel, &bias, &rq).unwrap().weight_bytes();
+    let size = |bits| {
+        let p = PackedWeights::pack(&w, bits).unwrap();
+        k::Int8Weights::new_packed(&ctx, &p, n, kernel, &bias, &rq).unwrap().weight_bytes()
+    };
+    assert_eq!(w8, n * 16 * 5 * 2 * 4);
+    assert_eq!(size(8), w8);
+    assert_eq!(size(4), w8 / 2);
+    assert_eq!(size(3), w8 / 2);
+    assert_eq!(size(2), w8 / 4);
 }
 
 /// Shapes the DIRECT conv takes (oh * ow % 4 == 0, dilation_w 1): padding on every side,

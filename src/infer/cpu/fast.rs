@@ -144,6 +144,24 @@ impl Int8CpuModel<'_> {
         self.packs.plan.get_or_init(|| self.model.build_plan().ok().flatten()).as_ref()
     }
 
+    /// Bytes of the fast path's packed weight panels (i16 per code, built on the first
+    /// forward that takes the fast path; `None` before, or when the model has layers it
+    /// does not run). The pair kernels need i16 operands: a sub-8-bit model's panels are
+    /// the same size as its W8 version's.
+    pub fn fast_weight_bytes(&self) -> Option<usize> {
+        let plan = self.packs.plan.get()?.as_ref()?;
+        Some(
+            plan.packs
+                .iter()
+                .map(|p| match p {
+                    NodePack::Conv(c) => c.weight_bytes(),
+                    NodePack::Linear(l) => l.weight_bytes(),
+                    NodePack::Other => 0,
+                })
+                .sum(),
+        )
+    }
+
     /// Whether `kernel` runs this model on the fast path.
     pub(crate) fn fast_path(&self, kernel: Option<SimdKernel>) -> bool {
         kernel.is_some_and(|k| k.uses_pairs()) && self.plan().is_some()

@@ -331,7 +331,7 @@ impl Int8Model {
                     x_zero: zq,
                 };
                 let mut out = vec![0u8; batch * co * oh * ow];
-                int8::conv2d(backend, &cfg, x.codes()?, &l.weight.codes(), &l.bias, &l.requant, &mut out)?;
+                int8::conv2d_packed(backend, &cfg, x.codes()?, &l.weight, &l.bias, &l.requant, &mut out)?;
                 NodeValue::Codes(out)
             }
             (LayerKind::Int(l), Op::Linear { out_features, .. }) => {
@@ -339,7 +339,7 @@ impl Int8Model {
                 let m = batch * r.rows_per_sample();
                 let cfg = LinearConfig { m, k: r.in_features(), n: *out_features, x_zero: zq };
                 let mut out = vec![0u8; m * out_features];
-                int8::linear(backend, &cfg, x.codes()?, &l.weight.codes(), &l.bias, &l.requant, &mut out)?;
+                int8::linear_packed(backend, &cfg, x.codes()?, &l.weight, &l.bias, &l.requant, &mut out)?;
                 NodeValue::Codes(out)
             }
             (LayerKind::IntFloat(l), Op::Linear { out_features, act, .. }) => {
@@ -347,7 +347,7 @@ impl Int8Model {
                 let (m, n) = (batch * r.rows_per_sample(), *out_features);
                 let cfg = LinearConfig { m, k: r.in_features(), n, x_zero: qi.zero };
                 let mut acc = vec![0i32; m * n];
-                int8::linear_acc(backend, &cfg, x.codes()?, &l.weight.codes(), &l.bias, &mut acc)?;
+                int8::linear_acc_packed(backend, &cfg, x.codes()?, &l.weight, &l.bias, &mut acc)?;
                 let mut y = dequantize_acc(&acc, qi.scale, &l.weight_scale);
                 apply_act(&mut y, *act);
                 NodeValue::from_f32(y, layer.out)

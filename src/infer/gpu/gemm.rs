@@ -13,12 +13,19 @@
 //! ([`conv_takes_direct`], [`linear_takes_direct`]); it always unpacks (dot4I8Packed is
 //! emulated on CPU adapters and measured slower there).
 //!
+//! Sub-8-bit weights stay packed on the GPU: [`Int8Weights::new_packed`] (and
+//! [`Int8Weights::new_dequant_packed`]) take a layer's [`PackedWeights`] and store its
+//! field width (2 or 4 bits, 8 above 4-bit weights) per code, so a W4 layer's weight buffer
+//! is half a W8 one's (W2: a quarter); the shader unpacks each word (override `WBITS`, see
+//! the shader header) on every path, bit-exact with the int8 words.
+//!
 //! [`int8_linear_f32`] is the same linear GEMM with an f32 epilogue instead of the
 //! requantization (override `F32_OUT`): `f32(acc) * scale[c]` per output, the bits of
 //! [`crate::infer::cpu::dequantize_acc`] (weights packed by [`Int8Weights::new_dequant`]).
 
 use crate::error::{Result, WqatError};
 use crate::gpu::{grid_1d, DType, Dispatch, GpuContext, GpuTensor, PipelineKey};
+use crate::infer::weights::PackedWeights;
 use crate::infer::{Conv2dConfig, LinearConfig, Requant};
 
 const WG: u32 = 64;
@@ -83,12 +90,40 @@ pub fn read_u8(ctx: &GpuContext, t: &GpuTensor) -> Result<Vec<u8>> {
     Ok(unpack_u8(&t.read_u32(ctx)?, t.len()))
 }
 
+/// A layer's weight codes as the constructors of [`Int8Weights`] take them.
+#[derive(Clone, Copy)]
+enum Codes<'a> {
+    /// One int8 code per value (stored in 8-bit fields).
+    I8(&'a [i8]),
+    /// Packed codes (stored in their own field width).
+    Packed(&'a PackedWeights),
+}
+
+impl Codes<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Codes::I8(w) => w.len(),
+            Codes::Packed(p) => p.len(),
+        }
+    }
+    fn field_bits(&self) -> u32 {
+        match self {
+            Codes::I8(_) => 8,
+            Codes::Packed(p) => p.field_bits(),
+        }
+    }
+}
+
 /// One layer's packed weights and per-channel requantization, uploaded once.
 #[derive(Debug, Clone)]
 pub struct Int8Weights {
-    /// u32 words of int8 weights, `kw4` per output channel (see the shader header for their
-    /// order), zero padded to a multiple of 4 words (the shader reads them as `vec4<u32>`).
+    /// u32 words of weights, `kw4` logical words of four codes per output channel (see the
+    /// shader header for their order), each in `field_bits` bits per code (`32 /
+    /// (4 field_bits)` logical words per u32), zero padded to a multiple of 4 u32 (the shader
+    /// reads them as `vec4<u32>`).
     pub weights: GpuTensor,
+    /// Storage bits per code: 8, 4 (3- and 4-bit weights) or 2.
+    pub field_bits: u32,
     /// `[n, 4]` i32: bias, M0, shift, sum of the channel's weights.
     pub chan: GpuTensor,
     /// Output channels.
@@ -130,7 +165,47 @@ impl Int8Weights {
             )));
         }
         rq.validate(n)?;
-        Self::pack(ctx, w, n, kernel, bias, &rq.multiplier, &rq.shift, [rq.out_zero, rq.act_min, rq.act_max])
+        Self::pack(ctx, Codes::I8(w), n, kernel, bias, &rq.multiplier, &rq.shift, [rq.out_zero, rq.act_min, rq.act_max])
+    }
+
+    /// [`Int8Weights::new_conv`] of packed codes (a linear layer: `kernel = [1, 1, k]`),
+    /// kept packed on the GPU: 2-bit fields for W2, nibbles for W3 / W4, bytes above.
+    pub fn new_packed(
+        ctx: &GpuContext,
+        w: &PackedWeights,
+        n: usize,
+        kernel: [usize; 3],
+        bias: &[i32],
+        rq: &Requant,
+    ) -> Result<Self> {
+        rq.validate(n)?;
+        Self::pack(
+            ctx,
+            Codes::Packed(w),
+            n,
+            kernel,
+            bias,
+            &rq.multiplier,
+            &rq.shift,
+            [rq.out_zero, rq.act_min, rq.act_max],
+        )
+    }
+
+    /// [`Int8Weights::new_dequant`] of packed codes, kept packed on the GPU.
+    pub fn new_dequant_packed(
+        ctx: &GpuContext,
+        w: &PackedWeights,
+        n: usize,
+        k: usize,
+        bias: &[i32],
+        scale: &[f32],
+    ) -> Result<Self> {
+        Self::dequant(ctx, Codes::Packed(w), n, k, bias, scale)
+    }
+
+    /// Bytes of the weight buffer on the GPU.
+    pub fn weight_bytes(&self) -> usize {
+        4 * self.weights.len()
     }
 
     /// Packs linear weights `w` (`[n, k]` int8 row-major) with their int32 `bias` for
@@ -138,6 +213,10 @@ impl Int8Weights {
     /// rounded to f32 by the caller (as [`crate::infer::cpu::dequantize_acc`] does). The
     /// scale travels in the multiplier's slot as f32 bits.
     pub fn new_dequant(ctx: &GpuContext, w: &[i8], n: usize, k: usize, bias: &[i32], scale: &[f32]) -> Result<Self> {
+        Self::dequant(ctx, Codes::I8(w), n, k, bias, scale)
+    }
+
+    fn dequant(ctx: &GpuContext, w: Codes<'_>, n: usize, k: usize, bias: &[i32], scale: &[f32]) -> Result<Self> {
         if scale.len() != n || scale.iter().any(|s| !s.is_finite()) {
             return Err(WqatError::shape(format!(
                 "int8 weights: {} finite scales needed for {n} channels, got {}",
@@ -153,7 +232,7 @@ impl Int8Weights {
     #[allow(clippy::too_many_arguments)]
     fn pack(
         ctx: &GpuContext,
-        w: &[i8],
+        w: Codes<'_>,
         n: usize,
         kernel: [usize; 3],
         bias: &[i32],
@@ -172,20 +251,31 @@ impl Int8Weights {
         }
         let kw4 = words_per_channel(kernel);
         let kq = kw.div_ceil(4);
-        let mut words = vec![0u32; (n * kw4).div_ceil(4) * 4];
+        // Field f of logical word q (code kx % 4 of a kernel row's word) sits at bit
+        // (q % per) * 4 * fb + f * fb of u32 q / per.
+        let fb = w.field_bits();
+        let per = (8 / fb) as usize;
+        let mask = (1u32 << fb) - 1;
+        let mut words = vec![0u32; (n * kw4).div_ceil(per).div_ceil(4) * 4];
         let mut chan = vec![0i32; n * 4];
+        let mut row = vec![0i8; k];
         for c in 0..n {
-            let row = &w[c * k..(c + 1) * k];
+            match w {
+                Codes::I8(w) => row.copy_from_slice(&w[c * k..(c + 1) * k]),
+                Codes::Packed(p) => row.iter_mut().enumerate().for_each(|(i, v)| *v = p.get(c * k + i)),
+            }
             for (i, &v) in row.iter().enumerate() {
                 let (ci, ky, kx) = (i / (kh * kw), i / kw % kh, i % kw);
-                let word = (ky * kq + kx / 4) * cin_g + ci;
-                words[c * kw4 + word] |= (v as u8 as u32) << (8 * (kx % 4));
+                let q = c * kw4 + (ky * kq + kx / 4) * cin_g + ci;
+                let bit = (q % per) as u32 * 4 * fb + (kx % 4) as u32 * fb;
+                words[q / per] |= (v as u8 as u32 & mask) << bit;
             }
             let sum = row.iter().map(|&v| v as i32).sum::<i32>();
             chan[c * 4..c * 4 + 4].copy_from_slice(&[bias[c], m0[c], shift[c], sum]);
         }
         Ok(Int8Weights {
             weights: GpuTensor::from_u32(ctx, &[words.len()], &words)?,
+            field_bits: fb,
             chan: GpuTensor::from_i32(ctx, &[n, 4], &chan)?,
             n,
             k,
@@ -230,11 +320,13 @@ fn check_packed(t: &GpuTensor, n: usize, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// The pipeline key; DIRECT kernels always unpack (see `dot4v` in the shader).
-fn key(ctx: &GpuContext, entry: &'static str, direct: bool) -> PipelineKey {
+/// The pipeline key; DIRECT kernels always unpack (see `dot4v` in the shader). `wbits`:
+/// the weights' field width (override `WBITS`).
+fn key(ctx: &GpuContext, entry: &'static str, direct: bool, wbits: u32) -> PipelineKey {
     PipelineKey::new("int8_gemm", entry)
         .with("USE_DOT4", if ctx.use_dot4 && !direct { 1.0 } else { 0.0 })
         .with("DIRECT", if direct { 1.0 } else { 0.0 })
+        .with("WBITS", wbits as f64)
 }
 
 fn linear_dispatch(
@@ -271,7 +363,7 @@ fn linear_dispatch(
     let invocations = if direct { cfg.m.div_ceil(4) * cfg.n.div_ceil(DIRECT_CH) } else { total.div_ceil(4) };
     Dispatch::new(
         ctx,
-        &key(ctx, "int8_linear", direct).with("F32_OUT", if f32_out { 1.0 } else { 0.0 }),
+        &key(ctx, "int8_linear", direct, layer.field_bits).with("F32_OUT", if f32_out { 1.0 } else { 0.0 }),
         bytemuck::bytes_of(&p),
         &[&x.buffer, &layer.weights.buffer, &layer.chan.buffer, &out.buffer],
         grid_1d(invocations, WG),
@@ -368,7 +460,7 @@ pub fn int8_conv2d(
     };
     Dispatch::new(
         ctx,
-        &key(ctx, "int8_conv2d", direct),
+        &key(ctx, "int8_conv2d", direct, layer.field_bits),
         bytemuck::bytes_of(&p),
         &[&x.buffer, &layer.weights.buffer, &layer.chan.buffer, &out.buffer],
         grid,
@@ -398,7 +490,7 @@ pub fn int8_requant_probe(
     let p = Params { raw: raw as u32, ..layer.params(n, 0) };
     Dispatch::new(
         ctx,
-        &key(ctx, "int8_requant_probe", false),
+        &key(ctx, "int8_requant_probe", false, 8),
         bytemuck::bytes_of(&p),
         &[&acc.buffer, &channel.buffer, &layer.chan.buffer, &out.buffer],
         grid_1d(n, WG),

@@ -225,7 +225,7 @@ impl Int8GpuModel {
                         Op::Conv { kernel, .. } => [k / (kernel * kernel), kernel, kernel],
                         _ => [1, 1, k],
                     };
-                    Some(Int8Weights::new_conv(ctx, &il.weight.codes(), cout, kernel, &il.bias, &il.requant)?)
+                    Some(Int8Weights::new_packed(ctx, &il.weight, cout, kernel, &il.bias, &il.requant)?)
                 }
                 LayerKind::IntFloat(fl) => {
                     let qi = model.domain_of(r.inputs[0]).quant().ok_or_else(|| {
@@ -235,7 +235,7 @@ impl Int8GpuModel {
                     // The scale of `dequantize_acc`: s_in * s_w[c], rounded to f32 once.
                     let scale: Vec<f32> = fl.weight_scale.iter().map(|&w| qi.scale * w).collect();
                     let k = fl.weight.len() / cout.max(1);
-                    Some(Int8Weights::new_dequant(ctx, &fl.weight.codes(), cout, k, &fl.bias, &scale)?)
+                    Some(Int8Weights::new_dequant_packed(ctx, &fl.weight, cout, k, &fl.bias, &scale)?)
                 }
                 _ => None,
             });
@@ -259,6 +259,12 @@ impl Int8GpuModel {
             plans: Mutex::new(HashMap::new()),
             staging,
         })
+    }
+
+    /// Bytes of the integer layers' weight buffers on the GPU (sub-8-bit weights packed, see
+    /// [`Int8Weights`]).
+    pub fn weight_bytes(&self) -> usize {
+        self.weights.iter().flatten().map(Int8Weights::weight_bytes).sum()
     }
 
     /// The largest batch a forward takes.

@@ -87,6 +87,11 @@ impl PackedGemm {
         p
     }
 
+    /// Bytes of the packed weight panels (i16 per code, zero slots included).
+    pub(crate) fn weight_bytes(&self) -> usize {
+        2 * self.w.len()
+    }
+
     /// Index of weight lane `l` (0..16: channel `l / 2`, slot `l % 2`) of block `b` at step
     /// `s`: panels of two blocks `[panel][step][2][16]` (the micro-kernel's 16 channels
     /// stream contiguously), then a last single block `[step][16]` when `nb` is odd.
@@ -231,6 +236,11 @@ pub struct PackedLinear {
 }
 
 impl PackedLinear {
+    /// Bytes of the packed weight panels (i16 per code: the pair kernels' `vpmaddwd` operand).
+    pub fn weight_bytes(&self) -> usize {
+        self.gemm.weight_bytes()
+    }
+
     /// `perm(m)`: the weight column of input element `m` (identity for plain rows; a
     /// permutation of `0..k`). Sizes are checked as for [`crate::infer::ops::LinearConfig`].
     pub fn new(

@@ -34,6 +34,7 @@ pub use packed_conv::PackedConv;
 pub use simd::SimdKernel;
 
 use crate::error::Result;
+use crate::infer::weights::PackedWeights;
 use crate::infer::{AddConfig, AvgRequant, Conv2dConfig, LinearConfig, PoolConfig, Requant};
 
 /// Which CPU implementation runs an op.
@@ -102,6 +103,52 @@ pub fn conv2d(
     match backend.kernel() {
         None => scalar::conv2d(cfg, x, w, bias, rq, out),
         Some(k) => simd::conv2d(k, cfg, x, w, bias, rq, out),
+    }
+}
+
+/// [`linear`] of a model's packed weights: the scalar kernel reads them packed (one
+/// channel row unpacked at a time); the SIMD kernels repack the layer into their own
+/// transient layout per call, from a transient int8 copy.
+pub fn linear_packed(
+    backend: CpuBackend,
+    cfg: &LinearConfig,
+    x: &[u8],
+    w: &PackedWeights,
+    bias: &[i32],
+    rq: &Requant,
+    out: &mut [u8],
+) -> Result<()> {
+    match backend.kernel() {
+        None => scalar::linear_packed(cfg, x, w, bias, rq, out),
+        Some(k) => simd::linear(k, cfg, x, &w.codes(), bias, rq, out),
+    }
+}
+
+/// [`linear_acc`] of packed weights (read packed by every backend, see [`linear_acc`]).
+pub fn linear_acc_packed(
+    _backend: CpuBackend,
+    cfg: &LinearConfig,
+    x: &[u8],
+    w: &PackedWeights,
+    bias: &[i32],
+    acc: &mut [i32],
+) -> Result<()> {
+    scalar::linear_acc_packed(cfg, x, w, bias, acc)
+}
+
+/// [`conv2d`] of a model's packed weights (as [`linear_packed`]).
+pub fn conv2d_packed(
+    backend: CpuBackend,
+    cfg: &Conv2dConfig,
+    x: &[u8],
+    w: &PackedWeights,
+    bias: &[i32],
+    rq: &Requant,
+    out: &mut [u8],
+) -> Result<()> {
+    match backend.kernel() {
+        None => scalar::conv2d_packed(cfg, x, w, bias, rq, out),
+        Some(k) => simd::conv2d(k, cfg, x, &w.codes(), bias, rq, out),
     }
 }
 

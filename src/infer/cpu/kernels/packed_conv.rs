@@ -33,6 +33,11 @@ pub struct PackedConv {
 }
 
 impl PackedConv {
+    /// Bytes of the packed weight panels (i16 per code: the pair kernels' `vpmaddwd` operand).
+    pub fn weight_bytes(&self) -> usize {
+        self.groups.iter().map(PackedGemm::weight_bytes).sum()
+    }
+
     /// Packs `w` (`[c_out, c_in / g, kh, kw]`), `bias` and `rq` for `cfg` (its `batch` is
     /// ignored; `x_zero` is the input zero point every call uses).
     pub fn new(cfg: &Conv2dConfig, w: &[i8], bias: &[i32], rq: &Requant) -> Result<Self> {

@@ -6,17 +6,71 @@
 use crate::error::{Result, WqatError};
 use crate::infer::ops::{AddConfig, AvgRequant, Conv2dConfig, LinearConfig, PoolConfig};
 use crate::infer::requant::Requant;
+use crate::infer::weights::PackedWeights;
+
+/// Weight codes the kernels read one output channel's row at a time: int8 slices (borrowed)
+/// or [`PackedWeights`] (unpacked row by row into a scratch row, never as a whole layer).
+pub trait WeightRows {
+    /// Number of codes.
+    fn codes_len(&self) -> usize;
+    /// Codes `start .. start + buf.len()`, borrowed or unpacked into `buf`.
+    fn row<'a>(&'a self, start: usize, buf: &'a mut [i8]) -> &'a [i8];
+}
+
+impl WeightRows for [i8] {
+    fn codes_len(&self) -> usize {
+        self.len()
+    }
+    fn row<'a>(&'a self, start: usize, buf: &'a mut [i8]) -> &'a [i8] {
+        &self[start..start + buf.len()]
+    }
+}
+
+impl WeightRows for PackedWeights {
+    fn codes_len(&self) -> usize {
+        self.len()
+    }
+    fn row<'a>(&'a self, start: usize, buf: &'a mut [i8]) -> &'a [i8] {
+        self.unpack_into(start, buf);
+        buf
+    }
+}
 
 /// `out[i, c] = requant_c(sum_k (x[i,k] - x_zero) * w[c,k] + bias[c])`.
 pub fn linear(cfg: &LinearConfig, x: &[u8], w: &[i8], bias: &[i32], rq: &Requant, out: &mut [u8]) -> Result<()> {
-    cfg.validate(x.len(), w.len(), bias.len(), out.len())?;
+    linear_rows(cfg, x, w, bias, rq, out)
+}
+
+/// [`linear`] reading packed weights (one channel row unpacked at a time).
+pub fn linear_packed(
+    cfg: &LinearConfig,
+    x: &[u8],
+    w: &PackedWeights,
+    bias: &[i32],
+    rq: &Requant,
+    out: &mut [u8],
+) -> Result<()> {
+    linear_rows(cfg, x, w, bias, rq, out)
+}
+
+fn linear_rows<W: WeightRows + ?Sized>(
+    cfg: &LinearConfig,
+    x: &[u8],
+    w: &W,
+    bias: &[i32],
+    rq: &Requant,
+    out: &mut [u8],
+) -> Result<()> {
+    cfg.validate(x.len(), w.codes_len(), bias.len(), out.len())?;
     rq.validate(cfg.n)?;
-    for i in 0..cfg.m {
-        for c in 0..cfg.n {
+    let mut buf = vec![0i8; cfg.k];
+    for c in 0..cfg.n {
+        let wr = w.row(c * cfg.k, &mut buf);
+        for i in 0..cfg.m {
             let mut acc = bias[c];
             for k in 0..cfg.k {
                 let xv = x[i * cfg.k + k] as i32 - cfg.x_zero;
-                acc = acc.wrapping_add(xv * w[c * cfg.k + k] as i32);
+                acc = acc.wrapping_add(xv * wr[k] as i32);
             }
             out[i * cfg.n + c] = rq.apply(acc, c);
         }
@@ -28,11 +82,27 @@ pub fn linear(cfg: &LinearConfig, x: &[u8], w: &[i8], bias: &[i32], rq: &Requant
 /// accumulators of a linear layer whose output leaves the integer domain (a transformer's
 /// QKV, projections and GELU MLP input, dequantized by the caller).
 pub fn linear_acc(cfg: &LinearConfig, x: &[u8], w: &[i8], bias: &[i32], acc: &mut [i32]) -> Result<()> {
-    cfg.validate(x.len(), w.len(), bias.len(), acc.len())?;
-    for i in 0..cfg.m {
-        let row = &x[i * cfg.k..(i + 1) * cfg.k];
-        for c in 0..cfg.n {
-            let wr = &w[c * cfg.k..(c + 1) * cfg.k];
+    linear_acc_rows(cfg, x, w, bias, acc)
+}
+
+/// [`linear_acc`] reading packed weights (one channel row unpacked at a time).
+pub fn linear_acc_packed(cfg: &LinearConfig, x: &[u8], w: &PackedWeights, bias: &[i32], acc: &mut [i32]) -> Result<()> {
+    linear_acc_rows(cfg, x, w, bias, acc)
+}
+
+fn linear_acc_rows<W: WeightRows + ?Sized>(
+    cfg: &LinearConfig,
+    x: &[u8],
+    w: &W,
+    bias: &[i32],
+    acc: &mut [i32],
+) -> Result<()> {
+    cfg.validate(x.len(), w.codes_len(), bias.len(), acc.len())?;
+    let mut buf = vec![0i8; cfg.k];
+    for c in 0..cfg.n {
+        let wr = w.row(c * cfg.k, &mut buf);
+        for i in 0..cfg.m {
+            let row = &x[i * cfg.k..(i + 1) * cfg.k];
             // Sum of x*w minus z_x * sum of w: the same int32 value mod 2^32, in a form the
             // compiler vectorizes.
             let (mut xw, mut ws) = (0i32, 0i32);
@@ -48,13 +118,39 @@ pub fn linear_acc(cfg: &LinearConfig, x: &[u8], w: &[i8], bias: &[i32], acc: &mu
 
 /// NCHW conv2d with stride, zero-point padding, dilation and groups.
 pub fn conv2d(cfg: &Conv2dConfig, x: &[u8], w: &[i8], bias: &[i32], rq: &Requant, out: &mut [u8]) -> Result<()> {
-    cfg.validate(x.len(), w.len(), bias.len(), out.len())?;
+    conv2d_rows(cfg, x, w, bias, rq, out)
+}
+
+/// [`conv2d`] reading packed weights (one output channel's row unpacked at a time).
+pub fn conv2d_packed(
+    cfg: &Conv2dConfig,
+    x: &[u8],
+    w: &PackedWeights,
+    bias: &[i32],
+    rq: &Requant,
+    out: &mut [u8],
+) -> Result<()> {
+    conv2d_rows(cfg, x, w, bias, rq, out)
+}
+
+fn conv2d_rows<W: WeightRows + ?Sized>(
+    cfg: &Conv2dConfig,
+    x: &[u8],
+    w: &W,
+    bias: &[i32],
+    rq: &Requant,
+    out: &mut [u8],
+) -> Result<()> {
+    cfg.validate(x.len(), w.codes_len(), bias.len(), out.len())?;
     rq.validate(cfg.c_out)?;
     let (oh, ow) = cfg.out_hw()?;
     let (cin_g, cout_g) = (cfg.cin_g(), cfg.cout_g());
     let [kh, kw] = cfg.kernel;
-    for b in 0..cfg.batch {
-        for co in 0..cfg.c_out {
+    let k = cin_g * kh * kw;
+    let mut buf = vec![0i8; k];
+    for co in 0..cfg.c_out {
+        let wr = w.row(co * k, &mut buf);
+        for b in 0..cfg.batch {
             let g = co / cout_g;
             for oy in 0..oh {
                 for ox in 0..ow {
@@ -71,7 +167,7 @@ pub fn conv2d(cfg: &Conv2dConfig, x: &[u8], w: &[i8], bias: &[i32], rq: &Requant
                                 } else {
                                     cfg.x_zero
                                 };
-                                let wv = w[((co * cin_g + ci) * kh + ky) * kw + kx] as i32;
+                                let wv = wr[(ci * kh + ky) * kw + kx] as i32;
                                 acc = acc.wrapping_add((xv - cfg.x_zero) * wv);
                             }
                         }

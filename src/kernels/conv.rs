@@ -554,7 +554,11 @@ fn backward_data_strip(
 /// Invocations per workgroup of the direct (CPU-adapter) paths.
 const DIRECT_WG: usize = 64;
 
-/// Register blocks (4 rows x 8 columns) of an `m x n` output on the direct paths.
+/// Rows of a direct weight-gradient register block (8 rows x 8 columns: each gathered input
+/// value feeds 8 FMAs, the load-bound kernel's best ratio on lavapipe).
+const WGRAD_ROWS: usize = 8;
+
+/// Register blocks (4 rows x 8 columns) of an `m x n` output on the direct backward-data path.
 fn direct_blocks(m: usize, n: usize) -> usize {
     m.div_ceil(4) * n.div_ceil(8)
 }
@@ -611,9 +615,9 @@ pub fn conv2d_backward_weight(
     p.flags = bit(a.x_quant.is_some(), FQ_X) | bit(a.w_mask.is_some(), MASK) | w_flags;
     let (key, grid, splits, k_chunk) = if ctx.conv_direct {
         // Direct path: splits cut the N*OH output rows (k_chunk rows each); one invocation per
-        // 4 x 8 block of one split, 64 per workgroup, groups in z.
+        // 8 x 8 block of one split, 64 per workgroup, groups in z.
         let rows = cfg.n * cfg.out_size().0;
-        let blocks = direct_blocks(m, n);
+        let blocks = m.div_ceil(WGRAD_ROWS) * n.div_ceil(8);
         let k_chunk = rows.div_ceil(direct_splits(blocks, rows, cfg.groups));
         let splits = rows.div_ceil(k_chunk);
         let [x, y, _] = grid_1d((blocks * splits).div_ceil(DIRECT_WG), 1);

@@ -105,20 +105,20 @@ fn gather_x(base: vec4<i32>, row_ok: vec4<bool>, iw: vec4<i32>, x_on: bool, xp: 
 
 // The direct weight gradient (DIRECT): per group g (workgroup z), invocation item (linear
 // over x, y and the 64 lanes; column blocks fastest, then row blocks, then splits) computes
-// part[s, rows co = 4 rb .. + 3, columns 8 cb .. + 7] over the split's output rows
+// part[s, rows co = 8 rb .. + 7, columns 8 cb .. + 7] over the split's output rows
 // (n, oh) in k_chunk-row chunks, each row's pixels ow in order: a fixed summation order, so
 // the result does not depend on scheduling.
 fn wgrad_direct(lid: u32, wid: vec3<u32>, nwg: vec3<u32>) {
     let g = wid.z;
     let M = p.gemm_m;
     let N = p.gemm_n;
-    let m_blocks = (M + 3u) / 4u;
+    let m_blocks = (M + 7u) / 8u;
     let n_blocks = (N + 7u) / 8u;
     let item = (wid.x + wid.y * nwg.x) * WG + lid;
     if (item >= m_blocks * n_blocks * p.splits) { return; }
     let col0 = item % n_blocks * 8u;
     let t = item / n_blocks;
-    let row = t % m_blocks * 4u;
+    let row = t % m_blocks * 8u;
     let s = t / m_blocks;
     let rows = p.n * p.oh;
     let rbeg = s * p.k_chunk;
@@ -136,19 +136,31 @@ fn wgrad_direct(lid: u32, wid: vec3<u32>, nwg: vec3<u32>) {
     let hw = p.h * p.w;
     // dY channel offsets of the 4 rows (clamped into range; rows past M are computed and
     // dropped).
-    let d0 = (g * M + min(row, M - 1u)) * ohw;
+    let d0 = (g * M + min(row + 0u, M - 1u)) * ohw;
     let d1 = (g * M + min(row + 1u, M - 1u)) * ohw;
     let d2 = (g * M + min(row + 2u, M - 1u)) * ohw;
     let d3 = (g * M + min(row + 3u, M - 1u)) * ohw;
+    let d4 = (g * M + min(row + 4u, M - 1u)) * ohw;
+    let d5 = (g * M + min(row + 5u, M - 1u)) * ohw;
+    let d6 = (g * M + min(row + 6u, M - 1u)) * ohw;
+    let d7 = (g * M + min(row + 7u, M - 1u)) * ohw;
 
     var a0 = vec4<f32>(0.0);
     var a1 = a0;
     var a2 = a0;
     var a3 = a0;
+    var a4 = a0;
+    var a5 = a0;
+    var a6 = a0;
+    var a7 = a0;
     var b0 = a0;
     var b1 = a0;
     var b2 = a0;
     var b3 = a0;
+    var b4 = a0;
+    var b5 = a0;
+    var b6 = a0;
+    var b7 = a0;
     var nb = rbeg / p.oh;
     var oh = rbeg % p.oh;
     for (var r = rbeg; r < rend; r++) {
@@ -168,18 +180,30 @@ fn wgrad_direct(lid: u32, wid: vec3<u32>, nwg: vec3<u32>) {
             let xa = gather_x(xa0 + vec4<i32>(iw), oka, wa0 + vec4<i32>(iw), x_on, xp);
             let xv = gather_x(xb0 + vec4<i32>(iw), okb, wb0 + vec4<i32>(iw), x_on, xp);
             let y = yb + ow;
-            let y0 = dy[y + d0];
-            let y1 = dy[y + d1];
-            let y2 = dy[y + d2];
-            let y3 = dy[y + d3];
-            a0 = fma(vec4<f32>(y0), xa, a0);
-            a1 = fma(vec4<f32>(y1), xa, a1);
-            a2 = fma(vec4<f32>(y2), xa, a2);
-            a3 = fma(vec4<f32>(y3), xa, a3);
-            b0 = fma(vec4<f32>(y0), xv, b0);
-            b1 = fma(vec4<f32>(y1), xv, b1);
-            b2 = fma(vec4<f32>(y2), xv, b2);
-            b3 = fma(vec4<f32>(y3), xv, b3);
+            let y0 = vec4<f32>(dy[y + d0]);
+            let y1 = vec4<f32>(dy[y + d1]);
+            let y2 = vec4<f32>(dy[y + d2]);
+            let y3 = vec4<f32>(dy[y + d3]);
+            let y4 = vec4<f32>(dy[y + d4]);
+            let y5 = vec4<f32>(dy[y + d5]);
+            let y6 = vec4<f32>(dy[y + d6]);
+            let y7 = vec4<f32>(dy[y + d7]);
+            a0 = fma(y0, xa, a0);
+            a1 = fma(y1, xa, a1);
+            a2 = fma(y2, xa, a2);
+            a3 = fma(y3, xa, a3);
+            a4 = fma(y4, xa, a4);
+            a5 = fma(y5, xa, a5);
+            a6 = fma(y6, xa, a6);
+            a7 = fma(y7, xa, a7);
+            b0 = fma(y0, xv, b0);
+            b1 = fma(y1, xv, b1);
+            b2 = fma(y2, xv, b2);
+            b3 = fma(y3, xv, b3);
+            b4 = fma(y4, xv, b4);
+            b5 = fma(y5, xv, b5);
+            b6 = fma(y6, xv, b6);
+            b7 = fma(y7, xv, b7);
         }
         oh++;
         if (oh == p.oh) {
@@ -188,14 +212,22 @@ fn wgrad_direct(lid: u32, wid: vec3<u32>, nwg: vec3<u32>) {
         }
     }
     let base = (s * p.c_out + g * M) * N;
-    store_row(base, row, a0, col0, 1u);
+    store_row(base, row + 0u, a0, col0, 1u);
     store_row(base, row + 1u, a1, col0, 1u);
     store_row(base, row + 2u, a2, col0, 1u);
     store_row(base, row + 3u, a3, col0, 1u);
-    store_row(base, row, b0, col0 + 4u, 1u);
+    store_row(base, row + 4u, a4, col0, 1u);
+    store_row(base, row + 5u, a5, col0, 1u);
+    store_row(base, row + 6u, a6, col0, 1u);
+    store_row(base, row + 7u, a7, col0, 1u);
+    store_row(base, row + 0u, b0, col0 + 4u, 1u);
     store_row(base, row + 1u, b1, col0 + 4u, 1u);
     store_row(base, row + 2u, b2, col0 + 4u, 1u);
     store_row(base, row + 3u, b3, col0 + 4u, 1u);
+    store_row(base, row + 4u, b4, col0 + 4u, 1u);
+    store_row(base, row + 5u, b5, col0 + 4u, 1u);
+    store_row(base, row + 6u, b6, col0 + 4u, 1u);
+    store_row(base, row + 7u, b7, col0 + 4u, 1u);
 }
 
 @compute @workgroup_size(WG)

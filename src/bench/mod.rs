@@ -10,7 +10,9 @@
 //!   epilogue; unfused = a fake-quant pass of that operand, the plain kernel into a scratch
 //!   gradient, then a separate `ste_backward` masking pass.
 //!
-//! Extra rows: plain fp32 GEMM (`gemm_fp32`, `fused_ms == unfused_ms`, ratio 1) and
+//! Extra rows: plain fp32 GEMM (`gemm_fp32`, `fused_ms == unfused_ms`, ratio 1), the adapter's
+//! GEMM ceiling (`ceiling`: the fastest of the engine's GEMM and the `gemm_ceiling`
+//! microkernel on in-cache squares, see [`Runner::ceiling`]) and
 //! elementwise bandwidth (`fake_quant_bw`: fake-quant in `fused_ms`, the plain `copy_f32`
 //! yardstick in `unfused_ms`, so `ratio` is the fraction of copy bandwidth reached).
 //!
@@ -19,6 +21,10 @@
 //! submit and poll overhead; `reps` is chosen from the warm-up time. With timestamp queries
 //! (`ctx.has_timestamps`) a sample is the GPU time between the pass's begin and end
 //! timestamps, otherwise the wall clock around submit + wait. Reported times are per unit.
+//!
+//! Every GFLOP/s row also reports its percentage of the ceiling: by medians
+//! (`pct_of_ceiling`) and, on CPU adapters, by process CPU time (`pct_of_ceiling_cpu`: FLOPs
+//! per CPU-second against the ceiling's, robust to other load on a shared machine).
 
 pub mod timing;
 
@@ -31,7 +37,7 @@ use crate::kernels::conv::{
     Conv2dForwardArgs, Conv2dGeom, QuantOperand, SteMask,
 };
 use crate::kernels::fake_quant::{fake_quant_forward, ste_backward};
-use crate::kernels::gemm::{copy_f32, gemm, gemm_unfused, GemmConfig, GemmExtras};
+use crate::kernels::gemm::{copy_f32, gemm, gemm_ceiling, gemm_unfused, GemmConfig, GemmExtras};
 use crate::quant::{QStateLayout, QuantSpec};
 
 /// What to run and how long to time it.
@@ -112,6 +118,19 @@ pub struct KernelResult {
     /// As `fused_cpu_ms` for the unfused sequence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unfused_cpu_ms: Option<f64>,
+    /// `gflops` as a percentage of the ceiling row's GFLOP/s (GFLOP/s rows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pct_of_ceiling: Option<f64>,
+    /// FLOPs per CPU-second of the fused kernel as a percentage of the ceiling's (CPU adapters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pct_of_ceiling_cpu: Option<f64>,
+}
+
+impl KernelResult {
+    /// GFLOP per CPU-second of the fused kernel (`gflops` scaled by wall over CPU time).
+    pub fn cpu_gflops(&self) -> Option<f64> {
+        self.fused_cpu_ms.filter(|c| *c > 0.0 && self.gflops > 0.0).map(|c| self.gflops * self.fused_ms / c)
+    }
 }
 
 /// A tensor of deterministic pseudo-random values in [-1, 1).
@@ -192,6 +211,8 @@ impl Runner<'_> {
             timing: timing_name(&f).into(),
             fused_cpu_ms: f.cpu_s.map(|c| c * 1e3),
             unfused_cpu_ms: u.cpu_s.map(|c| c * 1e3),
+            pct_of_ceiling: None,
+            pct_of_ceiling_cpu: None,
         });
         Ok(())
     }
@@ -361,8 +382,55 @@ impl Runner<'_> {
             timing: timing_name(&t).into(),
             fused_cpu_ms: t.cpu_s.map(|c| c * 1e3),
             unfused_cpu_ms: t.cpu_s.map(|c| c * 1e3),
+            pct_of_ceiling: None,
+            pct_of_ceiling_cpu: None,
         });
         Ok(())
+    }
+
+    /// The adapter's GEMM ceiling: plain fp32 GEMMs on in-cache squares (256^3, and 512^3
+    /// unless quick), each with the engine's `gemm` (its default tile for the adapter) and the
+    /// `gemm_ceiling` microkernel (`shaders/gemm_ceiling.wgsl`); the fastest by median is the
+    /// row, its `shape` naming the winner. Returns the row and the best FLOPs per CPU-second
+    /// of any candidate (CPU adapters), the yardstick of `pct_of_ceiling_cpu`.
+    fn ceiling(&self) -> Result<(KernelResult, Option<f64>)> {
+        let ctx = self.ctx;
+        let sizes: &[usize] = if self.opts.quick { &[256] } else { &[256, 512] };
+        let mut best: Option<KernelResult> = None;
+        let mut best_cpu: Option<f64> = None;
+        for &n in sizes {
+            let (a, b, c) = (filled(ctx, &[n, n], 1)?, filled(ctx, &[n, n], 2)?, zeros(ctx, &[n, n])?);
+            let engine = [gemm(ctx, &GemmConfig::new(n, n, n), &a, &b, &c, &GemmExtras::default())?];
+            let micro = [gemm_ceiling(ctx, &a, &b, &c)?];
+            let t = self.time_all(&[&engine, &micro])?;
+            let flops = 2.0 * (n * n * n) as f64;
+            for (name, t) in [("gemm", t[0]), ("gemm_ceiling", t[1])] {
+                let gf = flops / t.median_s / 1e9;
+                if let Some(c) = t.cpu_s.filter(|c| *c > 0.0) {
+                    best_cpu = Some(best_cpu.unwrap_or(0.0).max(flops / c / 1e9));
+                }
+                if best.as_ref().is_none_or(|b| gf > b.gflops) {
+                    best = Some(KernelResult {
+                        name: "ceiling".into(),
+                        shape: format!("{name} {n}x{n}x{n}"),
+                        fused_ms: t.median_s * 1e3,
+                        unfused_ms: t.median_s * 1e3,
+                        ratio: 1.0,
+                        gflops: gf,
+                        unfused_gflops: gf,
+                        gbps: None,
+                        fused_min_ms: t.min_s * 1e3,
+                        unfused_min_ms: t.min_s * 1e3,
+                        timing: timing_name(&t).into(),
+                        fused_cpu_ms: t.cpu_s.map(|c| c * 1e3),
+                        unfused_cpu_ms: t.cpu_s.map(|c| c * 1e3),
+                        pct_of_ceiling: None,
+                        pct_of_ceiling_cpu: None,
+                    });
+                }
+            }
+        }
+        Ok((best.expect("at least one ceiling candidate"), best_cpu))
     }
 
     /// Fake-quant forward (per tensor, and per channel over `[1024, elems/1024]`) against
@@ -410,6 +478,8 @@ impl Runner<'_> {
                 timing: timing_name(&t).into(),
                 fused_cpu_ms: t.cpu_s.map(|c| c * 1e3),
                 unfused_cpu_ms: copy.cpu_s.map(|c| c * 1e3),
+                pct_of_ceiling: None,
+                pct_of_ceiling_cpu: None,
             });
         }
         Ok(())
@@ -466,24 +536,50 @@ pub fn run_kernel_bench(ctx: &GpuContext, opts: &BenchOptions) -> Result<Vec<Ker
         r.gemm_fp32(n)?;
     }
     r.fake_quant_bw(if opts.quick { 1 << 20 } else { 1 << 22 })?;
-    Ok(r.out)
+    // The ceiling, measured when a GFLOP/s row needs it or the filter asks for its row.
+    let mut rows = std::mem::take(&mut r.out);
+    if rows.iter().any(|x| x.gflops > 0.0) || opts.wants("ceiling", "") {
+        let (mut ceiling, ceiling_cpu) = r.ceiling()?;
+        let top = ceiling.gflops.max(f64::MIN_POSITIVE);
+        for x in rows.iter_mut().chain(std::iter::once(&mut ceiling)).filter(|x| x.gflops > 0.0) {
+            x.pct_of_ceiling = Some(100.0 * x.gflops / top);
+            x.pct_of_ceiling_cpu = x.cpu_gflops().zip(ceiling_cpu).map(|(g, c)| 100.0 * g / c);
+        }
+        if opts.wants(&ceiling.name, &ceiling.shape) {
+            rows.insert(0, ceiling);
+        }
+    }
+    Ok(rows)
 }
 
 /// Prints the results as a table: median times, GFLOP/s (GB/s for bandwidth rows), the ratio,
-/// and the fastest fused sample with the ratio of fastest samples ("best": on a shared CPU
-/// adapter, the kernels' own speed without other processes' load).
+/// the fastest fused sample with the ratio of fastest samples ("best": on a shared CPU
+/// adapter, the kernels' own speed without other processes' load), the CPU-time ratio, and
+/// the percentage of the ceiling by medians ("% ceil") and by CPU time ("cpu %").
 pub fn print_table(results: &[KernelResult]) {
     println!(
-        "{:<14} {:<38} {:>10} {:>10} {:>7} {:>9} {:>9} {:>9} {:>7} {:>7}",
-        "kernel", "shape", "fused ms", "unfused ms", "ratio", "GFLOP/s", "unf GF/s", "best ms", "best r", "cpu r"
+        "{:<14} {:<38} {:>10} {:>10} {:>7} {:>9} {:>9} {:>9} {:>7} {:>7} {:>7} {:>7}",
+        "kernel",
+        "shape",
+        "fused ms",
+        "unfused ms",
+        "ratio",
+        "GFLOP/s",
+        "unf GF/s",
+        "best ms",
+        "best r",
+        "cpu r",
+        "% ceil",
+        "cpu %"
     );
     for r in results {
         let (a, b) = match r.gbps {
             Some(g) => (format!("{g:.2} GB/s"), String::new()),
             None => (format!("{:.2}", r.gflops), format!("{:.2}", r.unfused_gflops)),
         };
+        let pct = |p: Option<f64>| p.map(|p| format!("{p:.0}%")).unwrap_or_default();
         println!(
-            "{:<14} {:<38} {:>10.3} {:>10.3} {:>6.2}x {:>9} {:>9} {:>9.3} {:>6.2}x {:>7}",
+            "{:<14} {:<38} {:>10.3} {:>10.3} {:>6.2}x {:>9} {:>9} {:>9.3} {:>6.2}x {:>7} {:>7} {:>7}",
             r.name,
             r.shape,
             r.fused_ms,
@@ -496,7 +592,9 @@ pub fn print_table(results: &[KernelResult]) {
             match (r.fused_cpu_ms, r.unfused_cpu_ms) {
                 (Some(f), Some(u)) => format!("{:.2}x", u / f),
                 _ => String::new(),
-            }
+            },
+            pct(r.pct_of_ceiling),
+            pct(r.pct_of_ceiling_cpu)
         );
     }
 }

@@ -22,6 +22,11 @@ pub struct GpuOptions {
     /// storage, the CPU-adapter path) or their workgroup-tiled path (`Some(false)`); `None`
     /// picks direct on CPU adapters only. `WQAT_CONV_DIRECT=1` / `0`.
     pub conv_direct: Option<bool>,
+    /// On the direct path, allow (`Some(true)`, the default with `None`) or forbid
+    /// (`Some(false)`) the conv strip kernel (`conv.wgsl` `conv2d_strip`: 3-wide kernels,
+    /// forward and stride-1 data gradient), so tests check the generic direct kernels too.
+    /// `WQAT_CONV_STRIP=0` / `1`.
+    pub conv_strip: Option<bool>,
 }
 
 impl GpuOptions {
@@ -34,6 +39,11 @@ impl GpuOptions {
             adapter: std::env::var("WQAT_ADAPTER").ok().filter(|s| !s.is_empty()),
             disable_dot4: flag("WQAT_NO_DOT4"),
             conv_direct: match std::env::var("WQAT_CONV_DIRECT").as_deref() {
+                Ok("1") => Some(true),
+                Ok("0") => Some(false),
+                _ => None,
+            },
+            conv_strip: match std::env::var("WQAT_CONV_STRIP").as_deref() {
                 Ok("1") => Some(true),
                 Ok("0") => Some(false),
                 _ => None,
@@ -128,6 +138,8 @@ pub struct GpuContext {
     /// The conv kernels take their direct path (CPU adapters, unless `GpuOptions::conv_direct`
     /// says otherwise) instead of the workgroup-tiled one.
     pub conv_direct: bool,
+    /// The direct conv path may use its strip kernel (`GpuOptions::conv_strip`).
+    pub conv_strip: bool,
     pub(crate) registry: super::registry::PipelineCache,
 }
 
@@ -203,6 +215,7 @@ impl GpuContext {
             use_dot4: dot4 && !opts.disable_dot4,
             has_timestamps: wanted.contains(wgpu::Features::TIMESTAMP_QUERY),
             conv_direct: opts.conv_direct.unwrap_or(summary.device_type == "Cpu"),
+            conv_strip: opts.conv_strip.unwrap_or(true),
             device,
             queue,
             adapter,

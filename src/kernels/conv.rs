@@ -400,7 +400,9 @@ pub fn conv2d_forward(ctx: &GpuContext, cfg: &Conv2dGeom, a: &Conv2dForwardArgs)
         | bit(a.bias.is_some(), HAS_BIAS)
         | bit(a.relu, RELU)
         | w_flags;
-    let (key, grid) = if ctx.conv_direct {
+    let (key, grid) = if ctx.conv_direct && ctx.conv_strip && strip_fits(cfg) {
+        (strip_key(cfg.stride.1, false), strip_grid(m, cfg.n, cfg.y_shape()[2], cfg.y_shape()[3], cfg.groups))
+    } else if ctx.conv_direct {
         // Direct path: 64 invocations, TPM along M (4 rows each, enough to cover M up to 64),
         // the rest along N (8 columns each).
         let tpm = m.div_ceil(4).next_power_of_two().min(16);
@@ -451,6 +453,9 @@ pub fn conv2d_backward_data(ctx: &GpuContext, cfg: &Conv2dGeom, a: &Conv2dBackwa
     p.gemm_m = m as u32;
     p.gemm_n = n as u32;
     p.flags = bit(a.w_quant.is_some(), FQ_W) | bit(a.x_mask.is_some(), MASK) | bit(a.accumulate, ACCUM) | w_flags;
+    if ctx.conv_direct && ctx.conv_strip && strip_fits_transposed(cfg) {
+        return backward_data_strip(ctx, cfg, a, p);
+    }
     let z = cfg.groups * phases;
     let (key, grid) = if ctx.conv_direct {
         // Direct path: one invocation per 4 rows x 8 columns of a phase, 64 per workgroup.
@@ -471,10 +476,89 @@ pub fn conv2d_backward_data(ctx: &GpuContext, cfg: &Conv2dGeom, a: &Conv2dBackwa
     )
 }
 
+/// Output channels per workgroup, pixels per invocation, invocations per workgroup and taps
+/// staged at a time of the strip kernel (`conv.wgsl` `conv2d_strip`, CPU adapters).
+const STRIP_ROWS: usize = 8;
+const STRIP_PIXELS: usize = 8;
+const STRIP_WG: usize = 64;
+const STRIP_TAPS: usize = 512;
+
+/// Whether the strip kernel computes this forward convolution: a kernel 3 wide, dilation 1 and
+/// stride 1 or 2 along W (any height, stride, dilation and padding along H), at most
+/// [`STRIP_TAPS`] taps per input channel.
+fn strip_fits(cfg: &Conv2dGeom) -> bool {
+    cfg.kw == 3 && cfg.dilation.1 == 1 && (cfg.stride.1 == 1 || cfg.stride.1 == 2) && cfg.kh * 3 <= STRIP_TAPS
+}
+
+/// Whether the strip kernel computes this data gradient (as the forward convolution of dY with
+/// the flipped, transposed weights): stride and dilation 1, kernel 3 wide, padding at most
+/// the kernel size minus one.
+fn strip_fits_transposed(cfg: &Conv2dGeom) -> bool {
+    cfg.stride == (1, 1)
+        && cfg.dilation == (1, 1)
+        && cfg.kw == 3
+        && cfg.padding.1 <= 2
+        && cfg.padding.0 < cfg.kh
+        && cfg.kh * 3 <= STRIP_TAPS
+}
+
+fn strip_key(stride_w: usize, transpose: bool) -> PipelineKey {
+    PipelineKey::new("conv", "conv2d_strip").with("SW", stride_w as f64).with("TRANSPOSE", transpose as u8 as f64)
+}
+
+/// Workgroups of the strip kernel: tiles of [`STRIP_ROWS`] rows x [`STRIP_WG`] strips of
+/// [`STRIP_PIXELS`] output pixels (rows fastest), folded over (x, y); groups in z.
+fn strip_grid(m: usize, n: usize, oh: usize, ow: usize, groups: usize) -> [u32; 3] {
+    let strips = n * oh * ow.div_ceil(STRIP_PIXELS);
+    let [x, y, _] = grid_1d(m.div_ceil(STRIP_ROWS) * strips.div_ceil(STRIP_WG), 1);
+    [x, y, groups as u32]
+}
+
+/// The data gradient on the strip kernel: the forward convolution of dY `[N, Cout, OH, OW]`
+/// into dX with padding `K - 1 - pad`, the channel roles swapped (see `conv.wgsl`).
+/// Bindings: 1 dy, 2 w, 3 x (mask values), 4 x state, 5 w state, 6 dx.
+fn backward_data_strip(
+    ctx: &GpuContext,
+    cfg: &Conv2dGeom,
+    a: &Conv2dBackwardDataArgs,
+    real: ConvParams,
+) -> Result<Dispatch> {
+    let (oh, ow) = cfg.out_size();
+    let (cin_g, cout_g) = (cfg.c_in / cfg.groups, cfg.c_out / cfg.groups);
+    let p = ConvParams {
+        c_in: cfg.c_out as u32,
+        h: oh as u32,
+        w: ow as u32,
+        c_out: cfg.c_in as u32,
+        oh: cfg.h as u32,
+        ow: cfg.w as u32,
+        pad_h: (cfg.kh - 1 - cfg.padding.0) as u32,
+        pad_w: (cfg.kw - 1 - cfg.padding.1) as u32,
+        cin_g: cout_g as u32,
+        cout_g: cin_g as u32,
+        gemm_m: cin_g as u32,
+        gemm_n: 0,
+        ..real
+    };
+    let ws = a.w_quant.map(|q| q.state).unwrap_or(a.w);
+    let (xv, xs) = a.x_mask.map(|mk| (mk.values, mk.state)).unwrap_or((a.dy, a.dy));
+    Dispatch::new(
+        ctx,
+        &strip_key(1, true),
+        bytemuck::bytes_of(&p),
+        &[&a.dy.buffer, &a.w.buffer, &xv.buffer, &xs.buffer, &ws.buffer, &a.dx.buffer],
+        strip_grid(cin_g, cfg.n, cfg.h, cfg.w, cfg.groups),
+    )
+}
+
 /// Invocations per workgroup of the direct (CPU-adapter) paths.
 const DIRECT_WG: usize = 64;
 
-/// Register blocks (4 rows x 8 columns) of an `m x n` output on the direct paths.
+/// Rows of a direct weight-gradient register block (8 rows x 8 columns: each gathered input
+/// value feeds 8 FMAs, the load-bound kernel's best ratio on lavapipe).
+const WGRAD_ROWS: usize = 8;
+
+/// Register blocks (4 rows x 8 columns) of an `m x n` output on the direct backward-data path.
 fn direct_blocks(m: usize, n: usize) -> usize {
     m.div_ceil(4) * n.div_ceil(8)
 }
@@ -531,9 +615,9 @@ pub fn conv2d_backward_weight(
     p.flags = bit(a.x_quant.is_some(), FQ_X) | bit(a.w_mask.is_some(), MASK) | w_flags;
     let (key, grid, splits, k_chunk) = if ctx.conv_direct {
         // Direct path: splits cut the N*OH output rows (k_chunk rows each); one invocation per
-        // 4 x 8 block of one split, 64 per workgroup, groups in z.
+        // 8 x 8 block of one split, 64 per workgroup, groups in z.
         let rows = cfg.n * cfg.out_size().0;
-        let blocks = direct_blocks(m, n);
+        let blocks = m.div_ceil(WGRAD_ROWS) * n.div_ceil(8);
         let k_chunk = rows.div_ceil(direct_splits(blocks, rows, cfg.groups));
         let splits = rows.div_ceil(k_chunk);
         let [x, y, _] = grid_1d((blocks * splits).div_ceil(DIRECT_WG), 1);

@@ -423,3 +423,32 @@ pub fn copy_f32(ctx: &GpuContext, x: &GpuTensor, out: &GpuTensor) -> Result<Disp
     let (key, grid) = crate::kernels::fake_quant::elementwise(ctx, "copy", "copy_f32", x.len());
     Dispatch::new(ctx, &key, bytemuck::bytes_of(&p), &[&x.buffer, &out.buffer], grid)
 }
+
+super::kernel_params! {
+    pub(crate) struct CeilingParams for ["gemm_ceiling"] { m: u32, n: u32, k: u32, _pad: u32 }
+}
+
+/// Rows and columns of one `gemm_ceiling` workgroup tile; K must be a multiple of 4.
+pub const CEILING_TILE: usize = 64;
+
+/// Records the benchmarks' ceiling microkernel (`shaders/gemm_ceiling.wgsl`): plain
+/// `C = A B` with A `[m, k]`, B `[k, n]`, C `[m, n]`, for `m` and `n` multiples of
+/// [`CEILING_TILE`] and `k` of 4 (no edges, no fake-quant). Bindings: 1 A, 2 B, 3 C.
+pub fn gemm_ceiling(ctx: &GpuContext, a: &GpuTensor, b: &GpuTensor, c: &GpuTensor) -> Result<Dispatch> {
+    let (m, k) = match a.shape[..] {
+        [m, k] => (m, k),
+        _ => return Err(WqatError::shape(format!("gemm_ceiling: A must be 2-D, got {:?}", a.shape))),
+    };
+    let n = c.shape.get(1).copied().unwrap_or(0);
+    let ok = m.is_multiple_of(CEILING_TILE) && n.is_multiple_of(CEILING_TILE) && k.is_multiple_of(4) && m * n > 0;
+    if !ok || b.shape != [k, n] || c.shape != [m, n] || [a, b, c].iter().any(|t| t.dtype != crate::gpu::DType::F32) {
+        return Err(WqatError::shape(format!(
+            "gemm_ceiling: f32 A {:?} B {:?} C {:?} with m, n multiples of {CEILING_TILE}, k of 4",
+            a.shape, b.shape, c.shape
+        )));
+    }
+    let p = CeilingParams { m: m as u32, n: n as u32, k: k as u32, _pad: 0 };
+    let key = PipelineKey::new("gemm_ceiling", "gemm_ceiling");
+    let grid = [(n / CEILING_TILE) as u32, (m / CEILING_TILE) as u32, 1];
+    Dispatch::new(ctx, &key, bytemuck::bytes_of(&p), &[&a.buffer, &b.buffer, &c.buffer], grid)
+}

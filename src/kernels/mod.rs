@@ -101,6 +101,7 @@ pub const KERNEL_PARAMS: &[ParamsLayout] = &[
     conv::ConvParams::LAYOUT,
     fake_quant::Params::LAYOUT,
     gelu::Params::LAYOUT,
+    gemm::CeilingParams::LAYOUT,
     gemm::CopyParams::LAYOUT,
     gemm::Params::LAYOUT,
     histogram::Params::LAYOUT,

@@ -233,8 +233,9 @@ fn conv_on_model_shapes_with_full_quantization() {
     run_case(5, &Conv2dGeom::new(2, 16, 14, 14, 32, 3).with_padding(1), Flags { w_per_tensor: true, ..all });
 }
 
-/// Both conv paths, forced (`GpuOptions::conv_direct`): the direct one (register blocks from
-/// storage, the CPU-adapter default) and the workgroup-tiled one (the GPU default), against
+/// Every conv path, forced (`GpuOptions::conv_direct`, `conv_strip`): the direct one with its
+/// strip kernel (the CPU-adapter default for 3-wide kernels), the generic direct kernels
+/// (register blocks from storage) and the workgroup-tiled one (the GPU default), against
 /// the reference on odd shapes: stride 2 with padding, dilation, groups, depthwise, rows and
 /// columns straddling the 4 x 8 blocks, fake-quant on and off, masks, accumulate.
 #[test]
@@ -271,10 +272,24 @@ fn direct_and_tiled_paths_match_reference() {
         (Conv2dGeom::new(2, 17, 6, 5, 3, 1).with_stride(2), Flags { mask_x: false, relu: true, ..all }),
         (Conv2dGeom::new(2, 1, 15, 15, 16, 3).with_padding(1), all),
         (Conv2dGeom::new(2, 6, 9, 9, 9, 3).with_groups(3).with_stride(2), Flags { w_per_tensor: true, ..all }),
+        // Strip kernel shapes (kernel 3 wide): rows not a multiple of 8, rows of pixels not a
+        // multiple of 8, kernel heights 1 and 5, dilation along H only, stride 2 along W
+        // only, groups, and more taps than one staging chunk (forward: 60 x 9 input taps;
+        // data gradient: 60 x 9 output taps).
+        (Conv2dGeom { kh: 1, padding: (0, 1), ..Conv2dGeom::new(2, 4, 7, 19, 11, 3) }, all),
+        (Conv2dGeom { kh: 5, padding: (2, 1), ..Conv2dGeom::new(1, 3, 9, 13, 9, 3) }, Flags { relu: true, ..all }),
+        (Conv2dGeom { dilation: (2, 1), padding: (2, 1), ..Conv2dGeom::new(2, 3, 10, 12, 9, 3) }, all),
+        (Conv2dGeom { stride: (1, 2), padding: (1, 1), ..Conv2dGeom::new(3, 5, 17, 21, 13, 3) }, none),
+        (Conv2dGeom::new(2, 6, 9, 10, 10, 3).with_groups(2).with_padding(1), Flags { w_per_tensor: true, ..all }),
+        (Conv2dGeom::new(1, 60, 5, 9, 9, 3).with_padding(1), all),
+        (Conv2dGeom::new(1, 9, 5, 9, 60, 3).with_padding(1), Flags { accumulate: false, ..all }),
+        (Conv2dGeom::new(3, 16, 14, 14, 32, 3).with_padding(1), all),
     ];
-    for direct in [true, false] {
-        let ctx = GpuContext::new(&GpuOptions { conv_direct: Some(direct), ..GpuOptions::from_env() }).unwrap();
-        assert_eq!(ctx.conv_direct, direct);
+    // (direct, strip): the strip kernel, the generic direct kernels, the tiled kernels.
+    for (direct, strip) in [(true, true), (true, false), (false, false)] {
+        let opts = GpuOptions { conv_direct: Some(direct), conv_strip: Some(strip), ..GpuOptions::from_env() };
+        let ctx = GpuContext::new(&opts).unwrap();
+        assert_eq!((ctx.conv_direct, ctx.conv_strip), (direct, strip));
         for (i, (cfg, f)) in cases.iter().enumerate() {
             run_case_on(ctx.clone(), 3000 + i as u64, cfg, *f);
         }

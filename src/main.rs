@@ -107,6 +107,13 @@ enum Command {
         json: bool,
         #[arg(long)]
         adapter: Option<String>,
+        /// Training part: only these models (comma-separated zoo names).
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+        /// Training part: measure every model at each of these batch sizes (comma-separated)
+        /// instead of its default batch (JSON: `batch_sweep`).
+        #[arg(long, value_delimiter = ',')]
+        batches: Vec<usize>,
     },
     /// Classify image files (PNG/JPEG), or lines of text with a text model, with an integer model.
     Infer {
@@ -171,8 +178,21 @@ fn bench_cmd(
     warmup: usize,
     json: bool,
     adapter: Option<String>,
+    models: Vec<String>,
+    batches: Vec<usize>,
 ) -> wqat::Result<()> {
     use wqat::engine::throughput::measure_train;
+    for m in &models {
+        if !wqat::model::zoo::MODEL_NAMES.contains(&m.as_str()) {
+            return Err(wqat::WqatError::invalid(format!(
+                "bench --models: unknown model {m:?} (known: {})",
+                wqat::model::zoo::MODEL_NAMES.join(", ")
+            )));
+        }
+    }
+    if batches.contains(&0) {
+        return Err(wqat::WqatError::invalid("bench --batches: batch sizes must be positive"));
+    }
     let mut opts = GpuOptions::from_env();
     if adapter.is_some() {
         opts.adapter = adapter;
@@ -210,7 +230,21 @@ fn bench_cmd(
                 "model", "batch", "fp32 img/s", "QAT img/s", "fp32 ms", "QAT ms", "QAT/fp32"
             );
         }
-        for (model, batch, warm, steps) in plan {
+        let mut sweep = Vec::new();
+        let wanted = |m: &str| models.is_empty() || models.iter().any(|x| x == m);
+        let units: Vec<(&str, usize, usize, usize)> = plan
+            .iter()
+            .filter(|u| wanted(u.0))
+            .flat_map(|&(m, b, w, st)| {
+                if batches.is_empty() {
+                    vec![(m, b, w, st)]
+                } else {
+                    // Same images per timed run at every batch (at least one step).
+                    batches.iter().map(|&nb| (m, nb, w, (st * b).div_ceil(nb).max(1))).collect()
+                }
+            })
+            .collect();
+        for (model, batch, warm, steps) in units {
             let t = measure_train(&ctx, model, batch, warm, runs.max(1), steps)?;
             if !json {
                 println!(
@@ -224,9 +258,16 @@ fn bench_cmd(
                     t.qat_over_fp32
                 );
             }
-            train.insert(model.to_string(), serde_json::to_value(&t).unwrap_or_default());
+            if batches.is_empty() {
+                train.insert(model.to_string(), serde_json::to_value(&t).unwrap_or_default());
+            } else {
+                sweep.push(serde_json::to_value(&t).unwrap_or_default());
+            }
         }
         out["train"] = serde_json::Value::Object(train);
+        if !batches.is_empty() {
+            out["batch_sweep"] = serde_json::Value::Array(sweep);
+        }
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
@@ -497,8 +538,8 @@ fn main() {
         }
         Some(Command::Report { run_dir }) => report_cmd(run_dir),
         Some(Command::Export { model, format, out }) => export_cmd(model, format, out),
-        Some(Command::Bench { train, kernels, quick, filter, runs, warmup, json, adapter }) => {
-            bench_cmd(train, kernels, quick, filter, runs, warmup, json, adapter)
+        Some(Command::Bench { train, kernels, quick, filter, runs, warmup, json, adapter, models, batches }) => {
+            bench_cmd(train, kernels, quick, filter, runs, warmup, json, adapter, models, batches)
         }
         None => {
             use clap::CommandFactory;

@@ -244,3 +244,9 @@ fn sigint_writes_checkpoint_and_resume_completes() {
     assert!(out.join("metrics.json").exists());
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn bad_bench_sweep_arguments() {
+    expect_clean_error(&["bench", "--train", "--models", "alexnet"], "unknown model");
+    expect_clean_error(&["bench", "--train", "--batches", "0,16"], "positive");
+}

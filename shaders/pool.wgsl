@@ -102,6 +102,29 @@ fn maxpool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
     dst[i] = g;
 }
 
+// Bindings: 1 dy, 2 dx, 3 argmax. Non-overlapping windows that tile the input exactly
+// (stride = kernel, no padding, H = OH * KH, W = OW * KW): one invocation per OUTPUT writes
+// every input of its window (dy at the argmax, 0 elsewhere), the same values as the gather
+// of maxpool_backward without its search over windows.
+@compute @workgroup_size(256)
+fn maxpool_backward_tiled(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let o = flat_index(gid, nwg, WG);
+    if (o >= p.total) { return; }
+    let plane = o / (p.oh * p.ow);
+    let r = o - plane * (p.oh * p.ow);
+    let oy = r / p.ow;
+    let ox = r - oy * p.ow;
+    let am = argmax[o];
+    let g = 0.0 + src[o];
+    let base = plane * p.h * p.w;
+    for (var ky = 0u; ky < p.kh; ky++) {
+        let row = (oy * p.kh + ky) * p.w + ox * p.kw;
+        for (var kx = 0u; kx < p.kw; kx++) {
+            dst[base + row + kx] = select(0.0, g, row + kx == am);
+        }
+    }
+}
+
 // Bindings: 1 x, 2 y.
 @compute @workgroup_size(256)
 fn avgpool_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {

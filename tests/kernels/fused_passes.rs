@@ -365,3 +365,68 @@ fn fused_kernel_shape_errors_are_reported() {
     assert!(kf::fold_backward(&ctx, &w, &w, &c4, &w, &c3, &c4, &c4, 1e-5).is_err(), "short tsum");
     assert!(ko::final_qparams(&ctx, &c8, 3, &c4, &QuantSpec::activation(8), 1, ObserverMode::MinMax).is_err());
 }
+
+#[test]
+fn add_quant_equals_fake_quant_add_relu_chain() {
+    use wqat::kernels::activation::{self as ka, AddInputQuant, Relu};
+    use wqat::kernels::fake_quant as kq;
+    let ctx = testing::ctx();
+    let mut rng = testing::rng(136);
+    for case in 0..8u64 {
+        let shape = [testing::size(&mut rng, 1, 4), testing::size(&mut rng, 1, 9), testing::size(&mut rng, 1, 40), 17];
+        let n: usize = shape.iter().product();
+        let (fa, fb, relu) = (case % 2 == 0, case % 4 < 2, case % 3 != 0);
+        let what = format!("case {case} shape {shape:?} fq a {fa} b {fb} relu {relu}");
+        let a = testing::uniform(&mut rng, n, -3.0, 3.0);
+        let b = testing::uniform(&mut rng, n, -2.0, 4.0);
+        let (ga, gb) = (up(&ctx, &shape, &a), up(&ctx, &shape, &b));
+        let specs = [QuantSpec::activation(8), QuantSpec { bits: 4, signed: true, ..QuantSpec::activation(4) }];
+        let mut states = Vec::new();
+        for (k, spec) in specs.iter().enumerate() {
+            let mut s = state_of(1);
+            s[4] = 0.031 + 0.01 * k as f32;
+            s[5] = 1.0 / s[4];
+            s[6] = if spec.signed { 0.0 } else { 37.0 };
+            if case == 7 {
+                s[QStateLayout::FQ_ENABLED] = 0.0;
+            }
+            states.push(up(&ctx, &[s.len()], &s));
+        }
+        let (ma, mb, sum, out1, out2) =
+            (zeros(&ctx, &shape), zeros(&ctx, &shape), zeros(&ctx, &shape), zeros(&ctx, &shape), zeros(&ctx, &shape));
+        let mut ds = Vec::new();
+        if fa {
+            ds.push(kq::fake_quant_forward(&ctx, &ga, &states[0], &ma, &specs[0]).unwrap());
+        }
+        if fb {
+            ds.push(kq::fake_quant_forward(&ctx, &gb, &states[1], &mb, &specs[1]).unwrap());
+        }
+        let (ia, ib) = (if fa { &ma } else { &ga }, if fb { &mb } else { &gb });
+        if relu {
+            ds.push(ka::add_forward(&ctx, ia, ib, &sum).unwrap());
+            ds.push(ka::relu_forward(&ctx, &sum, &out1, Relu::Relu).unwrap());
+        } else {
+            ds.push(ka::add_forward(&ctx, ia, ib, &out1).unwrap());
+        }
+        let part = zeros(&ctx, &[2 * ka::add_quant_chunks(&ctx, n)]);
+        let q = |k: usize, on: bool| on.then_some(AddInputQuant { state: &states[k], spec: specs[k] });
+        ds.push(ka::add_quant(&ctx, &ga, q(0, fa), &gb, q(1, fb), &out2, relu, &part).unwrap());
+        run(&ctx, &ds);
+        same(&ctx, &what, &out2, &out1);
+        // The partials reduce to the output's range.
+        let y = out1.read_f32(&ctx).unwrap();
+        let p = part.read_f32(&ctx).unwrap();
+        let lo = p.iter().step_by(2).fold(f32::INFINITY, |m, &v| m.min(v));
+        let hi = p.iter().skip(1).step_by(2).fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        assert_eq!(lo, y.iter().fold(f32::INFINITY, |m, &v| m.min(v)), "{what} min");
+        assert_eq!(hi, y.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)), "{what} max");
+    }
+    let t = zeros(&ctx, &[2, 3]);
+    let chan = QuantSpec { channel_axis: Some(1), ..QuantSpec::activation(8) };
+    let st = zeros(&ctx, &[QStateLayout::new(3).len()]);
+    let part = zeros(&ctx, &[2 * ka::add_quant_chunks(&ctx, 6)]);
+    assert!(
+        ka::add_quant(&ctx, &t, Some(AddInputQuant { state: &st, spec: chan }), &t, None, &t, false, &part).is_err()
+    );
+    assert!(ka::add_quant(&ctx, &t, None, &t, None, &t, false, &zeros(&ctx, &[1])).is_err());
+}

@@ -340,10 +340,11 @@ impl Builder<'_> {
             | Op::Attention { .. }
             | Op::TokenPool { .. } => self.backward_sequence(i, &dout, &nb)?,
             Op::Add { act } => {
+                // ReLU fused into the add (no saved sum): its output masks alike.
                 let ds = match relu_kind(act) {
                     None => dout.clone(),
                     Some(k) => {
-                        let sum = nb.pre_act.clone().expect("saved");
+                        let sum = nb.pre_act.clone().unwrap_or_else(|| out.clone());
                         let d = self.zeros(&out.shape)?;
                         self.bwd(Tag::Always, activation::relu_backward(ctx, &sum, &dout, &d, k)?);
                         d

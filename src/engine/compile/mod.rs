@@ -253,8 +253,10 @@ struct NodeBuffers {
     bn_saved: Option<GpuTensor>,
     /// `(min, max)` partials of the folded weight, written by the fold (weight observer).
     w_partials: Option<GpuTensor>,
-    /// `(min, max)` per channel of the node output, written by its BN kernel (output observer).
+    /// `(min, max)` partials of the node output, written by its BN kernel (per channel,
+    /// `partials_axis` 1) or its add (per chunk, `partials_axis` usize::MAX): output observer.
     out_partials: Option<GpuTensor>,
+    partials_axis: usize,
     /// Pre-activation (ReLU6, GELU, or an add's sum), when the activation is not fused.
     pre_act: Option<GpuTensor>,
     /// LayerNorm: the input it normalized (materialized fake-quant or raw) and its per-row
@@ -357,7 +359,8 @@ impl<'a> Builder<'a> {
                 if let Some(q) = self.q(QuantizerRole::Output(i)) {
                     let name = params::output_quant_name(&nodes[i].node.name);
                     let out = self.outputs[i].clone();
-                    let part = self.saved[i].out_partials.clone().map(|t| Partials { t, axis: 1 });
+                    let axis = self.saved[i].partials_axis;
+                    let part = self.saved[i].out_partials.clone().map(|t| Partials { t, axis });
                     self.observe_from(&name, &q, &out, false, part.as_ref())?;
                 }
             }
@@ -565,6 +568,7 @@ impl<'a> Builder<'a> {
                         self.fwd(if training { Tag::BnTrain } else { Tag::BnEval }, d);
                     }
                     if act != Act::Relu6 {
+                        nb.partials_axis = 1;
                         nb.out_partials = Some(part);
                     }
                     if act == Act::Relu6 {
@@ -641,6 +645,25 @@ impl<'a> Builder<'a> {
             | Op::LayerNorm { .. }
             | Op::Attention { .. }
             | Op::TokenPool { .. } => self.forward_sequence(i)?,
+            Op::Add { act } if act != Act::Relu6 => {
+                // Per-tensor input fake-quant, the add, the ReLU and the output observer's first
+                // stage in one pass (a per-channel input quantizer is materialized first).
+                let mut ins = Vec::new();
+                for &t in &r.inputs[..2] {
+                    match self.carried(t) {
+                        Some(q) if q.spec.channel_axis.is_none() => ins.push((view(self.raw(t), &out.shape), Some(q))),
+                        _ => ins.push((view(&self.materialized(t)?, &out.shape), None)),
+                    }
+                }
+                let aq =
+                    |k: usize| ins[k].1.as_ref().map(|q| activation::AddInputQuant { state: &q.state, spec: q.spec });
+                let part = self.zeros(&[2 * activation::add_quant_chunks(ctx, out.len())])?;
+                let relu = act == Act::Relu;
+                let d = activation::add_quant(ctx, &ins[0].0, aq(0), &ins[1].0, aq(1), &out, relu, &part)?;
+                self.fwd(Tag::Always, d);
+                self.saved[i].out_partials = Some(part);
+                self.saved[i].partials_axis = usize::MAX;
+            }
             Op::Add { act } => {
                 let a = self.materialized(r.inputs[0])?;
                 let b = self.materialized(r.inputs[1])?;

@@ -56,10 +56,20 @@ fn minmax_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     if (live) {
         let start = k * p.chunk_len;
         let end = min(start + p.chunk_len, p.per_channel);
-        for (var j = start + lid; j < end; j = j + WG) {
-            let v = a[((j / p.inner) * p.channels + c) * p.inner + j % p.inner];
-            lo = min(lo, v);
-            hi = max(hi, v);
+        if (p.inner == p.per_channel) {
+            // Channel-major (per tensor, or per channel along the leading axis): channel c is
+            // one contiguous run, no index division per element.
+            for (var j = start + lid; j < end; j = j + WG) {
+                let v = a[c * p.inner + j];
+                lo = min(lo, v);
+                hi = max(hi, v);
+            }
+        } else {
+            for (var j = start + lid; j < end; j = j + WG) {
+                let v = a[((j / p.inner) * p.channels + c) * p.inner + j % p.inner];
+                lo = min(lo, v);
+                hi = max(hi, v);
+            }
         }
     }
     smin[lid] = lo;

@@ -100,7 +100,8 @@ pub fn maxpool_forward(
         return Err(WqatError::invalid("maxpool argmax must be a U32 tensor"));
     }
     let n = y.len();
-    launch(ctx, "maxpool_forward", &params(&g, n), &[x, y, argmax], grid_1d(n, 256))
+    let key = PipelineKey::new("pool", "maxpool_forward").with("TILED", maxpool_tiles(&g) as u32 as f64);
+    super::launch(ctx, &key, &params(&g, n), &[x, y, argmax], grid_1d(n, 256))
 }
 
 /// Max pool backward: `dx[i] = sum of dy over the windows whose argmax is i`. Windows that

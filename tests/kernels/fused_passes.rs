@@ -2,7 +2,7 @@
 //! replace, bit for bit (those chains are checked against the CPU references in
 //! batchnorm.rs, pool.rs and observer.rs): `batchnorm::{bn_forward, bn_backward}` (with and
 //! without conv-BN folding), `bn_fold::{fold_forward_obs, fold_backward}`, the one-pass
-//! observer finish `observer::final_qparams`, and the tiled max pool backward. Every path
+//! observer finish `observer::final_qparams`, and the tiled max pool forward and backward. Every path
 //! (training / eval statistics, ReLU, fold, per-tensor / per-channel, tiled / gather) is
 //! forced at least once; shapes straddle the 256-wide workgroup walk (hw below, at and above 256).
 
@@ -33,7 +33,7 @@ fn same(ctx: &GpuContext, what: &str, a: &GpuTensor, b: &GpuTensor) {
 
 /// Per-channel (min, max) of an `[N, C, hw]` tensor.
 fn channel_ranges(v: &[f32], c: usize, hw: usize) -> Vec<f32> {
-    let mut out = vec![f32::INFINITY, f32::NEG_INFINITY].repeat(c);
+    let mut out = [f32::INFINITY, f32::NEG_INFINITY].repeat(c);
     for (i, &x) in v.iter().enumerate() {
         let ch = (i / hw) % c;
         out[2 * ch] = out[2 * ch].min(x);
@@ -327,6 +327,9 @@ fn tiled_maxpool_backward_equals_gather_and_reference() {
             ],
         );
         let what = format!("case {case} x {:?} {spec:?}", [n, c, h, w]);
+        let (wy, widx) = rp::maxpool_forward(&x.iter().map(|&v| v as f64).collect::<Vec<_>>(), &g);
+        testing::assert_bit_exact(&what, &y.read_f32(&ctx).unwrap(), &wy.iter().map(|&v| v as f32).collect::<Vec<_>>());
+        testing::assert_bit_exact(&what, &arg.read_u32(&ctx).unwrap(), &widx);
         same(&ctx, &what, &dx2, &dx1);
         let idx = arg.read_u32(&ctx).unwrap();
         let want: Vec<f32> = rp::maxpool_backward(&dy.iter().map(|&v| v as f64).collect::<Vec<_>>(), &idx, &g)

@@ -28,6 +28,7 @@ const WG: u32 = 256u;
 // #include common/index.wgsl
 // #include common/wg_sum.wgsl
 // #include common/wg_minmax.wgsl
+// #include common/nonfinite.wgsl
 
 // Index of the k-th element (k < m) of channel c.
 fn chan_index(c: u32, k: u32) -> u32 {
@@ -163,6 +164,9 @@ fn bn_backward_dx(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
 
 override DIV: bool = false;
 override FOLD: bool = false;
+// bn_backward: flag a non-finite dbeta (and dgamma without FOLD, where it is final) in the
+// metrics buffer, instead of a nonfinite_check pass over those gradients.
+override GUARD: bool = false;
 
 struct Walk {
     n: u32,
@@ -270,7 +274,8 @@ fn bn_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
 }
 
 // ---- bn_backward: 1 x, 2 sf (DIV/FOLD; else any read-only buffer), 3 saved, 4 dy, 5 y
-// (RELU mask; else any), 6 gamma, 7 dgamma, 8 dbeta (written), 9 dx, 10 tsum ----
+// (RELU mask; else any), 6 gamma, 7 dgamma, 8 dbeta (written), 9 dx, 10 tsum, 11 metrics
+// (GUARD; else any read-write buffer, untouched) ----
 // bn_backward_reduce then bn_backward_dx in one workgroup per channel (same bits). FOLD
 // (conv-BN folding, with DIV): dx is written divided by sf[c] (bn_fold's channel_div of
 // the backward) and tsum[c] = sum(dx * x) in fold_gamma_backward's order, which
@@ -285,6 +290,7 @@ fn bn_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
 @group(0) @binding(8) var<storage, read_write> b_dbeta: array<f32>;
 @group(0) @binding(9) var<storage, read_write> b_dx: array<f32>;
 @group(0) @binding(10) var<storage, read_write> b_tsum: array<f32>;
+@group(0) @binding(11) var<storage, read_write> b_metrics: array<atomic<u32>>;
 
 fn b_in(i: u32, s: f32) -> f32 {
     if (DIV) { return b_x[i] / s; }
@@ -320,6 +326,9 @@ fn bn_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     if (lid == 0u) {
         b_dgamma[c] = tgx;
         b_dbeta[c] = tg;
+        if (GUARD && (nonfinite(tg) || (!FOLD && nonfinite(tgx)))) {
+            atomicOr(&b_metrics[METRICS_FLAGS], METRICS_NONFINITE);
+        }
     }
     let kk = b_gamma[c] * invstd;
     let mf = f32(p.m);

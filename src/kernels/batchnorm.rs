@@ -250,14 +250,20 @@ pub struct BnFoldGrad<'a> {
 
 /// One workgroup per channel: [`bn_backward_reduce`] then [`bn_backward_dx`] with the same
 /// bits; with `fold`, also `bn_fold::channel_div` of `dx` and the activation sum of
-/// `bn_fold::fold_gamma_backward` (same bits).
+/// `bn_fold::fold_gamma_backward` (same bits). With `guard` (the training metrics buffer), a
+/// non-finite `dbeta` (and `dgamma` without `fold`, where it is final) sets the metrics'
+/// non-finite flag as `loss::nonfinite_check` of those gradients would.
 pub fn bn_backward(
     ctx: &GpuContext,
     t: &BnBackward<'_>,
     training: bool,
     fold: Option<BnFoldGrad<'_>>,
+    guard: Option<&GpuTensor>,
 ) -> Result<Dispatch> {
     let g = t.check()?;
+    if let Some(m) = guard {
+        super::loss::check_metrics(m)?;
+    }
     if let Some(f) = fold {
         expect_len(f.sf, g.c, "bn_backward sf")?;
         expect_len(f.tsum, g.c, "bn_backward tsum")?;
@@ -267,18 +273,20 @@ pub fn bn_backward(
         .with("RELU", t.y_relu.is_some() as u32 as f64)
         .with("TRAINING", training as u32 as f64)
         .with("DIV", fold.is_some() as u32 as f64)
-        .with("FOLD", fold.is_some() as u32 as f64);
+        .with("FOLD", fold.is_some() as u32 as f64)
+        .with("GUARD", guard.is_some() as u32 as f64);
     let (sf, tsum) = match fold {
         Some(f) => (f.sf, f.tsum),
         None => (t.gamma, t.dbeta),
     };
     // Without FOLD the kernel never touches binding 10; dbeta only fills the slot.
     let tsum = if fold.is_some() { tsum } else { t.dgamma };
+    let metrics = guard.unwrap_or(t.dgamma);
     launch(
         ctx,
         &key,
         &params(g, 1.0, 0.0),
-        &[t.x, sf, t.saved, t.dy, y, t.gamma, t.dgamma, t.dbeta, t.dx, tsum],
+        &[t.x, sf, t.saved, t.dy, y, t.gamma, t.dgamma, t.dbeta, t.dx, tsum, metrics],
         grid_1d(g.c, 1),
     )
 }

@@ -157,7 +157,8 @@ pub fn fold_forward_obs(
 /// [`fold_gamma_backward`] with the same bits, where `tsum[c] = sum(dy_orig * y_conv)` comes
 /// from `batchnorm::bn_backward` (with `BnFoldGrad`) and `dgamma` was written by it:
 /// `dw = dw_fold * sf`, `dsf = sum(dw_fold * w) - tsum / sf^2`,
-/// `dgamma += dsf / sqrt(running_var + eps)`.
+/// `dgamma += dsf / sqrt(running_var + eps)`. With `guard` (the training metrics buffer), a
+/// non-finite final `dgamma` sets the metrics' non-finite flag (as `loss::nonfinite_check`).
 #[allow(clippy::too_many_arguments)]
 pub fn fold_backward(
     ctx: &GpuContext,
@@ -169,13 +170,19 @@ pub fn fold_backward(
     running_var: &GpuTensor,
     dgamma: &GpuTensor,
     eps: f32,
+    guard: Option<&GpuTensor>,
 ) -> Result<Dispatch> {
     let (c, inner) = weight_geom(w)?;
+    if let Some(m) = guard {
+        super::loss::check_metrics(m)?;
+    }
     same_shape(w, dw_fold, "fold_backward dw_fold")?;
     same_shape(w, dw, "fold_backward dw")?;
     for (t, what) in [(sf, "sf"), (tsum, "tsum"), (running_var, "running_var"), (dgamma, "dgamma")] {
         expect_len(t, c, &format!("fold_backward {what}"))?;
     }
     let p = Params { n: w.len() as u32, c: c as u32, inner: inner as u32, m: 1, eps, _pad: [0.0; 3] };
-    launch(ctx, "fold_backward", &p, &[w, dw_fold, sf, dw, tsum, running_var, dgamma], grid_1d(c, 1))
+    let key = PipelineKey::new("bn_fold", "fold_backward").with("GUARD", guard.is_some() as u32 as f64);
+    let metrics = guard.unwrap_or(dgamma);
+    super::launch(ctx, &key, &p, &[w, dw_fold, sf, dw, tsum, running_var, dgamma, metrics], grid_1d(c, 1))
 }

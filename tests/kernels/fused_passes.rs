@@ -133,7 +133,7 @@ fn fused_batchnorm_equals_unfused_chain_bit_for_bit() {
             &ctx,
             &[
                 k::bn_forward(&ctx, &f, training, relu, eps, mom).unwrap(),
-                k::bn_backward(&ctx, &t2, training, fg).unwrap(),
+                k::bn_backward(&ctx, &t2, training, fg, None).unwrap(),
             ],
         );
         same(&ctx, &what("y"), &y2, &y1);
@@ -157,7 +157,7 @@ fn fused_batchnorm_equals_unfused_chain_bit_for_bit() {
                 &[
                     kf::fold_weight_backward(&ctx, &w, &w, &gsf, &dw1, &dsf).unwrap(),
                     kf::fold_gamma_backward(&ctx, &gx, &dxo, &gsf, &grv, &dsf, &dg1, eps).unwrap(),
-                    kf::fold_backward(&ctx, &w, &w, &gsf, &dw2, &tsum, &grv, &dg2, eps).unwrap(),
+                    kf::fold_backward(&ctx, &w, &w, &gsf, &dw2, &tsum, &grv, &dg2, eps, None).unwrap(),
                 ],
             );
             same(&ctx, &what("dgamma after the fold"), &dg2, &dg1);
@@ -210,7 +210,7 @@ fn fused_fold_kernels_equal_unfused_bit_for_bit() {
             &[
                 kf::fold_weight_backward(&ctx, &gw, &gdwf, &sf1, &dw1, &dsf).unwrap(),
                 kf::fold_gamma_backward(&ctx, &yc, &ones, &sf1, &grv, &dsf, &dg1, eps).unwrap(),
-                kf::fold_backward(&ctx, &gw, &gdwf, &sf1, &dw2, &gts, &grv, &dg2, eps).unwrap(),
+                kf::fold_backward(&ctx, &gw, &gdwf, &sf1, &dw2, &gts, &grv, &dg2, eps, None).unwrap(),
             ],
         );
         same(&ctx, &what("dw"), &dw2, &dw1);
@@ -362,10 +362,10 @@ fn fused_kernel_shape_errors_are_reported() {
     assert!(k::bn_forward(&ctx, &f, true, false, 1e-5, 0.1).is_err(), "short partials");
     assert!(k::bn_forward(&ctx, &BnForward { partials: &c8, sf: Some(&c3), ..f }, true, false, 1e-5, 0.1).is_err());
     let t = BnBackward { x: &x, saved: &c8, gamma: &c4, dy: &x, y_relu: None, dgamma: &c4, dbeta: &c4, dx: &x };
-    assert!(k::bn_backward(&ctx, &t, true, Some(BnFoldGrad { sf: &c4, tsum: &c3 })).is_err());
+    assert!(k::bn_backward(&ctx, &t, true, Some(BnFoldGrad { sf: &c4, tsum: &c3 }), None).is_err());
     let w = zeros(&ctx, &[4, 5]);
     assert!(kf::fold_forward_obs(&ctx, &w, &c4, &c4, &c4, &w, None, &c4, 1e-5).is_err(), "short partials");
-    assert!(kf::fold_backward(&ctx, &w, &w, &c4, &w, &c3, &c4, &c4, 1e-5).is_err(), "short tsum");
+    assert!(kf::fold_backward(&ctx, &w, &w, &c4, &w, &c3, &c4, &c4, 1e-5, None).is_err(), "short tsum");
     assert!(ko::final_qparams(&ctx, &c8, 3, &c4, &QuantSpec::activation(8), 1, ObserverMode::MinMax).is_err());
 }
 
@@ -432,4 +432,39 @@ fn add_quant_equals_fake_quant_add_relu_chain() {
         ka::add_quant(&ctx, &t, Some(AddInputQuant { state: &st, spec: chan }), &t, None, &t, false, &part).is_err()
     );
     assert!(ka::add_quant(&ctx, &t, None, &t, None, &t, false, &zeros(&ctx, &[1])).is_err());
+}
+
+#[test]
+fn bn_gradient_guards_flag_non_finite_values() {
+    use wqat::kernels::loss;
+    let ctx = testing::ctx();
+    let mut rng = testing::rng(137);
+    let (n, c, hw) = (3usize, 4usize, 10usize);
+    let shape = [n, c, 1, hw];
+    let x = testing::uniform(&mut rng, n * c * hw, -2.0, 2.0);
+    let (c4, c8) = (up(&ctx, &[c], &[0.7; 4]), up(&ctx, &[2 * c], &[0.1, 0.2, 0.3, 0.4, 1.0, 1.1, 1.2, 1.3]));
+    let gx = up(&ctx, &shape, &x);
+    for (fold, poison) in [(false, false), (false, true), (true, false), (true, true)] {
+        let mut dy = testing::uniform(&mut rng, n * c * hw, -1.0, 1.0);
+        if poison {
+            dy[17] = f32::NAN;
+        }
+        let gdy = up(&ctx, &shape, &dy);
+        let (dg, db, dx, tsum) = (zeros(&ctx, &[c]), zeros(&ctx, &[c]), zeros(&ctx, &shape), zeros(&ctx, &[c]));
+        let metrics = loss::new_metrics(&ctx).unwrap();
+        let t = BnBackward { x: &gx, saved: &c8, gamma: &c4, dy: &gdy, y_relu: None, dgamma: &dg, dbeta: &db, dx: &dx };
+        let fg = fold.then_some(BnFoldGrad { sf: &c4, tsum: &tsum });
+        run(&ctx, &[k::bn_backward(&ctx, &t, true, fg, Some(&metrics)).unwrap()]);
+        let flags = metrics.read_u32(&ctx).unwrap()[3];
+        assert_eq!(flags & 1, poison as u32, "bn_backward fold {fold} poison {poison}");
+    }
+    // fold_backward: the final dgamma.
+    let w = up(&ctx, &[c, 3], &[0.5; 12]);
+    for poison in [false, true] {
+        let ts = up(&ctx, &[c], &[1.0, if poison { f32::INFINITY } else { 2.0 }, 3.0, 4.0]);
+        let (dw, dg) = (zeros(&ctx, &[c, 3]), zeros(&ctx, &[c]));
+        let metrics = loss::new_metrics(&ctx).unwrap();
+        run(&ctx, &[kf::fold_backward(&ctx, &w, &w, &c4, &dw, &ts, &c4, &dg, 1e-5, Some(&metrics)).unwrap()]);
+        assert_eq!(metrics.read_u32(&ctx).unwrap()[3] & 1, poison as u32, "fold_backward poison {poison}");
+    }
 }

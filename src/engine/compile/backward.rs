@@ -145,8 +145,14 @@ impl Builder<'_> {
                         (Some(sf), Some(tsum)) => Some(BnFoldGrad { sf, tsum }),
                         _ => None,
                     };
-                    self.bwd(Tag::BnTrain, batchnorm::bn_backward(ctx, &t, true, fg)?);
-                    self.bwd(Tag::BnEval, batchnorm::bn_backward(ctx, &t, false, fg)?);
+                    // The kernel flags a non-finite dbeta (and the final dgamma when not folded).
+                    let guard = self.metrics.clone();
+                    self.bwd(Tag::BnTrain, batchnorm::bn_backward(ctx, &t, true, fg, guard.as_ref())?);
+                    self.bwd(Tag::BnEval, batchnorm::bn_backward(ctx, &t, false, fg, guard.as_ref())?);
+                    self.guarded.insert(format!("{p}.bias"));
+                    if !fold {
+                        self.guarded.insert(format!("{p}.weight"));
+                    }
                     (d_conv, tsum)
                 } else {
                     match act {
@@ -224,10 +230,21 @@ impl Builder<'_> {
                     let dgamma = self.grad_of(&format!("{p}.weight"))?;
                     let sf = nb.sf.clone().expect("saved");
                     let tsum = fold_tsum.clone().expect("bn backward ran");
-                    self.bwd(
-                        Tag::Always,
-                        bn_fold::fold_backward(ctx, &w, &dw_target, &sf, &dw, &tsum, &rv, &dgamma, BN_EPS)?,
-                    );
+                    let guard = self.metrics.clone();
+                    let d = bn_fold::fold_backward(
+                        ctx,
+                        &w,
+                        &dw_target,
+                        &sf,
+                        &dw,
+                        &tsum,
+                        &rv,
+                        &dgamma,
+                        BN_EPS,
+                        guard.as_ref(),
+                    )?;
+                    self.bwd(Tag::Always, d);
+                    self.guarded.insert(format!("{p}.weight"));
                 }
             }
             Op::Linear { out_features, bias, act } => {
@@ -379,7 +396,10 @@ impl Builder<'_> {
             None => None,
         };
         for p in &trainable {
-            out.push(loss::nonfinite_check(ctx, p.grad.as_ref().expect("trainable"), metrics)?);
+            // BN gradients are checked by the kernels that write them.
+            if !self.guarded.contains(&p.spec.name) {
+                out.push(loss::nonfinite_check(ctx, p.grad.as_ref().expect("trainable"), metrics)?);
+            }
         }
         // Learned quantizer parameters step with their own learning rate (lr * multiplier,
         // derived on the GPU from the hyper buffer) and no weight decay.

@@ -238,6 +238,10 @@ struct Builder<'a> {
     key_mask: Option<GpuTensor>,
     /// Learned quantizers whose gradients have been written in backward.
     lsq_written: std::collections::HashSet<String>,
+    /// The training metrics buffer, once the backward is being built.
+    metrics: Option<GpuTensor>,
+    /// Parameters whose gradient kernel flags non-finite values itself (no nonfinite_check).
+    guarded: std::collections::HashSet<String>,
 }
 
 #[derive(Default, Clone)]
@@ -312,6 +316,8 @@ impl<'a> Builder<'a> {
             saved: vec![NodeBuffers::default(); n],
             key_mask,
             lsq_written: Default::default(),
+            metrics: None,
+            guarded: Default::default(),
         })
     }
 
@@ -378,6 +384,7 @@ impl<'a> Builder<'a> {
         let mut optim_d = Vec::new();
         if self.opts.train {
             let step = step.ok_or_else(|| WqatError::invalid("training build needs optimizer options"))?;
+            self.metrics = Some(metrics.clone());
             for i in 0..nodes.len() {
                 self.grads[i] = Some(self.zeros(&self.outputs[i].shape.clone())?);
             }

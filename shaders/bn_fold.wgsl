@@ -22,6 +22,8 @@ const WG: u32 = 256u;
 
 // #include common/index.wgsl
 // #include common/wg_sum.wgsl
+// #include common/wg_minmax.wgsl
+// #include common/nonfinite.wgsl
 
 // ---- fold_forward: 1 w [Cout, inner], 2 gamma, 3 running_var, 4 sf (written), 5 w_fold ----
 @group(0) @binding(1) var<storage, read> w: array<f32>;
@@ -104,5 +106,78 @@ fn fold_gamma_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workg
         let d = dsf[c] - t / (s * s);
         dsf[c] = d;
         dgamma[c] = dgamma[c] + d / sqrt(rv4[c] + p.eps);
+    }
+}
+
+// ---- Fused kernels of the compiled training step (one workgroup per output channel) ----
+
+override COPY_RV: bool = false;
+// fold_backward: flag a non-finite final dgamma in the metrics buffer (binding 8).
+override GUARD: bool = false;
+
+// ---- fold_forward_obs: 1 w, 2 gamma, 3 running_var, 4 sf, 5 w_fold (written as
+// fold_forward does), 6 rv_copy (= running_var when COPY_RV: the variance the fold used, kept
+// for the backward; else any read-write buffer, untouched), 7 partials (written: min, max of
+// w_fold's channel c at 2c, 2c + 1, the first stage of the weight observer) ----
+@group(0) @binding(6) var<storage, read_write> rv_copy: array<f32>;
+@group(0) @binding(7) var<storage, read_write> w_part: array<f32>;
+
+@compute @workgroup_size(256)
+fn fold_forward_obs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) lid: u32) {
+    let c = wid.x + wid.y * nwg.x;
+    if (c >= p.c) { return; }
+    let s = scale_factor(c);
+    if (lid == 0u) {
+        sf_out[c] = s;
+        if (COPY_RV) { rv_copy[c] = running_var[c]; }
+    }
+    var lo = bitcast<f32>(0x7f800000u);
+    var hi = -lo;
+    for (var k = lid; k < p.inner; k += WG) {
+        let i = c * p.inner + k;
+        let v = w[i] * s;
+        w_fold[i] = v;
+        lo = min(lo, v);
+        hi = max(hi, v);
+    }
+    let mm = wg_minmax(lo, hi, lid);
+    if (lid == 0u) {
+        w_part[2u * c] = mm.x;
+        w_part[2u * c + 1u] = mm.y;
+    }
+}
+
+// ---- fold_backward: 1 w, 2 dw_fold, 3 sf, 4 dw (written), 5 tsum (sum(dy_orig * y_conv) per
+// channel, from batchnorm's bn_backward with FOLD), 6 running_var (the one the fold used),
+// 7 dgamma (+=), 8 metrics (GUARD; else any read-write buffer, untouched) ----
+// fold_weight_backward then fold_gamma_backward's finish, same bits:
+// dsf = sum(dw_fold * w) - tsum / sf^2; dgamma += dsf / sqrt(running_var + eps).
+@group(0) @binding(5) var<storage, read> tsum: array<f32>;
+@group(0) @binding(6) var<storage, read> rv6: array<f32>;
+@group(0) @binding(7) var<storage, read_write> dgamma7: array<f32>;
+@group(0) @binding(8) var<storage, read_write> fb_metrics: array<atomic<u32>>;
+
+@compute @workgroup_size(256)
+fn fold_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let c = wid.x + wid.y * nwg.x;
+    if (c >= p.c) { return; }
+    let s = sf3[c];
+    var acc = 0.0;
+    for (var k = lid; k < p.inner; k += WG) {
+        let i = c * p.inner + k;
+        let g = dw_fold[i];
+        dw[i] = g * s;
+        acc += g * w[i];
+    }
+    let t = wg_sum(acc, lid);
+    if (lid == 0u) {
+        let d = t - tsum[c] / (s * s);
+        let g = dgamma7[c] + d / sqrt(rv6[c] + p.eps);
+        dgamma7[c] = g;
+        if (GUARD && nonfinite(g)) {
+            atomicOr(&fb_metrics[METRICS_FLAGS], METRICS_NONFINITE);
+        }
     }
 }

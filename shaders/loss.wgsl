@@ -39,6 +39,7 @@ const WG: u32 = 64u;
 const FWG: u32 = 256u;
 
 // #include common/index.wgsl
+// #include common/nonfinite.wgsl
 
 const NONE: u32 = 0xffffffffu;
 const ST_CORRECT: u32 = 1u;
@@ -47,9 +48,6 @@ const ST_BAD_LABEL: u32 = 4u;
 const FLAG_NONFINITE: u32 = 1u;
 const FLAG_BAD_LABEL: u32 = 2u;
 
-fn nonfinite(x: f32) -> bool {
-    return (bitcast<u32>(x) & 0x7f800000u) == 0x7f800000u;
-}
 
 // (v, i) beats (bv, bi): larger value, or equal value at a smaller index; NONE loses.
 fn beats(v: f32, i: u32, bv: f32, bi: u32) -> bool {

@@ -56,10 +56,20 @@ fn minmax_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     if (live) {
         let start = k * p.chunk_len;
         let end = min(start + p.chunk_len, p.per_channel);
-        for (var j = start + lid; j < end; j = j + WG) {
-            let v = a[((j / p.inner) * p.channels + c) * p.inner + j % p.inner];
-            lo = min(lo, v);
-            hi = max(hi, v);
+        if (p.inner == p.per_channel) {
+            // Channel-major (per tensor, or per channel along the leading axis): channel c is
+            // one contiguous run, no index division per element.
+            for (var j = start + lid; j < end; j = j + WG) {
+                let v = a[c * p.inner + j];
+                lo = min(lo, v);
+                hi = max(hi, v);
+            }
+        } else {
+            for (var j = start + lid; j < end; j = j + WG) {
+                let v = a[((j / p.inner) * p.channels + c) * p.inner + j % p.inner];
+                lo = min(lo, v);
+                hi = max(hi, v);
+            }
         }
     }
     smin[lid] = lo;
@@ -134,4 +144,62 @@ fn qparams(@builtin(global_invocation_id) gid: vec3<u32>) {
     a[4u + C + c] = 1.0 / s;
     a[4u + 2u * C + c] = z;
     if (c == 0u) { a[2] = 1.0; }
+}
+
+// minmax_final then qparams in one single-workgroup pass: invocations stride over the
+// channels, each reduces its channel's chunks, folds them into the state (as minmax_final)
+// and writes the channel's qparams (as qparams). Every invocation reads `initialized` before
+// a barrier, and it is set after it. a = partials, b = state.
+@compute @workgroup_size(256)
+fn minmax_final_qparams(@builtin(local_invocation_index) lid: u32) {
+    let on = b[1] != 0.0;
+    let init = b[2] != 0.0;
+    storageBarrier();
+    if (on) {
+        let C = p.channels;
+        for (var c = lid; c < C; c += WG) {
+            var lo = bitcast<f32>(0x7f800000u);
+            var hi = -lo;
+            for (var k = 0u; k < p.chunks; k++) {
+                let o = 2u * (c * p.chunks + k);
+                lo = min(lo, a[o]);
+                hi = max(hi, a[o + 1u]);
+            }
+            let imin = 4u + 3u * C + c;
+            let imax = 4u + 4u * C + c;
+            var nmin = lo;
+            var nmax = hi;
+            if (init) {
+                let omin = b[imin];
+                let omax = b[imax];
+                if (p.mode == 0u) {
+                    nmin = min(omin, lo);
+                    nmax = max(omax, hi);
+                } else {
+                    nmin = omin + p.ema_c * (lo - omin);
+                    nmax = omax + p.ema_c * (hi - omax);
+                }
+            }
+            b[imin] = nmin;
+            b[imax] = nmax;
+            let mn = min(nmin, 0.0);
+            let mx = max(nmax, 0.0);
+            var s: f32;
+            var z: f32;
+            if (p.symmetric != 0u) {
+                s = max(mx, -mn) * p.inv_den;
+                if (!(s > 1.17549435e-38)) { s = 1.0; }
+                z = select(p.qmin, 0.0, p.signed_codes != 0u);
+            } else {
+                s = (mx - mn) * p.inv_den;
+                if (!(s > 1.17549435e-38)) { s = 1.0; }
+                z = clamp(p.qmin - round(mn / s), p.qmin, p.qmax);
+            }
+            b[4u + c] = s;
+            b[4u + C + c] = 1.0 / s;
+            b[4u + 2u * C + c] = z;
+        }
+    }
+    storageBarrier();
+    if (on && lid == 0u) { b[2] = 1.0; }
 }

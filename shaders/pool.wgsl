@@ -27,6 +27,8 @@ struct Params {
 }
 
 const WG: u32 = 256u;
+// maxpool_forward: the windows tile the input exactly (see maxpool_backward_tiled).
+override TILED: bool = false;
 const GWG: u32 = 64u;
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -52,12 +54,32 @@ fn maxpool_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
     let i = flat_index(gid, nwg, WG);
     if (i >= p.total) { return; }
     let plane = i / (p.oh * p.ow);
-    let r = i % (p.oh * p.ow);
+    let r = i - plane * (p.oh * p.ow);
     let oy = r / p.ow;
-    let ox = r % p.ow;
+    let ox = r - oy * p.ow;
+    let base = plane * p.h * p.w;
+    if (TILED) {
+        // Windows tile the input (stride = kernel, no padding): always inside, no checks.
+        let row0 = oy * p.kh * p.w + ox * p.kw;
+        var tb = src[base + row0];
+        var ti = row0;
+        for (var ky = 0u; ky < p.kh; ky++) {
+            let row = row0 + ky * p.w;
+            for (var kx = 0u; kx < p.kw; kx++) {
+                let idx = row + kx;
+                let v = src[base + idx];
+                if (v > tb) {
+                    tb = v;
+                    ti = idx;
+                }
+            }
+        }
+        dst[i] = tb;
+        argmax[i] = ti;
+        return;
+    }
     let hs = i32(oy * p.sh) - i32(p.ph);
     let ws = i32(ox * p.sw) - i32(p.pw);
-    let base = plane * p.h * p.w;
     var best = 0.0;
     var bi = 0u;
     var found = false;
@@ -100,6 +122,29 @@ fn maxpool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
         }
     }
     dst[i] = g;
+}
+
+// Bindings: 1 dy, 2 dx, 3 argmax. Non-overlapping windows that tile the input exactly
+// (stride = kernel, no padding, H = OH * KH, W = OW * KW): one invocation per OUTPUT writes
+// every input of its window (dy at the argmax, 0 elsewhere), the same values as the gather
+// of maxpool_backward without its search over windows.
+@compute @workgroup_size(256)
+fn maxpool_backward_tiled(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let o = flat_index(gid, nwg, WG);
+    if (o >= p.total) { return; }
+    let plane = o / (p.oh * p.ow);
+    let r = o - plane * (p.oh * p.ow);
+    let oy = r / p.ow;
+    let ox = r - oy * p.ow;
+    let am = argmax[o];
+    let g = 0.0 + src[o];
+    let base = plane * p.h * p.w;
+    for (var ky = 0u; ky < p.kh; ky++) {
+        let row = (oy * p.kh + ky) * p.w + ox * p.kw;
+        for (var kx = 0u; kx < p.kw; kx++) {
+            dst[base + row + kx] = select(0.0, g, row + kx == am);
+        }
+    }
 }
 
 // Bindings: 1 x, 2 y.

@@ -171,3 +171,122 @@ pub fn bn_backward_dx(ctx: &GpuContext, t: &BnBackward<'_>, training: bool) -> R
         grid_1d(g.len(), 256),
     )
 }
+
+/// The tensors of the fused per-channel forward [`bn_forward`].
+#[derive(Debug, Clone, Copy)]
+pub struct BnForward<'a> {
+    /// Input `[N, C]` or `[N, C, H, W]`: the BN input, or with `sf` the conv output whose
+    /// division by `sf[c]` is the BN input (conv-BN folding, `bn_fold::channel_div` fused).
+    pub x: &'a GpuTensor,
+    pub sf: Option<&'a GpuTensor>,
+    /// `[mean, invstd]` (written).
+    pub saved: &'a GpuTensor,
+    /// Updated in training, read otherwise.
+    pub running_mean: &'a GpuTensor,
+    pub running_var: &'a GpuTensor,
+    pub gamma: &'a GpuTensor,
+    pub beta: &'a GpuTensor,
+    pub y: &'a GpuTensor,
+    /// `[2 * C]`, written: `(min, max)` of channel `c`'s outputs at `2c, 2c + 1`, the first
+    /// stage of an observer of `y` (see `observer::final_qparams`).
+    pub partials: &'a GpuTensor,
+}
+
+/// One workgroup per channel: `training` = [`bn_stats`] then [`bn_apply`], else
+/// [`bn_eval_stats`] then [`bn_apply`] (with `sf`: `bn_fold::channel_div` first), with
+/// the same bits, plus each channel's output range into `partials`.
+pub fn bn_forward(
+    ctx: &GpuContext,
+    t: &BnForward<'_>,
+    training: bool,
+    relu: bool,
+    eps: f32,
+    momentum: f32,
+) -> Result<Dispatch> {
+    let g = bn_geometry(&t.x.shape)?;
+    if training && g.m() < 2 {
+        return Err(WqatError::shape(format!(
+            "batchnorm training needs more than 1 value per channel, got {:?}",
+            t.x.shape
+        )));
+    }
+    if (eps.is_nan() || eps <= 0.0) || !(0.0..=1.0).contains(&momentum) {
+        return Err(WqatError::invalid(format!("batchnorm eps {eps} must be > 0, momentum {momentum} in [0, 1]")));
+    }
+    same_shape(t.x, t.y, "bn_forward y")?;
+    expect_len(t.saved, 2 * g.c, "bn_forward saved")?;
+    expect_len(t.partials, 2 * g.c, "bn_forward partials")?;
+    for (b, what) in
+        [(t.running_mean, "running_mean"), (t.running_var, "running_var"), (t.gamma, "gamma"), (t.beta, "beta")]
+    {
+        expect_len(b, g.c, &format!("bn_forward {what}"))?;
+    }
+    if let Some(sf) = t.sf {
+        expect_len(sf, g.c, "bn_forward sf")?;
+    }
+    let key = PipelineKey::new("batchnorm", "bn_forward")
+        .with("RELU", relu as u32 as f64)
+        .with("TRAINING", training as u32 as f64)
+        .with("DIV", t.sf.is_some() as u32 as f64);
+    let sf = t.sf.unwrap_or(t.gamma);
+    launch(
+        ctx,
+        &key,
+        &params(g, eps, momentum),
+        &[t.x, sf, t.saved, t.running_mean, t.running_var, t.gamma, t.beta, t.y, t.partials],
+        grid_1d(g.c, 1),
+    )
+}
+
+/// The conv-BN folding part of the fused backward [`bn_backward`].
+#[derive(Debug, Clone, Copy)]
+pub struct BnFoldGrad<'a> {
+    /// The fold's scale factors: `BnBackward::x` is the conv output, the BN input is `x / sf`,
+    /// and `dx` receives the gradient wrt the conv output (divided by `sf`).
+    pub sf: &'a GpuTensor,
+    /// `[C]`, written: `sum(dx_bn * x)` per channel (`bn_fold::fold_backward` finishes it).
+    pub tsum: &'a GpuTensor,
+}
+
+/// One workgroup per channel: [`bn_backward_reduce`] then [`bn_backward_dx`] with the same
+/// bits; with `fold`, also `bn_fold::channel_div` of `dx` and the activation sum of
+/// `bn_fold::fold_gamma_backward` (same bits). With `guard` (the training metrics buffer), a
+/// non-finite `dbeta` (and `dgamma` without `fold`, where it is final) sets the metrics'
+/// non-finite flag as `loss::nonfinite_check` of those gradients would.
+pub fn bn_backward(
+    ctx: &GpuContext,
+    t: &BnBackward<'_>,
+    training: bool,
+    fold: Option<BnFoldGrad<'_>>,
+    guard: Option<&GpuTensor>,
+) -> Result<Dispatch> {
+    let g = t.check()?;
+    if let Some(m) = guard {
+        super::loss::check_metrics(m)?;
+    }
+    if let Some(f) = fold {
+        expect_len(f.sf, g.c, "bn_backward sf")?;
+        expect_len(f.tsum, g.c, "bn_backward tsum")?;
+    }
+    let y = t.y_relu.unwrap_or(t.dy);
+    let key = PipelineKey::new("batchnorm", "bn_backward")
+        .with("RELU", t.y_relu.is_some() as u32 as f64)
+        .with("TRAINING", training as u32 as f64)
+        .with("DIV", fold.is_some() as u32 as f64)
+        .with("FOLD", fold.is_some() as u32 as f64)
+        .with("GUARD", guard.is_some() as u32 as f64);
+    let (sf, tsum) = match fold {
+        Some(f) => (f.sf, f.tsum),
+        None => (t.gamma, t.dbeta),
+    };
+    // Without FOLD the kernel never touches binding 10; dbeta only fills the slot.
+    let tsum = if fold.is_some() { tsum } else { t.dgamma };
+    let metrics = guard.unwrap_or(t.dgamma);
+    launch(
+        ctx,
+        &key,
+        &params(g, 1.0, 0.0),
+        &[t.x, sf, t.saved, t.dy, y, t.gamma, t.dgamma, t.dbeta, t.dx, tsum, metrics],
+        grid_1d(g.c, 1),
+    )
+}

@@ -117,3 +117,72 @@ pub fn fold_gamma_backward(
     let p = Params { n: y_conv.len() as u32, c: c as u32, inner: hw as u32, m: n as u32, eps, _pad: [0.0; 3] };
     launch(ctx, "fold_gamma_backward", &p, &[y_conv, dy_orig, sf, running_var, dsf, dgamma], grid_1d(c, 1))
 }
+
+/// One workgroup per output channel: [`fold_forward`] (same bits), plus `rv_copy =
+/// running_var` when given (the variance the fold used, kept for the backward) and the
+/// `(min, max)` of each channel of `w_fold` into `partials` `[2 * Cout]` at `2c, 2c + 1`
+/// (the first stage of the weight observer, see `observer::final_qparams`).
+#[allow(clippy::too_many_arguments)]
+pub fn fold_forward_obs(
+    ctx: &GpuContext,
+    w: &GpuTensor,
+    gamma: &GpuTensor,
+    running_var: &GpuTensor,
+    sf: &GpuTensor,
+    w_fold: &GpuTensor,
+    rv_copy: Option<&GpuTensor>,
+    partials: &GpuTensor,
+    eps: f32,
+) -> Result<Dispatch> {
+    let (c, inner) = weight_geom(w)?;
+    same_shape(w, w_fold, "fold_forward_obs w_fold")?;
+    expect_len(gamma, c, "fold_forward_obs gamma")?;
+    expect_len(running_var, c, "fold_forward_obs running_var")?;
+    expect_len(sf, c, "fold_forward_obs sf")?;
+    expect_len(partials, 2 * c, "fold_forward_obs partials")?;
+    if let Some(r) = rv_copy {
+        expect_len(r, c, "fold_forward_obs rv_copy")?;
+    }
+    if eps.is_nan() || eps <= 0.0 {
+        return Err(WqatError::invalid(format!("bn_fold eps {eps} must be > 0")));
+    }
+    let p = Params { n: w.len() as u32, c: c as u32, inner: inner as u32, m: 1, eps, _pad: [0.0; 3] };
+    let key = PipelineKey::new("bn_fold", "fold_forward_obs").with("COPY_RV", rv_copy.is_some() as u32 as f64);
+    // Without COPY_RV the kernel never writes binding 6; sf only fills the slot.
+    let rv_slot = rv_copy.unwrap_or(sf);
+    super::launch(ctx, &key, &p, &[w, gamma, running_var, sf, w_fold, rv_slot, partials], grid_1d(c, 1))
+}
+
+/// One workgroup per output channel: [`fold_weight_backward`] then the finish of
+/// [`fold_gamma_backward`] with the same bits, where `tsum[c] = sum(dy_orig * y_conv)` comes
+/// from `batchnorm::bn_backward` (with `BnFoldGrad`) and `dgamma` was written by it:
+/// `dw = dw_fold * sf`, `dsf = sum(dw_fold * w) - tsum / sf^2`,
+/// `dgamma += dsf / sqrt(running_var + eps)`. With `guard` (the training metrics buffer), a
+/// non-finite final `dgamma` sets the metrics' non-finite flag (as `loss::nonfinite_check`).
+#[allow(clippy::too_many_arguments)]
+pub fn fold_backward(
+    ctx: &GpuContext,
+    w: &GpuTensor,
+    dw_fold: &GpuTensor,
+    sf: &GpuTensor,
+    dw: &GpuTensor,
+    tsum: &GpuTensor,
+    running_var: &GpuTensor,
+    dgamma: &GpuTensor,
+    eps: f32,
+    guard: Option<&GpuTensor>,
+) -> Result<Dispatch> {
+    let (c, inner) = weight_geom(w)?;
+    if let Some(m) = guard {
+        super::loss::check_metrics(m)?;
+    }
+    same_shape(w, dw_fold, "fold_backward dw_fold")?;
+    same_shape(w, dw, "fold_backward dw")?;
+    for (t, what) in [(sf, "sf"), (tsum, "tsum"), (running_var, "running_var"), (dgamma, "dgamma")] {
+        expect_len(t, c, &format!("fold_backward {what}"))?;
+    }
+    let p = Params { n: w.len() as u32, c: c as u32, inner: inner as u32, m: 1, eps, _pad: [0.0; 3] };
+    let key = PipelineKey::new("bn_fold", "fold_backward").with("GUARD", guard.is_some() as u32 as f64);
+    let metrics = guard.unwrap_or(dgamma);
+    super::launch(ctx, &key, &p, &[w, dw_fold, sf, dw, tsum, running_var, dgamma, metrics], grid_1d(c, 1))
+}

@@ -152,6 +152,66 @@ pub fn minmax_dispatches(
     Ok((vec![part, fin], scratch))
 }
 
+/// `(channels, inner)` of an observed tensor, checked against the state.
+fn observed_geometry(x: &GpuTensor, state: &GpuTensor, spec: &QuantSpec) -> Result<(usize, usize)> {
+    spec.validate()?;
+    if x.is_empty() || x.dtype != DType::F32 {
+        return Err(WqatError::shape(format!("observer input must be non-empty f32, got {:?} {:?}", x.shape, x.dtype)));
+    }
+    let (channels, inner) = channel_geometry(&x.shape, spec.channel_axis)?;
+    if channels == 0 {
+        return Err(WqatError::shape(format!("observer input {:?} has zero channels", x.shape)));
+    }
+    check_state(state, channels)?;
+    Ok((channels, inner))
+}
+
+/// `minmax_final` then [`qparams`] in one single-workgroup dispatch (same results): the
+/// `(min, max)` pairs of `partials` (`channels * chunks` of them, channel-major) folded into
+/// the state per `mode`, then scale, inv_scale and zero point; a no-op while `obs_on` is 0;
+/// sets `initialized`.
+pub fn final_qparams(
+    ctx: &GpuContext,
+    partials: &GpuTensor,
+    chunks: usize,
+    state: &GpuTensor,
+    spec: &QuantSpec,
+    channels: usize,
+    mode: ObserverMode,
+) -> Result<Dispatch> {
+    spec.validate()?;
+    if channels == 0 || chunks == 0 {
+        return Err(WqatError::shape(format!("observer over {channels} channels of {chunks} chunks")));
+    }
+    check_state(state, channels)?;
+    if partials.len() != 2 * channels * chunks || partials.dtype != DType::F32 {
+        return Err(WqatError::shape(format!(
+            "observer partials hold {} values, {channels} channels x {chunks} chunks need {}",
+            partials.len(),
+            2 * channels * chunks
+        )));
+    }
+    let mut p = Params::new(spec, channels);
+    p.chunks = chunks as u32;
+    match mode {
+        ObserverMode::MinMax => p.mode = 0,
+        ObserverMode::MovingAverage { c } => {
+            if !(c.is_finite() && c > 0.0 && c <= 1.0) {
+                return Err(WqatError::invalid(format!("moving-average constant {c} is outside (0, 1]")));
+            }
+            p.mode = 1;
+            p.ema_c = c;
+        }
+    }
+    Dispatch::new(
+        ctx,
+        &PipelineKey::new("observer", "minmax_final_qparams"),
+        bytemuck::bytes_of(&p),
+        &[&partials.buffer, &state.buffer],
+        [1, 1, 1],
+    )
+}
+
 /// Scale, inv_scale and zero point of every channel from the state's min/max per `spec`
 /// (see [`QuantSpec::qparams`]); skipped while `obs_on` is 0; sets `initialized`.
 pub fn qparams(ctx: &GpuContext, state: &GpuTensor, spec: &QuantSpec, channels: usize) -> Result<Dispatch> {
@@ -189,12 +249,29 @@ impl Observer {
         x: &GpuTensor,
         state: &GpuTensor,
     ) -> Result<Observer> {
-        let (mut dispatches, scratch) = minmax_dispatches(ctx, x, state, &spec, mode)?;
-        let (channels, _) = channel_geometry(&x.shape, spec.channel_axis)?;
-        dispatches.push(qparams(ctx, state, &spec, channels)?);
-        Ok(Observer { dispatches, _scratch: scratch })
+        let (channels, inner) = observed_geometry(x, state, &spec)?;
+        let (part, scratch, chunks) = minmax_partial(ctx, x, channels, inner)?;
+        let fin = final_qparams(ctx, &scratch, chunks, state, &spec, channels, mode)?;
+        Ok(Observer { dispatches: vec![part, fin], _scratch: scratch })
     }
-    /// The dispatches in order (partial reduction, final reduction, qparams).
+
+    /// The second stage alone, for a tensor whose producer already wrote the first:
+    /// `partials` holds `(min, max)` pairs of `channels * chunks` chunks, chunk `k` of channel
+    /// `c` at `2 (c chunks + k)` (`batchnorm::bn_forward`, `bn_fold::fold_forward_obs`).
+    pub fn from_partials(
+        ctx: &GpuContext,
+        spec: QuantSpec,
+        mode: ObserverMode,
+        partials: &GpuTensor,
+        chunks: usize,
+        state: &GpuTensor,
+        channels: usize,
+    ) -> Result<Observer> {
+        let fin = final_qparams(ctx, partials, chunks, state, &spec, channels, mode)?;
+        Ok(Observer { dispatches: vec![fin], _scratch: partials.clone() })
+    }
+    /// The dispatches in order (partial reduction unless fused into the producer, then the
+    /// final reduction with the qparams).
     pub fn dispatches(&self) -> &[Dispatch] {
         &self.dispatches
     }

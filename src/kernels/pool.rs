@@ -100,10 +100,13 @@ pub fn maxpool_forward(
         return Err(WqatError::invalid("maxpool argmax must be a U32 tensor"));
     }
     let n = y.len();
-    launch(ctx, "maxpool_forward", &params(&g, n), &[x, y, argmax], grid_1d(n, 256))
+    let key = PipelineKey::new("pool", "maxpool_forward").with("TILED", maxpool_tiles(&g) as u32 as f64);
+    super::launch(ctx, &key, &params(&g, n), &[x, y, argmax], grid_1d(n, 256))
 }
 
-/// Max pool backward: `dx[i] = sum of dy over the windows whose argmax is i` (gathered).
+/// Max pool backward: `dx[i] = sum of dy over the windows whose argmax is i`. Windows that
+/// tile the input exactly (stride = kernel, no padding, sizes divisible) take the scatter
+/// kernel (one invocation per output writes its whole window), others the gather.
 pub fn maxpool_backward(
     ctx: &GpuContext,
     dy: &GpuTensor,
@@ -111,9 +114,31 @@ pub fn maxpool_backward(
     dx: &GpuTensor,
     spec: &PoolSpec,
 ) -> Result<Dispatch> {
+    maxpool_backward_path(ctx, dy, argmax, dx, spec, true)
+}
+
+/// Whether max pool windows tile the input exactly (the scatter backward applies).
+pub fn maxpool_tiles(g: &Pool2dGeom) -> bool {
+    g.sh == g.kh && g.sw == g.kw && g.ph == 0 && g.pw == 0 && g.oh() * g.kh == g.h && g.ow() * g.kw == g.w
+}
+
+/// [`maxpool_backward`] with the path chosen: `allow_tiled = false` forces the gather (tests
+/// run both on the same shapes).
+pub fn maxpool_backward_path(
+    ctx: &GpuContext,
+    dy: &GpuTensor,
+    argmax: &GpuTensor,
+    dx: &GpuTensor,
+    spec: &PoolSpec,
+    allow_tiled: bool,
+) -> Result<Dispatch> {
     let (g, os) = pool_geometry(&dx.shape, spec)?;
     expect_shape(dy, &os, "maxpool_backward dy")?;
     expect_shape(argmax, &os, "maxpool_backward argmax")?;
+    if allow_tiled && maxpool_tiles(&g) {
+        let n = dy.len();
+        return launch(ctx, "maxpool_backward_tiled", &params(&g, n), &[dy, dx, argmax], grid_1d(n, 256));
+    }
     let n = dx.len();
     launch(ctx, "maxpool_backward", &params(&g, n), &[dy, dx, argmax], grid_1d(n, 256))
 }

@@ -14,6 +14,7 @@ mod batchnorm;
 mod bias_quant;
 mod conv;
 mod fake_quant;
+mod fused_passes;
 mod gelu;
 mod gemm;
 mod histogram;

@@ -6,7 +6,7 @@ use crate::engine::config::Optimizer;
 use crate::error::Result;
 use crate::gpu::{Dispatch, GpuTensor};
 use crate::kernels::activation::{self, Relu};
-use crate::kernels::batchnorm::{self, BnBackward};
+use crate::kernels::batchnorm::{self, BnBackward, BnFoldGrad};
 use crate::kernels::conv::{self, Conv2dBackwardDataArgs, Conv2dBackwardWeightArgs, Conv2dGeom, QuantOperand, SteMask};
 use crate::kernels::gemm::{self, GemmConfig, GemmExtras};
 use crate::kernels::{bn_fold, fake_quant, gelu, loss, lsq, optim, pool};
@@ -109,10 +109,9 @@ impl Builder<'_> {
                 let dw = self.grad_of(&params::weight_name(&name))?;
                 let fold = bn && self.opts.quant;
                 // dy_conv: the gradient wrt the conv output.
-                let (dy_conv, dy_orig_saved) = if bn {
+                let (dy_conv, fold_tsum) = if bn {
                     let p = r.node.bn_prefix();
                     let gamma = self.param(&format!("{p}.weight"))?;
-                    let rv = self.param(&format!("{p}.running_var"))?;
                     let dgamma = self.grad_of(&format!("{p}.weight"))?;
                     let dbeta = self.grad_of(&format!("{p}.bias"))?;
                     let (dbn_out, y_relu) = match act {
@@ -125,31 +124,36 @@ impl Builder<'_> {
                         Act::Relu => (dout.clone(), Some(out.clone())),
                         Act::None | Act::Gelu => (dout.clone(), None),
                     };
-                    let y_orig = nb.y_orig.clone().expect("saved");
+                    // One pass per channel: dgamma, dbeta and the gradient wrt the conv output
+                    // (divided by sf when folded), plus the fold's activation sum.
+                    let y_conv = nb.y_conv.clone().expect("saved");
                     let saved = nb.bn_saved.clone().expect("saved");
-                    let dy_orig = self.zeros(&out.shape)?;
+                    let d_conv = self.zeros(&out.shape)?;
                     let t = BnBackward {
-                        x: &y_orig,
+                        x: &y_conv,
                         saved: &saved,
                         gamma: &gamma,
                         dy: &dbn_out,
                         y_relu: y_relu.as_ref(),
                         dgamma: &dgamma,
                         dbeta: &dbeta,
-                        dx: &dy_orig,
+                        dx: &d_conv,
                     };
-                    self.bwd(Tag::Always, batchnorm::bn_backward_reduce(ctx, &t)?);
-                    self.bwd(Tag::BnTrain, batchnorm::bn_backward_dx(ctx, &t, true)?);
-                    self.bwd(Tag::BnEval, batchnorm::bn_backward_dx(ctx, &t, false)?);
-                    let _ = rv;
-                    if fold {
-                        let sf = nb.sf.clone().expect("saved");
-                        let dy_conv = self.zeros(&out.shape)?;
-                        self.bwd(Tag::Always, bn_fold::channel_div(ctx, &dy_orig, &sf, &dy_conv)?);
-                        (dy_conv, Some(dy_orig))
-                    } else {
-                        (dy_orig, None)
+                    let sf = nb.sf.clone();
+                    let tsum = if fold { Some(self.zeros(&[cfg.c_out])?) } else { None };
+                    let fg = match (&sf, &tsum) {
+                        (Some(sf), Some(tsum)) => Some(BnFoldGrad { sf, tsum }),
+                        _ => None,
+                    };
+                    // The kernel flags a non-finite dbeta (and the final dgamma when not folded).
+                    let guard = self.metrics.clone();
+                    self.bwd(Tag::BnTrain, batchnorm::bn_backward(ctx, &t, true, fg, guard.as_ref())?);
+                    self.bwd(Tag::BnEval, batchnorm::bn_backward(ctx, &t, false, fg, guard.as_ref())?);
+                    self.guarded.insert(format!("{p}.bias"));
+                    if !fold {
+                        self.guarded.insert(format!("{p}.weight"));
                     }
+                    (d_conv, tsum)
                 } else {
                     match act {
                         Act::None | Act::Gelu => (dout.clone(), None),
@@ -225,14 +229,22 @@ impl Builder<'_> {
                     let rv = nb.rv_used.clone().expect("saved");
                     let dgamma = self.grad_of(&format!("{p}.weight"))?;
                     let sf = nb.sf.clone().expect("saved");
-                    let dsf = self.zeros(&[cfg.c_out])?;
-                    self.bwd(Tag::Always, bn_fold::fold_weight_backward(ctx, &w, &dw_target, &sf, &dw, &dsf)?);
-                    let y_conv = nb.y_conv.clone().expect("saved");
-                    let dy_orig = dy_orig_saved.clone().expect("bn backward ran");
-                    self.bwd(
-                        Tag::Always,
-                        bn_fold::fold_gamma_backward(ctx, &y_conv, &dy_orig, &sf, &rv, &dsf, &dgamma, BN_EPS)?,
-                    );
+                    let tsum = fold_tsum.clone().expect("bn backward ran");
+                    let guard = self.metrics.clone();
+                    let d = bn_fold::fold_backward(
+                        ctx,
+                        &w,
+                        &dw_target,
+                        &sf,
+                        &dw,
+                        &tsum,
+                        &rv,
+                        &dgamma,
+                        BN_EPS,
+                        guard.as_ref(),
+                    )?;
+                    self.bwd(Tag::Always, d);
+                    self.guarded.insert(format!("{p}.weight"));
                 }
             }
             Op::Linear { out_features, bias, act } => {
@@ -345,10 +357,11 @@ impl Builder<'_> {
             | Op::Attention { .. }
             | Op::TokenPool { .. } => self.backward_sequence(i, &dout, &nb)?,
             Op::Add { act } => {
+                // ReLU fused into the add (no saved sum): its output masks alike.
                 let ds = match relu_kind(act) {
                     None => dout.clone(),
                     Some(k) => {
-                        let sum = nb.pre_act.clone().expect("saved");
+                        let sum = nb.pre_act.clone().unwrap_or_else(|| out.clone());
                         let d = self.zeros(&out.shape)?;
                         self.bwd(Tag::Always, activation::relu_backward(ctx, &sum, &dout, &d, k)?);
                         d
@@ -383,7 +396,10 @@ impl Builder<'_> {
             None => None,
         };
         for p in &trainable {
-            out.push(loss::nonfinite_check(ctx, p.grad.as_ref().expect("trainable"), metrics)?);
+            // BN gradients are checked by the kernels that write them.
+            if !self.guarded.contains(&p.spec.name) {
+                out.push(loss::nonfinite_check(ctx, p.grad.as_ref().expect("trainable"), metrics)?);
+            }
         }
         // Learned quantizer parameters step with their own learning rate (lr * multiplier,
         // derived on the GPU from the hyper buffer) and no weight decay.

@@ -83,6 +83,13 @@ struct Q {
     lsq: Option<LsqQ>,
 }
 
+/// The first stage of a min/max observer written by the kernel that produced the observed
+/// tensor: `(min, max)` per index of `axis` (weights 0, activations 1), at `2k, 2k + 1`.
+struct Partials {
+    t: GpuTensor,
+    axis: usize,
+}
+
 /// Where a learned quantizer's gradients go.
 #[derive(Clone)]
 struct LsqQ {
@@ -231,6 +238,10 @@ struct Builder<'a> {
     key_mask: Option<GpuTensor>,
     /// Learned quantizers whose gradients have been written in backward.
     lsq_written: std::collections::HashSet<String>,
+    /// The training metrics buffer, once the backward is being built.
+    metrics: Option<GpuTensor>,
+    /// Parameters whose gradient kernel flags non-finite values itself (no nonfinite_check).
+    guarded: std::collections::HashSet<String>,
 }
 
 #[derive(Default, Clone)]
@@ -241,9 +252,15 @@ struct NodeBuffers {
     /// The running variance the fold used: the BN forward updates `running_var` before the
     /// backward reads `d sf / d gamma = 1 / sqrt(running_var + eps)`, so it is copied first.
     rv_used: Option<GpuTensor>,
+    /// The conv output (the BN input is `y_conv / sf` when folded, `y_conv` itself in fp32).
     y_conv: Option<GpuTensor>,
-    y_orig: Option<GpuTensor>,
     bn_saved: Option<GpuTensor>,
+    /// `(min, max)` partials of the folded weight, written by the fold (weight observer).
+    w_partials: Option<GpuTensor>,
+    /// `(min, max)` partials of the node output, written by its BN kernel (per channel,
+    /// `partials_axis` 1) or its add (per chunk, `partials_axis` usize::MAX): output observer.
+    out_partials: Option<GpuTensor>,
+    partials_axis: usize,
     /// Pre-activation (ReLU6, GELU, or an add's sum), when the activation is not fused.
     pre_act: Option<GpuTensor>,
     /// LayerNorm: the input it normalized (materialized fake-quant or raw) and its per-row
@@ -299,6 +316,8 @@ impl<'a> Builder<'a> {
             saved: vec![NodeBuffers::default(); n],
             key_mask,
             lsq_written: Default::default(),
+            metrics: None,
+            guarded: Default::default(),
         })
     }
 
@@ -346,7 +365,9 @@ impl<'a> Builder<'a> {
                 if let Some(q) = self.q(QuantizerRole::Output(i)) {
                     let name = params::output_quant_name(&nodes[i].node.name);
                     let out = self.outputs[i].clone();
-                    self.observe(&name, &q, &out, false)?;
+                    let axis = self.saved[i].partials_axis;
+                    let part = self.saved[i].out_partials.clone().map(|t| Partials { t, axis });
+                    self.observe_from(&name, &q, &out, false, part.as_ref())?;
                 }
             }
         }
@@ -363,6 +384,7 @@ impl<'a> Builder<'a> {
         let mut optim_d = Vec::new();
         if self.opts.train {
             let step = step.ok_or_else(|| WqatError::invalid("training build needs optimizer options"))?;
+            self.metrics = Some(metrics.clone());
             for i in 0..nodes.len() {
                 self.grads[i] = Some(self.zeros(&self.outputs[i].shape.clone())?);
             }
@@ -454,12 +476,24 @@ impl<'a> Builder<'a> {
                         let c = cfg.c_out;
                         let sf = self.zeros(&[c])?;
                         let w_fold = self.zeros(&w.shape)?;
-                        self.fwd(Tag::Always, bn_fold::fold_forward(ctx, &w, &gamma, &rv, &sf, &w_fold, BN_EPS)?);
-                        if self.opts.train {
-                            let rv_used = self.zeros(&[c])?;
-                            self.fwd(Tag::Always, gemm::copy_f32(ctx, &rv, &rv_used)?);
-                            nb.rv_used = Some(rv_used);
-                        }
+                        // The fold also copies the running variance it used (for the
+                        // backward) and writes the weight observer's first stage.
+                        let rv_used = if self.opts.train { Some(self.zeros(&[c])?) } else { None };
+                        let w_part = self.zeros(&[2 * c])?;
+                        let d = bn_fold::fold_forward_obs(
+                            ctx,
+                            &w,
+                            &gamma,
+                            &rv,
+                            &sf,
+                            &w_fold,
+                            rv_used.as_ref(),
+                            &w_part,
+                            BN_EPS,
+                        )?;
+                        self.fwd(Tag::Always, d);
+                        nb.rv_used = rv_used;
+                        nb.w_partials = Some(w_part);
                         let y_conv = self.zeros(&out.shape)?;
                         nb.sf = Some(sf);
                         nb.w_fold = Some(w_fold.clone());
@@ -469,7 +503,8 @@ impl<'a> Builder<'a> {
                     (w.clone(), out.clone())
                 };
                 if let Some(q) = &wq {
-                    self.observe(&params::weight_quant_name(&name), q, &w_used, true)?;
+                    let part = nb.w_partials.clone().map(|t| Partials { t, axis: 0 });
+                    self.observe_from(&params::weight_quant_name(&name), q, &w_used, true, part.as_ref())?;
                 }
                 let bias_t = if bias && !bn { Some(self.param(&params::bias_name(&name))?) } else { None };
                 let bias_t = self.quantized_bias(bias_t, &xq, &wq)?;
@@ -500,20 +535,12 @@ impl<'a> Builder<'a> {
                     let beta = self.param(&format!("{p}.bias"))?;
                     let rm = self.param(&format!("{p}.running_mean"))?;
                     let rv = self.param(&format!("{p}.running_var"))?;
-                    let y_orig = if fold {
-                        let sf = nb.sf.clone().expect("set");
-                        let y_orig = self.zeros(&out.shape)?;
-                        self.fwd(Tag::Always, bn_fold::channel_div(ctx, &y_conv, &sf, &y_orig)?);
-                        y_orig
-                    } else {
-                        y_conv.clone()
-                    };
+                    // BN on y_conv / sf (the fold's channel division fused into the BN
+                    // kernels), statistics, apply (+ReLU) and the output observer's first
+                    // stage in one pass per channel.
+                    let sf = if fold { nb.sf.clone() } else { None };
                     let saved = self.zeros(&[2 * cfg.c_out])?;
-                    if self.opts.train {
-                        let d = batchnorm::bn_stats(ctx, &y_orig, &saved, &rm, &rv, BN_EPS, BN_MOMENTUM)?;
-                        self.fwd(Tag::BnTrain, d);
-                    }
-                    self.fwd(Tag::BnEval, batchnorm::bn_eval_stats(ctx, &rm, &rv, &saved, BN_EPS)?);
+                    let part = self.zeros(&[2 * cfg.c_out])?;
                     let bn_out = if act == Act::Relu6 { self.zeros(&out.shape)? } else { out.clone() };
                     // With running statistics the block adds the folded bias, which the
                     // simulation quantizes as the integer model does (batch statistics have
@@ -528,21 +555,34 @@ impl<'a> Builder<'a> {
                         }
                         _ => None,
                     };
-                    let apply =
-                        |b: &GpuTensor| batchnorm::bn_apply(ctx, &y_orig, &saved, &gamma, b, &bn_out, relu_fused);
-                    match &beta_eval {
-                        Some(bq) => {
-                            self.fwd(Tag::BnTrain, apply(&beta)?);
-                            self.fwd(Tag::BnEval, apply(bq)?);
+                    let b_eval = beta_eval.as_ref().unwrap_or(&beta);
+                    for (training, b) in [(true, &beta), (false, b_eval)] {
+                        if training && !self.opts.train {
+                            continue;
                         }
-                        None => self.fwd(Tag::Always, apply(&beta)?),
+                        let args = batchnorm::BnForward {
+                            x: &y_conv,
+                            sf: sf.as_ref(),
+                            saved: &saved,
+                            running_mean: &rm,
+                            running_var: &rv,
+                            gamma: &gamma,
+                            beta: b,
+                            y: &bn_out,
+                            partials: &part,
+                        };
+                        let d = batchnorm::bn_forward(ctx, &args, training, relu_fused, BN_EPS, BN_MOMENTUM)?;
+                        self.fwd(if training { Tag::BnTrain } else { Tag::BnEval }, d);
+                    }
+                    if act != Act::Relu6 {
+                        nb.partials_axis = 1;
+                        nb.out_partials = Some(part);
                     }
                     if act == Act::Relu6 {
                         self.fwd(Tag::Always, activation::relu_forward(ctx, &bn_out, &out, Relu::Relu6)?);
                         nb.pre_act = Some(bn_out);
                     }
                     nb.y_conv = Some(y_conv);
-                    nb.y_orig = Some(y_orig);
                     nb.bn_saved = Some(saved);
                 }
                 self.saved[i] = nb;
@@ -621,6 +661,25 @@ impl<'a> Builder<'a> {
             | Op::LayerNorm { .. }
             | Op::Attention { .. }
             | Op::TokenPool { .. } => self.forward_sequence(i)?,
+            Op::Add { act } if act != Act::Relu6 => {
+                // Per-tensor input fake-quant, the add, the ReLU and the output observer's first
+                // stage in one pass (a per-channel input quantizer is materialized first).
+                let mut ins = Vec::new();
+                for &t in &r.inputs[..2] {
+                    match self.carried(t) {
+                        Some(q) if q.spec.channel_axis.is_none() => ins.push((view(self.raw(t), &out.shape), Some(q))),
+                        _ => ins.push((view(&self.materialized(t)?, &out.shape), None)),
+                    }
+                }
+                let aq =
+                    |k: usize| ins[k].1.as_ref().map(|q| activation::AddInputQuant { state: &q.state, spec: q.spec });
+                let part = self.zeros(&[2 * activation::add_quant_chunks(ctx, out.len())])?;
+                let relu = act == Act::Relu;
+                let d = activation::add_quant(ctx, &ins[0].0, aq(0), &ins[1].0, aq(1), &out, relu, &part)?;
+                self.fwd(Tag::Always, d);
+                self.saved[i].out_partials = Some(part);
+                self.saved[i].partials_axis = usize::MAX;
+            }
             Op::Add { act } => {
                 let a = self.materialized(r.inputs[0])?;
                 let b = self.materialized(r.inputs[1])?;

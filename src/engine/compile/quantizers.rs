@@ -3,7 +3,7 @@
 //! observer dispatches (QAT and calibration), the simulated bias on the integer grid, and
 //! materialized fake-quant copies where a consumer cannot fuse it.
 
-use super::{view, Builder, LsqQ, Tag, Q};
+use super::{view, Builder, LsqQ, Partials, Tag, Q};
 use crate::engine::config::{ObserverKind, QConfig};
 use crate::engine::state::{lsq_scale_name, lsq_zero_name};
 use crate::error::Result;
@@ -16,6 +16,7 @@ use crate::kernels::lsq::{self, LsqGrad, LsqParams};
 use crate::kernels::observer::{Observer, ObserverMode};
 use crate::model::params::{self, QuantizerRole};
 use crate::model::{Op, INPUT};
+use crate::quant::channel_geometry;
 
 impl Builder<'_> {
     /// The quantizer tensor `t` carries (pending fake-quant), in quantized builds.
@@ -174,7 +175,36 @@ impl Builder<'_> {
     /// A learned (LSQ) quantizer gets only the calibration observer: during QAT its scale
     /// is a parameter.
     pub(super) fn observe(&mut self, name: &str, q: &Q, x: &GpuTensor, weight: bool) -> Result<()> {
+        self.observe_from(name, q, x, weight, None)
+    }
+
+    /// [`Self::observe`] where the producer of `x` may have written the min/max observer's
+    /// first stage (`partials`): then the observer is its second stage alone, when the
+    /// quantizer's channel axis fits (per tensor, or per channel along the partials' axis).
+    pub(super) fn observe_from(
+        &mut self,
+        name: &str,
+        q: &Q,
+        x: &GpuTensor,
+        weight: bool,
+        partials: Option<&Partials>,
+    ) -> Result<()> {
         let ctx = self.ctx;
+        let minmax = |mode: ObserverMode| -> Result<Observer> {
+            if let Some(p) = partials {
+                let (channels, _) = channel_geometry(&x.shape, q.spec.channel_axis)?;
+                let groups = p.t.len() / 2;
+                let chunks = match q.spec.channel_axis {
+                    None => Some(groups),
+                    Some(a) if a == p.axis && channels == groups => Some(1),
+                    _ => None,
+                };
+                if let Some(chunks) = chunks {
+                    return Observer::from_partials(ctx, q.spec, mode, &p.t, chunks, &q.state, channels);
+                }
+            }
+            Observer::new(ctx, q.spec, mode, x, &q.state)
+        };
         if q.lsq.is_some() {
             let mode = match (weight, q.observer) {
                 (true, _) => ObserverMode::MovingAverage { c: 1.0 },
@@ -188,7 +218,7 @@ impl Builder<'_> {
                 }
                 (false, _) => ObserverMode::MinMax,
             };
-            let o = Observer::new(ctx, q.spec, mode, x, &q.state)?;
+            let o = minmax(mode)?;
             for d in o.dispatches() {
                 self.fwd(Tag::Calibrate, d.clone());
             }
@@ -196,7 +226,7 @@ impl Builder<'_> {
         }
         if weight {
             // Weights: the exact current range (EMA with c = 1), for QAT and calibration.
-            let o = Observer::new(ctx, q.spec, ObserverMode::MovingAverage { c: 1.0 }, x, &q.state)?;
+            let o = minmax(ObserverMode::MovingAverage { c: 1.0 })?;
             for d in o.dispatches() {
                 self.fwd(Tag::Observe, d.clone());
                 self.fwd(Tag::Calibrate, d.clone());
@@ -226,13 +256,13 @@ impl Builder<'_> {
             return Ok(());
         }
         // Calibration always takes the running min/max; QAT the observer's own statistic.
-        let o = Observer::new(ctx, q.spec, ObserverMode::MinMax, x, &q.state)?;
+        let o = minmax(ObserverMode::MinMax)?;
         for d in o.dispatches() {
             self.fwd(Tag::Calibrate, d.clone());
         }
         match q.observer {
             ObserverKind::MovingAverage { c } => {
-                let oq = Observer::new(ctx, q.spec, ObserverMode::MovingAverage { c }, x, &q.state)?;
+                let oq = minmax(ObserverMode::MovingAverage { c })?;
                 for d in oq.dispatches() {
                     self.fwd(Tag::Observe, d.clone());
                 }

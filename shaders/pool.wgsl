@@ -147,17 +147,13 @@ fn maxpool_backward_tiled(@builtin(global_invocation_id) gid: vec3<u32>, @builti
     }
 }
 
-// Bindings: 1 x, 2 y.
-@compute @workgroup_size(256)
-fn avgpool_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat_index(gid, nwg, WG);
-    if (i >= p.total) { return; }
+// The pooled value of output i: the float mean, or with a quantizer `q` (on, inv_s, s) the
+// exact mean of code offsets rounded half to even, times s (see the `*_q` entry points).
+fn avg_window(i: u32, q: vec3<f32>) -> f32 {
     let plane = i / (p.oh * p.ow);
     let r = i % (p.oh * p.ow);
-    let oy = r / p.ow;
-    let ox = r % p.ow;
-    let hs = i32(oy * p.sh) - i32(p.ph);
-    let ws = i32(ox * p.sw) - i32(p.pw);
+    let hs = i32((r / p.ow) * p.sh) - i32(p.ph);
+    let ws = i32((r % p.ow) * p.sw) - i32(p.pw);
     let base = plane * p.h * p.w;
     var s = 0.0;
     for (var ky = 0u; ky < p.kh; ky++) {
@@ -166,10 +162,30 @@ fn avgpool_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
         for (var kx = 0u; kx < p.kw; kx++) {
             let ix = ws + i32(kx);
             if (ix < 0 || ix >= i32(p.w)) { continue; }
-            s += src[base + u32(iy) * p.w + u32(ix)];
+            s += pool_term(src[base + u32(iy) * p.w + u32(ix)], q);
         }
     }
-    dst[i] = s / f32(p.kh * p.kw);
+    return pool_mean(s, p.kh * p.kw, q);
+}
+
+// One summand: the code offset round(v / s) when quantizing, else the value.
+fn pool_term(v: f32, q: vec3<f32>) -> f32 {
+    if (q.x != 0.0) { return round(v * q.y); }
+    return v;
+}
+
+// The mean of a window sum of n terms (fake-quantized when quantizing).
+fn pool_mean(sum: f32, n: u32, q: vec3<f32>) -> f32 {
+    if (q.x != 0.0) { return round(sum / f32(n)) * q.z; }
+    return sum / f32(n);
+}
+
+// Bindings: 1 x, 2 y.
+@compute @workgroup_size(256)
+fn avgpool_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg, WG);
+    if (i >= p.total) { return; }
+    dst[i] = avg_window(i, vec3<f32>(0.0));
 }
 
 // Bindings: 1 dy, 2 dx. One invocation per input element.
@@ -193,15 +209,14 @@ fn avgpool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
 
 var<workgroup> red: array<f32, 64>;
 
-// Bindings: 1 x [planes, h*w], 2 y [planes]. Workgroup (wid.x + wid.y * nwg.x) = plane.
-@compute @workgroup_size(64)
-fn global_avgpool_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                          @builtin(local_invocation_index) lid: u32) {
+// The pooled value of plane (wid.x + wid.y * nwg.x), as `avg_window`; every invocation of the
+// workgroup calls it (barriers), lid 0 writes.
+fn global_avg(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, q: vec3<f32>) {
     let plane = wid.x + wid.y * nwg.x;
     let hw = p.h * p.w;
     var s = 0.0;
     if (plane < p.planes) {
-        for (var k = lid; k < hw; k += GWG) { s += src[plane * hw + k]; }
+        for (var k = lid; k < hw; k += GWG) { s += pool_term(src[plane * hw + k], q); }
     }
     red[lid] = s;
     workgroupBarrier();
@@ -209,7 +224,14 @@ fn global_avgpool_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wo
         if (lid < step) { red[lid] = red[lid] + red[lid + step]; }
         workgroupBarrier();
     }
-    if (lid == 0u && plane < p.planes) { dst[plane] = red[0] / f32(hw); }
+    if (lid == 0u && plane < p.planes) { dst[plane] = pool_mean(red[0], hw, q); }
+}
+
+// Bindings: 1 x [planes, h*w], 2 y [planes]. Workgroup (wid.x + wid.y * nwg.x) = plane.
+@compute @workgroup_size(64)
+fn global_avgpool_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                          @builtin(local_invocation_index) lid: u32) {
+    global_avg(wid, nwg, lid, vec3<f32>(0.0));
 }
 
 // Bindings: 1 dy [planes], 2 dx [planes, h*w].
@@ -232,60 +254,20 @@ fn global_avgpool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @built
 // [fq_on, obs_on, initialized, _, scale, inv_scale, zero, min, max] (one channel).
 @group(0) @binding(3) var<storage, read> pool_q: array<f32>;
 
-fn pool_q_on() -> bool { return pool_q[0] != 0.0; }
-
-// The fake-quantized mean of a window from its sum (of codes when quantizing, else values).
-fn pool_q_mean(sum: f32, n: u32) -> f32 {
-    if (pool_q_on()) { return round(sum / f32(n)) * pool_q[4]; }
-    return sum / f32(n);
-}
-
-// One summand: the code offset when quantizing, else the value.
-fn pool_q_term(v: f32) -> f32 {
-    if (pool_q_on()) { return round(v * pool_q[5]); }
-    return v;
-}
+// (fq_on, inv_s, s) of the state.
+fn pool_qparams() -> vec3<f32> { return vec3<f32>(pool_q[0], pool_q[5], pool_q[4]); }
 
 // Bindings: 1 x, 2 y, 3 quantizer state.
 @compute @workgroup_size(256)
 fn avgpool_forward_q(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg, WG);
     if (i >= p.total) { return; }
-    let plane = i / (p.oh * p.ow);
-    let r = i % (p.oh * p.ow);
-    let hs = i32((r / p.ow) * p.sh) - i32(p.ph);
-    let ws = i32((r % p.ow) * p.sw) - i32(p.pw);
-    let base = plane * p.h * p.w;
-    var s = 0.0;
-    for (var ky = 0u; ky < p.kh; ky++) {
-        let iy = hs + i32(ky);
-        if (iy < 0 || iy >= i32(p.h)) { continue; }
-        for (var kx = 0u; kx < p.kw; kx++) {
-            let ix = ws + i32(kx);
-            if (ix < 0 || ix >= i32(p.w)) { continue; }
-            s += pool_q_term(src[base + u32(iy) * p.w + u32(ix)]);
-        }
-    }
-    dst[i] = pool_q_mean(s, p.kh * p.kw);
+    dst[i] = avg_window(i, pool_qparams());
 }
-
-var<workgroup> red_q: array<f32, 64>;
 
 // Bindings: 1 x [planes, h*w], 2 y [planes], 3 quantizer state. Workgroup = plane.
 @compute @workgroup_size(64)
 fn global_avgpool_forward_q(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                             @builtin(local_invocation_index) lid: u32) {
-    let plane = wid.x + wid.y * nwg.x;
-    let hw = p.h * p.w;
-    var s = 0.0;
-    if (plane < p.planes) {
-        for (var k = lid; k < hw; k += GWG) { s += pool_q_term(src[plane * hw + k]); }
-    }
-    red_q[lid] = s;
-    workgroupBarrier();
-    for (var step = GWG / 2u; step > 0u; step = step / 2u) {
-        if (lid < step) { red_q[lid] = red_q[lid] + red_q[lid + step]; }
-        workgroupBarrier();
-    }
-    if (lid == 0u && plane < p.planes) { dst[plane] = pool_q_mean(red_q[0], hw); }
+    global_avg(wid, nwg, lid, pool_qparams());
 }

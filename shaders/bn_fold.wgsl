@@ -64,11 +64,10 @@ fn channel_div(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
 @group(0) @binding(4) var<storage, read_write> dw: array<f32>;
 @group(0) @binding(5) var<storage, read_write> dsf: array<f32>;
 
-@compute @workgroup_size(256)
-fn fold_weight_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                        @builtin(local_invocation_index) lid: u32) {
-    let c = wid.x + wid.y * nwg.x;
-    if (c >= p.c) { return; }
+// Channel c's weight part (every invocation of the workgroup calls it: barriers): writes
+// dw = dw_fold * sf[c] and returns sum(dw_fold * w) over the channel (shared by
+// fold_weight_backward and fold_backward, so both sum in the same order).
+fn fold_weight_grad(c: u32, lid: u32) -> f32 {
     let s = sf3[c];
     var acc = 0.0;
     for (var k = lid; k < p.inner; k += WG) {
@@ -77,7 +76,15 @@ fn fold_weight_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
         dw[i] = g * s;
         acc += g * w[i];
     }
-    let t = wg_sum(acc, lid);
+    return wg_sum(acc, lid);
+}
+
+@compute @workgroup_size(256)
+fn fold_weight_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                        @builtin(local_invocation_index) lid: u32) {
+    let c = wid.x + wid.y * nwg.x;
+    if (c >= p.c) { return; }
+    let t = fold_weight_grad(c, lid);
     if (lid == 0u) { dsf[c] = t; }
 }
 
@@ -164,14 +171,7 @@ fn fold_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     let c = wid.x + wid.y * nwg.x;
     if (c >= p.c) { return; }
     let s = sf3[c];
-    var acc = 0.0;
-    for (var k = lid; k < p.inner; k += WG) {
-        let i = c * p.inner + k;
-        let g = dw_fold[i];
-        dw[i] = g * s;
-        acc += g * w[i];
-    }
-    let t = wg_sum(acc, lid);
+    let t = fold_weight_grad(c, lid);
     if (lid == 0u) {
         let d = t - tsum[c] / (s * s);
         let g = dgamma7[c] + d / sqrt(rv6[c] + p.eps);

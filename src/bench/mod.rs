@@ -368,23 +368,7 @@ impl Runner<'_> {
         let cfg = GemmConfig::new(n, n, n);
         let t = self.time(&[gemm(ctx, &cfg, &a, &b, &c, &GemmExtras::default())?])?;
         let gf = cfg.flops() / t.median_s / 1e9;
-        self.out.push(KernelResult {
-            name: "gemm_fp32".into(),
-            shape,
-            fused_ms: t.median_s * 1e3,
-            unfused_ms: t.median_s * 1e3,
-            ratio: 1.0,
-            gflops: gf,
-            unfused_gflops: gf,
-            gbps: None,
-            fused_min_ms: t.min_s * 1e3,
-            unfused_min_ms: t.min_s * 1e3,
-            timing: timing_name(&t).into(),
-            fused_cpu_ms: t.cpu_s.map(|c| c * 1e3),
-            unfused_cpu_ms: t.cpu_s.map(|c| c * 1e3),
-            pct_of_ceiling: None,
-            pct_of_ceiling_cpu: None,
-        });
+        self.out.push(single_kernel_row("gemm_fp32", shape, gf, &t));
         Ok(())
     }
 
@@ -410,23 +394,7 @@ impl Runner<'_> {
                     best_cpu = Some(best_cpu.unwrap_or(0.0).max(flops / c / 1e9));
                 }
                 if best.as_ref().is_none_or(|b| gf > b.gflops) {
-                    best = Some(KernelResult {
-                        name: "ceiling".into(),
-                        shape: format!("{name} {n}x{n}x{n}"),
-                        fused_ms: t.median_s * 1e3,
-                        unfused_ms: t.median_s * 1e3,
-                        ratio: 1.0,
-                        gflops: gf,
-                        unfused_gflops: gf,
-                        gbps: None,
-                        fused_min_ms: t.min_s * 1e3,
-                        unfused_min_ms: t.min_s * 1e3,
-                        timing: timing_name(&t).into(),
-                        fused_cpu_ms: t.cpu_s.map(|c| c * 1e3),
-                        unfused_cpu_ms: t.cpu_s.map(|c| c * 1e3),
-                        pct_of_ceiling: None,
-                        pct_of_ceiling_cpu: None,
-                    });
+                    best = Some(single_kernel_row("ceiling", format!("{name} {n}x{n}x{n}"), gf, &t));
                 }
             }
         }
@@ -483,6 +451,27 @@ impl Runner<'_> {
             });
         }
         Ok(())
+    }
+}
+
+/// A row of one kernel timed alone (no unfused counterpart: ratio 1, both sides the same).
+fn single_kernel_row(name: &str, shape: String, gflops: f64, t: &Timing) -> KernelResult {
+    KernelResult {
+        name: name.into(),
+        shape,
+        fused_ms: t.median_s * 1e3,
+        unfused_ms: t.median_s * 1e3,
+        ratio: 1.0,
+        gflops,
+        unfused_gflops: gflops,
+        gbps: None,
+        fused_min_ms: t.min_s * 1e3,
+        unfused_min_ms: t.min_s * 1e3,
+        timing: timing_name(t).into(),
+        fused_cpu_ms: t.cpu_s.map(|c| c * 1e3),
+        unfused_cpu_ms: t.cpu_s.map(|c| c * 1e3),
+        pct_of_ceiling: None,
+        pct_of_ceiling_cpu: None,
     }
 }
 

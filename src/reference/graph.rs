@@ -419,11 +419,8 @@ pub fn fake_quant_forward_all(graph: &Graph, ckpt: &TensorFile, images: &[f32], 
             Op::Flatten => x.clone(),
         };
         match &r.node.op {
-            Op::AvgPool { .. } | Op::GlobalAvgPool => {
-                if let Some(q) = gq.input_quant(i) {
-                    q.fake_quant(&mut y, 1);
-                }
-            }
+            // A quantized input was pooled on its codes (`pool_codes` quantizes the result).
+            Op::AvgPool { .. } | Op::GlobalAvgPool => {}
             _ => {
                 if let Some(q) = &gq.output[i] {
                     q.fake_quant(&mut y, 1);
